@@ -1,0 +1,39 @@
+//! Probes.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+
+/// Probe answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+    /// `embedded` or `redis`.
+    pub store: &'static str,
+}
+
+/// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, description = "Alive", body = Health)))]
+pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
+    Json(Health { status: "ok", store: state.sessions.backend().kind() })
+}
+
+/// Readiness: the store answers (always, for the embedded store).
+#[utoipa::path(get, path = "/readyz", tag = "probes", responses(
+    (status = 200, description = "Ready", body = Health),
+    (status = 503, description = "The store does not answer", body = Health),
+))]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let store = state.sessions.backend().kind();
+    match state.sessions.backend().ping().await {
+        Ok(()) => (StatusCode::OK, Json(Health { status: "ok", store })),
+        Err(error) => {
+            tracing::warn!(%error, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "unavailable", store }))
+        }
+    }
+}

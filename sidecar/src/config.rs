@@ -1,0 +1,224 @@
+//! Configuration: every setting is one flag and one environment variable, with a documented
+//! default. Everything is parsed first and all problems are reported together.
+
+use std::net::SocketAddr;
+
+use clap::{Parser, ValueEnum};
+
+use crate::sessions::{CapPolicy, Policy};
+
+/// Where the sidecar listens by default: loopback only, the pod's own port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Default session TTL: 24 hours.
+pub const DEFAULT_TTL_SECONDS: u64 = 24 * 3600;
+/// Longest TTL a client may ask for: 7 days.
+pub const DEFAULT_MAX_TTL_SECONDS: u64 = 7 * 24 * 3600;
+/// How long ended sessions stay readable: 7 days.
+pub const DEFAULT_ENDED_RETENTION_SECONDS: u64 = 7 * 24 * 3600;
+/// Shards of the key space. Fixed at creation: the shard is part of every session id.
+pub const DEFAULT_SHARD_COUNT: u32 = 16;
+/// Session creations per user and window (a human creates a handful per hour).
+pub const DEFAULT_CREATE_RATE_LIMIT: u32 = 60;
+/// The rate-limit window.
+pub const DEFAULT_CREATE_RATE_WINDOW_SECONDS: u64 = 60;
+/// Largest request body: 256 KiB, room for a 64 KiB message or object plus JSON overhead.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+/// Undelivered events per shard before writes are refused (the relay is then clearly down).
+pub const DEFAULT_OUTBOX_MAX_LEN: u64 = 100_000;
+/// Entries kept in the global events stream.
+pub const DEFAULT_EVENTS_MAX_LEN: u64 = 1_000_000;
+
+/// How the process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// In an application pod: loopback only, trusts the pod, no background work.
+    Sidecar,
+    /// The session service: listens where told, requires a JWT, runs background work.
+    Server,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Command line and environment.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "session-sidecar", version, about = "Session cache sidecar and session service")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "SESSION_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// `sidecar` or `server`.
+    #[arg(long, env = "SESSION_MODE", value_enum, default_value_t = Mode::Sidecar)]
+    pub mode: Mode,
+    /// Redis URL (`redis://` or `rediss://`); comma-separated seed nodes with `--redis-cluster`.
+    /// Absent: the embedded in-process store.
+    #[arg(long, env = "SESSION_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Speak the Redis Cluster protocol.
+    #[arg(long, env = "SESSION_REDIS_CLUSTER", default_value_t = false)]
+    pub redis_cluster: bool,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "SESSION_KEY_PREFIX", default_value = "sess")]
+    pub key_prefix: String,
+    /// Number of shards (1–1024); never change it on existing data.
+    #[arg(long, env = "SESSION_SHARD_COUNT", default_value_t = DEFAULT_SHARD_COUNT)]
+    pub shard_count: u32,
+    /// Default session TTL in seconds.
+    #[arg(long, env = "SESSION_TTL_SECONDS", default_value_t = DEFAULT_TTL_SECONDS)]
+    pub ttl_seconds: u64,
+    /// Longest TTL a client may request, in seconds.
+    #[arg(long, env = "SESSION_MAX_TTL_SECONDS", default_value_t = DEFAULT_MAX_TTL_SECONDS)]
+    pub max_ttl_seconds: u64,
+    /// How long ended sessions stay readable, in seconds.
+    #[arg(long, env = "SESSION_ENDED_RETENTION_SECONDS", default_value_t = DEFAULT_ENDED_RETENTION_SECONDS)]
+    pub ended_retention_seconds: u64,
+    /// Most active sessions per user (unset: unlimited).
+    #[arg(long, env = "SESSION_MAX_ACTIVE_PER_USER")]
+    pub max_active_per_user: Option<u32>,
+    /// At the cap: `reject` (409) or `end-oldest`.
+    #[arg(long, env = "SESSION_ACTIVE_CAP_POLICY", value_enum, default_value_t = CapPolicy::Reject)]
+    pub active_cap_policy: CapPolicy,
+    /// Session creations per user per window; 0 disables the limit.
+    #[arg(long, env = "SESSION_CREATE_RATE_LIMIT", default_value_t = DEFAULT_CREATE_RATE_LIMIT)]
+    pub create_rate_limit: u32,
+    /// The rate-limit window, in seconds.
+    #[arg(long, env = "SESSION_CREATE_RATE_WINDOW_SECONDS", default_value_t = DEFAULT_CREATE_RATE_WINDOW_SECONDS)]
+    pub create_rate_window_seconds: u64,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "SESSION_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Undelivered events per shard before writes are refused with 503.
+    #[arg(long, env = "SESSION_OUTBOX_MAX_LEN", default_value_t = DEFAULT_OUTBOX_MAX_LEN)]
+    pub outbox_max_len: u64,
+    /// Approximate length the global events stream is trimmed to.
+    #[arg(long, env = "SESSION_EVENTS_MAX_LEN", default_value_t = DEFAULT_EVENTS_MAX_LEN)]
+    pub events_max_len: u64,
+    /// HS256 secret for bearer tokens; required in server mode.
+    #[arg(long, env = "SESSION_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Let sidecar mode listen on a non-loopback address.
+    #[arg(long, env = "SESSION_ALLOW_NON_LOOPBACK", default_value_t = false)]
+    pub allow_non_loopback: bool,
+    /// Run the background work (relay, sweeper, consumer) even in sidecar mode.
+    #[arg(long, env = "SESSION_BACKGROUND_WORK", default_value_t = false)]
+    pub background_work: bool,
+    /// `json` or `text`.
+    #[arg(long, env = "SESSION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+/// Shortest accepted JWT secret: 256 bits, as HS256 requires.
+const MIN_JWT_SECRET_BYTES: usize = 32;
+
+impl Config {
+    /// Checks every setting and reports all problems at once.
+    ///
+    /// # Errors
+    /// The list of problems.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if !(1..=1024).contains(&self.shard_count) {
+            problems.push("shard count must be from 1 to 1024".to_owned());
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}', ' ']) {
+            problems.push("key prefix must be non-empty, without braces or spaces".to_owned());
+        }
+        if self.ttl_seconds == 0 || self.ttl_seconds > self.max_ttl_seconds {
+            problems.push("TTL must be from 1 second to the maximum TTL".to_owned());
+        }
+        if self.max_active_per_user == Some(0) {
+            problems.push("max active sessions per user must be at least 1 (unset it for no limit)".to_owned());
+        }
+        if self.create_rate_window_seconds == 0 {
+            problems.push("the rate-limit window must be at least 1 second".to_owned());
+        }
+        if self.max_body_bytes < 1024 {
+            problems.push("max body bytes must be at least 1024".to_owned());
+        }
+        if let Some(url) = &self.redis_url {
+            for seed in url.split(',').map(str::trim) {
+                if !(seed.starts_with("redis://") || seed.starts_with("rediss://")) {
+                    problems.push("Redis URLs must start with redis:// or rediss://".to_owned());
+                }
+            }
+        }
+        match self.mode {
+            Mode::Server => match &self.jwt_secret {
+                None => problems.push("server mode requires a JWT secret (SESSION_JWT_SECRET)".to_owned()),
+                Some(s) if s.len() < MIN_JWT_SECRET_BYTES => {
+                    problems.push(format!("the JWT secret must be at least {MIN_JWT_SECRET_BYTES} bytes"));
+                }
+                Some(_) => {}
+            },
+            Mode::Sidecar => {
+                if !self.listen.ip().is_loopback() && !self.allow_non_loopback {
+                    problems.push(format!(
+                        "sidecar mode listens on loopback only; {} is not (set --allow-non-loopback to override)",
+                        self.listen
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// The session policies these settings describe.
+    #[must_use]
+    pub fn policy(&self) -> Policy {
+        let ms = |s: u64| i64::try_from(s).unwrap_or(i64::MAX / 1000).saturating_mul(1000);
+        Policy {
+            shard_count: self.shard_count,
+            default_ttl_ms: ms(self.ttl_seconds),
+            max_ttl_ms: ms(self.max_ttl_seconds),
+            ended_retention_ms: ms(self.ended_retention_seconds),
+            max_active_per_user: self.max_active_per_user,
+            cap_policy: self.active_cap_policy,
+            create_rate_limit: (self.create_rate_limit > 0).then_some(self.create_rate_limit),
+            create_rate_window_ms: self.create_rate_window_seconds.saturating_mul(1000),
+            outbox_max_len: self.outbox_max_len,
+            events_max_len: self.events_max_len,
+        }
+    }
+
+    /// Whether this process runs the relay, the sweeper and the consumer: in server mode, and
+    /// always on the embedded store (nobody else can).
+    #[must_use]
+    pub fn runs_background_work(&self) -> bool {
+        self.mode == Mode::Server || self.redis_url.is_none() || self.background_work
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("session-sidecar").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_loopback() {
+        let c = parse(&[]);
+        assert!(c.validate().is_ok());
+        assert!(c.listen.ip().is_loopback());
+        assert_eq!(c.mode, Mode::Sidecar);
+        assert!(c.runs_background_work(), "embedded store runs its own background work");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let c = parse(&["--mode", "server", "--shard-count", "0", "--redis-url", "http://x", "--ttl-seconds", "0"]);
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+
+    #[test]
+    fn sidecar_mode_refuses_public_addresses_unless_told() {
+        assert!(parse(&["--listen", "0.0.0.0:7070"]).validate().is_err());
+        assert!(parse(&["--listen", "0.0.0.0:7070", "--allow-non-loopback"]).validate().is_ok());
+    }
+}

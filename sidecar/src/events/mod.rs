@@ -1,0 +1,87 @@
+//! Background work of server mode (and of the embedded store, which has nobody else to do it):
+//! the outbox relay, the expiry sweeper and the consumer of inbound events.
+//!
+//! Each is a loop around a `*_once` function that the tests call directly. All three are safe
+//! with many replicas: the relay and the consumer take a short lease per shard (or for the
+//! stream), and the sweeper relies on guarded commits (DESIGN section 6).
+
+mod consumer;
+mod lease;
+mod relay;
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::sessions::Sessions;
+
+pub use consumer::consume_once;
+pub use relay::relay_once;
+
+/// Pause between relay passes when the outbox was empty: bounds event delivery delay.
+pub const RELAY_INTERVAL: Duration = Duration::from_millis(200);
+/// Pause between sweeps: expiry events follow `expires_at` by at most about this much.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Pause between reads of the events stream when it had nothing new.
+pub const CONSUME_INTERVAL: Duration = Duration::from_millis(250);
+/// Entries handled per shard and pass.
+pub const BATCH: usize = 100;
+
+/// Expires due sessions on every shard; returns how many were expired.
+///
+/// # Errors
+/// When the store fails.
+pub async fn sweep_once(sessions: &Sessions) -> crate::error::Result<usize> {
+    let mut expired = 0;
+    for shard in 0..sessions.policy().shard_count {
+        expired += sessions.expire_due(shard, BATCH).await?;
+    }
+    Ok(expired)
+}
+
+/// Starts the three loops; they stop when `shutdown` turns true.
+pub fn spawn(sessions: &Sessions, shutdown: &watch::Receiver<bool>) -> JoinSet<()> {
+    let worker = uuid::Uuid::new_v4().to_string();
+    let mut set = JoinSet::new();
+    let (s, w) = (sessions.clone(), worker.clone());
+    set.spawn(run_loop("relay", RELAY_INTERVAL, shutdown.clone(), move || {
+        let (s, w) = (s.clone(), w.clone());
+        async move { relay_once(&s, &w).await }
+    }));
+    let s = sessions.clone();
+    set.spawn(run_loop("sweeper", SWEEP_INTERVAL, shutdown.clone(), move || {
+        let s = s.clone();
+        async move { sweep_once(&s).await }
+    }));
+    let s = sessions.clone();
+    set.spawn(run_loop("consumer", CONSUME_INTERVAL, shutdown.clone(), move || {
+        let (s, w) = (s.clone(), worker.clone());
+        async move { consume_once(&s, &w).await }
+    }));
+    set
+}
+
+/// Runs `pass` until shutdown; a pass that did work runs again at once, an idle or failed one
+/// waits `interval` (failures are logged, never fatal: the store may come back).
+async fn run_loop<F, Fut>(name: &'static str, interval: Duration, mut shutdown: watch::Receiver<bool>, mut pass: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::error::Result<usize>>,
+{
+    while !*shutdown.borrow() {
+        let busy = match pass().await {
+            Ok(n) => n > 0,
+            Err(error) => {
+                tracing::warn!(worker = name, %error, "background pass failed");
+                false
+            }
+        };
+        if !busy {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}

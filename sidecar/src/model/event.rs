@@ -1,0 +1,91 @@
+//! Event envelopes (DESIGN section 8): the ones we publish and the ones we consume.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// The `source` of every event this service publishes.
+pub const SOURCE: &str = "session-service";
+
+/// Event types we publish and consume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Created,
+    Updated,
+    Ended,
+    Expired,
+    Deleted,
+    UserDeleted,
+    CaseDeleted,
+}
+
+impl EventType {
+    /// The wire name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Created => "session.created.v1",
+            EventType::Updated => "session.updated.v1",
+            EventType::Ended => "session.ended.v1",
+            EventType::Expired => "session.expired.v1",
+            EventType::Deleted => "session.deleted.v1",
+            EventType::UserDeleted => "auth.user.deleted.v1",
+            EventType::CaseDeleted => "case.deleted.v1",
+        }
+    }
+
+    /// Parses a wire name.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            EventType::Created,
+            EventType::Updated,
+            EventType::Ended,
+            EventType::Expired,
+            EventType::Deleted,
+            EventType::UserDeleted,
+            EventType::CaseDeleted,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == name)
+    }
+}
+
+/// The envelope of every event, published or consumed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// UUIDv4, unique forever: consumers deduplicate on it.
+    pub event_id: String,
+    /// For example `session.created.v1`.
+    pub event_type: String,
+    /// RFC 3339 UTC with milliseconds, set by the publisher.
+    pub timestamp: String,
+    /// The publishing service.
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub performer_id: Option<String>,
+    /// For `session.*` events the session after the change; for consumed events, as published.
+    pub payload: Value,
+}
+
+impl Envelope {
+    /// The stream fields of this event (outbox and global stream alike).
+    #[must_use]
+    pub fn to_stream_fields(&self) -> Vec<(String, String)> {
+        vec![
+            ("event_id".to_owned(), self.event_id.clone()),
+            ("event_type".to_owned(), self.event_type.clone()),
+            ("envelope".to_owned(), serde_json::to_string(self).unwrap_or_default()),
+        ]
+    }
+
+    /// Reads an event back from stream fields.
+    #[must_use]
+    pub fn from_stream_fields(fields: &[(String, String)]) -> Option<Self> {
+        let raw = fields.iter().find(|(k, _)| k == "envelope")?;
+        serde_json::from_str(&raw.1).ok()
+    }
+}

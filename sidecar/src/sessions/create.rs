@@ -1,0 +1,221 @@
+//! Starting a session: title uniqueness, one current session, the active cap, the rate limit.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::ids::{new_session_id, shard_of};
+use crate::model::input::{CreateSession, check_id, check_object_size, check_title};
+use crate::model::{EventType, Record, Status};
+use crate::store::{Bound, ReadOp, Reply, WriteOp, ZRange};
+
+use super::plan::Plan;
+use super::{CapPolicy, Caller, Ctx, Sessions, Step, decode_record};
+
+/// A validated creation request.
+struct NewSession {
+    id: String,
+    shard: u32,
+    user_id: String,
+    input: CreateSession,
+    performer: String,
+    ttl_ms: i64,
+}
+
+/// The most active sessions read when enforcing the cap (the cap itself is far smaller).
+const MAX_ACTIVE_SCAN: usize = 10_000;
+
+impl Sessions {
+    /// Creates a session; it becomes the user's current session.
+    ///
+    /// # Errors
+    /// 400 for invalid input, 403 for a user token naming another user, 409 for a taken title or
+    /// the active cap, 429 past the creation rate, 503 when the store fails.
+    pub async fn create(&self, ctx: &Ctx, input: CreateSession) -> Result<Record> {
+        let new = self.validate_create(ctx, input)?;
+        self.retry(|| self.try_create(ctx, &new)).await
+    }
+
+    fn validate_create(&self, ctx: &Ctx, input: CreateSession) -> Result<NewSession> {
+        let user_id = match (&ctx.caller, &input.user_id) {
+            (Caller::User(u), None) => u.clone(),
+            (caller, Some(u)) => {
+                caller.check_owner(u)?;
+                u.clone()
+            }
+            (Caller::Trusted, None) => return Err(Error::Validation("user_id is required".into())),
+        };
+        check_id("user_id", &user_id)?;
+        for (field, value) in [("org_id", &input.org_id), ("case_id", &input.case_id), ("performer_id", &input.performer_id)] {
+            if let Some(v) = value {
+                check_id(field, v)?;
+            }
+        }
+        if let Some(title) = &input.title {
+            check_title(title)?;
+        }
+        for (field, value) in [("metadata", &input.metadata), ("data", &input.data)] {
+            if let Some(v) = value {
+                check_object_size(field, v)?;
+            }
+        }
+        let ttl_ms = self.ttl_ms(input.ttl_seconds)?;
+        let shard = shard_of(&user_id, self.policy.shard_count);
+        Ok(NewSession {
+            id: new_session_id(shard),
+            shard,
+            performer: input.performer_id.clone().unwrap_or_else(|| user_id.clone()),
+            user_id,
+            input,
+            ttl_ms,
+        })
+    }
+
+    /// A requested TTL in ms, or the default; between 1 s and the maximum.
+    pub(crate) fn ttl_ms(&self, ttl_seconds: Option<u64>) -> Result<i64> {
+        let Some(seconds) = ttl_seconds else {
+            return Ok(self.policy.default_ttl_ms);
+        };
+        let ms = i64::try_from(seconds).unwrap_or(i64::MAX).saturating_mul(1000);
+        if seconds == 0 || ms > self.policy.max_ttl_ms {
+            return Err(Error::Validation(format!(
+                "ttl_seconds must be from 1 to {}",
+                self.policy.max_ttl_ms / 1000
+            )));
+        }
+        Ok(ms)
+    }
+
+    async fn try_create(&self, ctx: &Ctx, new: &NewSession) -> Result<Step<Record>> {
+        let (k, shard, user) = (&self.keys, new.shard, new.user_id.as_str());
+        let now = self.now();
+        let mut ops = vec![
+            ReadOp::Get(k.user_version(shard, user)),
+            ReadOp::Get(k.current(shard, user)),
+            ReadOp::Get(k.rate(shard, user)),
+            ReadOp::PTtl(k.rate(shard, user)),
+            ReadOp::HGet(k.titles(shard, user), new.input.title.clone().unwrap_or_default()),
+        ];
+        if self.policy.max_active_per_user.is_some() {
+            ops.push(ReadOp::ZRange(ZRange {
+                key: k.user_active(shard, user),
+                #[allow(clippy::cast_precision_loss)]
+                min: Bound::Excl(now as f64),
+                max: Bound::PosInf,
+                rev: false,
+                offset: 0,
+                count: MAX_ACTIVE_SCAN,
+            }));
+        }
+        let mut r = self.read(ops).await?.into_iter();
+        let version = r.next().and_then(Reply::into_opt_string);
+        let current = r.next().and_then(Reply::into_opt_string);
+        let created_in_window = r.next().map_or(0, |v| v.as_int());
+        let window_left_ms = r.next().map_or(0, |v| v.as_int());
+        let title_owner = r.next().and_then(Reply::into_opt_string).filter(|_| new.input.title.is_some());
+        let active: Vec<String> = r.next().map(Reply::into_scored).unwrap_or_default().into_iter().map(|(m, _)| m).collect();
+
+        if let Some(limit) = self.policy.create_rate_limit {
+            if created_in_window >= i64::from(limit) {
+                let retry_after_s = u64::try_from(window_left_ms.max(1)).unwrap_or(1).div_ceil(1000);
+                return Err(Error::RateLimited { retry_after_s });
+            }
+        }
+        let evict_count = match self.policy.max_active_per_user {
+            Some(cap) if active.len() >= cap as usize => match self.policy.cap_policy {
+                CapPolicy::Reject => return Err(Error::ActiveLimit),
+                CapPolicy::EndOldest => active.len() + 1 - cap as usize,
+            },
+            _ => 0,
+        };
+
+        // Second snapshot: the documents the decision depends on, under the same user version.
+        let mut wanted: Vec<String> = current.iter().chain(title_owner.iter()).cloned().collect();
+        if evict_count > 0 {
+            wanted.extend(active.iter().cloned());
+        }
+        wanted.sort();
+        wanted.dedup();
+        let Some(mut docs) = self.read_docs(shard, user, version.as_ref(), &wanted).await? else {
+            return Ok(Step::Retry);
+        };
+
+        if let Some(owner) = &title_owner {
+            if docs.get(owner).is_some_and(|d| d.is_live(now)) {
+                return Err(Error::TitleTaken);
+            }
+        }
+        let mut plan = Plan::for_user(self, shard, user, version.as_ref());
+        let corr = ctx.correlation_id.as_deref();
+        let previous = current.as_ref().and_then(|id| docs.get_mut(id).map(|d| {
+            d.current = false;
+            d.version += 1;
+            d.clone()
+        }));
+        let mut victims: Vec<Record> = active.iter().filter_map(|id| docs.remove(id)).filter(|d| d.is_active(now)).collect();
+        victims.sort_by(|a, b| (a.created_ms, &a.session_id).cmp(&(b.created_ms, &b.session_id)));
+        victims.truncate(evict_count);
+        for victim in &mut victims {
+            // A victim that was current already lost the flag above (it is the same document).
+            plan.end(victim, "system", self.policy.ended_retention_ms, corr);
+        }
+        if let Some(prev) = previous.filter(|p| !victims.iter().any(|v| v.session_id == p.session_id)) {
+            plan.put(&prev);
+        }
+
+        let record = self.new_record(new, now);
+        plan.event(EventType::Created, &record, Some(&new.performer), corr);
+        plan.put(&record);
+        plan.index_new(&record);
+        plan.write(WriteOp::Set(k.current(shard, user), record.session_id.clone()));
+        if self.policy.create_rate_limit.is_some() {
+            plan.write(WriteOp::IncrWindow(k.rate(shard, user), self.policy.create_rate_window_ms));
+        }
+        Ok(if self.commit(plan).await? { Step::Done(record) } else { Step::Retry })
+    }
+
+    fn new_record(&self, new: &NewSession, now: i64) -> Record {
+        let input = &new.input;
+        Record {
+            session_id: new.id.clone(),
+            user_id: new.user_id.clone(),
+            org_id: input.org_id.clone(),
+            title: input.title.clone(),
+            case_id: input.case_id.clone(),
+            status: Status::Active,
+            current: true,
+            metadata: input.metadata.clone().unwrap_or_default(),
+            data: input.data.clone().unwrap_or_default(),
+            created_ms: now,
+            updated_ms: now,
+            expires_ms: now + new.ttl_ms,
+            ended_ms: None,
+            performer_id: Some(new.performer.clone()),
+            version: 1,
+            messages_by_role: [0; 4],
+            tokens_total: 0,
+            cost_micros: 0,
+            last_message_ms: None,
+        }
+    }
+
+    /// Reads documents of one user under the user's version read before: `None` when the
+    /// version moved meanwhile (the caller retries). Missing documents are left out.
+    pub(crate) async fn read_docs(&self, shard: u32, user: &str, version: Option<&String>, ids: &[String]) -> Result<Option<HashMap<String, Record>>> {
+        if ids.is_empty() {
+            return Ok(Some(HashMap::new()));
+        }
+        let mut ops = vec![ReadOp::Get(self.keys.user_version(shard, user))];
+        ops.extend(ids.iter().map(|id| ReadOp::HGetAll(self.keys.session(shard, id))));
+        let mut r = self.read(ops).await?.into_iter();
+        if r.next().and_then(Reply::into_opt_string).as_ref() != version {
+            return Ok(None);
+        }
+        let mut docs = HashMap::new();
+        for (id, reply) in ids.iter().zip(r) {
+            if let Some(doc) = decode_record(Some(reply))? {
+                docs.insert(id.clone(), doc);
+            }
+        }
+        Ok(Some(docs))
+    }
+}

@@ -1,0 +1,81 @@
+//! The expiry sweeper's rule: a due session is expired exactly once.
+//!
+//! Reads already treat `expires_at <= now` as gone; the sweeper makes it final. It takes due ids
+//! from the shard's expiry queue and expires each one with a commit guarded by the user's
+//! version, so when several server replicas sweep the same shard, exactly one commit wins and
+//! exactly one `session.expired.v1` is published. Ended sessions past their retention are
+//! purged without an event (their boundary event was `session.ended.v1`).
+
+use crate::error::Result;
+use crate::model::{EventType, Status};
+use crate::store::{Bound, Commit, ReadOp, Reply, WriteOp, ZRange};
+
+use super::plan::Plan;
+use super::{Ctx, Sessions, Step, decode_record};
+
+impl Sessions {
+    /// Expires or purges up to `batch` due sessions of `shard`; returns how many were expired
+    /// (events published) by this call.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn expire_due(&self, shard: u32, batch: usize) -> Result<usize> {
+        let now = self.now();
+        #[allow(clippy::cast_precision_loss)]
+        let due = self
+            .read(vec![ReadOp::ZRange(ZRange {
+                key: self.keys.expiry(shard),
+                min: Bound::NegInf,
+                max: Bound::Incl(now as f64),
+                rev: false,
+                offset: 0,
+                count: batch,
+            })])
+            .await?;
+        let mut expired = 0;
+        for (id, _) in due.into_iter().next().map(Reply::into_scored).unwrap_or_default() {
+            if self.expire_one(shard, &id).await? {
+                expired += 1;
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn expire_one(&self, shard: u32, id: &str) -> Result<bool> {
+        let first = self.read(vec![ReadOp::HGetAll(self.keys.session(shard, id))]).await?;
+        let Some(first) = decode_record(first.into_iter().next())? else {
+            // A queue entry without a document: drop the entry.
+            let commit = Commit { writes: vec![WriteOp::ZRem(self.keys.expiry(shard), id.to_owned())], ..Commit::default() };
+            self.backend.commit(commit).await?;
+            return Ok(false);
+        };
+        let user = first.user_id.as_str();
+        let ctx = Ctx::system();
+        self.retry(|| async {
+            let extras = vec![
+                ReadOp::Get(self.keys.current(shard, user)),
+                ReadOp::HGet(self.keys.titles(shard, user), first.title.clone().unwrap_or_default()),
+            ];
+            let (version, record, extra) = self.snapshot_of(shard, id, user, extras).await?;
+            let now = self.now();
+            let Some(mut record) = record.filter(|r| r.expires_ms <= now) else {
+                return Ok(Step::Done(false)); // gone already, or a heartbeat moved it
+            };
+            let mut extra = extra.into_iter().map(Reply::into_opt_string);
+            let is_current = extra.next().flatten().as_deref() == Some(id);
+            let title_owned = record.title.is_some() && extra.next().flatten().as_deref() == Some(id);
+            let mut plan = Plan::for_user(self, shard, user, version.as_ref());
+            let expiring = record.status == Status::Active;
+            if expiring {
+                record.status = Status::Expired;
+                record.current = false;
+                record.updated_ms = now;
+                record.version += 1;
+                plan.event(EventType::Expired, &record, Some("system"), ctx.correlation_id.as_deref());
+            }
+            plan.remove(&record, title_owned, is_current);
+            Ok(if self.commit(plan).await? { Step::Done(expiring) } else { Step::Retry })
+        })
+        .await
+    }
+}

@@ -1,0 +1,82 @@
+//! Per-session memory: one JSON object (summary, preferences, facts, …), replaced or merged.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::error::{Error, Result};
+use crate::model::Status;
+use crate::model::input::check_object_size;
+use crate::store::{ReadOp, Reply, WriteOp};
+
+use super::lifecycle::merge;
+use super::plan::Plan;
+use super::{Ctx, Sessions, Step};
+
+/// A session's memory.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MemoryView {
+    pub session_id: String,
+    /// The memory object; `{}` until something is stored.
+    pub memory: Map<String, Value>,
+}
+
+/// How a memory write combines with what is stored.
+#[derive(Debug, Clone, Copy)]
+pub enum MemoryWrite {
+    Replace,
+    /// RFC 7386 merge patch.
+    Merge,
+}
+
+fn decode(reply: Option<Reply>) -> Result<Map<String, Value>> {
+    match reply.and_then(Reply::into_opt_string) {
+        None => Ok(Map::new()),
+        Some(raw) => match serde_json::from_str(&raw) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(Error::Corrupt("memory is not a JSON object".into())),
+        },
+    }
+}
+
+impl Sessions {
+    /// The session's memory.
+    ///
+    /// # Errors
+    /// 403, 404, 503.
+    pub async fn memory(&self, ctx: &Ctx, id: &str) -> Result<MemoryView> {
+        let shard = self.shard_of_session(id)?;
+        let record = self.get(id).await?;
+        ctx.caller.check_owner(&record.user_id)?;
+        let r = self.read(vec![ReadOp::Get(self.keys.memory(shard, id))]).await?;
+        Ok(MemoryView { session_id: id.to_owned(), memory: decode(r.into_iter().next())? })
+    }
+
+    /// Replaces or merges the memory of an active session.
+    ///
+    /// # Errors
+    /// 400 too large, 403, 404, 409 ended session, 503.
+    pub async fn write_memory(&self, ctx: &Ctx, id: &str, how: MemoryWrite, body: Map<String, Value>) -> Result<MemoryView> {
+        check_object_size("memory", &body)?;
+        let shard = self.shard_of_session(id)?;
+        let first = self.get(id).await?;
+        ctx.caller.check_owner(&first.user_id)?;
+        let key = self.keys.memory(shard, id);
+        self.retry(|| async {
+            let (version, record, extra) = self.snapshot_of(shard, id, &first.user_id, vec![ReadOp::Get(key.clone())]).await?;
+            let record = record.filter(|r| r.is_live(self.now())).ok_or(Error::NotFound("no such session"))?;
+            if record.status != Status::Active {
+                return Err(Error::SessionEnded);
+            }
+            let memory = match how {
+                MemoryWrite::Replace => body.clone(),
+                MemoryWrite::Merge => merge(&decode(extra.into_iter().next())?, &body),
+            };
+            check_object_size("memory", &memory)?;
+            let mut plan = Plan::for_user(self, shard, &first.user_id, version.as_ref());
+            plan.write(WriteOp::Set(key.clone(), Value::Object(memory.clone()).to_string()));
+            Ok(if self.commit(plan).await? { Step::Done(MemoryView { session_id: id.to_owned(), memory }) } else { Step::Retry })
+        })
+        .await
+    }
+}

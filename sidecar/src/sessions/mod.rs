@@ -1,0 +1,220 @@
+//! The session engine: every rule of DESIGN section 4, written once, over any [`Backend`].
+//!
+//! Each use case follows the same pattern: read a snapshot that includes the user's version
+//! counter, decide on it (checking every invariant), and commit guarded by that version. A
+//! concurrent change to the same user makes the commit report a conflict; the use case then runs
+//! again on a fresh snapshot ([`Sessions::retry`]). Only changes to the *same user* ever retry.
+
+mod create;
+mod current;
+mod expiry;
+mod inbound;
+mod lifecycle;
+mod listing;
+mod memory;
+mod messages;
+mod plan;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::ids::parse_session_id;
+use crate::model::Record;
+use crate::store::{Backend, CommitOutcome, Keys, ReadOp, Reply};
+
+pub use inbound::InboundOutcome;
+pub use listing::Page;
+pub use memory::{MemoryView, MemoryWrite};
+
+/// What to do when a user at `max_active_per_user` starts another session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CapPolicy {
+    /// Refuse the new session with 409.
+    Reject,
+    /// End the user's oldest active session (performer `system`) and start the new one.
+    EndOldest,
+}
+
+/// The policies of one deployment (DESIGN section 4); see `config` for the defaults.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub shard_count: u32,
+    pub default_ttl_ms: i64,
+    pub max_ttl_ms: i64,
+    /// How long ended sessions stay readable.
+    pub ended_retention_ms: i64,
+    pub max_active_per_user: Option<u32>,
+    pub cap_policy: CapPolicy,
+    /// At most this many creations per user per window; `None` disables the limit.
+    pub create_rate_limit: Option<u32>,
+    pub create_rate_window_ms: u64,
+    /// Commits are refused (503) while a shard outbox holds this many undelivered events.
+    pub outbox_max_len: u64,
+    /// The global events stream is trimmed to about this many entries.
+    pub events_max_len: u64,
+}
+
+/// Who is calling, as established by the API layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The pod itself (sidecar mode) or a token with the service scope: may act for any user.
+    Trusted,
+    /// An end user's token (server mode): may act only on their own sessions.
+    User(String),
+}
+
+impl Caller {
+    /// Refuses a user acting on another user's data.
+    ///
+    /// # Errors
+    /// `forbidden` when a user token names another user.
+    pub fn check_owner(&self, owner: &str) -> Result<()> {
+        match self {
+            Caller::User(u) if u != owner => Err(Error::Forbidden("the session belongs to another user")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Who asks and under which correlation id; passed to every use case that changes state.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub caller: Caller,
+    /// Propagated from `X-Correlation-ID` into the events.
+    pub correlation_id: Option<String>,
+}
+
+impl Ctx {
+    /// A trusted caller without correlation id (background work, tests).
+    #[must_use]
+    pub fn system() -> Self {
+        Self { caller: Caller::Trusted, correlation_id: None }
+    }
+}
+
+/// Retry bound for optimistic commits. 32 attempts with growing jittered pauses (up to ~64 ms
+/// each) ride out heavy contention on one user for about a second before answering 503.
+const MAX_ATTEMPTS: u32 = 32;
+
+/// The outcome of one attempt.
+pub(crate) enum Step<T> {
+    Done(T),
+    Retry,
+}
+
+/// The engine: a cheap handle (clone it freely).
+#[derive(Clone)]
+pub struct Sessions {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) keys: Keys,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) policy: Arc<Policy>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").field("backend", &self.backend.kind()).finish_non_exhaustive()
+    }
+}
+
+impl Sessions {
+    /// An engine over `backend` with keys under `prefix`.
+    #[must_use]
+    pub fn new(backend: Arc<dyn Backend>, prefix: &str, clock: Arc<dyn Clock>, policy: Policy) -> Self {
+        Self { backend, keys: Keys::new(prefix), clock, policy: Arc::new(policy) }
+    }
+
+    /// The store behind the engine.
+    #[must_use]
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The key layout.
+    #[must_use]
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The policies.
+    #[must_use]
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub(crate) fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The shard of a session id, or 400 for a malformed one.
+    pub(crate) fn shard_of_session(&self, id: &str) -> Result<u32> {
+        parse_session_id(id, self.policy.shard_count).ok_or_else(|| Error::InvalidSessionId(id.chars().take(64).collect()))
+    }
+
+    /// Runs `attempt` until it is done, retrying on conflicts with jittered backoff.
+    pub(crate) async fn retry<T, F, Fut>(&self, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Step<T>>>,
+    {
+        for n in 0..MAX_ATTEMPTS {
+            if let Step::Done(value) = attempt().await? {
+                return Ok(value);
+            }
+            let ceiling_ms = 1u64 << n.min(6);
+            tokio::time::sleep(Duration::from_micros(rand::random_range(0..ceiling_ms * 1000))).await;
+        }
+        Err(Error::Contention)
+    }
+
+    /// Reads `ops` atomically.
+    pub(crate) async fn read(&self, ops: Vec<ReadOp>) -> Result<Vec<Reply>> {
+        Ok(self.backend.read(ops).await?)
+    }
+
+    /// Commits; `Ok(false)` on a conflict (retry), errors for a full outbox or a failed store.
+    pub(crate) async fn commit(&self, plan: plan::Plan) -> Result<bool> {
+        match self.backend.commit(plan.into_commit()).await? {
+            CommitOutcome::Applied => Ok(true),
+            CommitOutcome::Conflict => Ok(false),
+            CommitOutcome::OutboxFull => Err(Error::OutboxFull),
+        }
+    }
+
+    /// Looks a session up by id: the hot path. Expired sessions are gone at once.
+    ///
+    /// # Errors
+    /// `invalid_session_id` for a malformed id, `not_found`, or a store failure.
+    pub async fn get(&self, id: &str) -> Result<Record> {
+        let shard = self.shard_of_session(id)?;
+        let replies = self.read(vec![ReadOp::HGetAll(self.keys.session(shard, id))]).await?;
+        let record = decode_record(replies.into_iter().next())?;
+        record.filter(|r| r.is_live(self.now())).ok_or(Error::NotFound("no such session"))
+    }
+
+    /// Reads a session and its user's version in one snapshot; the record may be gone.
+    pub(crate) async fn snapshot_of(&self, shard: u32, id: &str, user_id: &str, extra: Vec<ReadOp>) -> Result<(Option<String>, Option<Record>, Vec<Reply>)> {
+        let mut ops = vec![
+            ReadOp::Get(self.keys.user_version(shard, user_id)),
+            ReadOp::HGetAll(self.keys.session(shard, id)),
+        ];
+        ops.extend(extra);
+        let mut replies = self.read(ops).await?.into_iter();
+        let version = replies.next().and_then(Reply::into_opt_string);
+        let record = decode_record(replies.next())?;
+        Ok((version, record, replies.collect()))
+    }
+}
+
+/// Decodes an `HGetAll` reply into a record.
+pub(crate) fn decode_record(reply: Option<Reply>) -> Result<Option<Record>> {
+    Record::from_fields(reply.map(Reply::into_pairs).unwrap_or_default()).map_err(Error::Corrupt)
+}
+
+/// The next value of a version counter.
+pub(crate) fn next_version(current: Option<&String>) -> String {
+    (current.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1).to_string()
+}

@@ -1,0 +1,147 @@
+//! Building guarded commits for one user: the index bookkeeping every use case shares.
+
+use crate::clock::rfc3339;
+use crate::ids::new_event_id;
+use crate::model::event::SOURCE;
+use crate::model::{Envelope, EventType, Record, Status};
+use crate::store::{Append, Commit, Guard, Keys, WriteOp};
+
+use super::next_version;
+
+/// A commit under construction for one user on one shard.
+pub(crate) struct Plan {
+    keys: Keys,
+    shard: u32,
+    user_id: String,
+    now_ms: i64,
+    commit: Commit,
+}
+
+impl Plan {
+    /// A plan guarded by the user's version as read (`None`: the user has no version yet), which
+    /// bumps that version and refuses to grow a full outbox.
+    pub(crate) fn for_user(sessions: &super::Sessions, shard: u32, user_id: &str, version: Option<&String>) -> Self {
+        let keys = sessions.keys.clone();
+        let uv = keys.user_version(shard, user_id);
+        let commit = Commit {
+            guards: vec![
+                Guard::Eq(uv.clone(), version.cloned()),
+                Guard::StreamBelow(keys.outbox(shard), sessions.policy.outbox_max_len),
+            ],
+            appends: Vec::new(),
+            writes: vec![WriteOp::Set(uv, next_version(version))],
+        };
+        Self { keys, shard, user_id: user_id.to_owned(), now_ms: sessions.now(), commit }
+    }
+
+
+
+
+    pub(crate) fn write(&mut self, op: WriteOp) {
+        self.commit.writes.push(op);
+    }
+
+
+    /// Appends an event about `record` (its state after the change) to the shard outbox.
+    pub(crate) fn event(&mut self, kind: EventType, record: &Record, performer: Option<&str>, correlation: Option<&str>) -> Envelope {
+        let envelope = Envelope {
+            event_id: new_event_id(),
+            event_type: kind.as_str().to_owned(),
+            timestamp: rfc3339(self.now_ms),
+            source: SOURCE.to_owned(),
+            correlation_id: correlation.map(str::to_owned),
+            performer_id: performer.map(str::to_owned),
+            payload: serde_json::to_value(record.view()).unwrap_or_default(),
+        };
+        self.commit.appends.push(Append {
+            stream: self.keys.outbox(self.shard),
+            fields: envelope.to_stream_fields(),
+            max_len: None,
+        });
+        envelope
+    }
+
+    /// Writes the whole document (and removes optional fields it no longer has).
+    pub(crate) fn put(&mut self, record: &Record) {
+        let key = self.keys.session(self.shard, &record.session_id);
+        self.write(WriteOp::HSet(key.clone(), record.to_fields()));
+        self.write(WriteOp::HDel(key, record.absent_optional_fields()));
+    }
+
+    /// Indexes a new session: per user, active set, expiry queue, title, case.
+    pub(crate) fn index_new(&mut self, record: &Record) {
+        let (k, s, u, id) = (&self.keys, self.shard, &self.user_id, &record.session_id);
+        #[allow(clippy::cast_precision_loss)] // whole milliseconds are exact in f64
+        let (created, expires) = (record.created_ms as f64, record.expires_ms as f64);
+        let mut ops = vec![
+            WriteOp::ZAdd(k.user_sessions(s, u), created, id.clone()),
+            WriteOp::ZAdd(k.user_active(s, u), expires, id.clone()),
+            WriteOp::ZAdd(k.expiry(s), expires, id.clone()),
+        ];
+        if let Some(title) = &record.title {
+            ops.push(WriteOp::HSet(k.titles(s, u), vec![(title.clone(), id.clone())]));
+        }
+        if let Some(case) = &record.case_id {
+            ops.push(WriteOp::ZAdd(k.case_sessions(s, case), 0.0, id.clone()));
+        }
+        self.commit.writes.extend(ops);
+    }
+
+    /// Moves a session's expiry (heartbeat, end): the active set and the sweeper's queue.
+    pub(crate) fn reschedule(&mut self, record: &Record) {
+        let (k, s, u, id) = (&self.keys, self.shard, &self.user_id, record.session_id.clone());
+        #[allow(clippy::cast_precision_loss)]
+        let expires = record.expires_ms as f64;
+        let mut ops = vec![WriteOp::ZAdd(k.expiry(s), expires, id.clone())];
+        ops.push(if record.status == Status::Active {
+            WriteOp::ZAdd(k.user_active(s, u), expires, id)
+        } else {
+            WriteOp::ZRem(k.user_active(s, u), id)
+        });
+        self.commit.writes.extend(ops);
+    }
+
+    /// Ends `record` in place (status, times, performer) and records it; returns the event.
+    pub(crate) fn end(&mut self, record: &mut Record, performer: &str, retention_ms: i64, correlation: Option<&str>) -> Envelope {
+        let now = self.now_ms;
+        record.status = Status::Ended;
+        record.ended_ms = Some(now);
+        record.updated_ms = now;
+        record.expires_ms = now + retention_ms;
+        record.performer_id = Some(performer.to_owned());
+        record.version += 1;
+        let event = self.event(EventType::Ended, record, Some(performer), correlation);
+        self.put(record);
+        self.reschedule(record);
+        event
+    }
+
+    /// Removes a session and everything that hangs off it. `title_owned` and `is_current` say
+    /// whether the title index and the current pointer still point at it (read in the snapshot),
+    /// so that a newer session's entries are never removed.
+    pub(crate) fn remove(&mut self, record: &Record, title_owned: bool, is_current: bool) {
+        let (k, s, u, id) = (&self.keys, self.shard, &self.user_id, record.session_id.clone());
+        let mut ops = vec![
+            WriteOp::Del(k.session(s, &id)),
+            WriteOp::Del(k.messages(s, &id)),
+            WriteOp::Del(k.memory(s, &id)),
+            WriteOp::ZRem(k.user_sessions(s, u), id.clone()),
+            WriteOp::ZRem(k.user_active(s, u), id.clone()),
+            WriteOp::ZRem(k.expiry(s), id.clone()),
+        ];
+        if let (Some(title), true) = (&record.title, title_owned) {
+            ops.push(WriteOp::HDel(k.titles(s, u), vec![title.clone()]));
+        }
+        if let Some(case) = &record.case_id {
+            ops.push(WriteOp::ZRem(k.case_sessions(s, case), id.clone()));
+        }
+        if is_current {
+            ops.push(WriteOp::Del(k.current(s, u)));
+        }
+        self.commit.writes.extend(ops);
+    }
+
+    pub(crate) fn into_commit(self) -> Commit {
+        self.commit
+    }
+}

@@ -1,0 +1,528 @@
+//! The embedded backend: the same contract as Redis, in process memory.
+//!
+//! It implements exactly the subset of Redis data types and commands that [`super::Backend`]
+//! names, with Redis's ordering rules (sorted sets by score, then member bytes; stream ids
+//! `<ms>-<seq>`), so the engine above cannot tell the two apart. One `std::sync::Mutex` guards
+//! the whole keyspace: every read batch and commit is one short critical section, never held
+//! across an `.await`, which is what makes them atomic.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+
+use super::{
+    Append, Backend, BackendError, Bound, Commit, CommitOutcome, Guard, ReadOp, Reply, Score,
+    StreamEntry, WriteOp, ZRange,
+};
+
+/// The in-process store.
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    db: Mutex<Db>,
+}
+
+#[derive(Debug, Default)]
+struct Db {
+    entries: HashMap<String, Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    value: Value,
+    expires: Option<Instant>,
+}
+
+#[derive(Debug)]
+enum Value {
+    Str(String),
+    Hash(BTreeMap<String, String>),
+    ZSet(ZSet),
+    List(Vec<String>),
+    Stream(Stream),
+}
+
+/// Which type a write needs, checked before anything is changed so a commit stays all or nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Str,
+    Hash,
+    ZSet,
+    List,
+    Stream,
+}
+
+impl MemoryBackend {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Db> {
+        // A panic while holding the lock cannot leave a half-applied commit (commits check
+        // everything before changing anything), so a poisoned lock is safe to keep using.
+        self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    async fn read(&self, ops: Vec<ReadOp>) -> Result<Vec<Reply>, BackendError> {
+        let mut db = self.lock();
+        Ok(ops.iter().map(|op| db.read(op)).collect())
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, BackendError> {
+        let mut db = self.lock();
+        db.commit(commit)
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+}
+
+impl Db {
+    fn live(&mut self, key: &str) -> Option<&mut Value> {
+        let expired = self
+            .entries
+            .get(key)
+            .is_some_and(|e| e.expires.is_some_and(|t| t <= Instant::now()));
+        if expired {
+            self.entries.remove(key);
+        }
+        self.entries.get_mut(key).map(|e| &mut e.value)
+    }
+
+    fn kind_of(&mut self, key: &str) -> Option<Kind> {
+        self.live(key).map(|v| match v {
+            Value::Str(_) => Kind::Str,
+            Value::Hash(_) => Kind::Hash,
+            Value::ZSet(_) => Kind::ZSet,
+            Value::List(_) => Kind::List,
+            Value::Stream(_) => Kind::Stream,
+        })
+    }
+
+    fn read(&mut self, op: &ReadOp) -> Reply {
+        match op {
+            ReadOp::Get(k) => match self.live(k) {
+                Some(Value::Str(s)) => Reply::Str(s.clone()),
+                _ => Reply::Nil,
+            },
+            ReadOp::HGetAll(k) => match self.live(k) {
+                Some(Value::Hash(h)) => {
+                    Reply::Pairs(h.iter().map(|(f, v)| (f.clone(), v.clone())).collect())
+                }
+                _ => Reply::Pairs(Vec::new()),
+            },
+            ReadOp::HGet(k, f) => match self.live(k) {
+                Some(Value::Hash(h)) => h.get(f).map_or(Reply::Nil, |v| Reply::Str(v.clone())),
+                _ => Reply::Nil,
+            },
+            ReadOp::ZRange(q) => match self.live(&q.key) {
+                Some(Value::ZSet(z)) => Reply::Scored(z.range(q)),
+                _ => Reply::Scored(Vec::new()),
+            },
+            ReadOp::ZCountAbove(k, min) => match self.live(k) {
+                Some(Value::ZSet(z)) => Reply::Int(z.count_above(*min)),
+                _ => Reply::Int(0),
+            },
+            ReadOp::ZScore(k, m) => match self.live(k) {
+                Some(Value::ZSet(z)) => z
+                    .scores
+                    .get(m)
+                    .map_or(Reply::Nil, |s| Reply::Str(s.to_string())),
+                _ => Reply::Nil,
+            },
+            ReadOp::LRange(k, start, stop) => match self.live(k) {
+                Some(Value::List(l)) => Reply::List(lrange(l, *start, *stop)),
+                _ => Reply::List(Vec::new()),
+            },
+            ReadOp::PTtl(k) => self.pttl(k),
+            ReadOp::XRange(k, after, count) => match self.live(k) {
+                Some(Value::Stream(s)) => Reply::Entries(s.range(after.as_deref(), *count)),
+                _ => Reply::Entries(Vec::new()),
+            },
+        }
+    }
+
+    fn pttl(&mut self, key: &str) -> Reply {
+        if self.live(key).is_none() {
+            return Reply::Int(-2);
+        }
+        match self.entries.get(key).and_then(|e| e.expires) {
+            None => Reply::Int(-1),
+            Some(t) => Reply::Int(
+                i64::try_from(t.saturating_duration_since(Instant::now()).as_millis())
+                    .unwrap_or(i64::MAX),
+            ),
+        }
+    }
+
+    fn commit(&mut self, commit: Commit) -> Result<CommitOutcome, BackendError> {
+        for guard in &commit.guards {
+            match guard {
+                Guard::Eq(key, expected) => {
+                    let actual = match self.live(key) {
+                        Some(Value::Str(s)) => Some(s.clone()),
+                        Some(_) => return Err(wrong_type(key)),
+                        None => None,
+                    };
+                    if &actual != expected {
+                        return Ok(CommitOutcome::Conflict);
+                    }
+                }
+                Guard::StreamBelow(key, max) => {
+                    let len = match self.live(key) {
+                        Some(Value::Stream(s)) => s.entries.len() as u64,
+                        Some(_) => return Err(wrong_type(key)),
+                        None => 0,
+                    };
+                    if len >= *max {
+                        return Ok(CommitOutcome::OutboxFull);
+                    }
+                }
+            }
+        }
+        for append in &commit.appends {
+            if !matches!(self.kind_of(&append.stream), None | Some(Kind::Stream)) {
+                return Err(BackendError::AppendFailed(format!(
+                    "{} is not a stream",
+                    append.stream
+                )));
+            }
+        }
+        for write in &commit.writes {
+            if let Some((key, kind)) = write_kind(write) {
+                if self.kind_of(key).is_some_and(|k| k != kind) {
+                    return Err(wrong_type(key));
+                }
+            }
+        }
+        for append in commit.appends {
+            self.append(append);
+        }
+        for write in commit.writes {
+            self.write(write);
+        }
+        Ok(CommitOutcome::Applied)
+    }
+
+    fn append(&mut self, append: Append) {
+        let entry = self
+            .entries
+            .entry(append.stream)
+            .or_insert_with(|| Entry { value: Value::Stream(Stream::default()), expires: None });
+        if let Value::Stream(s) = &mut entry.value {
+            s.add(append.fields, append.max_len);
+        }
+    }
+
+    fn slot(&mut self, key: String, make: fn() -> Value) -> &mut Value {
+        self.live(&key);
+        &mut self
+            .entries
+            .entry(key)
+            .or_insert_with(|| Entry { value: make(), expires: None })
+            .value
+    }
+
+    fn write(&mut self, op: WriteOp) {
+        match op {
+            WriteOp::Set(k, v) => {
+                self.entries.insert(k, Entry { value: Value::Str(v), expires: None });
+            }
+            WriteOp::SetPx(k, v, ms) => {
+                let expires = Some(Instant::now() + Duration::from_millis(ms));
+                self.entries.insert(k, Entry { value: Value::Str(v), expires });
+            }
+            WriteOp::Del(k) => {
+                self.entries.remove(&k);
+            }
+            WriteOp::HSet(k, fields) => {
+                if let Value::Hash(h) = self.slot(k, || Value::Hash(BTreeMap::new())) {
+                    h.extend(fields);
+                }
+            }
+            WriteOp::HDel(k, fields) => {
+                if let Some(Value::Hash(h)) = self.live(&k) {
+                    for f in &fields {
+                        h.remove(f);
+                    }
+                    if h.is_empty() {
+                        self.entries.remove(&k);
+                    }
+                }
+            }
+            WriteOp::ZAdd(k, score, member) => {
+                if let Value::ZSet(z) = self.slot(k, || Value::ZSet(ZSet::default())) {
+                    z.add(score, member);
+                }
+            }
+            WriteOp::ZRem(k, member) => {
+                if let Some(Value::ZSet(z)) = self.live(&k) {
+                    z.remove(&member);
+                    if z.scores.is_empty() {
+                        self.entries.remove(&k);
+                    }
+                }
+            }
+            WriteOp::ZRemBelow(k, max) => {
+                if let Some(Value::ZSet(z)) = self.live(&k) {
+                    let doomed: Vec<String> =
+                        z.by_score.iter().take_while(|(s, _)| s.0 <= max).map(|(_, m)| m.clone()).collect();
+                    for m in doomed {
+                        z.remove(&m);
+                    }
+                    if z.scores.is_empty() {
+                        self.entries.remove(&k);
+                    }
+                }
+            }
+            WriteOp::RPush(k, v) => {
+                if let Value::List(l) = self.slot(k, || Value::List(Vec::new())) {
+                    l.push(v);
+                }
+            }
+            WriteOp::IncrWindow(k, ttl_ms) => {
+                let created = self.live(&k).is_none();
+                let value = self.slot(k.clone(), || Value::Str("0".to_owned()));
+                if let Value::Str(s) = value {
+                    *s = (s.parse::<i64>().unwrap_or(0) + 1).to_string();
+                }
+                if created {
+                    if let Some(e) = self.entries.get_mut(&k) {
+                        e.expires = Some(Instant::now() + Duration::from_millis(ttl_ms));
+                    }
+                }
+            }
+            WriteOp::XDel(k, ids) => {
+                if let Some(Value::Stream(s)) = self.live(&k) {
+                    s.entries.retain(|e| !ids.contains(&e.id.to_string()));
+                }
+            }
+        }
+    }
+}
+
+fn wrong_type(key: &str) -> BackendError {
+    BackendError::Protocol(format!("WRONGTYPE: {key} holds the wrong kind of value"))
+}
+
+/// The key a write touches and the type it needs there; `None` for `Del`, which takes any type.
+fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
+    Some(match op {
+        WriteOp::Set(k, _) | WriteOp::SetPx(k, _, _) | WriteOp::IncrWindow(k, _) => (k, Kind::Str),
+        WriteOp::HSet(k, _) | WriteOp::HDel(k, _) => (k, Kind::Hash),
+        WriteOp::ZAdd(k, _, _) | WriteOp::ZRem(k, _) | WriteOp::ZRemBelow(k, _) => (k, Kind::ZSet),
+        WriteOp::RPush(k, _) => (k, Kind::List),
+        WriteOp::XDel(k, _) => (k, Kind::Stream),
+        WriteOp::Del(_) => return None,
+    })
+}
+
+/// Redis's `LRANGE` index rules: negative indexes count from the end, `stop` is inclusive.
+fn lrange(list: &[String], start: i64, stop: i64) -> Vec<String> {
+    let len = i64::try_from(list.len()).unwrap_or(i64::MAX);
+    let norm = |i: i64| if i < 0 { len + i } else { i };
+    let (start, stop) = (norm(start).max(0), norm(stop).min(len - 1));
+    if start > stop {
+        return Vec::new();
+    }
+    let (start, stop) = (usize::try_from(start).unwrap_or(0), usize::try_from(stop).unwrap_or(0));
+    list[start..=stop].to_vec()
+}
+
+/// A score with the total order sorted sets need.
+#[derive(Debug, Clone, Copy)]
+struct Ordered(Score);
+impl PartialEq for Ordered {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Ordered {}
+impl PartialOrd for Ordered {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Ordered {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+#[derive(Debug, Default)]
+struct ZSet {
+    scores: HashMap<String, Score>,
+    by_score: BTreeSet<(Ordered, String)>,
+}
+
+impl ZSet {
+    fn add(&mut self, score: Score, member: String) {
+        if let Some(old) = self.scores.insert(member.clone(), score) {
+            self.by_score.remove(&(Ordered(old), member.clone()));
+        }
+        self.by_score.insert((Ordered(score), member));
+    }
+
+    fn remove(&mut self, member: &str) {
+        if let Some(old) = self.scores.remove(member) {
+            self.by_score.remove(&(Ordered(old), member.to_owned()));
+        }
+    }
+
+    fn count_above(&self, min: Score) -> i64 {
+        let n = self.by_score.iter().rev().take_while(|(s, _)| s.0 > min).count();
+        i64::try_from(n).unwrap_or(i64::MAX)
+    }
+
+    fn range(&self, q: &ZRange) -> Vec<(String, Score)> {
+        let within = |s: Score| above(s, q.min) && below(s, q.max);
+        let items: Box<dyn Iterator<Item = &(Ordered, String)>> = if q.rev {
+            Box::new(self.by_score.iter().rev())
+        } else {
+            Box::new(self.by_score.iter())
+        };
+        items
+            .filter(|(s, _)| within(s.0))
+            .skip(q.offset)
+            .take(q.count)
+            .map(|(s, m)| (m.clone(), s.0))
+            .collect()
+    }
+}
+
+fn above(s: Score, min: Bound) -> bool {
+    match min {
+        Bound::NegInf => true,
+        Bound::PosInf => false,
+        Bound::Incl(m) => s >= m,
+        Bound::Excl(m) => s > m,
+    }
+}
+
+fn below(s: Score, max: Bound) -> bool {
+    match max {
+        Bound::NegInf => false,
+        Bound::PosInf => true,
+        Bound::Incl(m) => s <= m,
+        Bound::Excl(m) => s < m,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+struct StreamId(u64, u64);
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+impl StreamId {
+    fn parse(s: &str) -> Option<Self> {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stream {
+    entries: Vec<StreamStored>,
+    last: StreamId,
+}
+
+#[derive(Debug)]
+struct StreamStored {
+    id: StreamId,
+    fields: Vec<(String, String)>,
+}
+
+impl Stream {
+    fn add(&mut self, fields: Vec<(String, String)>, max_len: Option<u64>) {
+        let now = u64::try_from(
+            SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        self.last = if now > self.last.0 {
+            StreamId(now, 0)
+        } else {
+            StreamId(self.last.0, self.last.1 + 1)
+        };
+        self.entries.push(StreamStored { id: self.last, fields });
+        if let Some(max) = max_len.and_then(|m| usize::try_from(m).ok()) {
+            if self.entries.len() > max {
+                let excess = self.entries.len() - max;
+                self.entries.drain(..excess);
+            }
+        }
+    }
+
+    fn range(&self, after: Option<&str>, count: usize) -> Vec<StreamEntry> {
+        let after = after.and_then(StreamId::parse);
+        self.entries
+            .iter()
+            .filter(|e| after.is_none_or(|a| e.id > a))
+            .take(count)
+            .map(|e| StreamEntry { id: e.id.to_string(), fields: e.fields.clone() })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lrange_follows_redis_index_rules() {
+        let l: Vec<String> = ["a", "b", "c"].iter().map(|s| (*s).to_owned()).collect();
+        assert_eq!(lrange(&l, 0, -1), l);
+        assert_eq!(lrange(&l, 1, 1), vec!["b"]);
+        assert_eq!(lrange(&l, 2, 10), vec!["c"]);
+        assert!(lrange(&l, 3, 5).is_empty());
+        assert!(lrange(&[], 0, -1).is_empty());
+    }
+
+    #[test]
+    fn zset_orders_by_score_then_member() {
+        let mut z = ZSet::default();
+        z.add(2.0, "b".into());
+        z.add(1.0, "z".into());
+        z.add(2.0, "a".into());
+        let q = |rev| ZRange {
+            key: String::new(),
+            min: Bound::NegInf,
+            max: Bound::PosInf,
+            rev,
+            offset: 0,
+            count: 10,
+        };
+        let names = |v: Vec<(String, Score)>| v.into_iter().map(|(m, _)| m).collect::<Vec<_>>();
+        assert_eq!(names(z.range(&q(false))), ["z", "a", "b"]);
+        assert_eq!(names(z.range(&q(true))), ["b", "a", "z"]);
+        assert_eq!(z.count_above(1.0), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failing_guard_writes_nothing() {
+        let db = MemoryBackend::new();
+        let commit = Commit {
+            guards: vec![Guard::Eq("v".into(), Some("1".into()))],
+            appends: vec![],
+            writes: vec![WriteOp::Set("x".into(), "1".into())],
+        };
+        assert_eq!(db.commit(commit).await.unwrap(), CommitOutcome::Conflict);
+        let got = db.read(vec![ReadOp::Get("x".into())]).await.unwrap();
+        assert_eq!(got, vec![Reply::Nil]);
+    }
+}

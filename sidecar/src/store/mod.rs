@@ -1,0 +1,229 @@
+//! Storage: one small key-value contract with two backends that behave identically.
+//!
+//! Every domain rule lives once, in Rust (`crate::sessions`). A backend only has to offer:
+//! - [`Backend::read`]: an *atomic* batch of reads on keys of one hash slot, and
+//! - [`Backend::commit`]: an *atomic guarded commit* — check every [`Guard`], then append every
+//!   event, then apply every [`WriteOp`]; all or nothing.
+//!
+//! The session engine reads a snapshot (which includes the user's version counter), checks the
+//! invariants on it, and commits guarded by that version: if anybody changed the user in between,
+//! the commit reports [`CommitOutcome::Conflict`] and the engine retries on a fresh snapshot. So
+//! the invariants hold atomically on both backends, and the Redis side needs only two generic Lua
+//! scripts instead of one script per use case.
+//!
+//! Events are appended *before* any write: if the append fails, nothing was written (the
+//! "atomic recording" rule of the source documents).
+
+pub mod keys;
+pub mod memory;
+pub mod redis;
+
+use async_trait::async_trait;
+
+pub use keys::Keys;
+
+/// A sorted-set score. Scores here are always whole milliseconds, exact in an `f64`.
+pub type Score = f64;
+
+/// One read inside an atomic read batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadOp {
+    /// `GET key`.
+    Get(String),
+    /// `HGETALL key`.
+    HGetAll(String),
+    /// `HGET key field`.
+    HGet(String, String),
+    /// `ZRANGEBYSCORE` (or `ZREVRANGEBYSCORE` when `rev`) with scores, `LIMIT offset count`.
+    ZRange(ZRange),
+    /// `ZCOUNT key min max` with `min` exclusive (the only form we need: "later than now").
+    ZCountAbove(String, Score),
+    /// `ZSCORE key member`.
+    ZScore(String, String),
+    /// `LRANGE key start stop` (0-based, inclusive, like Redis).
+    LRange(String, i64, i64),
+    /// `PTTL key` (-2 missing, -1 no expiry).
+    PTtl(String),
+    /// `XRANGE key (after + COUNT count`; `after` = `None` reads from the start.
+    XRange(String, Option<String>, usize),
+}
+
+/// A score range query on a sorted set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZRange {
+    pub key: String,
+    pub min: Bound,
+    pub max: Bound,
+    /// Highest score first.
+    pub rev: bool,
+    pub offset: usize,
+    pub count: usize,
+}
+
+/// One end of a score range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bound {
+    NegInf,
+    PosInf,
+    Incl(Score),
+    Excl(Score),
+}
+
+/// The reply to one [`ReadOp`], in the same position.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Nil,
+    Str(String),
+    Int(i64),
+    Pairs(Vec<(String, String)>),
+    Scored(Vec<(String, Score)>),
+    List(Vec<String>),
+    Entries(Vec<StreamEntry>),
+}
+
+/// A stream entry: its id and its fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEntry {
+    pub id: String,
+    pub fields: Vec<(String, String)>,
+}
+
+/// A precondition of a commit. A failed guard means the snapshot is stale or a limit is hit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Guard {
+    /// `GET key` must equal the value (`None`: the key must not exist). Fails as `Conflict`.
+    Eq(String, Option<String>),
+    /// The stream must hold fewer than `max` entries. Fails as `OutboxFull`.
+    StreamBelow(String, u64),
+}
+
+/// An event to append to a stream before any write of the commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Append {
+    pub stream: String,
+    pub fields: Vec<(String, String)>,
+    /// Trim the stream to about this many entries (`MAXLEN ~`); `None` keeps everything.
+    pub max_len: Option<u64>,
+}
+
+/// One write of a commit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    Set(String, String),
+    /// `SET key value PX ms`.
+    SetPx(String, String, u64),
+    Del(String),
+    HSet(String, Vec<(String, String)>),
+    HDel(String, Vec<String>),
+    ZAdd(String, Score, String),
+    ZRem(String, String),
+    /// `ZREMRANGEBYSCORE key -inf max`.
+    ZRemBelow(String, Score),
+    RPush(String, String),
+    /// `INCR key`, and `PEXPIRE key ttl_ms` when the counter was just created.
+    IncrWindow(String, u64),
+    XDel(String, Vec<String>),
+}
+
+/// A guarded, atomic change. All keys of one commit share one hash slot (checked by the Redis
+/// backend), so it is one Lua script in Redis Cluster too.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Commit {
+    pub guards: Vec<Guard>,
+    pub appends: Vec<Append>,
+    pub writes: Vec<WriteOp>,
+}
+
+/// What became of a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Applied,
+    /// An `Eq` guard failed: somebody changed the state; re-read and retry.
+    Conflict,
+    /// A `StreamBelow` guard failed: the outbox is full (the relay is not draining it).
+    OutboxFull,
+}
+
+/// Why a backend could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// Redis is unreachable, timed out or answered with an error.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The event append failed, so nothing of the commit was written.
+    #[error("event append failed: {0}")]
+    AppendFailed(String),
+    /// Redis answered with something this code does not understand (a bug or a foreign key).
+    #[error("unexpected reply from store: {0}")]
+    Protocol(String),
+}
+
+/// The storage contract; see the module documentation.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Reads all `ops` atomically (one snapshot). All keys must share one hash slot.
+    async fn read(&self, ops: Vec<ReadOp>) -> Result<Vec<Reply>, BackendError>;
+    /// Applies `commit` atomically: guards, then appends, then writes.
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, BackendError>;
+    /// Whether the store answers now (for `/readyz`).
+    async fn ping(&self) -> Result<(), BackendError>;
+    /// A short name for logs and `/readyz`: `embedded` or `redis`.
+    fn kind(&self) -> &'static str;
+}
+
+impl Reply {
+    /// The string value of a `Get`/`HGet` reply.
+    #[must_use]
+    pub fn into_opt_string(self) -> Option<String> {
+        match self {
+            Reply::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The integer value of a counting reply, 0 for nil.
+    #[must_use]
+    pub fn as_int(&self) -> i64 {
+        match self {
+            Reply::Int(n) => *n,
+            Reply::Str(s) => s.parse().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Field/value pairs of an `HGetAll` reply (empty for anything else).
+    #[must_use]
+    pub fn into_pairs(self) -> Vec<(String, String)> {
+        match self {
+            Reply::Pairs(p) => p,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Members with scores of a `ZRange` reply.
+    #[must_use]
+    pub fn into_scored(self) -> Vec<(String, Score)> {
+        match self {
+            Reply::Scored(s) => s,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Items of an `LRange` reply.
+    #[must_use]
+    pub fn into_list(self) -> Vec<String> {
+        match self {
+            Reply::List(l) => l,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Entries of an `XRange` reply.
+    #[must_use]
+    pub fn into_entries(self) -> Vec<StreamEntry> {
+        match self {
+            Reply::Entries(e) => e,
+            _ => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+-- Atomic batch of reads (see store/mod.rs, ReadOp). KEYS: every key read, one hash slot.
+-- ARGV: per op `opcode, key_index, args...`. Each reply is wrapped in a table so that a nil
+-- does not cut the reply array short: {} for nil, {value} otherwise, flat arrays as they come.
+local out = {}
+local i = 1
+while i <= #ARGV do
+  local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
+  i = i + 2
+  if op == 'GET' then
+    local v = redis.call('GET', key)
+    out[#out + 1] = v and { v } or {}
+  elseif op == 'HGETALL' then
+    out[#out + 1] = redis.call('HGETALL', key)
+  elseif op == 'HGET' then
+    local v = redis.call('HGET', key, ARGV[i])
+    i = i + 1
+    out[#out + 1] = v and { v } or {}
+  elseif op == 'ZRANGE' then
+    local min, max, rev, offset, count = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    i = i + 5
+    if rev == '1' then
+      out[#out + 1] = redis.call('ZREVRANGEBYSCORE', key, max, min, 'WITHSCORES', 'LIMIT', offset, count)
+    else
+      out[#out + 1] = redis.call('ZRANGEBYSCORE', key, min, max, 'WITHSCORES', 'LIMIT', offset, count)
+    end
+  elseif op == 'ZCOUNTABOVE' then
+    out[#out + 1] = { redis.call('ZCOUNT', key, '(' .. ARGV[i], '+inf') }
+    i = i + 1
+  elseif op == 'ZSCORE' then
+    local v = redis.call('ZSCORE', key, ARGV[i])
+    i = i + 1
+    out[#out + 1] = v and { v } or {}
+  elseif op == 'LRANGE' then
+    out[#out + 1] = redis.call('LRANGE', key, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  elseif op == 'PTTL' then
+    out[#out + 1] = { redis.call('PTTL', key) }
+  elseif op == 'XRANGE' then
+    local start = ARGV[i] == '' and '-' or '(' .. ARGV[i]
+    out[#out + 1] = redis.call('XRANGE', key, start, '+', 'COUNT', ARGV[i + 1])
+    i = i + 2
+  else
+    return redis.error_reply('BADOP unknown read op ' .. tostring(op))
+  end
+end
+return out
