@@ -17,7 +17,11 @@ for _ = 1, tonumber(arg()) do
       return 'CONFLICT'
     end
   elseif kind == 'STREAMBELOW' then
-    if redis.call('XLEN', k) >= tonumber(arg()) then return 'OUTBOX_FULL' end
+    local len = redis.pcall('XLEN', k)
+    if type(len) == 'table' and len.err then
+      return redis.error_reply('APPEND_FAILED ' .. len.err)
+    end
+    if len >= tonumber(arg()) then return 'OUTBOX_FULL' end
   else
     return redis.error_reply('BADOP unknown guard ' .. tostring(kind))
   end

@@ -183,7 +183,7 @@ impl Db {
                 Guard::StreamBelow(key, max) => {
                     let len = match self.live(key) {
                         Some(Value::Stream(s)) => s.entries.len() as u64,
-                        Some(_) => return Err(wrong_type(key)),
+                        Some(_) => return Err(BackendError::AppendFailed(format!("{key} is not a stream"))),
                         None => 0,
                     };
                     if len >= *max {
@@ -317,15 +317,16 @@ fn wrong_type(key: &str) -> BackendError {
     BackendError::Protocol(format!("WRONGTYPE: {key} holds the wrong kind of value"))
 }
 
-/// The key a write touches and the type it needs there; `None` for `Del`, which takes any type.
+/// The key a write touches and the type it needs there; `None` for `Del` and `SET`, which take
+/// a key of any type (as in Redis).
 fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
     Some(match op {
-        WriteOp::Set(k, _) | WriteOp::SetPx(k, _, _) | WriteOp::IncrWindow(k, _) => (k, Kind::Str),
+        WriteOp::Set(..) | WriteOp::SetPx(..) | WriteOp::Del(_) => return None,
+        WriteOp::IncrWindow(k, _) => (k, Kind::Str),
         WriteOp::HSet(k, _) | WriteOp::HDel(k, _) => (k, Kind::Hash),
         WriteOp::ZAdd(k, _, _) | WriteOp::ZRem(k, _) | WriteOp::ZRemBelow(k, _) => (k, Kind::ZSet),
         WriteOp::RPush(k, _) => (k, Kind::List),
         WriteOp::XDel(k, _) => (k, Kind::Stream),
-        WriteOp::Del(_) => return None,
     })
 }
 

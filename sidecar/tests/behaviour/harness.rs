@@ -1,0 +1,246 @@
+//! Test harness: a real `redis-server` per test on a free loopback port, the app driven
+//! in-process, a manual clock, and helpers to read the outbox and the events stream.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use session_sidecar::api::auth::Auth;
+use session_sidecar::api::{AppState, app};
+use session_sidecar::clock::{Clock, ManualClock, SystemClock};
+use session_sidecar::model::Envelope;
+use session_sidecar::sessions::{CapPolicy, Policy, Sessions};
+use session_sidecar::store::memory::MemoryBackend;
+use session_sidecar::store::{Backend, Commit, ReadOp, Reply, WriteOp};
+use tower::ServiceExt;
+
+/// Which backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Memory,
+    Redis,
+}
+
+/// Runs each listed `async fn(Kind)` once per backend, as `memory::name` and `redis::name`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::harness::Kind::Memory).await } )*
+        }
+        mod redis {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::harness::Kind::Redis).await } )*
+        }
+    };
+}
+
+/// A `redis-server` on a free loopback port, stopped when dropped.
+pub struct RedisServer {
+    child: Child,
+    pub url: String,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run tests/run.sh, which installs it");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Self { child, url: format!("redis://127.0.0.1:{port}") }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Policies for tests: small numbers, no rate limit unless a test sets one.
+pub fn test_policy() -> Policy {
+    Policy {
+        shard_count: 4,
+        default_ttl_ms: 3_600_000,
+        max_ttl_ms: 86_400_000,
+        ended_retention_ms: 600_000,
+        max_active_per_user: None,
+        cap_policy: CapPolicy::Reject,
+        create_rate_limit: None,
+        create_rate_window_ms: 60_000,
+        outbox_max_len: 100_000,
+        events_max_len: 100_000,
+    }
+}
+
+/// An app on one backend with a manual clock.
+pub struct TestApp {
+    pub router: Router,
+    pub sessions: Sessions,
+    pub clock: Arc<ManualClock>,
+    pub backend: Arc<dyn Backend>,
+    /// Kept so the server lives as long as the app.
+    pub _redis: Option<RedisServer>,
+}
+
+/// A response: status, JSON body (or `Null`), headers.
+pub struct Res {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: HeaderMap,
+}
+
+impl Res {
+    /// The problem `code`, for error responses.
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+}
+
+impl TestApp {
+    pub async fn new(kind: Kind) -> Self {
+        Self::with(kind, |_| {}).await
+    }
+
+    pub async fn with(kind: Kind, tune: impl FnOnce(&mut Policy)) -> Self {
+        Self::build(kind, tune, Auth::TrustPod).await
+    }
+
+    pub async fn build(kind: Kind, tune: impl FnOnce(&mut Policy), auth: Auth) -> Self {
+        let mut policy = test_policy();
+        tune(&mut policy);
+        let (backend, redis): (Arc<dyn Backend>, _) = match kind {
+            Kind::Memory => (Arc::new(MemoryBackend::new()), None),
+            Kind::Redis => {
+                let server = RedisServer::start();
+                let backend = session_sidecar::store::redis::connect(&server.url, false).await.unwrap();
+                (Arc::from(backend), Some(server))
+            }
+        };
+        let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
+        let sessions = Sessions::new(backend.clone(), "t", clock.clone(), policy);
+        let router = app(AppState { sessions: sessions.clone(), auth, max_body_bytes: 64 * 1024 });
+        Self { router, sessions, clock, backend, _redis: redis }
+    }
+
+    /// Another engine on the same store (a second replica).
+    pub fn replica(&self) -> Sessions {
+        Sessions::new(self.backend.clone(), "t", self.clock.clone(), self.sessions.policy().clone())
+    }
+
+    pub async fn raw(&self, req: Request<Body>) -> Res {
+        let response = self.router.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())) };
+        Res { status, body, headers }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Res {
+        let mut req = Request::builder().method(method).uri(path);
+        let body = match body {
+            Some(v) => {
+                req = req.header("content-type", "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.raw(req.body(body).unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str) -> Res {
+        self.call(Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> Res {
+        self.call(Method::POST, path, Some(body)).await
+    }
+    pub async fn put(&self, path: &str, body: Value) -> Res {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+    pub async fn patch(&self, path: &str, body: Value) -> Res {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str) -> Res {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// Creates a session for `user` with extra fields; panics unless 201. Returns the body.
+    pub async fn create(&self, user: &str, extra: Value) -> Value {
+        let mut body = json!({ "user_id": user });
+        body.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+        let res = self.post("/v1/sessions", body).await;
+        assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
+        res.body
+    }
+
+    /// Creates a session and returns its id.
+    pub async fn create_id(&self, user: &str, extra: Value) -> String {
+        self.create(user, extra).await["session_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn end(&self, id: &str, body: Value) -> Res {
+        self.post(&format!("/v1/sessions/{id}/end"), body).await
+    }
+
+    /// Every event waiting in the shard outboxes, shard by shard.
+    pub async fn outbox(&self) -> Vec<Envelope> {
+        let mut out = Vec::new();
+        for shard in 0..self.sessions.policy().shard_count {
+            out.extend(self.stream(&self.sessions.keys().outbox(shard)).await);
+        }
+        out
+    }
+
+    /// Every event in the global events stream.
+    pub async fn events(&self) -> Vec<Envelope> {
+        self.stream(&self.sessions.keys().events()).await
+    }
+
+    async fn stream(&self, key: &str) -> Vec<Envelope> {
+        let r = self.backend.read(vec![ReadOp::XRange(key.to_owned(), None, 100_000)]).await.unwrap();
+        r.into_iter().next().unwrap().into_entries().iter().map(|e| Envelope::from_stream_fields(&e.fields).unwrap()).collect()
+    }
+
+    /// Publishes an event on the global stream, as another service would.
+    pub async fn publish(&self, event: &Envelope) {
+        let append = session_sidecar::store::Append { stream: self.sessions.keys().events(), fields: event.to_stream_fields(), max_len: None };
+        self.backend.commit(Commit { appends: vec![append], ..Commit::default() }).await.unwrap();
+    }
+
+    /// Overwrites a key with a string (to break something on purpose).
+    pub async fn clobber(&self, key: &str) {
+        self.backend.commit(Commit { writes: vec![WriteOp::Set(key.to_owned(), "not a stream".into())], ..Commit::default() }).await.unwrap();
+    }
+
+    /// The raw hash of a session document (empty when absent).
+    pub async fn raw_doc(&self, id: &str) -> Vec<(String, String)> {
+        let shard = session_sidecar::ids::parse_session_id(id, self.sessions.policy().shard_count).unwrap();
+        let r = self.backend.read(vec![ReadOp::HGetAll(self.sessions.keys().session(shard, id))]).await.unwrap();
+        r.into_iter().next().map(Reply::into_pairs).unwrap()
+    }
+
+    pub async fn relay(&self) -> usize {
+        session_sidecar::events::relay_once(&self.sessions, "test").await.unwrap()
+    }
+}
+
+/// Event types of a list of events, in order.
+pub fn types(events: &[Envelope]) -> Vec<&str> {
+    events.iter().map(|e| e.event_type.as_str()).collect()
+}

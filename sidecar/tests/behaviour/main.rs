@@ -1,0 +1,14 @@
+//! The behavioural suite of the session API. Every test runs twice: on the embedded store
+//! (`memory::…`) and on a real `redis-server` (`redis::…`); both must behave identically.
+
+mod harness;
+
+mod boundary;
+mod events;
+mod hostile_input;
+mod lifecycle;
+mod listing;
+mod messages;
+mod named;
+mod openapi;
+mod server_auth;
