@@ -7,7 +7,11 @@ use clap::Parser;
 
 /// Command line of the operator.
 #[derive(Debug, Parser)]
-#[command(name = "session-operator", version, about = "Kubernetes operator for the SessionService custom resource (controller not yet built)")]
+#[command(
+    name = "session-operator",
+    version,
+    about = "Kubernetes operator for the SessionService custom resource (controller not yet built)"
+)]
 struct Cli {}
 
 fn main() {

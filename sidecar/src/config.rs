@@ -46,7 +46,11 @@ pub enum LogFormat {
 
 /// Command line and environment.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "session-sidecar", version, about = "Session cache sidecar and session service")]
+#[command(
+    name = "session-sidecar",
+    version,
+    about = "Session cache sidecar and session service"
+)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "SESSION_LISTEN", default_value = DEFAULT_LISTEN)]
@@ -131,7 +135,10 @@ impl Config {
             problems.push("TTL must be from 1 second to the maximum TTL".to_owned());
         }
         if self.max_active_per_user == Some(0) {
-            problems.push("max active sessions per user must be at least 1 (unset it for no limit)".to_owned());
+            problems.push(
+                "max active sessions per user must be at least 1 (unset it for no limit)"
+                    .to_owned(),
+            );
         }
         if self.create_rate_window_seconds == 0 {
             problems.push("the rate-limit window must be at least 1 second".to_owned());
@@ -148,9 +155,12 @@ impl Config {
         }
         match self.mode {
             Mode::Server => match &self.jwt_secret {
-                None => problems.push("server mode requires a JWT secret (SESSION_JWT_SECRET)".to_owned()),
+                None => problems
+                    .push("server mode requires a JWT secret (SESSION_JWT_SECRET)".to_owned()),
                 Some(s) if s.len() < MIN_JWT_SECRET_BYTES => {
-                    problems.push(format!("the JWT secret must be at least {MIN_JWT_SECRET_BYTES} bytes"));
+                    problems.push(format!(
+                        "the JWT secret must be at least {MIN_JWT_SECRET_BYTES} bytes"
+                    ));
                 }
                 Some(_) => {}
             },
@@ -163,13 +173,21 @@ impl Config {
                 }
             }
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// The session policies these settings describe.
     #[must_use]
     pub fn policy(&self) -> Policy {
-        let ms = |s: u64| i64::try_from(s).unwrap_or(i64::MAX / 1000).saturating_mul(1000);
+        let ms = |s: u64| {
+            i64::try_from(s)
+                .unwrap_or(i64::MAX / 1000)
+                .saturating_mul(1000)
+        };
         Policy {
             shard_count: self.shard_count,
             default_ttl_ms: ms(self.ttl_seconds),
@@ -197,7 +215,8 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Config {
-        Config::try_parse_from(std::iter::once("session-sidecar").chain(args.iter().copied())).unwrap()
+        Config::try_parse_from(std::iter::once("session-sidecar").chain(args.iter().copied()))
+            .unwrap()
     }
 
     #[test]
@@ -206,12 +225,24 @@ mod tests {
         assert!(c.validate().is_ok());
         assert!(c.listen.ip().is_loopback());
         assert_eq!(c.mode, Mode::Sidecar);
-        assert!(c.runs_background_work(), "embedded store runs its own background work");
+        assert!(
+            c.runs_background_work(),
+            "embedded store runs its own background work"
+        );
     }
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let c = parse(&["--mode", "server", "--shard-count", "0", "--redis-url", "http://x", "--ttl-seconds", "0"]);
+        let c = parse(&[
+            "--mode",
+            "server",
+            "--shard-count",
+            "0",
+            "--redis-url",
+            "http://x",
+            "--ttl-seconds",
+            "0",
+        ]);
         let problems = c.validate().unwrap_err();
         assert_eq!(problems.len(), 4, "{problems:?}");
     }
@@ -219,6 +250,10 @@ mod tests {
     #[test]
     fn sidecar_mode_refuses_public_addresses_unless_told() {
         assert!(parse(&["--listen", "0.0.0.0:7070"]).validate().is_err());
-        assert!(parse(&["--listen", "0.0.0.0:7070", "--allow-non-loopback"]).validate().is_ok());
+        assert!(
+            parse(&["--listen", "0.0.0.0:7070", "--allow-non-loopback"])
+                .validate()
+                .is_ok()
+        );
     }
 }

@@ -41,7 +41,9 @@ use crate::store::memory::MemoryBackend;
 /// When Redis cannot be reached.
 pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
     match &config.redis_url {
-        Some(url) => Ok(Arc::from(store::redis::connect(url, config.redis_cluster).await?)),
+        Some(url) => Ok(Arc::from(
+            store::redis::connect(url, config.redis_cluster).await?,
+        )),
         None => Ok(Arc::new(MemoryBackend::new())),
     }
 }
@@ -49,12 +51,21 @@ pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
 /// Builds the application state for `config` over `backend`.
 #[must_use]
 pub fn state(config: &Config, backend: Arc<dyn Backend>) -> AppState {
-    let sessions = Sessions::new(backend, &config.key_prefix, Arc::new(SystemClock), config.policy());
+    let sessions = Sessions::new(
+        backend,
+        &config.key_prefix,
+        Arc::new(SystemClock),
+        config.policy(),
+    );
     let auth = match (&config.mode, &config.jwt_secret) {
         (Mode::Server, Some(secret)) => Auth::hs256(secret.as_bytes()),
         _ => Auth::TrustPod,
     };
-    AppState { sessions, auth, max_body_bytes: config.max_body_bytes }
+    AppState {
+        sessions,
+        auth,
+        max_body_bytes: config.max_body_bytes,
+    }
 }
 
 /// Serves until `shutdown` turns true, then drains in-flight requests and stops the
@@ -65,11 +76,15 @@ pub fn state(config: &Config, backend: Arc<dyn Backend>) -> AppState {
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let backend = open_backend(&config).await?;
     match &config.redis_url {
-        None => tracing::warn!("no Redis configured: using the embedded in-process store (data lives and dies with this process)"),
+        None => tracing::warn!(
+            "no Redis configured: using the embedded in-process store (data lives and dies with this process)"
+        ),
         Some(_) => tracing::info!(cluster = config.redis_cluster, "using Redis"),
     }
     let state = state(&config, backend);
-    let mut background = config.runs_background_work().then(|| events::spawn(&state.sessions, &shutdown));
+    let mut background = config
+        .runs_background_work()
+        .then(|| events::spawn(&state.sessions, &shutdown));
     let listener = TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, mode = ?config.mode, "serving");
     let mut stop = shutdown.clone();

@@ -60,7 +60,9 @@ impl Auth {
             .ok_or(Error::Unauthorized)?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
-        let claims = decode::<Claims>(token.trim(), key, &validation).map_err(|_| Error::Unauthorized)?.claims;
+        let claims = decode::<Claims>(token.trim(), key, &validation)
+            .map_err(|_| Error::Unauthorized)?
+            .claims;
         if claims.scope.split_whitespace().any(|s| s == SERVICE_SCOPE) {
             Ok(Caller::Trusted)
         } else {

@@ -1,7 +1,7 @@
 //! `POST /v1/events`: inbound events delivered over HTTP instead of the events stream.
 
-use axum::extract::State;
 use axum::Json;
+use axum::extract::State;
 
 use crate::error::{Error, Problem};
 use crate::model::Envelope;
@@ -18,7 +18,11 @@ use super::extract::Body;
         (status = 403, description = "Needs the service scope", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn inbound(State(state): State<AppState>, ctx: Ctx, Body(event): Body<Envelope>) -> Result<Json<InboundOutcome>, Error> {
+pub async fn inbound(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Body(event): Body<Envelope>,
+) -> Result<Json<InboundOutcome>, Error> {
     if ctx.caller != Caller::Trusted {
         return Err(Error::Forbidden("inbound events need the service scope"));
     }

@@ -10,7 +10,10 @@ use serde_json::{Map, Value};
 
 use crate::error::Error;
 use crate::model::Envelope;
-use crate::model::input::{CreateSession, EndSession, Heartbeat, NewMessage, SwitchCurrent, UpdateSession, parse_body, parse_object};
+use crate::model::input::{
+    CreateSession, EndSession, Heartbeat, NewMessage, SwitchCurrent, UpdateSession, parse_body,
+    parse_object,
+};
 use crate::sessions::{Caller, Ctx};
 
 use super::AppState;
@@ -23,11 +26,25 @@ pub trait Accepts: DeserializeOwned {
 macro_rules! accepts {
     ($($t:ty),*) => { $(impl Accepts for $t { const FIELDS: &'static [&'static str] = <$t>::FIELDS; })* };
 }
-accepts!(CreateSession, UpdateSession, Heartbeat, EndSession, SwitchCurrent, NewMessage);
+accepts!(
+    CreateSession,
+    UpdateSession,
+    Heartbeat,
+    EndSession,
+    SwitchCurrent,
+    NewMessage
+);
 
 impl Accepts for Envelope {
-    const FIELDS: &'static [&'static str] =
-        &["event_id", "event_type", "timestamp", "source", "correlation_id", "performer_id", "payload"];
+    const FIELDS: &'static [&'static str] = &[
+        "event_id",
+        "event_type",
+        "timestamp",
+        "source",
+        "correlation_id",
+        "performer_id",
+        "payload",
+    ];
 }
 
 /// A validated JSON body.
@@ -38,12 +55,24 @@ pub struct Object(pub Map<String, Value>);
 
 /// Reads the body bytes: JSON media type required when there is a body, size limited.
 async fn json_bytes(req: Request, state: &AppState) -> Result<Bytes, Error> {
-    let json = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
-        let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
-    });
+    let json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let essence = ct
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            essence == "application/json"
+                || (essence.starts_with("application/") && essence.ends_with("+json"))
+        });
     let has_header = req.headers().contains_key(CONTENT_TYPE);
-    let bytes = Bytes::from_request(req, state).await.map_err(|_| Error::PayloadTooLarge(state.max_body_bytes))?;
+    let bytes = Bytes::from_request(req, state)
+        .await
+        .map_err(|_| Error::PayloadTooLarge(state.max_body_bytes))?;
     if !bytes.is_empty() && (!json || !has_header) {
         return Err(Error::UnsupportedMediaType);
     }
@@ -110,6 +139,9 @@ impl FromRequestParts<AppState> for Ctx {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
         let caller: Caller = state.auth.caller(&parts.headers)?;
         let correlation_id = parts.extensions.get::<CorrelationId>().map(|c| c.0.clone());
-        Ok(Ctx { caller, correlation_id })
+        Ok(Ctx {
+            caller,
+            correlation_id,
+        })
     }
 }

@@ -1,8 +1,8 @@
 //! Probes.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -19,7 +19,10 @@ pub struct Health {
 /// Liveness: the process serves HTTP.
 #[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, description = "Alive", body = Health)))]
 pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
-    Json(Health { status: "ok", store: state.sessions.backend().kind() })
+    Json(Health {
+        status: "ok",
+        store: state.sessions.backend().kind(),
+    })
 }
 
 /// Readiness: the store answers (always, for the embedded store).
@@ -30,10 +33,22 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let store = state.sessions.backend().kind();
     match state.sessions.backend().ping().await {
-        Ok(()) => (StatusCode::OK, Json(Health { status: "ok", store })),
+        Ok(()) => (
+            StatusCode::OK,
+            Json(Health {
+                status: "ok",
+                store,
+            }),
+        ),
         Err(error) => {
             tracing::warn!(%error, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "unavailable", store }))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(Health {
+                    status: "unavailable",
+                    store,
+                }),
+            )
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Messages, the summary, and memory of a session.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
 
 use crate::error::{Error, Problem};
 use crate::model::Message;
@@ -25,8 +25,16 @@ use super::users::PageQuery;
         (status = 409, description = "The session has ended", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn append(State(state): State<AppState>, ctx: Ctx, PathParam(id): PathParam, Body(input): Body<NewMessage>) -> Result<(StatusCode, Json<Message>), Error> {
-    Ok((StatusCode::CREATED, Json(state.sessions.append_message(&ctx, &id, input).await?)))
+pub async fn append(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PathParam(id): PathParam,
+    Body(input): Body<NewMessage>,
+) -> Result<(StatusCode, Json<Message>), Error> {
+    Ok((
+        StatusCode::CREATED,
+        Json(state.sessions.append_message(&ctx, &id, input).await?),
+    ))
 }
 
 /// Messages in order; `cursor` is the `seq` of the last message seen.
@@ -39,8 +47,18 @@ pub async fn append(State(state): State<AppState>, ctx: Ctx, PathParam(id): Path
         (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list(State(state): State<AppState>, ctx: Ctx, PathParam(id): PathParam, Query(q): Query<PageQuery>) -> Result<Json<Page<Message>>, Error> {
-    Ok(Json(state.sessions.list_messages(&ctx, &id, q.cursor.as_deref(), q.limit).await?))
+pub async fn list(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PathParam(id): PathParam,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Page<Message>>, Error> {
+    Ok(Json(
+        state
+            .sessions
+            .list_messages(&ctx, &id, q.cursor.as_deref(), q.limit)
+            .await?,
+    ))
 }
 
 /// Message counts, token and cost totals.
@@ -52,7 +70,11 @@ pub async fn list(State(state): State<AppState>, ctx: Ctx, PathParam(id): PathPa
         (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn summary(State(state): State<AppState>, ctx: Ctx, PathParam(id): PathParam) -> Result<Json<Summary>, Error> {
+pub async fn summary(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PathParam(id): PathParam,
+) -> Result<Json<Summary>, Error> {
     Ok(Json(state.sessions.summary(&ctx, &id).await?))
 }
 
@@ -65,7 +87,11 @@ pub async fn summary(State(state): State<AppState>, ctx: Ctx, PathParam(id): Pat
         (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn memory(State(state): State<AppState>, ctx: Ctx, PathParam(id): PathParam) -> Result<Json<MemoryView>, Error> {
+pub async fn memory(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PathParam(id): PathParam,
+) -> Result<Json<MemoryView>, Error> {
     Ok(Json(state.sessions.memory(&ctx, &id).await?))
 }
 
@@ -80,8 +106,18 @@ pub async fn memory(State(state): State<AppState>, ctx: Ctx, PathParam(id): Path
         (status = 409, description = "The session has ended", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn replace_memory(State(state): State<AppState>, ctx: Ctx, PathParam(id): PathParam, Object(body): Object) -> Result<Json<MemoryView>, Error> {
-    Ok(Json(state.sessions.write_memory(&ctx, &id, MemoryWrite::Replace, body).await?))
+pub async fn replace_memory(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PathParam(id): PathParam,
+    Object(body): Object,
+) -> Result<Json<MemoryView>, Error> {
+    Ok(Json(
+        state
+            .sessions
+            .write_memory(&ctx, &id, MemoryWrite::Replace, body)
+            .await?,
+    ))
 }
 
 /// Merge into the memory (RFC 7386 JSON merge patch: `null` removes a member).
@@ -95,6 +131,16 @@ pub async fn replace_memory(State(state): State<AppState>, ctx: Ctx, PathParam(i
         (status = 409, description = "The session has ended", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn merge_memory(State(state): State<AppState>, ctx: Ctx, PathParam(id): PathParam, Object(body): Object) -> Result<Json<MemoryView>, Error> {
-    Ok(Json(state.sessions.write_memory(&ctx, &id, MemoryWrite::Merge, body).await?))
+pub async fn merge_memory(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PathParam(id): PathParam,
+    Object(body): Object,
+) -> Result<Json<MemoryView>, Error> {
+    Ok(Json(
+        state
+            .sessions
+            .write_memory(&ctx, &id, MemoryWrite::Merge, body)
+            .await?,
+    ))
 }

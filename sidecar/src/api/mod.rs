@@ -49,7 +49,6 @@ pub struct AppState {
 struct ApiDoc;
 
 /// The router and the OpenAPI document, built from the same route table.
-#[must_use]
 pub fn router_and_doc(state: AppState) -> (Router, OpenApiDoc) {
     let max_body = state.max_body_bytes;
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -62,7 +61,11 @@ pub fn router_and_doc(state: AppState) -> (Router, OpenApiDoc) {
         .routes(routes!(users::current, users::switch_current))
         .routes(routes!(messages::append, messages::list))
         .routes(routes!(messages::summary))
-        .routes(routes!(messages::memory, messages::replace_memory, messages::merge_memory))
+        .routes(routes!(
+            messages::memory,
+            messages::replace_memory,
+            messages::merge_memory
+        ))
         .routes(routes!(events::inbound))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
@@ -70,7 +73,10 @@ pub fn router_and_doc(state: AppState) -> (Router, OpenApiDoc) {
         .split_for_parts();
     let served = doc.clone();
     let router = router
-        .route("/openapi.json", axum::routing::get(move || async move { Json(served) }))
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move { Json(served) }),
+        )
         .fallback(|| async { Error::RouteNotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
@@ -79,7 +85,6 @@ pub fn router_and_doc(state: AppState) -> (Router, OpenApiDoc) {
 }
 
 /// The application router.
-#[must_use]
 pub fn app(state: AppState) -> Router {
     router_and_doc(state).0
 }
@@ -90,9 +95,18 @@ const MAX_CORRELATION_ID: usize = 128;
 fn correlation_id(headers: &axum::http::HeaderMap) -> Option<String> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     header("x-correlation-id")
-        .filter(|c| !c.is_empty() && c.len() <= MAX_CORRELATION_ID && c.chars().all(|ch| ch.is_ascii_graphic()))
+        .filter(|c| {
+            !c.is_empty()
+                && c.len() <= MAX_CORRELATION_ID
+                && c.chars().all(|ch| ch.is_ascii_graphic())
+        })
         .map(str::to_owned)
-        .or_else(|| header("traceparent").and_then(|t| t.split('-').nth(1)).filter(|id| id.len() == 32).map(str::to_owned))
+        .or_else(|| {
+            header("traceparent")
+                .and_then(|t| t.split('-').nth(1))
+                .filter(|id| id.len() == 32)
+                .map(str::to_owned)
+        })
 }
 
 /// Takes `X-Correlation-ID` (or the trace id of a W3C `traceparent`, or a new UUID), makes it

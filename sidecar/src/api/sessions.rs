@@ -1,9 +1,9 @@
 //! `/v1/sessions/{id}`: create, look up (the hot path), update, heartbeat, end, delete.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 
 use crate::error::{Error, Problem};
 use crate::model::SessionView;
@@ -25,10 +25,20 @@ use super::extract::{Body, PathParam};
         (status = 429, description = "Creation rate exceeded (see Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable (see Retry-After)", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn create(State(state): State<AppState>, ctx: Ctx, Body(input): Body<CreateSession>) -> Result<Response, Error> {
+pub async fn create(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Body(input): Body<CreateSession>,
+) -> Result<Response, Error> {
     let record = state.sessions.create(&ctx, input).await?;
-    let location = HeaderValue::from_str(&format!("/v1/sessions/{}", record.session_id)).map_err(|e| Error::Corrupt(e.to_string()))?;
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(record.view())).into_response())
+    let location = HeaderValue::from_str(&format!("/v1/sessions/{}", record.session_id))
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(record.view()),
+    )
+        .into_response())
 }
 
 /// Look a session up: is it valid, and whose is it? Reads never extend the TTL.
@@ -40,7 +50,11 @@ pub async fn create(State(state): State<AppState>, ctx: Ctx, Body(input): Body<C
         (status = 404, description = "No such session, or expired", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get(State(state): State<AppState>, ctx: Ctx, PathParam(id): PathParam) -> Result<Json<SessionView>, Error> {
+pub async fn get(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PathParam(id): PathParam,
+) -> Result<Json<SessionView>, Error> {
     let record = state.sessions.get(&id).await?;
     ctx.caller.check_owner(&record.user_id)?;
     Ok(Json(record.view()))
@@ -57,7 +71,12 @@ pub async fn get(State(state): State<AppState>, ctx: Ctx, PathParam(id): PathPar
         (status = 409, description = "Ended session, or title taken", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn update(State(state): State<AppState>, ctx: Ctx, PathParam(id): PathParam, Body(patch): Body<UpdateSession>) -> Result<Json<SessionView>, Error> {
+pub async fn update(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PathParam(id): PathParam,
+    Body(patch): Body<UpdateSession>,
+) -> Result<Json<SessionView>, Error> {
     Ok(Json(state.sessions.update(&ctx, &id, patch).await?.view()))
 }
 
@@ -71,7 +90,11 @@ pub async fn update(State(state): State<AppState>, ctx: Ctx, PathParam(id): Path
         (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn delete(State(state): State<AppState>, ctx: Ctx, PathParam(id): PathParam) -> Result<StatusCode, Error> {
+pub async fn delete(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PathParam(id): PathParam,
+) -> Result<StatusCode, Error> {
     state.sessions.delete(&ctx, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -87,8 +110,15 @@ pub async fn delete(State(state): State<AppState>, ctx: Ctx, PathParam(id): Path
         (status = 409, description = "The session has ended", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn heartbeat(State(state): State<AppState>, ctx: Ctx, PathParam(id): PathParam, Body(input): Body<Heartbeat>) -> Result<Json<SessionView>, Error> {
-    Ok(Json(state.sessions.heartbeat(&ctx, &id, input).await?.view()))
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PathParam(id): PathParam,
+    Body(input): Body<Heartbeat>,
+) -> Result<Json<SessionView>, Error> {
+    Ok(Json(
+        state.sessions.heartbeat(&ctx, &id, input).await?.view(),
+    ))
 }
 
 /// End a session (the end boundary event, `session.ended.v1`).
@@ -102,6 +132,11 @@ pub async fn heartbeat(State(state): State<AppState>, ctx: Ctx, PathParam(id): P
         (status = 409, description = "Already ended", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable, or the event could not be recorded", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn end(State(state): State<AppState>, ctx: Ctx, PathParam(id): PathParam, Body(input): Body<EndSession>) -> Result<Json<SessionView>, Error> {
+pub async fn end(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PathParam(id): PathParam,
+    Body(input): Body<EndSession>,
+) -> Result<Json<SessionView>, Error> {
     Ok(Json(state.sessions.end(&ctx, &id, input).await?.view()))
 }

@@ -1,7 +1,7 @@
 //! Listing by user and org, and the user's current session.
 
-use axum::extract::State;
 use axum::Json;
+use axum::extract::State;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -32,8 +32,18 @@ pub struct PageQuery {
         (status = 403, description = "Another user's token", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list_user(State(state): State<AppState>, ctx: Ctx, PathParam(user): PathParam, Query(q): Query<PageQuery>) -> Result<Json<Page<SessionView>>, Error> {
-    Ok(Json(state.sessions.list_user(&ctx, &user, q.cursor.as_deref(), q.limit).await?))
+pub async fn list_user(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PathParam(user): PathParam,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Page<SessionView>>, Error> {
+    Ok(Json(
+        state
+            .sessions
+            .list_user(&ctx, &user, q.cursor.as_deref(), q.limit)
+            .await?,
+    ))
 }
 
 /// The org's sessions, newest first (derived from events: new sessions appear once relayed).
@@ -45,8 +55,18 @@ pub async fn list_user(State(state): State<AppState>, ctx: Ctx, PathParam(user):
         (status = 403, description = "Needs the service scope", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list_org(State(state): State<AppState>, ctx: Ctx, PathParam(org): PathParam, Query(q): Query<PageQuery>) -> Result<Json<Page<SessionView>>, Error> {
-    Ok(Json(state.sessions.list_org(&ctx, &org, q.cursor.as_deref(), q.limit).await?))
+pub async fn list_org(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PathParam(org): PathParam,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Page<SessionView>>, Error> {
+    Ok(Json(
+        state
+            .sessions
+            .list_org(&ctx, &org, q.cursor.as_deref(), q.limit)
+            .await?,
+    ))
 }
 
 /// The user's current session.
@@ -58,7 +78,11 @@ pub async fn list_org(State(state): State<AppState>, ctx: Ctx, PathParam(org): P
         (status = 404, description = "No current session", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn current(State(state): State<AppState>, ctx: Ctx, PathParam(user): PathParam) -> Result<Json<SessionView>, Error> {
+pub async fn current(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PathParam(user): PathParam,
+) -> Result<Json<SessionView>, Error> {
     Ok(Json(state.sessions.current(&ctx, &user).await?.view()))
 }
 
@@ -73,6 +97,17 @@ pub async fn current(State(state): State<AppState>, ctx: Ctx, PathParam(user): P
         (status = 409, description = "The session has ended", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn switch_current(State(state): State<AppState>, ctx: Ctx, PathParam(user): PathParam, Body(target): Body<SwitchCurrent>) -> Result<Json<SessionView>, Error> {
-    Ok(Json(state.sessions.switch_current(&ctx, &user, target).await?.view()))
+pub async fn switch_current(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    PathParam(user): PathParam,
+    Body(target): Body<SwitchCurrent>,
+) -> Result<Json<SessionView>, Error> {
+    Ok(Json(
+        state
+            .sessions
+            .switch_current(&ctx, &user, target)
+            .await?
+            .view(),
+    ))
 }

@@ -19,22 +19,37 @@ pub async fn consume_once(sessions: &Sessions, holder: &str) -> Result<usize> {
     let Some(lease) = Lease::acquire(backend, keys.consumer_lock(), holder).await? else {
         return Ok(0);
     };
-    let r = backend.read(vec![ReadOp::Get(keys.consumer_offset())]).await?;
+    let r = backend
+        .read(vec![ReadOp::Get(keys.consumer_offset())])
+        .await?;
     let offset = r.into_iter().next().and_then(Reply::into_opt_string);
-    let r = backend.read(vec![ReadOp::XRange(keys.events(), offset, BATCH)]).await?;
-    let entries = r.into_iter().next().map(Reply::into_entries).unwrap_or_default();
+    let r = backend
+        .read(vec![ReadOp::XRange(keys.events(), offset, BATCH)])
+        .await?;
+    let entries = r
+        .into_iter()
+        .next()
+        .map(Reply::into_entries)
+        .unwrap_or_default();
     let mut last = None;
     for entry in &entries {
-        if let Some(event) = Envelope::from_stream_fields(&entry.fields) {
-            if matches!(EventType::parse(&event.event_type), Some(EventType::UserDeleted | EventType::CaseDeleted)) {
-                match sessions.apply_event(&event).await {
-                    Ok(outcome) => tracing::info!(event_id = %outcome.event_id, result = %outcome.result, affected = outcome.sessions_affected, "inbound event"),
-                    // A malformed event can never succeed: log it and move on rather than block the stream.
-                    Err(Error::Validation(reason)) => tracing::warn!(event_id = %event.event_id, %reason, "inbound event skipped"),
-                    Err(other) => {
-                        save_offset(sessions, &lease, last).await?;
-                        return Err(other);
-                    }
+        if let Some(event) = Envelope::from_stream_fields(&entry.fields)
+            && matches!(
+                EventType::parse(&event.event_type),
+                Some(EventType::UserDeleted | EventType::CaseDeleted)
+            )
+        {
+            match sessions.apply_event(&event).await {
+                Ok(outcome) => {
+                    tracing::info!(event_id = %outcome.event_id, result = %outcome.result, affected = outcome.sessions_affected, "inbound event")
+                }
+                // A malformed event can never succeed: log it and move on rather than block the stream.
+                Err(Error::Validation(reason)) => {
+                    tracing::warn!(event_id = %event.event_id, %reason, "inbound event skipped")
+                }
+                Err(other) => {
+                    save_offset(sessions, &lease, last).await?;
+                    return Err(other);
                 }
             }
         }

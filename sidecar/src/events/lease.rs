@@ -25,7 +25,10 @@ impl Lease {
             writes: vec![WriteOp::SetPx(key.clone(), token.clone(), ms)],
             ..Commit::default()
         };
-        Ok((backend.commit(commit).await? == CommitOutcome::Applied).then_some(Self { key, token }))
+        Ok(
+            (backend.commit(commit).await? == CommitOutcome::Applied)
+                .then_some(Self { key, token }),
+        )
     }
 
     /// The guard that makes a commit apply only while the lease is still held.
@@ -35,7 +38,11 @@ impl Lease {
 
     /// Gives the lease back (if it is still ours).
     pub async fn release(self, backend: &dyn Backend) -> Result<()> {
-        let commit = Commit { guards: vec![self.guard()], writes: vec![WriteOp::Del(self.key)], ..Commit::default() };
+        let commit = Commit {
+            guards: vec![self.guard()],
+            writes: vec![WriteOp::Del(self.key)],
+            ..Commit::default()
+        };
         backend.commit(commit).await?;
         Ok(())
     }

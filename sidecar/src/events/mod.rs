@@ -45,27 +45,46 @@ pub fn spawn(sessions: &Sessions, shutdown: &watch::Receiver<bool>) -> JoinSet<(
     let worker = uuid::Uuid::new_v4().to_string();
     let mut set = JoinSet::new();
     let (s, w) = (sessions.clone(), worker.clone());
-    set.spawn(run_loop("relay", RELAY_INTERVAL, shutdown.clone(), move || {
-        let (s, w) = (s.clone(), w.clone());
-        async move { relay_once(&s, &w).await }
-    }));
+    set.spawn(run_loop(
+        "relay",
+        RELAY_INTERVAL,
+        shutdown.clone(),
+        move || {
+            let (s, w) = (s.clone(), w.clone());
+            async move { relay_once(&s, &w).await }
+        },
+    ));
     let s = sessions.clone();
-    set.spawn(run_loop("sweeper", SWEEP_INTERVAL, shutdown.clone(), move || {
-        let s = s.clone();
-        async move { sweep_once(&s).await }
-    }));
+    set.spawn(run_loop(
+        "sweeper",
+        SWEEP_INTERVAL,
+        shutdown.clone(),
+        move || {
+            let s = s.clone();
+            async move { sweep_once(&s).await }
+        },
+    ));
     let s = sessions.clone();
-    set.spawn(run_loop("consumer", CONSUME_INTERVAL, shutdown.clone(), move || {
-        let (s, w) = (s.clone(), worker.clone());
-        async move { consume_once(&s, &w).await }
-    }));
+    set.spawn(run_loop(
+        "consumer",
+        CONSUME_INTERVAL,
+        shutdown.clone(),
+        move || {
+            let (s, w) = (s.clone(), worker.clone());
+            async move { consume_once(&s, &w).await }
+        },
+    ));
     set
 }
 
 /// Runs `pass` until shutdown; a pass that did work runs again at once, an idle or failed one
 /// waits `interval` (failures are logged, never fatal: the store may come back).
-async fn run_loop<F, Fut>(name: &'static str, interval: Duration, mut shutdown: watch::Receiver<bool>, mut pass: F)
-where
+async fn run_loop<F, Fut>(
+    name: &'static str,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    mut pass: F,
+) where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = crate::error::Result<usize>>,
 {

@@ -25,8 +25,14 @@ pub async fn relay_once(sessions: &Sessions, holder: &str) -> Result<usize> {
 async fn relay_shard(sessions: &Sessions, shard: u32, holder: &str) -> Result<usize> {
     let (backend, keys) = (sessions.backend().as_ref(), sessions.keys());
     let outbox = keys.outbox(shard);
-    let pending = backend.read(vec![ReadOp::XRange(outbox.clone(), None, BATCH)]).await?;
-    let entries = pending.into_iter().next().map(Reply::into_entries).unwrap_or_default();
+    let pending = backend
+        .read(vec![ReadOp::XRange(outbox.clone(), None, BATCH)])
+        .await?;
+    let entries = pending
+        .into_iter()
+        .next()
+        .map(Reply::into_entries)
+        .unwrap_or_default();
     if entries.is_empty() {
         return Ok(0);
     }
@@ -34,20 +40,39 @@ async fn relay_shard(sessions: &Sessions, shard: u32, holder: &str) -> Result<us
         return Ok(0);
     };
     // Re-read under the lease: another relay may have moved these entries meanwhile.
-    let pending = backend.read(vec![ReadOp::XRange(outbox.clone(), None, BATCH)]).await?;
-    let entries = pending.into_iter().next().map(Reply::into_entries).unwrap_or_default();
+    let pending = backend
+        .read(vec![ReadOp::XRange(outbox.clone(), None, BATCH)])
+        .await?;
+    let entries = pending
+        .into_iter()
+        .next()
+        .map(Reply::into_entries)
+        .unwrap_or_default();
     let appends = entries
         .iter()
-        .map(|e| Append { stream: keys.events(), fields: e.fields.clone(), max_len: Some(sessions.policy().events_max_len) })
+        .map(|e| Append {
+            stream: keys.events(),
+            fields: e.fields.clone(),
+            max_len: Some(sessions.policy().events_max_len),
+        })
         .collect();
-    backend.commit(Commit { appends, ..Commit::default() }).await?;
+    backend
+        .commit(Commit {
+            appends,
+            ..Commit::default()
+        })
+        .await?;
     for entry in &entries {
         if let Some(event) = Envelope::from_stream_fields(&entry.fields) {
             update_org_index(sessions, &event).await?;
         }
     }
     let ids = entries.iter().map(|e| e.id.clone()).collect();
-    let commit = Commit { guards: vec![lease.guard()], writes: vec![WriteOp::XDel(outbox, ids)], ..Commit::default() };
+    let commit = Commit {
+        guards: vec![lease.guard()],
+        writes: vec![WriteOp::XDel(outbox, ids)],
+        ..Commit::default()
+    };
     backend.commit(commit).await?;
     lease.release(backend).await?;
     Ok(entries.len())
@@ -56,7 +81,10 @@ async fn relay_shard(sessions: &Sessions, shard: u32, holder: &str) -> Result<us
 /// Applies one session event to the org index.
 async fn update_org_index(sessions: &Sessions, event: &Envelope) -> Result<()> {
     let payload = &event.payload;
-    let (Some(org), Some(id)) = (payload.get("org_id").and_then(|v| v.as_str()), payload.get("session_id").and_then(|v| v.as_str())) else {
+    let (Some(org), Some(id)) = (
+        payload.get("org_id").and_then(|v| v.as_str()),
+        payload.get("session_id").and_then(|v| v.as_str()),
+    ) else {
         return Ok(());
     };
     let key = sessions.keys().org_sessions(org);
@@ -73,6 +101,12 @@ async fn update_org_index(sessions: &Sessions, event: &Envelope) -> Result<()> {
         Some(EventType::Deleted | EventType::Expired) => WriteOp::ZRem(key, id.to_owned()),
         _ => return Ok(()),
     };
-    sessions.backend().commit(Commit { writes: vec![write], ..Commit::default() }).await?;
+    sessions
+        .backend()
+        .commit(Commit {
+            writes: vec![write],
+            ..Commit::default()
+        })
+        .await?;
     Ok(())
 }

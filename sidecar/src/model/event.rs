@@ -78,7 +78,10 @@ impl Envelope {
         vec![
             ("event_id".to_owned(), self.event_id.clone()),
             ("event_type".to_owned(), self.event_type.clone()),
-            ("envelope".to_owned(), serde_json::to_string(self).unwrap_or_default()),
+            (
+                "envelope".to_owned(),
+                serde_json::to_string(self).unwrap_or_default(),
+            ),
         ]
     }
 

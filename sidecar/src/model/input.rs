@@ -67,7 +67,9 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>> {
     }
     match serde_json::from_slice(bytes) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(Error::Validation("the request body must be a JSON object".into())),
+        Ok(_) => Err(Error::Validation(
+            "the request body must be a JSON object".into(),
+        )),
         Err(e) => Err(Error::MalformedJson(e.to_string())),
     }
 }
@@ -91,10 +93,14 @@ fn check_fields(map: &Map<String, Value>, allowed: &[&str]) -> Result<()> {
 /// `validation_failed` naming the field.
 pub fn check_id(field: &str, value: &str) -> Result<()> {
     if value.is_empty() || value.len() > MAX_ID_BYTES {
-        return Err(Error::Validation(format!("{field} must be 1 to {MAX_ID_BYTES} bytes")));
+        return Err(Error::Validation(format!(
+            "{field} must be 1 to {MAX_ID_BYTES} bytes"
+        )));
     }
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(Error::Validation(format!("{field} may not contain whitespace")));
+        return Err(Error::Validation(format!(
+            "{field} may not contain whitespace"
+        )));
     }
     Ok(())
 }
@@ -120,7 +126,9 @@ pub fn check_title(title: &str) -> Result<()> {
 pub fn check_object_size(field: &str, value: &Map<String, Value>) -> Result<()> {
     let size = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
     if size > MAX_OBJECT_BYTES {
-        return Err(Error::Validation(format!("{field} is larger than {MAX_OBJECT_BYTES} bytes")));
+        return Err(Error::Validation(format!(
+            "{field} is larger than {MAX_OBJECT_BYTES} bytes"
+        )));
     }
     Ok(())
 }
@@ -154,8 +162,16 @@ pub struct CreateSession {
 }
 
 impl CreateSession {
-    pub const FIELDS: &'static [&'static str] =
-        &["user_id", "org_id", "title", "case_id", "metadata", "data", "performer_id", "ttl_seconds"];
+    pub const FIELDS: &'static [&'static str] = &[
+        "user_id",
+        "org_id",
+        "title",
+        "case_id",
+        "metadata",
+        "data",
+        "performer_id",
+        "ttl_seconds",
+    ];
 }
 
 /// `PATCH /v1/sessions/{id}`: a JSON merge patch (RFC 7386) of the mutable fields.
@@ -181,8 +197,14 @@ pub struct UpdateSession {
 }
 
 impl UpdateSession {
-    pub const FIELDS: &'static [&'static str] =
-        &["title", "case_id", "metadata", "data", "user_id", "performer_id"];
+    pub const FIELDS: &'static [&'static str] = &[
+        "title",
+        "case_id",
+        "metadata",
+        "data",
+        "user_id",
+        "performer_id",
+    ];
 }
 
 /// `PUT /v1/sessions/{id}/heartbeat` (the body is optional).
@@ -214,7 +236,8 @@ pub struct EndSession {
 }
 
 impl EndSession {
-    pub const FIELDS: &'static [&'static str] = &["performer_id", "user_id", "session_id", "reason"];
+    pub const FIELDS: &'static [&'static str] =
+        &["performer_id", "user_id", "session_id", "reason"];
 }
 
 /// `PUT /v1/users/{user_id}/current-session`: exactly one of the two.
@@ -259,7 +282,9 @@ impl NewMessage {
         }
         check_object_size("metadata", &self.metadata)?;
         if !self.cost.is_finite() || self.cost < 0.0 || self.cost > 1e9 {
-            return Err(Error::Validation("cost must be a number from 0 to 1e9".into()));
+            return Err(Error::Validation(
+                "cost must be a number from 0 to 1e9".into(),
+            ));
         }
         // In range by the check above, so the conversion is exact to the micro-unit.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]

@@ -99,7 +99,10 @@ impl Record {
             ("case_id", self.case_id.clone()),
             ("ended_ms", self.ended_ms.map(|v| v.to_string())),
             ("performer_id", self.performer_id.clone()),
-            ("last_message_ms", self.last_message_ms.map(|v| v.to_string())),
+            (
+                "last_message_ms",
+                self.last_message_ms.map(|v| v.to_string()),
+            ),
         ];
         f.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
         f.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
@@ -116,7 +119,11 @@ impl Record {
             ("performer_id", self.performer_id.is_none()),
             ("last_message_ms", self.last_message_ms.is_none()),
         ];
-        absent.iter().filter(|(_, a)| *a).map(|(k, _)| (*k).to_owned()).collect()
+        absent
+            .iter()
+            .filter(|(_, a)| *a)
+            .map(|(k, _)| (*k).to_owned())
+            .collect()
     }
 
     /// Decodes a stored hash; `None` when the hash is empty (no such session).
@@ -128,12 +135,20 @@ impl Record {
             return Ok(None);
         }
         let map: std::collections::HashMap<String, String> = fields.into_iter().collect();
-        let text = |k: &str| map.get(k).cloned().ok_or_else(|| format!("field {k} missing"));
+        let text = |k: &str| {
+            map.get(k)
+                .cloned()
+                .ok_or_else(|| format!("field {k} missing"))
+        };
         let int = |k: &str| -> Result<i64, String> {
-            text(k)?.parse().map_err(|_| format!("field {k} is not a number"))
+            text(k)?
+                .parse()
+                .map_err(|_| format!("field {k} is not a number"))
         };
         let uint = |k: &str| -> Result<u64, String> {
-            map.get(k).map_or(Ok(0), |v| v.parse().map_err(|_| format!("field {k} is not a number")))
+            map.get(k).map_or(Ok(0), |v| {
+                v.parse().map_err(|_| format!("field {k} is not a number"))
+            })
         };
         let object = |k: &str| -> Result<Map<String, Value>, String> {
             match serde_json::from_str(&text(k)?) {

@@ -9,7 +9,7 @@ use crate::model::{EventType, Record, Status};
 use crate::store::{Bound, ReadOp, Reply, WriteOp, ZRange};
 
 use super::plan::Plan;
-use super::{CapPolicy, Caller, Ctx, Sessions, Step, decode_record};
+use super::{Caller, CapPolicy, Ctx, Sessions, Step, decode_record};
 
 /// A validated creation request.
 struct NewSession {
@@ -45,7 +45,11 @@ impl Sessions {
             (Caller::Trusted, None) => return Err(Error::Validation("user_id is required".into())),
         };
         check_id("user_id", &user_id)?;
-        for (field, value) in [("org_id", &input.org_id), ("case_id", &input.case_id), ("performer_id", &input.performer_id)] {
+        for (field, value) in [
+            ("org_id", &input.org_id),
+            ("case_id", &input.case_id),
+            ("performer_id", &input.performer_id),
+        ] {
             if let Some(v) = value {
                 check_id(field, v)?;
             }
@@ -63,7 +67,10 @@ impl Sessions {
         Ok(NewSession {
             id: new_session_id(shard),
             shard,
-            performer: input.performer_id.clone().unwrap_or_else(|| user_id.clone()),
+            performer: input
+                .performer_id
+                .clone()
+                .unwrap_or_else(|| user_id.clone()),
             user_id,
             input,
             ttl_ms,
@@ -75,7 +82,9 @@ impl Sessions {
         let Some(seconds) = ttl_seconds else {
             return Ok(self.policy.default_ttl_ms);
         };
-        let ms = i64::try_from(seconds).unwrap_or(i64::MAX).saturating_mul(1000);
+        let ms = i64::try_from(seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
         if seconds == 0 || ms > self.policy.max_ttl_ms {
             return Err(Error::Validation(format!(
                 "ttl_seconds must be from 1 to {}",
@@ -93,7 +102,10 @@ impl Sessions {
             ReadOp::Get(k.current(shard, user)),
             ReadOp::Get(k.rate(shard, user)),
             ReadOp::PTtl(k.rate(shard, user)),
-            ReadOp::HGet(k.titles(shard, user), new.input.title.clone().unwrap_or_default()),
+            ReadOp::HGet(
+                k.titles(shard, user),
+                new.input.title.clone().unwrap_or_default(),
+            ),
         ];
         if self.policy.max_active_per_user.is_some() {
             ops.push(ReadOp::ZRange(ZRange {
@@ -111,14 +123,25 @@ impl Sessions {
         let current = r.next().and_then(Reply::into_opt_string);
         let created_in_window = r.next().map_or(0, |v| v.as_int());
         let window_left_ms = r.next().map_or(0, |v| v.as_int());
-        let title_owner = r.next().and_then(Reply::into_opt_string).filter(|_| new.input.title.is_some());
-        let active: Vec<String> = r.next().map(Reply::into_scored).unwrap_or_default().into_iter().map(|(m, _)| m).collect();
+        let title_owner = r
+            .next()
+            .and_then(Reply::into_opt_string)
+            .filter(|_| new.input.title.is_some());
+        let active: Vec<String> = r
+            .next()
+            .map(Reply::into_scored)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
 
-        if let Some(limit) = self.policy.create_rate_limit {
-            if created_in_window >= i64::from(limit) {
-                let retry_after_s = u64::try_from(window_left_ms.max(1)).unwrap_or(1).div_ceil(1000);
-                return Err(Error::RateLimited { retry_after_s });
-            }
+        if let Some(limit) = self.policy.create_rate_limit
+            && created_in_window >= i64::from(limit)
+        {
+            let retry_after_s = u64::try_from(window_left_ms.max(1))
+                .unwrap_or(1)
+                .div_ceil(1000);
+            return Err(Error::RateLimited { retry_after_s });
         }
         let evict_count = match self.policy.max_active_per_user {
             Some(cap) if active.len() >= cap as usize => match self.policy.cap_policy {
@@ -135,30 +158,41 @@ impl Sessions {
         }
         wanted.sort();
         wanted.dedup();
-        let Some(mut docs) = self.read_docs(shard, user, version.as_ref(), &wanted).await? else {
+        let Some(mut docs) = self
+            .read_docs(shard, user, version.as_ref(), &wanted)
+            .await?
+        else {
             return Ok(Step::Retry);
         };
 
-        if let Some(owner) = &title_owner {
-            if docs.get(owner).is_some_and(|d| d.is_live(now)) {
-                return Err(Error::TitleTaken);
-            }
+        if let Some(owner) = &title_owner
+            && docs.get(owner).is_some_and(|d| d.is_live(now))
+        {
+            return Err(Error::TitleTaken);
         }
         let mut plan = Plan::for_user(self, shard, user, version.as_ref());
         let corr = ctx.correlation_id.as_deref();
-        let previous = current.as_ref().and_then(|id| docs.get_mut(id).map(|d| {
-            d.current = false;
-            d.version += 1;
-            d.clone()
-        }));
-        let mut victims: Vec<Record> = active.iter().filter_map(|id| docs.remove(id)).filter(|d| d.is_active(now)).collect();
+        let previous = current.as_ref().and_then(|id| {
+            docs.get_mut(id).map(|d| {
+                d.current = false;
+                d.version += 1;
+                d.clone()
+            })
+        });
+        let mut victims: Vec<Record> = active
+            .iter()
+            .filter_map(|id| docs.remove(id))
+            .filter(|d| d.is_active(now))
+            .collect();
         victims.sort_by(|a, b| (a.created_ms, &a.session_id).cmp(&(b.created_ms, &b.session_id)));
         victims.truncate(evict_count);
         for victim in &mut victims {
             // A victim that was current already lost the flag above (it is the same document).
             plan.end(victim, "system", self.policy.ended_retention_ms, corr);
         }
-        if let Some(prev) = previous.filter(|p| !victims.iter().any(|v| v.session_id == p.session_id)) {
+        if let Some(prev) =
+            previous.filter(|p| !victims.iter().any(|v| v.session_id == p.session_id))
+        {
             plan.put(&prev);
         }
 
@@ -166,11 +200,21 @@ impl Sessions {
         plan.event(EventType::Created, &record, Some(&new.performer), corr);
         plan.put(&record);
         plan.index_new(&record);
-        plan.write(WriteOp::Set(k.current(shard, user), record.session_id.clone()));
+        plan.write(WriteOp::Set(
+            k.current(shard, user),
+            record.session_id.clone(),
+        ));
         if self.policy.create_rate_limit.is_some() {
-            plan.write(WriteOp::IncrWindow(k.rate(shard, user), self.policy.create_rate_window_ms));
+            plan.write(WriteOp::IncrWindow(
+                k.rate(shard, user),
+                self.policy.create_rate_window_ms,
+            ));
         }
-        Ok(if self.commit(plan).await? { Step::Done(record) } else { Step::Retry })
+        Ok(if self.commit(plan).await? {
+            Step::Done(record)
+        } else {
+            Step::Retry
+        })
     }
 
     fn new_record(&self, new: &NewSession, now: i64) -> Record {
@@ -200,12 +244,21 @@ impl Sessions {
 
     /// Reads documents of one user under the user's version read before: `None` when the
     /// version moved meanwhile (the caller retries). Missing documents are left out.
-    pub(crate) async fn read_docs(&self, shard: u32, user: &str, version: Option<&String>, ids: &[String]) -> Result<Option<HashMap<String, Record>>> {
+    pub(crate) async fn read_docs(
+        &self,
+        shard: u32,
+        user: &str,
+        version: Option<&String>,
+        ids: &[String],
+    ) -> Result<Option<HashMap<String, Record>>> {
         if ids.is_empty() {
             return Ok(Some(HashMap::new()));
         }
         let mut ops = vec![ReadOp::Get(self.keys.user_version(shard, user))];
-        ops.extend(ids.iter().map(|id| ReadOp::HGetAll(self.keys.session(shard, id))));
+        ops.extend(
+            ids.iter()
+                .map(|id| ReadOp::HGetAll(self.keys.session(shard, id))),
+        );
         let mut r = self.read(ops).await?.into_iter();
         if r.next().and_then(Reply::into_opt_string).as_ref() != version {
             return Ok(None);

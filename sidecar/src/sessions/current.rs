@@ -19,8 +19,14 @@ impl Sessions {
         check_id("user_id", user)?;
         ctx.caller.check_owner(user)?;
         let shard = shard_of(user, self.policy.shard_count);
-        let r = self.read(vec![ReadOp::Get(self.keys.current(shard, user))]).await?;
-        let id = r.into_iter().next().and_then(Reply::into_opt_string).ok_or(Error::NotFound("the user has no current session"))?;
+        let r = self
+            .read(vec![ReadOp::Get(self.keys.current(shard, user))])
+            .await?;
+        let id = r
+            .into_iter()
+            .next()
+            .and_then(Reply::into_opt_string)
+            .ok_or(Error::NotFound("the user has no current session"))?;
         self.get(&id).await.map_err(|e| match e {
             Error::NotFound(_) => Error::NotFound("the user has no current session"),
             other => other,
@@ -32,34 +38,58 @@ impl Sessions {
     /// # Errors
     /// 400 unless exactly one of `session_id` and `title` is given, 403, 404 no such session of
     /// this user, 409 the session has ended, 503.
-    pub async fn switch_current(&self, ctx: &Ctx, user: &str, target: SwitchCurrent) -> Result<Record> {
+    pub async fn switch_current(
+        &self,
+        ctx: &Ctx,
+        user: &str,
+        target: SwitchCurrent,
+    ) -> Result<Record> {
         check_id("user_id", user)?;
         ctx.caller.check_owner(user)?;
         if target.session_id.is_some() == target.title.is_some() {
-            return Err(Error::Validation("give exactly one of session_id and title".into()));
+            return Err(Error::Validation(
+                "give exactly one of session_id and title".into(),
+            ));
         }
         let shard = shard_of(user, self.policy.shard_count);
-        if let Some(id) = &target.session_id {
-            if self.shard_of_session(id)? != shard {
-                return Err(Error::NotFound("the user has no such session"));
-            }
+        if let Some(id) = &target.session_id
+            && self.shard_of_session(id)? != shard
+        {
+            return Err(Error::NotFound("the user has no such session"));
         }
-        self.retry(|| self.try_switch(ctx, shard, user, &target)).await
+        self.retry(|| self.try_switch(ctx, shard, user, &target))
+            .await
     }
 
-    async fn try_switch(&self, ctx: &Ctx, shard: u32, user: &str, target: &SwitchCurrent) -> Result<Step<Record>> {
+    async fn try_switch(
+        &self,
+        ctx: &Ctx,
+        shard: u32,
+        user: &str,
+        target: &SwitchCurrent,
+    ) -> Result<Step<Record>> {
         let k = &self.keys;
         let r = self
             .read(vec![
                 ReadOp::Get(k.user_version(shard, user)),
                 ReadOp::Get(k.current(shard, user)),
-                ReadOp::HGet(k.titles(shard, user), target.title.clone().unwrap_or_default()),
+                ReadOp::HGet(
+                    k.titles(shard, user),
+                    target.title.clone().unwrap_or_default(),
+                ),
             ])
             .await?;
         let mut r = r.into_iter().map(Reply::into_opt_string);
-        let (version, current, by_title) = (r.next().flatten(), r.next().flatten(), r.next().flatten());
-        let id = target.session_id.clone().or(by_title).ok_or(Error::NotFound("the user has no session with this title"))?;
-        let ids: Vec<String> = std::iter::once(id.clone()).chain(current.clone().filter(|c| *c != id)).collect();
+        let (version, current, by_title) =
+            (r.next().flatten(), r.next().flatten(), r.next().flatten());
+        let id = target
+            .session_id
+            .clone()
+            .or(by_title)
+            .ok_or(Error::NotFound("the user has no session with this title"))?;
+        let ids: Vec<String> = std::iter::once(id.clone())
+            .chain(current.clone().filter(|c| *c != id))
+            .collect();
         let Some(mut docs) = self.read_docs(shard, user, version.as_ref(), &ids).await? else {
             return Ok(Step::Retry);
         };
@@ -83,9 +113,18 @@ impl Sessions {
         record.current = true;
         record.updated_ms = now;
         record.version += 1;
-        plan.event(EventType::Updated, &record, caller_name(ctx).as_deref(), ctx.correlation_id.as_deref());
+        plan.event(
+            EventType::Updated,
+            &record,
+            caller_name(ctx).as_deref(),
+            ctx.correlation_id.as_deref(),
+        );
         plan.put(&record);
         plan.write(WriteOp::Set(k.current(shard, user), id));
-        Ok(if self.commit(plan).await? { Step::Done(record) } else { Step::Retry })
+        Ok(if self.commit(plan).await? {
+            Step::Done(record)
+        } else {
+            Step::Retry
+        })
     }
 }

@@ -33,7 +33,12 @@ impl Sessions {
             })])
             .await?;
         let mut expired = 0;
-        for (id, _) in due.into_iter().next().map(Reply::into_scored).unwrap_or_default() {
+        for (id, _) in due
+            .into_iter()
+            .next()
+            .map(Reply::into_scored)
+            .unwrap_or_default()
+        {
             if self.expire_one(shard, &id).await? {
                 expired += 1;
             }
@@ -42,10 +47,15 @@ impl Sessions {
     }
 
     async fn expire_one(&self, shard: u32, id: &str) -> Result<bool> {
-        let first = self.read(vec![ReadOp::HGetAll(self.keys.session(shard, id))]).await?;
+        let first = self
+            .read(vec![ReadOp::HGetAll(self.keys.session(shard, id))])
+            .await?;
         let Some(first) = decode_record(first.into_iter().next())? else {
             // A queue entry without a document: drop the entry.
-            let commit = Commit { writes: vec![WriteOp::ZRem(self.keys.expiry(shard), id.to_owned())], ..Commit::default() };
+            let commit = Commit {
+                writes: vec![WriteOp::ZRem(self.keys.expiry(shard), id.to_owned())],
+                ..Commit::default()
+            };
             self.backend.commit(commit).await?;
             return Ok(false);
         };
@@ -54,7 +64,10 @@ impl Sessions {
         self.retry(|| async {
             let extras = vec![
                 ReadOp::Get(self.keys.current(shard, user)),
-                ReadOp::HGet(self.keys.titles(shard, user), first.title.clone().unwrap_or_default()),
+                ReadOp::HGet(
+                    self.keys.titles(shard, user),
+                    first.title.clone().unwrap_or_default(),
+                ),
             ];
             let (version, record, extra) = self.snapshot_of(shard, id, user, extras).await?;
             let now = self.now();
@@ -63,7 +76,8 @@ impl Sessions {
             };
             let mut extra = extra.into_iter().map(Reply::into_opt_string);
             let is_current = extra.next().flatten().as_deref() == Some(id);
-            let title_owned = record.title.is_some() && extra.next().flatten().as_deref() == Some(id);
+            let title_owned =
+                record.title.is_some() && extra.next().flatten().as_deref() == Some(id);
             let mut plan = Plan::for_user(self, shard, user, version.as_ref());
             let expiring = record.status == Status::Active;
             if expiring {
@@ -71,10 +85,19 @@ impl Sessions {
                 record.current = false;
                 record.updated_ms = now;
                 record.version += 1;
-                plan.event(EventType::Expired, &record, Some("system"), ctx.correlation_id.as_deref());
+                plan.event(
+                    EventType::Expired,
+                    &record,
+                    Some("system"),
+                    ctx.correlation_id.as_deref(),
+                );
             }
             plan.remove(&record, title_owned, is_current);
-            Ok(if self.commit(plan).await? { Step::Done(expiring) } else { Step::Retry })
+            Ok(if self.commit(plan).await? {
+                Step::Done(expiring)
+            } else {
+                Step::Retry
+            })
         })
         .await
     }

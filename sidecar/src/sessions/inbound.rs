@@ -41,16 +41,26 @@ impl Sessions {
     /// # Errors
     /// 400 for an invalid envelope or an event type this service does not consume, 503.
     pub async fn apply_event(&self, event: &Envelope) -> Result<InboundOutcome> {
-        uuid::Uuid::parse_str(&event.event_id).map_err(|_| Error::Validation("event_id must be a UUID".into()))?;
+        uuid::Uuid::parse_str(&event.event_id)
+            .map_err(|_| Error::Validation("event_id must be a UUID".into()))?;
         let field = |name: &str| -> Result<String> {
-            let v = event.payload.get(name).and_then(Value::as_str).ok_or_else(|| Error::Validation(format!("payload.{name} is required")))?;
+            let v = event
+                .payload
+                .get(name)
+                .and_then(Value::as_str)
+                .ok_or_else(|| Error::Validation(format!("payload.{name} is required")))?;
             check_id(&format!("payload.{name}"), v)?;
             Ok(v.to_owned())
         };
         let (duplicate, affected) = match EventType::parse(&event.event_type) {
             Some(EventType::UserDeleted) => self.user_deleted(event, &field("user_id")?).await?,
             Some(EventType::CaseDeleted) => self.case_deleted(event, &field("case_id")?).await?,
-            _ => return Err(Error::Validation(format!("event type `{}` is not consumed by this service", event.event_type))),
+            _ => {
+                return Err(Error::Validation(format!(
+                    "event type `{}` is not consumed by this service",
+                    event.event_type
+                )));
+            }
         };
         Ok(InboundOutcome {
             event_id: event.event_id.clone(),
@@ -64,18 +74,31 @@ impl Sessions {
         let inbox = self.keys.inbox(shard);
         #[allow(clippy::cast_precision_loss)]
         let (seen, horizon) = (now as f64, (now - INBOX_RETENTION_MS) as f64);
-        vec![WriteOp::ZRemBelow(inbox.clone(), horizon), WriteOp::ZAdd(inbox, seen, event_id.to_owned())]
+        vec![
+            WriteOp::ZRemBelow(inbox.clone(), horizon),
+            WriteOp::ZAdd(inbox, seen, event_id.to_owned()),
+        ]
     }
 
     fn all(key: String) -> ReadOp {
-        ReadOp::ZRange(ZRange { key, min: Bound::NegInf, max: Bound::PosInf, rev: false, offset: 0, count: MAX_SESSIONS_PER_EVENT })
+        ReadOp::ZRange(ZRange {
+            key,
+            min: Bound::NegInf,
+            max: Bound::PosInf,
+            rev: false,
+            offset: 0,
+            count: MAX_SESSIONS_PER_EVENT,
+        })
     }
 
     /// Deletes every session of the user (the current one too) with its messages and memory.
     async fn user_deleted(&self, event: &Envelope, user: &str) -> Result<(bool, usize)> {
         let shard = shard_of(user, self.policy.shard_count);
         let k = &self.keys;
-        let corr = event.correlation_id.clone().unwrap_or_else(|| event.event_id.clone());
+        let corr = event
+            .correlation_id
+            .clone()
+            .unwrap_or_else(|| event.event_id.clone());
         self.retry(|| async {
             let r = self
                 .read(vec![
@@ -89,7 +112,13 @@ impl Sessions {
             if r.next().and_then(Reply::into_opt_string).is_some() {
                 return Ok(Step::Done((true, 0)));
             }
-            let ids: Vec<String> = r.next().map(Reply::into_scored).unwrap_or_default().into_iter().map(|(m, _)| m).collect();
+            let ids: Vec<String> = r
+                .next()
+                .map(Reply::into_scored)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(m, _)| m)
+                .collect();
             let Some(docs) = self.read_docs(shard, user, version.as_ref(), &ids).await? else {
                 return Ok(Step::Retry);
             };
@@ -101,14 +130,24 @@ impl Sessions {
                 }
                 plan.remove(doc, false, false);
             }
-            for key in [k.titles(shard, user), k.current(shard, user), k.rate(shard, user), k.user_sessions(shard, user), k.user_active(shard, user)] {
+            for key in [
+                k.titles(shard, user),
+                k.current(shard, user),
+                k.rate(shard, user),
+                k.user_sessions(shard, user),
+                k.user_active(shard, user),
+            ] {
                 plan.write(WriteOp::Del(key));
             }
             for op in self.inbox_writes(shard, &event.event_id) {
                 plan.write(op);
             }
             let affected = docs.values().filter(|d| d.is_live(now)).count();
-            Ok(if self.commit(plan).await? { Step::Done((false, affected)) } else { Step::Retry })
+            Ok(if self.commit(plan).await? {
+                Step::Done((false, affected))
+            } else {
+                Step::Retry
+            })
         })
         .await
     }
@@ -118,37 +157,70 @@ impl Sessions {
         let k = &self.keys;
         let (mut affected, mut shards_done_before) = (0, 0);
         for shard in 0..self.policy.shard_count {
-            let r = self.read(vec![ReadOp::ZScore(k.inbox(shard), event.event_id.clone()), Self::all(k.case_sessions(shard, case))]).await?;
+            let r = self
+                .read(vec![
+                    ReadOp::ZScore(k.inbox(shard), event.event_id.clone()),
+                    Self::all(k.case_sessions(shard, case)),
+                ])
+                .await?;
             let mut r = r.into_iter();
             if r.next().and_then(Reply::into_opt_string).is_some() {
                 shards_done_before += 1;
                 continue;
             }
-            let ids: Vec<String> = r.next().map(Reply::into_scored).unwrap_or_default().into_iter().map(|(m, _)| m).collect();
+            let ids: Vec<String> = r
+                .next()
+                .map(Reply::into_scored)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(m, _)| m)
+                .collect();
             let mut by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for (id, doc) in self.read_many(&ids).await? {
                 by_user.entry(doc.user_id).or_default().push(id);
             }
             for (user, ids) in &by_user {
-                affected += self.retry(|| self.unlink_case(event, shard, user, ids, case)).await?;
+                affected += self
+                    .retry(|| self.unlink_case(event, shard, user, ids, case))
+                    .await?;
             }
             let mut writes = self.inbox_writes(shard, &event.event_id);
             writes.push(WriteOp::Del(k.case_sessions(shard, case)));
-            self.backend.commit(Commit { writes, ..Commit::default() }).await?;
+            self.backend
+                .commit(Commit {
+                    writes,
+                    ..Commit::default()
+                })
+                .await?;
         }
         Ok((shards_done_before == self.policy.shard_count, affected))
     }
 
-    async fn unlink_case(&self, event: &Envelope, shard: u32, user: &str, ids: &[String], case: &str) -> Result<Step<usize>> {
-        let r = self.read(vec![ReadOp::Get(self.keys.user_version(shard, user))]).await?;
+    async fn unlink_case(
+        &self,
+        event: &Envelope,
+        shard: u32,
+        user: &str,
+        ids: &[String],
+        case: &str,
+    ) -> Result<Step<usize>> {
+        let r = self
+            .read(vec![ReadOp::Get(self.keys.user_version(shard, user))])
+            .await?;
         let version = r.into_iter().next().and_then(Reply::into_opt_string);
         let Some(docs) = self.read_docs(shard, user, version.as_ref(), ids).await? else {
             return Ok(Step::Retry);
         };
         let now = self.now();
-        let corr = event.correlation_id.clone().unwrap_or_else(|| event.event_id.clone());
+        let corr = event
+            .correlation_id
+            .clone()
+            .unwrap_or_else(|| event.event_id.clone());
         let mut plan = Plan::for_user(self, shard, user, version.as_ref());
-        let mut changed: Vec<Record> = docs.into_values().filter(|d| d.case_id.as_deref() == Some(case)).collect();
+        let mut changed: Vec<Record> = docs
+            .into_values()
+            .filter(|d| d.case_id.as_deref() == Some(case))
+            .collect();
         for doc in &mut changed {
             doc.case_id = None;
             doc.updated_ms = now;
@@ -159,6 +231,10 @@ impl Sessions {
             plan.put(doc);
         }
         let live = changed.iter().filter(|d| d.is_live(now)).count();
-        Ok(if self.commit(plan).await? { Step::Done(live) } else { Step::Retry })
+        Ok(if self.commit(plan).await? {
+            Step::Done(live)
+        } else {
+            Step::Retry
+        })
     }
 }

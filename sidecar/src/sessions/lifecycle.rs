@@ -3,7 +3,9 @@
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::input::{EndSession, Heartbeat, UpdateSession, check_id, check_object_size, check_title};
+use crate::model::input::{
+    EndSession, Heartbeat, UpdateSession, check_id, check_object_size, check_title,
+};
 use crate::model::{EventType, Record, Status};
 use crate::store::{ReadOp, Reply, WriteOp};
 
@@ -12,7 +14,12 @@ use super::{Caller, Ctx, Sessions, Step};
 
 impl Sessions {
     /// Finds a live session for a change and checks who may change it; returns its shard too.
-    async fn owned(&self, ctx: &Ctx, id: &str, claimed_user: Option<&String>) -> Result<(u32, Record)> {
+    async fn owned(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        claimed_user: Option<&String>,
+    ) -> Result<(u32, Record)> {
         let shard = self.shard_of_session(id)?;
         let record = self.get(id).await?;
         ctx.caller.check_owner(&record.user_id)?;
@@ -30,27 +37,49 @@ impl Sessions {
         if let Some(Some(title)) = &patch.title {
             check_title(title)?;
         }
-        for (field, value) in [("case_id", patch.case_id.clone().flatten()), ("performer_id", patch.performer_id.clone())] {
+        for (field, value) in [
+            ("case_id", patch.case_id.clone().flatten()),
+            ("performer_id", patch.performer_id.clone()),
+        ] {
             if let Some(v) = value {
                 check_id(field, &v)?;
             }
         }
         let (shard, first) = self.owned(ctx, id, patch.user_id.as_ref()).await?;
-        self.retry(|| self.try_update(ctx, shard, &first.user_id, id, &patch)).await
+        self.retry(|| self.try_update(ctx, shard, &first.user_id, id, &patch))
+            .await
     }
 
-    async fn try_update(&self, ctx: &Ctx, shard: u32, user: &str, id: &str, patch: &UpdateSession) -> Result<Step<Record>> {
+    async fn try_update(
+        &self,
+        ctx: &Ctx,
+        shard: u32,
+        user: &str,
+        id: &str,
+        patch: &UpdateSession,
+    ) -> Result<Step<Record>> {
         let new_title = patch.title.clone().flatten();
-        let extras = vec![ReadOp::HGet(self.keys.titles(shard, user), new_title.clone().unwrap_or_default())];
+        let extras = vec![ReadOp::HGet(
+            self.keys.titles(shard, user),
+            new_title.clone().unwrap_or_default(),
+        )];
         let (version, record, mut extra) = self.snapshot_of(shard, id, user, extras).await?;
         let now = self.now();
-        let mut record = record.filter(|r| r.is_live(now)).ok_or(Error::NotFound("no such session"))?;
+        let mut record = record
+            .filter(|r| r.is_live(now))
+            .ok_or(Error::NotFound("no such session"))?;
         if record.status != Status::Active {
             return Err(Error::SessionEnded);
         }
-        let title_owner = extra.pop().and_then(Reply::into_opt_string).filter(|o| new_title.is_some() && o != id);
+        let title_owner = extra
+            .pop()
+            .and_then(Reply::into_opt_string)
+            .filter(|o| new_title.is_some() && o != id);
         if let Some(owner) = title_owner {
-            let Some(docs) = self.read_docs(shard, user, version.as_ref(), std::slice::from_ref(&owner)).await? else {
+            let Some(docs) = self
+                .read_docs(shard, user, version.as_ref(), std::slice::from_ref(&owner))
+                .await?
+            else {
                 return Ok(Step::Retry);
             };
             if docs.get(&owner).is_some_and(|d| d.is_live(now)) {
@@ -61,16 +90,25 @@ impl Sessions {
         let (k, old) = (&self.keys, record.clone());
         if let Some(title) = &patch.title {
             if let Some(old_title) = &old.title {
-                plan.write(WriteOp::HDel(k.titles(shard, user), vec![old_title.clone()]));
+                plan.write(WriteOp::HDel(
+                    k.titles(shard, user),
+                    vec![old_title.clone()],
+                ));
             }
             if let Some(t) = title {
-                plan.write(WriteOp::HSet(k.titles(shard, user), vec![(t.clone(), id.to_owned())]));
+                plan.write(WriteOp::HSet(
+                    k.titles(shard, user),
+                    vec![(t.clone(), id.to_owned())],
+                ));
             }
             record.title.clone_from(title);
         }
         if let Some(case) = &patch.case_id {
             if let Some(old_case) = &old.case_id {
-                plan.write(WriteOp::ZRem(k.case_sessions(shard, old_case), id.to_owned()));
+                plan.write(WriteOp::ZRem(
+                    k.case_sessions(shard, old_case),
+                    id.to_owned(),
+                ));
             }
             if let Some(c) = case {
                 plan.write(WriteOp::ZAdd(k.case_sessions(shard, c), 0.0, id.to_owned()));
@@ -88,9 +126,18 @@ impl Sessions {
         record.updated_ms = now;
         record.version += 1;
         let performer = patch.performer_id.clone().or_else(|| caller_name(ctx));
-        plan.event(EventType::Updated, &record, performer.as_deref(), ctx.correlation_id.as_deref());
+        plan.event(
+            EventType::Updated,
+            &record,
+            performer.as_deref(),
+            ctx.correlation_id.as_deref(),
+        );
         plan.put(&record);
-        Ok(if self.commit(plan).await? { Step::Done(record) } else { Step::Retry })
+        Ok(if self.commit(plan).await? {
+            Step::Done(record)
+        } else {
+            Step::Retry
+        })
     }
 
     /// Extends an active session's expiry from now. Reads never do this implicitly.
@@ -103,7 +150,9 @@ impl Sessions {
         self.retry(|| async {
             let (version, record, _) = self.snapshot_of(shard, id, &first.user_id, vec![]).await?;
             let now = self.now();
-            let mut record = record.filter(|r| r.is_live(now)).ok_or(Error::NotFound("no such session"))?;
+            let mut record = record
+                .filter(|r| r.is_live(now))
+                .ok_or(Error::NotFound("no such session"))?;
             if record.status != Status::Active {
                 return Err(Error::SessionEnded);
             }
@@ -113,7 +162,11 @@ impl Sessions {
             let mut plan = Plan::for_user(self, shard, &first.user_id, version.as_ref());
             plan.put(&record);
             plan.reschedule(&record);
-            Ok(if self.commit(plan).await? { Step::Done(record) } else { Step::Retry })
+            Ok(if self.commit(plan).await? {
+                Step::Done(record)
+            } else {
+                Step::Retry
+            })
         })
         .await
     }
@@ -124,7 +177,11 @@ impl Sessions {
     /// 400 without `performer_id` or with a mismatched `session_id`, 403 another user's session,
     /// 404, 409 already ended, 503.
     pub async fn end(&self, ctx: &Ctx, id: &str, input: EndSession) -> Result<Record> {
-        let performer = input.performer_id.clone().filter(|p| !p.is_empty()).ok_or(Error::PerformerRequired)?;
+        let performer = input
+            .performer_id
+            .clone()
+            .filter(|p| !p.is_empty())
+            .ok_or(Error::PerformerRequired)?;
         check_id("performer_id", &performer)?;
         if input.session_id.as_deref().is_some_and(|s| s != id) {
             return Err(Error::SessionIdMismatch);
@@ -133,13 +190,24 @@ impl Sessions {
         self.retry(|| async {
             let (version, record, _) = self.snapshot_of(shard, id, &first.user_id, vec![]).await?;
             let now = self.now();
-            let mut record = record.filter(|r| r.is_live(now)).ok_or(Error::NotFound("no such session"))?;
+            let mut record = record
+                .filter(|r| r.is_live(now))
+                .ok_or(Error::NotFound("no such session"))?;
             if record.status != Status::Active {
                 return Err(Error::SessionEnded);
             }
             let mut plan = Plan::for_user(self, shard, &first.user_id, version.as_ref());
-            plan.end(&mut record, &performer, self.policy.ended_retention_ms, ctx.correlation_id.as_deref());
-            Ok(if self.commit(plan).await? { Step::Done(record) } else { Step::Retry })
+            plan.end(
+                &mut record,
+                &performer,
+                self.policy.ended_retention_ms,
+                ctx.correlation_id.as_deref(),
+            );
+            Ok(if self.commit(plan).await? {
+                Step::Done(record)
+            } else {
+                Step::Retry
+            })
         })
         .await
     }
@@ -154,19 +222,34 @@ impl Sessions {
         self.retry(|| async {
             let extras = vec![
                 ReadOp::Get(self.keys.current(shard, user)),
-                ReadOp::HGet(self.keys.titles(shard, user), first.title.clone().unwrap_or_default()),
+                ReadOp::HGet(
+                    self.keys.titles(shard, user),
+                    first.title.clone().unwrap_or_default(),
+                ),
             ];
             let (version, record, extra) = self.snapshot_of(shard, id, user, extras).await?;
-            let record = record.filter(|r| r.is_live(self.now())).ok_or(Error::NotFound("no such session"))?;
+            let record = record
+                .filter(|r| r.is_live(self.now()))
+                .ok_or(Error::NotFound("no such session"))?;
             let mut extra = extra.into_iter().map(Reply::into_opt_string);
             if extra.next().flatten().as_deref() == Some(id) {
                 return Err(Error::CurrentSessionDelete);
             }
-            let title_owned = record.title.is_some() && extra.next().flatten().as_deref() == Some(id);
+            let title_owned =
+                record.title.is_some() && extra.next().flatten().as_deref() == Some(id);
             let mut plan = Plan::for_user(self, shard, user, version.as_ref());
-            plan.event(EventType::Deleted, &record, caller_name(ctx).as_deref(), ctx.correlation_id.as_deref());
+            plan.event(
+                EventType::Deleted,
+                &record,
+                caller_name(ctx).as_deref(),
+                ctx.correlation_id.as_deref(),
+            );
             plan.remove(&record, title_owned, false);
-            Ok(if self.commit(plan).await? { Step::Done(()) } else { Step::Retry })
+            Ok(if self.commit(plan).await? {
+                Step::Done(())
+            } else {
+                Step::Retry
+            })
         })
         .await
     }
@@ -181,7 +264,10 @@ pub(crate) fn caller_name(ctx: &Ctx) -> Option<String> {
 }
 
 /// RFC 7386 JSON merge patch of one object by another.
-pub(crate) fn merge(target: &serde_json::Map<String, Value>, patch: &serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
+pub(crate) fn merge(
+    target: &serde_json::Map<String, Value>,
+    patch: &serde_json::Map<String, Value>,
+) -> serde_json::Map<String, Value> {
     let mut doc = Value::Object(target.clone());
     json_patch::merge(&mut doc, &Value::Object(patch.clone()));
     match doc {

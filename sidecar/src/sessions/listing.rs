@@ -37,7 +37,9 @@ pub fn page_size(limit: Option<usize>) -> Result<usize> {
     match limit {
         None => Ok(DEFAULT_PAGE_SIZE),
         Some(n) if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n),
-        Some(_) => Err(Error::Validation(format!("limit must be from 1 to {MAX_PAGE_SIZE}"))),
+        Some(_) => Err(Error::Validation(format!(
+            "limit must be from 1 to {MAX_PAGE_SIZE}"
+        ))),
     }
 }
 
@@ -47,7 +49,9 @@ fn encode_cursor(score: Score, member: &str) -> String {
 
 fn decode_cursor(cursor: &str) -> Result<(Score, String)> {
     let invalid = || Error::Validation("cursor is not one this service issued".into());
-    let raw = BASE64URL_NOPAD.decode(cursor.as_bytes()).map_err(|_| invalid())?;
+    let raw = BASE64URL_NOPAD
+        .decode(cursor.as_bytes())
+        .map_err(|_| invalid())?;
     let text = String::from_utf8(raw).map_err(|_| invalid())?;
     let (score, member) = text.split_once(':').ok_or_else(invalid)?;
     Ok((score.parse().map_err(|_| invalid())?, member.to_owned()))
@@ -58,11 +62,18 @@ impl Sessions {
     ///
     /// # Errors
     /// 400 bad cursor or limit, 403 another user's token, 503.
-    pub async fn list_user(&self, ctx: &Ctx, user: &str, cursor: Option<&str>, limit: Option<usize>) -> Result<Page<SessionView>> {
+    pub async fn list_user(
+        &self,
+        ctx: &Ctx,
+        user: &str,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Page<SessionView>> {
         check_id("user_id", user)?;
         ctx.caller.check_owner(user)?;
         let shard = shard_of(user, self.policy.shard_count);
-        self.list_index(self.keys.user_sessions(shard, user), cursor, limit).await
+        self.list_index(self.keys.user_sessions(shard, user), cursor, limit)
+            .await
     }
 
     /// The org's sessions, newest first. The org index is derived from events by the relay, so
@@ -70,15 +81,27 @@ impl Sessions {
     ///
     /// # Errors
     /// 400 bad cursor or limit, 403 for user tokens (only trusted callers list orgs), 503.
-    pub async fn list_org(&self, ctx: &Ctx, org: &str, cursor: Option<&str>, limit: Option<usize>) -> Result<Page<SessionView>> {
+    pub async fn list_org(
+        &self,
+        ctx: &Ctx,
+        org: &str,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Page<SessionView>> {
         check_id("org_id", org)?;
         if ctx.caller != Caller::Trusted {
             return Err(Error::Forbidden("listing an org needs the service scope"));
         }
-        self.list_index(self.keys.org_sessions(org), cursor, limit).await
+        self.list_index(self.keys.org_sessions(org), cursor, limit)
+            .await
     }
 
-    async fn list_index(&self, index: String, cursor: Option<&str>, limit: Option<usize>) -> Result<Page<SessionView>> {
+    async fn list_index(
+        &self,
+        index: String,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Page<SessionView>> {
         let limit = page_size(limit)?;
         let after = cursor.map(decode_cursor).transpose()?;
         let entries = self.index_page(&index, after.as_ref(), limit + 1).await?;
@@ -89,12 +112,22 @@ impl Sessions {
         let ids: Vec<String> = entries.into_iter().take(limit).map(|(m, _)| m).collect();
         let docs = self.read_many(&ids).await?;
         let now = self.now();
-        let items = ids.iter().filter_map(|id| docs.get(id)).filter(|d| d.is_live(now)).map(Record::view).collect();
+        let items = ids
+            .iter()
+            .filter_map(|id| docs.get(id))
+            .filter(|d| d.is_live(now))
+            .map(Record::view)
+            .collect();
         Ok(Page { items, next_cursor })
     }
 
     /// Up to `want` index entries strictly after the cursor in descending order.
-    async fn index_page(&self, index: &str, after: Option<&(Score, String)>, want: usize) -> Result<Vec<(String, Score)>> {
+    async fn index_page(
+        &self,
+        index: &str,
+        after: Option<&(Score, String)>,
+        want: usize,
+    ) -> Result<Vec<(String, Score)>> {
         let mut out = Vec::new();
         let mut offset = 0;
         loop {
@@ -107,9 +140,19 @@ impl Sessions {
                 offset,
                 count,
             };
-            let batch = self.read(vec![ReadOp::ZRange(query)]).await?.into_iter().next().map(Reply::into_scored).unwrap_or_default();
+            let batch = self
+                .read(vec![ReadOp::ZRange(query)])
+                .await?
+                .into_iter()
+                .next()
+                .map(Reply::into_scored)
+                .unwrap_or_default();
             let fetched = batch.len();
-            out.extend(batch.into_iter().filter(|(m, s)| after.is_none_or(|(cs, cm)| *s < *cs || m < cm)));
+            out.extend(
+                batch
+                    .into_iter()
+                    .filter(|(m, s)| after.is_none_or(|(cs, cm)| *s < *cs || m < cm)),
+            );
             if out.len() >= want || fetched < count {
                 out.truncate(want);
                 return Ok(out);
@@ -122,11 +165,17 @@ impl Sessions {
     pub(crate) async fn read_many(&self, ids: &[String]) -> Result<BTreeMap<String, Record>> {
         let mut by_shard: BTreeMap<u32, Vec<&String>> = BTreeMap::new();
         for id in ids {
-            by_shard.entry(self.shard_of_session(id)?).or_default().push(id);
+            by_shard
+                .entry(self.shard_of_session(id)?)
+                .or_default()
+                .push(id);
         }
         let mut docs = BTreeMap::new();
         for (shard, ids) in by_shard {
-            let ops = ids.iter().map(|id| ReadOp::HGetAll(self.keys.session(shard, id))).collect();
+            let ops = ids
+                .iter()
+                .map(|id| ReadOp::HGetAll(self.keys.session(shard, id)))
+                .collect();
             for (id, reply) in ids.into_iter().zip(self.read(ops).await?) {
                 if let Some(doc) = decode_record(Some(reply))? {
                     docs.insert(id.clone(), doc);
@@ -144,7 +193,10 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
         let c = encode_cursor(1_700_000_000_000.0, "sess_1_abc");
-        assert_eq!(decode_cursor(&c).unwrap(), (1_700_000_000_000.0, "sess_1_abc".to_owned()));
+        assert_eq!(
+            decode_cursor(&c).unwrap(),
+            (1_700_000_000_000.0, "sess_1_abc".to_owned())
+        );
         assert!(decode_cursor("!!").is_err());
         assert!(decode_cursor(&BASE64URL_NOPAD.encode(b"nocolon")).is_err());
         assert!(page_size(Some(0)).is_err());

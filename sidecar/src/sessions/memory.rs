@@ -48,23 +48,38 @@ impl Sessions {
         let shard = self.shard_of_session(id)?;
         let record = self.get(id).await?;
         ctx.caller.check_owner(&record.user_id)?;
-        let r = self.read(vec![ReadOp::Get(self.keys.memory(shard, id))]).await?;
-        Ok(MemoryView { session_id: id.to_owned(), memory: decode(r.into_iter().next())? })
+        let r = self
+            .read(vec![ReadOp::Get(self.keys.memory(shard, id))])
+            .await?;
+        Ok(MemoryView {
+            session_id: id.to_owned(),
+            memory: decode(r.into_iter().next())?,
+        })
     }
 
     /// Replaces or merges the memory of an active session.
     ///
     /// # Errors
     /// 400 too large, 403, 404, 409 ended session, 503.
-    pub async fn write_memory(&self, ctx: &Ctx, id: &str, how: MemoryWrite, body: Map<String, Value>) -> Result<MemoryView> {
+    pub async fn write_memory(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        how: MemoryWrite,
+        body: Map<String, Value>,
+    ) -> Result<MemoryView> {
         check_object_size("memory", &body)?;
         let shard = self.shard_of_session(id)?;
         let first = self.get(id).await?;
         ctx.caller.check_owner(&first.user_id)?;
         let key = self.keys.memory(shard, id);
         self.retry(|| async {
-            let (version, record, extra) = self.snapshot_of(shard, id, &first.user_id, vec![ReadOp::Get(key.clone())]).await?;
-            let record = record.filter(|r| r.is_live(self.now())).ok_or(Error::NotFound("no such session"))?;
+            let (version, record, extra) = self
+                .snapshot_of(shard, id, &first.user_id, vec![ReadOp::Get(key.clone())])
+                .await?;
+            let record = record
+                .filter(|r| r.is_live(self.now()))
+                .ok_or(Error::NotFound("no such session"))?;
             if record.status != Status::Active {
                 return Err(Error::SessionEnded);
             }
@@ -74,8 +89,18 @@ impl Sessions {
             };
             check_object_size("memory", &memory)?;
             let mut plan = Plan::for_user(self, shard, &first.user_id, version.as_ref());
-            plan.write(WriteOp::Set(key.clone(), Value::Object(memory.clone()).to_string()));
-            Ok(if self.commit(plan).await? { Step::Done(MemoryView { session_id: id.to_owned(), memory }) } else { Step::Retry })
+            plan.write(WriteOp::Set(
+                key.clone(),
+                Value::Object(memory.clone()).to_string(),
+            ));
+            Ok(if self.commit(plan).await? {
+                Step::Done(MemoryView {
+                    session_id: id.to_owned(),
+                    memory,
+                })
+            } else {
+                Step::Retry
+            })
         })
         .await
     }

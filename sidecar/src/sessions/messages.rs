@@ -32,7 +32,9 @@ impl Sessions {
         self.retry(|| async {
             let (version, record, _) = self.snapshot_of(shard, id, &first.user_id, vec![]).await?;
             let now = self.now();
-            let mut record = record.filter(|r| r.is_live(now)).ok_or(Error::NotFound("no such session"))?;
+            let mut record = record
+                .filter(|r| r.is_live(now))
+                .ok_or(Error::NotFound("no such session"))?;
             if record.status != Status::Active {
                 return Err(Error::SessionEnded);
             }
@@ -54,9 +56,14 @@ impl Sessions {
             record.version += 1;
             let mut plan = Plan::for_user(self, shard, &first.user_id, version.as_ref());
             plan.put(&record);
-            let json = serde_json::to_string(&message).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let json =
+                serde_json::to_string(&message).map_err(|e| Error::Corrupt(e.to_string()))?;
             plan.write(WriteOp::RPush(self.keys.messages(shard, id), json));
-            Ok(if self.commit(plan).await? { Step::Done(message) } else { Step::Retry })
+            Ok(if self.commit(plan).await? {
+                Step::Done(message)
+            } else {
+                Step::Retry
+            })
         })
         .await
     }
@@ -65,22 +72,40 @@ impl Sessions {
     ///
     /// # Errors
     /// 400 bad cursor or limit, 403, 404, 503.
-    pub async fn list_messages(&self, ctx: &Ctx, id: &str, cursor: Option<&str>, limit: Option<usize>) -> Result<Page<Message>> {
+    pub async fn list_messages(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Page<Message>> {
         let limit = page_size(limit)?;
         let after: i64 = match cursor {
             None => 0,
-            Some(c) => c.parse().ok().filter(|n| *n >= 0).ok_or_else(|| Error::Validation("cursor must be a message seq".into()))?,
+            Some(c) => c
+                .parse()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| Error::Validation("cursor must be a message seq".into()))?,
         };
         let (shard, _) = self.readable(ctx, id).await?;
         let window = i64::try_from(limit).unwrap_or(0);
-        let r = self.read(vec![ReadOp::LRange(self.keys.messages(shard, id), after, after + window)]).await?;
+        let r = self
+            .read(vec![ReadOp::LRange(
+                self.keys.messages(shard, id),
+                after,
+                after + window,
+            )])
+            .await?;
         let mut items = r
             .into_iter()
             .next()
             .map(Reply::into_list)
             .unwrap_or_default()
             .iter()
-            .map(|raw| serde_json::from_str::<Message>(raw).map_err(|e| Error::Corrupt(e.to_string())))
+            .map(|raw| {
+                serde_json::from_str::<Message>(raw).map_err(|e| Error::Corrupt(e.to_string()))
+            })
             .collect::<Result<Vec<_>>>()?;
         let next_cursor = (items.len() > limit).then(|| {
             items.truncate(limit);
@@ -103,7 +128,12 @@ impl Sessions {
             session_id: r.session_id.clone(),
             status: r.status,
             message_count: r.message_count(),
-            messages_by_role: MessagesByRole { user, assistant, system, tool },
+            messages_by_role: MessagesByRole {
+                user,
+                assistant,
+                system,
+                tool,
+            },
             total_tokens: r.tokens_total,
             total_cost: micros_to_cost(r.cost_micros),
             created_at: rfc3339(r.created_ms),

@@ -73,7 +73,9 @@ impl Caller {
     /// `forbidden` when a user token names another user.
     pub fn check_owner(&self, owner: &str) -> Result<()> {
         match self {
-            Caller::User(u) if u != owner => Err(Error::Forbidden("the session belongs to another user")),
+            Caller::User(u) if u != owner => {
+                Err(Error::Forbidden("the session belongs to another user"))
+            }
             _ => Ok(()),
         }
     }
@@ -91,7 +93,10 @@ impl Ctx {
     /// A trusted caller without correlation id (background work, tests).
     #[must_use]
     pub fn system() -> Self {
-        Self { caller: Caller::Trusted, correlation_id: None }
+        Self {
+            caller: Caller::Trusted,
+            correlation_id: None,
+        }
     }
 }
 
@@ -116,15 +121,27 @@ pub struct Sessions {
 
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sessions").field("backend", &self.backend.kind()).finish_non_exhaustive()
+        f.debug_struct("Sessions")
+            .field("backend", &self.backend.kind())
+            .finish_non_exhaustive()
     }
 }
 
 impl Sessions {
     /// An engine over `backend` with keys under `prefix`.
     #[must_use]
-    pub fn new(backend: Arc<dyn Backend>, prefix: &str, clock: Arc<dyn Clock>, policy: Policy) -> Self {
-        Self { backend, keys: Keys::new(prefix), clock, policy: Arc::new(policy) }
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        prefix: &str,
+        clock: Arc<dyn Clock>,
+        policy: Policy,
+    ) -> Self {
+        Self {
+            backend,
+            keys: Keys::new(prefix),
+            clock,
+            policy: Arc::new(policy),
+        }
     }
 
     /// The store behind the engine.
@@ -151,7 +168,8 @@ impl Sessions {
 
     /// The shard of a session id, or 400 for a malformed one.
     pub(crate) fn shard_of_session(&self, id: &str) -> Result<u32> {
-        parse_session_id(id, self.policy.shard_count).ok_or_else(|| Error::InvalidSessionId(id.chars().take(64).collect()))
+        parse_session_id(id, self.policy.shard_count)
+            .ok_or_else(|| Error::InvalidSessionId(id.chars().take(64).collect()))
     }
 
     /// Runs `attempt` until it is done, retrying on conflicts with jittered backoff.
@@ -165,7 +183,10 @@ impl Sessions {
                 return Ok(value);
             }
             let ceiling_ms = 1u64 << n.min(6);
-            tokio::time::sleep(Duration::from_micros(rand::random_range(0..ceiling_ms * 1000))).await;
+            tokio::time::sleep(Duration::from_micros(rand::random_range(
+                0..ceiling_ms * 1000,
+            )))
+            .await;
         }
         Err(Error::Contention)
     }
@@ -190,13 +211,23 @@ impl Sessions {
     /// `invalid_session_id` for a malformed id, `not_found`, or a store failure.
     pub async fn get(&self, id: &str) -> Result<Record> {
         let shard = self.shard_of_session(id)?;
-        let replies = self.read(vec![ReadOp::HGetAll(self.keys.session(shard, id))]).await?;
+        let replies = self
+            .read(vec![ReadOp::HGetAll(self.keys.session(shard, id))])
+            .await?;
         let record = decode_record(replies.into_iter().next())?;
-        record.filter(|r| r.is_live(self.now())).ok_or(Error::NotFound("no such session"))
+        record
+            .filter(|r| r.is_live(self.now()))
+            .ok_or(Error::NotFound("no such session"))
     }
 
     /// Reads a session and its user's version in one snapshot; the record may be gone.
-    pub(crate) async fn snapshot_of(&self, shard: u32, id: &str, user_id: &str, extra: Vec<ReadOp>) -> Result<(Option<String>, Option<Record>, Vec<Reply>)> {
+    pub(crate) async fn snapshot_of(
+        &self,
+        shard: u32,
+        id: &str,
+        user_id: &str,
+        extra: Vec<ReadOp>,
+    ) -> Result<(Option<String>, Option<Record>, Vec<Reply>)> {
         let mut ops = vec![
             ReadOp::Get(self.keys.user_version(shard, user_id)),
             ReadOp::HGetAll(self.keys.session(shard, id)),

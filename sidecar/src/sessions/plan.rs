@@ -20,7 +20,12 @@ pub(crate) struct Plan {
 impl Plan {
     /// A plan guarded by the user's version as read (`None`: the user has no version yet), which
     /// bumps that version and refuses to grow a full outbox.
-    pub(crate) fn for_user(sessions: &super::Sessions, shard: u32, user_id: &str, version: Option<&String>) -> Self {
+    pub(crate) fn for_user(
+        sessions: &super::Sessions,
+        shard: u32,
+        user_id: &str,
+        version: Option<&String>,
+    ) -> Self {
         let keys = sessions.keys.clone();
         let uv = keys.user_version(shard, user_id);
         let commit = Commit {
@@ -31,19 +36,27 @@ impl Plan {
             appends: Vec::new(),
             writes: vec![WriteOp::Set(uv, next_version(version))],
         };
-        Self { keys, shard, user_id: user_id.to_owned(), now_ms: sessions.now(), commit }
+        Self {
+            keys,
+            shard,
+            user_id: user_id.to_owned(),
+            now_ms: sessions.now(),
+            commit,
+        }
     }
-
-
-
 
     pub(crate) fn write(&mut self, op: WriteOp) {
         self.commit.writes.push(op);
     }
 
-
     /// Appends an event about `record` (its state after the change) to the shard outbox.
-    pub(crate) fn event(&mut self, kind: EventType, record: &Record, performer: Option<&str>, correlation: Option<&str>) -> Envelope {
+    pub(crate) fn event(
+        &mut self,
+        kind: EventType,
+        record: &Record,
+        performer: Option<&str>,
+        correlation: Option<&str>,
+    ) -> Envelope {
         let envelope = Envelope {
             event_id: new_event_id(),
             event_type: kind.as_str().to_owned(),
@@ -79,7 +92,10 @@ impl Plan {
             WriteOp::ZAdd(k.expiry(s), expires, id.clone()),
         ];
         if let Some(title) = &record.title {
-            ops.push(WriteOp::HSet(k.titles(s, u), vec![(title.clone(), id.clone())]));
+            ops.push(WriteOp::HSet(
+                k.titles(s, u),
+                vec![(title.clone(), id.clone())],
+            ));
         }
         if let Some(case) = &record.case_id {
             ops.push(WriteOp::ZAdd(k.case_sessions(s, case), 0.0, id.clone()));
@@ -89,7 +105,12 @@ impl Plan {
 
     /// Moves a session's expiry (heartbeat, end): the active set and the sweeper's queue.
     pub(crate) fn reschedule(&mut self, record: &Record) {
-        let (k, s, u, id) = (&self.keys, self.shard, &self.user_id, record.session_id.clone());
+        let (k, s, u, id) = (
+            &self.keys,
+            self.shard,
+            &self.user_id,
+            record.session_id.clone(),
+        );
         #[allow(clippy::cast_precision_loss)]
         let expires = record.expires_ms as f64;
         let mut ops = vec![WriteOp::ZAdd(k.expiry(s), expires, id.clone())];
@@ -102,7 +123,13 @@ impl Plan {
     }
 
     /// Ends `record` in place (status, times, performer) and records it; returns the event.
-    pub(crate) fn end(&mut self, record: &mut Record, performer: &str, retention_ms: i64, correlation: Option<&str>) -> Envelope {
+    pub(crate) fn end(
+        &mut self,
+        record: &mut Record,
+        performer: &str,
+        retention_ms: i64,
+        correlation: Option<&str>,
+    ) -> Envelope {
         let now = self.now_ms;
         record.status = Status::Ended;
         record.ended_ms = Some(now);
@@ -120,7 +147,12 @@ impl Plan {
     /// whether the title index and the current pointer still point at it (read in the snapshot),
     /// so that a newer session's entries are never removed.
     pub(crate) fn remove(&mut self, record: &Record, title_owned: bool, is_current: bool) {
-        let (k, s, u, id) = (&self.keys, self.shard, &self.user_id, record.session_id.clone());
+        let (k, s, u, id) = (
+            &self.keys,
+            self.shard,
+            &self.user_id,
+            record.session_id.clone(),
+        );
         let mut ops = vec![
             WriteOp::Del(k.session(s, &id)),
             WriteOp::Del(k.messages(s, &id)),

@@ -64,7 +64,9 @@ impl MemoryBackend {
     fn lock(&self) -> MutexGuard<'_, Db> {
         // A panic while holding the lock cannot leave a half-applied commit (commits check
         // everything before changing anything), so a poisoned lock is safe to keep using.
-        self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -183,7 +185,11 @@ impl Db {
                 Guard::StreamBelow(key, max) => {
                     let len = match self.live(key) {
                         Some(Value::Stream(s)) => s.entries.len() as u64,
-                        Some(_) => return Err(BackendError::AppendFailed(format!("{key} is not a stream"))),
+                        Some(_) => {
+                            return Err(BackendError::AppendFailed(format!(
+                                "{key} is not a stream"
+                            )));
+                        }
                         None => 0,
                     };
                     if len >= *max {
@@ -201,10 +207,10 @@ impl Db {
             }
         }
         for write in &commit.writes {
-            if let Some((key, kind)) = write_kind(write) {
-                if self.kind_of(key).is_some_and(|k| k != kind) {
-                    return Err(wrong_type(key));
-                }
+            if let Some((key, kind)) = write_kind(write)
+                && self.kind_of(key).is_some_and(|k| k != kind)
+            {
+                return Err(wrong_type(key));
             }
         }
         for append in commit.appends {
@@ -217,10 +223,10 @@ impl Db {
     }
 
     fn append(&mut self, append: Append) {
-        let entry = self
-            .entries
-            .entry(append.stream)
-            .or_insert_with(|| Entry { value: Value::Stream(Stream::default()), expires: None });
+        let entry = self.entries.entry(append.stream).or_insert_with(|| Entry {
+            value: Value::Stream(Stream::default()),
+            expires: None,
+        });
         if let Value::Stream(s) = &mut entry.value {
             s.add(append.fields, append.max_len);
         }
@@ -231,18 +237,33 @@ impl Db {
         &mut self
             .entries
             .entry(key)
-            .or_insert_with(|| Entry { value: make(), expires: None })
+            .or_insert_with(|| Entry {
+                value: make(),
+                expires: None,
+            })
             .value
     }
 
     fn write(&mut self, op: WriteOp) {
         match op {
             WriteOp::Set(k, v) => {
-                self.entries.insert(k, Entry { value: Value::Str(v), expires: None });
+                self.entries.insert(
+                    k,
+                    Entry {
+                        value: Value::Str(v),
+                        expires: None,
+                    },
+                );
             }
             WriteOp::SetPx(k, v, ms) => {
                 let expires = Some(Instant::now() + Duration::from_millis(ms));
-                self.entries.insert(k, Entry { value: Value::Str(v), expires });
+                self.entries.insert(
+                    k,
+                    Entry {
+                        value: Value::Str(v),
+                        expires,
+                    },
+                );
             }
             WriteOp::Del(k) => {
                 self.entries.remove(&k);
@@ -277,8 +298,12 @@ impl Db {
             }
             WriteOp::ZRemBelow(k, max) => {
                 if let Some(Value::ZSet(z)) = self.live(&k) {
-                    let doomed: Vec<String> =
-                        z.by_score.iter().take_while(|(s, _)| s.0 <= max).map(|(_, m)| m.clone()).collect();
+                    let doomed: Vec<String> = z
+                        .by_score
+                        .iter()
+                        .take_while(|(s, _)| s.0 <= max)
+                        .map(|(_, m)| m.clone())
+                        .collect();
                     for m in doomed {
                         z.remove(&m);
                     }
@@ -298,10 +323,8 @@ impl Db {
                 if let Value::Str(s) = value {
                     *s = (s.parse::<i64>().unwrap_or(0) + 1).to_string();
                 }
-                if created {
-                    if let Some(e) = self.entries.get_mut(&k) {
-                        e.expires = Some(Instant::now() + Duration::from_millis(ttl_ms));
-                    }
+                if created && let Some(e) = self.entries.get_mut(&k) {
+                    e.expires = Some(Instant::now() + Duration::from_millis(ttl_ms));
                 }
             }
             WriteOp::XDel(k, ids) => {
@@ -338,7 +361,10 @@ fn lrange(list: &[String], start: i64, stop: i64) -> Vec<String> {
     if start > stop {
         return Vec::new();
     }
-    let (start, stop) = (usize::try_from(start).unwrap_or(0), usize::try_from(stop).unwrap_or(0));
+    let (start, stop) = (
+        usize::try_from(start).unwrap_or(0),
+        usize::try_from(stop).unwrap_or(0),
+    );
     list[start..=stop].to_vec()
 }
 
@@ -383,7 +409,12 @@ impl ZSet {
     }
 
     fn count_above(&self, min: Score) -> i64 {
-        let n = self.by_score.iter().rev().take_while(|(s, _)| s.0 > min).count();
+        let n = self
+            .by_score
+            .iter()
+            .rev()
+            .take_while(|(s, _)| s.0 > min)
+            .count();
         i64::try_from(n).unwrap_or(i64::MAX)
     }
 
@@ -452,7 +483,10 @@ struct StreamStored {
 impl Stream {
     fn add(&mut self, fields: Vec<(String, String)>, max_len: Option<u64>) {
         let now = u64::try_from(
-            SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
         )
         .unwrap_or(u64::MAX);
         self.last = if now > self.last.0 {
@@ -460,12 +494,15 @@ impl Stream {
         } else {
             StreamId(self.last.0, self.last.1 + 1)
         };
-        self.entries.push(StreamStored { id: self.last, fields });
-        if let Some(max) = max_len.and_then(|m| usize::try_from(m).ok()) {
-            if self.entries.len() > max {
-                let excess = self.entries.len() - max;
-                self.entries.drain(..excess);
-            }
+        self.entries.push(StreamStored {
+            id: self.last,
+            fields,
+        });
+        if let Some(max) = max_len.and_then(|m| usize::try_from(m).ok())
+            && self.entries.len() > max
+        {
+            let excess = self.entries.len() - max;
+            self.entries.drain(..excess);
         }
     }
 
@@ -475,7 +512,10 @@ impl Stream {
             .iter()
             .filter(|e| after.is_none_or(|a| e.id > a))
             .take(count)
-            .map(|e| StreamEntry { id: e.id.to_string(), fields: e.fields.clone() })
+            .map(|e| StreamEntry {
+                id: e.id.to_string(),
+                fields: e.fields.clone(),
+            })
             .collect()
     }
 }

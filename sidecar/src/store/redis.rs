@@ -14,8 +14,7 @@ use redis::{Script, Value};
 
 use super::keys::hash_tag;
 use super::{
-    Backend, BackendError, Bound, Commit, CommitOutcome, Guard, ReadOp, Reply, StreamEntry,
-    WriteOp,
+    Backend, BackendError, Bound, Commit, CommitOutcome, Guard, ReadOp, Reply, StreamEntry, WriteOp,
 };
 
 /// How long one Redis call may take before the request fails instead of hanging. A session
@@ -101,12 +100,12 @@ impl KeyTable {
 
     fn check_one_slot(&self) -> Result<(), BackendError> {
         let mut tags = self.keys.iter().map(|k| hash_tag(k));
-        if let Some(first) = tags.next() {
-            if let Some(other) = tags.find(|t| *t != first) {
-                return Err(BackendError::Protocol(format!(
-                    "keys of one call span hash tags {first} and {other}"
-                )));
-            }
+        if let Some(first) = tags.next()
+            && let Some(other) = tags.find(|t| *t != first)
+        {
+            return Err(BackendError::Protocol(format!(
+                "keys of one call span hash tags {first} and {other}"
+            )));
         }
         Ok(())
     }
@@ -143,7 +142,12 @@ fn encode_reads(ops: &[ReadOp]) -> (KeyTable, Vec<String>) {
             }
             ReadOp::ZScore(k, m) => argv.extend(["ZSCORE".to_owned(), keys.add(k), m.clone()]),
             ReadOp::LRange(k, a, b) => {
-                argv.extend(["LRANGE".to_owned(), keys.add(k), a.to_string(), b.to_string()]);
+                argv.extend([
+                    "LRANGE".to_owned(),
+                    keys.add(k),
+                    a.to_string(),
+                    b.to_string(),
+                ]);
             }
             ReadOp::PTtl(k) => argv.extend(["PTTL".to_owned(), keys.add(k)]),
             ReadOp::XRange(k, after, count) => argv.extend([
@@ -239,9 +243,14 @@ where
         let mut invocation = self.read.prepare_invoke();
         invocation.key(keys.keys).arg(argv);
         let mut conn = self.conn.clone();
-        let value: Value = invocation.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let value: Value = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
         let Value::Array(items) = value else {
-            return Err(BackendError::Protocol(format!("read script returned {value:?}")));
+            return Err(BackendError::Protocol(format!(
+                "read script returned {value:?}"
+            )));
         };
         if items.len() != ops.len() {
             return Err(BackendError::Protocol("read script reply count".to_owned()));
@@ -259,7 +268,9 @@ where
             Ok(s) if s == "OK" => Ok(CommitOutcome::Applied),
             Ok(s) if s == "CONFLICT" => Ok(CommitOutcome::Conflict),
             Ok(s) if s == "OUTBOX_FULL" => Ok(CommitOutcome::OutboxFull),
-            Ok(other) => Err(BackendError::Protocol(format!("commit script returned {other}"))),
+            Ok(other) => Err(BackendError::Protocol(format!(
+                "commit script returned {other}"
+            ))),
             Err(e) if e.to_string().contains("APPEND_FAILED") => {
                 Err(BackendError::AppendFailed(e.to_string()))
             }
@@ -283,11 +294,15 @@ where
 
 fn text(v: Value) -> Result<String, BackendError> {
     match v {
-        Value::BulkString(b) => String::from_utf8(b).map_err(|e| BackendError::Protocol(e.to_string())),
+        Value::BulkString(b) => {
+            String::from_utf8(b).map_err(|e| BackendError::Protocol(e.to_string()))
+        }
         Value::SimpleString(s) => Ok(s),
         Value::Int(n) => Ok(n.to_string()),
         Value::Double(d) => Ok(d.to_string()),
-        other => Err(BackendError::Protocol(format!("expected a string, got {other:?}"))),
+        other => Err(BackendError::Protocol(format!(
+            "expected a string, got {other:?}"
+        ))),
     }
 }
 
@@ -295,7 +310,9 @@ fn array(v: Value) -> Result<Vec<Value>, BackendError> {
     match v {
         Value::Array(items) | Value::Set(items) => Ok(items),
         Value::Nil => Ok(Vec::new()),
-        other => Err(BackendError::Protocol(format!("expected an array, got {other:?}"))),
+        other => Err(BackendError::Protocol(format!(
+            "expected an array, got {other:?}"
+        ))),
     }
 }
 
@@ -334,7 +351,9 @@ fn decode(op: &ReadOp, v: Value) -> Result<Reply, BackendError> {
                 })
                 .collect::<Result<_, _>>()?,
         ),
-        ReadOp::LRange(..) => Reply::List(array(v)?.into_iter().map(text).collect::<Result<_, _>>()?),
+        ReadOp::LRange(..) => {
+            Reply::List(array(v)?.into_iter().map(text).collect::<Result<_, _>>()?)
+        }
         ReadOp::XRange(..) => Reply::Entries(
             array(v)?
                 .into_iter()

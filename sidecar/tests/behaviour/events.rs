@@ -34,8 +34,10 @@ async fn the_relay_moves_the_outbox_to_the_events_stream(kind: Kind) {
     let app = TestApp::new(kind).await;
     let keep = app.create_id("u1", json!({})).await;
     let id = app.create_id("u1", json!({})).await;
-    app.put("/v1/users/u1/current-session", json!({"session_id": keep})).await;
-    app.patch(&format!("/v1/sessions/{id}"), json!({"title": "x"})).await;
+    app.put("/v1/users/u1/current-session", json!({"session_id": keep}))
+        .await;
+    app.patch(&format!("/v1/sessions/{id}"), json!({"title": "x"}))
+        .await;
     app.end(&id, json!({"performer_id": "u1"})).await;
     app.delete(&format!("/v1/sessions/{id}")).await;
     let outbox = app.outbox().await;
@@ -45,30 +47,72 @@ async fn the_relay_moves_the_outbox_to_the_events_stream(kind: Kind) {
     assert_eq!(app.relay().await, 0);
     let events = app.events().await;
     assert_eq!(events, outbox, "same events, same ids, same order");
-    assert_eq!(types(&events)[3..], ["session.updated.v1", "session.ended.v1", "session.deleted.v1"]);
+    assert_eq!(
+        types(&events)[3..],
+        [
+            "session.updated.v1",
+            "session.ended.v1",
+            "session.deleted.v1"
+        ]
+    );
 }
 
 async fn user_deleted_over_http_is_applied_once(kind: Kind) {
     // Proves: auth.user.deleted.v1 deletes all the user's sessions (current too), once.
     let app = TestApp::new(kind).await;
-    let ids = [app.create_id("u1", json!({"title": "a"})).await, app.create_id("u1", json!({})).await];
-    app.post(&format!("/v1/sessions/{}/messages", ids[0]), json!({"role": "user", "content": "x"})).await;
+    let ids = [
+        app.create_id("u1", json!({"title": "a"})).await,
+        app.create_id("u1", json!({})).await,
+    ];
+    app.post(
+        &format!("/v1/sessions/{}/messages", ids[0]),
+        json!({"role": "user", "content": "x"}),
+    )
+    .await;
     let other = app.create_id("u2", json!({})).await;
     let event = inbound("auth.user.deleted.v1", json!({"user_id": "u1"}));
-    let res = app.post("/v1/events", serde_json::to_value(&event).unwrap()).await;
+    let res = app
+        .post("/v1/events", serde_json::to_value(&event).unwrap())
+        .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
-    assert_eq!((res.body["result"].as_str(), res.body["sessions_affected"].as_u64()), (Some("applied"), Some(2)));
+    assert_eq!(
+        (
+            res.body["result"].as_str(),
+            res.body["sessions_affected"].as_u64()
+        ),
+        (Some("applied"), Some(2))
+    );
     for id in &ids {
-        assert_eq!(app.get(&format!("/v1/sessions/{id}")).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            app.get(&format!("/v1/sessions/{id}")).await.status,
+            StatusCode::NOT_FOUND
+        );
         assert!(app.raw_doc(id).await.is_empty());
     }
-    assert_eq!(app.get("/v1/users/u1/current-session").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.get(&format!("/v1/sessions/{other}")).await.status, StatusCode::OK);
-    let again = app.post("/v1/events", serde_json::to_value(&event).unwrap()).await;
+    assert_eq!(
+        app.get("/v1/users/u1/current-session").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get(&format!("/v1/sessions/{other}")).await.status,
+        StatusCode::OK
+    );
+    let again = app
+        .post("/v1/events", serde_json::to_value(&event).unwrap())
+        .await;
     assert_eq!(again.body["result"], "duplicate");
-    let deleted: Vec<_> = app.outbox().await.into_iter().filter(|e| e.event_type == "session.deleted.v1").collect();
+    let deleted: Vec<_> = app
+        .outbox()
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == "session.deleted.v1")
+        .collect();
     assert_eq!(deleted.len(), 2);
-    assert!(deleted.iter().all(|e| e.correlation_id.as_deref() == Some(event.event_id.as_str())));
+    assert!(
+        deleted
+            .iter()
+            .all(|e| e.correlation_id.as_deref() == Some(event.event_id.as_str()))
+    );
     app.create("u1", json!({"title": "a"})).await; // the user can start afresh
 }
 
@@ -79,16 +123,40 @@ async fn case_deleted_unlinks_the_case_once(kind: Kind) {
     let b = app.create_id("u2", json!({"case_id": "case-9"})).await;
     let c = app.create_id("u3", json!({"case_id": "case-1"})).await;
     let event = inbound("case.deleted.v1", json!({"case_id": "case-9"}));
-    let res = app.post("/v1/events", serde_json::to_value(&event).unwrap()).await;
-    assert_eq!((res.body["result"].as_str(), res.body["sessions_affected"].as_u64()), (Some("applied"), Some(2)));
+    let res = app
+        .post("/v1/events", serde_json::to_value(&event).unwrap())
+        .await;
+    assert_eq!(
+        (
+            res.body["result"].as_str(),
+            res.body["sessions_affected"].as_u64()
+        ),
+        (Some("applied"), Some(2))
+    );
     for id in [&a, &b] {
         let s = app.get(&format!("/v1/sessions/{id}")).await.body;
         assert!(s.get("case_id").is_none(), "{s}");
     }
-    assert_eq!(app.get(&format!("/v1/sessions/{c}")).await.body["case_id"], "case-1");
-    let res = app.post("/v1/events", serde_json::to_value(&event).unwrap()).await;
-    assert_eq!((res.body["result"].as_str(), res.body["sessions_affected"].as_u64()), (Some("duplicate"), Some(0)));
-    let updated = app.outbox().await.into_iter().filter(|e| e.event_type == "session.updated.v1").count();
+    assert_eq!(
+        app.get(&format!("/v1/sessions/{c}")).await.body["case_id"],
+        "case-1"
+    );
+    let res = app
+        .post("/v1/events", serde_json::to_value(&event).unwrap())
+        .await;
+    assert_eq!(
+        (
+            res.body["result"].as_str(),
+            res.body["sessions_affected"].as_u64()
+        ),
+        (Some("duplicate"), Some(0))
+    );
+    let updated = app
+        .outbox()
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == "session.updated.v1")
+        .count();
     assert_eq!(updated, 2);
 }
 
@@ -101,12 +169,28 @@ async fn inbound_events_from_the_stream_are_applied_once(kind: Kind) {
     let event = inbound("auth.user.deleted.v1", json!({"user_id": "u1"}));
     app.publish(&event).await;
     app.publish(&event).await;
-    app.publish(&inbound("auth.user.deleted.v1", json!({}))).await; // malformed: skipped, not blocking
-    let passed = session_sidecar::events::consume_once(&app.sessions, "w1").await.unwrap();
+    app.publish(&inbound("auth.user.deleted.v1", json!({})))
+        .await; // malformed: skipped, not blocking
+    let passed = session_sidecar::events::consume_once(&app.sessions, "w1")
+        .await
+        .unwrap();
     assert_eq!(passed, 4);
-    assert_eq!(app.get(&format!("/v1/sessions/{id}")).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(session_sidecar::events::consume_once(&app.sessions, "w1").await.unwrap(), 0);
-    let deleted = app.outbox().await.into_iter().filter(|e| e.event_type == "session.deleted.v1").count();
+    assert_eq!(
+        app.get(&format!("/v1/sessions/{id}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        session_sidecar::events::consume_once(&app.sessions, "w1")
+            .await
+            .unwrap(),
+        0
+    );
+    let deleted = app
+        .outbox()
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == "session.deleted.v1")
+        .count();
     assert_eq!(deleted, 1);
 }
 
@@ -132,7 +216,8 @@ async fn two_sweepers_expire_each_session_exactly_once(kind: Kind) {
     // Proves: two replicas sweeping the same store at once publish one expired event each.
     let app = TestApp::with(kind, |p| p.shard_count = 2).await;
     for i in 0..30 {
-        app.create(&format!("user-{}", i % 7), json!({"ttl_seconds": 5})).await;
+        app.create(&format!("user-{}", i % 7), json!({"ttl_seconds": 5}))
+            .await;
     }
     app.clock.advance_ms(5_000);
     let (a, b) = (app.sessions.clone(), app.replica());
@@ -141,8 +226,16 @@ async fn two_sweepers_expire_each_session_exactly_once(kind: Kind) {
         tokio::spawn(async move { session_sidecar::events::sweep_once(&b).await.unwrap() }),
     );
     assert_eq!(ra.unwrap() + rb.unwrap(), 30);
-    let expired: Vec<_> = app.outbox().await.into_iter().filter(|e| e.event_type == "session.expired.v1").collect();
+    let expired: Vec<_> = app
+        .outbox()
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == "session.expired.v1")
+        .collect();
     assert_eq!(expired.len(), 30);
-    let distinct: std::collections::HashSet<_> = expired.iter().map(|e| e.payload["session_id"].as_str().unwrap().to_owned()).collect();
+    let distinct: std::collections::HashSet<_> = expired
+        .iter()
+        .map(|e| e.payload["session_id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(distinct.len(), 30);
 }

@@ -48,9 +48,22 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--dir", &std::env::temp_dir().to_string_lossy()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -58,10 +71,16 @@ impl RedisServer {
             .expect("redis-server not found: run tests/run.sh, which installs it");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
-        Self { child, url: format!("redis://127.0.0.1:{port}") }
+        Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        }
     }
 }
 
@@ -128,19 +147,36 @@ impl TestApp {
             Kind::Memory => (Arc::new(MemoryBackend::new()), None),
             Kind::Redis => {
                 let server = RedisServer::start();
-                let backend = session_sidecar::store::redis::connect(&server.url, false).await.unwrap();
+                let backend = session_sidecar::store::redis::connect(&server.url, false)
+                    .await
+                    .unwrap();
                 (Arc::from(backend), Some(server))
             }
         };
         let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
         let sessions = Sessions::new(backend.clone(), "t", clock.clone(), policy);
-        let router = app(AppState { sessions: sessions.clone(), auth, max_body_bytes: 64 * 1024 });
-        Self { router, sessions, clock, backend, _redis: redis }
+        let router = app(AppState {
+            sessions: sessions.clone(),
+            auth,
+            max_body_bytes: 64 * 1024,
+        });
+        Self {
+            router,
+            sessions,
+            clock,
+            backend,
+            _redis: redis,
+        }
     }
 
     /// Another engine on the same store (a second replica).
     pub fn replica(&self) -> Sessions {
-        Sessions::new(self.backend.clone(), "t", self.clock.clone(), self.sessions.policy().clone())
+        Sessions::new(
+            self.backend.clone(),
+            "t",
+            self.clock.clone(),
+            self.sessions.policy().clone(),
+        )
     }
 
     pub async fn raw(&self, req: Request<Body>) -> Res {
@@ -148,8 +184,17 @@ impl TestApp {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())) };
-        Res { status, body, headers }
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Res {
+            status,
+            body,
+            headers,
+        }
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Res {
@@ -183,7 +228,9 @@ impl TestApp {
     /// Creates a session for `user` with extra fields; panics unless 201. Returns the body.
     pub async fn create(&self, user: &str, extra: Value) -> Value {
         let mut body = json!({ "user_id": user });
-        body.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().cloned().unwrap_or_default());
         let res = self.post("/v1/sessions", body).await;
         assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
         res.body
@@ -191,7 +238,10 @@ impl TestApp {
 
     /// Creates a session and returns its id.
     pub async fn create_id(&self, user: &str, extra: Value) -> String {
-        self.create(user, extra).await["session_id"].as_str().unwrap().to_owned()
+        self.create(user, extra).await["session_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     pub async fn end(&self, id: &str, body: Value) -> Res {
@@ -213,30 +263,65 @@ impl TestApp {
     }
 
     async fn stream(&self, key: &str) -> Vec<Envelope> {
-        let r = self.backend.read(vec![ReadOp::XRange(key.to_owned(), None, 100_000)]).await.unwrap();
-        r.into_iter().next().unwrap().into_entries().iter().map(|e| Envelope::from_stream_fields(&e.fields).unwrap()).collect()
+        let r = self
+            .backend
+            .read(vec![ReadOp::XRange(key.to_owned(), None, 100_000)])
+            .await
+            .unwrap();
+        r.into_iter()
+            .next()
+            .unwrap()
+            .into_entries()
+            .iter()
+            .map(|e| Envelope::from_stream_fields(&e.fields).unwrap())
+            .collect()
     }
 
     /// Publishes an event on the global stream, as another service would.
     pub async fn publish(&self, event: &Envelope) {
-        let append = session_sidecar::store::Append { stream: self.sessions.keys().events(), fields: event.to_stream_fields(), max_len: None };
-        self.backend.commit(Commit { appends: vec![append], ..Commit::default() }).await.unwrap();
+        let append = session_sidecar::store::Append {
+            stream: self.sessions.keys().events(),
+            fields: event.to_stream_fields(),
+            max_len: None,
+        };
+        self.backend
+            .commit(Commit {
+                appends: vec![append],
+                ..Commit::default()
+            })
+            .await
+            .unwrap();
     }
 
     /// Overwrites a key with a string (to break something on purpose).
     pub async fn clobber(&self, key: &str) {
-        self.backend.commit(Commit { writes: vec![WriteOp::Set(key.to_owned(), "not a stream".into())], ..Commit::default() }).await.unwrap();
+        self.backend
+            .commit(Commit {
+                writes: vec![WriteOp::Set(key.to_owned(), "not a stream".into())],
+                ..Commit::default()
+            })
+            .await
+            .unwrap();
     }
 
     /// The raw hash of a session document (empty when absent).
     pub async fn raw_doc(&self, id: &str) -> Vec<(String, String)> {
-        let shard = session_sidecar::ids::parse_session_id(id, self.sessions.policy().shard_count).unwrap();
-        let r = self.backend.read(vec![ReadOp::HGetAll(self.sessions.keys().session(shard, id))]).await.unwrap();
+        let shard =
+            session_sidecar::ids::parse_session_id(id, self.sessions.policy().shard_count).unwrap();
+        let r = self
+            .backend
+            .read(vec![ReadOp::HGetAll(
+                self.sessions.keys().session(shard, id),
+            )])
+            .await
+            .unwrap();
         r.into_iter().next().map(Reply::into_pairs).unwrap()
     }
 
     pub async fn relay(&self) -> usize {
-        session_sidecar::events::relay_once(&self.sessions, "test").await.unwrap()
+        session_sidecar::events::relay_once(&self.sessions, "test")
+            .await
+            .unwrap()
     }
 }
 

@@ -8,7 +8,11 @@ use serde_json::json;
 use crate::both_backends;
 use crate::harness::{Kind, TestApp};
 
-both_backends!(user_listing_pages_through_everything_once, org_listing_follows_the_events, bad_page_parameters_are_refused);
+both_backends!(
+    user_listing_pages_through_everything_once,
+    org_listing_follows_the_events,
+    bad_page_parameters_are_refused
+);
 
 async fn pages(app: &TestApp, base: &str, limit: usize) -> Vec<String> {
     let mut out = Vec::new();
@@ -20,7 +24,13 @@ async fn pages(app: &TestApp, base: &str, limit: usize) -> Vec<String> {
         };
         let res = app.get(&path).await;
         assert_eq!(res.status, StatusCode::OK, "{}", res.body);
-        out.extend(res.body["items"].as_array().unwrap().iter().map(|s| s["session_id"].as_str().unwrap().to_owned()));
+        out.extend(
+            res.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["session_id"].as_str().unwrap().to_owned()),
+        );
         match res.body["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
             None => return out,
@@ -44,11 +54,15 @@ async fn user_listing_pages_through_everything_once(kind: Kind) {
     assert_eq!(listed.iter().collect::<HashSet<_>>().len(), 9);
     let mut expected = created.clone();
     expected.sort_by(|a, b| b.cmp(a));
-    let groups: Vec<Vec<String>> = created.chunks(3).rev().map(|g| {
-        let mut g = g.to_vec();
-        g.sort_by(|a, b| b.cmp(a));
-        g
-    }).collect();
+    let groups: Vec<Vec<String>> = created
+        .chunks(3)
+        .rev()
+        .map(|g| {
+            let mut g = g.to_vec();
+            g.sort_by(|a, b| b.cmp(a));
+            g
+        })
+        .collect();
     assert_eq!(listed, groups.concat());
     assert_eq!(pages(&app, "/v1/users/u1/sessions", 100).await, listed);
 }
@@ -60,14 +74,20 @@ async fn org_listing_follows_the_events(kind: Kind) {
     app.create_id("u1", json!({})).await; // makes `a` deletable
     let b = app.create_id("u2", json!({"org_id": "acme"})).await;
     app.create("u3", json!({"org_id": "other"})).await;
-    assert!(pages(&app, "/v1/orgs/acme/sessions", 10).await.is_empty(), "not relayed yet");
+    assert!(
+        pages(&app, "/v1/orgs/acme/sessions", 10).await.is_empty(),
+        "not relayed yet"
+    );
     app.relay().await;
     let mut listed = pages(&app, "/v1/orgs/acme/sessions", 1).await;
     listed.sort();
     let mut expected = vec![a.clone(), b.clone()];
     expected.sort();
     assert_eq!(listed, expected);
-    assert_eq!(app.delete(&format!("/v1/sessions/{a}")).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.delete(&format!("/v1/sessions/{a}")).await.status,
+        StatusCode::NO_CONTENT
+    );
     app.relay().await;
     assert_eq!(pages(&app, "/v1/orgs/acme/sessions", 10).await, [b]);
 }
@@ -75,7 +95,14 @@ async fn org_listing_follows_the_events(kind: Kind) {
 async fn bad_page_parameters_are_refused(kind: Kind) {
     // Proves: limit outside 1..=100, a foreign cursor or an unknown parameter is 400.
     let app = TestApp::new(kind).await;
-    for q in ["limit=0", "limit=101", "limit=abc", "cursor=%%%", "cursor=bm9jb2xvbg", "colour=red"] {
+    for q in [
+        "limit=0",
+        "limit=101",
+        "limit=abc",
+        "cursor=%%%",
+        "cursor=bm9jb2xvbg",
+        "colour=red",
+    ] {
         let res = app.get(&format!("/v1/users/u1/sessions?{q}")).await;
         assert_eq!(res.status, StatusCode::BAD_REQUEST, "{q}: {}", res.body);
         assert_eq!(res.headers["content-type"], "application/problem+json");

@@ -1,5 +1,6 @@
 //! The behavioural suite of the session API. Every test runs twice: on the embedded store
 //! (`memory::…`) and on a real `redis-server` (`redis::…`); both must behave identically.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod harness;
 

@@ -6,7 +6,12 @@ use serde_json::{Value, json};
 use crate::both_backends;
 use crate::harness::{Kind, TestApp};
 
-both_backends!(messages_append_and_paginate, summary_counts_and_totals, invalid_messages_are_refused, memory_is_replaced_and_merged);
+both_backends!(
+    messages_append_and_paginate,
+    summary_counts_and_totals,
+    invalid_messages_are_refused,
+    memory_is_replaced_and_merged
+);
 
 async fn messages_append_and_paginate(kind: Kind) {
     // Proves: messages are stored in order with seq numbers and paginate by cursor.
@@ -26,7 +31,13 @@ async fn messages_append_and_paginate(kind: Kind) {
             None => format!("/v1/sessions/{id}/messages?limit=2"),
         };
         let page = app.get(&path).await.body;
-        seen.extend(page["items"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap().to_owned()));
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["content"].as_str().unwrap().to_owned()),
+        );
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
             None => break,
@@ -34,21 +45,41 @@ async fn messages_append_and_paginate(kind: Kind) {
     }
     assert_eq!(seen, ["m1", "m2", "m3", "m4", "m5"]);
     let s = app.get(&format!("/v1/sessions/{id}")).await.body;
-    assert_eq!((s["message_count"].as_u64(), s["total_tokens"].as_u64()), (Some(5), Some(15)));
-    assert_eq!(app.get(&format!("/v1/sessions/{id}/messages?cursor=abc")).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        (s["message_count"].as_u64(), s["total_tokens"].as_u64()),
+        (Some(5), Some(15))
+    );
+    assert_eq!(
+        app.get(&format!("/v1/sessions/{id}/messages?cursor=abc"))
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
 }
 
 async fn summary_counts_and_totals(kind: Kind) {
     // Proves: counts per role and exact token/cost totals (0.1 + 0.2 is 0.3 here).
     let app = TestApp::new(kind).await;
     let id = app.create_id("u1", json!({})).await;
-    for (role, tokens, cost) in [("user", 10, 0.1), ("assistant", 20, 0.2), ("tool", 1, 0.0), ("system", 0, 0.0)] {
-        app.post(&format!("/v1/sessions/{id}/messages"), json!({"role": role, "content": "x", "tokens": tokens, "cost": cost})).await;
+    for (role, tokens, cost) in [
+        ("user", 10, 0.1),
+        ("assistant", 20, 0.2),
+        ("tool", 1, 0.0),
+        ("system", 0, 0.0),
+    ] {
+        app.post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({"role": role, "content": "x", "tokens": tokens, "cost": cost}),
+        )
+        .await;
     }
     app.clock.advance_ms(2_500);
     let s = app.get(&format!("/v1/sessions/{id}/summary")).await.body;
     assert_eq!(s["message_count"], 4);
-    assert_eq!(s["messages_by_role"], json!({"user": 1, "assistant": 1, "system": 1, "tool": 1}));
+    assert_eq!(
+        s["messages_by_role"],
+        json!({"user": 1, "assistant": 1, "system": 1, "tool": 1})
+    );
     assert_eq!(s["total_tokens"], 31);
     assert_eq!(s["total_cost"], json!(0.3));
     assert_eq!(s["duration_seconds"], json!(2.5));
@@ -68,12 +99,26 @@ async fn invalid_messages_are_refused(kind: Kind) {
         json!({"role": "user", "content": 5}),
         json!({"role": "user", "content": "x", "message_id": "m"}),
     ] {
-        let res = app.post(&format!("/v1/sessions/{id}/messages"), body.clone()).await;
+        let res = app
+            .post(&format!("/v1/sessions/{id}/messages"), body.clone())
+            .await;
         assert_eq!(res.status, StatusCode::BAD_REQUEST, "{body}: {}", res.body);
     }
-    let res = app.post(&format!("/v1/sessions/{id}/messages"), json!({"role": "user", "content": big})).await;
-    assert!(res.status == StatusCode::BAD_REQUEST || res.status == StatusCode::PAYLOAD_TOO_LARGE, "{}", res.status);
-    assert_eq!(app.get(&format!("/v1/sessions/{id}")).await.body["message_count"], 0);
+    let res = app
+        .post(
+            &format!("/v1/sessions/{id}/messages"),
+            json!({"role": "user", "content": big}),
+        )
+        .await;
+    assert!(
+        res.status == StatusCode::BAD_REQUEST || res.status == StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        res.status
+    );
+    assert_eq!(
+        app.get(&format!("/v1/sessions/{id}")).await.body["message_count"],
+        0
+    );
 }
 
 async fn memory_is_replaced_and_merged(kind: Kind) {
@@ -82,10 +127,23 @@ async fn memory_is_replaced_and_merged(kind: Kind) {
     let id = app.create_id("u1", json!({})).await;
     let path = format!("/v1/sessions/{id}/memory");
     assert_eq!(app.get(&path).await.body["memory"], json!({}));
-    let res = app.put(&path, json!({"summary": "s", "preferences": {"lang": "en"}, "facts": ["a"]})).await;
+    let res = app
+        .put(
+            &path,
+            json!({"summary": "s", "preferences": {"lang": "en"}, "facts": ["a"]}),
+        )
+        .await;
     assert_eq!(res.status, StatusCode::OK);
-    let res = app.patch(&path, json!({"summary": null, "preferences": {"tone": "dry"}})).await;
-    assert_eq!(res.body["memory"], json!({"preferences": {"lang": "en", "tone": "dry"}, "facts": ["a"]}));
+    let res = app
+        .patch(
+            &path,
+            json!({"summary": null, "preferences": {"tone": "dry"}}),
+        )
+        .await;
+    assert_eq!(
+        res.body["memory"],
+        json!({"preferences": {"lang": "en", "tone": "dry"}, "facts": ["a"]})
+    );
     assert_eq!(app.get(&path).await.body["memory"], res.body["memory"]);
     let res = app.put(&path, json!({"only": 1})).await;
     assert_eq!(res.body["memory"], json!({"only": 1}));

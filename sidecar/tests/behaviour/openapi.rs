@@ -41,8 +41,12 @@ fn validate(doc: &Value, schema: &Value, instance: &Value, what: &str) {
     if let Some(obj) = root.as_object_mut() {
         obj.insert("components".into(), doc["components"].clone());
     }
-    let validator = jsonschema::validator_for(&root).unwrap_or_else(|e| panic!("{what}: bad schema: {e}"));
-    let errors: Vec<String> = validator.iter_errors(instance).map(|e| format!("{} at {}", e, e.instance_path)).collect();
+    let validator =
+        jsonschema::validator_for(&root).unwrap_or_else(|e| panic!("{what}: bad schema: {e}"));
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
     assert!(errors.is_empty(), "{what}: {errors:?}\n{instance}");
 }
 
@@ -50,82 +54,187 @@ fn validate(doc: &Value, schema: &Value, instance: &Value, what: &str) {
 fn check(doc: &Value, method: &str, path: &str, res: &Res) {
     let op = &doc["paths"][path][method];
     let documented = &op["responses"][res.status.as_str()];
-    assert!(documented.is_object(), "{method} {path} answered {} which is not documented: {}", res.status, res.body);
+    assert!(
+        documented.is_object(),
+        "{method} {path} answered {} which is not documented: {}",
+        res.status,
+        res.body
+    );
     if let Some(content) = documented["content"].as_object() {
         let ct = res.headers["content-type"].to_str().unwrap();
-        let media = content.get(ct).unwrap_or_else(|| panic!("{method} {path} {}: content-type {ct} not documented", res.status));
-        validate(doc, &media["schema"], &res.body, &format!("{method} {path} {}", res.status));
+        let media = content.get(ct).unwrap_or_else(|| {
+            panic!(
+                "{method} {path} {}: content-type {ct} not documented",
+                res.status
+            )
+        });
+        validate(
+            doc,
+            &media["schema"],
+            &res.body,
+            &format!("{method} {path} {}", res.status),
+        );
     }
 }
 
 async fn document_and_server_agree(kind: Kind) {
     let app = TestApp::new(kind).await;
-    let (_, doc) = router_and_doc(AppState { sessions: app.sessions.clone(), auth: Auth::TrustPod, max_body_bytes: 1024 });
+    let (_, doc) = router_and_doc(AppState {
+        sessions: app.sessions.clone(),
+        auth: Auth::TrustPod,
+        max_body_bytes: 1024,
+    });
     let doc = serde_json::to_value(doc).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
-    assert_eq!(doc, app.get("/openapi.json").await.body, "the served document is the generated one");
+    assert_eq!(
+        doc,
+        app.get("/openapi.json").await.body,
+        "the served document is the generated one"
+    );
     let documented: BTreeSet<(String, String)> = doc["paths"]
         .as_object()
         .unwrap()
         .iter()
-        .flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| (m.clone(), p.clone())))
+        .flat_map(|(p, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.clone(), p.clone()))
+        })
         .collect();
-    let design: BTreeSet<(String, String)> = DESIGN_OPERATIONS.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
-    assert_eq!(documented, design, "documented operations differ from DESIGN section 5");
+    let design: BTreeSet<(String, String)> = DESIGN_OPERATIONS
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    assert_eq!(
+        documented, design,
+        "documented operations differ from DESIGN section 5"
+    );
 
     // Walk every operation with a valid request and with an invalid one; both answers must be
     // documented, with bodies matching their schemas.
-    let id = app.create_id("u1", json!({"title": "t", "org_id": "o1", "case_id": "c1"})).await;
+    let id = app
+        .create_id("u1", json!({"title": "t", "org_id": "o1", "case_id": "c1"}))
+        .await;
     let other = app.create_id("u1", json!({})).await;
-    app.post(&format!("/v1/sessions/{id}/messages"), json!({"role": "user", "content": "hi"})).await;
+    app.post(
+        &format!("/v1/sessions/{id}/messages"),
+        json!({"role": "user", "content": "hi"}),
+    )
+    .await;
     app.relay().await;
     let event = json!({"event_id": uuid::Uuid::new_v4().to_string(), "event_type": "case.deleted.v1", "timestamp": "2026-01-01T00:00:00.000Z", "source": "case-service", "payload": {"case_id": "c1"}});
     let valid: Vec<(&str, String, Option<Value>)> = vec![
-        ("post", "/v1/sessions".into(), Some(json!({"user_id": "u2", "title": "x", "metadata": {"k": 1}}))),
+        (
+            "post",
+            "/v1/sessions".into(),
+            Some(json!({"user_id": "u2", "title": "x", "metadata": {"k": 1}})),
+        ),
         ("get", format!("/v1/sessions/{id}"), None),
-        ("patch", format!("/v1/sessions/{id}"), Some(json!({"data": {"a": 1}}))),
-        ("put", format!("/v1/sessions/{id}/heartbeat"), Some(json!({"ttl_seconds": 60}))),
+        (
+            "patch",
+            format!("/v1/sessions/{id}"),
+            Some(json!({"data": {"a": 1}})),
+        ),
+        (
+            "put",
+            format!("/v1/sessions/{id}/heartbeat"),
+            Some(json!({"ttl_seconds": 60})),
+        ),
         ("get", "/v1/users/u1/sessions".into(), None),
         ("get", "/v1/orgs/o1/sessions".into(), None),
         ("get", "/v1/users/u1/current-session".into(), None),
-        ("put", "/v1/users/u1/current-session".into(), Some(json!({"session_id": id}))),
-        ("post", format!("/v1/sessions/{id}/messages"), Some(json!({"role": "assistant", "content": "yo", "tokens": 3, "cost": 0.01}))),
+        (
+            "put",
+            "/v1/users/u1/current-session".into(),
+            Some(json!({"session_id": id})),
+        ),
+        (
+            "post",
+            format!("/v1/sessions/{id}/messages"),
+            Some(json!({"role": "assistant", "content": "yo", "tokens": 3, "cost": 0.01})),
+        ),
         ("get", format!("/v1/sessions/{id}/messages"), None),
         ("get", format!("/v1/sessions/{id}/summary"), None),
-        ("put", format!("/v1/sessions/{id}/memory"), Some(json!({"summary": "s"}))),
-        ("patch", format!("/v1/sessions/{id}/memory"), Some(json!({"facts": ["f"]}))),
+        (
+            "put",
+            format!("/v1/sessions/{id}/memory"),
+            Some(json!({"summary": "s"})),
+        ),
+        (
+            "patch",
+            format!("/v1/sessions/{id}/memory"),
+            Some(json!({"facts": ["f"]})),
+        ),
         ("get", format!("/v1/sessions/{id}/memory"), None),
         ("post", "/v1/events".into(), Some(event)),
-        ("post", format!("/v1/sessions/{other}/end"), Some(json!({"performer_id": "system"}))),
+        (
+            "post",
+            format!("/v1/sessions/{other}/end"),
+            Some(json!({"performer_id": "system"})),
+        ),
         ("delete", format!("/v1/sessions/{other}"), None),
         ("get", "/healthz".into(), None),
         ("get", "/readyz".into(), None),
     ];
     let unknown = session_sidecar::ids::new_session_id(0);
     let invalid: Vec<(&str, String, Option<Value>)> = vec![
-        ("post", "/v1/sessions".into(), Some(json!({"user_id": "u2", "title": "x"}))),
+        (
+            "post",
+            "/v1/sessions".into(),
+            Some(json!({"user_id": "u2", "title": "x"})),
+        ),
         ("get", format!("/v1/sessions/{unknown}"), None),
-        ("patch", format!("/v1/sessions/{id}"), Some(json!({"timestamp": "x"}))),
-        ("put", format!("/v1/sessions/{id}/heartbeat"), Some(json!({"ttl_seconds": 0}))),
+        (
+            "patch",
+            format!("/v1/sessions/{id}"),
+            Some(json!({"timestamp": "x"})),
+        ),
+        (
+            "put",
+            format!("/v1/sessions/{id}/heartbeat"),
+            Some(json!({"ttl_seconds": 0})),
+        ),
         ("get", "/v1/users/u1/sessions?limit=0".into(), None),
         ("get", "/v1/users/nobody/current-session".into(), None),
-        ("put", "/v1/users/u1/current-session".into(), Some(json!({"title": "nope"}))),
+        (
+            "put",
+            "/v1/users/u1/current-session".into(),
+            Some(json!({"title": "nope"})),
+        ),
         ("post", format!("/v1/sessions/{id}/end"), Some(json!({}))),
         ("delete", format!("/v1/sessions/{id}"), None),
-        ("post", format!("/v1/sessions/{id}/messages"), Some(json!({"role": "x", "content": ""}))),
+        (
+            "post",
+            format!("/v1/sessions/{id}/messages"),
+            Some(json!({"role": "x", "content": ""})),
+        ),
         ("get", format!("/v1/sessions/{unknown}/summary"), None),
         ("put", format!("/v1/sessions/{id}/memory"), Some(json!([1]))),
-        ("post", "/v1/events".into(), Some(json!({"event_type": "x"}))),
+        (
+            "post",
+            "/v1/events".into(),
+            Some(json!({"event_type": "x"})),
+        ),
     ];
     let mut seen = BTreeSet::new();
     for (method, path, body) in valid.into_iter().chain(invalid) {
-        let res = app.call(Method::from_bytes(method.to_uppercase().as_bytes()).unwrap(), &path, body).await;
+        let res = app
+            .call(
+                Method::from_bytes(method.to_uppercase().as_bytes()).unwrap(),
+                &path,
+                body,
+            )
+            .await;
         let template = template_of(&doc, method, &path);
         check(&doc, method, &template, &res);
         seen.insert((method.to_owned(), template, res.status.is_success()));
     }
     for (m, p) in &design {
-        assert!(seen.contains(&(m.clone(), p.clone(), true)), "{m} {p} was never exercised successfully");
+        assert!(
+            seen.contains(&(m.clone(), p.clone(), true)),
+            "{m} {p} was never exercised successfully"
+        );
     }
     assert!(seen.iter().filter(|(_, _, ok)| !ok).count() >= 12);
     let res = app.get(&format!("/v1/sessions/{id}")).await;
@@ -142,7 +251,12 @@ fn template_of(doc: &Value, method: &str, path: &str) -> String {
         .keys()
         .find(|t| {
             let tp: Vec<&str> = t.split('/').collect();
-            tp.len() == parts.len() && tp.iter().zip(&parts).all(|(a, b)| a.starts_with('{') || a == b) && doc["paths"][t.as_str()][method].is_object()
+            tp.len() == parts.len()
+                && tp
+                    .iter()
+                    .zip(&parts)
+                    .all(|(a, b)| a.starts_with('{') || a == b)
+                && doc["paths"][t.as_str()][method].is_object()
         })
         .unwrap_or_else(|| panic!("no documented template for {method} {path}"))
         .clone()

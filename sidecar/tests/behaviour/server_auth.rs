@@ -15,10 +15,21 @@ const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
 fn token(sub: &str, scope: &str, exp_offset: i64) -> String {
     let exp = chrono::Utc::now().timestamp() + exp_offset;
-    encode(&Header::default(), &json!({"sub": sub, "scope": scope, "exp": exp}), &EncodingKey::from_secret(SECRET)).unwrap()
+    encode(
+        &Header::default(),
+        &json!({"sub": sub, "scope": scope, "exp": exp}),
+        &EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
 }
 
-async fn call(app: &TestApp, method: Method, path: &str, bearer: Option<&str>, body: Option<Value>) -> Res {
+async fn call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> Res {
     let mut req = Request::builder().method(method).uri(path);
     if let Some(t) = bearer {
         req = req.header("authorization", format!("Bearer {t}"));
@@ -45,32 +56,141 @@ async fn tokens_are_required_and_scope_users(kind: Kind) {
         assert_eq!(res.status, StatusCode::UNAUTHORIZED);
     }
     let expired = token("alice", "", -300);
-    assert_eq!(call(&app, Method::GET, "/v1/users/alice/sessions", Some(&expired), None).await.status, StatusCode::UNAUTHORIZED);
-    let forged = encode(&Header::default(), &json!({"sub": "alice", "exp": chrono::Utc::now().timestamp() + 300}), &EncodingKey::from_secret(b"another-secret-another-secret-xx")).unwrap();
-    assert_eq!(call(&app, Method::GET, "/v1/users/alice/sessions", Some(&forged), None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call(
+            &app,
+            Method::GET,
+            "/v1/users/alice/sessions",
+            Some(&expired),
+            None
+        )
+        .await
+        .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let forged = encode(
+        &Header::default(),
+        &json!({"sub": "alice", "exp": chrono::Utc::now().timestamp() + 300}),
+        &EncodingKey::from_secret(b"another-secret-another-secret-xx"),
+    )
+    .unwrap();
+    assert_eq!(
+        call(
+            &app,
+            Method::GET,
+            "/v1/users/alice/sessions",
+            Some(&forged),
+            None
+        )
+        .await
+        .status,
+        StatusCode::UNAUTHORIZED
+    );
 
-    let res = call(&app, Method::POST, "/v1/sessions", Some(&alice), Some(json!({"title": "mine"}))).await;
-    assert_eq!((res.status, res.body["user_id"].as_str()), (StatusCode::CREATED, Some("alice")));
+    let res = call(
+        &app,
+        Method::POST,
+        "/v1/sessions",
+        Some(&alice),
+        Some(json!({"title": "mine"})),
+    )
+    .await;
+    assert_eq!(
+        (res.status, res.body["user_id"].as_str()),
+        (StatusCode::CREATED, Some("alice"))
+    );
     let id = res.body["session_id"].as_str().unwrap().to_owned();
-    let res = call(&app, Method::POST, "/v1/sessions", Some(&alice), Some(json!({"user_id": "bob"}))).await;
+    let res = call(
+        &app,
+        Method::POST,
+        "/v1/sessions",
+        Some(&alice),
+        Some(json!({"user_id": "bob"})),
+    )
+    .await;
     assert_eq!(res.status, StatusCode::FORBIDDEN);
     for (method, path, body) in [
         (Method::GET, format!("/v1/sessions/{id}"), None),
-        (Method::PATCH, format!("/v1/sessions/{id}"), Some(json!({"data": {"a": 1}}))),
-        (Method::POST, format!("/v1/sessions/{id}/end"), Some(json!({"performer_id": "bob"}))),
+        (
+            Method::PATCH,
+            format!("/v1/sessions/{id}"),
+            Some(json!({"data": {"a": 1}})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/sessions/{id}/end"),
+            Some(json!({"performer_id": "bob"})),
+        ),
         (Method::DELETE, format!("/v1/sessions/{id}"), None),
         (Method::GET, format!("/v1/sessions/{id}/messages"), None),
         (Method::GET, "/v1/users/alice/sessions".to_owned(), None),
-        (Method::GET, "/v1/users/alice/current-session".to_owned(), None),
+        (
+            Method::GET,
+            "/v1/users/alice/current-session".to_owned(),
+            None,
+        ),
         (Method::GET, "/v1/orgs/acme/sessions".to_owned(), None),
     ] {
         let res = call(&app, method.clone(), &path, Some(&bob), body).await;
-        assert_eq!(res.status, StatusCode::FORBIDDEN, "{method} {path}: {}", res.body);
+        assert_eq!(
+            res.status,
+            StatusCode::FORBIDDEN,
+            "{method} {path}: {}",
+            res.body
+        );
     }
-    assert_eq!(call(&app, Method::GET, &format!("/v1/sessions/{id}"), Some(&alice), None).await.status, StatusCode::OK);
-    assert_eq!(call(&app, Method::GET, &format!("/v1/sessions/{id}"), Some(&service), None).await.status, StatusCode::OK);
+    assert_eq!(
+        call(
+            &app,
+            Method::GET,
+            &format!("/v1/sessions/{id}"),
+            Some(&alice),
+            None
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(
+            &app,
+            Method::GET,
+            &format!("/v1/sessions/{id}"),
+            Some(&service),
+            None
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
     let event = json!({"event_id": uuid::Uuid::new_v4().to_string(), "event_type": "auth.user.deleted.v1", "timestamp": "2026-01-01T00:00:00.000Z", "source": "auth", "payload": {"user_id": "alice"}});
-    assert_eq!(call(&app, Method::POST, "/v1/events", Some(&alice), Some(event.clone())).await.status, StatusCode::FORBIDDEN);
-    assert_eq!(call(&app, Method::POST, "/v1/events", Some(&service), Some(event)).await.status, StatusCode::OK);
-    assert_eq!(call(&app, Method::GET, "/healthz", None, None).await.status, StatusCode::OK, "probes need no token");
+    assert_eq!(
+        call(
+            &app,
+            Method::POST,
+            "/v1/events",
+            Some(&alice),
+            Some(event.clone())
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(
+            &app,
+            Method::POST,
+            "/v1/events",
+            Some(&service),
+            Some(event)
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&app, Method::GET, "/healthz", None, None).await.status,
+        StatusCode::OK,
+        "probes need no token"
+    );
 }

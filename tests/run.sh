@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The one command that runs every check and test of the project:
+#   formatting, clippy (warnings are errors), then every test of the workspace.
+# On a fresh Debian machine it first installs what the tests need (redis-server); the tests
+# start and stop their own servers on free loopback ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_updated=0
+install_deb() { # install_deb <command> <package>
+  command -v "$1" >/dev/null 2>&1 && return 0
+  echo "==> installing $2"
+  if [ "$apt_updated" -eq 0 ]; then
+    as_root apt-get update -qq
+    apt_updated=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+
+install_deb redis-server redis-server
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "==> cargo test"
+cargo test --workspace
