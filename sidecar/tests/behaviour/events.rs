@@ -220,7 +220,7 @@ async fn two_sweepers_expire_each_session_exactly_once(kind: Kind) {
             .await;
     }
     app.clock.advance_ms(5_000);
-    let (a, b) = (app.sessions.clone(), app.replica());
+    let (a, b) = (app.sessions.clone(), app.replica().await);
     let (ra, rb) = tokio::join!(
         tokio::spawn(async move { session_sidecar::events::sweep_once(&a).await.unwrap() }),
         tokio::spawn(async move { session_sidecar::events::sweep_once(&b).await.unwrap() }),

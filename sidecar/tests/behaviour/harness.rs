@@ -1,10 +1,7 @@
 //! Test harness: a real `redis-server` per test on a free loopback port, the app driven
 //! in-process, a manual clock, and helpers to read the outbox and the events stream.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -19,6 +16,8 @@ use session_sidecar::sessions::{CapPolicy, Policy, Sessions};
 use session_sidecar::store::memory::MemoryBackend;
 use session_sidecar::store::{Backend, Commit, ReadOp, Reply, WriteOp};
 use tower::ServiceExt;
+
+pub use crate::common::RedisServer;
 
 /// Which backend a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,57 +37,6 @@ macro_rules! both_backends {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name($crate::harness::Kind::Redis).await } )*
         }
     };
-}
-
-/// A `redis-server` on a free loopback port, stopped when dropped.
-pub struct RedisServer {
-    child: Child,
-    pub url: String,
-}
-
-impl RedisServer {
-    pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server not found: run tests/run.sh, which installs it");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Self {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Policies for tests: small numbers, no rate limit unless a test sets one.

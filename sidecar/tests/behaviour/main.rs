@@ -2,6 +2,8 @@
 //! (`memory::…`) and on a real `redis-server` (`redis::…`); both must behave identically.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+#[path = "../common/mod.rs"]
+mod common;
 mod harness;
 
 mod boundary;

@@ -1,0 +1,220 @@
+//! The `session-sidecar` binary as a process: the README's first command, configuration errors,
+//! graceful shutdown, and two server processes racing on one Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{RedisServer, free_port, wait_for_port};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_session-sidecar");
+
+/// A running `session-sidecar`, killed if still running when dropped.
+struct Sidecar {
+    child: Child,
+    port: u16,
+}
+
+impl Sidecar {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(BIN)
+            .args(["--listen", &listen])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, "session-sidecar");
+        Self { child, port }
+    }
+
+    /// One HTTP/1.1 request; returns the status and the JSON body (or `Null`).
+    fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let auth = token
+            .map(|t| format!("authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).unwrap();
+        let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let json = raw
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| serde_json::from_str(b).unwrap_or(Value::Null))
+            .unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_embedded_default_serves_and_stops_cleanly_on_sigterm() {
+    // Proves: with no flags but a port, the binary serves the API on the embedded store and
+    // exits 0 after SIGTERM.
+    let sidecar = Sidecar::start(&[], &[]);
+    let (status, health) = sidecar.http("GET", "/readyz", None, None);
+    assert_eq!((status, health["store"].as_str()), (200, Some("embedded")));
+    let (status, created) = sidecar.http(
+        "POST",
+        "/v1/sessions",
+        None,
+        Some(json!({"user_id": "alice", "title": "Data analysis"})),
+    );
+    assert_eq!(status, 201);
+    let id = created["session_id"].as_str().unwrap();
+    let (status, found) = sidecar.http("GET", &format!("/v1/sessions/{id}"), None, None);
+    assert_eq!((status, &found), (200, &created));
+    assert!(sidecar.terminate().success());
+}
+
+#[test]
+fn configuration_errors_are_reported_together() {
+    // Proves: every configuration problem is printed at once and the exit status is 2.
+    let out = Command::new(BIN)
+        .args([
+            "--mode",
+            "server",
+            "--shard-count",
+            "0",
+            "--redis-url",
+            "http://nope",
+            "--ttl-seconds",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("configuration error").count(), 4, "{stderr}");
+    let out = Command::new(BIN)
+        .args(["--listen", "0.0.0.0:7999"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "sidecar mode refuses a public address"
+    );
+}
+
+#[test]
+fn two_server_processes_expire_each_session_exactly_once() {
+    // Proves: two session services sweeping one Redis publish exactly one session.expired.v1
+    // per session, and the relay delivers each event to the stream once.
+    let redis = RedisServer::start();
+    let secret = "0123456789abcdef0123456789abcdef";
+    let env = [("SESSION_JWT_SECRET", secret)];
+    let args = [
+        "--mode",
+        "server",
+        "--redis-url",
+        &redis.url,
+        "--key-prefix",
+        "race",
+    ];
+    let (a, b) = (Sidecar::start(&args, &env), Sidecar::start(&args, &env));
+    let exp = chrono::Utc::now().timestamp() + 600;
+    let claims = json!({"sub": "tests", "scope": "sessions:service", "exp": exp});
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let mut ids = HashSet::new();
+    for i in 0..20 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        let (status, s) = server.http(
+            "POST",
+            "/v1/sessions",
+            Some(&token),
+            Some(json!({"user_id": format!("user-{}", i % 6), "ttl_seconds": 1})),
+        );
+        assert_eq!(status, 201, "{s}");
+        ids.insert(s["session_id"].as_str().unwrap().to_owned());
+    }
+    let mut conn = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let expired = |conn: &mut redis::Connection| -> Vec<String> {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg("race:{events}:stream")
+            .arg("-")
+            .arg("+")
+            .query(conn)
+            .unwrap();
+        entries
+            .into_iter()
+            .filter_map(|(_, fields)| {
+                fields
+                    .into_iter()
+                    .find(|(k, _)| k == "envelope")
+                    .map(|(_, v)| v)
+            })
+            .map(|e| serde_json::from_str::<Value>(&e).unwrap())
+            .filter(|e| e["event_type"] == "session.expired.v1")
+            .map(|e| e["payload"]["session_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while expired(&mut conn).len() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 20 expired events arrived",
+            expired(&mut conn).len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // time for any duplicate to show up
+    let seen = expired(&mut conn);
+    assert_eq!(seen.len(), 20, "each session expired exactly once");
+    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), ids);
+    assert!(a.terminate().success() && b.terminate().success());
+}
