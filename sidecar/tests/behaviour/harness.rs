@@ -117,10 +117,19 @@ impl TestApp {
         }
     }
 
-    /// Another engine on the same store (a second replica).
-    pub fn replica(&self) -> Sessions {
+    /// Another engine on the same store, as a second replica would have: on Redis with a
+    /// connection of its own.
+    pub async fn replica(&self) -> Sessions {
+        let backend: Arc<dyn Backend> = match &self._redis {
+            Some(server) => Arc::from(
+                session_sidecar::store::redis::connect(&server.url, false)
+                    .await
+                    .unwrap(),
+            ),
+            None => self.backend.clone(),
+        };
         Sessions::new(
-            self.backend.clone(),
+            backend,
             "t",
             self.clock.clone(),
             self.sessions.policy().clone(),
