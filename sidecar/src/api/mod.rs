@@ -1,6 +1,7 @@
 //! The HTTP API (DESIGN section 5): routes, the OpenAPI 3.1 document generated from the same
 //! handlers (so the two cannot drift apart), probes, limits and correlation ids.
 
+pub mod asyncapi;
 pub mod auth;
 mod events;
 pub mod extract;
@@ -76,6 +77,10 @@ pub fn router_and_doc(state: AppState) -> (Router, OpenApiDoc) {
         .route(
             "/openapi.json",
             axum::routing::get(move || async move { Json(served) }),
+        )
+        .route(
+            "/asyncapi.json",
+            axum::routing::get(|| async { Json(asyncapi::document()) }),
         )
         .fallback(|| async { Error::RouteNotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })

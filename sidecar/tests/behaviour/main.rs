@@ -6,6 +6,7 @@
 mod common;
 mod harness;
 
+mod asyncapi;
 mod boundary;
 mod events;
 mod hostile_input;
