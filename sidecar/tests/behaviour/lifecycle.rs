@@ -14,6 +14,7 @@ both_backends!(
     expired_sessions_are_gone_at_once_and_expire_exactly_once,
     ended_sessions_are_readable_then_purged,
     delete_removes_everything_but_not_the_current_session,
+    json_values_round_trip_exactly,
 );
 
 fn is_rfc3339_ms_z(s: &str) -> bool {
@@ -316,4 +317,32 @@ async fn delete_removes_everything_but_not_the_current_session(kind: Kind) {
         Some(&"session.deleted.v1")
     );
     app.create("u1", json!({"title": "old"})).await;
+}
+
+async fn json_values_round_trip_exactly(kind: Kind) {
+    // Proves: client JSON is stored without loss: huge integers, long decimals, unicode,
+    // empty arrays and objects, nesting.
+    let app = TestApp::new(kind).await;
+    let raw = r#"{"big": 123456789012345678901234567890, "pi": 3.14159265358979323846264338327950288,
+        "neg": -0.0000000000000000001, "text": "ünï 🚀 \u0000 \"q\"", "empty": {"a": [], "o": {}}, "deep": [[[[1]]]]}"#;
+    let metadata: serde_json::Value = serde_json::from_str(raw).unwrap();
+    let id = app
+        .create_id("u1", json!({"metadata": metadata, "data": metadata}))
+        .await;
+    let s = app.get(&format!("/v1/sessions/{id}")).await.body;
+    for field in ["metadata", "data"] {
+        for key in ["big", "pi", "text", "empty", "deep"] {
+            assert_eq!(s[field][key], metadata[key], "{field}.{key}");
+        }
+        // The same number, possibly written another way (JSON has no canonical number form).
+        assert_eq!(s[field]["neg"].as_f64(), Some(-1e-19));
+    }
+    assert_eq!(
+        s["metadata"]["big"].to_string(),
+        "123456789012345678901234567890"
+    );
+    assert_eq!(
+        s["metadata"]["pi"].to_string(),
+        "3.14159265358979323846264338327950288"
+    );
 }
