@@ -56,7 +56,7 @@ impl Plan {
         record: &Record,
         performer: Option<&str>,
         correlation: Option<&str>,
-    ) -> Envelope {
+    ) {
         let envelope = Envelope {
             event_id: new_event_id(),
             event_type: kind.as_str().to_owned(),
@@ -71,7 +71,6 @@ impl Plan {
             fields: envelope.to_stream_fields(),
             max_len: None,
         });
-        envelope
     }
 
     /// Writes the whole document (and removes optional fields it no longer has).
@@ -122,14 +121,14 @@ impl Plan {
         self.commit.writes.extend(ops);
     }
 
-    /// Ends `record` in place (status, times, performer) and records it; returns the event.
+    /// Ends `record` in place (status, times, performer) and records it with its event.
     pub(crate) fn end(
         &mut self,
         record: &mut Record,
         performer: &str,
         retention_ms: i64,
         correlation: Option<&str>,
-    ) -> Envelope {
+    ) {
         let now = self.now_ms;
         record.status = Status::Ended;
         record.ended_ms = Some(now);
@@ -137,10 +136,9 @@ impl Plan {
         record.expires_ms = now + retention_ms;
         record.performer_id = Some(performer.to_owned());
         record.version += 1;
-        let event = self.event(EventType::Ended, record, Some(performer), correlation);
+        self.event(EventType::Ended, record, Some(performer), correlation);
         self.put(record);
         self.reschedule(record);
-        event
     }
 
     /// Removes a session and everything that hangs off it. `title_owned` and `is_current` say
