@@ -28,6 +28,15 @@ pub const DEFAULT_OUTBOX_MAX_LEN: u64 = 100_000;
 /// Entries kept in the global events stream.
 pub const DEFAULT_EVENTS_MAX_LEN: u64 = 1_000_000;
 
+/// Local cache size: 64 MiB holds about 50 000 typical sessions.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Hard maximum age of a cached session. Invalidations normally arrive within milliseconds;
+/// this bounds staleness only when they cannot (Redis unreachable), and is how long cached
+/// sessions keep being served through a Redis outage.
+pub const DEFAULT_CACHE_MAX_AGE_MS: u64 = 10_000;
+/// How long a 404 is remembered (shields Redis from floods of unknown ids).
+pub const DEFAULT_CACHE_NEGATIVE_TTL_MS: u64 = 1_000;
+
 /// How the process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -110,6 +119,18 @@ pub struct Config {
     /// Run the background work (relay, sweeper, consumer) even in sidecar mode.
     #[arg(long, env = "SESSION_BACKGROUND_WORK", default_value_t = false)]
     pub background_work: bool,
+    /// Bytes of the local session cache; 0 turns the cache off.
+    #[arg(long, env = "SESSION_CACHE_MAX_BYTES", default_value_t = DEFAULT_CACHE_MAX_BYTES)]
+    pub cache_max_bytes: u64,
+    /// Hard maximum age of a cached session, in milliseconds.
+    #[arg(long, env = "SESSION_CACHE_MAX_AGE_MS", default_value_t = DEFAULT_CACHE_MAX_AGE_MS)]
+    pub cache_max_age_ms: u64,
+    /// How long a 404 is cached, in milliseconds.
+    #[arg(long, env = "SESSION_CACHE_NEGATIVE_TTL_MS", default_value_t = DEFAULT_CACHE_NEGATIVE_TTL_MS)]
+    pub cache_negative_ttl_ms: u64,
+    /// The SessionService this process belongs to: the `session_service` label of every metric.
+    #[arg(long, env = "SESSION_SERVICE_NAME", default_value = "default")]
+    pub service_name: String,
     /// `json` or `text`.
     #[arg(long, env = "SESSION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -173,6 +194,17 @@ impl Config {
                 }
             }
         }
+        if self.cache_max_bytes > 0
+            && (self.cache_max_age_ms == 0 || self.cache_max_bytes < 64 * 1024)
+        {
+            problems.push(
+                "a cache needs at least 64 KiB and a maximum age above 0 (or set its size to 0)"
+                    .to_owned(),
+            );
+        }
+        if self.service_name.is_empty() {
+            problems.push("the service name must not be empty".to_owned());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -200,6 +232,16 @@ impl Config {
             outbox_max_len: self.outbox_max_len,
             events_max_len: self.events_max_len,
         }
+    }
+
+    /// The local cache settings, or `None` when the cache is off.
+    #[must_use]
+    pub fn cache(&self) -> Option<crate::cache::CacheConfig> {
+        (self.cache_max_bytes > 0).then(|| crate::cache::CacheConfig {
+            max_bytes: self.cache_max_bytes,
+            max_age: std::time::Duration::from_millis(self.cache_max_age_ms),
+            negative_ttl: std::time::Duration::from_millis(self.cache_negative_ttl_ms),
+        })
     }
 
     /// Whether this process runs the relay, the sweeper and the consumer: in server mode, and

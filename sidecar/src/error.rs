@@ -143,21 +143,30 @@ pub struct Problem {
 /// The media type of problem responses.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+impl Error {
+    /// The problem document of this error, serialized.
+    #[must_use]
+    pub fn problem_body(&self) -> Vec<u8> {
+        let (status, code) = self.status_and_code();
+        let problem = Problem {
+            type_uri: format!("https://sessions.io/problems/{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            // Display never includes infrastructure details (those stay in the log).
+            detail: self.to_string(),
+            code: code.to_owned(),
+        };
+        serde_json::to_vec(&problem).unwrap_or_default()
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         if status.is_server_error() {
             tracing::warn!(code, error = ?self, "request failed");
         }
-        let problem = Problem {
-            type_uri: format!("https://sessions.io/problems/{code}"),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
-            status: status.as_u16(),
-            // Display never includes infrastructure details (those stay in the log above).
-            detail: self.to_string(),
-            code: code.to_owned(),
-        };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let body = self.problem_body();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));

@@ -7,17 +7,21 @@
 //! - [`config`] — flags and environment variables, validated all at once.
 //! - [`api`] — HTTP handlers, problem responses, auth, the generated OpenAPI document.
 //! - [`sessions`] — the session engine: every domain rule (DESIGN section 4), once.
-//! - [`store`] — the storage contract and its two backends, Redis and embedded.
+//! - [`store`] — the storage contract, its two backends (Redis and embedded), the circuit breaker.
+//! - [`cache`] — the hot path's local cache and its coherence with Redis (client tracking).
+//! - [`metrics`] — Prometheus metrics.
 //! - [`events`] — outbox relay, expiry sweeper, inbound consumer.
 //! - [`model`] — the session, message and event types and input validation.
 //! - [`ids`], [`clock`], [`error`] — session ids and shards, time, the error type.
 
 pub mod api;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod events;
 pub mod ids;
+pub mod metrics;
 pub mod model;
 pub mod sessions;
 pub mod store;
@@ -29,43 +33,79 @@ use tokio::sync::watch;
 
 use crate::api::AppState;
 use crate::api::auth::Auth;
+use crate::cache::SessionCache;
+use crate::cache::tracking::Tracking;
 use crate::clock::SystemClock;
 use crate::config::{Config, Mode};
+use crate::metrics::Metrics;
 use crate::sessions::Sessions;
 use crate::store::Backend;
+use crate::store::breaker::Breaker;
 use crate::store::memory::MemoryBackend;
 
-/// Opens the configured store: Redis when a URL is given, else the embedded one.
+/// Whether a shutdown was asked for (or nobody can ask any more).
+#[must_use]
+pub fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
+}
+
+/// Everything a running process is made of, built from the configuration.
+pub struct Service {
+    pub state: AppState,
+    /// Keeps the cache coherent with Redis (`None` on the embedded store or without a cache).
+    pub tracking: Option<Tracking>,
+}
+
+/// Opens the configured store (Redis behind a circuit breaker, or the embedded store) and
+/// builds the engine, the cache and the metrics.
 ///
 /// # Errors
 /// When Redis cannot be reached.
-pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
-    match &config.redis_url {
-        Some(url) => Ok(Arc::from(
+pub async fn build(config: &Config) -> anyhow::Result<Service> {
+    let metrics = Metrics::new(&config.service_name);
+    let backend: Arc<dyn Backend> = match &config.redis_url {
+        Some(url) => Arc::new(Breaker::new(
             store::redis::connect(url, config.redis_cluster).await?,
+            metrics.clone(),
         )),
-        None => Ok(Arc::new(MemoryBackend::new())),
+        None => Arc::new(MemoryBackend::new()),
+    };
+    let embedded = config.redis_url.is_none();
+    // On the embedded store this process sees every change, so its cache is coherent at once.
+    let clock = Arc::new(SystemClock);
+    let cache = config.cache().map(|c| {
+        Arc::new(SessionCache::new(
+            c,
+            metrics.clone(),
+            clock.clone(),
+            embedded,
+        ))
+    });
+    let mut sessions = Sessions::new(backend, &config.key_prefix, clock, config.policy());
+    if let Some(cache) = &cache {
+        sessions = sessions.with_listener(cache.clone());
     }
-}
-
-/// Builds the application state for `config` over `backend`.
-#[must_use]
-pub fn state(config: &Config, backend: Arc<dyn Backend>) -> AppState {
-    let sessions = Sessions::new(
-        backend,
-        &config.key_prefix,
-        Arc::new(SystemClock),
-        config.policy(),
-    );
+    let tracking = match (&config.redis_url, &cache) {
+        (Some(url), Some(_)) => Some(Tracking {
+            url: url.clone(),
+            cluster: config.redis_cluster,
+            keys: sessions.keys().clone(),
+            shard_count: config.shard_count,
+        }),
+        _ => None,
+    };
     let auth = match (&config.mode, &config.jwt_secret) {
         (Mode::Server, Some(secret)) => Auth::hs256(secret.as_bytes()),
         _ => Auth::TrustPod,
     };
-    AppState {
+    let state = AppState {
         sessions,
         auth,
         max_body_bytes: config.max_body_bytes,
-    }
+        cache,
+        metrics,
+    };
+    Ok(Service { state, tracking })
 }
 
 /// Serves until `shutdown` turns true, then drains in-flight requests and stops the
@@ -74,17 +114,21 @@ pub fn state(config: &Config, backend: Arc<dyn Backend>) -> AppState {
 /// # Errors
 /// When the store cannot be opened or the address cannot be bound.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let backend = open_backend(&config).await?;
+    let Service { state, tracking } = build(&config).await?;
     match &config.redis_url {
         None => tracing::warn!(
             "no Redis configured: using the embedded in-process store (data lives and dies with this process)"
         ),
         Some(_) => tracing::info!(cluster = config.redis_cluster, "using Redis"),
     }
-    let state = state(&config, backend);
-    let mut background = config
-        .runs_background_work()
-        .then(|| events::spawn(&state.sessions, &shutdown));
+    let mut tasks = if config.runs_background_work() {
+        events::spawn(&state.sessions, &shutdown)
+    } else {
+        tokio::task::JoinSet::new()
+    };
+    if let (Some(tracking), Some(cache)) = (tracking, state.cache.clone()) {
+        tasks.spawn(tracking.run(cache, shutdown.clone()));
+    }
     let listener = TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, mode = ?config.mode, "serving");
     let mut stop = shutdown.clone();
@@ -93,9 +137,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
             let _ = stop.wait_for(|s| *s).await;
         })
         .await?;
-    if let Some(set) = background.as_mut() {
-        while set.join_next().await.is_some() {}
-    }
+    while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(())
 }

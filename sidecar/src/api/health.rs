@@ -52,3 +52,17 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         }
     }
 }
+
+/// Prometheus text exposition of every metric.
+pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    if let Some(cache) = &state.cache {
+        cache.observe();
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

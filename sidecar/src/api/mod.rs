@@ -20,7 +20,14 @@ use utoipa::openapi::OpenApi as OpenApiDoc;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, State};
+
+use crate::cache::SessionCache;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::sessions::Sessions;
 use auth::Auth;
 use extract::CorrelationId;
@@ -31,6 +38,9 @@ pub struct AppState {
     pub sessions: Sessions,
     pub auth: Auth,
     pub max_body_bytes: usize,
+    /// The hot path's local cache (`None` when turned off).
+    pub cache: Option<Arc<SessionCache>>,
+    pub metrics: Metrics,
 }
 
 #[derive(OpenApi)]
@@ -70,6 +80,11 @@ pub fn router_and_doc(state: AppState) -> (Router, OpenApiDoc) {
         .routes(routes!(events::inbound))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .route("/metrics", axum::routing::get(health::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            record_metrics,
+        ))
         .with_state(state)
         .split_for_parts();
     let served = doc.clone();
@@ -92,6 +107,28 @@ pub fn router_and_doc(state: AppState) -> (Router, OpenApiDoc) {
 /// The application router.
 pub fn app(state: AppState) -> Router {
     router_and_doc(state).0
+}
+
+/// Counts and times every routed request by its route template, method and status code.
+async fn record_metrics(
+    State(metrics): State<Metrics>,
+    route: MatchedPath,
+    req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    let labels = [route.as_str(), method.as_str()];
+    metrics
+        .request_duration
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .inc();
+    response
 }
 
 /// Longest accepted correlation id.

@@ -5,7 +5,10 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::error::{Error, Problem};
+use axum::body::Bytes;
+
+use crate::cache::Lookup;
+use crate::error::{Error, PROBLEM_JSON, Problem};
 use crate::model::SessionView;
 use crate::model::input::{CreateSession, EndSession, Heartbeat, UpdateSession};
 use crate::sessions::Ctx;
@@ -42,6 +45,9 @@ pub async fn create(
 }
 
 /// Look a session up: is it valid, and whose is it? Reads never extend the TTL.
+///
+/// The hot path: answered from the local cache when possible (ready-to-send bytes), else from
+/// the store, with concurrent misses for one id sharing one store read.
 #[utoipa::path(get, path = "/v1/sessions/{session_id}", tag = "sessions",
     params(("session_id" = String, Path, description = "Session id")),
     responses(
@@ -54,10 +60,38 @@ pub async fn get(
     State(state): State<AppState>,
     ctx: Ctx,
     PathParam(id): PathParam,
-) -> Result<Json<SessionView>, Error> {
-    let record = state.sessions.get(&id).await?;
-    ctx.caller.check_owner(&record.user_id)?;
-    Ok(Json(record.view()))
+) -> Result<Response, Error> {
+    let Some(cache) = &state.cache else {
+        let record = state.sessions.get(&id).await?;
+        ctx.caller.check_owner(&record.user_id)?;
+        return Ok(Json(record.view()).into_response());
+    };
+    state.sessions.shard_of_session(&id)?; // malformed ids never reach the cache
+    let entry = match cache.lookup(&id).await {
+        Lookup::Hit(entry) => entry,
+        Lookup::Miss(fill) => {
+            let entry = match state.sessions.get(&id).await {
+                Ok(record) => {
+                    let body = serde_json::to_vec(&record.view())
+                        .map_err(|e| Error::Corrupt(e.to_string()))?;
+                    cache.found(Bytes::from(body), &record.user_id, record.expires_ms)
+                }
+                Err(e @ Error::NotFound(_)) => cache.not_found(Bytes::from(e.problem_body())),
+                Err(other) => return Err(other),
+            };
+            fill.complete(entry.clone());
+            entry
+        }
+    };
+    if let Some(owner) = &entry.owner {
+        ctx.caller.check_owner(owner)?;
+    }
+    let (status, content_type) = if entry.found {
+        (StatusCode::OK, "application/json")
+    } else {
+        (StatusCode::NOT_FOUND, PROBLEM_JSON)
+    };
+    Ok((status, [(header::CONTENT_TYPE, content_type)], entry.body).into_response())
 }
 
 /// Update mutable fields with a JSON merge patch (title, case_id, metadata, data).

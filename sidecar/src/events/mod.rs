@@ -88,7 +88,7 @@ async fn run_loop<F, Fut>(
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = crate::error::Result<usize>>,
 {
-    while !*shutdown.borrow() {
+    while !crate::stopping(&shutdown) {
         let busy = match pass().await {
             Ok(n) => n > 0,
             Err(error) => {

@@ -100,6 +100,12 @@ impl Ctx {
     }
 }
 
+/// Told about every session this process changes, right after the commit (the local cache
+/// uses it to drop its own stale entries without waiting for Redis to report the change).
+pub trait ChangeListener: Send + Sync {
+    fn changed(&self, session_id: &str);
+}
+
 /// Retry bound for optimistic commits. 32 attempts with growing jittered pauses (up to ~64 ms
 /// each) ride out heavy contention on one user for about a second before answering 503.
 const MAX_ATTEMPTS: u32 = 32;
@@ -117,6 +123,7 @@ pub struct Sessions {
     pub(crate) keys: Keys,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) policy: Arc<Policy>,
+    listener: Option<Arc<dyn ChangeListener>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -141,7 +148,15 @@ impl Sessions {
             keys: Keys::new(prefix),
             clock,
             policy: Arc::new(policy),
+            listener: None,
         }
+    }
+
+    /// The same engine, reporting every change it commits to `listener`.
+    #[must_use]
+    pub fn with_listener(mut self, listener: Arc<dyn ChangeListener>) -> Self {
+        self.listener = Some(listener);
+        self
     }
 
     /// The store behind the engine.
@@ -162,12 +177,17 @@ impl Sessions {
         &self.policy
     }
 
-    pub(crate) fn now(&self) -> i64 {
+    /// The engine's current time (Unix milliseconds).
+    #[must_use]
+    pub fn now(&self) -> i64 {
         self.clock.now_ms()
     }
 
     /// The shard of a session id, or 400 for a malformed one.
-    pub(crate) fn shard_of_session(&self, id: &str) -> Result<u32> {
+    ///
+    /// # Errors
+    /// `invalid_session_id`.
+    pub fn shard_of_session(&self, id: &str) -> Result<u32> {
         parse_session_id(id, self.policy.shard_count)
             .ok_or_else(|| Error::InvalidSessionId(id.chars().take(64).collect()))
     }
@@ -198,8 +218,14 @@ impl Sessions {
 
     /// Commits; `Ok(false)` on a conflict (retry), errors for a full outbox or a failed store.
     pub(crate) async fn commit(&self, plan: plan::Plan) -> Result<bool> {
-        match self.backend.commit(plan.into_commit()).await? {
-            CommitOutcome::Applied => Ok(true),
+        let (commit, touched) = plan.into_parts();
+        match self.backend.commit(commit).await? {
+            CommitOutcome::Applied => {
+                if let Some(listener) = &self.listener {
+                    touched.iter().for_each(|id| listener.changed(id));
+                }
+                Ok(true)
+            }
             CommitOutcome::Conflict => Ok(false),
             CommitOutcome::OutboxFull => Err(Error::OutboxFull),
         }

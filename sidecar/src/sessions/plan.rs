@@ -15,6 +15,8 @@ pub(crate) struct Plan {
     user_id: String,
     now_ms: i64,
     commit: Commit,
+    /// Sessions whose document this plan writes or removes (for cache invalidation).
+    touched: Vec<String>,
 }
 
 impl Plan {
@@ -42,6 +44,7 @@ impl Plan {
             user_id: user_id.to_owned(),
             now_ms: sessions.now(),
             commit,
+            touched: Vec::new(),
         }
     }
 
@@ -75,6 +78,7 @@ impl Plan {
 
     /// Writes the whole document (and removes optional fields it no longer has).
     pub(crate) fn put(&mut self, record: &Record) {
+        self.touched.push(record.session_id.clone());
         let key = self.keys.session(self.shard, &record.session_id);
         self.write(WriteOp::HSet(key.clone(), record.to_fields()));
         self.write(WriteOp::HDel(key, record.absent_optional_fields()));
@@ -145,6 +149,7 @@ impl Plan {
     /// whether the title index and the current pointer still point at it (read in the snapshot),
     /// so that a newer session's entries are never removed.
     pub(crate) fn remove(&mut self, record: &Record, title_owned: bool, is_current: bool) {
+        self.touched.push(record.session_id.clone());
         let (k, s, u, id) = (
             &self.keys,
             self.shard,
@@ -171,7 +176,8 @@ impl Plan {
         self.commit.writes.extend(ops);
     }
 
-    pub(crate) fn into_commit(self) -> Commit {
-        self.commit
+    /// The commit, and the sessions it changes.
+    pub(crate) fn into_parts(self) -> (Commit, Vec<String>) {
+        (self.commit, self.touched)
     }
 }

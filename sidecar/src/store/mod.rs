@@ -14,6 +14,7 @@
 //! Events are appended *before* any write: if the append fails, nothing was written (the
 //! "atomic recording" rule of the source documents).
 
+pub mod breaker;
 pub mod keys;
 pub mod memory;
 pub mod redis;

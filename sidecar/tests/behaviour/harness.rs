@@ -2,6 +2,9 @@
 //! in-process, a manual clock, and helpers to read the outbox and the events stream.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use axum::Router;
 use axum::body::Body;
@@ -10,9 +13,13 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use session_sidecar::api::auth::Auth;
 use session_sidecar::api::{AppState, app};
+use session_sidecar::cache::tracking::Tracking;
+use session_sidecar::cache::{CacheConfig, SessionCache};
 use session_sidecar::clock::{Clock, ManualClock, SystemClock};
+use session_sidecar::metrics::Metrics;
 use session_sidecar::model::Envelope;
 use session_sidecar::sessions::{CapPolicy, Policy, Sessions};
+use session_sidecar::store::breaker::Breaker;
 use session_sidecar::store::memory::MemoryBackend;
 use session_sidecar::store::{Backend, Commit, ReadOp, Reply, WriteOp};
 use tower::ServiceExt;
@@ -61,6 +68,10 @@ pub struct TestApp {
     pub sessions: Sessions,
     pub clock: Arc<ManualClock>,
     pub backend: Arc<dyn Backend>,
+    pub cache: Arc<SessionCache>,
+    pub metrics: Metrics,
+    /// Stops the tracking task when the app is dropped.
+    _stop: watch::Sender<bool>,
     /// Kept so the server lives as long as the app.
     pub _redis: Option<RedisServer>,
 }
@@ -91,6 +102,7 @@ impl TestApp {
     pub async fn build(kind: Kind, tune: impl FnOnce(&mut Policy), auth: Auth) -> Self {
         let mut policy = test_policy();
         tune(&mut policy);
+        let metrics = Metrics::new("test");
         let (backend, redis): (Arc<dyn Backend>, _) = match kind {
             Kind::Memory => (Arc::new(MemoryBackend::new()), None),
             Kind::Redis => {
@@ -98,21 +110,98 @@ impl TestApp {
                 let backend = session_sidecar::store::redis::connect(&server.url, false)
                     .await
                     .unwrap();
-                (Arc::from(backend), Some(server))
+                (
+                    Arc::new(Breaker::new(backend, metrics.clone())),
+                    Some(server),
+                )
             }
         };
         let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
-        let sessions = Sessions::new(backend.clone(), "t", clock.clone(), policy);
-        let router = app(AppState {
+        let url = redis.as_ref().map(|r| r.url.clone());
+        Self::assemble(backend, url, redis, clock, policy, auth, metrics).await
+    }
+
+    /// The URL of this app's Redis server.
+    pub fn redis_url(&self) -> String {
+        self._redis.as_ref().expect("a Redis app").url.clone()
+    }
+
+    /// An app on an existing store: a second sidecar beside the first, with its own cache.
+    pub async fn beside(&self) -> TestApp {
+        let url = &self._redis.as_ref().expect("a Redis app").url;
+        let metrics = Metrics::new("test");
+        let backend = Arc::new(Breaker::new(
+            session_sidecar::store::redis::connect(url, false)
+                .await
+                .unwrap(),
+            metrics.clone(),
+        ));
+        Self::assemble(
+            backend,
+            Some(url.clone()),
+            None,
+            self.clock.clone(),
+            self.sessions.policy().clone(),
+            Auth::TrustPod,
+            metrics,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn assemble(
+        backend: Arc<dyn Backend>,
+        url: Option<String>,
+        redis: Option<RedisServer>,
+        clock: Arc<ManualClock>,
+        policy: Policy,
+        auth: Auth,
+        metrics: Metrics,
+    ) -> Self {
+        let embedded = url.is_none();
+        let config = CacheConfig {
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(10),
+            negative_ttl: Duration::from_secs(1),
+        };
+        let cache = Arc::new(SessionCache::new(
+            config,
+            metrics.clone(),
+            clock.clone(),
+            embedded,
+        ));
+        let sessions =
+            Sessions::new(backend.clone(), "t", clock.clone(), policy).with_listener(cache.clone());
+        let (stop, stopped) = watch::channel(false);
+        if let Some(url) = url {
+            let tracking = Tracking {
+                url,
+                cluster: false,
+                keys: sessions.keys().clone(),
+                shard_count: sessions.policy().shard_count,
+            };
+            tokio::spawn(tracking.run(cache.clone(), stopped));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !cache.is_tracked() {
+                assert!(Instant::now() < deadline, "tracking did not start");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let state = AppState {
             sessions: sessions.clone(),
             auth,
             max_body_bytes: 64 * 1024,
-        });
+            cache: Some(cache.clone()),
+            metrics: metrics.clone(),
+        };
         Self {
-            router,
+            router: app(state),
             sessions,
             clock,
             backend,
+            cache,
+            metrics,
+            _stop: stop,
             _redis: redis,
         }
     }

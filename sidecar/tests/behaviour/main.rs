@@ -8,6 +8,7 @@ mod harness;
 
 mod asyncapi;
 mod boundary;
+mod cache;
 mod events;
 mod hostile_input;
 mod lifecycle;

@@ -83,6 +83,8 @@ async fn document_and_server_agree(kind: Kind) {
         sessions: app.sessions.clone(),
         auth: Auth::TrustPod,
         max_body_bytes: 1024,
+        cache: None,
+        metrics: app.metrics.clone(),
     });
     let doc = serde_json::to_value(doc).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");

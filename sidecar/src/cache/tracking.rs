@@ -1,0 +1,256 @@
+//! Coherence across sidecars: Redis server-assisted client-side caching.
+//!
+//! A dedicated RESP3 connection per Redis master runs `CLIENT TRACKING ON BCAST` with one
+//! prefix per shard's session documents (`P:{S}:s:`), so Redis pushes an `invalidate` for every
+//! change of any session document — by any process, by a Lua script, by expiry — and we drop
+//! that id from the cache. BCAST needs no read on the tracking connection itself and works the
+//! same on every master of a cluster.
+//!
+//! When a tracking connection is lost (the client library reports a disconnection, a ping fails,
+//! or the cluster's masters change) the cache stops keeping new fills, reconnects everything and
+//! flushes once tracking is back on: nothing cached before can have missed an invalidation
+//! after that. In the meantime entries keep being served within their maximum age, so a Redis
+//! outage does not take cached sessions down with it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion,
+    PushInfo, PushKind, Value,
+};
+use tokio::sync::{mpsc, watch};
+
+use super::SessionCache;
+use crate::store::Keys;
+
+/// How often the connections are pinged and the cluster's masters re-read.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest pause between reconnection attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Time allowed to connect and to answer a command on a tracking connection.
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Where to track.
+#[derive(Debug, Clone)]
+pub struct Tracking {
+    /// The Redis URL(s) as configured (comma-separated seeds in cluster mode).
+    pub url: String,
+    pub cluster: bool,
+    pub keys: Keys,
+    pub shard_count: u32,
+}
+
+/// The session id in a session-document key `P:{S}:s:<id>`.
+fn session_id_of(key: &[u8]) -> Option<&str> {
+    let key = std::str::from_utf8(key).ok()?;
+    let after_tag = &key[key.find('}')? + 1..];
+    after_tag.strip_prefix(":s:")
+}
+
+/// Applies one push from Redis; returns `false` when the connection is gone.
+fn apply_push(cache: &SessionCache, push: &PushInfo) -> bool {
+    match push.kind {
+        PushKind::Invalidate => {
+            match push.data.first() {
+                Some(Value::Array(keys)) => {
+                    for key in keys {
+                        if let Value::BulkString(k) = key
+                            && let Some(id) = session_id_of(k)
+                        {
+                            cache.invalidate(id);
+                        }
+                    }
+                }
+                // A nil list means "everything" (FLUSHALL, or the tracking table overflowed).
+                _ => cache.flush(),
+            }
+            true
+        }
+        PushKind::Disconnection => false,
+        _ => true,
+    }
+}
+
+fn resp3(info: ConnectionInfo) -> ConnectionInfo {
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    info.set_redis_settings(settings)
+}
+
+/// The same connection settings pointed at another node.
+fn at(info: &ConnectionInfo, host: &str, port: u16) -> ConnectionInfo {
+    let addr = match info.addr() {
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => ConnectionAddr::Tcp(host.to_owned(), port),
+    };
+    info.clone().set_addr(addr)
+}
+
+impl Tracking {
+    fn prefixes(&self) -> Vec<String> {
+        (0..self.shard_count)
+            .map(|s| self.keys.session(s, ""))
+            .collect()
+    }
+
+    fn seeds(&self) -> redis::RedisResult<Vec<ConnectionInfo>> {
+        self.url
+            .split(',')
+            .map(|u| u.trim().into_connection_info().map(resp3))
+            .collect()
+    }
+
+    /// The nodes to track: the one server, or every master of the cluster.
+    async fn nodes(&self) -> redis::RedisResult<Vec<ConnectionInfo>> {
+        let seeds = self.seeds()?;
+        if !self.cluster {
+            return Ok(seeds);
+        }
+        let mut last_error = None;
+        for seed in &seeds {
+            match masters(seed).await {
+                Ok(found) => return Ok(found.into_iter().map(|(h, p)| at(seed, &h, p)).collect()),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Client, "no cluster seed"))
+        }))
+    }
+
+    /// Runs until shutdown, keeping `cache` coherent.
+    pub async fn run(self, cache: Arc<SessionCache>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(50);
+        while !crate::stopping(&shutdown) {
+            match self.track(&cache, &mut shutdown).await {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(error) => tracing::warn!(%error, "cache invalidation connection failed"),
+            }
+            cache.set_tracked(false);
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Connects and enables tracking on every node, then watches until something is lost.
+    async fn track(
+        &self,
+        cache: &Arc<SessionCache>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> redis::RedisResult<()> {
+        let nodes = self.nodes().await?;
+        let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<()>();
+        let mut connections: Vec<MultiplexedConnection> = Vec::new();
+        for node in &nodes {
+            let (cache, lost) = (Arc::clone(cache), lost_tx.clone());
+            let sender = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+                if !apply_push(&cache, &push) {
+                    let _ = lost.send(());
+                }
+                Ok(())
+            };
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(TIMEOUT))
+                .set_response_timeout(Some(TIMEOUT))
+                .set_push_sender(sender);
+            let mut conn = redis::Client::open(node.clone())?
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            let mut cmd = redis::cmd("CLIENT");
+            cmd.arg("TRACKING").arg("ON").arg("BCAST");
+            for prefix in self.prefixes() {
+                cmd.arg("PREFIX").arg(prefix);
+            }
+            cmd.query_async::<()>(&mut conn).await?;
+            connections.push(conn);
+        }
+        let topology = self.topology(&nodes);
+        cache.set_tracked(true);
+        tracing::info!(nodes = nodes.len(), "cache invalidation tracking on");
+        loop {
+            tokio::select! {
+                _ = lost_rx.recv() => return Err(redis::RedisError::from((redis::ErrorKind::Io, "tracking connection lost"))),
+                _ = shutdown.changed() => return Ok(()),
+                () = tokio::time::sleep(CHECK_INTERVAL) => {
+                    for conn in &mut connections {
+                        redis::cmd("PING").query_async::<()>(conn).await?;
+                    }
+                    if self.cluster && self.topology(&self.nodes().await?) != topology {
+                        return Err(redis::RedisError::from((redis::ErrorKind::Io, "cluster masters changed")));
+                    }
+                }
+            }
+        }
+    }
+
+    fn topology(&self, nodes: &[ConnectionInfo]) -> BTreeSet<String> {
+        nodes.iter().map(|n| n.addr().to_string()).collect()
+    }
+}
+
+/// The masters of a cluster, from `CLUSTER SLOTS` on one node.
+async fn masters(seed: &ConnectionInfo) -> redis::RedisResult<BTreeSet<(String, u16)>> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT));
+    let mut conn = redis::Client::open(seed.clone())?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let slots: Vec<Vec<Value>> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut conn)
+        .await?;
+    let mut out = BTreeSet::new();
+    for range in slots {
+        if let Some(Value::Array(master)) = range.get(2) {
+            let host = master
+                .first()
+                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok());
+            let port = master
+                .get(1)
+                .and_then(|v| redis::from_redis_value::<u16>(v.clone()).ok());
+            if let (Some(host), Some(port)) = (host, port) {
+                // An empty host means "the address you used to reach me".
+                let host = if host.is_empty() {
+                    seed.addr()
+                        .to_string()
+                        .rsplit_once(':')
+                        .map_or(host, |(h, _)| h.to_owned())
+                } else {
+                    host
+                };
+                out.insert((host, port));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::session_id_of;
+
+    #[test]
+    fn session_ids_come_out_of_document_keys_only() {
+        assert_eq!(session_id_of(b"sess:{3}:s:sess_3_abc"), Some("sess_3_abc"));
+        assert_eq!(session_id_of(b"sess:{3}:u:alice"), None);
+        assert_eq!(session_id_of(b"no-tag"), None);
+    }
+}

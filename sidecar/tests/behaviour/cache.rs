@@ -1,0 +1,216 @@
+//! The hot path's local cache: hits, single-flight, expiry, negative caching, and coherence
+//! across sidecars through Redis client tracking.
+
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::both_backends;
+use crate::harness::{Kind, TestApp};
+
+both_backends!(
+    lookups_are_cached_and_local_writes_invalidate,
+    concurrent_misses_share_one_store_read,
+    cached_entries_never_outlive_the_session_or_the_max_age,
+    unknown_ids_are_cached_briefly,
+);
+
+async fn lookups_are_cached_and_local_writes_invalidate(kind: Kind) {
+    // Proves: a second lookup is a hit; this process's own writes are visible at once.
+    let app = TestApp::new(kind).await;
+    let id = app.create_id("u1", json!({})).await;
+    let path = format!("/v1/sessions/{id}");
+    let first = app.get(&path).await;
+    let second = app.get(&path).await;
+    assert_eq!(first.body, second.body);
+    assert_eq!(
+        (app.metrics.cache_misses.get(), app.metrics.cache_hits.get()),
+        (1, 1)
+    );
+    assert_eq!(second.headers["content-type"], "application/json");
+    app.patch(&path, json!({"data": {"n": 2}})).await;
+    assert_eq!(app.get(&path).await.body["data"]["n"], 2);
+    app.end(&id, json!({"performer_id": "u1"})).await;
+    assert_eq!(app.get(&path).await.body["status"], "ended");
+    app.create_id("u1", json!({})).await;
+    app.delete(&path).await;
+    assert_eq!(app.get(&path).await.status, StatusCode::NOT_FOUND);
+}
+
+async fn concurrent_misses_share_one_store_read(kind: Kind) {
+    // Proves: 50 concurrent lookups of an uncached id cause one store read.
+    let app = TestApp::new(kind).await;
+    let id = app.create_id("u1", json!({})).await;
+    let path = format!("/v1/sessions/{id}");
+    let mut lookups = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (router, uri) = (app.router.clone(), path.clone());
+        lookups.spawn(async move {
+            let req = axum::http::Request::get(uri)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            tower::ServiceExt::oneshot(router, req)
+                .await
+                .unwrap()
+                .status()
+        });
+    }
+    while let Some(status) = lookups.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(app.metrics.cache_misses.get(), 1);
+    assert_eq!(app.metrics.cache_hits.get(), 49);
+}
+
+async fn cached_entries_never_outlive_the_session_or_the_max_age(kind: Kind) {
+    // Proves: a cached session is not served past its expires_at nor past the maximum age.
+    let app = TestApp::new(kind).await;
+    let short = app.create_id("u1", json!({"ttl_seconds": 5})).await;
+    let long = app.create_id("u1", json!({})).await;
+    assert_eq!(
+        app.get(&format!("/v1/sessions/{short}")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.get(&format!("/v1/sessions/{long}")).await.status,
+        StatusCode::OK
+    );
+    app.clock.advance_ms(5_000);
+    assert_eq!(
+        app.get(&format!("/v1/sessions/{short}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let misses = app.metrics.cache_misses.get();
+    assert_eq!(
+        app.get(&format!("/v1/sessions/{long}")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.metrics.cache_misses.get(),
+        misses,
+        "still within the maximum age"
+    );
+    app.clock.advance_ms(5_000);
+    assert_eq!(
+        app.get(&format!("/v1/sessions/{long}")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.metrics.cache_misses.get(),
+        misses + 1,
+        "re-read after the maximum age"
+    );
+}
+
+async fn unknown_ids_are_cached_briefly(kind: Kind) {
+    // Proves: a 404 is remembered for the negative TTL, as a proper problem response.
+    let app = TestApp::new(kind).await;
+    let path = format!("/v1/sessions/{}", session_sidecar::ids::new_session_id(1));
+    for _ in 0..3 {
+        let res = app.get(&path).await;
+        assert_eq!(
+            (res.status, res.code()),
+            (StatusCode::NOT_FOUND, "not_found")
+        );
+        assert_eq!(res.headers["content-type"], "application/problem+json");
+    }
+    assert_eq!(
+        (app.metrics.cache_misses.get(), app.metrics.cache_hits.get()),
+        (1, 2)
+    );
+    app.clock.advance_ms(1_000);
+    app.get(&path).await;
+    assert_eq!(app.metrics.cache_misses.get(), 2);
+}
+
+/// Polls `check` until it holds; returns how long that took.
+async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_by_another_sidecar_reach_this_cache() {
+    // Proves: when another process updates, ends or deletes a session, this sidecar stops
+    // serving the old version within milliseconds (Redis pushes the invalidation).
+    let a = TestApp::new(Kind::Redis).await;
+    let b = a.beside().await;
+    let id = a.create_id("u1", json!({})).await;
+    a.create_id("u1", json!({})).await; // so that `id` is not current and may be deleted
+    let path = format!("/v1/sessions/{id}");
+    assert_eq!(a.get(&path).await.body["version"], 2);
+    assert_eq!(a.get(&path).await.body["version"], 2);
+    let hits = a.metrics.cache_hits.get();
+    assert!(hits >= 1);
+    b.patch(&path, json!({"data": {"by": "b"}})).await;
+    let t_update = within(Duration::from_secs(2), async || {
+        a.get(&path).await.body["data"]["by"] == "b"
+    })
+    .await;
+    b.end(&id, json!({"performer_id": "b"})).await;
+    let t_end = within(Duration::from_secs(2), async || {
+        a.get(&path).await.body["status"] == "ended"
+    })
+    .await;
+    assert_eq!(b.delete(&path).await.status, StatusCode::NO_CONTENT);
+    let t_delete = within(Duration::from_secs(2), async || {
+        a.get(&path).await.status == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(a.metrics.cache_invalidations.get() >= 3);
+    eprintln!("invalidation seen after: update {t_update:?}, end {t_end:?}, delete {t_delete:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_invalidation_connection_flushes_the_cache() {
+    // Proves: when the tracking connection is killed, the sidecar reconnects, re-enables
+    // tracking and flushes, so nothing cached before the loss survives it.
+    let app = TestApp::new(Kind::Redis).await;
+    let id = app.create_id("u1", json!({})).await;
+    let path = format!("/v1/sessions/{id}");
+    app.get(&path).await;
+    let flushes = app.metrics.cache_flushes.get();
+    let url = &app.redis_url();
+    let mut conn = ::redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let clients: String = ::redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let tracking: Vec<&str> = clients
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .any(|f| f.starts_with("flags=") && f.contains('t'))
+        })
+        .filter_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    assert_eq!(tracking.len(), 1, "{clients}");
+    let _: () = ::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(tracking[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    within(Duration::from_secs(5), async || {
+        app.metrics.cache_flushes.get() > flushes && app.cache.is_tracked()
+    })
+    .await;
+    let misses = app.metrics.cache_misses.get();
+    assert_eq!(app.get(&path).await.status, StatusCode::OK);
+    assert_eq!(
+        app.metrics.cache_misses.get(),
+        misses + 1,
+        "the cache was flushed"
+    );
+}
