@@ -57,7 +57,9 @@ pub async fn connect(url: &str, cluster: bool) -> Result<Box<dyn Backend>, Backe
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1);
+            // One connection attempt per failed request: requests must fail fast while Redis
+            // is down (the circuit breaker then stops them early); the next request retries.
+            .set_number_of_retries(0);
         let conn = client
             .get_connection_manager_with_config(config)
             .await

@@ -20,6 +20,7 @@ async fn lookups_are_cached_and_local_writes_invalidate(kind: Kind) {
     // Proves: a second lookup is a hit; this process's own writes are visible at once.
     let app = TestApp::new(kind).await;
     let id = app.create_id("u1", json!({})).await;
+    app.settle().await;
     let path = format!("/v1/sessions/{id}");
     let first = app.get(&path).await;
     let second = app.get(&path).await;
@@ -42,6 +43,7 @@ async fn concurrent_misses_share_one_store_read(kind: Kind) {
     // Proves: 50 concurrent lookups of an uncached id cause one store read.
     let app = TestApp::new(kind).await;
     let id = app.create_id("u1", json!({})).await;
+    app.settle().await;
     let path = format!("/v1/sessions/{id}");
     let mut lookups = tokio::task::JoinSet::new();
     for _ in 0..50 {
@@ -68,6 +70,7 @@ async fn cached_entries_never_outlive_the_session_or_the_max_age(kind: Kind) {
     let app = TestApp::new(kind).await;
     let short = app.create_id("u1", json!({"ttl_seconds": 5})).await;
     let long = app.create_id("u1", json!({})).await;
+    app.settle().await;
     assert_eq!(
         app.get(&format!("/v1/sessions/{short}")).await.status,
         StatusCode::OK

@@ -121,6 +121,24 @@ impl TestApp {
         Self::assemble(backend, url, redis, clock, policy, auth, metrics).await
     }
 
+    /// Waits until Redis has pushed the invalidations of the writes made so far (on loopback
+    /// they take about a millisecond); a late one would drop a fill made after the write.
+    pub async fn settle(&self) {
+        if self._redis.is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Kills this app's Redis server.
+    pub fn kill_redis(&mut self) {
+        self._redis.as_mut().expect("a Redis app").kill();
+    }
+
+    /// Starts this app's Redis server again, on the same port.
+    pub fn restart_redis(&mut self) {
+        self._redis.as_mut().expect("a Redis app").restart();
+    }
+
     /// The URL of this app's Redis server.
     pub fn redis_url(&self) -> String {
         self._redis.as_ref().expect("a Redis app").url.clone()

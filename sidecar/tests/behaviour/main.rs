@@ -14,6 +14,8 @@ mod hostile_input;
 mod lifecycle;
 mod listing;
 mod messages;
+mod metrics;
 mod named;
 mod openapi;
+mod outage;
 mod server_auth;

@@ -28,34 +28,54 @@ pub fn wait_for_port(port: u16, what: &str) {
 /// A `redis-server` on a free loopback port, stopped when dropped.
 pub struct RedisServer {
     child: Child,
+    pub port: u16,
     pub url: String,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
         let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server not found: run tests/run.sh, which installs it");
-        wait_for_port(port, "redis-server");
         Self {
-            child,
+            child: spawn_redis(port, &[]),
+            port,
             url: format!("redis://127.0.0.1:{port}"),
         }
     }
+
+    /// Kills the server (as a crash would).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port (empty: no persistence in tests).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_redis(self.port, &[]);
+    }
+}
+
+/// Starts `redis-server` on `port` with `extra` arguments and waits until it accepts.
+pub fn spawn_redis(port: u16, extra: &[&str]) -> Child {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server not found: run tests/run.sh, which installs it");
+    wait_for_port(port, "redis-server");
+    child
 }
 
 impl Drop for RedisServer {
