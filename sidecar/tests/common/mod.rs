@@ -1,4 +1,5 @@
 //! Shared by the test binaries: real servers on free loopback ports.
+#![allow(dead_code)] // shared by several test binaries; each uses a part
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
