@@ -24,7 +24,7 @@ use session_sidecar::store::memory::MemoryBackend;
 use session_sidecar::store::{Backend, Commit, ReadOp, Reply, WriteOp};
 use tower::ServiceExt;
 
-pub use crate::common::RedisServer;
+pub use crate::common::{RedisCluster, RedisServer};
 
 /// Which backend a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +70,8 @@ pub struct TestApp {
     pub backend: Arc<dyn Backend>,
     pub cache: Arc<SessionCache>,
     pub metrics: Metrics,
+    /// The Redis URL(s) and whether it is a cluster (`None` on the embedded store).
+    pub target: Option<(String, bool)>,
     /// Stops the tracking task when the app is dropped.
     _stop: watch::Sender<bool>,
     /// Kept so the server lives as long as the app.
@@ -117,14 +119,35 @@ impl TestApp {
             }
         };
         let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
-        let url = redis.as_ref().map(|r| r.url.clone());
-        Self::assemble(backend, url, redis, clock, policy, auth, metrics).await
+        let target = redis.as_ref().map(|r| (r.url.clone(), false));
+        Self::assemble(backend, target, redis, clock, policy, auth, metrics).await
+    }
+
+    /// An app on a Redis Cluster (cluster client, tracking on every master).
+    pub async fn on_cluster(cluster: &RedisCluster) -> Self {
+        let metrics = Metrics::new("test");
+        let backend = session_sidecar::store::redis::connect(&cluster.url, true)
+            .await
+            .unwrap();
+        let backend = Arc::new(Breaker::new(backend, metrics.clone()));
+        let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
+        let target = Some((cluster.url.clone(), true));
+        Self::assemble(
+            backend,
+            target,
+            None,
+            clock,
+            test_policy(),
+            Auth::TrustPod,
+            metrics,
+        )
+        .await
     }
 
     /// Waits until Redis has pushed the invalidations of the writes made so far (on loopback
     /// they take about a millisecond); a late one would drop a fill made after the write.
     pub async fn settle(&self) {
-        if self._redis.is_some() {
+        if self.target.is_some() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -146,20 +169,20 @@ impl TestApp {
 
     /// An app on an existing store: a second sidecar beside the first, with its own cache.
     pub async fn beside(&self) -> TestApp {
-        let url = &self._redis.as_ref().expect("a Redis app").url;
+        let (url, cluster) = self.target.clone().expect("a Redis app");
         let metrics = Metrics::new("test");
-        let backend = Arc::new(Breaker::new(
-            session_sidecar::store::redis::connect(url, false)
-                .await
-                .unwrap(),
-            metrics.clone(),
-        ));
+        let backend = session_sidecar::store::redis::connect(&url, cluster)
+            .await
+            .unwrap();
+        let backend = Arc::new(Breaker::new(backend, metrics.clone()));
+        let policy = self.sessions.policy().clone();
+        let target = Some((url, cluster));
         Self::assemble(
             backend,
-            Some(url.clone()),
+            target,
             None,
             self.clock.clone(),
-            self.sessions.policy().clone(),
+            policy,
             Auth::TrustPod,
             metrics,
         )
@@ -169,14 +192,14 @@ impl TestApp {
     #[allow(clippy::too_many_arguments)]
     async fn assemble(
         backend: Arc<dyn Backend>,
-        url: Option<String>,
+        target: Option<(String, bool)>,
         redis: Option<RedisServer>,
         clock: Arc<ManualClock>,
         policy: Policy,
         auth: Auth,
         metrics: Metrics,
     ) -> Self {
-        let embedded = url.is_none();
+        let embedded = target.is_none();
         let config = CacheConfig {
             max_bytes: 1 << 20,
             max_age: Duration::from_secs(10),
@@ -191,11 +214,12 @@ impl TestApp {
         let sessions =
             Sessions::new(backend.clone(), "t", clock.clone(), policy).with_listener(cache.clone());
         let (stop, stopped) = watch::channel(false);
-        if let Some(url) = url {
+        if let Some((url, cluster)) = target.clone() {
+            let keys = sessions.keys().clone();
             let tracking = Tracking {
                 url,
-                cluster: false,
-                keys: sessions.keys().clone(),
+                cluster,
+                keys,
                 shard_count: sessions.policy().shard_count,
             };
             tokio::spawn(tracking.run(cache.clone(), stopped));
@@ -219,6 +243,7 @@ impl TestApp {
             backend,
             cache,
             metrics,
+            target,
             _stop: stop,
             _redis: redis,
         }

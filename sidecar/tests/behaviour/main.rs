@@ -9,6 +9,7 @@ mod harness;
 mod asyncapi;
 mod boundary;
 mod cache;
+mod cluster;
 mod events;
 mod hostile_input;
 mod lifecycle;

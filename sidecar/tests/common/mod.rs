@@ -85,3 +85,156 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// A Redis Cluster of three masters with one replica each, on free loopback ports.
+pub struct RedisCluster {
+    nodes: Vec<(u16, Option<Child>)>,
+    dir: std::path::PathBuf,
+    /// Comma-separated seed URLs (every node).
+    pub url: String,
+}
+
+impl RedisCluster {
+    /// Starts six nodes and forms the cluster (about two seconds).
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("session-cluster-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let nodes = ports
+            .iter()
+            .map(|&port| {
+                let conf = dir.join(format!("nodes-{port}.conf"));
+                let child = spawn_redis(
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &conf.to_string_lossy(),
+                        "--cluster-node-timeout",
+                        "2000",
+                        "--dir",
+                        &dir.to_string_lossy(),
+                        "--repl-diskless-sync-delay",
+                        "0",
+                    ],
+                );
+                (port, Some(child))
+            })
+            .collect();
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli not found: run tests/run.sh, which installs it");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let url = ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let cluster = Self { nodes, dir, url };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    fn cli(port: u16, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits until every live node reports `cluster_state:ok` and agrees on three masters, and
+    /// every replica has finished its first sync (a replica that never synced cannot take over).
+    pub fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = self.live_ports().iter().all(|&p| {
+                Self::cli(p, &["cluster", "info"]).is_some_and(|i| i.contains("cluster_state:ok"))
+                    && Self::cli(p, &["cluster", "nodes"]).is_some_and(|n| {
+                        n.lines()
+                            .filter(|l| l.contains("master") && !l.contains("fail"))
+                            .count()
+                            == 3
+                    })
+                    && Self::cli(p, &["info", "replication"]).is_some_and(|i| {
+                        i.contains("role:master") || i.contains("master_link_status:up")
+                    })
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become healthy"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn live_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|(_, c)| c.is_some())
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// The port of the master serving `key`.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let port = self.live_ports()[0];
+        let slot: u16 = Self::cli(port, &["cluster", "keyslot", key])
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let nodes = Self::cli(port, &["cluster", "nodes"]).unwrap();
+        for line in nodes
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
+        {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let node_port: u16 = fields[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+            for range in &fields[8..] {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                if (a.parse().unwrap()..=b.parse().unwrap()).contains(&slot) {
+                    return node_port;
+                }
+            }
+        }
+        panic!("no master serves slot {slot}");
+    }
+
+    /// Kills the node on `port`, as a crash would.
+    pub fn kill(&mut self, port: u16) {
+        for (p, child) in &mut self.nodes {
+            if *p == port
+                && let Some(mut c) = child.take()
+            {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

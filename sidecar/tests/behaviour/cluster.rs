@@ -1,0 +1,196 @@
+//! The same engine on a real Redis Cluster (3 masters, 3 replicas on loopback): every key of a
+//! user in one slot, cluster-wide coherence, and surviving a master failover.
+
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use serde_json::json;
+use session_sidecar::model::Envelope;
+
+use crate::harness::{RedisCluster, TestApp, types};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_api_works_on_a_redis_cluster() {
+    // Proves: lifecycle, listing, messages, events (relay, consumer, inbound), the sweeper and
+    // cross-sidecar invalidation all work unchanged with users spread over every master.
+    let cluster = RedisCluster::start();
+    let a = TestApp::on_cluster(&cluster).await;
+    let b = a.beside().await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let user = format!("user-{i}");
+        let first = a
+            .create_id(
+                &user,
+                json!({"title": "one", "org_id": "acme", "case_id": "case-1"}),
+            )
+            .await;
+        let second = b
+            .create_id(
+                &user,
+                json!({"title": "two", "org_id": "acme", "case_id": "case-1"}),
+            )
+            .await;
+        assert_eq!(
+            a.post("/v1/sessions", json!({"user_id": user, "title": "two"}))
+                .await
+                .code(),
+            "title_conflict"
+        );
+        a.post(
+            &format!("/v1/sessions/{second}/messages"),
+            json!({"role": "user", "content": "hi", "tokens": 2}),
+        )
+        .await;
+        a.put(
+            &format!("/v1/sessions/{second}/memory"),
+            json!({"facts": [i]}),
+        )
+        .await;
+        assert_eq!(
+            b.get(&format!("/v1/users/{user}/sessions")).await.body["items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            b.get(&format!("/v1/users/{user}/current-session"))
+                .await
+                .body["session_id"],
+            second.as_str()
+        );
+        ids.push((user, first, second));
+    }
+    let shards: std::collections::HashSet<u32> = ids
+        .iter()
+        .map(|(_, s, _)| session_sidecar::ids::parse_session_id(s, 4).unwrap())
+        .collect();
+    assert_eq!(shards.len(), 4, "the users cover every shard");
+
+    // Another sidecar's change reaches this one's cache.
+    let (_, first, _) = &ids[0];
+    let path = format!("/v1/sessions/{first}");
+    b.settle().await;
+    assert_eq!(a.get(&path).await.body["status"], "active");
+    b.end(first, json!({"performer_id": "system"})).await;
+    let started = Instant::now();
+    while a.get(&path).await.body["status"] != "ended" {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the end did not reach the other cache"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        a.end(first, json!({"performer_id": "system"})).await.code(),
+        "session_ended"
+    );
+
+    // Events: relayed from every shard outbox, the org index, inbound events.
+    assert_eq!(a.relay().await, 12 * 2 + 1);
+    assert_eq!(a.events().await.len(), 25);
+    let page = a.get("/v1/orgs/acme/sessions?limit=100").await.body;
+    assert_eq!(page["items"].as_array().unwrap().len(), 24);
+    let case = json!({"event_id": uuid::Uuid::new_v4().to_string(), "event_type": "case.deleted.v1", "timestamp": "2026-01-01T00:00:00.000Z", "source": "case-service", "payload": {"case_id": "case-1"}});
+    let res = a.post("/v1/events", case).await;
+    assert_eq!(res.body["sessions_affected"], 24, "{}", res.body);
+    let gone = Envelope {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        event_type: "auth.user.deleted.v1".into(),
+        timestamp: "2026-01-01T00:00:00.000Z".into(),
+        source: "auth-service".into(),
+        correlation_id: None,
+        performer_id: None,
+        payload: json!({"user_id": "user-3"}),
+    };
+    a.publish(&gone).await;
+    session_sidecar::events::consume_once(&a.sessions, "w")
+        .await
+        .unwrap();
+    assert_eq!(
+        a.get(&format!("/v1/sessions/{}", ids[3].2)).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Expiry on every shard, exactly once with two sweepers.
+    a.clock.advance_ms(3_600_000);
+    let (x, y) = (a.sessions.clone(), b.sessions.clone());
+    let (r1, r2) = tokio::join!(
+        session_sidecar::events::sweep_once(&x),
+        session_sidecar::events::sweep_once(&y)
+    );
+    assert_eq!(
+        r1.unwrap() + r2.unwrap(),
+        11 * 2 - 1,
+        "every active session of the 11 remaining users"
+    );
+    let expired = a.outbox().await;
+    assert_eq!(
+        types(&expired)
+            .iter()
+            .filter(|t| **t == "session.expired.v1")
+            .count(),
+        21
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_failover_is_survived_without_a_restart() {
+    // Proves: when the master holding a session dies, cached hits keep being served; after the
+    // replica is promoted the same sidecar reads and writes again and tracking is back on.
+    let mut cluster = RedisCluster::start();
+    let app = TestApp::on_cluster(&cluster).await;
+    let id = app.create_id("alice", json!({})).await;
+    app.settle().await;
+    let path = format!("/v1/sessions/{id}");
+    assert_eq!(app.get(&path).await.status, StatusCode::OK);
+    let shard = session_sidecar::ids::parse_session_id(&id, 4).unwrap();
+    let master = cluster.master_of(&app.sessions.keys().session(shard, &id));
+    tokio::time::sleep(Duration::from_millis(200)).await; // let the replica catch up
+    cluster.kill(master);
+    let killed = Instant::now();
+
+    let mut hits_during_failover = 0;
+    let recovered = loop {
+        if app.get(&path).await.status == StatusCode::OK {
+            hits_during_failover += 1;
+        }
+        let res = app.post("/v1/sessions", json!({"user_id": "alice"})).await;
+        if res.status == StatusCode::CREATED {
+            break killed.elapsed();
+        }
+        assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE, "{}", res.body);
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no recovery after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        hits_during_failover > 0,
+        "cached hits were served during the failover"
+    );
+    cluster.wait_until_ok();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !app.cache.is_tracked() {
+        assert!(Instant::now() < deadline, "tracking did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let res = app.get(&path).await;
+    assert_eq!(
+        (res.status, res.body["user_id"].as_str()),
+        (StatusCode::OK, Some("alice")),
+        "replicated before the kill"
+    );
+    assert_eq!(
+        app.get("/v1/users/alice/sessions").await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    eprintln!(
+        "writes recovered {recovered:?} after the master was killed; {hits_during_failover} cached hits served meanwhile"
+    );
+}
