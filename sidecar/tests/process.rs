@@ -45,28 +45,7 @@ impl Sidecar {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let auth = token
-            .map(|t| format!("authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut raw = String::new();
-        stream.read_to_string(&mut raw).unwrap();
-        let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let json = raw
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| serde_json::from_str(b).unwrap_or(Value::Null))
-            .unwrap_or(Value::Null);
-        (status, json)
+        http(self.port, method, path, token, body)
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -84,6 +63,38 @@ impl Sidecar {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// One HTTP/1.1 request to a loopback port; returns the status and the JSON body (or `Null`).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let json = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| serde_json::from_str(b).unwrap_or(Value::Null))
+        .unwrap_or(Value::Null);
+    (status, json)
 }
 
 impl Drop for Sidecar {
@@ -217,4 +228,29 @@ fn two_server_processes_expire_each_session_exactly_once() {
     assert_eq!(seen.len(), 20, "each session expired exactly once");
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), ids);
     assert!(a.terminate().success() && b.terminate().success());
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests() {
+    // Proves: a request in flight when SIGTERM arrives still gets its answer, and then the
+    // process exits 0. Redis is made slow on purpose (DEBUG SLEEP) so the request is in flight.
+    let redis = RedisServer::start();
+    let sidecar = Sidecar::start(&["--redis-url", &redis.url], &[]);
+    let port = sidecar.port;
+    let unknown = format!("/v1/sessions/sess_0_{}", "a".repeat(26));
+    let redis_port = redis.port.to_string();
+    let sleeper = std::thread::spawn(move || {
+        Command::new("redis-cli")
+            .args(["-p", &redis_port, "DEBUG", "SLEEP", "0.6"])
+            .output()
+            .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let request = std::thread::spawn(move || http(port, "GET", &unknown, None, None));
+    std::thread::sleep(Duration::from_millis(100));
+    let exit = sidecar.terminate();
+    let (status, body) = request.join().unwrap();
+    assert_eq!(status, 404, "the in-flight lookup was answered: {body}");
+    assert!(exit.success());
+    sleeper.join().unwrap();
 }
