@@ -1,0 +1,46 @@
+//! `session-bench`: measures the sidecar against a bare hyper server and Redis itself, side by
+//! side in one run, with a load generator that does not suffer from coordinated omission.
+//!
+//! `bench/run.sh` starts Redis and the sidecars and calls `session-bench suite`; see the README.
+
+mod bare;
+mod load;
+mod suite;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "session-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A bare hyper server answering every request with the bytes of a file.
+    Bare {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        body_file: std::path::PathBuf,
+    },
+    /// The whole comparison; prints one table.
+    Suite(suite::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // One thread: the generator must not take both cores from the servers it measures.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Bare { listen, body_file } => {
+                bare::serve(listen, std::fs::read(body_file)?).await
+            }
+            Command::Suite(args) => suite::run(args).await,
+        }
+    })
+}
