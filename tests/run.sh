@@ -20,6 +20,7 @@ install_deb() { # install_deb <command> <package>
 }
 
 install_deb redis-server redis-server
+install_deb redis-cli redis-tools
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -52,6 +52,7 @@ pub struct Args {
 struct Client {
     sender: http1::SendRequest<Full<Bytes>>,
     addr: SocketAddr,
+    created: u64,
 }
 
 impl Client {
@@ -60,7 +61,11 @@ impl Client {
         stream.set_nodelay(true)?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        Ok(Self { sender, addr })
+        Ok(Self {
+            sender,
+            addr,
+            created: 0,
+        })
     }
 
     async fn call(
@@ -84,7 +89,8 @@ impl Client {
 
     async fn create(&mut self, user: &str) -> anyhow::Result<String> {
         // About 1 KiB per session document, like a session with a little conversation state.
-        let body = serde_json::json!({"user_id": user, "title": "benchmark session", "metadata": {"client": "bench", "pad": "x".repeat(600)}, "data": {"step": 1}});
+        self.created += 1;
+        let body = serde_json::json!({"user_id": user, "title": format!("benchmark session {}", self.created), "metadata": {"client": "bench", "pad": "x".repeat(600)}, "data": {"step": 1}});
         let (status, bytes) = self.call("POST", "/v1/sessions", Some(&body)).await?;
         anyhow::ensure!(
             status == 201,

@@ -131,6 +131,10 @@ pub struct Config {
     /// The SessionService this process belongs to: the `session_service` label of every metric.
     #[arg(long, env = "SESSION_SERVICE_NAME", default_value = "default")]
     pub service_name: String,
+    /// Threads serving requests; 0 picks one in sidecar mode (a sidecar should cost its pod one
+    /// core at most, and one thread answers fastest) and every core in server mode.
+    #[arg(long, env = "SESSION_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
     /// `json` or `text`.
     #[arg(long, env = "SESSION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -231,6 +235,18 @@ impl Config {
             create_rate_window_ms: self.create_rate_window_seconds.saturating_mul(1000),
             outbox_max_len: self.outbox_max_len,
             events_max_len: self.events_max_len,
+        }
+    }
+
+    /// How many runtime threads to use.
+    #[must_use]
+    pub fn threads(&self) -> usize {
+        match (self.worker_threads, self.mode) {
+            (0, Mode::Sidecar) => 1,
+            (0, Mode::Server) => {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }
+            (n, _) => n,
         }
     }
 

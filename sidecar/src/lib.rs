@@ -132,7 +132,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
     let listener = TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, mode = ?config.mode, "serving");
     let mut stop = shutdown.clone();
-    axum::serve(listener, api::app(state))
+    axum::serve(listener, tower::make::Shared::new(api::app(state)))
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
         })

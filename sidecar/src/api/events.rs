@@ -7,7 +7,7 @@ use crate::error::{Error, Problem};
 use crate::model::Envelope;
 use crate::sessions::{Caller, Ctx, InboundOutcome};
 
-use super::AppState;
+use super::Shared;
 use super::extract::Body;
 
 /// Apply `auth.user.deleted.v1` or `case.deleted.v1`, once per `event_id`.
@@ -19,7 +19,7 @@ use super::extract::Body;
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn inbound(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ctx: Ctx,
     Body(event): Body<Envelope>,
 ) -> Result<Json<InboundOutcome>, Error> {

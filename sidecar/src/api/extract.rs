@@ -16,7 +16,7 @@ use crate::model::input::{
 };
 use crate::sessions::{Caller, Ctx};
 
-use super::AppState;
+use super::Shared;
 
 /// A request body type and the top-level fields it accepts.
 pub trait Accepts: DeserializeOwned {
@@ -54,7 +54,7 @@ pub struct Body<T>(pub T);
 pub struct Object(pub Map<String, Value>);
 
 /// Reads the body bytes: JSON media type required when there is a body, size limited.
-async fn json_bytes(req: Request, state: &AppState) -> Result<Bytes, Error> {
+async fn json_bytes(req: Request, state: &Shared) -> Result<Bytes, Error> {
     let json = req
         .headers()
         .get(CONTENT_TYPE)
@@ -79,19 +79,19 @@ async fn json_bytes(req: Request, state: &AppState) -> Result<Bytes, Error> {
     Ok(bytes)
 }
 
-impl<T: Accepts> FromRequest<AppState> for Body<T> {
+impl<T: Accepts> FromRequest<Shared> for Body<T> {
     type Rejection = Error;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+    async fn from_request(req: Request, state: &Shared) -> Result<Self, Error> {
         let bytes = json_bytes(req, state).await?;
         parse_body(&bytes, T::FIELDS).map(Body)
     }
 }
 
-impl FromRequest<AppState> for Object {
+impl FromRequest<Shared> for Object {
     type Rejection = Error;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+    async fn from_request(req: Request, state: &Shared) -> Result<Self, Error> {
         let bytes = json_bytes(req, state).await?;
         if bytes.is_empty() {
             return Err(Error::Validation("a JSON object is required".into()));
@@ -103,10 +103,10 @@ impl FromRequest<AppState> for Object {
 /// The `{id}`-style path parameter(s), decoded.
 pub struct PathParam(pub String);
 
-impl FromRequestParts<AppState> for PathParam {
+impl FromRequestParts<Shared> for PathParam {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Error> {
         axum::extract::Path::<String>::from_request_parts(parts, state)
             .await
             .map(|p| PathParam(p.0))
@@ -117,10 +117,10 @@ impl FromRequestParts<AppState> for PathParam {
 /// A query string, decoded.
 pub struct Query<T>(pub T);
 
-impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Query<T> {
+impl<T: DeserializeOwned + Send> FromRequestParts<Shared> for Query<T> {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Error> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Query(q.0))
@@ -133,10 +133,10 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Query<T> {
 #[derive(Debug, Clone)]
 pub struct CorrelationId(pub String);
 
-impl FromRequestParts<AppState> for Ctx {
+impl FromRequestParts<Shared> for Ctx {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Error> {
         let caller: Caller = state.auth.caller(&parts.headers)?;
         let correlation_id = parts.extensions.get::<CorrelationId>().map(|c| c.0.clone());
         Ok(Ctx {

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::AppState;
+use super::Shared;
 
 /// Probe answer.
 #[derive(Debug, Serialize, ToSchema)]
@@ -18,7 +18,7 @@ pub struct Health {
 
 /// Liveness: the process serves HTTP.
 #[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, description = "Alive", body = Health)))]
-pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
+pub async fn healthz(State(state): State<Shared>) -> Json<Health> {
     Json(Health {
         status: "ok",
         store: state.sessions.backend().kind(),
@@ -30,7 +30,7 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
     (status = 200, description = "Ready", body = Health),
     (status = 503, description = "The store does not answer", body = Health),
 ))]
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+pub async fn readyz(State(state): State<Shared>) -> (StatusCode, Json<Health>) {
     let store = state.sessions.backend().kind();
     match state.sessions.backend().ping().await {
         Ok(()) => (
@@ -54,7 +54,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>)
 }
 
 /// Prometheus text exposition of every metric.
-pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+pub async fn metrics(State(state): State<Shared>) -> impl axum::response::IntoResponse {
     if let Some(cache) = &state.cache {
         cache.observe();
     }

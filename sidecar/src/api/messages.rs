@@ -10,7 +10,7 @@ use crate::model::input::NewMessage;
 use crate::model::message::Summary;
 use crate::sessions::{Ctx, MemoryView, MemoryWrite, Page};
 
-use super::AppState;
+use super::Shared;
 use super::extract::{Body, Object, PathParam, Query};
 use super::users::PageQuery;
 
@@ -26,7 +26,7 @@ use super::users::PageQuery;
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn append(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
     Body(input): Body<NewMessage>,
@@ -48,7 +48,7 @@ pub async fn append(
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
     Query(q): Query<PageQuery>,
@@ -71,7 +71,7 @@ pub async fn list(
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn summary(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
 ) -> Result<Json<Summary>, Error> {
@@ -88,7 +88,7 @@ pub async fn summary(
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn memory(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
 ) -> Result<Json<MemoryView>, Error> {
@@ -107,7 +107,7 @@ pub async fn memory(
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn replace_memory(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
     Object(body): Object,
@@ -132,7 +132,7 @@ pub async fn replace_memory(
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn merge_memory(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
     Object(body): Object,

@@ -13,7 +13,7 @@ use crate::model::SessionView;
 use crate::model::input::{CreateSession, EndSession, Heartbeat, UpdateSession};
 use crate::sessions::Ctx;
 
-use super::AppState;
+use super::Shared;
 use super::extract::{Body, PathParam};
 
 /// Create a session; it becomes the user's current session.
@@ -29,7 +29,7 @@ use super::extract::{Body, PathParam};
         (status = 503, description = "Store unavailable (see Retry-After)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ctx: Ctx,
     Body(input): Body<CreateSession>,
 ) -> Result<Response, Error> {
@@ -57,7 +57,7 @@ pub async fn create(
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
 ) -> Result<Response, Error> {
@@ -106,7 +106,7 @@ pub async fn get(
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
     Body(patch): Body<UpdateSession>,
@@ -125,7 +125,7 @@ pub async fn update(
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn delete(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
 ) -> Result<StatusCode, Error> {
@@ -145,7 +145,7 @@ pub async fn delete(
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn heartbeat(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
     Body(input): Body<Heartbeat>,
@@ -167,7 +167,7 @@ pub async fn heartbeat(
         (status = 503, description = "Store unavailable, or the event could not be recorded", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn end(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
     Body(input): Body<EndSession>,

@@ -10,7 +10,7 @@ use crate::model::SessionView;
 use crate::model::input::SwitchCurrent;
 use crate::sessions::{Ctx, Page};
 
-use super::AppState;
+use super::Shared;
 use super::extract::{Body, PathParam, Query};
 
 /// Pagination parameters.
@@ -33,7 +33,7 @@ pub struct PageQuery {
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_user(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ctx: Ctx,
     PathParam(user): PathParam,
     Query(q): Query<PageQuery>,
@@ -56,7 +56,7 @@ pub async fn list_user(
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_org(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ctx: Ctx,
     PathParam(org): PathParam,
     Query(q): Query<PageQuery>,
@@ -79,7 +79,7 @@ pub async fn list_org(
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn current(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ctx: Ctx,
     PathParam(user): PathParam,
 ) -> Result<Json<SessionView>, Error> {
@@ -98,7 +98,7 @@ pub async fn current(
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn switch_current(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     ctx: Ctx,
     PathParam(user): PathParam,
     Body(target): Body<SwitchCurrent>,

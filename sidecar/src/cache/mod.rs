@@ -158,6 +158,17 @@ impl SessionCache {
             .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
     }
 
+    /// A valid cached entry for `id` right now, without waiting on a fill in progress (the hot
+    /// path's lookup; anything else goes the full way through [`SessionCache::lookup`]).
+    pub fn try_hit(&self, id: &str) -> Option<Entry> {
+        let entry = self
+            .inner
+            .get(id)
+            .filter(|e| e.valid_until_ms > self.clock.now_ms())?;
+        self.metrics.cache_hits.inc();
+        Some(entry)
+    }
+
     /// An entry for a found session: valid for the maximum age, never past `expires_ms`.
     #[must_use]
     pub fn found(&self, body: Bytes, owner: &str, expires_ms: i64) -> Entry {

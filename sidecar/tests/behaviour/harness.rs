@@ -6,13 +6,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use session_sidecar::api::auth::Auth;
-use session_sidecar::api::{AppState, app};
+use session_sidecar::api::{App, AppState, app};
 use session_sidecar::cache::tracking::Tracking;
 use session_sidecar::cache::{CacheConfig, SessionCache};
 use session_sidecar::clock::{Clock, ManualClock, SystemClock};
@@ -64,7 +63,7 @@ pub fn test_policy() -> Policy {
 
 /// An app on one backend with a manual clock.
 pub struct TestApp {
-    pub router: Router,
+    pub router: App,
     pub sessions: Sessions,
     pub clock: Arc<ManualClock>,
     pub backend: Arc<dyn Backend>,
