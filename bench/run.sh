@@ -31,7 +31,7 @@ sidecar() { # sidecar <port> <extra args...>
 hit=$(free_port); sidecar "$hit" --cache-max-bytes 268435456
 miss=$(free_port); sidecar "$miss" --cache-max-bytes 0
 other=$(free_port); sidecar "$other" --cache-max-bytes 268435456
-memory=$(free_port); sidecar "$memory" --cache-max-bytes 1073741824 --cache-max-age-ms 600000
+memory=$(free_port); sidecar "$memory" --cache-max-bytes 201326592 --cache-max-age-ms 600000
 memory_pid=$!
 bare=$(free_port)
 sleep 1

@@ -11,9 +11,10 @@ use crate::cache::Lookup;
 use crate::error::{Error, PROBLEM_JSON, Problem};
 use crate::model::SessionView;
 use crate::model::input::{CreateSession, EndSession, Heartbeat, UpdateSession};
-use crate::sessions::Ctx;
+use crate::sessions::{Caller, Ctx};
 
 use super::Shared;
+use super::auth::Auth;
 use super::extract::{Body, PathParam};
 
 /// Create a session; it becomes the user's current session.
@@ -74,7 +75,9 @@ pub async fn get(
                 Ok(record) => {
                     let body = serde_json::to_vec(&record.view())
                         .map_err(|e| Error::Corrupt(e.to_string()))?;
-                    cache.found(Bytes::from(body), &record.user_id, record.expires_ms)
+                    let owner =
+                        matches!(state.auth, Auth::Jwt(_)).then_some(record.user_id.as_str());
+                    cache.found(Bytes::from(body), owner, record.expires_ms)
                 }
                 Err(e @ Error::NotFound(_)) => cache.not_found(Bytes::from(e.problem_body())),
                 Err(other) => return Err(other),
@@ -83,8 +86,13 @@ pub async fn get(
             entry
         }
     };
-    if let Some(owner) = &entry.owner {
-        ctx.caller.check_owner(owner)?;
+    match (&entry.owner, &ctx.caller) {
+        (Some(owner), caller) => caller.check_owner(owner)?,
+        // Entries carry their owner whenever callers are checked; refuse rather than guess.
+        (None, Caller::User(_)) if entry.found => {
+            return Err(Error::Forbidden("the session belongs to another user"));
+        }
+        (None, _) => {}
     }
     let (status, content_type) = if entry.found {
         (StatusCode::OK, "application/json")

@@ -171,12 +171,14 @@ impl SessionCache {
 
     /// An entry for a found session: valid for the maximum age, never past `expires_ms`.
     #[must_use]
-    pub fn found(&self, body: Bytes, owner: &str, expires_ms: i64) -> Entry {
+    /// `owner` is kept only where callers are checked against it (server mode); a sidecar
+    /// trusts its pod and saves the allocation.
+    pub fn found(&self, body: Bytes, owner: Option<&str>, expires_ms: i64) -> Entry {
         let valid_until_ms = self.later_by(self.config.max_age).min(expires_ms);
         Entry {
             found: true,
             body,
-            owner: Some(Arc::from(owner)),
+            owner: owner.map(Arc::from),
             valid_until_ms,
         }
     }
@@ -291,14 +293,14 @@ mod tests {
     #[tokio::test]
     async fn a_fill_is_served_until_its_max_age_or_the_session_expiry() {
         let (c, clock) = cache(true);
-        let entry = c.found(Bytes::from_static(b"{}"), "u", 1_000_000 + 4_000);
+        let entry = c.found(Bytes::from_static(b"{}"), Some("u"), 1_000_000 + 4_000);
         assert!(miss(&c, "a").await.complete(entry));
         assert!(is_hit(&c, "a").await);
         clock.advance_ms(3_999);
         assert!(is_hit(&c, "a").await);
         clock.advance_ms(1);
         assert!(!is_hit(&c, "a").await, "never past expires_at");
-        let entry = c.found(Bytes::from_static(b"{}"), "u", i64::MAX);
+        let entry = c.found(Bytes::from_static(b"{}"), Some("u"), i64::MAX);
         assert!(miss(&c, "b").await.complete(entry));
         clock.advance_ms(10_000);
         assert!(!is_hit(&c, "b").await, "never past the maximum age");
@@ -320,7 +322,7 @@ mod tests {
         let (c, _) = cache(true);
         let fill = miss(&c, "a").await;
         c.invalidate("a"); // the session changed while the store read was in flight
-        assert!(!fill.complete(c.found(Bytes::from_static(b"old"), "u", i64::MAX)));
+        assert!(!fill.complete(c.found(Bytes::from_static(b"old"), None, i64::MAX)));
         assert!(!is_hit(&c, "a").await);
     }
 
@@ -329,18 +331,18 @@ mod tests {
         let (c, _) = cache(true);
         let fill = miss(&c, "a").await;
         c.flush();
-        assert!(!fill.complete(c.found(Bytes::from_static(b"old"), "u", i64::MAX)));
+        assert!(!fill.complete(c.found(Bytes::from_static(b"old"), None, i64::MAX)));
         c.set_tracked(false);
         assert!(
             !miss(&c, "b")
                 .await
-                .complete(c.found(Bytes::from_static(b"x"), "u", i64::MAX))
+                .complete(c.found(Bytes::from_static(b"x"), None, i64::MAX))
         );
         c.set_tracked(true);
         assert!(
             miss(&c, "b")
                 .await
-                .complete(c.found(Bytes::from_static(b"x"), "u", i64::MAX))
+                .complete(c.found(Bytes::from_static(b"x"), None, i64::MAX))
         );
     }
 
@@ -350,7 +352,7 @@ mod tests {
         assert!(
             miss(&c, "a")
                 .await
-                .complete(c.found(Bytes::from_static(b"x"), "u", i64::MAX))
+                .complete(c.found(Bytes::from_static(b"x"), None, i64::MAX))
         );
         c.set_tracked(false);
         assert!(
@@ -368,7 +370,7 @@ mod tests {
         for i in 0..5_000 {
             let id = format!("sess_{i}");
             if let Lookup::Miss(fill) = c.lookup(&id).await {
-                fill.complete(c.found(body.clone(), "u", i64::MAX));
+                fill.complete(c.found(body.clone(), None, i64::MAX));
             }
         }
         let (entries, bytes) = c.size();

@@ -124,6 +124,13 @@ impl TestApp {
 
     /// An app on a Redis Cluster (cluster client, tracking on every master).
     pub async fn on_cluster(cluster: &RedisCluster) -> Self {
+        Self::on_cluster_with(cluster, |_| {}).await
+    }
+
+    /// An app on a Redis Cluster with tuned policies.
+    pub async fn on_cluster_with(cluster: &RedisCluster, tune: impl FnOnce(&mut Policy)) -> Self {
+        let mut policy = test_policy();
+        tune(&mut policy);
         let metrics = Metrics::new("test");
         let backend = session_sidecar::store::redis::connect(&cluster.url, true)
             .await
@@ -136,7 +143,7 @@ impl TestApp {
             target,
             None,
             clock,
-            test_policy(),
+            policy,
             Auth::TrustPod,
             metrics,
         )

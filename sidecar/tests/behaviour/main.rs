@@ -10,6 +10,7 @@ mod asyncapi;
 mod boundary;
 mod cache;
 mod cluster;
+mod concurrency;
 mod events;
 mod hostile_input;
 mod lifecycle;
