@@ -102,7 +102,7 @@ async fn race(app: &TestApp) {
             .all(|s| s.is_success() || s.is_client_error()),
         "no 5xx: {statuses:?}"
     );
-    assert!(statuses.iter().any(|s| *s == StatusCode::CREATED));
+    assert!(statuses.contains(&StatusCode::CREATED));
     check_invariants(app).await;
 }
 
