@@ -254,3 +254,103 @@ fn sigterm_drains_in_flight_requests() {
     assert!(exit.success());
     sleeper.join().unwrap();
 }
+
+#[test]
+fn logs_never_contain_session_ids_tokens_or_secrets() {
+    // Proves: at debug level, across successes, failures and a Redis outage, the JSON logs
+    // carry no session id, bearer token or JWT secret.
+    let mut redis = RedisServer::start();
+    let secret = "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t";
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--mode",
+            "server",
+            "--redis-url",
+            &redis.url,
+        ])
+        .env("SESSION_JWT_SECRET", secret)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "session-sidecar");
+    let exp = chrono::Utc::now().timestamp() + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "alice", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let (status, s) = http(
+        port,
+        "POST",
+        "/v1/sessions",
+        Some(&token),
+        Some(json!({"title": "t"})),
+    );
+    assert_eq!(status, 201);
+    let id = s["session_id"].as_str().unwrap().to_owned();
+    http(
+        port,
+        "GET",
+        &format!("/v1/sessions/{id}"),
+        Some(&token),
+        None,
+    );
+    http(
+        port,
+        "GET",
+        &format!("/v1/sessions/{id}"),
+        Some("forged.token.value"),
+        None,
+    );
+    http(
+        port,
+        "POST",
+        &format!("/v1/sessions/{id}/end"),
+        Some(&token),
+        Some(json!({})),
+    );
+    redis.kill();
+    let (status, _) = http(
+        port,
+        "GET",
+        &format!("/v1/sessions/sess_0_{}", "a".repeat(26)),
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 503, "a miss during the outage");
+    http(
+        port,
+        "POST",
+        &format!("/v1/sessions/{id}/end"),
+        Some(&token),
+        Some(json!({"performer_id": "alice"})),
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(logs.lines().count() > 5, "the test produced logs: {logs}");
+    let random_part = id.rsplit('_').next().unwrap();
+    for (what, needle) in [
+        ("session id", random_part),
+        ("token", token.as_str()),
+        ("secret", secret),
+    ] {
+        assert!(
+            !logs.contains(needle),
+            "the logs contain the {what}:\n{logs}"
+        );
+    }
+}

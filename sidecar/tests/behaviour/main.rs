@@ -12,6 +12,7 @@ mod cache;
 mod cluster;
 mod concurrency;
 mod events;
+mod fuzz;
 mod hostile_input;
 mod lifecycle;
 mod listing;
