@@ -122,6 +122,27 @@ impl TestApp {
         Self::assemble(backend, target, redis, clock, policy, auth, metrics).await
     }
 
+    /// An app on a given Redis server (for example a durable one).
+    pub async fn on_server(server: RedisServer) -> Self {
+        let metrics = Metrics::new("test");
+        let backend = session_sidecar::store::redis::connect(&server.url, false)
+            .await
+            .unwrap();
+        let backend = Arc::new(Breaker::new(backend, metrics.clone()));
+        let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
+        let target = Some((server.url.clone(), false));
+        Self::assemble(
+            backend,
+            target,
+            Some(server),
+            clock,
+            test_policy(),
+            Auth::TrustPod,
+            metrics,
+        )
+        .await
+    }
+
     /// An app on a Redis Cluster (cluster client, tracking on every master).
     pub async fn on_cluster(cluster: &RedisCluster) -> Self {
         Self::on_cluster_with(cluster, |_| {}).await
@@ -171,6 +192,26 @@ impl TestApp {
     /// The URL of this app's Redis server.
     pub fn redis_url(&self) -> String {
         self._redis.as_ref().expect("a Redis app").url.clone()
+    }
+
+    /// A second sidecar on this app's Redis, reaching it through `url` (for example a proxy).
+    pub async fn via(&self, url: &str) -> TestApp {
+        let metrics = Metrics::new("test");
+        let backend = session_sidecar::store::redis::connect(url, false)
+            .await
+            .unwrap();
+        let backend = Arc::new(Breaker::new(backend, metrics.clone()));
+        let policy = self.sessions.policy().clone();
+        Self::assemble(
+            backend,
+            Some((url.to_owned(), false)),
+            None,
+            self.clock.clone(),
+            policy,
+            Auth::TrustPod,
+            metrics,
+        )
+        .await
     }
 
     /// An app on an existing store: a second sidecar beside the first, with its own cache.

@@ -31,15 +31,39 @@ pub struct RedisServer {
     child: Child,
     pub port: u16,
     pub url: String,
+    /// Extra arguments, kept for restarts.
+    args: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(Vec::new())
+    }
+
+    /// A server with AOF on, `appendfsync always`, in a directory of its own (kept across
+    /// restarts): every acknowledged write is on disk.
+    pub fn start_durable() -> Self {
+        let dir = std::env::temp_dir().join(format!("session-aof-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = dir.to_string_lossy().into_owned();
+        Self::start_with(vec![
+            "--appendonly".into(),
+            "yes".into(),
+            "--appendfsync".into(),
+            "always".into(),
+            "--dir".into(),
+            dir,
+        ])
+    }
+
+    fn start_with(args: Vec<String>) -> Self {
         let port = free_port();
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         Self {
-            child: spawn_redis(port, &[]),
+            child: spawn_redis(port, &refs),
             port,
             url: format!("redis://127.0.0.1:{port}"),
+            args,
         }
     }
 
@@ -49,10 +73,12 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
-    /// Starts the server again on the same port (empty: no persistence in tests).
+    /// Starts the server again on the same port, with the same settings (and so, for a
+    /// durable server, the same data).
     pub fn restart(&mut self) {
         self.kill();
-        self.child = spawn_redis(self.port, &[]);
+        let refs: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.child = spawn_redis(self.port, &refs);
     }
 }
 
