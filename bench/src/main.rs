@@ -5,6 +5,7 @@
 
 mod bare;
 mod load;
+mod soak;
 mod suite;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ enum Command {
     },
     /// The whole comparison; prints one table.
     Suite(suite::Args),
+    /// A bounded steady load with latency and memory over time.
+    Soak(soak::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +44,7 @@ fn main() -> anyhow::Result<()> {
                 bare::serve(listen, std::fs::read(body_file)?).await
             }
             Command::Suite(args) => suite::run(args).await,
+            Command::Soak(args) => soak::run(args).await,
         }
     })
 }

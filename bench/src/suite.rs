@@ -49,14 +49,14 @@ pub struct Args {
 }
 
 /// A keep-alive HTTP/1.1 client for setup calls.
-struct Client {
+pub(crate) struct Client {
     sender: http1::SendRequest<Full<Bytes>>,
     addr: SocketAddr,
     created: u64,
 }
 
 impl Client {
-    async fn new(addr: SocketAddr) -> anyhow::Result<Self> {
+    pub(crate) async fn new(addr: SocketAddr) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
@@ -87,7 +87,7 @@ impl Client {
         Ok((status, res.into_body().collect().await?.to_bytes()))
     }
 
-    async fn create(&mut self, user: &str) -> anyhow::Result<String> {
+    pub(crate) async fn create(&mut self, user: &str) -> anyhow::Result<String> {
         // About 1 KiB per session document, like a session with a little conversation state.
         self.created += 1;
         let body = serde_json::json!({"user_id": user, "title": format!("benchmark session {}", self.created), "metadata": {"client": "bench", "pad": "x".repeat(600)}, "data": {"step": 1}});
@@ -108,7 +108,7 @@ fn ms(us: u64) -> String {
     format!("{v:.3}")
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()

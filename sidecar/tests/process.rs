@@ -362,8 +362,13 @@ fn oversized_headers_are_refused_with_431() {
     let sidecar = Sidecar::start(&[], &[]);
     let send = |headers: String| -> String {
         let mut stream = TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let _ = write!(stream, "GET /healthz HTTP/1.1\r\nhost: x\r\n{headers}connection: close\r\n\r\n");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = write!(
+            stream,
+            "GET /healthz HTTP/1.1\r\nhost: x\r\n{headers}connection: close\r\n\r\n"
+        );
         let mut raw = String::new();
         let _ = stream.read_to_string(&mut raw);
         raw.lines().next().unwrap_or_default().to_owned()
@@ -371,5 +376,9 @@ fn oversized_headers_are_refused_with_431() {
     assert!(send(format!("x-big: {}\r\n", "a".repeat(8_000))).contains("200"));
     assert!(send(format!("x-big: {}\r\n", "a".repeat(1_000_000))).contains("431"));
     assert!(send((0..200).map(|i| format!("x-h{i}: v\r\n")).collect()).contains("431"));
-    assert_eq!(sidecar.http("GET", "/healthz", None, None).0, 200, "still serving");
+    assert_eq!(
+        sidecar.http("GET", "/healthz", None, None).0,
+        200,
+        "still serving"
+    );
 }
