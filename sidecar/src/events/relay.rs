@@ -5,7 +5,7 @@
 use crate::error::Result;
 use crate::model::{Envelope, EventType};
 use crate::sessions::Sessions;
-use crate::store::{Append, Commit, ReadOp, Reply, WriteOp};
+use crate::store::{Append, Backend, Commit, ReadOp, Reply, StreamEntry, WriteOp};
 
 use super::BATCH;
 use super::lease::Lease;
@@ -25,29 +25,14 @@ pub async fn relay_once(sessions: &Sessions, holder: &str) -> Result<usize> {
 async fn relay_shard(sessions: &Sessions, shard: u32, holder: &str) -> Result<usize> {
     let (backend, keys) = (sessions.backend().as_ref(), sessions.keys());
     let outbox = keys.outbox(shard);
-    let pending = backend
-        .read(vec![ReadOp::XRange(outbox.clone(), None, BATCH)])
-        .await?;
-    let entries = pending
-        .into_iter()
-        .next()
-        .map(Reply::into_entries)
-        .unwrap_or_default();
-    if entries.is_empty() {
+    if pending(backend, &outbox).await?.is_empty() {
         return Ok(0);
     }
     let Some(lease) = Lease::acquire(backend, keys.relay_lock(shard), holder).await? else {
         return Ok(0);
     };
     // Re-read under the lease: another relay may have moved these entries meanwhile.
-    let pending = backend
-        .read(vec![ReadOp::XRange(outbox.clone(), None, BATCH)])
-        .await?;
-    let entries = pending
-        .into_iter()
-        .next()
-        .map(Reply::into_entries)
-        .unwrap_or_default();
+    let entries = pending(backend, &outbox).await?;
     let appends = entries
         .iter()
         .map(|e| Append {
@@ -76,6 +61,17 @@ async fn relay_shard(sessions: &Sessions, shard: u32, holder: &str) -> Result<us
     backend.commit(commit).await?;
     lease.release(backend).await?;
     Ok(entries.len())
+}
+
+/// The next batch of an outbox.
+async fn pending(backend: &dyn Backend, outbox: &str) -> Result<Vec<StreamEntry>> {
+    let r = backend
+        .read(vec![ReadOp::XRange(outbox.to_owned(), None, BATCH)])
+        .await?;
+    Ok(r.into_iter()
+        .next()
+        .map(Reply::into_entries)
+        .unwrap_or_default())
 }
 
 /// Applies one session event to the org index.

@@ -127,13 +127,7 @@ impl Sessions {
             .next()
             .and_then(Reply::into_opt_string)
             .filter(|_| new.input.title.is_some());
-        let active: Vec<String> = r
-            .next()
-            .map(Reply::into_scored)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(m, _)| m)
-            .collect();
+        let active: Vec<String> = r.next().map(Reply::into_members).unwrap_or_default();
 
         if let Some(limit) = self.policy.create_rate_limit
             && created_in_window >= i64::from(limit)

@@ -33,10 +33,10 @@ impl Sessions {
             })])
             .await?;
         let mut expired = 0;
-        for (id, _) in due
+        for id in due
             .into_iter()
             .next()
-            .map(Reply::into_scored)
+            .map(Reply::into_members)
             .unwrap_or_default()
         {
             if self.expire_one(shard, &id).await? {

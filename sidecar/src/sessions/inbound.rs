@@ -112,13 +112,7 @@ impl Sessions {
             if r.next().and_then(Reply::into_opt_string).is_some() {
                 return Ok(Step::Done((true, 0)));
             }
-            let ids: Vec<String> = r
-                .next()
-                .map(Reply::into_scored)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(m, _)| m)
-                .collect();
+            let ids: Vec<String> = r.next().map(Reply::into_members).unwrap_or_default();
             let Some(docs) = self.read_docs(shard, user, version.as_ref(), &ids).await? else {
                 return Ok(Step::Retry);
             };
@@ -168,13 +162,7 @@ impl Sessions {
                 shards_done_before += 1;
                 continue;
             }
-            let ids: Vec<String> = r
-                .next()
-                .map(Reply::into_scored)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(m, _)| m)
-                .collect();
+            let ids: Vec<String> = r.next().map(Reply::into_members).unwrap_or_default();
             let mut by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for (id, doc) in self.read_many(&ids).await? {
                 by_user.entry(doc.user_id).or_default().push(id);

@@ -6,29 +6,13 @@ use crate::error::{Error, Result};
 use crate::model::input::{
     EndSession, Heartbeat, UpdateSession, check_id, check_object_size, check_title,
 };
-use crate::model::{EventType, Record, Status};
+use crate::model::{EventType, Record};
 use crate::store::{ReadOp, Reply, WriteOp};
 
 use super::plan::Plan;
 use super::{Caller, Ctx, Sessions, Step};
 
 impl Sessions {
-    /// Finds a live session for a change and checks who may change it; returns its shard too.
-    async fn owned(
-        &self,
-        ctx: &Ctx,
-        id: &str,
-        claimed_user: Option<&String>,
-    ) -> Result<(u32, Record)> {
-        let shard = self.shard_of_session(id)?;
-        let record = self.get(id).await?;
-        ctx.caller.check_owner(&record.user_id)?;
-        if claimed_user.is_some_and(|u| *u != record.user_id) {
-            return Err(Error::UserMismatch);
-        }
-        Ok((shard, record))
-    }
-
     /// Applies a merge patch to the mutable fields.
     ///
     /// # Errors
@@ -65,12 +49,7 @@ impl Sessions {
         )];
         let (version, record, mut extra) = self.snapshot_of(shard, id, user, extras).await?;
         let now = self.now();
-        let mut record = record
-            .filter(|r| r.is_live(now))
-            .ok_or(Error::NotFound("no such session"))?;
-        if record.status != Status::Active {
-            return Err(Error::SessionEnded);
-        }
+        let mut record = self.still_active(record)?;
         let title_owner = extra
             .pop()
             .and_then(Reply::into_opt_string)
@@ -150,12 +129,7 @@ impl Sessions {
         self.retry(|| async {
             let (version, record, _) = self.snapshot_of(shard, id, &first.user_id, vec![]).await?;
             let now = self.now();
-            let mut record = record
-                .filter(|r| r.is_live(now))
-                .ok_or(Error::NotFound("no such session"))?;
-            if record.status != Status::Active {
-                return Err(Error::SessionEnded);
-            }
+            let mut record = self.still_active(record)?;
             record.expires_ms = now + ttl_ms;
             record.updated_ms = now;
             record.version += 1;
@@ -189,13 +163,7 @@ impl Sessions {
         let (shard, first) = self.owned(ctx, id, input.user_id.as_ref()).await?;
         self.retry(|| async {
             let (version, record, _) = self.snapshot_of(shard, id, &first.user_id, vec![]).await?;
-            let now = self.now();
-            let mut record = record
-                .filter(|r| r.is_live(now))
-                .ok_or(Error::NotFound("no such session"))?;
-            if record.status != Status::Active {
-                return Err(Error::SessionEnded);
-            }
+            let mut record = self.still_active(record)?;
             let mut plan = Plan::for_user(self, shard, &first.user_id, version.as_ref());
             plan.end(
                 &mut record,
@@ -228,9 +196,7 @@ impl Sessions {
                 ),
             ];
             let (version, record, extra) = self.snapshot_of(shard, id, user, extras).await?;
-            let record = record
-                .filter(|r| r.is_live(self.now()))
-                .ok_or(Error::NotFound("no such session"))?;
+            let record = self.still_live(record)?;
             let mut extra = extra.into_iter().map(Reply::into_opt_string);
             if extra.next().flatten().as_deref() == Some(id) {
                 return Err(Error::CurrentSessionDelete);

@@ -5,7 +5,6 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
-use crate::model::Status;
 use crate::model::input::check_object_size;
 use crate::store::{ReadOp, Reply, WriteOp};
 
@@ -45,9 +44,7 @@ impl Sessions {
     /// # Errors
     /// 403, 404, 503.
     pub async fn memory(&self, ctx: &Ctx, id: &str) -> Result<MemoryView> {
-        let shard = self.shard_of_session(id)?;
-        let record = self.get(id).await?;
-        ctx.caller.check_owner(&record.user_id)?;
+        let (shard, _) = self.owned(ctx, id, None).await?;
         let r = self
             .read(vec![ReadOp::Get(self.keys.memory(shard, id))])
             .await?;
@@ -69,20 +66,13 @@ impl Sessions {
         body: Map<String, Value>,
     ) -> Result<MemoryView> {
         check_object_size("memory", &body)?;
-        let shard = self.shard_of_session(id)?;
-        let first = self.get(id).await?;
-        ctx.caller.check_owner(&first.user_id)?;
+        let (shard, first) = self.owned(ctx, id, None).await?;
         let key = self.keys.memory(shard, id);
         self.retry(|| async {
             let (version, record, extra) = self
                 .snapshot_of(shard, id, &first.user_id, vec![ReadOp::Get(key.clone())])
                 .await?;
-            let record = record
-                .filter(|r| r.is_live(self.now()))
-                .ok_or(Error::NotFound("no such session"))?;
-            if record.status != Status::Active {
-                return Err(Error::SessionEnded);
-            }
+            self.still_active(record)?;
             let memory = match how {
                 MemoryWrite::Replace => body.clone(),
                 MemoryWrite::Merge => merge(&decode(extra.into_iter().next())?, &body),

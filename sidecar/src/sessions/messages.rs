@@ -2,10 +2,10 @@
 
 use crate::clock::rfc3339;
 use crate::error::{Error, Result};
+use crate::model::Message;
 use crate::model::input::NewMessage;
 use crate::model::message::{MessagesByRole, Summary};
 use crate::model::session::micros_to_cost;
-use crate::model::{Message, Record, Status};
 use crate::store::{ReadOp, Reply, WriteOp};
 
 use super::listing::{Page, page_size};
@@ -13,31 +13,18 @@ use super::plan::Plan;
 use super::{Ctx, Sessions, Step};
 
 impl Sessions {
-    /// A live session the caller may read.
-    async fn readable(&self, ctx: &Ctx, id: &str) -> Result<(u32, Record)> {
-        let shard = self.shard_of_session(id)?;
-        let record = self.get(id).await?;
-        ctx.caller.check_owner(&record.user_id)?;
-        Ok((shard, record))
-    }
-
     /// Appends a message to an active session and adds it to the session's counters.
     ///
     /// # Errors
     /// 400 invalid message, 403, 404, 409 ended session, 503.
     pub async fn append_message(&self, ctx: &Ctx, id: &str, input: NewMessage) -> Result<Message> {
         let cost_micros = input.validate()?;
-        let (shard, first) = self.readable(ctx, id).await?;
+        let (shard, first) = self.owned(ctx, id, None).await?;
         let message_id = uuid::Uuid::new_v4().to_string();
         self.retry(|| async {
             let (version, record, _) = self.snapshot_of(shard, id, &first.user_id, vec![]).await?;
             let now = self.now();
-            let mut record = record
-                .filter(|r| r.is_live(now))
-                .ok_or(Error::NotFound("no such session"))?;
-            if record.status != Status::Active {
-                return Err(Error::SessionEnded);
-            }
+            let mut record = self.still_active(record)?;
             let message = Message {
                 message_id: message_id.clone(),
                 seq: record.message_count() + 1,
@@ -88,7 +75,7 @@ impl Sessions {
                 .filter(|n| *n >= 0)
                 .ok_or_else(|| Error::Validation("cursor must be a message seq".into()))?,
         };
-        let (shard, _) = self.readable(ctx, id).await?;
+        let (shard, _) = self.owned(ctx, id, None).await?;
         let window = i64::try_from(limit).unwrap_or(0);
         let r = self
             .read(vec![ReadOp::LRange(
@@ -119,7 +106,7 @@ impl Sessions {
     /// # Errors
     /// 403, 404, 503.
     pub async fn summary(&self, ctx: &Ctx, id: &str) -> Result<Summary> {
-        let (_, r) = self.readable(ctx, id).await?;
+        let (_, r) = self.owned(ctx, id, None).await?;
         let until = r.ended_ms.unwrap_or_else(|| self.now());
         #[allow(clippy::cast_precision_loss)]
         let duration_seconds = (until - r.created_ms).max(0) as f64 / 1000.0;

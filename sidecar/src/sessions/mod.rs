@@ -22,7 +22,7 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::ids::parse_session_id;
-use crate::model::Record;
+use crate::model::{Record, Status};
 use crate::store::{Backend, CommitOutcome, Keys, ReadOp, Reply};
 
 pub use inbound::InboundOutcome;
@@ -240,10 +240,40 @@ impl Sessions {
         let replies = self
             .read(vec![ReadOp::HGetAll(self.keys.session(shard, id))])
             .await?;
-        let record = decode_record(replies.into_iter().next())?;
+        self.still_live(decode_record(replies.into_iter().next())?)
+    }
+
+    /// Finds a live session and checks that the caller may act on it (and, when the request
+    /// names a user, that it is theirs); returns its shard too.
+    pub(crate) async fn owned(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        claimed_user: Option<&String>,
+    ) -> Result<(u32, Record)> {
+        let shard = self.shard_of_session(id)?;
+        let record = self.get(id).await?;
+        ctx.caller.check_owner(&record.user_id)?;
+        if claimed_user.is_some_and(|u| *u != record.user_id) {
+            return Err(Error::UserMismatch);
+        }
+        Ok((shard, record))
+    }
+
+    /// The session of a snapshot, if it is still there (404 otherwise).
+    pub(crate) fn still_live(&self, record: Option<Record>) -> Result<Record> {
         record
             .filter(|r| r.is_live(self.now()))
             .ok_or(Error::NotFound("no such session"))
+    }
+
+    /// The session of a snapshot, if it is still there and active (404, or 409 `session_ended`).
+    pub(crate) fn still_active(&self, record: Option<Record>) -> Result<Record> {
+        let record = self.still_live(record)?;
+        if record.status != Status::Active {
+            return Err(Error::SessionEnded);
+        }
+        Ok(record)
     }
 
     /// Reads a session and its user's version in one snapshot; the record may be gone.

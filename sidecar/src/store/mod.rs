@@ -210,6 +210,12 @@ impl Reply {
         }
     }
 
+    /// Members of a `ZRange` reply, without their scores.
+    #[must_use]
+    pub fn into_members(self) -> Vec<String> {
+        self.into_scored().into_iter().map(|(m, _)| m).collect()
+    }
+
     /// Items of an `LRange` reply.
     #[must_use]
     pub fn into_list(self) -> Vec<String> {

@@ -10,7 +10,7 @@ use session_sidecar::model::{Record, Status};
 use session_sidecar::store::{Bound, ReadOp, Reply, ZRange};
 
 use crate::both_backends;
-use crate::harness::{Kind, TestApp, types};
+use crate::harness::{Kind, TestApp, send, types};
 
 both_backends!(racing_clients_on_one_user_break_no_invariant);
 
@@ -59,7 +59,7 @@ async fn race(app: &TestApp) {
                 let status = match method {
                     "END" | "DELETE" => {
                         // Act on some session of the user, whichever the listing shows first.
-                        let list = call(&router, "GET", "/v1/users/racer/sessions", None)
+                        let list = send(&router, "GET", "/v1/users/racer/sessions", None)
                             .await
                             .1;
                         let Some(id) = list["items"]
@@ -71,7 +71,7 @@ async fn race(app: &TestApp) {
                             continue;
                         };
                         if method == "END" {
-                            call(
+                            send(
                                 &router,
                                 "POST",
                                 &format!("/v1/sessions/{id}/end"),
@@ -80,12 +80,12 @@ async fn race(app: &TestApp) {
                             .await
                             .0
                         } else {
-                            call(&router, "DELETE", &format!("/v1/sessions/{id}"), None)
+                            send(&router, "DELETE", &format!("/v1/sessions/{id}"), None)
                                 .await
                                 .0
                         }
                     }
-                    m => call(&router, m, &path, Some(body)).await.0,
+                    m => send(&router, m, &path, Some(body)).await.0,
                 };
                 statuses.push(status);
             }
@@ -104,31 +104,6 @@ async fn race(app: &TestApp) {
     );
     assert!(statuses.contains(&StatusCode::CREATED));
     check_invariants(app).await;
-}
-
-async fn call(
-    router: &session_sidecar::api::App,
-    method: &str,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> (StatusCode, serde_json::Value) {
-    let mut req = axum::http::Request::builder().method(method).uri(path);
-    let body = match body {
-        Some(b) => {
-            req = req.header("content-type", "application/json");
-            axum::body::Body::from(b.to_string())
-        }
-        None => axum::body::Body::empty(),
-    };
-    let res = tower::ServiceExt::oneshot(router.clone(), req.body(body).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let bytes = http_body_util::BodyExt::collect(res.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or_default())
 }
 
 fn all(key: String) -> ReadOp {

@@ -10,7 +10,7 @@ use serde_json::json;
 use session_sidecar::model::Record;
 use session_sidecar::store::ReadOp;
 
-use crate::harness::{RedisServer, TestApp};
+use crate::harness::{RedisServer, TestApp, send};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9() {
@@ -24,19 +24,24 @@ async fn acknowledged_writes_survive_kill_9() {
         writers.spawn(async move {
             for i in 0..10_000 {
                 let user = format!("writer-{w}-{}", i / 5);
-                let (status, body) =
-                    call(&router, "POST", "/v1/sessions", json!({"user_id": user})).await;
+                let (status, body) = send(
+                    &router,
+                    "POST",
+                    "/v1/sessions",
+                    Some(json!({"user_id": user})),
+                )
+                .await;
                 if status != StatusCode::CREATED {
                     return;
                 }
                 let id = body["session_id"].as_str().unwrap().to_owned();
                 acked.lock().unwrap().insert(id.clone(), 0);
                 for _ in 0..3 {
-                    let (status, _) = call(
+                    let (status, _) = send(
                         &router,
                         "POST",
                         &format!("/v1/sessions/{id}/messages"),
-                        json!({"role": "user", "content": "x"}),
+                        Some(json!({"role": "user", "content": "x"})),
                     )
                     .await;
                     if status != StatusCode::CREATED {
@@ -83,27 +88,4 @@ async fn acknowledged_writes_survive_kill_9() {
         acked.len(),
         acked.values().sum::<u64>()
     );
-}
-
-async fn call(
-    router: &session_sidecar::api::App,
-    method: &str,
-    path: &str,
-    body: serde_json::Value,
-) -> (StatusCode, serde_json::Value) {
-    let req = axum::http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from(body.to_string()))
-        .unwrap();
-    let res = tower::ServiceExt::oneshot(router.clone(), req)
-        .await
-        .unwrap();
-    let status = res.status();
-    let bytes = http_body_util::BodyExt::collect(res.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or_default())
 }

@@ -461,6 +461,31 @@ impl TestApp {
     }
 }
 
+/// One request to an app from anywhere (no borrow of a `TestApp`, so spawned tasks can use it).
+pub async fn send(
+    router: &App,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    let body = match body {
+        Some(b) => {
+            req = req.header("content-type", "application/json");
+            Body::from(b.to_string())
+        }
+        None => Body::empty(),
+    };
+    let res = router
+        .clone()
+        .oneshot(req.body(body).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
 /// Event types of a list of events, in order.
 pub fn types(events: &[Envelope]) -> Vec<&str> {
     events.iter().map(|e| e.event_type.as_str()).collect()
