@@ -74,6 +74,13 @@ pub struct Config {
     /// Speak the Redis Cluster protocol.
     #[arg(long, env = "SESSION_REDIS_CLUSTER", default_value_t = false)]
     pub redis_cluster: bool,
+    /// After every write, wait for this many replicas to acknowledge it (`WAIT`); 0 does not
+    /// wait. Closes most of the window in which a failover loses an acknowledged write.
+    #[arg(long, env = "SESSION_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+    /// How long a write waits for its replicas, in milliseconds.
+    #[arg(long, env = "SESSION_REDIS_WAIT_TIMEOUT_MS", default_value_t = 50)]
+    pub redis_wait_timeout_ms: u64,
     /// Prefix of every Redis key.
     #[arg(long, env = "SESSION_KEY_PREFIX", default_value = "sess")]
     pub key_prefix: String,
@@ -248,6 +255,15 @@ impl Config {
             }
             (n, _) => n,
         }
+    }
+
+    /// The replication wait after writes, if asked for.
+    #[must_use]
+    pub fn replica_wait(&self) -> Option<crate::store::redis::ReplicaWait> {
+        (self.redis_wait_replicas > 0).then_some(crate::store::redis::ReplicaWait {
+            replicas: self.redis_wait_replicas,
+            timeout_ms: self.redis_wait_timeout_ms,
+        })
     }
 
     /// The local cache settings, or `None` when the cache is off.

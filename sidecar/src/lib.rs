@@ -64,10 +64,12 @@ pub struct Service {
 pub async fn build(config: &Config) -> anyhow::Result<Service> {
     let metrics = Metrics::new(&config.service_name);
     let backend: Arc<dyn Backend> = match &config.redis_url {
-        Some(url) => Arc::new(Breaker::new(
-            store::redis::connect(url, config.redis_cluster).await?,
-            metrics.clone(),
-        )),
+        Some(url) => {
+            let redis =
+                store::redis::connect_with(url, config.redis_cluster, config.replica_wait())
+                    .await?;
+            Arc::new(Breaker::new(redis, metrics.clone()))
+        }
         None => Arc::new(MemoryBackend::new()),
     };
     let embedded = config.redis_url.is_none();

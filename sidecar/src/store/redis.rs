@@ -24,11 +24,56 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long connecting may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Optional replication wait after every applied commit (`WAIT`).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaWait {
+    /// Replicas that must acknowledge the write.
+    pub replicas: u32,
+    /// How long to wait for them; the write is answered either way (a shortfall is logged).
+    pub timeout_ms: u64,
+}
+
+/// `WAIT` on the connection that made the write, routed to the master of the write's slot.
+#[async_trait]
+pub trait WaitReplicas {
+    /// Waits for `wait.replicas` replicas; returns how many acknowledged.
+    async fn wait_replicas(&mut self, key: &str, wait: ReplicaWait) -> redis::RedisResult<i64>;
+}
+
+fn wait_cmd(wait: ReplicaWait) -> redis::Cmd {
+    let mut cmd = redis::cmd("WAIT");
+    cmd.arg(wait.replicas).arg(wait.timeout_ms);
+    cmd
+}
+
+#[async_trait]
+impl WaitReplicas for redis::aio::ConnectionManager {
+    async fn wait_replicas(&mut self, _key: &str, wait: ReplicaWait) -> redis::RedisResult<i64> {
+        wait_cmd(wait).query_async(self).await
+    }
+}
+
+#[async_trait]
+impl WaitReplicas for redis::cluster_async::ClusterConnection {
+    async fn wait_replicas(&mut self, key: &str, wait: ReplicaWait) -> redis::RedisResult<i64> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+        let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
+        let value = self
+            .route_command(
+                wait_cmd(wait),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+            )
+            .await?;
+        Ok(redis::from_redis_value(value)?)
+    }
+}
+
 /// A Redis-backed store over any multiplexed connection (standalone or cluster).
 pub struct RedisBackend<C> {
     conn: C,
     read: Script,
     commit: Script,
+    wait: Option<ReplicaWait>,
 }
 
 impl<C> std::fmt::Debug for RedisBackend<C> {
@@ -43,6 +88,18 @@ impl<C> std::fmt::Debug for RedisBackend<C> {
 /// # Errors
 /// When the URL is invalid or Redis cannot be reached within [`CONNECT_TIMEOUT`].
 pub async fn connect(url: &str, cluster: bool) -> Result<Box<dyn Backend>, BackendError> {
+    connect_with(url, cluster, None).await
+}
+
+/// [`connect`], waiting for replicas after every applied commit when `wait` is given.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_with(
+    url: &str,
+    cluster: bool,
+    wait: Option<ReplicaWait>,
+) -> Result<Box<dyn Backend>, BackendError> {
     if cluster {
         let seeds: Vec<&str> = url.split(',').map(str::trim).collect();
         let client = redis::cluster::ClusterClientBuilder::new(seeds)
@@ -51,7 +108,7 @@ pub async fn connect(url: &str, cluster: bool) -> Result<Box<dyn Backend>, Backe
             .build()
             .map_err(unavailable)?;
         let conn = client.get_async_connection().await.map_err(unavailable)?;
-        Ok(Box::new(RedisBackend::new(conn)))
+        Ok(Box::new(RedisBackend::new(conn, wait)))
     } else {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -64,7 +121,7 @@ pub async fn connect(url: &str, cluster: bool) -> Result<Box<dyn Backend>, Backe
             .get_connection_manager_with_config(config)
             .await
             .map_err(unavailable)?;
-        Ok(Box::new(RedisBackend::new(conn)))
+        Ok(Box::new(RedisBackend::new(conn, wait)))
     }
 }
 
@@ -74,9 +131,10 @@ fn unavailable(e: redis::RedisError) -> BackendError {
 
 impl<C> RedisBackend<C> {
     /// Wraps a connection.
-    pub fn new(conn: C) -> Self {
+    pub fn new(conn: C, wait: Option<ReplicaWait>) -> Self {
         Self {
             conn,
+            wait,
             read: Script::new(include_str!("read.lua")),
             commit: Script::new(include_str!("commit.lua")),
         }
@@ -234,7 +292,7 @@ fn encode_write(write: &WriteOp, keys: &mut KeyTable, argv: &mut Vec<String>) {
 #[async_trait]
 impl<C> Backend for RedisBackend<C>
 where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
+    C: ConnectionLike + WaitReplicas + Clone + Send + Sync + 'static,
 {
     async fn read(&self, ops: Vec<ReadOp>) -> Result<Vec<Reply>, BackendError> {
         if ops.is_empty() {
@@ -263,11 +321,17 @@ where
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, BackendError> {
         let (keys, argv) = encode_commit(&commit);
         keys.check_one_slot()?;
+        let first_key = keys.keys.first().cloned();
         let mut invocation = self.commit.prepare_invoke();
         invocation.key(keys.keys).arg(argv);
         let mut conn = self.conn.clone();
         match invocation.invoke_async::<String>(&mut conn).await {
-            Ok(s) if s == "OK" => Ok(CommitOutcome::Applied),
+            Ok(s) if s == "OK" => {
+                if let (Some(wait), Some(key)) = (self.wait, first_key) {
+                    self.await_replicas(&mut conn, &key, wait).await;
+                }
+                Ok(CommitOutcome::Applied)
+            }
             Ok(s) if s == "CONFLICT" => Ok(CommitOutcome::Conflict),
             Ok(s) if s == "OUTBOX_FULL" => Ok(CommitOutcome::OutboxFull),
             Ok(other) => Err(BackendError::Protocol(format!(
@@ -291,6 +355,22 @@ where
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+}
+
+impl<C: WaitReplicas> RedisBackend<C> {
+    /// Waits for the replicas of a write; a shortfall (or a failed `WAIT`) is logged, as the
+    /// write itself is applied and must be answered as such.
+    async fn await_replicas(&self, conn: &mut C, key: &str, wait: ReplicaWait) {
+        match conn.wait_replicas(key, wait).await {
+            Ok(acked) if acked >= i64::from(wait.replicas) => {}
+            Ok(acked) => tracing::warn!(
+                acked,
+                wanted = wait.replicas,
+                "write not acknowledged by enough replicas in time"
+            ),
+            Err(error) => tracing::warn!(%error, "WAIT failed"),
+        }
     }
 }
 

@@ -194,3 +194,50 @@ async fn a_master_failover_is_survived_without_a_restart() {
         "writes recovered {recovered:?} after the master was killed; {hits_during_failover} cached hits served meanwhile"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_wait_is_routed_to_the_writes_master() {
+    // Proves: on a cluster, WAIT after a write goes to the master of the write's slot and
+    // sees its replica acknowledge; writes through a backend that waits succeed.
+    use session_sidecar::store::redis::{ReplicaWait, WaitReplicas, connect_with};
+    let cluster = RedisCluster::start();
+    let wait = ReplicaWait {
+        replicas: 1,
+        timeout_ms: 1_000,
+    };
+    let client =
+        ::redis::cluster::ClusterClient::new(cluster.url.split(',').collect::<Vec<_>>()).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    for shard in 0..4 {
+        let key = format!("t:{{{shard}}}:s:probe");
+        let _: () = ::redis::cmd("SET")
+            .arg(&key)
+            .arg("x")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            conn.wait_replicas(&key, wait).await.unwrap(),
+            1,
+            "shard {shard}"
+        );
+    }
+    let backend = connect_with(&cluster.url, true, Some(wait)).await.unwrap();
+    let clock = std::sync::Arc::new(session_sidecar::clock::SystemClock);
+    let sessions = session_sidecar::sessions::Sessions::new(
+        std::sync::Arc::from(backend),
+        "t",
+        clock,
+        crate::harness::test_policy(),
+    );
+    for i in 0..20 {
+        let input = session_sidecar::model::input::CreateSession {
+            user_id: Some(format!("u{i}")),
+            ..Default::default()
+        };
+        sessions
+            .create(&session_sidecar::sessions::Ctx::system(), input)
+            .await
+            .unwrap();
+    }
+}

@@ -89,3 +89,61 @@ async fn acknowledged_writes_survive_kill_9() {
         acked.values().sum::<u64>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_replica_puts_every_acknowledged_write_on_it() {
+    // Proves: with the replica wait on, every session is on the replica the moment its creation
+    // is acknowledged; and measures what that costs per write.
+    use session_sidecar::model::input::CreateSession;
+    use session_sidecar::sessions::{Ctx, Sessions};
+    use session_sidecar::store::redis::{ReplicaWait, connect_with};
+    let master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    let mut on_replica = ::redis::Client::open(replica.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let clock = std::sync::Arc::new(session_sidecar::clock::SystemClock);
+    let mut report = Vec::new();
+    for wait in [
+        None,
+        Some(ReplicaWait {
+            replicas: 1,
+            timeout_ms: 1_000,
+        }),
+    ] {
+        let backend = connect_with(&master.url, false, wait).await.unwrap();
+        let sessions = Sessions::new(
+            std::sync::Arc::from(backend),
+            "w",
+            clock.clone(),
+            crate::harness::test_policy(),
+        );
+        let (n, mut missing) = (300, 0);
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            let input = CreateSession {
+                user_id: Some(format!("u{i}")),
+                ..CreateSession::default()
+            };
+            let record = sessions.create(&Ctx::system(), input).await.unwrap();
+            let shard = session_sidecar::ids::parse_session_id(&record.session_id, 4).unwrap();
+            let fields: Vec<(String, String)> = ::redis::cmd("HGETALL")
+                .arg(sessions.keys().session(shard, &record.session_id))
+                .query_async(&mut on_replica)
+                .await
+                .unwrap();
+            missing += usize::from(fields.is_empty());
+        }
+        let per_write = started.elapsed() / n;
+        if wait.is_some() {
+            assert_eq!(
+                missing, 0,
+                "with the wait, every acknowledged write is on the replica"
+            );
+        }
+        report.push(format!("{}: {per_write:?} per create (with the replica read), {missing} of {n} not yet on the replica at the ack", if wait.is_some() { "WAIT 1" } else { "no wait" }));
+    }
+    eprintln!("{}", report.join("; "));
+}

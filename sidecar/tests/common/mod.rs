@@ -56,6 +56,27 @@ impl RedisServer {
         ])
     }
 
+    /// A replica of `master`; returns once its first sync is done.
+    pub fn start_replica_of(master: &RedisServer) -> Self {
+        let server = Self::start_with(vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port.to_string(),
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = Command::new("redis-cli")
+                .args(["-p", &server.port.to_string(), "info", "replication"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains("master_link_status:up") {
+                return server;
+            }
+            assert!(Instant::now() < deadline, "the replica did not sync");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn start_with(args: Vec<String>) -> Self {
         let port = free_port();
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
