@@ -16,7 +16,7 @@ use super::users::PageQuery;
 
 /// Append a message to an active session.
 #[utoipa::path(post, path = "/v1/sessions/{session_id}/messages", tag = "messages", request_body = NewMessage,
-    params(("session_id" = String, Path, description = "Session id")),
+    params(("session_id" = String, Path, description = "Session id: `sess_<shard>_<26 base32 characters>`", pattern = r"^sess_(0|[1-9][0-9]{0,4})_[a-z2-7]{25}[aeimquy4]$")),
     responses(
         (status = 201, description = "The stored message", body = Message),
         (status = 400, description = "Invalid message", body = Problem, content_type = "application/problem+json"),
@@ -39,7 +39,7 @@ pub async fn append(
 
 /// Messages in order; `cursor` is the `seq` of the last message seen.
 #[utoipa::path(get, path = "/v1/sessions/{session_id}/messages", tag = "messages",
-    params(("session_id" = String, Path, description = "Session id"), PageQuery),
+    params(("session_id" = String, Path, description = "Session id: `sess_<shard>_<26 base32 characters>`", pattern = r"^sess_(0|[1-9][0-9]{0,4})_[a-z2-7]{25}[aeimquy4]$"), PageQuery),
     responses(
         (status = 200, description = "A page of messages", body = Page<Message>),
         (status = 400, description = "Invalid cursor or limit", body = Problem, content_type = "application/problem+json"),
@@ -63,8 +63,9 @@ pub async fn list(
 
 /// Message counts, token and cost totals.
 #[utoipa::path(get, path = "/v1/sessions/{session_id}/summary", tag = "messages",
-    params(("session_id" = String, Path, description = "Session id")),
+    params(("session_id" = String, Path, description = "Session id: `sess_<shard>_<26 base32 characters>`", pattern = r"^sess_(0|[1-9][0-9]{0,4})_[a-z2-7]{25}[aeimquy4]$")),
     responses(
+        (status = 400, description = "Malformed id or parameter", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "The summary", body = Summary),
         (status = 403, description = "Another user's session", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
@@ -80,8 +81,9 @@ pub async fn summary(
 
 /// The session's memory.
 #[utoipa::path(get, path = "/v1/sessions/{session_id}/memory", tag = "memory",
-    params(("session_id" = String, Path, description = "Session id")),
+    params(("session_id" = String, Path, description = "Session id: `sess_<shard>_<26 base32 characters>`", pattern = r"^sess_(0|[1-9][0-9]{0,4})_[a-z2-7]{25}[aeimquy4]$")),
     responses(
+        (status = 400, description = "Malformed id or parameter", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "The memory", body = MemoryView),
         (status = 403, description = "Another user's session", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
@@ -97,7 +99,7 @@ pub async fn memory(
 
 /// Replace the memory with the given object.
 #[utoipa::path(put, path = "/v1/sessions/{session_id}/memory", tag = "memory", request_body = std::collections::HashMap<String, serde_json::Value>,
-    params(("session_id" = String, Path, description = "Session id")),
+    params(("session_id" = String, Path, description = "Session id: `sess_<shard>_<26 base32 characters>`", pattern = r"^sess_(0|[1-9][0-9]{0,4})_[a-z2-7]{25}[aeimquy4]$")),
     responses(
         (status = 200, description = "The memory", body = MemoryView),
         (status = 400, description = "Not an object, or too large", body = Problem, content_type = "application/problem+json"),
@@ -122,7 +124,7 @@ pub async fn replace_memory(
 
 /// Merge into the memory (RFC 7386 JSON merge patch: `null` removes a member).
 #[utoipa::path(patch, path = "/v1/sessions/{session_id}/memory", tag = "memory", request_body = std::collections::HashMap<String, serde_json::Value>,
-    params(("session_id" = String, Path, description = "Session id")),
+    params(("session_id" = String, Path, description = "Session id: `sess_<shard>_<26 base32 characters>`", pattern = r"^sess_(0|[1-9][0-9]{0,4})_[a-z2-7]{25}[aeimquy4]$")),
     responses(
         (status = 200, description = "The memory", body = MemoryView),
         (status = 400, description = "Not an object, or too large", body = Problem, content_type = "application/problem+json"),

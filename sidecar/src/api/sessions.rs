@@ -50,7 +50,7 @@ pub async fn create(
 /// The hot path: answered from the local cache when possible (ready-to-send bytes), else from
 /// the store, with concurrent misses for one id sharing one store read.
 #[utoipa::path(get, path = "/v1/sessions/{session_id}", tag = "sessions",
-    params(("session_id" = String, Path, description = "Session id")),
+    params(("session_id" = String, Path, description = "Session id: `sess_<shard>_<26 base32 characters>`", pattern = r"^sess_(0|[1-9][0-9]{0,4})_[a-z2-7]{25}[aeimquy4]$")),
     responses(
         (status = 200, description = "The session", body = SessionView),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
@@ -104,7 +104,7 @@ pub async fn get(
 
 /// Update mutable fields with a JSON merge patch (title, case_id, metadata, data).
 #[utoipa::path(patch, path = "/v1/sessions/{session_id}", tag = "sessions", request_body = UpdateSession,
-    params(("session_id" = String, Path, description = "Session id")),
+    params(("session_id" = String, Path, description = "Session id: `sess_<shard>_<26 base32 characters>`", pattern = r"^sess_(0|[1-9][0-9]{0,4})_[a-z2-7]{25}[aeimquy4]$")),
     responses(
         (status = 200, description = "The updated session", body = SessionView),
         (status = 400, description = "Invalid patch", body = Problem, content_type = "application/problem+json"),
@@ -124,7 +124,7 @@ pub async fn update(
 
 /// Delete a session with its messages and memory (not the current one).
 #[utoipa::path(delete, path = "/v1/sessions/{session_id}", tag = "sessions",
-    params(("session_id" = String, Path, description = "Session id")),
+    params(("session_id" = String, Path, description = "Session id: `sess_<shard>_<26 base32 characters>`", pattern = r"^sess_(0|[1-9][0-9]{0,4})_[a-z2-7]{25}[aeimquy4]$")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "The current session, or a malformed id", body = Problem, content_type = "application/problem+json"),
@@ -143,7 +143,7 @@ pub async fn delete(
 
 /// Extend an active session's expiry from now.
 #[utoipa::path(put, path = "/v1/sessions/{session_id}/heartbeat", tag = "sessions", request_body(content = Heartbeat, description = "Optional"),
-    params(("session_id" = String, Path, description = "Session id")),
+    params(("session_id" = String, Path, description = "Session id: `sess_<shard>_<26 base32 characters>`", pattern = r"^sess_(0|[1-9][0-9]{0,4})_[a-z2-7]{25}[aeimquy4]$")),
     responses(
         (status = 200, description = "The session with its new expiry", body = SessionView),
         (status = 400, description = "Invalid TTL", body = Problem, content_type = "application/problem+json"),
@@ -165,7 +165,7 @@ pub async fn heartbeat(
 
 /// End a session (the end boundary event, `session.ended.v1`).
 #[utoipa::path(post, path = "/v1/sessions/{session_id}/end", tag = "sessions", request_body = EndSession,
-    params(("session_id" = String, Path, description = "Session id")),
+    params(("session_id" = String, Path, description = "Session id: `sess_<shard>_<26 base32 characters>`", pattern = r"^sess_(0|[1-9][0-9]{0,4})_[a-z2-7]{25}[aeimquy4]$")),
     responses(
         (status = 200, description = "The ended session", body = SessionView),
         (status = 400, description = "performer_id missing, or session_id mismatch", body = Problem, content_type = "application/problem+json"),

@@ -25,7 +25,7 @@ pub struct PageQuery {
 
 /// The user's sessions, newest first.
 #[utoipa::path(get, path = "/v1/users/{user_id}/sessions", tag = "listing",
-    params(("user_id" = String, Path, description = "User id"), PageQuery),
+    params(("user_id" = String, Path, description = "User id: 1 to 128 characters, no whitespace", min_length = 1, max_length = 128, pattern = r"^[^\s\x00-\x1f\x7f]+$"), PageQuery),
     responses(
         (status = 200, description = "A page of sessions", body = Page<SessionView>),
         (status = 400, description = "Invalid cursor or limit", body = Problem, content_type = "application/problem+json"),
@@ -48,7 +48,7 @@ pub async fn list_user(
 
 /// The org's sessions, newest first (derived from events: new sessions appear once relayed).
 #[utoipa::path(get, path = "/v1/orgs/{org_id}/sessions", tag = "listing",
-    params(("org_id" = String, Path, description = "Org id"), PageQuery),
+    params(("org_id" = String, Path, description = "Org id: 1 to 128 characters, no whitespace", min_length = 1, max_length = 128, pattern = r"^[^\s\x00-\x1f\x7f]+$"), PageQuery),
     responses(
         (status = 200, description = "A page of sessions", body = Page<SessionView>),
         (status = 400, description = "Invalid cursor or limit", body = Problem, content_type = "application/problem+json"),
@@ -71,8 +71,9 @@ pub async fn list_org(
 
 /// The user's current session.
 #[utoipa::path(get, path = "/v1/users/{user_id}/current-session", tag = "current",
-    params(("user_id" = String, Path, description = "User id")),
+    params(("user_id" = String, Path, description = "User id: 1 to 128 characters, no whitespace", min_length = 1, max_length = 128, pattern = r"^[^\s\x00-\x1f\x7f]+$")),
     responses(
+        (status = 400, description = "Malformed id or parameter", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "The current session", body = SessionView),
         (status = 403, description = "Another user's token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No current session", body = Problem, content_type = "application/problem+json"),
@@ -88,7 +89,7 @@ pub async fn current(
 
 /// Switch the current session, by id or by title.
 #[utoipa::path(put, path = "/v1/users/{user_id}/current-session", tag = "current", request_body = SwitchCurrent,
-    params(("user_id" = String, Path, description = "User id")),
+    params(("user_id" = String, Path, description = "User id: 1 to 128 characters, no whitespace", min_length = 1, max_length = 128, pattern = r"^[^\s\x00-\x1f\x7f]+$")),
     responses(
         (status = 200, description = "The new current session", body = SessionView),
         (status = 400, description = "Give exactly one of session_id and title", body = Problem, content_type = "application/problem+json"),

@@ -56,8 +56,10 @@ impl EventType {
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
     /// UUIDv4, unique forever: consumers deduplicate on it.
+    #[schema(format = "uuid")]
     pub event_id: String,
-    /// For example `session.created.v1`.
+    /// For example `session.created.v1`; `POST /v1/events` takes the consumed types only.
+    #[schema(pattern = r"^(auth\.user\.deleted\.v1|case\.deleted\.v1)$")]
     pub event_type: String,
     /// RFC 3339 UTC with milliseconds, set by the publisher.
     pub timestamp: String,

@@ -12,8 +12,8 @@ use utoipa::ToSchema;
 use crate::error::{Error, Result};
 use crate::model::Role;
 
-/// Longest user, org, case or performer id, in bytes.
-pub const MAX_ID_BYTES: usize = 128;
+/// Longest user, org, case or performer id, in characters (as JSON Schema counts).
+pub const MAX_ID_CHARS: usize = 128;
 /// Longest title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
 /// Longest message content, in bytes (a long LLM turn is well under this).
@@ -87,14 +87,15 @@ fn check_fields(map: &Map<String, Value>, allowed: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Checks an identifier: 1 to [`MAX_ID_BYTES`] bytes, no whitespace or control characters.
+/// Checks an identifier: 1 to [`MAX_ID_CHARS`] characters, no whitespace or control characters.
 ///
 /// # Errors
 /// `validation_failed` naming the field.
 pub fn check_id(field: &str, value: &str) -> Result<()> {
-    if value.is_empty() || value.len() > MAX_ID_BYTES {
+    let chars = value.chars().count();
+    if chars == 0 || chars > MAX_ID_CHARS {
         return Err(Error::Validation(format!(
-            "{field} must be 1 to {MAX_ID_BYTES} bytes"
+            "{field} must be 1 to {MAX_ID_CHARS} characters"
         )));
     }
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -147,17 +148,33 @@ where
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
     /// Required, except with a user's bearer token in server mode (then it is the token's user).
+    #[schema(
+        required = true,
+        nullable = false,
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\s\x00-\x1f\x7f]+$"
+    )]
     pub user_id: Option<String>,
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\s\x00-\x1f\x7f]+$")]
     pub org_id: Option<String>,
     /// Unique per user.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+    )]
     pub title: Option<String>,
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\s\x00-\x1f\x7f]+$")]
     pub case_id: Option<String>,
     pub metadata: Option<Map<String, Value>>,
     /// Conversation state.
     pub data: Option<Map<String, Value>>,
     /// Who starts the session; defaults to `user_id`. `"system"` for system-started sessions.
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\s\x00-\x1f\x7f]+$")]
     pub performer_id: Option<String>,
     /// Time to live; defaults to the service's TTL, at most its maximum TTL.
+    #[schema(minimum = 1, maximum = 604_800)]
     pub ttl_seconds: Option<u64>,
 }
 
@@ -180,19 +197,21 @@ impl CreateSession {
 pub struct UpdateSession {
     /// A new title; `null` removes it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$")]
     pub title: Option<Option<String>>,
     /// Link a case; `null` unlinks it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 128, pattern = r"^[^\s\x00-\x1f\x7f]+$")]
     pub case_id: Option<Option<String>>,
     /// Merged into `metadata` (RFC 7386: `null` members are removed).
     pub metadata: Option<Map<String, Value>>,
     /// Merged into `data` (RFC 7386).
     pub data: Option<Map<String, Value>>,
     /// When given, must be the session's owner (403 otherwise).
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\s\x00-\x1f\x7f]+$")]
     pub user_id: Option<String>,
     /// Recorded in the `session.updated.v1` event.
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\s\x00-\x1f\x7f]+$")]
     pub performer_id: Option<String>,
 }
 
@@ -212,8 +231,10 @@ impl UpdateSession {
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     /// New time to live from now; defaults to the service's TTL.
+    #[schema(minimum = 1, maximum = 604_800)]
     pub ttl_seconds: Option<u64>,
     /// When given, must be the session's owner.
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\s\x00-\x1f\x7f]+$")]
     pub user_id: Option<String>,
 }
 
@@ -226,10 +247,19 @@ impl Heartbeat {
 #[serde(deny_unknown_fields)]
 pub struct EndSession {
     /// Who ends the session: required; `"system"` for timeouts and cleanups.
+    #[schema(
+        required = true,
+        nullable = false,
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\s\x00-\x1f\x7f]+$"
+    )]
     pub performer_id: Option<String>,
     /// The session's owner; another user gets 403.
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\s\x00-\x1f\x7f]+$")]
     pub user_id: Option<String>,
     /// When given, must equal the id in the path (400 otherwise).
+    #[schema(pattern = r"^sess_(0|[1-9][0-9]{0,4})_[a-z2-7]{25}[aeimquy4]$")]
     pub session_id: Option<String>,
     /// Free text, carried in the event.
     pub reason: Option<String>,
@@ -257,11 +287,14 @@ impl SwitchCurrent {
 #[serde(deny_unknown_fields)]
 pub struct NewMessage {
     pub role: Role,
+    /// At most 64 KiB of UTF-8.
+    #[schema(max_length = 16_384)]
     pub content: String,
     #[serde(default)]
     pub tokens: u64,
     /// A non-negative amount; stored exactly to 6 decimal places.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub cost: f64,
     #[serde(default)]
     pub metadata: Map<String, Value>,

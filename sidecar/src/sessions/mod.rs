@@ -188,8 +188,14 @@ impl Sessions {
     /// # Errors
     /// `invalid_session_id`.
     pub fn shard_of_session(&self, id: &str) -> Result<u32> {
-        parse_session_id(id, self.policy.shard_count)
-            .ok_or_else(|| Error::InvalidSessionId(id.chars().take(64).collect()))
+        match parse_session_id(id, self.policy.shard_count) {
+            Some(shard) => Ok(shard),
+            // Well formed, but for a shard this deployment does not have: no such session.
+            None if parse_session_id(id, u32::MAX).is_some() => {
+                Err(Error::NotFound("no such session"))
+            }
+            None => Err(Error::InvalidSessionId(id.chars().take(64).collect())),
+        }
     }
 
     /// Runs `attempt` until it is done, retrying on conflicts with jittered backoff.

@@ -72,10 +72,15 @@ async fn get_finds_sessions_and_rejects_bad_ids(kind: Kind) {
         (res.status, res.code()),
         (StatusCode::NOT_FOUND, "not_found")
     );
+    // Well formed, but on a shard this deployment (4 shards) does not have: not found.
+    let res = app
+        .get("/v1/sessions/sess_9_aaaaaaaaaaaaaaaaaaaaaaaaaa")
+        .await;
+    assert_eq!(res.status, StatusCode::NOT_FOUND);
     for bad in [
         "nope",
-        "sess_9_aaaaaaaaaaaaaaaaaaaaaaaaaa",
         "sess_1_AAAA",
+        "sess_1_aaaaaaaaaaaaaaaaaaaaaaaaab",
         "%FF%FE",
     ] {
         let res = app.get(&format!("/v1/sessions/{bad}")).await;
