@@ -67,7 +67,7 @@ pub struct Config {
     /// `sidecar` or `server`.
     #[arg(long, env = "SESSION_MODE", value_enum, default_value_t = Mode::Sidecar)]
     pub mode: Mode,
-    /// Redis URL (`redis://` or `rediss://`); comma-separated seed nodes with `--redis-cluster`.
+    /// Redis URL (`redis://`); comma-separated seed nodes with `--redis-cluster`.
     /// Absent: the embedded in-process store.
     #[arg(long, env = "SESSION_REDIS_URL")]
     pub redis_url: Option<String>,
@@ -180,8 +180,12 @@ impl Config {
         }
         if let Some(url) = &self.redis_url {
             for seed in url.split(',').map(str::trim) {
-                if !(seed.starts_with("redis://") || seed.starts_with("rediss://")) {
-                    problems.push("Redis URLs must start with redis:// or rediss://".to_owned());
+                if seed.starts_with("rediss://") {
+                    problems.push(
+                        "TLS to Redis (rediss://) is not built into this version yet".to_owned(),
+                    );
+                } else if !seed.starts_with("redis://") {
+                    problems.push("Redis URLs must start with redis://".to_owned());
                 }
             }
         }
@@ -319,6 +323,14 @@ mod tests {
         ]);
         let problems = c.validate().unwrap_err();
         assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+
+    #[test]
+    fn tls_to_redis_is_refused_clearly_until_it_is_built() {
+        let problems = parse(&["--redis-url", "rediss://127.0.0.1:6379"])
+            .validate()
+            .unwrap_err();
+        assert!(problems[0].contains("TLS"), "{problems:?}");
     }
 
     #[test]

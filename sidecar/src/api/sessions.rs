@@ -73,11 +73,14 @@ pub async fn get(
         Lookup::Miss(fill) => {
             let entry = match state.sessions.get(&id).await {
                 Ok(record) => {
-                    let body = serde_json::to_vec(&record.view())
+                    let json = serde_json::to_vec(&record.view())
                         .map_err(|e| Error::Corrupt(e.to_string()))?;
+                    // Cached for long, so copied into an allocation of exactly its size: the
+                    // serializer's grown buffer held about 1.5x the bytes in the benchmark.
+                    let body = Bytes::copy_from_slice(&json);
                     let owner =
                         matches!(state.auth, Auth::Jwt(_)).then_some(record.user_id.as_str());
-                    cache.found(Bytes::from(body), owner, record.expires_ms)
+                    cache.found(body, owner, record.expires_ms)
                 }
                 Err(e @ Error::NotFound(_)) => cache.not_found(Bytes::from(e.problem_body())),
                 Err(other) => return Err(other),

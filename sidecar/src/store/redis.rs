@@ -82,7 +82,7 @@ impl<C> std::fmt::Debug for RedisBackend<C> {
     }
 }
 
-/// Connects to Redis (`redis://` or `rediss://`); `cluster` uses the cluster protocol with the
+/// Connects to Redis (`redis://`); `cluster` uses the cluster protocol with the
 /// comma-separated URLs as seed nodes.
 ///
 /// # Errors
