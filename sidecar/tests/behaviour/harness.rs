@@ -103,42 +103,42 @@ impl TestApp {
     pub async fn build(kind: Kind, tune: impl FnOnce(&mut Policy), auth: Auth) -> Self {
         let mut policy = test_policy();
         tune(&mut policy);
-        let metrics = Metrics::new("test");
-        let (backend, redis): (Arc<dyn Backend>, _) = match kind {
-            Kind::Memory => (Arc::new(MemoryBackend::new()), None),
+        let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
+        match kind {
+            Kind::Memory => {
+                let metrics = Metrics::new("test");
+                Self::assemble(
+                    Arc::new(MemoryBackend::new()),
+                    None,
+                    None,
+                    clock,
+                    policy,
+                    auth,
+                    metrics,
+                )
+                .await
+            }
             Kind::Redis => {
                 let server = RedisServer::start();
-                let backend = session_sidecar::store::redis::connect(&server.url, false)
-                    .await
-                    .unwrap();
-                (
-                    Arc::new(Breaker::new(backend, metrics.clone())),
-                    Some(server),
-                )
+                let url = server.url.clone();
+                Self::on_redis(&url, false, Some(server), clock, policy, auth).await
             }
-        };
-        let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
-        let target = redis.as_ref().map(|r| (r.url.clone(), false));
-        Self::assemble(backend, target, redis, clock, policy, auth, metrics).await
+        }
     }
 
     /// An app on a given Redis server (for example a durable one).
     pub async fn on_server(server: RedisServer) -> Self {
-        let metrics = Metrics::new("test");
-        let backend = session_sidecar::store::redis::connect(&server.url, false)
-            .await
-            .unwrap();
-        let backend = Arc::new(Breaker::new(backend, metrics.clone()));
-        let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
-        let target = Some((server.url.clone(), false));
-        Self::assemble(
-            backend,
-            target,
+        let (url, clock) = (
+            server.url.clone(),
+            Arc::new(ManualClock::new(SystemClock.now_ms())),
+        );
+        Self::on_redis(
+            &url,
+            false,
             Some(server),
             clock,
             test_policy(),
             Auth::TrustPod,
-            metrics,
         )
         .await
     }
@@ -152,20 +152,31 @@ impl TestApp {
     pub async fn on_cluster_with(cluster: &RedisCluster, tune: impl FnOnce(&mut Policy)) -> Self {
         let mut policy = test_policy();
         tune(&mut policy);
+        let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
+        Self::on_redis(&cluster.url, true, None, clock, policy, Auth::TrustPod).await
+    }
+
+    /// An app on Redis at `url` (a cluster when `cluster`), owning `server` when given.
+    async fn on_redis(
+        url: &str,
+        cluster: bool,
+        server: Option<RedisServer>,
+        clock: Arc<ManualClock>,
+        policy: Policy,
+        auth: Auth,
+    ) -> Self {
         let metrics = Metrics::new("test");
-        let backend = session_sidecar::store::redis::connect(&cluster.url, true)
+        let backend = session_sidecar::store::redis::connect(url, cluster)
             .await
             .unwrap();
         let backend = Arc::new(Breaker::new(backend, metrics.clone()));
-        let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
-        let target = Some((cluster.url.clone(), true));
         Self::assemble(
             backend,
-            target,
-            None,
+            Some((url.to_owned(), cluster)),
+            server,
             clock,
             policy,
-            Auth::TrustPod,
+            auth,
             metrics,
         )
         .await
@@ -196,42 +207,21 @@ impl TestApp {
 
     /// A second sidecar on this app's Redis, reaching it through `url` (for example a proxy).
     pub async fn via(&self, url: &str) -> TestApp {
-        let metrics = Metrics::new("test");
-        let backend = session_sidecar::store::redis::connect(url, false)
-            .await
-            .unwrap();
-        let backend = Arc::new(Breaker::new(backend, metrics.clone()));
         let policy = self.sessions.policy().clone();
-        Self::assemble(
-            backend,
-            Some((url.to_owned(), false)),
-            None,
-            self.clock.clone(),
-            policy,
-            Auth::TrustPod,
-            metrics,
-        )
-        .await
+        Self::on_redis(url, false, None, self.clock.clone(), policy, Auth::TrustPod).await
     }
 
     /// An app on an existing store: a second sidecar beside the first, with its own cache.
     pub async fn beside(&self) -> TestApp {
         let (url, cluster) = self.target.clone().expect("a Redis app");
-        let metrics = Metrics::new("test");
-        let backend = session_sidecar::store::redis::connect(&url, cluster)
-            .await
-            .unwrap();
-        let backend = Arc::new(Breaker::new(backend, metrics.clone()));
         let policy = self.sessions.policy().clone();
-        let target = Some((url, cluster));
-        Self::assemble(
-            backend,
-            target,
+        Self::on_redis(
+            &url,
+            cluster,
             None,
             self.clock.clone(),
             policy,
             Auth::TrustPod,
-            metrics,
         )
         .await
     }
