@@ -28,3 +28,5 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> cargo test"
 cargo test --workspace
+echo "==> schemathesis (OpenAPI-driven fuzzing: no 5xx, no crash)"
+./tests/schemathesis.sh
