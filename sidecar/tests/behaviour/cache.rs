@@ -217,3 +217,68 @@ async fn losing_the_invalidation_connection_flushes_the_cache() {
         "the cache was flushed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_a_tracking_outage_are_not_served_stale_beyond_the_max_age() {
+    // Proves: when A's invalidation connection is cut and B keeps writing meanwhile, A stops
+    // serving the old version once tracking is back (flush), well within the maximum age.
+    let a = TestApp::new(Kind::Redis).await;
+    let b = a.beside().await;
+    let id = a.create_id("u1", json!({})).await;
+    a.settle().await;
+    let path = format!("/v1/sessions/{id}");
+    assert_eq!(a.get(&path).await.body["version"], 1);
+    let mut admin = ::redis::Client::open(a.redis_url().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let clients: String = ::redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let trackers: Vec<String> = clients
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .any(|f| f.starts_with("flags=") && f.contains('t'))
+        })
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("id="))
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(trackers.len(), 2, "one tracking connection per sidecar");
+    let flushes = a.metrics.cache_flushes.get();
+    for tracker in &trackers {
+        let _: () = ::redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(tracker)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    for n in 2..=6 {
+        b.patch(&path, json!({"data": {"n": n}})).await; // writes continue during the outage
+    }
+    let stale_for = within(Duration::from_secs(10), async || {
+        a.get(&path).await.body["data"]["n"] == 6
+    })
+    .await;
+    assert!(
+        a.metrics.cache_flushes.get() > flushes,
+        "the cache was flushed on reconnect"
+    );
+    assert!(
+        stale_for < Duration::from_secs(10),
+        "within the maximum age"
+    );
+    eprintln!(
+        "stale reads possible for {stale_for:?} after the tracking connections were cut ({:?} since the cut)",
+        started.elapsed()
+    );
+}
