@@ -178,33 +178,9 @@ async fn losing_the_invalidation_connection_flushes_the_cache() {
     let path = format!("/v1/sessions/{id}");
     app.get(&path).await;
     let flushes = app.metrics.cache_flushes.get();
-    let url = &app.redis_url();
-    let mut conn = ::redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let clients: String = ::redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let tracking: Vec<&str> = clients
-        .lines()
-        .filter(|l| {
-            l.split_whitespace()
-                .any(|f| f.starts_with("flags=") && f.contains('t'))
-        })
-        .filter_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("id=")))
-        .collect();
-    assert_eq!(tracking.len(), 1, "{clients}");
-    let _: () = ::redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("ID")
-        .arg(tracking[0])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let tracking = tracking_clients(&app.redis_url()).await;
+    assert_eq!(tracking.len(), 1, "one tracking connection");
+    kill_clients(&app.redis_url(), &tracking).await;
     within(Duration::from_secs(5), async || {
         app.metrics.cache_flushes.get() > flushes && app.cache.is_tracked()
     })
@@ -228,39 +204,10 @@ async fn writes_during_a_tracking_outage_are_not_served_stale_beyond_the_max_age
     a.settle().await;
     let path = format!("/v1/sessions/{id}");
     assert_eq!(a.get(&path).await.body["version"], 1);
-    let mut admin = ::redis::Client::open(a.redis_url().as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let clients: String = ::redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    let trackers: Vec<String> = clients
-        .lines()
-        .filter(|l| {
-            l.split_whitespace()
-                .any(|f| f.starts_with("flags=") && f.contains('t'))
-        })
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|f| f.strip_prefix("id="))
-                .map(str::to_owned)
-        })
-        .collect();
+    let trackers = tracking_clients(&a.redis_url()).await;
     assert_eq!(trackers.len(), 2, "one tracking connection per sidecar");
     let flushes = a.metrics.cache_flushes.get();
-    for tracker in &trackers {
-        let _: () = ::redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("ID")
-            .arg(tracker)
-            .query_async(&mut admin)
-            .await
-            .unwrap();
-    }
+    kill_clients(&a.redis_url(), &trackers).await;
     let started = Instant::now();
     for n in 2..=6 {
         b.patch(&path, json!({"data": {"n": n}})).await; // writes continue during the outage
@@ -281,4 +228,48 @@ async fn writes_during_a_tracking_outage_are_not_served_stale_beyond_the_max_age
         "stale reads possible for {stale_for:?} after the tracking connections were cut ({:?} since the cut)",
         started.elapsed()
     );
+}
+
+/// Ids of the Redis clients that have tracking on (`t` in their flags).
+async fn tracking_clients(url: &str) -> Vec<String> {
+    let mut conn = ::redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let clients: String = ::redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    clients
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .any(|f| f.starts_with("flags=") && f.contains('t'))
+        })
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("id="))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Kills Redis clients by id, as a network cut would.
+async fn kill_clients(url: &str, ids: &[String]) {
+    let mut conn = ::redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for id in ids {
+        let _: () = ::redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
 }
