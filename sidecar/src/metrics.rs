@@ -142,6 +142,22 @@ impl Metrics {
         }
     }
 
+    /// Records one answered request (the routed path and the hot path alike).
+    pub fn observe_request(
+        &self,
+        route: &str,
+        method: &str,
+        code: &str,
+        took: std::time::Duration,
+    ) {
+        self.request_duration
+            .with_label_values(&[route, method])
+            .observe(took.as_secs_f64());
+        self.requests
+            .with_label_values(&[route, method, code])
+            .inc();
+    }
+
     /// The text exposition of every metric.
     #[must_use]
     pub fn render(&self) -> String {

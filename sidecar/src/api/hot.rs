@@ -63,15 +63,9 @@ impl<S> HotPath<S> {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        let metrics = &self.state.metrics;
-        metrics
-            .request_duration
-            .with_label_values(&[ROUTE, "GET"])
-            .observe(started.elapsed().as_secs_f64());
-        metrics
-            .requests
-            .with_label_values(&[ROUTE, "GET", status.as_str()])
-            .inc();
+        self.state
+            .metrics
+            .observe_request(ROUTE, "GET", status.as_str(), started.elapsed());
         Some(response)
     }
 }

@@ -135,15 +135,13 @@ async fn record_metrics(
     let started = Instant::now();
     let method = req.method().clone();
     let response = next.run(req).await;
-    let labels = [route.as_str(), method.as_str()];
-    metrics
-        .request_duration
-        .with_label_values(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    metrics
-        .requests
-        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
-        .inc();
+    let status = response.status();
+    metrics.observe_request(
+        route.as_str(),
+        method.as_str(),
+        status.as_str(),
+        started.elapsed(),
+    );
     response
 }
 

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::ids::shard_of;
 use crate::model::input::check_id;
 use crate::model::{Envelope, EventType, Record};
-use crate::store::{Bound, Commit, ReadOp, Reply, WriteOp, ZRange};
+use crate::store::{Commit, ReadOp, Reply, WriteOp};
 
 use super::plan::Plan;
 use super::{Sessions, Step};
@@ -80,17 +80,6 @@ impl Sessions {
         ]
     }
 
-    fn all(key: String) -> ReadOp {
-        ReadOp::ZRange(ZRange {
-            key,
-            min: Bound::NegInf,
-            max: Bound::PosInf,
-            rev: false,
-            offset: 0,
-            count: MAX_SESSIONS_PER_EVENT,
-        })
-    }
-
     /// Deletes every session of the user (the current one too) with its messages and memory.
     async fn user_deleted(&self, event: &Envelope, user: &str) -> Result<(bool, usize)> {
         let shard = shard_of(user, self.policy.shard_count);
@@ -104,7 +93,7 @@ impl Sessions {
                 .read(vec![
                     ReadOp::Get(k.user_version(shard, user)),
                     ReadOp::ZScore(k.inbox(shard), event.event_id.clone()),
-                    Self::all(k.user_sessions(shard, user)),
+                    ReadOp::all_members(k.user_sessions(shard, user), MAX_SESSIONS_PER_EVENT),
                 ])
                 .await?;
             let mut r = r.into_iter();
@@ -154,7 +143,7 @@ impl Sessions {
             let r = self
                 .read(vec![
                     ReadOp::ZScore(k.inbox(shard), event.event_id.clone()),
-                    Self::all(k.case_sessions(shard, case)),
+                    ReadOp::all_members(k.case_sessions(shard, case), MAX_SESSIONS_PER_EVENT),
                 ])
                 .await?;
             let mut r = r.into_iter();

@@ -49,6 +49,21 @@ pub enum ReadOp {
     XRange(String, Option<String>, usize),
 }
 
+impl ReadOp {
+    /// Up to `count` members of a sorted set, lowest score first.
+    #[must_use]
+    pub fn all_members(key: String, count: usize) -> Self {
+        ReadOp::ZRange(ZRange {
+            key,
+            min: Bound::NegInf,
+            max: Bound::PosInf,
+            rev: false,
+            offset: 0,
+            count,
+        })
+    }
+}
+
 /// A score range query on a sorted set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ZRange {

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use axum::http::StatusCode;
 use serde_json::json;
 use session_sidecar::model::{Record, Status};
-use session_sidecar::store::{Bound, ReadOp, Reply, ZRange};
+use session_sidecar::store::{ReadOp, Reply};
 
 use crate::both_backends;
 use crate::harness::{Kind, TestApp, send, types};
@@ -107,14 +107,7 @@ async fn race(app: &TestApp) {
 }
 
 fn all(key: String) -> ReadOp {
-    ReadOp::ZRange(ZRange {
-        key,
-        min: Bound::NegInf,
-        max: Bound::PosInf,
-        rev: false,
-        offset: 0,
-        count: 100_000,
-    })
+    ReadOp::all_members(key, 100_000)
 }
 
 /// Reads the user's raw state and checks every invariant.
