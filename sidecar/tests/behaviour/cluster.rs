@@ -146,8 +146,9 @@ async fn a_master_failover_is_survived_without_a_restart() {
     let path = format!("/v1/sessions/{id}");
     assert_eq!(app.get(&path).await.status, StatusCode::OK);
     let shard = session_sidecar::ids::parse_session_id(&id, 4).unwrap();
-    let master = cluster.master_of(&app.sessions.keys().session(shard, &id));
-    tokio::time::sleep(Duration::from_millis(200)).await; // let the replica catch up
+    let key = app.sessions.keys().session(shard, &id);
+    let master = cluster.master_of(&key);
+    cluster.wait_replicated(master, &key);
     cluster.kill(master);
     let killed = Instant::now();
 

@@ -261,6 +261,21 @@ impl RedisCluster {
         panic!("no master serves slot {slot}");
     }
 
+    /// Waits until the replica of `master` holds every write made so far to the slot of
+    /// `key`: a probe write in that slot, then `WAIT 1` on the same connection (replication
+    /// is one ordered stream, so the probe's acknowledgement covers the writes before it).
+    pub fn wait_replicated(&self, master: u16, key: &str) {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{master}")).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(format!("{key}:replication-probe"))
+            .arg(1)
+            .query(&mut conn)
+            .unwrap();
+        let acked: i64 = redis::cmd("WAIT").arg(1).arg(10_000).query(&mut conn).unwrap();
+        assert_eq!(acked, 1, "the replica of {master} did not acknowledge in 10 s");
+    }
+
     /// Kills the node on `port`, as a crash would.
     pub fn kill(&mut self, port: u16) {
         for (p, child) in &mut self.nodes {
