@@ -1,21 +1,69 @@
-//! `session-operator`: the Kubernetes operator for `SessionService`.
-//!
-//! The controller, the CRD and the offline `render` command are tracked as their own issue; this
-//! binary exists so the workspace has its final shape. It answers `--help` and `--version` only.
+//! `session-operator`: `run` the controller, print the `crd`, or `render` a SessionService
+//! offline.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-/// Command line of the operator.
-#[derive(Debug, Parser)]
+use clap::{Parser, Subcommand};
+use kube::CustomResourceExt;
+use session_operator::crd::SessionService;
+use session_operator::resources::Secrets;
+use session_operator::{render, yaml};
+
+#[derive(Parser)]
 #[command(
-    name = "session-operator",
     version,
-    about = "Kubernetes operator for the SessionService custom resource (controller not yet built)"
+    about = "Kubernetes operator for the SessionService custom resource"
 )]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _ = Cli::parse();
-    eprintln!("session-operator: the controller is not built yet; see the project's open issues");
-    std::process::exit(2);
+#[derive(Subcommand)]
+enum Command {
+    /// Print the SessionService CustomResourceDefinition as YAML.
+    Crd,
+    /// Print every object the operator would apply for the SessionServices in a file, as
+    /// multi-document YAML, without a cluster. Generated passwords are fresh each time.
+    Render {
+        /// A file of SessionService manifests (`-` for standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Namespace for manifests that name none.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+}
+
+fn read(path: &PathBuf) -> anyhow::Result<String> {
+    use anyhow::Context;
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crd => yaml::to_yaml(&SessionService::crd()).map(|text| print!("{text}")),
+        Command::Render { file, namespace } => read(&file).and_then(|text| {
+            let mut objects = Vec::new();
+            for ss in render::parse(&text, &namespace)? {
+                objects.extend(render::objects(&ss, &Secrets::generate())?);
+            }
+            print!("{}", yaml::to_yaml_documents(&objects)?);
+            Ok(())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("session-operator: {error:#}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -272,8 +272,15 @@ impl RedisCluster {
             .arg(1)
             .query(&mut conn)
             .unwrap();
-        let acked: i64 = redis::cmd("WAIT").arg(1).arg(10_000).query(&mut conn).unwrap();
-        assert_eq!(acked, 1, "the replica of {master} did not acknowledge in 10 s");
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(10_000)
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(
+            acked, 1,
+            "the replica of {master} did not acknowledge in 10 s"
+        );
     }
 
     /// Kills the node on `port`, as a crash would.

@@ -1,0 +1,70 @@
+//! `session-operator render`: the operator's job without a cluster. Reads SessionService
+//! manifests, checks them as the API server would (schema, defaults, CEL rules) and returns
+//! every object a reconcile would apply.
+
+use anyhow::{Context, bail};
+use kube::ResourceExt;
+use serde_json::Value;
+
+use crate::crd::SessionService;
+use crate::resources::{self, Secrets};
+
+/// Parses and checks every SessionService in a multi-document YAML text; other kinds are
+/// refused, so a typo in `kind` is not silently ignored.
+pub fn parse(text: &str, namespace: &str) -> anyhow::Result<Vec<SessionService>> {
+    let mut services = Vec::new();
+    for (index, document) in crate::yaml::from_yaml_documents(text)?
+        .into_iter()
+        .enumerate()
+    {
+        let kind = document
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let api_version = document
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if kind != "SessionService" || api_version != "sessions.io/v1alpha1" {
+            bail!(
+                "document {}: expected a sessions.io/v1alpha1 SessionService, found {api_version:?} {kind:?}",
+                index + 1
+            );
+        }
+        let mut ss: SessionService = serde_json::from_value(document)
+            .with_context(|| format!("document {}: invalid SessionService", index + 1))?;
+        if ss.metadata.name.is_none() {
+            bail!("document {}: metadata.name is required", index + 1);
+        }
+        if ss.namespace().is_none() {
+            ss.metadata.namespace = Some(namespace.to_owned());
+        }
+        ss.validate_cel()
+            .map_err(|errors| anyhow::anyhow!("SessionService {}: {errors}", ss.name_any()))?;
+        services.push(ss);
+    }
+    Ok(services)
+}
+
+/// Every object the operator would apply for `ss`, as JSON values in apply order.
+pub fn objects(ss: &SessionService, secrets: &Secrets) -> anyhow::Result<Vec<Value>> {
+    resources::desired(ss, secrets)?
+        .apply
+        .into_iter()
+        .map(|child| {
+            let mut value = serde_json::to_value(&child.object)?;
+            if let Some(map) = value.as_object_mut() {
+                // Print apiVersion and kind first, as kubectl does.
+                let mut ordered = serde_json::Map::new();
+                for key in ["apiVersion", "kind", "metadata"] {
+                    if let Some(v) = map.remove(key) {
+                        ordered.insert(key.to_owned(), v);
+                    }
+                }
+                ordered.append(map);
+                value = Value::Object(ordered);
+            }
+            Ok(value)
+        })
+        .collect()
+}

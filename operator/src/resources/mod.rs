@@ -1,0 +1,263 @@
+//! The objects the operator owns, each built by a pure function of the `SessionService` (and
+//! the generated secrets, which the reconciler reads back so they are generated only once).
+
+pub mod autoscaling;
+pub mod monitoring;
+pub mod redis;
+pub mod server;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{PodSecurityContext, SeccompProfile, SecurityContext};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{ApiResource, DynamicObject};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+
+use crate::crd::{RedisMode, SessionService};
+
+/// The field manager of every server-side apply, and the `managed-by` label.
+pub const MANAGER: &str = "session-operator";
+/// On every pod of a SessionService (Redis, the session service, the bootstrap Job, injected
+/// application pods): what the Redis NetworkPolicy admits.
+pub const INSTANCE_LABEL: &str = "sessions.io/session-service";
+
+/// The status condition an object counts towards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Part {
+    Redis,
+    Server,
+    Autoscaling,
+    Alerts,
+}
+
+/// One object to apply, ready for the dynamic API.
+#[derive(Clone, Debug)]
+pub struct Child {
+    pub part: Part,
+    pub resource: ApiResource,
+    pub object: DynamicObject,
+}
+
+impl Child {
+    pub fn name(&self) -> String {
+        self.object.name_any()
+    }
+}
+
+/// An object the operator may have created earlier and the spec no longer asks for.
+#[derive(Clone, Debug)]
+pub struct Unwanted {
+    pub part: Part,
+    pub resource: ApiResource,
+    pub name: String,
+}
+
+/// Generated credentials, generated once and then read back from their Secrets.
+#[derive(Clone, Debug)]
+pub struct Secrets {
+    pub redis_password: String,
+    pub jwt_secret: String,
+}
+
+impl Secrets {
+    /// Fresh credentials from the thread-local CSPRNG (ChaCha, seeded by the OS): 32
+    /// alphanumeric characters, about 190 bits, safe in a URL without escaping.
+    pub fn generate() -> Self {
+        Self {
+            redis_password: random_token(),
+            jwt_secret: random_token() + &random_token(),
+        }
+    }
+}
+
+fn random_token() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}
+
+/// Everything one reconcile applies and deletes.
+#[derive(Clone, Debug, Default)]
+pub struct Desired {
+    pub apply: Vec<Child>,
+    pub delete: Vec<Unwanted>,
+}
+
+impl Desired {
+    fn add<K>(&mut self, part: Part, object: K) -> anyhow::Result<()>
+    where
+        K: Resource<DynamicType = ()> + Serialize,
+    {
+        self.apply.push(Child {
+            part,
+            resource: ApiResource::erase::<K>(&()),
+            object: serde_json::from_value(serde_json::to_value(&object)?)?,
+        });
+        Ok(())
+    }
+
+    fn add_dynamic(&mut self, part: Part, resource: ApiResource, object: DynamicObject) {
+        self.apply.push(Child {
+            part,
+            resource,
+            object,
+        });
+    }
+
+    fn remove(&mut self, part: Part, resource: ApiResource, name: String) {
+        self.delete.push(Unwanted {
+            part,
+            resource,
+            name,
+        });
+    }
+}
+
+/// Every object for `ss`, and those to delete because the spec turned them off.
+pub fn desired(ss: &SessionService, secrets: &Secrets) -> anyhow::Result<Desired> {
+    let mut desired = Desired::default();
+    if ss.spec.redis.mode != RedisMode::External {
+        redis::build(ss, secrets, &mut desired)?;
+    }
+    server::build(ss, secrets, &mut desired)?;
+    autoscaling::build(ss, &mut desired)?;
+    monitoring::build(ss, &mut desired)?;
+    Ok(desired)
+}
+
+/// The names of a SessionService's objects, in one place.
+pub struct Names {
+    pub base: String,
+    pub namespace: String,
+}
+
+impl Names {
+    pub fn of(ss: &SessionService) -> Self {
+        Self {
+            base: ss.name_any(),
+            namespace: ss.namespace().unwrap_or_else(|| "default".to_owned()),
+        }
+    }
+    /// Redis: ConfigMap, StatefulSet, client Service, PodDisruptionBudget, NetworkPolicy.
+    pub fn redis(&self) -> String {
+        format!("{}-redis", self.base)
+    }
+    pub fn redis_headless(&self) -> String {
+        format!("{}-redis-headless", self.base)
+    }
+    /// The generated Redis password and URL.
+    pub fn redis_secret(&self) -> String {
+        format!("{}-redis-auth", self.base)
+    }
+    pub fn bootstrap_job(&self) -> String {
+        format!("{}-redis-bootstrap", self.base)
+    }
+    /// The generated JWT signing key (when the user gives none).
+    pub fn jwt_secret(&self) -> String {
+        format!("{}-jwt", self.base)
+    }
+    /// The session service: Deployment, Service, PodDisruptionBudget, HPA, ServiceMonitor.
+    pub fn server(&self) -> String {
+        self.base.clone()
+    }
+    pub fn prometheus_rule(&self) -> String {
+        format!("{}-slo", self.base)
+    }
+    /// `<pod>.<headless service>.<namespace>.svc` of Redis pod `ordinal`.
+    pub fn redis_pod_host(&self, ordinal: i32) -> String {
+        format!(
+            "{}-{ordinal}.{}.{}.svc",
+            self.redis(),
+            self.redis_headless(),
+            self.namespace
+        )
+    }
+    /// The client Service's host.
+    pub fn redis_service_host(&self) -> String {
+        format!("{}.{}.svc", self.redis(), self.namespace)
+    }
+}
+
+/// The labels that select one component's pods.
+pub fn selector(ss: &SessionService, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "session-service".to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), ss.name_any()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            component.to_owned(),
+        ),
+    ])
+}
+
+/// The labels of one component's objects and pods.
+pub fn labels(ss: &SessionService, component: &str) -> BTreeMap<String, String> {
+    let mut labels = selector(ss, component);
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_owned(),
+        MANAGER.to_owned(),
+    );
+    labels.insert(
+        "app.kubernetes.io/part-of".to_owned(),
+        "session-operator".to_owned(),
+    );
+    labels.insert(INSTANCE_LABEL.to_owned(), ss.name_any());
+    labels
+}
+
+/// Metadata of a child: namespace, labels, and the controller owner reference (when the
+/// SessionService has a uid, i.e. it came from the API server rather than a file).
+pub fn meta(ss: &SessionService, name: String, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(Names::of(ss).namespace),
+        labels: Some(labels(ss, component)),
+        owner_references: ss.controller_owner_ref(&()).map(|r| vec![r]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Non-root, no privilege escalation, no capabilities, read-only root filesystem.
+pub fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// Non-root pods under the runtime's default seccomp profile.
+pub fn pod_security(user: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(user),
+        run_as_group: Some(user),
+        fs_group: Some(user),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// A short, stable digest of a text (FNV-1a, 64 bits), put on pod templates so a change of a
+/// mounted configuration rolls the pods. Stable across Rust versions, unlike `DefaultHasher`.
+pub fn digest(text: &str) -> String {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}

@@ -1,0 +1,63 @@
+//! Prometheus-operator objects: the ServiceMonitor of the session service and the
+//! PrometheusRule with its SLO rules. Built as dynamic objects: their types come from a CRD
+//! that may not be installed.
+
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+
+use super::{Desired, Names, Part, meta};
+use crate::crd::SessionService;
+
+pub fn service_monitor_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+        "servicemonitors",
+    )
+}
+
+pub fn prometheus_rule_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "PrometheusRule"),
+        "prometheusrules",
+    )
+}
+
+pub fn build(ss: &SessionService, out: &mut Desired) -> anyhow::Result<()> {
+    let names = Names::of(ss);
+    let monitoring = &ss.spec.monitoring;
+    let object = |resource: &ApiResource, name: String, data: serde_json::Value| {
+        let mut metadata = meta(ss, name.clone(), "server");
+        if let Some(labels) = metadata.labels.as_mut() {
+            labels.extend(monitoring.labels.clone());
+        }
+        let mut object = DynamicObject::new(&name, resource).data(data);
+        object.metadata = metadata;
+        object
+    };
+    let monitor = service_monitor_resource();
+    if monitoring.service_monitor {
+        let data = serde_json::json!({"spec": {
+            "selector": {"matchLabels": super::selector(ss, "server")},
+            "namespaceSelector": {"matchNames": [names.namespace]},
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+        }});
+        out.add_dynamic(
+            Part::Alerts,
+            monitor.clone(),
+            object(&monitor, names.server(), data),
+        );
+    } else {
+        out.remove(Part::Alerts, monitor, names.server());
+    }
+    let rule = prometheus_rule_resource();
+    if monitoring.prometheus_rule {
+        let data = serde_json::json!({"spec": {"groups": crate::slo::rule_groups(ss)}});
+        out.add_dynamic(
+            Part::Alerts,
+            rule.clone(),
+            object(&rule, names.prometheus_rule(), data),
+        );
+    } else {
+        out.remove(Part::Alerts, rule, names.prometheus_rule());
+    }
+    Ok(())
+}

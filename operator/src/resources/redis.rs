@@ -1,0 +1,599 @@
+//! Redis owned by the operator: configuration, password, StatefulSet, Services, disruption
+//! budget, NetworkPolicy and, in cluster mode, the Job that forms the cluster.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, ExecAction, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Secret, SecretKeySelector,
+    SecretVolumeSource, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    Desired, INSTANCE_LABEL, Names, Part, Secrets, container_security, digest, labels, meta,
+    pod_security, selector,
+};
+use crate::crd::{RedisMode, SessionService};
+
+const COMPONENT: &str = "redis";
+const PORT: i32 = 6379;
+const BUS_PORT: i32 = 16379;
+/// The `redis` user of the official image.
+const REDIS_UID: i64 = 999;
+const TLS_DIR: &str = "/tls";
+
+pub fn build(ss: &SessionService, secrets: &Secrets, out: &mut Desired) -> anyhow::Result<()> {
+    let names = Names::of(ss);
+    let conf = redis_conf(ss);
+    out.add(Part::Redis, config_map(ss, &names, &conf))?;
+    out.add(Part::Redis, secret(ss, &names, &secrets.redis_password))?;
+    out.add(Part::Redis, stateful_set(ss, &names, &conf))?;
+    out.add(Part::Redis, headless_service(ss, &names))?;
+    out.add(Part::Redis, client_service(ss, &names))?;
+    out.add(Part::Redis, disruption_budget(ss, &names))?;
+    out.add(Part::Redis, network_policy(ss, &names))?;
+    if ss.spec.redis.mode == RedisMode::Cluster {
+        out.add(Part::Redis, bootstrap_job(ss, &names))?;
+    }
+    Ok(())
+}
+
+/// Pods in the StatefulSet: one standalone, shards × (1 + replicas) in cluster mode.
+pub fn pod_count(ss: &SessionService) -> i32 {
+    match ss.spec.redis.mode {
+        RedisMode::Cluster => ss.spec.redis.shards * (1 + ss.spec.redis.replicas_per_shard),
+        _ => 1,
+    }
+}
+
+/// The URL session pods use: the client Service standalone, a few stable pod names as seeds
+/// in cluster mode (the client learns the rest of the topology from them).
+pub fn url(ss: &SessionService, password: &str) -> String {
+    let names = Names::of(ss);
+    let scheme = if ss.spec.redis.tls.enabled {
+        "rediss"
+    } else {
+        "redis"
+    };
+    let hosts: Vec<String> = match ss.spec.redis.mode {
+        RedisMode::Cluster => (0..pod_count(ss).min(3))
+            .map(|i| names.redis_pod_host(i))
+            .collect(),
+        _ => vec![names.redis_service_host()],
+    };
+    hosts
+        .iter()
+        .map(|host| format!("{scheme}://:{password}@{host}:{PORT}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `redis.conf`. Passwords and the announced hostname come from the environment on the
+/// command line, so this file holds no secret and is the same for every pod.
+pub fn redis_conf(ss: &SessionService) -> String {
+    let redis = &ss.spec.redis;
+    let mut lines = vec![
+        format!(
+            "# Managed by session-operator for SessionService {}; edits are overwritten.",
+            Names::of(ss).base
+        ),
+        "bind * -::*".to_owned(),
+        // Authentication is required and the NetworkPolicy limits who connects.
+        "protected-mode no".to_owned(),
+        "dir /data".to_owned(),
+        format!("maxmemory {}", redis.maxmemory),
+        format!("maxmemory-policy {}", redis.maxmemory_policy.as_str()),
+        "tcp-keepalive 60".to_owned(),
+        "timeout 0".to_owned(),
+        // RDB snapshots off: the AOF (when enabled) is the durable copy.
+        "save \"\"".to_owned(),
+    ];
+    if redis.persistence.enabled {
+        lines.extend([
+            "appendonly yes".to_owned(),
+            "appendfsync everysec".to_owned(),
+            "aof-use-rdb-preamble yes".to_owned(),
+        ]);
+    } else {
+        lines.push("appendonly no".to_owned());
+    }
+    if redis.tls.enabled {
+        lines.extend([
+            "port 0".to_owned(),
+            format!("tls-port {PORT}"),
+            format!("tls-cert-file {TLS_DIR}/tls.crt"),
+            format!("tls-key-file {TLS_DIR}/tls.key"),
+            format!("tls-ca-cert-file {TLS_DIR}/ca.crt"),
+            "tls-auth-clients no".to_owned(),
+            "tls-replication yes".to_owned(),
+        ]);
+    } else {
+        lines.push(format!("port {PORT}"));
+    }
+    if redis.mode == RedisMode::Cluster {
+        lines.extend([
+            "cluster-enabled yes".to_owned(),
+            "cluster-config-file /data/nodes.conf".to_owned(),
+            "cluster-node-timeout 5000".to_owned(),
+            // Clients are told stable DNS names, not pod IPs that change on every restart.
+            "cluster-preferred-endpoint-type hostname".to_owned(),
+            // A failed shard affects only its users' sessions, not everyone's.
+            "cluster-require-full-coverage no".to_owned(),
+            "cluster-allow-reads-when-down no".to_owned(),
+            "cluster-migration-barrier 1".to_owned(),
+        ]);
+        if redis.tls.enabled {
+            lines.push("tls-cluster yes".to_owned());
+        }
+    }
+    lines.join("\n") + "\n"
+}
+
+fn config_map(ss: &SessionService, names: &Names, conf: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(ss, names.redis(), COMPONENT),
+        data: Some(BTreeMap::from([("redis.conf".to_owned(), conf.to_owned())])),
+        ..ConfigMap::default()
+    }
+}
+
+fn secret(ss: &SessionService, names: &Names, password: &str) -> Secret {
+    let bytes = |s: String| ByteString(s.into_bytes());
+    Secret {
+        metadata: meta(ss, names.redis_secret(), COMPONENT),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([
+            ("password".to_owned(), bytes(password.to_owned())),
+            ("url".to_owned(), bytes(url(ss, password))),
+        ])),
+        ..Secret::default()
+    }
+}
+
+pub(crate) fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_owned(),
+                key: key.to_owned(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// `redis-cli` arguments for the local server (TLS when enabled); the password comes from
+/// `REDISCLI_AUTH`.
+fn cli_args(ss: &SessionService) -> Vec<String> {
+    let mut args = vec!["redis-cli".to_owned()];
+    if ss.spec.redis.tls.enabled {
+        args.extend([
+            "--tls".to_owned(),
+            "--cacert".to_owned(),
+            format!("{TLS_DIR}/ca.crt"),
+        ]);
+    }
+    args
+}
+
+/// Environment shared by Redis and the bootstrap Job: the password, for the server and for
+/// `redis-cli`.
+fn auth_env(names: &Names) -> Vec<EnvVar> {
+    vec![
+        secret_env("REDIS_PASSWORD", &names.redis_secret(), "password"),
+        secret_env("REDISCLI_AUTH", &names.redis_secret(), "password"),
+    ]
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        ..VolumeMount::default()
+    }
+}
+
+fn tls_volume(ss: &SessionService) -> Option<Volume> {
+    let secret_name = ss.spec.redis.tls.secret_name.clone()?;
+    ss.spec.redis.tls.enabled.then(|| Volume {
+        name: "tls".to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret_name),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    })
+}
+
+fn stateful_set(ss: &SessionService, names: &Names, conf: &str) -> StatefulSet {
+    let redis = &ss.spec.redis;
+    let cluster = redis.mode == RedisMode::Cluster;
+    let mut args = vec![
+        "/etc/redis/redis.conf".to_owned(),
+        "--requirepass".to_owned(),
+        "$(REDIS_PASSWORD)".to_owned(),
+        "--masterauth".to_owned(),
+        "$(REDIS_PASSWORD)".to_owned(),
+    ];
+    let mut env = auth_env(names);
+    if cluster {
+        env.push(EnvVar {
+            name: "POD_NAME".to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".to_owned(),
+                    api_version: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+        args.extend([
+            "--cluster-announce-hostname".to_owned(),
+            format!(
+                "$(POD_NAME).{}.{}.svc",
+                names.redis_headless(),
+                names.namespace
+            ),
+            "--cluster-announce-human-nodename".to_owned(),
+            "$(POD_NAME)".to_owned(),
+        ]);
+    }
+    let mut ports = vec![ContainerPort {
+        name: Some("redis".to_owned()),
+        container_port: PORT,
+        ..ContainerPort::default()
+    }];
+    if cluster {
+        ports.push(ContainerPort {
+            name: Some("cluster-bus".to_owned()),
+            container_port: BUS_PORT,
+            ..ContainerPort::default()
+        });
+    }
+    let mut mounts = vec![
+        mount("data", "/data"),
+        mount("config", "/etc/redis"),
+        mount("tmp", "/tmp"),
+    ];
+    let mut volumes = vec![
+        Volume {
+            name: "config".to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.redis(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "tmp".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    ];
+    if let Some(tls) = tls_volume(ss) {
+        volumes.push(tls);
+        mounts.push(mount("tls", TLS_DIR));
+    }
+    let mut claims = None;
+    if redis.persistence.enabled {
+        claims = Some(vec![PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("data".to_owned()),
+                labels: Some(labels(ss, COMPONENT)),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                storage_class_name: redis.persistence.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_owned(),
+                        Quantity(redis.persistence.size.clone()),
+                    )])),
+                    ..VolumeResourceRequirements::default()
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            ..PersistentVolumeClaim::default()
+        }]);
+    } else {
+        volumes.push(Volume {
+            name: "data".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+    }
+    let mut ping = cli_args(ss);
+    ping.push("ping".to_owned());
+    let container = Container {
+        name: "redis".to_owned(),
+        image: Some(redis.image.clone()),
+        command: Some(vec!["redis-server".to_owned()]),
+        args: Some(args),
+        env: Some(env),
+        ports: Some(ports),
+        resources: Some(redis.resources.clone()),
+        volume_mounts: Some(mounts),
+        security_context: Some(container_security()),
+        // Loading a large AOF can take minutes: liveness waits for the startup probe.
+        startup_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::String("redis".to_owned()),
+                host: None,
+            }),
+            period_seconds: Some(5),
+            failure_threshold: Some(120),
+            ..Probe::default()
+        }),
+        liveness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::String("redis".to_owned()),
+                host: None,
+            }),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        readiness_probe: Some(Probe {
+            exec: Some(ExecAction {
+                command: Some(ping),
+            }),
+            period_seconds: Some(5),
+            timeout_seconds: Some(2),
+            failure_threshold: Some(2),
+            ..Probe::default()
+        }),
+        ..Container::default()
+    };
+    let template_meta = ObjectMeta {
+        labels: Some(labels(ss, COMPONENT)),
+        annotations: Some(BTreeMap::from([(
+            "sessions.io/config-digest".to_owned(),
+            digest(conf),
+        )])),
+        ..ObjectMeta::default()
+    };
+    let retention = if redis.persistence.retain_on_delete {
+        "Retain"
+    } else {
+        "Delete"
+    };
+    StatefulSet {
+        metadata: meta(ss, names.redis(), COMPONENT),
+        spec: StatefulSetSpec {
+            service_name: Some(names.redis_headless()),
+            replicas: Some(pod_count(ss)),
+            // Cluster nodes must all start for the bootstrap; order buys nothing.
+            pod_management_policy: Some("Parallel".to_owned()),
+            selector: LabelSelector {
+                match_labels: Some(selector(ss, COMPONENT)),
+                match_expressions: None,
+            },
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(retention.to_owned()),
+                    when_scaled: Some("Retain".to_owned()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(template_meta),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(pod_security(REDIS_UID)),
+                    termination_grace_period_seconds: Some(30),
+                    topology_spread_constraints: Some(spread(ss)),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: claims,
+            ..StatefulSetSpec::default()
+        },
+        status: None,
+    }
+}
+
+/// Spread Redis pods over nodes, preferably (a small cluster may have fewer nodes than pods).
+fn spread(ss: &SessionService) -> Vec<TopologySpreadConstraint> {
+    vec![TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: "kubernetes.io/hostname".to_owned(),
+        when_unsatisfiable: "ScheduleAnyway".to_owned(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector(ss, COMPONENT)),
+            match_expressions: None,
+        }),
+        ..TopologySpreadConstraint::default()
+    }]
+}
+
+fn service_ports(ss: &SessionService) -> Vec<ServicePort> {
+    let mut ports = vec![ServicePort {
+        name: Some("redis".to_owned()),
+        port: PORT,
+        target_port: Some(IntOrString::String("redis".to_owned())),
+        ..ServicePort::default()
+    }];
+    if ss.spec.redis.mode == RedisMode::Cluster {
+        ports.push(ServicePort {
+            name: Some("cluster-bus".to_owned()),
+            port: BUS_PORT,
+            target_port: Some(IntOrString::String("cluster-bus".to_owned())),
+            ..ServicePort::default()
+        });
+    }
+    ports
+}
+
+/// Stable per-pod DNS names; not-ready pods are published so the bootstrap can find nodes
+/// before they serve.
+fn headless_service(ss: &SessionService, names: &Names) -> Service {
+    Service {
+        metadata: meta(ss, names.redis_headless(), COMPONENT),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector(ss, COMPONENT)),
+            ports: Some(service_ports(ss)),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn client_service(ss: &SessionService, names: &Names) -> Service {
+    Service {
+        metadata: meta(ss, names.redis(), COMPONENT),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(selector(ss, COMPONENT)),
+            ports: Some(service_ports(ss).into_iter().take(1).collect()),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// One Redis pod down at a time: a drain never takes a master and its replica together.
+fn disruption_budget(ss: &SessionService, names: &Names) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(ss, names.redis(), COMPONENT),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(ss, COMPONENT)),
+                match_expressions: None,
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Only this SessionService's pods reach Redis: its own pods (replication, cluster bus,
+/// bootstrap), the session service, and application pods that carry the injection label.
+fn network_policy(ss: &SessionService, names: &Names) -> NetworkPolicy {
+    let peer = |key: &str| NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(key.to_owned(), names.base.clone())])),
+            match_expressions: None,
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let ports = service_ports(ss)
+        .into_iter()
+        .map(|p| NetworkPolicyPort {
+            port: Some(IntOrString::Int(p.port)),
+            protocol: Some("TCP".to_owned()),
+            end_port: None,
+        })
+        .collect();
+    NetworkPolicy {
+        metadata: meta(ss, names.redis(), COMPONENT),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector(ss, COMPONENT)),
+                match_expressions: None,
+            }),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![peer(INSTANCE_LABEL), peer(crate::INJECT_LABEL)]),
+                ports: Some(ports),
+            }]),
+            egress: None,
+        }),
+    }
+}
+
+/// Forms the cluster once every node answers. Idempotent: a node that already knows other
+/// nodes means the cluster was formed, and the Job exits successfully without touching it.
+fn bootstrap_script(ss: &SessionService, names: &Names) -> String {
+    let cli = cli_args(ss).join(" ");
+    format!(
+        r#"set -eu
+hosts=""
+i=0
+while [ "$i" -lt {count} ]; do
+  host="{sts}-$i.{headless}.{namespace}.svc"
+  until {cli} -h "$host" ping 2>/dev/null | grep -q PONG; do
+    echo "waiting for $host"; sleep 2
+  done
+  known=$({cli} -h "$host" cluster info | tr -d '\r' | sed -n 's/^cluster_known_nodes://p')
+  if [ "$known" -gt 1 ]; then
+    echo "$host already belongs to a cluster: nothing to do"; exit 0
+  fi
+  hosts="$hosts $(getent hosts "$host" | awk '{{print $1}}'):{port}"
+  i=$((i + 1))
+done
+{cli} --cluster create $hosts --cluster-replicas {replicas} --cluster-yes
+"#,
+        count = pod_count(ss),
+        sts = names.redis(),
+        headless = names.redis_headless(),
+        namespace = names.namespace,
+        port = PORT,
+        replicas = ss.spec.redis.replicas_per_shard,
+    )
+}
+
+fn bootstrap_job(ss: &SessionService, names: &Names) -> Job {
+    let mut volumes = vec![];
+    let mut mounts = vec![];
+    if let Some(tls) = tls_volume(ss) {
+        volumes.push(tls);
+        mounts.push(mount("tls", TLS_DIR));
+    }
+    Job {
+        metadata: meta(ss, names.bootstrap_job(), COMPONENT),
+        spec: Some(JobSpec {
+            backoff_limit: Some(20),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(ss, "redis-bootstrap")),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("OnFailure".to_owned()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(pod_security(REDIS_UID)),
+                    containers: vec![Container {
+                        name: "bootstrap".to_owned(),
+                        image: Some(ss.spec.redis.image.clone()),
+                        command: Some(vec!["sh".to_owned(), "-c".to_owned()]),
+                        args: Some(vec![bootstrap_script(ss, names)]),
+                        env: Some(auth_env(names)),
+                        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+                        security_context: Some(container_security()),
+                        ..Container::default()
+                    }],
+                    volumes: (!volumes.is_empty()).then_some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}

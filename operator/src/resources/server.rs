@@ -1,0 +1,276 @@
+//! The session service: `session-sidecar --mode server` as a Deployment, its Service and
+//! PodDisruptionBudget, and the generated JWT key. The environment that connects a pod to this
+//! SessionService's Redis is shared with the injected sidecar.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Secret,
+    SecretVolumeSource, Service, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::redis::secret_env;
+use super::{
+    Desired, Names, Part, Secrets, container_security, labels, meta, pod_security, selector,
+};
+use crate::crd::{RedisMode, SessionService};
+
+const COMPONENT: &str = "server";
+pub const HTTP_PORT: i32 = 7070;
+/// An unprivileged uid (distroless `nonroot`).
+pub const SESSION_UID: i64 = 65532;
+/// Where the Redis CA is mounted in session pods.
+pub const REDIS_CA_DIR: &str = "/etc/session/redis-ca";
+/// Key of the JWT signing key in its Secret.
+pub const JWT_KEY: &str = "jwt-secret";
+
+pub fn build(ss: &SessionService, secrets: &Secrets, out: &mut Desired) -> anyhow::Result<()> {
+    let names = Names::of(ss);
+    if ss.spec.server.jwt_secret_name.is_none() {
+        out.add(Part::Server, jwt_secret(ss, &names, &secrets.jwt_secret))?;
+    }
+    out.add(Part::Server, deployment(ss, &names))?;
+    out.add(Part::Server, service(ss, &names))?;
+    out.add(Part::Server, disruption_budget(ss, &names))?;
+    Ok(())
+}
+
+fn value_env(name: &str, value: impl ToString) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_string()),
+        ..EnvVar::default()
+    }
+}
+
+/// Where a pod of this SessionService finds the Redis URL: the generated Secret, or the
+/// user's Secret in external mode.
+pub fn redis_url_source(ss: &SessionService) -> (String, String) {
+    match &ss.spec.redis.external {
+        Some(external) if ss.spec.redis.mode == RedisMode::External => {
+            (external.secret_name.clone(), external.url_key.clone())
+        }
+        _ => (Names::of(ss).redis_secret(), "url".to_owned()),
+    }
+}
+
+/// The environment that connects a `session-sidecar` (server or injected sidecar) to this
+/// SessionService: Redis, the service name on every metric, and the session policies.
+pub fn session_env(ss: &SessionService) -> Vec<EnvVar> {
+    let (secret, key) = redis_url_source(ss);
+    let cluster = match (&ss.spec.redis.mode, &ss.spec.redis.external) {
+        (RedisMode::Cluster, _) => true,
+        (RedisMode::External, Some(external)) => external.cluster,
+        _ => false,
+    };
+    let policy = &ss.spec.sessions;
+    let mut env = vec![
+        secret_env("SESSION_REDIS_URL", &secret, &key),
+        value_env("SESSION_REDIS_CLUSTER", cluster),
+        value_env("SESSION_SERVICE_NAME", Names::of(ss).base),
+        value_env("SESSION_SHARD_COUNT", policy.shard_count),
+        value_env("SESSION_TTL_SECONDS", policy.ttl_seconds),
+        value_env("SESSION_MAX_TTL_SECONDS", policy.max_ttl_seconds),
+        value_env(
+            "SESSION_ENDED_RETENTION_SECONDS",
+            policy.ended_retention_seconds,
+        ),
+        value_env(
+            "SESSION_ACTIVE_CAP_POLICY",
+            match policy.active_cap_policy {
+                crate::crd::CapPolicy::Reject => "reject",
+                crate::crd::CapPolicy::EndOldest => "end-oldest",
+            },
+        ),
+        value_env("SESSION_CREATE_RATE_LIMIT", policy.create_rate_limit),
+        value_env(
+            "SESSION_CREATE_RATE_WINDOW_SECONDS",
+            policy.create_rate_window_seconds,
+        ),
+        value_env("SESSION_LOG_FORMAT", "json"),
+    ];
+    if let Some(cap) = policy.max_active_per_user {
+        env.push(value_env("SESSION_MAX_ACTIVE_PER_USER", cap));
+    }
+    if redis_ca_volume(ss).is_some() {
+        // rustls loads its trust roots from this file.
+        env.push(value_env("SSL_CERT_FILE", format!("{REDIS_CA_DIR}/ca.crt")));
+    }
+    env
+}
+
+/// The CA of the operator-managed Redis's TLS certificate, when TLS is on.
+pub fn redis_ca_volume(ss: &SessionService) -> Option<(Volume, VolumeMount)> {
+    let tls = &ss.spec.redis.tls;
+    let secret_name = tls.secret_name.clone()?;
+    (tls.enabled && ss.spec.redis.mode != RedisMode::External).then(|| {
+        (
+            Volume {
+                name: "redis-ca".to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret_name),
+                    items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                        key: "ca.crt".to_owned(),
+                        path: "ca.crt".to_owned(),
+                        ..k8s_openapi::api::core::v1::KeyToPath::default()
+                    }]),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            VolumeMount {
+                name: "redis-ca".to_owned(),
+                mount_path: REDIS_CA_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        )
+    })
+}
+
+/// An HTTP probe on the session port.
+pub fn http_probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("http".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+fn jwt_secret(ss: &SessionService, names: &Names, key: &str) -> Secret {
+    Secret {
+        metadata: meta(ss, names.jwt_secret(), COMPONENT),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            JWT_KEY.to_owned(),
+            ByteString(key.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+fn deployment(ss: &SessionService, names: &Names) -> Deployment {
+    let server = &ss.spec.server;
+    let jwt = server
+        .jwt_secret_name
+        .clone()
+        .unwrap_or_else(|| names.jwt_secret());
+    let mut env = vec![
+        value_env("SESSION_MODE", "server"),
+        value_env("SESSION_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
+        secret_env("SESSION_JWT_SECRET", &jwt, JWT_KEY),
+    ];
+    env.extend(session_env(ss));
+    let (volumes, mounts) = redis_ca_volume(ss).unzip();
+    let spread = |key: &str| TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: key.to_owned(),
+        when_unsatisfiable: "ScheduleAnyway".to_owned(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector(ss, COMPONENT)),
+            match_expressions: None,
+        }),
+        ..TopologySpreadConstraint::default()
+    };
+    Deployment {
+        metadata: meta(ss, names.server(), COMPONENT),
+        spec: DeploymentSpec {
+            // With autoscaling the HPA owns the replica count; applying one would fight it.
+            replicas: (!ss.spec.autoscaling.enabled).then_some(server.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(ss, COMPONENT)),
+                match_expressions: None,
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".to_owned())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(ss, COMPONENT)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(pod_security(SESSION_UID)),
+                    termination_grace_period_seconds: Some(30),
+                    topology_spread_constraints: Some(vec![
+                        spread("topology.kubernetes.io/zone"),
+                        spread("kubernetes.io/hostname"),
+                    ]),
+                    containers: vec![Container {
+                        name: "session-service".to_owned(),
+                        image: Some(server.image.clone()),
+                        env: Some(env),
+                        ports: Some(vec![ContainerPort {
+                            name: Some("http".to_owned()),
+                            container_port: HTTP_PORT,
+                            ..ContainerPort::default()
+                        }]),
+                        resources: Some(server.resources.clone()),
+                        liveness_probe: Some(http_probe("/healthz", 10)),
+                        readiness_probe: Some(http_probe("/readyz", 5)),
+                        security_context: Some(container_security()),
+                        volume_mounts: mounts.map(|m| vec![m]),
+                        ..Container::default()
+                    }],
+                    volumes: volumes.map(|v| vec![v]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        status: None,
+    }
+}
+
+fn service(ss: &SessionService, names: &Names) -> Service {
+    Service {
+        metadata: meta(ss, names.server(), COMPONENT),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(selector(ss, COMPONENT)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_owned()),
+                port: HTTP_PORT,
+                target_port: Some(IntOrString::String("http".to_owned())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn disruption_budget(ss: &SessionService, names: &Names) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(ss, names.server(), COMPONENT),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(ss, COMPONENT)),
+                match_expressions: None,
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    }
+}
