@@ -12,6 +12,7 @@ use crate::resources::{self, Secrets};
 /// Parses and checks every SessionService in a multi-document YAML text; other kinds are
 /// refused, so a typo in `kind` is not silently ignored.
 pub fn parse(text: &str, namespace: &str) -> anyhow::Result<Vec<SessionService>> {
+    let validator = schema_validator()?;
     let mut services = Vec::new();
     for (index, document) in crate::yaml::from_yaml_documents(text)?
         .into_iter()
@@ -31,6 +32,10 @@ pub fn parse(text: &str, namespace: &str) -> anyhow::Result<Vec<SessionService>>
                 index + 1
             );
         }
+        let problems = schema_problems(&validator, &document);
+        if !problems.is_empty() {
+            bail!("document {}: {}", index + 1, problems.join("; "));
+        }
         let mut ss: SessionService = serde_json::from_value(document)
             .with_context(|| format!("document {}: invalid SessionService", index + 1))?;
         if ss.metadata.name.is_none() {
@@ -44,6 +49,28 @@ pub fn parse(text: &str, namespace: &str) -> anyhow::Result<Vec<SessionService>>
         services.push(ss);
     }
     Ok(services)
+}
+
+/// The CRD's OpenAPI schema (types, ranges, patterns, enums), as the API server checks it.
+fn schema_validator() -> anyhow::Result<jsonschema::Validator> {
+    use kube::CustomResourceExt;
+    let crd = SessionService::crd();
+    let schema = crd
+        .spec
+        .versions
+        .first()
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .context("the CRD has no schema")?;
+    jsonschema::validator_for(&serde_json::to_value(schema)?)
+        .map_err(|e| anyhow::anyhow!("the CRD schema does not compile: {e}"))
+}
+
+fn schema_problems(validator: &jsonschema::Validator, document: &Value) -> Vec<String> {
+    validator
+        .iter_errors(document)
+        .map(|e| format!("{}: {e}", e.instance_path))
+        .collect()
 }
 
 /// Every object the operator would apply for `ss`, as JSON values in apply order.

@@ -1,0 +1,55 @@
+//! Shared by the operator's test files.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use session_operator::crd::SessionService;
+use session_operator::render;
+use session_operator::resources::Secrets;
+
+pub const EXAMPLES: &[&str] = &[
+    "sessionservice-standalone.yaml",
+    "sessionservice-cluster.yaml",
+    "sessionservice-external.yaml",
+];
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Fixed credentials, so rendered objects are reproducible.
+pub fn test_secrets() -> Secrets {
+    Secrets {
+        redis_password: "test-redis-password".to_owned(),
+        jwt_secret: "test-jwt-secret-test-jwt-secret-0123456789".to_owned(),
+    }
+}
+
+pub fn example(name: &str) -> SessionService {
+    let text = std::fs::read_to_string(repo_root().join("examples").join(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut services = render::parse(&text, "default").unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    assert_eq!(services.len(), 1, "{name}");
+    services.remove(0)
+}
+
+pub fn rendered(name: &str) -> Vec<Value> {
+    render::objects(&example(name), &test_secrets()).unwrap()
+}
+
+pub fn parse_one(yaml: &str) -> anyhow::Result<SessionService> {
+    Ok(render::parse(yaml, "default")?.remove(0))
+}
+
+/// Runs a tool the test command installs; a missing tool fails the test with the reason.
+pub fn run_tool(program: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} is required (tests/run.sh installs it): {e}"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}

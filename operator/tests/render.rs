@@ -1,0 +1,238 @@
+//! What the operator applies: snapshots of every builder's output per example, every object
+//! validated against the official Kubernetes schemas of two versions, and the properties that
+//! matter checked one by one.
+
+mod common;
+
+use common::{EXAMPLES, example, rendered, run_tool, test_secrets};
+use serde_json::Value;
+use session_operator::resources;
+
+fn kinds(objects: &[Value]) -> Vec<String> {
+    objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+#[test]
+fn snapshots_of_every_example() {
+    for name in EXAMPLES {
+        let yaml = session_operator::yaml::to_yaml_documents(&rendered(name)).unwrap();
+        insta::assert_snapshot!(name.trim_end_matches(".yaml"), yaml);
+    }
+}
+
+#[test]
+fn every_rendered_object_passes_the_official_schemas_of_two_kubernetes_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let crd = common::repo_root().join("crds/sessionservice.yaml");
+    for name in EXAMPLES {
+        let objects = rendered(name);
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            session_operator::yaml::to_yaml_documents(&objects).unwrap(),
+        )
+        .unwrap();
+        let core = objects
+            .iter()
+            .filter(|o| o["apiVersion"] != "monitoring.coreos.com/v1")
+            .count();
+        for version in ["1.30.0", "1.37.0"] {
+            let (ok, out) = run_tool(
+                "kubernetes-validate",
+                &[
+                    "--strict",
+                    "-k",
+                    version,
+                    path.to_str().unwrap(),
+                    crd.to_str().unwrap(),
+                ],
+            );
+            assert!(ok, "{name} on {version}:\n{out}");
+            let passed = out.matches(" passed for resource ").count();
+            assert_eq!(
+                passed,
+                core + 1,
+                "{name} on {version}: every object checked\n{out}"
+            );
+            for line in out.lines().filter(|l| l.starts_with("WARN")) {
+                assert!(
+                    line.contains("kind ServiceMonitor") || line.contains("kind PrometheusRule"),
+                    "{name} on {version}: {line}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn external_mode_creates_no_redis_objects() {
+    let objects = rendered("sessionservice-external.yaml");
+    assert_eq!(
+        kinds(&objects),
+        [
+            "Deployment/sessions-ext",
+            "Service/sessions-ext",
+            "PodDisruptionBudget/sessions-ext",
+            "ServiceMonitor/sessions-ext"
+        ]
+    );
+    let env = &find(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"];
+    let url = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "SESSION_REDIS_URL")
+        .unwrap();
+    assert_eq!(url["valueFrom"]["secretKeyRef"]["name"], "managed-redis");
+    let jwt = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "SESSION_JWT_SECRET")
+        .unwrap();
+    assert_eq!(jwt["valueFrom"]["secretKeyRef"]["name"], "identity-jwt");
+}
+
+#[test]
+fn turned_off_parts_are_deleted_not_left_behind() {
+    let ss = example("sessionservice-external.yaml");
+    let desired = resources::desired(&ss, &test_secrets()).unwrap();
+    let deleted: Vec<(String, String)> = desired
+        .delete
+        .iter()
+        .map(|u| (u.resource.kind.clone(), u.name.clone()))
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            (
+                "HorizontalPodAutoscaler".to_owned(),
+                "sessions-ext".to_owned()
+            ),
+            ("PrometheusRule".to_owned(), "sessions-ext-slo".to_owned())
+        ]
+    );
+    // Without an HPA the Deployment carries the replica count; with one it must not.
+    let fixed = rendered("sessionservice-external.yaml");
+    assert_eq!(find(&fixed, "Deployment")["spec"]["replicas"], 3);
+    let scaled = rendered("sessionservice-standalone.yaml");
+    assert!(
+        find(&scaled, "Deployment")["spec"]
+            .get("replicas")
+            .is_none()
+    );
+}
+
+#[test]
+fn cluster_mode_announces_hostnames_and_bootstraps_idempotently() {
+    let objects = rendered("sessionservice-cluster.yaml");
+    let sts = find(&objects, "StatefulSet");
+    assert_eq!(sts["spec"]["replicas"], 6);
+    assert_eq!(
+        sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
+        "Retain"
+    );
+    let args = sts["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains("--cluster-announce-hostname"));
+    assert!(args.contains("$(POD_NAME).sessions-ha-redis-headless.platform.svc"));
+    let conf = find(&objects, "ConfigMap")["data"]["redis.conf"]
+        .as_str()
+        .unwrap();
+    assert!(conf.contains("cluster-preferred-endpoint-type hostname"));
+    let job = find(&objects, "Job");
+    let script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+        .as_str()
+        .unwrap();
+    assert!(script.contains("--cluster-replicas 1"));
+    assert!(script.contains("already belongs to a cluster: nothing to do"));
+}
+
+#[test]
+fn the_redis_secret_holds_a_url_with_the_password() {
+    let objects = rendered("sessionservice-standalone.yaml");
+    let secret = objects
+        .iter()
+        .find(|o| o["metadata"]["name"] == "sessions-redis-auth")
+        .unwrap();
+    use data_encoding::BASE64;
+    let url = BASE64
+        .decode(secret["data"]["url"].as_str().unwrap().as_bytes())
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(url).unwrap(),
+        "redis://:test-redis-password@sessions-redis.shop.svc:6379"
+    );
+}
+
+#[test]
+fn every_pod_is_non_root_read_only_without_capabilities() {
+    for name in EXAMPLES {
+        for object in rendered(name) {
+            let pod = match object["kind"].as_str().unwrap() {
+                "Deployment" | "StatefulSet" | "Job" => &object["spec"]["template"]["spec"],
+                _ => continue,
+            };
+            assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+            assert_eq!(
+                pod["securityContext"]["seccompProfile"]["type"],
+                "RuntimeDefault"
+            );
+            assert_eq!(pod["automountServiceAccountToken"], false);
+            for container in pod["containers"].as_array().unwrap() {
+                let security = &container["securityContext"];
+                assert_eq!(security["readOnlyRootFilesystem"], true, "{name}");
+                assert_eq!(security["allowPrivilegeEscalation"], false);
+                assert_eq!(security["capabilities"]["drop"][0], "ALL");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_network_policy_admits_only_this_session_services_pods() {
+    let objects = rendered("sessionservice-standalone.yaml");
+    let policy = find(&objects, "NetworkPolicy");
+    let from = &policy["spec"]["ingress"][0]["from"];
+    assert_eq!(
+        from[0]["podSelector"]["matchLabels"]["sessions.io/session-service"],
+        "sessions"
+    );
+    assert_eq!(
+        from[1]["podSelector"]["matchLabels"]["sessions.io/inject"],
+        "sessions"
+    );
+    // The server's pods carry the label the policy admits.
+    let server = find(&objects, "Deployment");
+    assert_eq!(
+        server["spec"]["template"]["metadata"]["labels"]["sessions.io/session-service"],
+        "sessions"
+    );
+}
+
+#[test]
+fn objects_are_owned_by_the_session_service_when_it_has_a_uid() {
+    let mut ss = example("sessionservice-standalone.yaml");
+    ss.metadata.uid = Some("0b9b3c4e-1111-2222-3333-444455556666".to_owned());
+    for object in session_operator::render::objects(&ss, &test_secrets()).unwrap() {
+        let owner = &object["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "SessionService");
+        assert_eq!(owner["controller"], true);
+        assert_eq!(owner["uid"], "0b9b3c4e-1111-2222-3333-444455556666");
+    }
+}
