@@ -8,4 +8,6 @@ pub mod yaml;
 
 /// The label that asks for a sidecar: `sessions.io/inject: <SessionService name>`.
 pub const INJECT_LABEL: &str = "sessions.io/inject";
+pub mod reconcile;
 pub mod render;
+pub mod telemetry;

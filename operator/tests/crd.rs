@@ -1,6 +1,8 @@
 //! The CRD: in sync with `crds/`, and its rules accept the examples and refuse what they
 //! should, with the messages users will see.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use common::{EXAMPLES, example, parse_one, repo_root};

@@ -2,6 +2,8 @@
 //! validated against the official Kubernetes schemas of two versions, and the properties that
 //! matter checked one by one.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use common::{EXAMPLES, example, rendered, run_tool, test_secrets};

@@ -1,6 +1,8 @@
 //! The SLO rules under the real `promtool`: they parse, and each alert fires at a high burn
 //! rate and stays silent at a low one, for the default objectives and for non-default ones.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use common::{example, run_tool};

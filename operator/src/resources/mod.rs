@@ -23,7 +23,7 @@ pub const MANAGER: &str = "session-operator";
 pub const INSTANCE_LABEL: &str = "sessions.io/session-service";
 
 /// The status condition an object counts towards.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Part {
     Redis,
     Server,

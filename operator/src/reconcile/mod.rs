@@ -1,0 +1,485 @@
+//! One reconcile of a SessionService, level-triggered and idempotent: read the generated
+//! secrets back, build every desired object, server-side apply each with one field manager,
+//! delete what the spec turned off, then write the status only when it changed and record an
+//! Event for each condition that changed.
+
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::crd::{RedisMode, SessionService};
+use crate::resources::{self, Child, MANAGER, Names, Part, Secrets, redis, server};
+use crate::telemetry::Metrics;
+use status::PartState;
+
+/// Resync period of a healthy SessionService: drift is repaired within it even without a
+/// watch event.
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// Recheck period while something is still starting.
+pub const PROGRESS_CHECK: Duration = Duration::from_secs(15);
+/// Recheck period while an optional API (prometheus-operator, autoscaling/v2, policy/v1) is
+/// missing: it may be installed later.
+pub const MISSING_API_CHECK: Duration = Duration::from_secs(60);
+
+/// What a reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// Consecutive failures per SessionService, for the exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, recorder: Recorder, metrics: Metrics) -> Self {
+        Self {
+            client,
+            recorder,
+            metrics,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the SessionService has no namespace")]
+    NoNamespace,
+    #[error("reading Secret {name}: {source}")]
+    SecretRead { name: String, source: kube::Error },
+    #[error("building the objects: {0:#}")]
+    Build(anyhow::Error),
+    #[error("{count} object(s) could not be applied; first: {first}")]
+    Apply { count: usize, first: String },
+    #[error("writing the status: {0}")]
+    Status(kube::Error),
+}
+
+impl Error {
+    /// The condition reason and metric label of this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoNamespace => "NoNamespace",
+            Self::SecretRead { .. } => "SecretReadFailed",
+            Self::Build(_) => "BuildFailed",
+            Self::Apply { .. } => "ApplyFailed",
+            Self::Status(_) => "StatusWriteFailed",
+        }
+    }
+}
+
+fn key(ss: &SessionService) -> String {
+    format!("{}/{}", ss.namespace().unwrap_or_default(), ss.name_any())
+}
+
+/// The controller's reconcile function: times and counts [`reconcile_once`].
+pub async fn reconcile(ss: Arc<SessionService>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_once(&ss, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .with_label_values(&[] as &[&str])
+        .observe(started.elapsed().as_secs_f64());
+    match &result {
+        Ok(action) => {
+            ctx.failures().remove(&key(&ss));
+            let label = if *action == Action::requeue(RESYNC) {
+                "success"
+            } else {
+                "requeue"
+            };
+            ctx.metrics.reconciles.with_label_values(&[label]).inc();
+        }
+        Err(error) => {
+            ctx.metrics.reconciles.with_label_values(&["error"]).inc();
+            ctx.metrics
+                .errors
+                .with_label_values(&[error.reason()])
+                .inc();
+        }
+    }
+    result
+}
+
+/// Requeue a failed reconcile after 5 s, doubling per consecutive failure up to 5 min.
+pub fn error_policy(ss: Arc<SessionService>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = {
+        let mut all = ctx.failures();
+        let n = all.entry(key(&ss)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(failures);
+    warn!(session_service = %key(&ss), %error, failures, retry_in_s = delay.as_secs(), "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The delay after `failures` consecutive failures.
+pub fn backoff(failures: u32) -> Duration {
+    let seconds = 5u64.saturating_mul(1 << failures.saturating_sub(1).min(6));
+    Duration::from_secs(seconds.min(300))
+}
+
+/// What applying the desired objects produced.
+struct Outcome {
+    parts: Vec<(Part, PartState)>,
+    /// `kind/name: error` for every object that failed for another reason than a missing API.
+    failures: Vec<String>,
+    missing_api: bool,
+    ready_replicas: Option<i32>,
+}
+
+pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action, Error> {
+    let namespace = ss.namespace().ok_or(Error::NoNamespace)?;
+    let outcome = match read_secrets(&ctx.client, ss, &namespace).await {
+        Ok(secrets) => {
+            let desired = resources::desired(ss, &secrets).map_err(Error::Build)?;
+            apply_all(ctx, ss, &namespace, desired).await
+        }
+        Err(error) => {
+            // Nothing can be built without the credentials: every part reports why.
+            let state = PartState::not_ok(error.reason(), error.to_string());
+            let parts = [Part::Redis, Part::Server, Part::Autoscaling, Part::Alerts]
+                .into_iter()
+                .map(|p| (p, state.clone()))
+                .collect();
+            write_status(ctx, ss, &namespace, parts, None).await?;
+            return Err(error);
+        }
+    };
+    let all_ok = outcome.parts.iter().all(|(_, s)| s.ok);
+    write_status(ctx, ss, &namespace, outcome.parts, outcome.ready_replicas).await?;
+    if let Some(first) = outcome.failures.first() {
+        return Err(Error::Apply {
+            count: outcome.failures.len(),
+            first: first.clone(),
+        });
+    }
+    Ok(Action::requeue(if outcome.missing_api {
+        MISSING_API_CHECK
+    } else if !all_ok {
+        PROGRESS_CHECK
+    } else {
+        RESYNC
+    }))
+}
+
+/// The generated credentials, read back from their Secrets so they are generated only once;
+/// fresh ones for Secrets that do not exist yet.
+async fn read_secrets(
+    client: &Client,
+    ss: &SessionService,
+    namespace: &str,
+) -> Result<Secrets, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let names = Names::of(ss);
+    let mut secrets = Secrets::generate();
+    let read = |name: String, key: &'static str| {
+        let api = api.clone();
+        async move {
+            let secret = api
+                .get_opt(&name)
+                .await
+                .map_err(|source| Error::SecretRead {
+                    name: name.clone(),
+                    source,
+                })?;
+            Ok::<_, Error>(secret.and_then(|s| {
+                let bytes = s.data?.remove(key)?.0;
+                String::from_utf8(bytes).ok().filter(|v| !v.is_empty())
+            }))
+        }
+    };
+    if ss.spec.redis.mode != RedisMode::External
+        && let Some(password) = read(names.redis_secret(), "password").await?
+    {
+        secrets.redis_password = password;
+    }
+    if ss.spec.server.jwt_secret_name.is_none()
+        && let Some(key) = read(names.jwt_secret(), server::JWT_KEY).await?
+    {
+        secrets.jwt_secret = key;
+    }
+    Ok(secrets)
+}
+
+async fn apply_all(
+    ctx: &Context,
+    ss: &SessionService,
+    namespace: &str,
+    desired: resources::Desired,
+) -> Outcome {
+    let mut applied: Vec<(Part, DynamicObject)> = Vec::new();
+    let mut problems: HashMap<Part, PartState> = HashMap::new();
+    let mut failures = Vec::new();
+    let mut missing_api = false;
+    for child in &desired.apply {
+        match apply(&ctx.client, namespace, child).await {
+            Ok(object) => applied.push((child.part, object)),
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                missing_api = true;
+                problems.entry(child.part).or_insert_with(|| {
+                    PartState::not_ok(
+                        "ApiUnavailable",
+                        format!(
+                            "{} {} is not served by this cluster; {}",
+                            child.resource.api_version,
+                            child.resource.kind,
+                            missing_api_hint(child.part)
+                        ),
+                    )
+                });
+            }
+            Err(error) => {
+                let what = format!("{}/{}: {error}", child.resource.kind, child.name());
+                problems
+                    .entry(child.part)
+                    .or_insert_with(|| PartState::not_ok("ApplyFailed", what.clone()));
+                failures.push(what);
+            }
+        }
+    }
+    for unwanted in &desired.delete {
+        if let Err(error) = delete_if_ours(&ctx.client, namespace, unwanted).await {
+            let what = format!(
+                "deleting {}/{}: {error}",
+                unwanted.resource.kind, unwanted.name
+            );
+            problems
+                .entry(unwanted.part)
+                .or_insert_with(|| PartState::not_ok("DeleteFailed", what.clone()));
+            failures.push(what);
+        }
+    }
+    let deployment = applied
+        .iter()
+        .find(|(_, o)| kind(o) == "Deployment")
+        .map(|(_, o)| o);
+    let ready_replicas = deployment.map(|d| int(d, "/status/readyReplicas"));
+    let parts = [Part::Redis, Part::Server, Part::Autoscaling, Part::Alerts]
+        .into_iter()
+        .map(|part| {
+            let state = problems
+                .remove(&part)
+                .unwrap_or_else(|| observe(ss, part, &applied));
+            (part, state)
+        })
+        .collect();
+    Outcome {
+        parts,
+        failures,
+        missing_api,
+        ready_replicas,
+    }
+}
+
+fn missing_api_hint(part: Part) -> &'static str {
+    match part {
+        Part::Alerts => {
+            "install the prometheus-operator CRDs, or turn off spec.monitoring.serviceMonitor and spec.monitoring.prometheusRule"
+        }
+        Part::Autoscaling => {
+            "autoscaling/v2 needs Kubernetes 1.23 or newer, or set spec.autoscaling.enabled to false"
+        }
+        _ => "the other objects are applied; this one is retried",
+    }
+}
+
+async fn apply(
+    client: &Client,
+    namespace: &str,
+    child: &Child,
+) -> Result<DynamicObject, kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &child.resource);
+    api.patch(
+        &child.name(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&child.object),
+    )
+    .await
+}
+
+/// Deletes an object the spec no longer asks for, but only one this operator made: a user's
+/// own HPA or ServiceMonitor of the same name is left alone.
+async fn delete_if_ours(
+    client: &Client,
+    namespace: &str,
+    unwanted: &resources::Unwanted,
+) -> Result<(), kube::Error> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &unwanted.resource);
+    let existing = match api.get_opt(&unwanted.name).await {
+        Ok(existing) => existing,
+        // The API itself is missing: there is nothing to delete.
+        Err(kube::Error::Api(status)) if status.code == 404 => None,
+        Err(error) => return Err(error),
+    };
+    let ours = existing.is_some_and(|o| {
+        o.labels()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str)
+            == Some(MANAGER)
+    });
+    if ours {
+        info!(kind = %unwanted.resource.kind, name = %unwanted.name, "deleting an object the spec turned off");
+        match api
+            .delete(&unwanted.name, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+fn kind(object: &DynamicObject) -> &str {
+    object
+        .types
+        .as_ref()
+        .map(|t| t.kind.as_str())
+        .unwrap_or_default()
+}
+
+fn int(object: &DynamicObject, pointer: &str) -> i32 {
+    object
+        .data
+        .pointer(pointer)
+        .and_then(serde_json::Value::as_i64)
+        .and_then(|v| i32::try_from(v).ok())
+        .unwrap_or(0)
+}
+
+/// A part whose objects all applied: is it ready, judging by what the API server returned?
+fn observe(ss: &SessionService, part: Part, applied: &[(Part, DynamicObject)]) -> PartState {
+    let find = |k: &str| applied.iter().find(|(_, o)| kind(o) == k).map(|(_, o)| o);
+    match part {
+        Part::Redis if ss.spec.redis.mode == RedisMode::External => PartState::ok(
+            "External",
+            "Redis is external; its URL is in the referenced Secret",
+        ),
+        Part::Redis => {
+            let want = redis::pod_count(ss);
+            let ready = find("StatefulSet").map_or(0, |s| int(s, "/status/readyReplicas"));
+            if ready < want {
+                return PartState::not_ok(
+                    "Progressing",
+                    format!("{ready} of {want} Redis pods ready"),
+                );
+            }
+            if ss.spec.redis.mode == RedisMode::Cluster
+                && find("Job").is_none_or(|j| int(j, "/status/succeeded") < 1)
+            {
+                return PartState::not_ok("Bootstrapping", "waiting for the cluster bootstrap Job");
+            }
+            PartState::ok("Ready", format!("{ready} of {want} Redis pods ready"))
+        }
+        Part::Server => {
+            let ready = find("Deployment").map_or(0, |d| int(d, "/status/readyReplicas"));
+            if ready < 1 {
+                PartState::not_ok("Progressing", "no session-service replica is ready yet")
+            } else {
+                PartState::ok(
+                    "Available",
+                    format!("{ready} session-service replicas ready"),
+                )
+            }
+        }
+        Part::Autoscaling if !ss.spec.autoscaling.enabled => PartState::ok(
+            "Disabled",
+            "autoscaling is off; the Deployment has fixed replicas",
+        ),
+        Part::Autoscaling => PartState::ok("Applied", "the HorizontalPodAutoscaler is applied"),
+        Part::Alerts => {
+            let m = &ss.spec.monitoring;
+            if m.service_monitor || m.prometheus_rule {
+                PartState::ok("Applied", "monitoring objects are applied")
+            } else {
+                PartState::ok("Disabled", "monitoring objects are turned off")
+            }
+        }
+    }
+}
+
+/// Writes the status when it differs from the current one, and records an Event for every
+/// condition that changed.
+async fn write_status(
+    ctx: &Context,
+    ss: &SessionService,
+    namespace: &str,
+    parts: Vec<(Part, PartState)>,
+    ready_replicas: Option<i32>,
+) -> Result<(), Error> {
+    let endpoint = (ss.spec.redis.mode != RedisMode::External).then(|| {
+        let names = Names::of(ss);
+        match ss.spec.redis.mode {
+            RedisMode::Cluster => format!("{}:6379", names.redis_pod_host(0)),
+            _ => format!("{}:6379", names.redis_service_host()),
+        }
+    });
+    let old = ss.status.as_ref();
+    let new = status::status(
+        &parts,
+        ss.metadata.generation,
+        old,
+        endpoint,
+        ready_replicas,
+        Timestamp::now(),
+    );
+    if old == Some(&new) {
+        return Ok(());
+    }
+    let api: Api<SessionService> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = json!({
+        "apiVersion": "sessions.io/v1alpha1",
+        "kind": "SessionService",
+        "status": new,
+    });
+    api.patch_status(
+        &ss.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Status)?;
+    let reference = ss.object_ref(&());
+    for condition in status::transitions(&new, old) {
+        let event = Event {
+            type_: if condition.status == "True" {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            // One reason per condition and outcome (`RedisReady`, `RedisNotReady`), so the
+            // recorder never folds two conditions into one event series.
+            reason: if condition.status == "True" {
+                condition.type_.clone()
+            } else {
+                condition.type_.replacen("Ready", "NotReady", 1)
+            },
+            note: Some(format!("{}: {}", condition.reason, condition.message)),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+            warn!(%error, "could not record an Event");
+        }
+    }
+    Ok(())
+}

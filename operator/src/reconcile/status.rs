@@ -1,0 +1,113 @@
+//! The status a reconcile reports, computed by pure functions from what the apply calls
+//! returned: one condition per part, `Ready` over all of them, and `lastTransitionTime` kept
+//! while a condition's status does not change (so an unchanged object gets no status write).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::crd::SessionServiceStatus;
+use crate::resources::Part;
+
+/// How one part fared in this reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartState {
+    pub ok: bool,
+    /// CamelCase, as Kubernetes reasons are.
+    pub reason: String,
+    pub message: String,
+}
+
+impl PartState {
+    pub fn ok(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+    pub fn not_ok(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The condition type of each part.
+pub fn condition_type(part: Part) -> &'static str {
+    match part {
+        Part::Redis => "RedisReady",
+        Part::Server => "ServerReady",
+        Part::Autoscaling => "AutoscalingReady",
+        Part::Alerts => "AlertsReady",
+    }
+}
+
+/// The new status: conditions in a fixed order, each keeping its transition time unless its
+/// status changed.
+pub fn status(
+    parts: &[(Part, PartState)],
+    generation: Option<i64>,
+    old: Option<&SessionServiceStatus>,
+    redis_endpoint: Option<String>,
+    ready_replicas: Option<i32>,
+    now: Timestamp,
+) -> SessionServiceStatus {
+    let not_ready: Vec<&str> = parts
+        .iter()
+        .filter(|(_, s)| !s.ok)
+        .map(|(p, _)| condition_type(*p))
+        .collect();
+    let ready = if not_ready.is_empty() {
+        PartState::ok(
+            "AllPartsReady",
+            "Redis, the session service, autoscaling and alerts are ready",
+        )
+    } else {
+        PartState::not_ok(
+            "PartsNotReady",
+            format!("not ready: {}", not_ready.join(", ")),
+        )
+    };
+    let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let condition = |type_: &str, state: &PartState| {
+        let status = if state.ok { "True" } else { "False" };
+        let since = old_conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(now));
+        Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: state.reason.clone(),
+            message: state.message.clone(),
+            observed_generation: generation,
+            last_transition_time: since,
+        }
+    };
+    let mut conditions = vec![condition("Ready", &ready)];
+    conditions.extend(parts.iter().map(|(p, s)| condition(condition_type(*p), s)));
+    SessionServiceStatus {
+        observed_generation: generation,
+        conditions,
+        redis_endpoint,
+        ready_replicas,
+    }
+}
+
+/// The conditions whose status differs from before: what deserves a Kubernetes Event.
+pub fn transitions<'a>(
+    new: &'a SessionServiceStatus,
+    old: Option<&SessionServiceStatus>,
+) -> Vec<&'a Condition> {
+    let old = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    new.conditions
+        .iter()
+        .filter(|c| {
+            !old.iter()
+                .any(|o| o.type_ == c.type_ && o.status == c.status && o.reason == c.reason)
+        })
+        .collect()
+}

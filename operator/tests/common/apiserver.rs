@@ -1,0 +1,220 @@
+//! A fake Kubernetes API server, the one thing these tests mock: an in-memory object store
+//! behind kube's `Client`, speaking server-side apply the way the operator uses it. It counts
+//! which writes changed something, can fail chosen objects, and can leave API groups out the
+//! way a cluster without prometheus-operator (or without autoscaling/v2) does.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+/// One write request the fake saw.
+#[derive(Clone, Debug)]
+pub struct Write {
+    pub method: String,
+    pub path: String,
+    /// Whether the stored object differs afterwards.
+    pub changed: bool,
+}
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<String, Value>,
+    missing_groups: Vec<String>,
+    failing_paths: Vec<String>,
+    writes: Vec<Write>,
+    events: Vec<Value>,
+    resource_version: u64,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeApiServer {
+    state: Arc<Mutex<State>>,
+}
+
+impl FakeApiServer {
+    /// A client talking to a new fake.
+    pub fn start() -> (Client, Self) {
+        let fake = Self::default();
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = fake.clone();
+        tokio::spawn(async move {
+            while let Some((request, respond)) = handle.next_request().await {
+                let response = server.handle(request).await;
+                respond.send_response(response);
+            }
+        });
+        (Client::new(service, "default"), fake)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    /// Stores an object as if it existed already.
+    pub fn insert(&self, path: &str, object: Value) {
+        self.state().objects.insert(path.to_owned(), object);
+    }
+
+    pub fn get(&self, path: &str) -> Option<Value> {
+        self.state().objects.get(path).cloned()
+    }
+
+    /// Sets an object's status, as a controller of that kind would.
+    pub fn set_status(&self, path: &str, status: Value) {
+        let mut state = self.state();
+        let object = state
+            .objects
+            .get_mut(path)
+            .unwrap_or_else(|| panic!("no {path}"));
+        object["status"] = status;
+    }
+
+    /// Serves no resource of this API group (`404 the server could not find the requested
+    /// resource`).
+    pub fn remove_group(&self, group: &str) {
+        self.state().missing_groups.push(group.to_owned());
+    }
+
+    /// Answers 500 to writes of this path.
+    pub fn fail_writes_to(&self, path: &str) {
+        self.state().failing_paths.push(path.to_owned());
+    }
+
+    pub fn heal(&self) {
+        self.state().failing_paths.clear();
+    }
+
+    /// Takes the writes and Events seen since the last call.
+    pub fn take_writes(&self) -> (Vec<Write>, Vec<Value>) {
+        let mut state = self.state();
+        (
+            std::mem::take(&mut state.writes),
+            std::mem::take(&mut state.events),
+        )
+    }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.state().objects.keys().cloned().collect()
+    }
+
+    async fn handle(&self, request: Request<Body>) -> Response<Body> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let body = request
+            .into_body()
+            .collect_bytes()
+            .await
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let (code, value) = self.answer(&method, &path, body);
+        Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&value).unwrap()))
+            .unwrap()
+    }
+
+    fn answer(&self, method: &Method, path: &str, body: Value) -> (StatusCode, Value) {
+        let mut state = self.state();
+        let group = path
+            .strip_prefix("/apis/")
+            .and_then(|p| p.split('/').next())
+            .unwrap_or("");
+        if state.missing_groups.iter().any(|g| g == group) {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+        }
+        if method != Method::GET && state.failing_paths.iter().any(|p| p == path) {
+            return status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "etcdserver: request timed out",
+            );
+        }
+        if path.ends_with("/events") && method == Method::POST {
+            state.events.push(body.clone());
+            return (StatusCode::CREATED, body);
+        }
+        match *method {
+            Method::GET => match state.objects.get(path) {
+                Some(object) => (StatusCode::OK, object.clone()),
+                None => status(StatusCode::NOT_FOUND, "NotFound", "not found"),
+            },
+            Method::PATCH => {
+                let (target, subresource) = match path.strip_suffix("/status") {
+                    Some(base) => (base.to_owned(), true),
+                    None => (path.to_owned(), false),
+                };
+                let existing = state.objects.get(&target).cloned();
+                let mut next = if subresource {
+                    let Some(mut object) = existing.clone() else {
+                        return status(StatusCode::NOT_FOUND, "NotFound", "not found");
+                    };
+                    object["status"] = body["status"].clone();
+                    object
+                } else {
+                    // One field manager owns every field it applies: the applied
+                    // configuration is the object, plus what the server keeps.
+                    let mut object = body;
+                    if let Some(old) = &existing {
+                        for kept in ["uid", "creationTimestamp", "resourceVersion"] {
+                            if let Some(v) = old["metadata"].get(kept) {
+                                object["metadata"][kept] = v.clone();
+                            }
+                        }
+                        if let Some(s) = old.get("status") {
+                            object["status"] = s.clone();
+                        }
+                    }
+                    object
+                };
+                let changed = existing.as_ref() != Some(&next);
+                if changed {
+                    state.resource_version += 1;
+                    next["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
+                }
+                state.writes.push(Write {
+                    method: method.to_string(),
+                    path: path.to_owned(),
+                    changed,
+                });
+                state.objects.insert(target, next.clone());
+                (StatusCode::OK, next)
+            }
+            Method::DELETE => {
+                let removed = state.objects.remove(path);
+                state.writes.push(Write {
+                    method: method.to_string(),
+                    path: path.to_owned(),
+                    changed: removed.is_some(),
+                });
+                match removed {
+                    Some(object) => (StatusCode::OK, object),
+                    None => status(StatusCode::NOT_FOUND, "NotFound", "not found"),
+                }
+            }
+            _ => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "not supported by the fake",
+            ),
+        }
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> (StatusCode, Value) {
+    (
+        code,
+        json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code.as_u16(),
+        }),
+    )
+}
