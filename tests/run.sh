@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one command that runs every check and test of the project:
 #   formatting, clippy (warnings are errors), then every test of the workspace.
-# On a fresh Debian machine it first installs what the tests need (redis-server); the tests
-# start and stop their own servers on free loopback ports.
+# On a fresh Debian machine it first installs what the tests need (redis-server, promtool from
+# Debian's prometheus package, kubernetes-validate from PyPI); the tests start and stop their
+# own servers on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,14 @@ install_deb() { # install_deb <command> <package>
 
 install_deb redis-server redis-server
 install_deb redis-cli redis-tools
+install_deb promtool prometheus
+
+install_pip() { # install_pip <command> <requirement>
+  command -v "$1" >/dev/null 2>&1 && return 0
+  echo "==> installing $2"
+  python3 -m pip install --quiet --disable-pip-version-check "$2"
+}
+install_pip kubernetes-validate "kubernetes-validate==1.37.0"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

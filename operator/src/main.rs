@@ -22,6 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller (in-cluster configuration, or `KUBECONFIG`), with leader election.
+    Run(session_operator::controller::Options),
     /// Print the SessionService CustomResourceDefinition as YAML.
     Crd,
     /// Print every object the operator would apply for the SessionServices in a file, as
@@ -49,6 +51,14 @@ fn read(path: &PathBuf) -> anyhow::Result<String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(options) => {
+            session_operator::telemetry::init_logging();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(session_operator::controller::run(options)))
+        }
         Command::Crd => yaml::to_yaml(&SessionService::crd()).map(|text| print!("{text}")),
         Command::Render { file, namespace } => read(&file).and_then(|text| {
             let mut objects = Vec::new();

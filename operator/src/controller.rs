@@ -1,0 +1,227 @@
+//! `session-operator run`: the controller, behind leader election, with health and metrics
+//! endpoints and a clean shutdown on SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource};
+use kube_lease_manager::LeaseManagerBuilder;
+use tracing::{info, warn};
+
+use crate::crd::SessionService;
+use crate::reconcile::{self, Context};
+use crate::resources::MANAGER;
+use crate::telemetry::Metrics;
+
+/// How `run` is configured (flags and environment of `session-operator run`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct Options {
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "OPERATOR_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub metrics_listen: SocketAddr,
+    /// Watch SessionServices in this namespace only; all namespaces when absent.
+    #[arg(long, env = "OPERATOR_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Namespace of the leader-election Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "OPERATOR_LEASE_NAME",
+        default_value = "session-operator-leader"
+    )]
+    pub lease_name: String,
+    /// This replica's identity in the Lease and in Events (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// Process state the probes report.
+struct Health {
+    metrics: Metrics,
+    /// The API server answered; standbys are ready too (they take over on failover).
+    connected: AtomicBool,
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str) {
+    if health.connected.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to the API server",
+        )
+    }
+}
+
+async fn metrics(State(health): State<Arc<Health>>) -> String {
+    health.metrics.render()
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn signalled() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            warn!(%error, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let metrics = Metrics::new()?;
+    let health = Arc::new(Health {
+        metrics: metrics.clone(),
+        connected: AtomicBool::new(false),
+    });
+    let listener = tokio::net::TcpListener::bind(options.metrics_listen).await?;
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(self::metrics))
+        .with_state(health.clone());
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            warn!(%error, "the health and metrics server stopped");
+        }
+    });
+
+    let client = Client::try_default().await?;
+    let version = client.apiserver_version().await?;
+    health.connected.store(true, Ordering::Relaxed);
+    info!(kubernetes = %version.git_version, "connected to the API server");
+
+    let identity = options
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("session-operator-{}", std::process::id()));
+    let lease = LeaseManagerBuilder::new(client.clone(), &options.lease_name)
+        .with_namespace(&options.lease_namespace)
+        .with_identity(&identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await?;
+    let (mut leader, lease_task) = lease.watch().await;
+    info!(lease = %options.lease_name, %identity, "waiting for the leader lease");
+    while !*leader.borrow_and_update() {
+        tokio::select! {
+            changed = leader.changed() => changed?,
+            () = signalled() => {
+                drop(leader);
+                let _ = lease_task.await;
+                return Ok(());
+            }
+        }
+    }
+    info!("leading: starting the controller");
+    metrics.leader.set(1);
+
+    let lost = Arc::new(AtomicBool::new(false));
+    let stop = {
+        let lost = lost.clone();
+        async move {
+            tokio::select! {
+                () = signalled() => info!("stopping: signal received"),
+                () = async {
+                    while leader.changed().await.is_ok() && *leader.borrow() {}
+                } => {
+                    lost.store(true, Ordering::Relaxed);
+                    warn!("lost the leader lease: stopping");
+                }
+            }
+            // `leader` is dropped here, which releases the lease.
+        }
+    };
+    let reporter = Reporter {
+        controller: MANAGER.to_owned(),
+        instance: Some(identity),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Recorder::new(client.clone(), reporter),
+        metrics.clone(),
+    ));
+    run_controller(client, options.watch_namespace.as_deref(), ctx, stop).await;
+    metrics.leader.set(0);
+    let _ = lease_task.await;
+    if lost.load(Ordering::Relaxed) {
+        anyhow::bail!("lost the leader lease; restarting to rejoin as a standby");
+    }
+    info!("stopped cleanly");
+    Ok(())
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn run_controller(
+    client: Client,
+    namespace: Option<&str>,
+    ctx: Arc<Context>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    // Only the operator's own children are watched (and cached).
+    let owned = watcher::Config::default()
+        .labels(&format!("app.kubernetes.io/managed-by={MANAGER}"))
+        .any_semantic();
+    Controller::new(
+        api::<SessionService>(&client, namespace),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(api::<ConfigMap>(&client, namespace), owned.clone())
+    .owns(api::<Secret>(&client, namespace), owned.clone())
+    .owns(api::<Service>(&client, namespace), owned.clone())
+    .owns(api::<StatefulSet>(&client, namespace), owned.clone())
+    .owns(api::<Deployment>(&client, namespace), owned.clone())
+    .owns(api::<Job>(&client, namespace), owned.clone())
+    .owns(
+        api::<PodDisruptionBudget>(&client, namespace),
+        owned.clone(),
+    )
+    .owns(api::<NetworkPolicy>(&client, namespace), owned.clone())
+    .owns(api::<HorizontalPodAutoscaler>(&client, namespace), owned)
+    .with_config(controller::Config::default().concurrency(4))
+    .graceful_shutdown_on(stop)
+    .run(reconcile::reconcile, reconcile::error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((object, _)) => tracing::debug!(session_service = %object, "reconciled"),
+            Err(error) => warn!(%error, "controller"),
+        }
+    })
+    .await;
+}
