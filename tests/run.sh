@@ -23,6 +23,7 @@ install_deb() { # install_deb <command> <package>
 install_deb redis-server redis-server
 install_deb redis-cli redis-tools
 install_deb promtool prometheus
+install_deb openssl openssl
 
 install_pip() { # install_pip <command> <requirement>
   command -v "$1" >/dev/null 2>&1 && return 0

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{EXAMPLES, example, rendered, run_tool, test_secrets};
-use serde_json::Value;
+use serde_json::{Value, json};
 use session_operator::resources;
 
 fn kinds(objects: &[Value]) -> Vec<String> {
@@ -237,4 +237,58 @@ fn objects_are_owned_by_the_session_service_when_it_has_a_uid() {
         assert_eq!(owner["controller"], true);
         assert_eq!(owner["uid"], "0b9b3c4e-1111-2222-3333-444455556666");
     }
+}
+
+/// The session service's environment, with Secret references resolved to test values, as the
+/// sidecar's own command line: every variable must be one the sidecar knows, every value must
+/// parse, and the configuration must pass the sidecar's validation.
+fn sidecar_accepts(env: &[Value]) -> Result<(), String> {
+    use clap::{CommandFactory, Parser};
+    use session_sidecar::config::Config;
+    let command = Config::command();
+    let mut args = vec!["session-sidecar".to_owned()];
+    for var in env {
+        let name = var["name"].as_str().unwrap();
+        if name == "SSL_CERT_FILE" {
+            continue; // read by rustls, not by the sidecar's flags
+        }
+        let value = match var["value"].as_str() {
+            Some(v) => v.to_owned(),
+            None => match var["valueFrom"]["secretKeyRef"]["key"].as_str().unwrap() {
+                "url" => "redis://127.0.0.1:6379".to_owned(),
+                "jwt-secret" => "k".repeat(48),
+                other => return Err(format!("unexpected secret key {other}")),
+            },
+        };
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == name))
+            .ok_or_else(|| format!("the sidecar has no setting {name}"))?;
+        let flag = format!("--{}", arg.get_long().unwrap());
+        if arg.get_action().takes_values() {
+            args.extend([flag, value]);
+        } else if value == "true" {
+            args.push(flag);
+        }
+    }
+    let config = Config::try_parse_from(&args).map_err(|e| e.to_string())?;
+    config.validate().map_err(|problems| problems.join("; "))
+}
+
+#[test]
+fn the_session_service_environment_is_one_the_sidecar_accepts() {
+    for name in EXAMPLES {
+        let objects = rendered(name);
+        let env = find(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .clone();
+        sidecar_accepts(&env).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let bogus = [json!({"name": "SESSION_NO_SUCH_SETTING", "value": "1"})];
+    assert!(
+        sidecar_accepts(&bogus)
+            .unwrap_err()
+            .contains("no setting SESSION_NO_SUCH_SETTING")
+    );
 }

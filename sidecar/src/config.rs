@@ -67,7 +67,8 @@ pub struct Config {
     /// `sidecar` or `server`.
     #[arg(long, env = "SESSION_MODE", value_enum, default_value_t = Mode::Sidecar)]
     pub mode: Mode,
-    /// Redis URL (`redis://`); comma-separated seed nodes with `--redis-cluster`.
+    /// Redis URL (`redis://`, or `rediss://` for TLS, trusting the system roots or the CA file
+    /// in `SSL_CERT_FILE`); comma-separated seed nodes with `--redis-cluster`.
     /// Absent: the embedded in-process store.
     #[arg(long, env = "SESSION_REDIS_URL")]
     pub redis_url: Option<String>,
@@ -180,12 +181,8 @@ impl Config {
         }
         if let Some(url) = &self.redis_url {
             for seed in url.split(',').map(str::trim) {
-                if seed.starts_with("rediss://") {
-                    problems.push(
-                        "TLS to Redis (rediss://) is not built into this version yet".to_owned(),
-                    );
-                } else if !seed.starts_with("redis://") {
-                    problems.push("Redis URLs must start with redis://".to_owned());
+                if !seed.starts_with("redis://") && !seed.starts_with("rediss://") {
+                    problems.push("Redis URLs must start with redis:// or rediss://".to_owned());
                 }
             }
         }
@@ -326,11 +323,16 @@ mod tests {
     }
 
     #[test]
-    fn tls_to_redis_is_refused_clearly_until_it_is_built() {
-        let problems = parse(&["--redis-url", "rediss://127.0.0.1:6379"])
+    fn redis_urls_are_redis_or_rediss() {
+        assert!(
+            parse(&["--redis-url", "rediss://127.0.0.1:6379"])
+                .validate()
+                .is_ok()
+        );
+        let problems = parse(&["--redis-url", "http://127.0.0.1:6379"])
             .validate()
             .unwrap_err();
-        assert!(problems[0].contains("TLS"), "{problems:?}");
+        assert!(problems[0].contains("rediss://"), "{problems:?}");
     }
 
     #[test]

@@ -382,3 +382,54 @@ fn oversized_headers_are_refused_with_431() {
         "still serving"
     );
 }
+
+#[test]
+fn tls_to_redis_works_with_the_ca_in_ssl_cert_file_and_refuses_an_unknown_ca() {
+    // Proves: `rediss://` connects when the CA is trusted through SSL_CERT_FILE (how the
+    // operator configures session pods) — sessions are written, read and invalidated over
+    // TLS — and a certificate from an unknown CA is not accepted.
+    let (redis, ca) = RedisServer::start_tls();
+    let ca = ca.to_string_lossy().into_owned();
+    let sidecar = Sidecar::start(&["--redis-url", &redis.url], &[("SSL_CERT_FILE", &ca)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sidecar.http("GET", "/readyz", None, None).0 != 200 {
+        assert!(Instant::now() < deadline, "not ready over TLS");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, created) = sidecar.http(
+        "POST",
+        "/v1/sessions",
+        None,
+        Some(json!({"user_id": "alice"})),
+    );
+    assert_eq!(status, 201, "{created}");
+    let path = format!("/v1/sessions/{}", created["session_id"].as_str().unwrap());
+    assert_eq!(sidecar.http("GET", &path, None, None).0, 200);
+    let other = Sidecar::start(&["--redis-url", &redis.url], &[("SSL_CERT_FILE", &ca)]);
+    // A newer session becomes current, so the first one may be deleted.
+    let body = Some(json!({"user_id": "alice"}));
+    assert_eq!(other.http("POST", "/v1/sessions", None, body).0, 201);
+    assert_eq!(other.http("DELETE", &path, None, None).0, 204);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sidecar.http("GET", &path, None, None).0 != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "the delete was not seen over TLS tracking"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Without the CA the certificate is refused, and the process says why.
+    let out = Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--redis-url", &redis.url])
+        .env_remove("SSL_CERT_FILE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid peer certificate: UnknownIssuer"),
+        "{stderr}"
+    );
+}

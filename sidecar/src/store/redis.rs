@@ -100,6 +100,7 @@ pub async fn connect_with(
     cluster: bool,
     wait: Option<ReplicaWait>,
 ) -> Result<Box<dyn Backend>, BackendError> {
+    install_tls_provider();
     if cluster {
         let seeds: Vec<&str> = url.split(',').map(str::trim).collect();
         let client = redis::cluster::ClusterClientBuilder::new(seeds)
@@ -123,6 +124,13 @@ pub async fn connect_with(
             .map_err(unavailable)?;
         Ok(Box::new(RedisBackend::new(conn, wait)))
     }
+}
+
+/// Makes ring the process's TLS crypto provider (once) before any `rediss://` connection:
+/// redis builds its rustls configurations from the process default.
+pub fn install_tls_provider() {
+    // Fails only when a provider is installed already, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn unavailable(e: redis::RedisError) -> BackendError {

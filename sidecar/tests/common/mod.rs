@@ -88,6 +88,110 @@ impl RedisServer {
         }
     }
 
+    /// A server that speaks TLS only, with a certificate for `localhost` issued by a CA made
+    /// for the test (openssl). Returns the server and the CA file clients must trust.
+    pub fn start_tls() -> (Self, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("session-tls-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl not found: run tests/run.sh, which installs it");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"],
+                &key[..],
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=session-test-ca",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"],
+                &key[..],
+                &[
+                    "-keyout",
+                    "tls.key",
+                    "-out",
+                    "tls.csr",
+                    "-subj",
+                    "/CN=localhost",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "tls.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "tls.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ]);
+        let port = free_port();
+        let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let args = vec![
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--tls-port".to_owned(),
+            port.to_string(),
+            "--tls-cert-file".to_owned(),
+            file("tls.crt"),
+            "--tls-key-file".to_owned(),
+            file("tls.key"),
+            "--tls-ca-cert-file".to_owned(),
+            file("ca.crt"),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = Self {
+            child: spawn_redis(port, &refs),
+            port,
+            url: format!("rediss://localhost:{port}"),
+            args,
+        };
+        (server, dir.join("ca.crt"))
+    }
+
     /// Kills the server (as a crash would).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
