@@ -24,6 +24,8 @@ async fn a_redis_outage_keeps_hits_fails_the_rest_fast_and_recovers() {
     // again once Redis is back, without restarting the sidecar.
     let mut app = TestApp::new(Kind::Redis).await;
     let id = app.create_id("u1", json!({})).await;
+    // The create's own invalidation must arrive before the fill, or it would drop the entry.
+    app.settle().await;
     let path = format!("/v1/sessions/{id}");
     assert_eq!(app.get(&path).await.status, StatusCode::OK);
     app.kill_redis();
