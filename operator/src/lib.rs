@@ -9,6 +9,7 @@ pub mod yaml;
 /// The label that asks for a sidecar: `sessions.io/inject: <SessionService name>`.
 pub const INJECT_LABEL: &str = "sessions.io/inject";
 pub mod controller;
+pub mod inject;
 pub mod reconcile;
 pub mod render;
 pub mod telemetry;

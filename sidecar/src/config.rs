@@ -64,6 +64,10 @@ pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "SESSION_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// Also serve `/healthz`, `/readyz` and `/metrics` (nothing else) on this address, e.g.
+    /// `0.0.0.0:7071`: kubelet probes and Prometheus cannot reach a loopback-only sidecar.
+    #[arg(long, env = "SESSION_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// `sidecar` or `server`.
     #[arg(long, env = "SESSION_MODE", value_enum, default_value_t = Mode::Sidecar)]
     pub mode: Mode,

@@ -133,8 +133,24 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
     }
     let listener = TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, mode = ?config.mode, "serving");
+    let (app, admin) = api::app_and_admin(state);
+    if let Some(address) = config.admin_listen {
+        let admin_listener = TcpListener::bind(address).await?;
+        tracing::info!(admin_listen = %admin_listener.local_addr()?, "serving probes and metrics");
+        let mut stop = shutdown.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(admin_listener, admin)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "the admin listener stopped");
+            }
+        });
+    }
     let mut stop = shutdown.clone();
-    axum::serve(listener, tower::make::Shared::new(api::app(state)))
+    axum::serve(listener, tower::make::Shared::new(app))
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
         })

@@ -433,3 +433,42 @@ fn tls_to_redis_works_with_the_ca_in_ssl_cert_file_and_refuses_an_unknown_ca() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_admin_listener_serves_probes_and_metrics_only() {
+    // Proves: `--admin-listen` exposes /healthz, /readyz and /metrics for kubelet and
+    // Prometheus, and nothing of the session API.
+    let admin = free_port();
+    let sidecar = Sidecar::start(&["--admin-listen", &format!("127.0.0.1:{admin}")], &[]);
+    wait_for_port(admin, "the admin listener");
+    assert_eq!(http(admin, "GET", "/healthz", None, None).0, 200);
+    assert_eq!(http(admin, "GET", "/readyz", None, None).0, 200);
+    let (status, created) = sidecar.http(
+        "POST",
+        "/v1/sessions",
+        None,
+        Some(json!({"user_id": "alice"})),
+    );
+    assert_eq!(status, 201);
+    let path = format!("/v1/sessions/{}", created["session_id"].as_str().unwrap());
+    assert_eq!(http(admin, "GET", &path, None, None).0, 404);
+    assert_eq!(
+        http(
+            admin,
+            "POST",
+            "/v1/sessions",
+            None,
+            Some(json!({"user_id": "a"}))
+        )
+        .0,
+        404
+    );
+    let mut stream = TcpStream::connect(("127.0.0.1", admin)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    assert!(text.contains("session_requests_total"), "{text}");
+    assert!(sidecar.terminate().success());
+}

@@ -119,9 +119,21 @@ pub type App = hot::HotPath<Router>;
 
 /// The application for `state`.
 pub fn app(state: AppState) -> App {
+    app_and_admin(state).0
+}
+
+/// The application, and the admin router on the same state: only `/healthz`, `/readyz` and
+/// `/metrics`, for kubelet probes and Prometheus, which cannot reach a sidecar's loopback
+/// address.
+pub fn app_and_admin(state: AppState) -> (App, Router) {
     let state: Shared = Arc::new(state);
     let (router, _) = routes(state.clone());
-    hot::HotPath::new(router, state)
+    let admin = Router::new()
+        .route("/healthz", axum::routing::get(health::healthz))
+        .route("/readyz", axum::routing::get(health::readyz))
+        .route("/metrics", axum::routing::get(health::metrics))
+        .with_state(state.clone());
+    (hot::HotPath::new(router, state), admin)
 }
 
 /// Counts and times every routed request by its route template, method and status code.
