@@ -50,6 +50,8 @@ pub struct Options {
     /// This replica's identity in the Lease and in Events (the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    #[command(flatten)]
+    pub webhook: crate::webhook::Options,
 }
 
 /// Process state the probes report.
@@ -112,10 +114,26 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         }
     });
 
+    // One TLS crypto provider for the process (the API client and the webhook server).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default().await?;
     let version = client.apiserver_version().await?;
     health.connected.store(true, Ordering::Relaxed);
     info!(kubernetes = %version.git_version, "connected to the API server");
+
+    // Every replica serves the webhook, leader or not: admission must not wait for an election.
+    let webhook = {
+        let (client, options, namespace) = (
+            client.clone(),
+            options.webhook.clone(),
+            options.lease_namespace.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(error) = crate::webhook::serve(client, options, namespace).await {
+                tracing::error!(error = %format!("{error:#}"), "the admission webhook stopped");
+            }
+        })
+    };
 
     let identity = options
         .identity
@@ -134,6 +152,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tokio::select! {
             changed = leader.changed() => changed?,
             () = signalled() => {
+                webhook.abort();
                 drop(leader);
                 let _ = lease_task.await;
                 return Ok(());
@@ -170,6 +189,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     ));
     run_controller(client, options.watch_namespace.as_deref(), ctx, stop).await;
     metrics.leader.set(0);
+    webhook.abort();
     let _ = lease_task.await;
     if lost.load(Ordering::Relaxed) {
         anyhow::bail!("lost the leader lease; restarting to rejoin as a standby");

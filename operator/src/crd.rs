@@ -21,7 +21,7 @@ pub const DEFAULT_SESSION_IMAGE: &str = concat!(
 pub const DEFAULT_REDIS_IMAGE: &str = "docker.io/library/redis:7.4.2-bookworm";
 
 /// A session tier: Redis, the session service, its autoscaler and its SLO alerts.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "sessions.io",
     version = "v1alpha1",

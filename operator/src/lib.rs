@@ -13,3 +13,4 @@ pub mod inject;
 pub mod reconcile;
 pub mod render;
 pub mod telemetry;
+pub mod webhook;

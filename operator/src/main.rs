@@ -36,6 +36,31 @@ enum Command {
         #[arg(short, long, default_value = "default")]
         namespace: String,
     },
+    /// Add the sidecar to every Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job and
+    /// CronJob of a multi-document manifest, as the admission webhook would, and print it.
+    Inject {
+        /// A manifest file (`-` for standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// The SessionService whose sidecar to inject.
+        #[arg(long)]
+        session_service: String,
+        /// A file holding that SessionService, for its sidecar, Redis and policy settings;
+        /// without it the defaults of an empty spec apply.
+        #[arg(long)]
+        session_service_file: Option<PathBuf>,
+    },
+}
+
+/// The named SessionService from a file, or one with the default spec.
+fn session_service(name: &str, file: Option<&PathBuf>) -> anyhow::Result<SessionService> {
+    let Some(file) = file else {
+        return Ok(SessionService::new(name, Default::default()));
+    };
+    render::parse(&read(file)?, "default")?
+        .into_iter()
+        .find(|ss| ss.metadata.name.as_deref() == Some(name))
+        .ok_or_else(|| anyhow::anyhow!("{} holds no SessionService named {name}", file.display()))
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<String> {
@@ -66,6 +91,17 @@ fn main() -> ExitCode {
                 objects.extend(render::objects(&ss, &Secrets::generate())?);
             }
             print!("{}", yaml::to_yaml_documents(&objects)?);
+            Ok(())
+        }),
+        Command::Inject {
+            file,
+            session_service: name,
+            session_service_file,
+        } => read(&file).and_then(|text| {
+            let ss = session_service(&name, session_service_file.as_ref())?;
+            let documents = yaml::from_yaml_documents(&text)?;
+            let injected = session_operator::inject::inject_documents(documents, &ss)?;
+            print!("{}", yaml::to_yaml_documents(&injected)?);
             Ok(())
         }),
     };
