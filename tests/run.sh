@@ -54,5 +54,7 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> cargo test"
 cargo test --workspace
+echo "==> Dockerfile (properties, and its build command run here)"
+./tests/dockerfile.sh
 echo "==> schemathesis (OpenAPI-driven fuzzing: no 5xx, no crash)"
 ./tests/schemathesis.sh
