@@ -354,7 +354,8 @@ pub struct SloSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MonitoringSpec {
-    /// Create a ServiceMonitor for the session service.
+    /// Create a ServiceMonitor for the session service and a PodMonitor for the injected
+    /// sidecars (their admin port).
     #[serde(default = "yes")]
     pub service_monitor: bool,
     /// Create a PrometheusRule with the SLI recording rules and burn-rate alerts.

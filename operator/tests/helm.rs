@@ -188,6 +188,7 @@ fn rbac_is_least_privilege_with_no_wildcards() {
         [
             "horizontalpodautoscalers",
             "servicemonitors",
+            "podmonitors",
             "prometheusrules"
         ]
     );

@@ -98,7 +98,7 @@ async fn a_first_reconcile_applies_everything_and_reports_progress() {
         })
         .map(|w| w.path.as_str())
         .collect();
-    assert_eq!(applied.len(), 14, "{applied:#?}");
+    assert_eq!(applied.len(), 15, "{applied:#?}");
     assert!(writes.iter().all(|w| w.changed));
     for object in h.fake.paths().iter().filter(|p| p.as_str() != SS_PATH) {
         let stored = h.fake.get(object).unwrap();

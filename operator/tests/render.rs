@@ -74,7 +74,9 @@ fn every_rendered_object_passes_the_official_schemas_of_two_kubernetes_versions(
             );
             for line in out.lines().filter(|l| l.starts_with("WARN")) {
                 assert!(
-                    line.contains("kind ServiceMonitor") || line.contains("kind PrometheusRule"),
+                    ["ServiceMonitor", "PodMonitor", "PrometheusRule"]
+                        .iter()
+                        .any(|kind| line.contains(&format!("kind {kind} "))),
                     "{name} on {version}: {line}"
                 );
             }
@@ -91,7 +93,8 @@ fn external_mode_creates_no_redis_objects() {
             "Deployment/sessions-ext",
             "Service/sessions-ext",
             "PodDisruptionBudget/sessions-ext",
-            "ServiceMonitor/sessions-ext"
+            "ServiceMonitor/sessions-ext",
+            "PodMonitor/sessions-ext-sidecars"
         ]
     );
     let env = &find(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"];

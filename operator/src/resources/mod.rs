@@ -164,6 +164,10 @@ impl Names {
     pub fn server(&self) -> String {
         self.base.clone()
     }
+    /// The PodMonitor of the injected sidecars.
+    pub fn sidecars(&self) -> String {
+        format!("{}-sidecars", self.base)
+    }
     pub fn prometheus_rule(&self) -> String {
         format!("{}-slo", self.base)
     }

@@ -1,5 +1,5 @@
-//! Prometheus-operator objects: the ServiceMonitor of the session service and the
-//! PrometheusRule with its SLO rules. Built as dynamic objects: their types come from a CRD
+//! Prometheus-operator objects: the ServiceMonitor of the session service, the PodMonitor of
+//! the injected sidecars, and the PrometheusRule with its SLO rules. Built as dynamic objects: their types come from a CRD
 //! that may not be installed.
 
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
@@ -11,6 +11,13 @@ pub fn service_monitor_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
         "servicemonitors",
+    )
+}
+
+pub fn pod_monitor_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "PodMonitor"),
+        "podmonitors",
     )
 }
 
@@ -34,6 +41,7 @@ pub fn build(ss: &SessionService, out: &mut Desired) -> anyhow::Result<()> {
         object
     };
     let monitor = service_monitor_resource();
+    let pods = pod_monitor_resource();
     if monitoring.service_monitor {
         let data = serde_json::json!({"spec": {
             "selector": {"matchLabels": super::selector(ss, "server")},
@@ -45,8 +53,20 @@ pub fn build(ss: &SessionService, out: &mut Desired) -> anyhow::Result<()> {
             monitor.clone(),
             object(&monitor, names.server(), data),
         );
+        // The injected sidecars serve their metrics on the admin port of the app pods.
+        let data = serde_json::json!({"spec": {
+            "selector": {"matchLabels": {crate::INJECT_LABEL: names.base}},
+            "namespaceSelector": {"matchNames": [names.namespace]},
+            "podMetricsEndpoints": [{"port": "session-admin", "path": "/metrics", "interval": "30s"}],
+        }});
+        out.add_dynamic(
+            Part::Alerts,
+            pods.clone(),
+            object(&pods, names.sidecars(), data),
+        );
     } else {
         out.remove(Part::Alerts, monitor, names.server());
+        out.remove(Part::Alerts, pods, names.sidecars());
     }
     let rule = prometheus_rule_resource();
     if monitoring.prometheus_rule {
