@@ -104,18 +104,91 @@ impl FakeApiServer {
     async fn handle(&self, request: Request<Body>) -> Response<Body> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
+        let json_patch = request
+            .headers()
+            .get("content-type")
+            .is_some_and(|t| t == "application/json-patch+json");
         let body = request
             .into_body()
             .collect_bytes()
             .await
             .unwrap_or_default();
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let (code, value) = self.answer(&method, &path, body);
+        let (code, value) = if json_patch {
+            self.json_patch(&path, body)
+        } else if method == Method::POST && !path.ends_with("/events") {
+            self.create(&path, body)
+        } else if method == Method::PUT {
+            self.replace(&path, body)
+        } else {
+            self.answer(&method, &path, body)
+        };
         Response::builder()
             .status(code)
             .header("content-type", "application/json")
             .body(Body::from(serde_json::to_vec(&value).unwrap()))
             .unwrap()
+    }
+
+    fn record(state: &mut State, method: &str, path: &str, object: &mut Value) {
+        state.resource_version += 1;
+        object["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
+        state.writes.push(Write {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            changed: true,
+        });
+    }
+
+    /// POST to a collection: the object's path is the collection plus its name.
+    fn create(&self, collection: &str, mut object: Value) -> (StatusCode, Value) {
+        let mut state = self.state();
+        let path = format!(
+            "{collection}/{}",
+            object["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        if state.objects.contains_key(&path) {
+            return status(StatusCode::CONFLICT, "AlreadyExists", "already exists");
+        }
+        Self::record(&mut state, "POST", &path, &mut object);
+        state.objects.insert(path, object.clone());
+        (StatusCode::CREATED, object)
+    }
+
+    /// PUT with optimistic concurrency on `metadata.resourceVersion`.
+    fn replace(&self, path: &str, mut object: Value) -> (StatusCode, Value) {
+        let mut state = self.state();
+        let Some(current) = state.objects.get(path) else {
+            return status(StatusCode::NOT_FOUND, "NotFound", "not found");
+        };
+        if current["metadata"]["resourceVersion"] != object["metadata"]["resourceVersion"] {
+            return status(
+                StatusCode::CONFLICT,
+                "Conflict",
+                "the object has been modified",
+            );
+        }
+        Self::record(&mut state, "PUT", path, &mut object);
+        state.objects.insert(path.to_owned(), object.clone());
+        (StatusCode::OK, object)
+    }
+
+    fn json_patch(&self, path: &str, patch: Value) -> (StatusCode, Value) {
+        let mut state = self.state();
+        let Some(mut object) = state.objects.get(path).cloned() else {
+            return status(StatusCode::NOT_FOUND, "NotFound", "not found");
+        };
+        let patch: json_patch::Patch = serde_json::from_value(patch).unwrap();
+        if let Err(error) = json_patch::patch(&mut object, &patch) {
+            return status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                &error.to_string(),
+            );
+        }
+        Self::record(&mut state, "PATCH", path, &mut object);
+        state.objects.insert(path.to_owned(), object.clone());
+        (StatusCode::OK, object)
     }
 
     fn answer(&self, method: &Method, path: &str, body: Value) -> (StatusCode, Value) {
