@@ -3,6 +3,8 @@
 //! which writes changed something, can fail chosen objects, and can leave API groups out the
 //! way a cluster without prometheus-operator (or without autoscaling/v2) does.
 
+#![allow(dead_code)] // each test file uses part of the fake
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
