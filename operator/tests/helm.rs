@@ -55,35 +55,8 @@ fn the_chart_lints_cleanly_with_default_and_custom_values() {
 #[test]
 fn every_rendered_object_passes_the_official_schemas() {
     let custom = custom_values();
-    for (name, extra) in [("default", vec![]), ("custom", vec!["-f", custom.as_str()])] {
-        let documents = template(&extra);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(
-            &path,
-            session_operator::yaml::to_yaml_documents(&documents).unwrap(),
-        )
-        .unwrap();
-        let third_party = documents
-            .iter()
-            .filter(|d| {
-                let api = d["apiVersion"].as_str().unwrap();
-                api.starts_with("monitoring.coreos.com/") || api.starts_with("cert-manager.io/")
-            })
-            .count();
-        for version in ["1.30.0", "1.37.0"] {
-            let (ok, out) = run_tool(
-                "kubernetes-validate",
-                &["--strict", "-k", version, path.to_str().unwrap()],
-            );
-            assert!(ok, "{name} on {version}:\n{out}");
-            assert_eq!(
-                out.matches(" passed for resource ").count(),
-                documents.len() - third_party,
-                "{name} on {version}:\n{out}"
-            );
-        }
-    }
+    common::kubernetes_validate("default.yaml", &template(&[]));
+    common::kubernetes_validate("custom.yaml", &template(&["-f", &custom]));
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{example, run_tool};
+use common::example;
 use serde_json::{Value, json};
 use session_operator::crd::SessionService;
 use session_operator::inject::{self, CONTAINER};
@@ -70,28 +70,6 @@ fn sidecars(pod: &Value) -> Vec<&Value> {
         .collect()
 }
 
-fn validate(name: &str, documents: &[Value]) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join(name);
-    std::fs::write(
-        &path,
-        session_operator::yaml::to_yaml_documents(documents).unwrap(),
-    )
-    .unwrap();
-    for version in ["1.30.0", "1.37.0"] {
-        let (ok, out) = run_tool(
-            "kubernetes-validate",
-            &["--strict", "-k", version, path.to_str().unwrap()],
-        );
-        assert!(ok, "{name} on {version}:\n{out}");
-        assert_eq!(
-            out.matches(" passed for resource ").count(),
-            documents.len(),
-            "{out}"
-        );
-    }
-}
-
 #[tokio::test]
 async fn a_labelled_pod_gets_a_native_sidecar_through_a_json_patch() {
     let ss = example("sessionservice-standalone.yaml");
@@ -142,7 +120,7 @@ async fn a_labelled_pod_gets_a_native_sidecar_through_a_json_patch() {
         "sessions"
     );
     object["metadata"]["name"] = json!("shop-frontend-7d9c-x2x4");
-    validate("pod.yaml", &[object]);
+    common::kubernetes_validate("pod.yaml", &[object]);
 }
 
 #[tokio::test]
@@ -224,7 +202,7 @@ async fn without_native_sidecars_a_plain_container_is_appended_and_tls_mounts_th
         "{env}"
     );
     object["metadata"]["name"] = json!("p");
-    validate("tls-pod.yaml", &[object]);
+    common::kubernetes_validate("tls-pod.yaml", &[object]);
 }
 
 fn example_app() -> Vec<Value> {
@@ -265,7 +243,7 @@ fn offline_injection_covers_every_workload_kind_and_validates() {
             "admitted by the Redis NetworkPolicy"
         );
     }
-    validate("workloads.yaml", &injected);
+    common::kubernetes_validate("workloads.yaml", &injected);
 }
 
 #[test]

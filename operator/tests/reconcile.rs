@@ -19,7 +19,6 @@ use session_operator::crd::SessionService;
 use session_operator::reconcile::{self, Context, Error};
 use session_operator::telemetry::Metrics;
 
-const SS_PATH: &str = "/apis/sessions.io/v1alpha1/namespaces/shop/sessionservices/sessions";
 const STS_PATH: &str = "/apis/apps/v1/namespaces/shop/statefulsets/sessions-redis";
 const DEPLOY_PATH: &str = "/apis/apps/v1/namespaces/shop/deployments/sessions";
 const SECRET_PATH: &str = "/api/v1/namespaces/shop/secrets/sessions-redis-auth";
@@ -28,6 +27,8 @@ const HPA_PATH: &str = "/apis/autoscaling/v2/namespaces/shop/horizontalpodautosc
 struct Harness {
     fake: FakeApiServer,
     ctx: Arc<Context>,
+    /// The SessionService's path in the fake.
+    path: String,
 }
 
 impl Harness {
@@ -36,7 +37,12 @@ impl Harness {
         let mut ss = common::example(example);
         ss.metadata.uid = Some("7d3c1f9e-0000-4000-8000-000000000001".to_owned());
         ss.metadata.generation = Some(1);
-        fake.insert(SS_PATH, serde_json::to_value(&ss).unwrap());
+        let path = format!(
+            "/apis/sessions.io/v1alpha1/namespaces/{}/sessionservices/{}",
+            ss.metadata.namespace.as_deref().unwrap(),
+            ss.metadata.name.as_deref().unwrap()
+        );
+        fake.insert(&path, serde_json::to_value(&ss).unwrap());
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -45,12 +51,12 @@ impl Harness {
             },
         );
         let ctx = Arc::new(Context::new(client, recorder, Metrics::new().unwrap()));
-        Self { fake, ctx }
+        Self { fake, ctx, path }
     }
 
     /// The SessionService as the controller would see it now.
     fn current(&self) -> SessionService {
-        serde_json::from_value(self.fake.get(SS_PATH).unwrap()).unwrap()
+        serde_json::from_value(self.fake.get(&self.path).unwrap()).unwrap()
     }
 
     async fn reconcile(&self) -> Result<Action, Error> {
@@ -100,7 +106,7 @@ async fn a_first_reconcile_applies_everything_and_reports_progress() {
         .collect();
     assert_eq!(applied.len(), 15, "{applied:#?}");
     assert!(writes.iter().all(|w| w.changed));
-    for object in h.fake.paths().iter().filter(|p| p.as_str() != SS_PATH) {
+    for object in h.fake.paths().iter().filter(|p| *p != &h.path) {
         let stored = h.fake.get(object).unwrap();
         assert_eq!(
             stored["metadata"]["ownerReferences"][0]["controller"], true,
@@ -317,10 +323,10 @@ async fn turning_autoscaling_off_deletes_only_the_operators_hpa() {
     let h = Harness::new("sessionservice-standalone.yaml");
     h.reconcile().await.unwrap();
     assert!(h.fake.get(HPA_PATH).is_some());
-    let mut object = h.fake.get(SS_PATH).unwrap();
+    let mut object = h.fake.get(&h.path).unwrap();
     object["spec"]["autoscaling"]["enabled"] = Value::Bool(false);
     object["metadata"]["generation"] = json!(2);
-    h.fake.insert(SS_PATH, object);
+    h.fake.insert(&h.path, object);
     h.reconcile().await.unwrap();
     assert!(h.fake.get(HPA_PATH).is_none(), "the HPA is deleted");
     assert_eq!(h.fake.get(DEPLOY_PATH).unwrap()["spec"]["replicas"], 2);
@@ -339,35 +345,14 @@ async fn turning_autoscaling_off_deletes_only_the_operators_hpa() {
 
 #[tokio::test]
 async fn external_mode_applies_no_redis_objects_and_reports_external() {
-    let (client, fake) = FakeApiServer::start();
-    let mut ss = common::example("sessionservice-external.yaml");
-    ss.metadata.uid = Some("7d3c1f9e-0000-4000-8000-000000000002".to_owned());
-    let path = "/apis/sessions.io/v1alpha1/namespaces/shop/sessionservices/sessions-ext";
-    fake.insert(path, serde_json::to_value(&ss).unwrap());
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "session-operator".into(),
-            instance: None,
-        },
-    );
-    let ctx = Arc::new(Context::new(client, recorder, Metrics::new().unwrap()));
-    reconcile::reconcile(Arc::new(ss), ctx).await.unwrap();
+    let h = Harness::new("sessionservice-external.yaml");
+    h.reconcile().await.unwrap();
     assert!(
-        fake.paths().iter().all(|p| !p.contains("redis")),
+        h.fake.paths().iter().all(|p| !p.contains("redis")),
         "{:#?}",
-        fake.paths()
+        h.fake.paths()
     );
-    let ss: SessionService = serde_json::from_value(fake.get(path).unwrap()).unwrap();
-    let status = ss.status.unwrap();
-    let redis = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "RedisReady")
-        .unwrap();
-    assert_eq!(
-        (redis.status.as_str(), redis.reason.as_str()),
-        ("True", "External")
-    );
-    assert_eq!(status.redis_endpoint, None);
+    assert_eq!(h.condition("RedisReady").0, "True");
+    assert_eq!(h.condition("RedisReady").1, "External");
+    assert_eq!(h.current().status.unwrap().redis_endpoint, None);
 }

@@ -9,7 +9,9 @@ pub mod server;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{PodSecurityContext, SeccompProfile, SecurityContext};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ApiResource, DynamicObject};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -214,6 +216,32 @@ pub fn labels(ss: &SessionService, component: &str) -> BTreeMap<String, String> 
     );
     labels.insert(INSTANCE_LABEL.to_owned(), ss.name_any());
     labels
+}
+
+/// A selector of one component's pods.
+pub fn label_selector(ss: &SessionService, component: &str) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(selector(ss, component)),
+        match_expressions: None,
+    }
+}
+
+/// One pod of the component down at a time during voluntary disruptions (drains, upgrades):
+/// a drain never takes a Redis master and its replica, or every session-service pod, together.
+pub fn disruption_budget(
+    ss: &SessionService,
+    name: String,
+    component: &str,
+) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(ss, name, component),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(label_selector(ss, component)),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    }
 }
 
 /// Metadata of a child: namespace, labels, and the controller owner reference (when the

@@ -19,14 +19,13 @@ use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
 };
-use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    Desired, INSTANCE_LABEL, Names, Part, Secrets, container_security, digest, labels, meta,
-    pod_security, selector,
+    Desired, INSTANCE_LABEL, Names, Part, Secrets, container_security, digest, disruption_budget,
+    label_selector, labels, meta, pod_security, selector,
 };
 use crate::crd::{RedisMode, SessionService};
 
@@ -45,7 +44,7 @@ pub fn build(ss: &SessionService, secrets: &Secrets, out: &mut Desired) -> anyho
     out.add(Part::Redis, stateful_set(ss, &names, &conf))?;
     out.add(Part::Redis, headless_service(ss, &names))?;
     out.add(Part::Redis, client_service(ss, &names))?;
-    out.add(Part::Redis, disruption_budget(ss, &names))?;
+    out.add(Part::Redis, disruption_budget(ss, names.redis(), COMPONENT))?;
     out.add(Part::Redis, network_policy(ss, &names))?;
     if ss.spec.redis.mode == RedisMode::Cluster {
         out.add(Part::Redis, bootstrap_job(ss, &names))?;
@@ -384,10 +383,7 @@ fn stateful_set(ss: &SessionService, names: &Names, conf: &str) -> StatefulSet {
             replicas: Some(pod_count(ss)),
             // Cluster nodes must all start for the bootstrap; order buys nothing.
             pod_management_policy: Some("Parallel".to_owned()),
-            selector: LabelSelector {
-                match_labels: Some(selector(ss, COMPONENT)),
-                match_expressions: None,
-            },
+            selector: label_selector(ss, COMPONENT),
             persistent_volume_claim_retention_policy: Some(
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
                     when_deleted: Some(retention.to_owned()),
@@ -420,10 +416,7 @@ fn spread(ss: &SessionService) -> Vec<TopologySpreadConstraint> {
         max_skew: 1,
         topology_key: "kubernetes.io/hostname".to_owned(),
         when_unsatisfiable: "ScheduleAnyway".to_owned(),
-        label_selector: Some(LabelSelector {
-            match_labels: Some(selector(ss, COMPONENT)),
-            match_expressions: None,
-        }),
+        label_selector: Some(label_selector(ss, COMPONENT)),
         ..TopologySpreadConstraint::default()
     }]
 }
@@ -475,22 +468,6 @@ fn client_service(ss: &SessionService, names: &Names) -> Service {
     }
 }
 
-/// One Redis pod down at a time: a drain never takes a master and its replica together.
-fn disruption_budget(ss: &SessionService, names: &Names) -> PodDisruptionBudget {
-    PodDisruptionBudget {
-        metadata: meta(ss, names.redis(), COMPONENT),
-        spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector {
-                match_labels: Some(selector(ss, COMPONENT)),
-                match_expressions: None,
-            }),
-            ..PodDisruptionBudgetSpec::default()
-        }),
-        status: None,
-    }
-}
-
 /// Only this SessionService's pods reach Redis: its own pods (replication, cluster bus,
 /// bootstrap), the session service, and application pods that carry the injection label.
 fn network_policy(ss: &SessionService, names: &Names) -> NetworkPolicy {
@@ -512,10 +489,7 @@ fn network_policy(ss: &SessionService, names: &Names) -> NetworkPolicy {
     NetworkPolicy {
         metadata: meta(ss, names.redis(), COMPONENT),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(selector(ss, COMPONENT)),
-                match_expressions: None,
-            }),
+            pod_selector: Some(label_selector(ss, COMPONENT)),
             policy_types: Some(vec!["Ingress".to_owned()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
                 from: Some(vec![peer(INSTANCE_LABEL), peer(crate::INJECT_LABEL)]),

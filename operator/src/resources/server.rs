@@ -13,13 +13,13 @@ use k8s_openapi::api::core::v1::{
     SecretVolumeSource, Service, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume,
     VolumeMount,
 };
-use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::redis::secret_env;
 use super::{
-    Desired, Names, Part, Secrets, container_security, labels, meta, pod_security, selector,
+    Desired, Names, Part, Secrets, container_security, disruption_budget, label_selector, labels,
+    meta, pod_security, selector,
 };
 use crate::crd::{RedisMode, SessionService};
 
@@ -39,7 +39,10 @@ pub fn build(ss: &SessionService, secrets: &Secrets, out: &mut Desired) -> anyho
     }
     out.add(Part::Server, deployment(ss, &names))?;
     out.add(Part::Server, service(ss, &names))?;
-    out.add(Part::Server, disruption_budget(ss, &names))?;
+    out.add(
+        Part::Server,
+        disruption_budget(ss, names.server(), COMPONENT),
+    )?;
     Ok(())
 }
 
@@ -180,10 +183,7 @@ fn deployment(ss: &SessionService, names: &Names) -> Deployment {
         max_skew: 1,
         topology_key: key.to_owned(),
         when_unsatisfiable: "ScheduleAnyway".to_owned(),
-        label_selector: Some(LabelSelector {
-            match_labels: Some(selector(ss, COMPONENT)),
-            match_expressions: None,
-        }),
+        label_selector: Some(label_selector(ss, COMPONENT)),
         ..TopologySpreadConstraint::default()
     };
     Deployment {
@@ -191,10 +191,7 @@ fn deployment(ss: &SessionService, names: &Names) -> Deployment {
         spec: DeploymentSpec {
             // With autoscaling the HPA owns the replica count; applying one would fight it.
             replicas: (!ss.spec.autoscaling.enabled).then_some(server.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector(ss, COMPONENT)),
-                match_expressions: None,
-            },
+            selector: label_selector(ss, COMPONENT),
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".to_owned()),
                 rolling_update: Some(RollingUpdateDeployment {
@@ -255,21 +252,6 @@ fn service(ss: &SessionService, names: &Names) -> Service {
                 ..ServicePort::default()
             }]),
             ..ServiceSpec::default()
-        }),
-        status: None,
-    }
-}
-
-fn disruption_budget(ss: &SessionService, names: &Names) -> PodDisruptionBudget {
-    PodDisruptionBudget {
-        metadata: meta(ss, names.server(), COMPONENT),
-        spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector {
-                match_labels: Some(selector(ss, COMPONENT)),
-                match_expressions: None,
-            }),
-            ..PodDisruptionBudgetSpec::default()
         }),
         status: None,
     }

@@ -53,3 +53,43 @@ pub fn run_tool(program: &str, args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
+
+/// API groups whose kinds the official Kubernetes schemas do not cover.
+const THIRD_PARTY: &[&str] = &["monitoring.coreos.com/", "cert-manager.io/"];
+
+/// Validates `documents` with `kubernetes-validate --strict` against Kubernetes 1.30 and 1.37:
+/// every object of a Kubernetes kind must pass, and only third-party kinds may go unchecked.
+pub fn kubernetes_validate(name: &str, documents: &[Value]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(
+        &path,
+        session_operator::yaml::to_yaml_documents(documents).unwrap(),
+    )
+    .unwrap();
+    let third_party = |api: &str| THIRD_PARTY.iter().any(|g| api.starts_with(g));
+    let checked = documents
+        .iter()
+        .filter(|d| !third_party(d["apiVersion"].as_str().unwrap_or_default()))
+        .count();
+    for version in ["1.30.0", "1.37.0"] {
+        let (ok, out) = run_tool(
+            "kubernetes-validate",
+            &["--strict", "-k", version, path.to_str().unwrap()],
+        );
+        assert!(ok, "{name} on {version}:\n{out}");
+        assert_eq!(
+            out.matches(" passed for resource ").count(),
+            checked,
+            "{name} on {version}: every Kubernetes object is checked\n{out}"
+        );
+        for line in out.lines().filter(|l| l.starts_with("WARN")) {
+            assert!(
+                THIRD_PARTY
+                    .iter()
+                    .any(|g| line.contains(&format!("api version {g}"))),
+                "{name} on {version}: {line}"
+            );
+        }
+    }
+}
