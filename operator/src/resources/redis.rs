@@ -127,7 +127,8 @@ pub fn redis_conf(ss: &SessionService) -> String {
     if redis.mode == RedisMode::Cluster {
         lines.extend([
             "cluster-enabled yes".to_owned(),
-            "cluster-config-file /data/nodes.conf".to_owned(),
+            // Relative to `dir`: on the data volume, so a node keeps its identity across restarts.
+            "cluster-config-file nodes.conf".to_owned(),
             "cluster-node-timeout 5000".to_owned(),
             // Clients are told stable DNS names, not pod IPs that change on every restart.
             "cluster-preferred-endpoint-type hostname".to_owned(),
@@ -252,8 +253,6 @@ fn stateful_set(ss: &SessionService, names: &Names, conf: &str) -> StatefulSet {
                 names.redis_headless(),
                 names.namespace
             ),
-            "--cluster-announce-human-nodename".to_owned(),
-            "$(POD_NAME)".to_owned(),
         ]);
     }
     let mut ports = vec![ContainerPort {
