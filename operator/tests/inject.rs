@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+#[path = "common/apiserver.rs"]
+mod apiserver;
 mod common;
 
 use common::example;
@@ -317,4 +319,76 @@ fn the_generated_webhook_certificate_verifies_for_the_service_names() {
         now + time::Duration::days(340)
     ));
     assert!(certs::needs_renewal(None, now));
+}
+
+#[tokio::test]
+async fn the_webhook_answers_over_tls_looking_the_session_service_up_in_the_api() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (client, fake) = apiserver::FakeApiServer::start();
+    let ss = example("sessionservice-standalone.yaml");
+    fake.insert(
+        "/apis/sessions.io/v1alpha1/namespaces/shop/sessionservices/sessions",
+        serde_json::to_value(&ss).unwrap(),
+    );
+    // A certificate as cert-manager would mount it.
+    let dir = tempfile::tempdir().unwrap();
+    let cert = certs::generate(vec!["localhost".into()], time::OffsetDateTime::now_utc()).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), &cert.cert).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &cert.key).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let options = webhook::Options {
+        webhook_listen: Some(([127, 0, 0, 1], port).into()),
+        webhook_cert_dir: Some(dir.path().to_owned()),
+        webhook_service: "session-operator-webhook".into(),
+        webhook_secret: "unused".into(),
+        webhook_configuration: "unused".into(),
+    };
+    tokio::spawn(webhook::serve(client, options, "session-system".into()));
+
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for ca in rustls::pki_types::CertificateDer::pem_slice_iter(cert.ca_bundle.as_bytes()) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let tcp = loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(tcp) => break tcp,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the webhook did not listen: {e}"),
+        }
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("a verified TLS handshake");
+    let body = admission_review(&pod(json!({"sessions.io/inject": "sessions"})), "CREATE");
+    let head = format!(
+        "POST /inject HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&body).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let review: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(review["response"]["allowed"], true);
+    let mut object = pod(json!({"sessions.io/inject": "sessions"}));
+    json_patch::patch(&mut object, &patch_of(&review).unwrap()).unwrap();
+    assert_eq!(sidecars(&object).len(), 1);
 }
