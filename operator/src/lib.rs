@@ -1,16 +1,23 @@
 //! `session-operator`: turns a `SessionService` into Redis, the session service, its
-//! autoscaler and its SLO alerts.
+//! autoscaler and its SLO alerts, and injects the sidecar into application pods.
+//!
+//! - [`crd`]: the custom resource, its defaults and CEL rules.
+//! - [`resources`]: one pure builder per kind of child object; [`slo`]: the SLO rules.
+//! - [`reconcile`]: apply, prune, status and Events; [`controller`]: `run`, leader election.
+//! - [`render`]: the operator's output without a cluster.
+//! - [`inject`]: the sidecar patch; [`webhook`]: the admission webhook and its certificate.
+//! - [`telemetry`]: metrics and logs; [`yaml`]: YAML in and out.
 
+pub mod controller;
 pub mod crd;
+pub mod inject;
+pub mod reconcile;
+pub mod render;
 pub mod resources;
 pub mod slo;
+pub mod telemetry;
+pub mod webhook;
 pub mod yaml;
 
 /// The label that asks for a sidecar: `sessions.io/inject: <SessionService name>`.
 pub const INJECT_LABEL: &str = "sessions.io/inject";
-pub mod controller;
-pub mod inject;
-pub mod reconcile;
-pub mod render;
-pub mod telemetry;
-pub mod webhook;
