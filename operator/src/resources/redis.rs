@@ -516,7 +516,9 @@ while [ "$i" -lt {count} ]; do
   if [ "$known" -gt 1 ]; then
     echo "$host already belongs to a cluster: nothing to do"; exit 0
   fi
-  hosts="$hosts $(getent hosts "$host" | awk '{{print $1}}'):{port}"
+  ip=$(getent hosts "$host" | awk '{{print $1; exit}}')
+  if [ -z "$ip" ]; then echo "cannot resolve $host"; exit 1; fi
+  hosts="$hosts $ip:{port}"
   i=$((i + 1))
 done
 {cli} --cluster create $hosts --cluster-replicas {replicas} --cluster-yes
