@@ -75,10 +75,15 @@ pub fn rule_groups(ss: &SessionService) -> Value {
     let le = le_matcher(slo.latency_threshold_seconds);
     let mut records = Vec::new();
     for window in WINDOWS {
+        // Without any 5xx series the quotient would be absent, not 0: `or 0 * total` keeps
+        // the SLI defined for a service that has never failed.
+        let total = format!(
+            "sum by (session_service) (rate(session_requests_total{{{select}}}[{window}]))"
+        );
         records.push(json!({
             "record": format!("session_service:request_errors:ratio_rate{window}"),
             "expr": format!(
-                "sum by (session_service) (rate(session_requests_total{{{select},code=~\"5..\"}}[{window}]))\n/\nsum by (session_service) (rate(session_requests_total{{{select}}}[{window}]))"
+                "(\n  sum by (session_service) (rate(session_requests_total{{{select},code=~\"5..\"}}[{window}]))\n  or\n  0 * {total}\n)\n/\n{total}"
             ),
         }));
         records.push(json!({
