@@ -97,7 +97,7 @@ pub fn patch(
     ss: &SessionService,
 ) -> anyhow::Result<Option<json_patch::Patch>> {
     let template = object
-        .pointer(if prefix.is_empty() { "" } else { prefix })
+        .pointer(prefix)
         .context("the object has no pod template")?;
     let spec: PodSpec =
         serde_json::from_value(template.get("spec").cloned().unwrap_or(Value::Null))

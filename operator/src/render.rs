@@ -78,20 +78,6 @@ pub fn objects(ss: &SessionService, secrets: &Secrets) -> anyhow::Result<Vec<Val
     resources::desired(ss, secrets)?
         .apply
         .into_iter()
-        .map(|child| {
-            let mut value = serde_json::to_value(&child.object)?;
-            if let Some(map) = value.as_object_mut() {
-                // Print apiVersion and kind first, as kubectl does.
-                let mut ordered = serde_json::Map::new();
-                for key in ["apiVersion", "kind", "metadata"] {
-                    if let Some(v) = map.remove(key) {
-                        ordered.insert(key.to_owned(), v);
-                    }
-                }
-                ordered.append(map);
-                value = Value::Object(ordered);
-            }
-            Ok(value)
-        })
+        .map(|child| Ok(serde_json::to_value(&child.object)?))
         .collect()
 }
