@@ -5,6 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
+#[path = "../../tests/support/test_certs.rs"]
+mod test_certs;
+use test_certs::make_test_certs;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -99,75 +102,6 @@ fn cli(port: u16, tls: Option<&std::path::Path>, password: Option<&str>, args: &
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn make_certs(dir: &std::path::Path) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (tests/run.sh installs it)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let key = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"],
-            &key[..],
-            &[
-                "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=ca",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
-        &[
-            &["req"],
-            &key[..],
-            &[
-                "-keyout",
-                "tls.key",
-                "-out",
-                "tls.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "tls.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "tls.crt",
-        "-days",
-        "1",
-        "-extfile",
-        "san.ext",
-    ]);
-}
-
 #[test]
 fn standalone_redis_runs_with_the_rendered_configuration() {
     let objects = common::rendered("sessionservice-standalone.yaml");
@@ -198,7 +132,7 @@ fn standalone_redis_runs_with_the_rendered_configuration() {
 fn a_cluster_node_runs_over_tls_announcing_its_hostname() {
     let objects = common::rendered("sessionservice-cluster.yaml");
     let dir = tempfile::tempdir().unwrap();
-    make_certs(dir.path());
+    make_test_certs(dir.path());
     let port = free_port();
     let _redis = start(&objects, dir.path(), port);
     let password = Some("test-redis-password");

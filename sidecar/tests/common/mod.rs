@@ -5,6 +5,10 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../../../tests/support/test_certs.rs"]
+mod test_certs;
+use test_certs::make_test_certs;
+
 /// A free loopback port (bound and released; good enough for tests started one by one).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -93,79 +97,7 @@ impl RedisServer {
     pub fn start_tls() -> (Self, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("session-tls-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .output()
-                .expect("openssl not found: run tests/run.sh, which installs it");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let key = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        openssl(
-            &[
-                &["req", "-x509"],
-                &key[..],
-                &[
-                    "-keyout",
-                    "ca.key",
-                    "-out",
-                    "ca.crt",
-                    "-days",
-                    "1",
-                    "-subj",
-                    "/CN=session-test-ca",
-                ],
-            ]
-            .concat(),
-        );
-        openssl(
-            &[
-                &["req"],
-                &key[..],
-                &[
-                    "-keyout",
-                    "tls.key",
-                    "-out",
-                    "tls.csr",
-                    "-subj",
-                    "/CN=localhost",
-                ],
-            ]
-            .concat(),
-        );
-        std::fs::write(
-            dir.join("san.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-        )
-        .unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "tls.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "tls.crt",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-        ]);
+        make_test_certs(&dir);
         let port = free_port();
         let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
         let args = vec![
