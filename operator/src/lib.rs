@@ -8,6 +8,7 @@
 //! - [`inject`]: the sidecar patch; [`webhook`]: the admission webhook and its certificate.
 //! - [`telemetry`]: metrics and logs; [`yaml`]: YAML in and out.
 
+pub mod cluster;
 pub mod controller;
 pub mod crd;
 pub mod inject;

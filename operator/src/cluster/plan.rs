@@ -1,0 +1,625 @@
+//! The next step towards the wanted cluster, decided from what the nodes report — a pure
+//! function, so every decision is tested without Redis and a killed operator decides the same
+//! step again from the same state.
+//!
+//! The steps, in order; the first that has work is the plan:
+//! 1. **Repair**: a node that knows a peer at an old address (every pod restart changes pod IPs)
+//!    is told the new one with `CLUSTER MEET`; two established nodes that do not know each other
+//!    are introduced.
+//! 2. **Finish open migrations** (a slot left `MIGRATING`/`IMPORTING` by an interrupted move).
+//! 3. **Wait** while a pod is missing or a peer is still marked failing: nothing structural is
+//!    changed on a cluster that is not whole.
+//! 4. **Join** fresh nodes (a new cluster, or scale-out).
+//! 5. **Roles**: the wanted masters are chosen (masters holding data first); a replica chosen to
+//!    be a master is promoted with `CLUSTER FAILOVER`.
+//! 6. **Slots**: unowned slots are assigned, then slots move one at a time to their target
+//!    owner (data slots balanced, see `placement`).
+//! 7. **Replicas**: every other kept node replicates a wanted master, `replicas` each.
+//! 8. **Remove** nodes beyond the wanted size (scale-in): drained first, then reset, then
+//!    forgotten by every kept node.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::node::Seen;
+use super::placement;
+use super::topology::{NodeLine, SLOTS, ranges};
+
+/// The cluster the SessionService asks for.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    pub masters: usize,
+    pub replicas: usize,
+    /// The slots holding session data (`placement::data_slots`).
+    pub data_slots: Vec<u16>,
+}
+
+impl Shape {
+    /// Pods of the wanted cluster: ordinals `0..nodes()` are kept, the rest go.
+    pub fn nodes(&self) -> usize {
+        self.masters * (1 + self.replicas)
+    }
+}
+
+/// One command to one node (nodes are named by their cluster id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Meet {
+        on: String,
+        ip: String,
+        port: u16,
+    },
+    AddSlots {
+        on: String,
+        slots: Vec<(u16, u16)>,
+    },
+    /// The whole migration protocol of one slot (resumable).
+    Migrate {
+        slot: u16,
+        from: String,
+        to: String,
+    },
+    Failover {
+        on: String,
+    },
+    Replicate {
+        on: String,
+        master: String,
+    },
+    Reset {
+        on: String,
+    },
+    Forget {
+        on: String,
+        node: String,
+    },
+}
+
+/// Where the cluster stands; the `RedisReady` condition's reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Ready,
+    /// Pods are starting or gossip is converging; nothing to do but wait.
+    Progressing,
+    /// A pod is unreachable; Redis fails over by itself, the operator changes nothing.
+    Degraded,
+    Bootstrapping,
+    Repairing,
+    Resharding,
+    Scaling,
+    /// A scale-in that would risk data waits for the cluster to be whole.
+    ScaleInBlocked,
+}
+
+impl Phase {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Ready => "ClusterReady",
+            Self::Progressing => "Progressing",
+            Self::Degraded => "Degraded",
+            Self::Bootstrapping => "Bootstrapping",
+            Self::Repairing => "Repairing",
+            Self::Resharding => "Resharding",
+            Self::Scaling => "Scaling",
+            Self::ScaleInBlocked => "ScaleInBlocked",
+        }
+    }
+}
+
+/// The decision of one pass.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub phase: Phase,
+    /// What is happening, in words, for the condition and the Event.
+    pub message: String,
+    pub actions: Vec<Action>,
+    /// Pods the StatefulSet must keep: more than the wanted size while nodes beyond it still
+    /// hold data or are still known to the cluster.
+    pub hold_pods: usize,
+}
+
+/// Nodes by ordinal, for messages.
+struct Names<'a>(&'a [Seen]);
+
+impl Names<'_> {
+    fn of(&self, id: &str) -> String {
+        self.0
+            .iter()
+            .find(|s| s.id() == id)
+            .map_or_else(|| format!("node {}", &id[..id.len().min(8)]), |s| pod(s))
+    }
+}
+
+fn pod(s: &Seen) -> String {
+    format!("pod {}", s.member.ordinal)
+}
+
+/// Decides the next step. `seen` holds every pod that answered; `unreachable` every pod (by
+/// ordinal) that did not, with the reason.
+pub fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) -> Plan {
+    let kept = shape.nodes();
+    let is_kept = |s: &Seen| usize::try_from(s.member.ordinal).is_ok_and(|o| o < kept);
+    let names = Names(seen);
+    let hold_pods = hold(seen, unreachable, kept);
+    let done = |phase, message: String, actions| Plan {
+        phase,
+        message,
+        actions,
+        hold_pods,
+    };
+
+    // 1. Repair addresses and partitions.
+    let mut meets = Vec::new();
+    for a in seen.iter().filter(|s| s.established()) {
+        for b in seen.iter().filter(|s| s.established() && s.id() != a.id()) {
+            let (ip, port) = (&b.member.ip, b.member.port);
+            let meeting = a
+                .nodes
+                .iter()
+                .any(|n| n.handshake && &n.ip == ip && n.port == port);
+            let stale = match a.peer(b.id()) {
+                Some(v) => !v.handshake && (&v.ip != ip || v.port != port),
+                None => is_kept(a) && is_kept(b),
+            };
+            if stale && !meeting {
+                meets.push(Action::Meet {
+                    on: a.id().to_owned(),
+                    ip: ip.clone(),
+                    port,
+                });
+            }
+        }
+    }
+    if !meets.is_empty() {
+        let nodes: BTreeSet<&str> = meets
+            .iter()
+            .filter_map(|m| match m {
+                Action::Meet { on, .. } => Some(on.as_str()),
+                _ => None,
+            })
+            .collect();
+        let message = format!(
+            "telling {} node(s) the current addresses of their peers ({} CLUSTER MEET)",
+            nodes.len(),
+            meets.len()
+        );
+        return done(Phase::Repairing, message, meets);
+    }
+
+    // 2. Finish what an earlier pass started.
+    let mut open = BTreeMap::new();
+    for s in seen {
+        for (slot, to) in &s.me().migrating {
+            open.entry(*slot)
+                .or_insert_with(|| (s.id().to_owned(), to.clone()));
+        }
+        for (slot, from) in &s.me().importing {
+            open.entry(*slot)
+                .or_insert_with(|| (from.clone(), s.id().to_owned()));
+        }
+    }
+    if let Some((&slot, (from, to))) = open.iter().next() {
+        let known = |id: &str| seen.iter().any(|s| s.id() == id);
+        if known(from) && known(to) {
+            let message = format!(
+                "finishing the move of slot {slot} from {} to {} ({} open)",
+                names.of(from),
+                names.of(to),
+                open.len()
+            );
+            let actions = open
+                .iter()
+                .filter(|(_, (f, t))| known(f) && known(t))
+                .map(|(&slot, (from, to))| Action::Migrate {
+                    slot,
+                    from: from.clone(),
+                    to: to.clone(),
+                })
+                .collect();
+            return done(Phase::Resharding, message, actions);
+        }
+    }
+
+    // 3. Only a whole cluster is changed.
+    let scale_in = seen.iter().any(|s| !is_kept(s) && s.established())
+        || unreachable
+            .iter()
+            .any(|(o, _)| usize::try_from(*o).is_ok_and(|o| o >= kept));
+    let missing: Vec<&(i32, String)> = unreachable
+        .iter()
+        .filter(|(o, _)| usize::try_from(*o).is_ok_and(|o| o < kept))
+        .collect();
+    let established = seen.iter().any(Seen::established);
+    if let Some((ordinal, reason)) = missing.first() {
+        let phase = if scale_in {
+            Phase::ScaleInBlocked
+        } else if established {
+            Phase::Degraded
+        } else {
+            Phase::Progressing
+        };
+        let message = format!(
+            "Redis pod {ordinal} is not reachable ({reason}); {} of {kept} pods answer{}",
+            seen.iter().filter(|s| is_kept(s)).count(),
+            if scale_in {
+                "; removing nodes now could lose the only copy of a shard, so the scale-in waits"
+            } else {
+                ""
+            }
+        );
+        return done(phase, message, Vec::new());
+    }
+    for s in seen {
+        for slot_owner in s.nodes.iter().filter(|n| n.slot_count() > 0 && !n.myself) {
+            if !seen.iter().any(|o| o.id() == slot_owner.id) {
+                let message = format!(
+                    "{} knows node {} owning {} slots, which no reachable pod is; waiting for it to come back",
+                    pod(s),
+                    &slot_owner.id[..slot_owner.id.len().min(8)],
+                    slot_owner.slot_count()
+                );
+                return done(Phase::Degraded, message, Vec::new());
+            }
+        }
+    }
+
+    // 4. Join fresh nodes.
+    let kept_nodes: Vec<&Seen> = seen.iter().filter(|s| is_kept(s)).collect();
+    let fresh: Vec<&Seen> = kept_nodes
+        .iter()
+        .copied()
+        .filter(|s| !s.established())
+        .collect();
+    if !fresh.is_empty() {
+        let anchor = kept_nodes
+            .iter()
+            .copied()
+            .find(|s| s.established())
+            .unwrap_or(kept_nodes[0]);
+        let actions: Vec<Action> = fresh
+            .iter()
+            .filter(|s| s.id() != anchor.id())
+            .map(|s| Action::Meet {
+                on: anchor.id().to_owned(),
+                ip: s.member.ip.clone(),
+                port: s.member.port,
+            })
+            .collect();
+        let phase = if established {
+            Phase::Scaling
+        } else {
+            Phase::Bootstrapping
+        };
+        let message = format!(
+            "joining {} new node(s) to the cluster through {}",
+            actions.len(),
+            pod(anchor)
+        );
+        return done(phase, message, actions);
+    }
+
+    // Every kept node must see every other one, connected and not failing.
+    for a in &kept_nodes {
+        for b in &kept_nodes {
+            if a.id() == b.id() {
+                continue;
+            }
+            let healthy = a
+                .peer(b.id())
+                .is_some_and(|v| !v.handshake && !v.failing && v.connected);
+            if !healthy {
+                let phase = if scale_in {
+                    Phase::ScaleInBlocked
+                } else {
+                    Phase::Progressing
+                };
+                let message = format!(
+                    "waiting for {} to see {} as healthy (cluster gossip){}",
+                    pod(a),
+                    pod(b),
+                    if scale_in {
+                        "; the scale-in waits until every node is healthy"
+                    } else {
+                        ""
+                    }
+                );
+                return done(phase, message, Vec::new());
+            }
+        }
+    }
+
+    // ...and agree on who owns which slot: a node that sets a slot IMPORTING before it learns
+    // the slot's owner never learns it (Redis skips importing slots in gossip updates).
+    let owners = slot_owners(seen);
+    if let Some((a, slot)) = disagreement(&kept_nodes, &owners) {
+        let message = format!(
+            "waiting for {} to learn the owner of slot {slot} (cluster gossip)",
+            pod(a)
+        );
+        return done(Phase::Progressing, message, Vec::new());
+    }
+
+    // 5. Roles: the wanted masters.
+    let is_doomed_id = |id: &str| seen.iter().any(|s| s.id() == id && !is_kept(s));
+    let data_held = |s: &Seen| {
+        shape
+            .data_slots
+            .iter()
+            .filter(|&&slot| s.me().owns(slot))
+            .count()
+    };
+    let mut candidates: Vec<&Seen> = kept_nodes.clone();
+    candidates.sort_by_key(|s| {
+        let me = s.me();
+        let rank = if me.master && me.slot_count() > 0 {
+            0
+        } else if me.master {
+            1
+        } else if me.master_id.as_deref().is_some_and(is_doomed_id) {
+            2
+        } else {
+            3
+        };
+        (
+            rank,
+            std::cmp::Reverse(data_held(s)),
+            std::cmp::Reverse(me.slot_count()),
+            s.member.ordinal,
+        )
+    });
+    let masters: Vec<&Seen> = candidates.into_iter().take(shape.masters).collect();
+    let promote: Vec<Action> = masters
+        .iter()
+        .filter(|s| s.me().is_replica())
+        .map(|s| Action::Failover {
+            on: s.id().to_owned(),
+        })
+        .collect();
+    if let Some(Action::Failover { on }) = promote.first() {
+        let message = format!(
+            "promoting {} to master with a coordinated CLUSTER FAILOVER",
+            names.of(on)
+        );
+        return done(Phase::Scaling, message, promote);
+    }
+
+    // 6. Slots.
+    let index: BTreeMap<&str, usize> = masters
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id(), i))
+        .collect();
+    let current: Vec<Option<usize>> = owners
+        .iter()
+        .map(|o| o.as_deref().and_then(|id| index.get(id).copied()))
+        .collect();
+    let target = placement::target(&current, masters.len(), &shape.data_slots);
+    let mut unowned: BTreeMap<usize, Vec<u16>> = BTreeMap::new();
+    for (slot, owner) in owners.iter().enumerate() {
+        if owner.is_none() {
+            let slot = u16::try_from(slot).unwrap_or_default();
+            unowned
+                .entry(target[usize::from(slot)])
+                .or_default()
+                .push(slot);
+        }
+    }
+    if !unowned.is_empty() {
+        let count: usize = unowned.values().map(Vec::len).sum();
+        let actions = unowned
+            .into_iter()
+            .map(|(m, slots)| Action::AddSlots {
+                on: masters[m].id().to_owned(),
+                slots: ranges(&slots),
+            })
+            .collect();
+        let (phase, message) = if count == usize::from(SLOTS) {
+            (
+                Phase::Bootstrapping,
+                format!(
+                    "assigning the {SLOTS} slots to {} masters ({} data slots balanced)",
+                    masters.len(),
+                    shape.data_slots.len()
+                ),
+            )
+        } else {
+            (
+                Phase::Repairing,
+                format!("assigning {count} slots that no master owned"),
+            )
+        };
+        return done(phase, message, actions);
+    }
+    let is_data: BTreeSet<u16> = shape.data_slots.iter().copied().collect();
+    let mut moves: Vec<(u16, String, String)> = Vec::new();
+    for (slot, owner) in owners.iter().enumerate() {
+        let to = masters[target[slot]].id();
+        if let Some(from) = owner
+            && from != to
+        {
+            moves.push((
+                u16::try_from(slot).unwrap_or_default(),
+                from.clone(),
+                to.to_owned(),
+            ));
+        }
+    }
+    if !moves.is_empty() {
+        let data = moves.iter().filter(|(s, _, _)| is_data.contains(s)).count();
+        let message = format!(
+            "moving {} slot(s) ({data} holding session data) to balance {} masters",
+            moves.len(),
+            masters.len()
+        );
+        let actions = moves
+            .into_iter()
+            .map(|(slot, from, to)| Action::Migrate { slot, from, to })
+            .collect();
+        return done(Phase::Resharding, message, actions);
+    }
+
+    // 7. Replicas.
+    let master_ids: Vec<&str> = masters.iter().map(|s| s.id()).collect();
+    let mut count: BTreeMap<&str, usize> = master_ids.iter().map(|&m| (m, 0)).collect();
+    let mut repoint = Vec::new();
+    let mut others: Vec<&Seen> = kept_nodes
+        .iter()
+        .copied()
+        .filter(|s| !master_ids.contains(&s.id()))
+        .collect();
+    others.sort_by_key(|s| s.member.ordinal);
+    let mut unplaced = Vec::new();
+    for s in others {
+        match s.me().master_id.as_deref() {
+            Some(m) if count.get(m).is_some_and(|c| *c < shape.replicas) => {
+                *count.entry(m).or_default() += 1;
+            }
+            _ => unplaced.push(s),
+        }
+    }
+    for s in unplaced {
+        let Some((&m, c)) = count
+            .iter_mut()
+            .min_by_key(|(id, c)| (**c, master_ids.iter().position(|x| x == *id)))
+        else {
+            break;
+        };
+        *c += 1;
+        repoint.push(Action::Replicate {
+            on: s.id().to_owned(),
+            master: m.to_owned(),
+        });
+    }
+    if !repoint.is_empty() {
+        let message = format!(
+            "pointing {} node(s) at their masters ({} replica(s) per master)",
+            repoint.len(),
+            shape.replicas
+        );
+        return done(Phase::Scaling, message, repoint);
+    }
+
+    // 8. Remove nodes beyond the wanted size.
+    let mut removal = Vec::new();
+    for d in seen.iter().filter(|s| !is_kept(s)) {
+        if d.established() {
+            removal.push(Action::Reset {
+                on: d.id().to_owned(),
+            });
+        }
+    }
+    if removal.is_empty() {
+        // Forget nodes that left (reset, or their pod is gone) and no kept pod is.
+        let kept_ids: BTreeSet<&str> = kept_nodes.iter().map(|s| s.id()).collect();
+        for k in &kept_nodes {
+            for n in k.nodes.iter().filter(|n| !n.myself && !n.handshake) {
+                if !kept_ids.contains(n.id.as_str()) {
+                    removal.push(Action::Forget {
+                        on: k.id().to_owned(),
+                        node: n.id.clone(),
+                    });
+                }
+            }
+        }
+    }
+    if !removal.is_empty() {
+        let message = format!(
+            "removing nodes beyond the {kept} wanted ({} step(s): reset, then forget)",
+            removal.len()
+        );
+        return done(Phase::Scaling, message, removal);
+    }
+
+    // Ready once every node agrees and every replica is in sync.
+    if let Some(s) = kept_nodes.iter().find(|s| !s.state_ok) {
+        return done(
+            Phase::Progressing,
+            format!("{} does not report cluster_state:ok yet", pod(s)),
+            Vec::new(),
+        );
+    }
+    if let Some(s) = kept_nodes
+        .iter()
+        .find(|s| s.me().is_replica() && !s.link_up)
+    {
+        return done(
+            Phase::Progressing,
+            format!("{} is still syncing from its master", pod(s)),
+            Vec::new(),
+        );
+    }
+    let per_master = placement::data_per_master(&target, masters.len(), &shape.data_slots);
+    let message = format!(
+        "{} masters with {} replica(s) each; data slots per master {}",
+        masters.len(),
+        shape.replicas,
+        per_master
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("/")
+    );
+    done(Phase::Ready, message, Vec::new())
+}
+
+/// The owner of every slot: the master claiming it on its own line (the highest config epoch
+/// wins a conflicting claim), else `None`.
+pub fn slot_owners(seen: &[Seen]) -> Vec<Option<String>> {
+    let mut owner: Vec<Option<(u64, String)>> = vec![None; usize::from(SLOTS)];
+    let mut claim = |line: &NodeLine| {
+        for &(a, b) in &line.slots {
+            for slot in a..=b {
+                let entry = &mut owner[usize::from(slot)];
+                if entry
+                    .as_ref()
+                    .is_none_or(|(epoch, _)| line.config_epoch > *epoch)
+                {
+                    *entry = Some((line.config_epoch, line.id.clone()));
+                }
+            }
+        }
+    };
+    for s in seen {
+        claim(s.me());
+    }
+    owner.into_iter().map(|o| o.map(|(_, id)| id)).collect()
+}
+
+/// The first kept node whose view of a slot's owner differs from the owner's own claim.
+fn disagreement<'a>(kept: &[&'a Seen], owners: &[Option<String>]) -> Option<(&'a Seen, usize)> {
+    for a in kept {
+        for (slot, owner) in owners.iter().enumerate() {
+            let Some(owner) = owner else { continue };
+            let slot16 = u16::try_from(slot).unwrap_or_default();
+            let agrees = if owner == a.id() {
+                true
+            } else {
+                a.peer(owner).is_some_and(|v| v.owns(slot16))
+            };
+            if !agrees {
+                return Some((a, slot));
+            }
+        }
+    }
+    None
+}
+
+/// Pods the StatefulSet must keep: the wanted size, or more while a pod beyond it is still part
+/// of the cluster (established, known by a kept node, or unreachable so nobody knows yet).
+fn hold(seen: &[Seen], unreachable: &[(i32, String)], kept: usize) -> usize {
+    let ordinal = |o: i32| usize::try_from(o).unwrap_or_default();
+    let known_by_kept = |id: &str| {
+        seen.iter()
+            .filter(|s| ordinal(s.member.ordinal) < kept)
+            .any(|s| s.peer(id).is_some())
+    };
+    let busy = seen
+        .iter()
+        .filter(|s| ordinal(s.member.ordinal) >= kept)
+        .filter(|s| s.established() || known_by_kept(s.id()))
+        .map(|s| ordinal(s.member.ordinal) + 1);
+    let unknown = unreachable
+        .iter()
+        .map(|(o, _)| ordinal(*o) + 1)
+        .filter(|&o| o > kept);
+    busy.chain(unknown).max().unwrap_or(kept).max(kept)
+}

@@ -1,0 +1,139 @@
+//! Real `redis-server` processes started exactly as the rendered StatefulSet starts them, with
+//! only the addressing changed: each node on its own loopback address (127.0.0.0/8 is all
+//! loopback on Linux), as each pod has its own IP, and all on one free port instead of 6379.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A port whose cluster-bus neighbour (+10000) is free too.
+pub fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One Redis pod: its data directory outlives the process, as a PVC outlives the pod.
+pub struct RedisNode {
+    child: Option<Child>,
+    objects: Vec<Value>,
+    pub dir: PathBuf,
+    pub ip: String,
+    pub port: u16,
+    pub pod: String,
+}
+
+impl RedisNode {
+    /// Starts pod `pod` (its `POD_NAME`) on `ip`.
+    pub fn start(objects: &[Value], dir: &Path, ip: &str, port: u16, pod: &str) -> Self {
+        let mut node = Self {
+            child: None,
+            objects: objects.to_vec(),
+            dir: dir.to_owned(),
+            ip: ip.to_owned(),
+            port,
+            pod: pod.to_owned(),
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let dir = self.dir.display().to_string();
+        let conf = self
+            .objects
+            .iter()
+            .find(|o| o["kind"] == "ConfigMap")
+            .unwrap()["data"]["redis.conf"]
+            .as_str()
+            .unwrap()
+            .replace("dir /data", &format!("dir {dir}"))
+            .replace(" /tls/", &format!(" {dir}/"))
+            .replace("6379", &self.port.to_string());
+        let conf_path = self.dir.join("redis.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let container = &self
+            .objects
+            .iter()
+            .find(|o| o["kind"] == "StatefulSet")
+            .unwrap()["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["command"][0], "redis-server");
+        let args: Vec<String> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                a.as_str()
+                    .unwrap()
+                    .replace("/etc/redis/redis.conf", conf_path.to_str().unwrap())
+                    .replace("$(REDIS_PASSWORD)", "test-redis-password")
+                    .replace("$(POD_NAME)", &self.pod)
+            })
+            .collect();
+        let child = Command::new("redis-server")
+            .args(&args)
+            .args(["--bind", &self.ip])
+            // Distinct loopback addresses share one interface, so a node must say which is its
+            // own; in Kubernetes every pod has its own address.
+            .args(["--cluster-announce-ip", &self.ip])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (tests/run.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect((self.ip.as_str(), self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server refused the rendered configuration"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+
+    /// Stops the node as Kubernetes stops a pod: SIGTERM, then wait for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts the stopped node again on `ip`, with the same data directory.
+    pub fn start_on(&mut self, ip: &str) {
+        assert!(self.child.is_none(), "stop the node first");
+        ip.clone_into(&mut self.ip);
+        self.spawn();
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for RedisNode {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
