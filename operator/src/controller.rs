@@ -12,14 +12,14 @@ use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{info, warn};
 
@@ -186,6 +186,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         client.clone(),
         Recorder::new(client.clone(), reporter),
         metrics.clone(),
+        options.lease_namespace.clone(),
     ));
     run_controller(client, options.watch_namespace.as_deref(), ctx, stop).await;
     metrics.leader.set(0);
@@ -227,13 +228,26 @@ async fn run_controller(
     .owns(api::<Service>(&client, namespace), owned.clone())
     .owns(api::<StatefulSet>(&client, namespace), owned.clone())
     .owns(api::<Deployment>(&client, namespace), owned.clone())
-    .owns(api::<Job>(&client, namespace), owned.clone())
     .owns(
         api::<PodDisruptionBudget>(&client, namespace),
         owned.clone(),
     )
     .owns(api::<NetworkPolicy>(&client, namespace), owned.clone())
     .owns(api::<HorizontalPodAutoscaler>(&client, namespace), owned)
+    // Redis pods belong to the StatefulSet, not to the SessionService: a restarted pod (a new
+    // IP the cluster must learn) wakes its SessionService through its instance label.
+    .watches(
+        api::<Pod>(&client, namespace),
+        watcher::Config::default()
+            .labels(&format!(
+                "app.kubernetes.io/component=redis,app.kubernetes.io/managed-by={MANAGER}"
+            ))
+            .any_semantic(),
+        |pod| {
+            let name = pod.labels().get(crate::resources::INSTANCE_LABEL)?.clone();
+            Some(ObjectRef::new(&name).within(&pod.namespace()?))
+        },
+    )
     .with_config(controller::Config::default().concurrency(4))
     .graceful_shutdown_on(stop)
     .run(reconcile::reconcile, reconcile::error_policy, ctx)

@@ -36,6 +36,7 @@ pub const DEFAULT_REDIS_IMAGE: &str = "docker.io/library/redis:7.4.2-bookworm";
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.readyReplicas", description = "Ready session-service replicas"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 40").message("metadata.name must be at most 40 characters: derived object names must fit in 63"),
+    validation = Rule::new("self.spec.redis.mode != 'cluster' || self.spec.redis.shards <= self.spec.sessions.shardCount").message("redis.shards must not exceed sessions.shardCount: every master needs a slot holding session data; create the SessionService with a larger shardCount to grow further"),
     cel
 )]
 #[serde(rename_all = "camelCase")]
@@ -88,17 +89,16 @@ pub struct RedisSpec {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("redis.mode is immutable"))]
     pub mode: RedisMode,
-    /// Cluster mode: number of master shards (at least 3, as Redis Cluster requires). Immutable:
-    /// the operator does not reshard.
+    /// Cluster mode: number of masters (at least 3, as Redis Cluster requires). May change at
+    /// any time: the operator adds nodes and moves slots to them live, or drains the masters
+    /// that go before it removes them; the slots holding session data stay balanced.
     #[serde(default = "default_shards")]
     #[schemars(range(min = 3, max = 100))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("redis.shards is immutable"))]
     pub shards: i32,
-    /// Cluster mode: replicas of each master; a replica takes over when its master fails.
-    /// Immutable for the same reason as `shards`.
+    /// Cluster mode: replicas of each master; a replica takes over when its master fails, and
+    /// before a master's pod is restarted on purpose. May change at any time.
     #[serde(default = "default_replicas_per_shard")]
     #[schemars(range(min = 0, max = 5))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("redis.replicasPerShard is immutable"))]
     pub replicas_per_shard: i32,
     /// Redis container image.
     #[serde(default = "default_redis_image")]

@@ -75,7 +75,7 @@ fn schema_problems(validator: &jsonschema::Validator, document: &Value) -> Vec<S
 
 /// Every object the operator would apply for `ss`, as JSON values in apply order.
 pub fn objects(ss: &SessionService, secrets: &Secrets) -> anyhow::Result<Vec<Value>> {
-    resources::desired(ss, secrets)?
+    resources::desired(ss, secrets, &resources::Runtime::default())?
         .apply
         .into_iter()
         .map(|child| Ok(serde_json::to_value(&child.object)?))

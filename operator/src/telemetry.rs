@@ -1,7 +1,8 @@
 //! The operator's own metrics and logs.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Reconcile counts, durations and errors, and whether this replica leads.
@@ -14,6 +15,10 @@ pub struct Metrics {
     /// `reason`: the failure's condition reason (`ApplyFailed`, `SecretReadFailed`, …).
     pub errors: IntCounterVec,
     pub leader: IntGauge,
+    /// Redis Cluster steps the operator carried out, by `action` (`slot_moved`, `failover`,
+    /// `meet`: a peer address repaired or a node joined).
+    pub cluster_actions: IntCounterVec,
+    pub cluster_keys_moved: IntCounter,
 }
 
 impl Metrics {
@@ -45,6 +50,19 @@ impl Metrics {
             "session_operator_leader",
             "1 while this replica holds the leader lease and runs the controller.",
         )?;
+        let cluster_actions = IntCounterVec::new(
+            Opts::new(
+                "session_operator_redis_cluster_actions_total",
+                "Redis Cluster steps carried out by the operator, by action.",
+            ),
+            &["action"],
+        )?;
+        let cluster_keys_moved = IntCounter::new(
+            "session_operator_redis_cluster_keys_moved_total",
+            "Keys moved between Redis Cluster masters by the operator's slot migrations.",
+        )?;
+        registry.register(Box::new(cluster_actions.clone()))?;
+        registry.register(Box::new(cluster_keys_moved.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(errors.clone()))?;
@@ -55,6 +73,8 @@ impl Metrics {
             reconcile_duration,
             errors,
             leader,
+            cluster_actions,
+            cluster_keys_moved,
         })
     }
 

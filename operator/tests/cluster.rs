@@ -244,6 +244,33 @@ async fn heal(cluster: &Cluster, shape: &Shape, what: &str) -> Report {
     report
 }
 
+/// Runs the rendered readiness probe against pod `ordinal`.
+fn ready(cluster: &Cluster, ordinal: usize) -> bool {
+    let container = &cluster
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "StatefulSet")
+        .unwrap()["spec"]["template"]["spec"]["containers"][0];
+    let command: Vec<String> = container["readinessProbe"]["exec"]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    let node = &cluster.nodes[ordinal];
+    let script = command[2].replace(
+        "redis-cli",
+        &format!("redis-cli -h {} -p {}", node.ip, node.port),
+    );
+    std::process::Command::new(&command[0])
+        .args([&command[1], &script])
+        .env("REDISCLI_AUTH", PASSWORD)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
 fn assert_cluster_ok(cluster: &Cluster, ordinals: std::ops::Range<usize>) {
     for i in ordinals {
         let info: String = redis::cmd("CLUSTER")
@@ -251,12 +278,14 @@ fn assert_cluster_ok(cluster: &Cluster, ordinals: std::ops::Range<usize>) {
             .query(&mut cluster.conn(i))
             .unwrap();
         assert!(info.contains("cluster_state:ok"), "pod {i}: {info}");
+        assert!(ready(cluster, i), "pod {i} passes its readiness probe");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_balances_data_slots_and_a_second_pass_changes_nothing() {
     let cluster = Cluster::start(11, 6);
+    assert!(!ready(&cluster, 0), "a node outside a cluster is not ready");
     heal(
         &cluster,
         &shape(3, 1),

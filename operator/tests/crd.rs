@@ -214,39 +214,52 @@ fn long_names_and_other_kinds_are_refused() {
 }
 
 #[test]
-fn immutable_fields_cannot_change() {
+fn immutable_fields_cannot_change_and_the_cluster_may_be_resized() {
     let cluster = example("sessionservice-cluster.yaml");
     for (change, message) in [
         (
-            Box::new(|s: &mut SessionService| s.spec.redis.shards = 4)
+            Box::new(|s: &mut SessionService| s.spec.sessions.shard_count = 32)
                 as Box<dyn Fn(&mut SessionService)>,
-            "redis.shards is immutable",
-        ),
-        (
-            Box::new(|s| s.spec.redis.replicas_per_shard = 2),
-            "redis.replicasPerShard is immutable",
-        ),
-        (
-            Box::new(|s| s.spec.sessions.shard_count = 32),
             "sessions.shardCount is immutable",
         ),
         (
             Box::new(|s| s.spec.redis.mode = session_operator::crd::RedisMode::Standalone),
             "redis.mode is immutable",
         ),
+        (
+            Box::new(|s| s.spec.redis.shards = 2),
+            "less than the minimum of 3",
+        ),
     ] {
         let mut changed = cluster.clone();
         change(&mut changed);
         let error = changed
             .validate_cel_update(&cluster)
-            .unwrap_err()
-            .to_string();
+            .err()
+            .map(|e| e.to_string())
+            .or_else(|| {
+                session_operator::render::parse(
+                    &session_operator::yaml::to_yaml_documents(&[
+                        serde_json::to_value(&changed).unwrap()
+                    ])
+                    .unwrap(),
+                    "default",
+                )
+                .err()
+                .map(|e| format!("{e:#}"))
+            })
+            .expect("the change is refused");
         assert!(error.contains(message), "{error}");
     }
-    let mut scaled = cluster.clone();
-    scaled.spec.autoscaling.max_replicas = 30;
-    assert!(
-        scaled.validate_cel_update(&cluster).is_ok(),
-        "mutable fields may change"
-    );
+    // Growing and shrinking the cluster (masters and replicas) is allowed.
+    for (shards, replicas) in [(6, 1), (4, 2), (3, 0)] {
+        let mut scaled = cluster.clone();
+        scaled.spec.redis.shards = shards;
+        scaled.spec.redis.replicas_per_shard = replicas;
+        scaled.spec.autoscaling.max_replicas = 30;
+        assert!(
+            scaled.validate_cel_update(&cluster).is_ok(),
+            "{shards} masters with {replicas} replicas each"
+        );
+    }
 }

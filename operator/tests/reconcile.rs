@@ -50,7 +50,12 @@ impl Harness {
                 instance: None,
             },
         );
-        let ctx = Arc::new(Context::new(client, recorder, Metrics::new().unwrap()));
+        let ctx = Arc::new(Context::new(
+            client,
+            recorder,
+            Metrics::new().unwrap(),
+            "session-system".to_owned(),
+        ));
         Self { fake, ctx, path }
     }
 

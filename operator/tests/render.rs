@@ -83,7 +83,7 @@ fn external_mode_creates_no_redis_objects() {
 #[test]
 fn turned_off_parts_are_deleted_not_left_behind() {
     let ss = example("sessionservice-external.yaml");
-    let desired = resources::desired(&ss, &test_secrets()).unwrap();
+    let desired = resources::desired(&ss, &test_secrets(), &resources::Runtime::default()).unwrap();
     let deleted: Vec<(String, String)> = desired
         .delete
         .iter()
@@ -111,7 +111,7 @@ fn turned_off_parts_are_deleted_not_left_behind() {
 }
 
 #[test]
-fn cluster_mode_announces_hostnames_and_bootstraps_idempotently() {
+fn cluster_mode_announces_hostnames_and_is_formed_by_the_operator() {
     let objects = rendered("sessionservice-cluster.yaml");
     let sts = find(&objects, "StatefulSet");
     assert_eq!(sts["spec"]["replicas"], 6);
@@ -119,19 +119,54 @@ fn cluster_mode_announces_hostnames_and_bootstraps_idempotently() {
         sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
         "Retain"
     );
-    let args = sts["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    let container = &sts["spec"]["template"]["spec"]["containers"][0];
+    let args = container["args"].to_string();
     assert!(args.contains("--cluster-announce-hostname"));
     assert!(args.contains("$(POD_NAME).sessions-ha-redis-headless.platform.svc"));
     let conf = find(&objects, "ConfigMap")["data"]["redis.conf"]
         .as_str()
         .unwrap();
     assert!(conf.contains("cluster-preferred-endpoint-type hostname"));
-    let job = find(&objects, "Job");
-    let script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    // The operator forms and repairs the cluster itself: no bootstrap Job.
+    assert!(objects.iter().all(|o| o["kind"] != "Job"));
+    // Ready means the node serves its part of the cluster, not a bare PING.
+    let probe = container["readinessProbe"]["exec"]["command"][2]
         .as_str()
         .unwrap();
-    assert!(script.contains("--cluster-replicas 1"));
-    assert!(script.contains("already belongs to a cluster: nothing to do"));
+    assert!(probe.contains("cluster_state:ok") && probe.contains("master_link_status:up"));
+    // The operator's pods reach Redis (by namespace and name).
+    let policy = find(&objects, "NetworkPolicy");
+    let from = policy["spec"]["ingress"][0]["from"].as_array().unwrap();
+    assert!(from.iter().any(|peer| {
+        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "session-system"
+            && peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "session-operator"
+    }));
+}
+
+#[test]
+fn a_cluster_of_every_size_renders_and_validates() {
+    for (shards, replicas) in [(3, 0), (6, 2), (64, 1)] {
+        let mut ss = common::example("sessionservice-cluster.yaml");
+        ss.spec.redis.shards = shards;
+        ss.spec.redis.replicas_per_shard = replicas;
+        ss.spec.sessions.shard_count = 1024;
+        ss.validate_cel().unwrap();
+        let objects = session_operator::render::objects(&ss, &test_secrets()).unwrap();
+        assert_eq!(
+            find(&objects, "StatefulSet")["spec"]["replicas"],
+            shards * (1 + replicas)
+        );
+        common::kubernetes_validate(&format!("cluster-{shards}x{replicas}.yaml"), &objects);
+    }
+    // Never more masters than slots holding session data.
+    let mut ss = common::example("sessionservice-cluster.yaml");
+    ss.spec.sessions.shard_count = 4;
+    ss.spec.redis.shards = 6;
+    let error = ss.validate_cel().unwrap_err().to_string();
+    assert!(
+        error.contains("redis.shards must not exceed sessions.shardCount"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -156,7 +191,7 @@ fn every_pod_is_non_root_read_only_without_capabilities() {
     for name in EXAMPLES {
         for object in rendered(name) {
             let pod = match object["kind"].as_str().unwrap() {
-                "Deployment" | "StatefulSet" | "Job" => &object["spec"]["template"]["spec"],
+                "Deployment" | "StatefulSet" => &object["spec"]["template"]["spec"],
                 _ => continue,
             };
             assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");

@@ -147,15 +147,8 @@ fn position(nodes: &[Node], id: &str) -> Option<usize> {
     nodes.iter().position(|n| n.seen.id() == id)
 }
 
-fn pod_name(nodes: &[Node], id: &str) -> String {
-    position(nodes, id).map_or_else(
-        || format!("node {}", &id[..id.len().min(8)]),
-        |i| format!("pod {}", nodes[i].seen.member.ordinal),
-    )
-}
-
 fn describe(nodes: &[Node], action: &Action) -> String {
-    let p = |id: &str| pod_name(nodes, id);
+    let p = |id: &str| plan::node_name(nodes.iter().map(|n| &n.seen), id);
     match action {
         Action::Meet { on, ip, port } => format!("{} met {ip}:{port}", p(on)),
         Action::AddSlots { on, slots } => {

@@ -117,16 +117,11 @@ pub struct Plan {
     pub hold_pods: usize,
 }
 
-/// Nodes by ordinal, for messages.
-struct Names<'a>(&'a [Seen]);
-
-impl Names<'_> {
-    fn of(&self, id: &str) -> String {
-        self.0
-            .iter()
-            .find(|s| s.id() == id)
-            .map_or_else(|| format!("node {}", &id[..id.len().min(8)]), |s| pod(s))
-    }
+/// A node in words: `pod <ordinal>` when a pod answers with that id, else its short id.
+pub fn node_name<'a>(seen: impl IntoIterator<Item = &'a Seen>, id: &str) -> String {
+    seen.into_iter()
+        .find(|s| s.id() == id)
+        .map_or_else(|| format!("node {}", &id[..id.len().min(8)]), pod)
 }
 
 fn pod(s: &Seen) -> String {
@@ -138,7 +133,6 @@ fn pod(s: &Seen) -> String {
 pub fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) -> Plan {
     let kept = shape.nodes();
     let is_kept = |s: &Seen| usize::try_from(s.member.ordinal).is_ok_and(|o| o < kept);
-    let names = Names(seen);
     let hold_pods = hold(seen, unreachable, kept);
     let done = |phase, message: String, actions| Plan {
         phase,
@@ -202,8 +196,8 @@ pub fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) -> Plan
         if known(from) && known(to) {
             let message = format!(
                 "finishing the move of slot {slot} from {} to {} ({} open)",
-                names.of(from),
-                names.of(to),
+                node_name(seen, from),
+                node_name(seen, to),
                 open.len()
             );
             let actions = open
@@ -377,7 +371,7 @@ pub fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) -> Plan
     if let Some(Action::Failover { on }) = promote.first() {
         let message = format!(
             "promoting {} to master with a coordinated CLUSTER FAILOVER",
-            names.of(on)
+            node_name(seen, on)
         );
         return done(Phase::Scaling, message, promote);
     }

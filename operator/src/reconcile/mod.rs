@@ -3,6 +3,7 @@
 //! delete what the spec turned off, then write the status only when it changed and record an
 //! Event for each condition that changed.
 
+pub mod cluster;
 pub mod status;
 
 use std::collections::HashMap;
@@ -19,7 +20,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::crd::{RedisMode, SessionService};
-use crate::resources::{self, Child, MANAGER, Names, Part, Secrets, redis, server};
+use crate::resources::{self, Child, MANAGER, Names, Part, Runtime, Secrets, redis, server};
 use crate::telemetry::Metrics;
 use status::PartState;
 
@@ -37,16 +38,24 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Metrics,
+    /// The operator's own namespace (its pods reach Redis for cluster management).
+    pub operator_namespace: String,
     /// Consecutive failures per SessionService, for the exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, recorder: Recorder, metrics: Metrics) -> Self {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: Metrics,
+        operator_namespace: String,
+    ) -> Self {
         Self {
             client,
             recorder,
             metrics,
+            operator_namespace,
             failures: Mutex::default(),
         }
     }
@@ -146,10 +155,27 @@ struct Outcome {
 
 pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action, Error> {
     let namespace = ss.namespace().ok_or(Error::NoNamespace)?;
+    let mut cluster_pass = None;
     let outcome = match read_secrets(&ctx.client, ss, &namespace).await {
         Ok(secrets) => {
-            let desired = resources::desired(ss, &secrets).map_err(Error::Build)?;
-            apply_all(ctx, ss, &namespace, desired).await
+            if ss.spec.redis.mode == RedisMode::Cluster {
+                cluster_pass = Some(cluster::pass(ctx, ss, &namespace, &secrets).await);
+            }
+            let runtime = Runtime {
+                redis_pods: cluster_pass.as_ref().and_then(|p| p.hold_pods),
+                operator_namespace: ctx.operator_namespace.clone(),
+            };
+            let desired = resources::desired(ss, &secrets, &runtime).map_err(Error::Build)?;
+            let mut outcome = apply_all(ctx, ss, &namespace, desired).await;
+            if let Some(pass) = &cluster_pass {
+                // What Redis says about the cluster, unless applying its objects failed.
+                for (part, state) in &mut outcome.parts {
+                    if *part == Part::Redis && state.reason != "ApplyFailed" {
+                        *state = pass.state.clone();
+                    }
+                }
+            }
+            outcome
         }
         Err(error) => {
             // Nothing can be built without the credentials: every part reports why.
@@ -170,13 +196,17 @@ pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action
             first: first.clone(),
         });
     }
-    Ok(Action::requeue(if outcome.missing_api {
+    let mut next = if outcome.missing_api {
         MISSING_API_CHECK
     } else if !all_ok {
         PROGRESS_CHECK
     } else {
         RESYNC
-    }))
+    };
+    if let Some(pass) = cluster_pass {
+        next = next.min(pass.recheck);
+    }
+    Ok(Action::requeue(next))
 }
 
 /// The generated credentials, read back from their Secrets so they are generated only once;
@@ -288,6 +318,15 @@ async fn apply_all(
     }
 }
 
+/// The API server's own words for a failed call (its `message`, with the HTTP code), not a
+/// debug dump of the client's error.
+pub fn api_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!("{} (HTTP {})", status.message, status.code),
+        other => other.to_string(),
+    }
+}
+
 fn missing_api_hint(part: Part) -> &'static str {
     match part {
         Part::Alerts => {
@@ -382,11 +421,6 @@ fn observe(ss: &SessionService, part: Part, applied: &[(Part, DynamicObject)]) -
                     "Progressing",
                     format!("{ready} of {want} Redis pods ready"),
                 );
-            }
-            if ss.spec.redis.mode == RedisMode::Cluster
-                && find("Job").is_none_or(|j| int(j, "/status/succeeded") < 1)
-            {
-                return PartState::not_ok("Bootstrapping", "waiting for the cluster bootstrap Job");
             }
             PartState::ok("Ready", format!("{ready} of {want} Redis pods ready"))
         }

@@ -20,7 +20,7 @@ use crate::crd::{RedisMode, SessionService};
 
 /// The field manager of every server-side apply, and the `managed-by` label.
 pub const MANAGER: &str = "session-operator";
-/// On every pod of a SessionService (Redis, the session service, the bootstrap Job, injected
+/// On every pod of a SessionService (Redis, the session service, injected
 /// application pods): what the Redis NetworkPolicy admits.
 pub const INSTANCE_LABEL: &str = "sessions.io/session-service";
 
@@ -82,6 +82,26 @@ fn random_token() -> String {
         .collect()
 }
 
+/// What the reconciler knows beyond the spec and the secrets.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    /// Redis pods to keep when more than the spec asks for: the cluster manager holds pods
+    /// that are leaving (scale-in) until their slots are moved and the cluster forgot them.
+    pub redis_pods: Option<i32>,
+    /// The operator's namespace: its pods may reach Redis.
+    pub operator_namespace: String,
+}
+
+impl Default for Runtime {
+    /// What `render` assumes: nothing observed, the chart's documented namespace.
+    fn default() -> Self {
+        Self {
+            redis_pods: None,
+            operator_namespace: "session-system".to_owned(),
+        }
+    }
+}
+
 /// Everything one reconcile applies and deletes.
 #[derive(Clone, Debug, Default)]
 pub struct Desired {
@@ -120,10 +140,14 @@ impl Desired {
 }
 
 /// Every object for `ss`, and those to delete because the spec turned them off.
-pub fn desired(ss: &SessionService, secrets: &Secrets) -> anyhow::Result<Desired> {
+pub fn desired(
+    ss: &SessionService,
+    secrets: &Secrets,
+    runtime: &Runtime,
+) -> anyhow::Result<Desired> {
     let mut desired = Desired::default();
     if ss.spec.redis.mode != RedisMode::External {
-        redis::build(ss, secrets, &mut desired)?;
+        redis::build(ss, secrets, runtime, &mut desired)?;
     }
     server::build(ss, secrets, &mut desired)?;
     autoscaling::build(ss, &mut desired)?;
@@ -154,9 +178,6 @@ impl Names {
     /// The generated Redis password and URL.
     pub fn redis_secret(&self) -> String {
         format!("{}-redis-auth", self.base)
-    }
-    pub fn bootstrap_job(&self) -> String {
-        format!("{}-redis-bootstrap", self.base)
     }
     /// The generated JWT signing key (when the user gives none).
     pub fn jwt_secret(&self) -> String {

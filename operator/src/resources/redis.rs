@@ -1,5 +1,6 @@
 //! Redis owned by the operator: configuration, password, StatefulSet, Services, disruption
-//! budget, NetworkPolicy and, in cluster mode, the Job that forms the cluster.
+//! budget and NetworkPolicy. In cluster mode the operator itself forms and runs the cluster
+//! (the `cluster` module); these objects only give it pods with stable names and data.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +8,6 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, ExecAction, ObjectFieldSelector, PersistentVolumeClaim,
@@ -24,31 +24,37 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    Desired, INSTANCE_LABEL, Names, Part, Secrets, container_security, digest, disruption_budget,
-    label_selector, labels, meta, pod_security, selector,
+    Desired, INSTANCE_LABEL, Names, Part, Runtime, Secrets, container_security, digest,
+    disruption_budget, label_selector, labels, meta, pod_security, selector,
 };
 use crate::crd::{RedisMode, SessionService};
 
 const COMPONENT: &str = "redis";
-const PORT: i32 = 6379;
+pub const PORT: i32 = 6379;
 const BUS_PORT: i32 = 16379;
 /// The `redis` user of the official image.
 const REDIS_UID: i64 = 999;
 const TLS_DIR: &str = "/tls";
 
-pub fn build(ss: &SessionService, secrets: &Secrets, out: &mut Desired) -> anyhow::Result<()> {
+pub fn build(
+    ss: &SessionService,
+    secrets: &Secrets,
+    runtime: &Runtime,
+    out: &mut Desired,
+) -> anyhow::Result<()> {
     let names = Names::of(ss);
     let conf = redis_conf(ss);
+    let pods = runtime.redis_pods.unwrap_or(0).max(pod_count(ss));
     out.add(Part::Redis, config_map(ss, &names, &conf))?;
     out.add(Part::Redis, secret(ss, &names, &secrets.redis_password))?;
-    out.add(Part::Redis, stateful_set(ss, &names, &conf))?;
+    out.add(Part::Redis, stateful_set(ss, &names, &conf, pods))?;
     out.add(Part::Redis, headless_service(ss, &names))?;
     out.add(Part::Redis, client_service(ss, &names))?;
     out.add(Part::Redis, disruption_budget(ss, names.redis(), COMPONENT))?;
-    out.add(Part::Redis, network_policy(ss, &names))?;
-    if ss.spec.redis.mode == RedisMode::Cluster {
-        out.add(Part::Redis, bootstrap_job(ss, &names))?;
-    }
+    out.add(
+        Part::Redis,
+        network_policy(ss, &names, &runtime.operator_namespace),
+    )?;
     Ok(())
 }
 
@@ -194,8 +200,7 @@ fn cli_args(ss: &SessionService) -> Vec<String> {
     args
 }
 
-/// Environment shared by Redis and the bootstrap Job: the password, for the server and for
-/// `redis-cli`.
+/// The password, for the server and for `redis-cli` (the probes).
 fn auth_env(names: &Names) -> Vec<EnvVar> {
     vec![
         secret_env("REDIS_PASSWORD", &names.redis_secret(), "password"),
@@ -223,7 +228,7 @@ fn tls_volume(ss: &SessionService) -> Option<Volume> {
     })
 }
 
-fn stateful_set(ss: &SessionService, names: &Names, conf: &str) -> StatefulSet {
+fn stateful_set(ss: &SessionService, names: &Names, conf: &str, pods: i32) -> StatefulSet {
     let redis = &ss.spec.redis;
     let cluster = redis.mode == RedisMode::Cluster;
     let mut args = vec![
@@ -320,8 +325,6 @@ fn stateful_set(ss: &SessionService, names: &Names, conf: &str) -> StatefulSet {
             ..Volume::default()
         });
     }
-    let mut ping = cli_args(ss);
-    ping.push("ping".to_owned());
     let container = Container {
         name: "redis".to_owned(),
         image: Some(redis.image.clone()),
@@ -353,7 +356,7 @@ fn stateful_set(ss: &SessionService, names: &Names, conf: &str) -> StatefulSet {
         }),
         readiness_probe: Some(Probe {
             exec: Some(ExecAction {
-                command: Some(ping),
+                command: Some(readiness(ss)),
             }),
             period_seconds: Some(5),
             timeout_seconds: Some(2),
@@ -379,7 +382,7 @@ fn stateful_set(ss: &SessionService, names: &Names, conf: &str) -> StatefulSet {
         metadata: meta(ss, names.redis(), COMPONENT),
         spec: StatefulSetSpec {
             service_name: Some(names.redis_headless()),
-            replicas: Some(pod_count(ss)),
+            replicas: Some(pods),
             // Cluster nodes must all start for the bootstrap; order buys nothing.
             pod_management_policy: Some("Parallel".to_owned()),
             selector: label_selector(ss, COMPONENT),
@@ -407,6 +410,29 @@ fn stateful_set(ss: &SessionService, names: &Names, conf: &str) -> StatefulSet {
         },
         status: None,
     }
+}
+
+/// The readiness check. Standalone: Redis answers. Cluster: the node can serve its part — the
+/// cluster is `ok` from its point of view, and it is a master owning slots or a replica whose
+/// replication link is up — so a fully restarted cluster whose nodes cannot find each other is
+/// not reported Ready. Readiness never gates what the repair needs: the headless Service
+/// publishes unready pods, and the operator reaches pods by IP.
+fn readiness(ss: &SessionService) -> Vec<String> {
+    let cli = cli_args(ss).join(" ");
+    if ss.spec.redis.mode != RedisMode::Cluster {
+        let mut ping = cli_args(ss);
+        ping.push("ping".to_owned());
+        return ping;
+    }
+    let script = format!(
+        r#"{cli} cluster info | grep -q '^cluster_state:ok' || {{ echo 'cluster_state is not ok'; exit 1; }}
+me=$({cli} cluster nodes | grep myself)
+case "$me" in
+  *slave*) {cli} info replication | grep -q '^master_link_status:up' || {{ echo 'replica not in sync'; exit 1; }} ;;
+  *) [ "$(echo "$me" | wc -w)" -gt 8 ] || {{ echo 'master without slots'; exit 1; }} ;;
+esac"#
+    );
+    vec!["sh".to_owned(), "-c".to_owned(), script]
 }
 
 /// Spread Redis pods over nodes, preferably (a small cluster may have fewer nodes than pods).
@@ -467,9 +493,10 @@ fn client_service(ss: &SessionService, names: &Names) -> Service {
     }
 }
 
-/// Only this SessionService's pods reach Redis: its own pods (replication, cluster bus,
-/// bootstrap), the session service, and application pods that carry the injection label.
-fn network_policy(ss: &SessionService, names: &Names) -> NetworkPolicy {
+/// Only this SessionService's pods reach Redis: its own pods (replication, cluster bus), the
+/// session service, application pods that carry the injection label, and the operator's pods
+/// (cluster management), matched by namespace and name.
+fn network_policy(ss: &SessionService, names: &Names, operator_namespace: &str) -> NetworkPolicy {
     let peer = |key: &str| NetworkPolicyPeer {
         pod_selector: Some(LabelSelector {
             match_labels: Some(BTreeMap::from([(key.to_owned(), names.base.clone())])),
@@ -491,7 +518,11 @@ fn network_policy(ss: &SessionService, names: &Names) -> NetworkPolicy {
             pod_selector: Some(label_selector(ss, COMPONENT)),
             policy_types: Some(vec!["Ingress".to_owned()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![peer(INSTANCE_LABEL), peer(crate::INJECT_LABEL)]),
+                from: Some(vec![
+                    peer(INSTANCE_LABEL),
+                    peer(crate::INJECT_LABEL),
+                    operator_peer(operator_namespace),
+                ]),
                 ports: Some(ports),
             }]),
             egress: None,
@@ -499,76 +530,15 @@ fn network_policy(ss: &SessionService, names: &Names) -> NetworkPolicy {
     }
 }
 
-/// Forms the cluster once every node answers. Idempotent: a node that already knows other
-/// nodes means the cluster was formed, and the Job exits successfully without touching it.
-fn bootstrap_script(ss: &SessionService, names: &Names) -> String {
-    let cli = cli_args(ss).join(" ");
-    format!(
-        r#"set -eu
-hosts=""
-i=0
-while [ "$i" -lt {count} ]; do
-  host="{sts}-$i.{headless}.{namespace}.svc"
-  until {cli} -h "$host" ping 2>/dev/null | grep -q PONG; do
-    echo "waiting for $host"; sleep 2
-  done
-  known=$({cli} -h "$host" cluster info | tr -d '\r' | sed -n 's/^cluster_known_nodes://p')
-  if [ "$known" -gt 1 ]; then
-    echo "$host already belongs to a cluster: nothing to do"; exit 0
-  fi
-  ip=$(getent hosts "$host" | awk '{{print $1; exit}}')
-  if [ -z "$ip" ]; then echo "cannot resolve $host"; exit 1; fi
-  hosts="$hosts $ip:{port}"
-  i=$((i + 1))
-done
-{cli} --cluster create $hosts --cluster-replicas {replicas} --cluster-yes
-"#,
-        count = pod_count(ss),
-        sts = names.redis(),
-        headless = names.redis_headless(),
-        namespace = names.namespace,
-        port = PORT,
-        replicas = ss.spec.redis.replicas_per_shard,
-    )
-}
-
-fn bootstrap_job(ss: &SessionService, names: &Names) -> Job {
-    let mut volumes = vec![];
-    let mut mounts = vec![];
-    if let Some(tls) = tls_volume(ss) {
-        volumes.push(tls);
-        mounts.push(mount("tls", TLS_DIR));
-    }
-    Job {
-        metadata: meta(ss, names.bootstrap_job(), COMPONENT),
-        spec: Some(JobSpec {
-            backoff_limit: Some(20),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(ss, "redis-bootstrap")),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("OnFailure".to_owned()),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(pod_security(REDIS_UID)),
-                    containers: vec![Container {
-                        name: "bootstrap".to_owned(),
-                        image: Some(ss.spec.redis.image.clone()),
-                        command: Some(vec!["sh".to_owned(), "-c".to_owned()]),
-                        args: Some(vec![bootstrap_script(ss, names)]),
-                        env: Some(auth_env(names)),
-                        volume_mounts: (!mounts.is_empty()).then_some(mounts),
-                        security_context: Some(container_security()),
-                        ..Container::default()
-                    }],
-                    volumes: (!volumes.is_empty()).then_some(volumes),
-                    ..PodSpec::default()
-                }),
-            },
-            ..JobSpec::default()
-        }),
-        status: None,
+/// The operator's pods: `app.kubernetes.io/name: session-operator` in its own namespace.
+fn operator_peer(namespace: &str) -> NetworkPolicyPeer {
+    let labels = |k: &str, v: &str| LabelSelector {
+        match_labels: Some(BTreeMap::from([(k.to_owned(), v.to_owned())])),
+        match_expressions: None,
+    };
+    NetworkPolicyPeer {
+        namespace_selector: Some(labels("kubernetes.io/metadata.name", namespace)),
+        pod_selector: Some(labels("app.kubernetes.io/name", "session-operator")),
+        ..NetworkPolicyPeer::default()
     }
 }
