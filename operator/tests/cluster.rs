@@ -81,6 +81,7 @@ impl Cluster {
                 ip: n.ip.clone(),
                 port: n.port,
                 host: None,
+                outdated: n.outdated,
             })
             .collect()
     }
@@ -436,11 +437,26 @@ async fn scaling_out_to_six_masters_and_in_to_four_moves_slots_live_and_keeps_ev
     // Scale in to 4 masters (8 pods): pods 8..11 are drained and leave before the StatefulSet
     // may shrink.
     let four = shape(4, 1);
-    let first = converge_once(&cluster.members(), &[], &access(), &four).await;
+    // Not while a node that stays is down: the cluster must be whole to shrink safely.
+    cluster.nodes[3].stop();
+    let blocked = converge_once(&cluster.members(), &cluster.absent(), &access(), &four).await;
     assert_eq!(
-        first.plan.hold_pods, 12,
+        blocked.plan.phase,
+        Phase::ScaleInBlocked,
+        "{}",
+        blocked.plan.message
+    );
+    assert!(blocked.plan.actions.is_empty());
+    assert_eq!(
+        blocked.plan.hold_pods, 12,
         "nothing may go before it is drained"
     );
+    println!(
+        "scale-in refused while pod 3 is down: {}",
+        blocked.plan.message
+    );
+    let ip = cluster.ip(3, 0);
+    cluster.nodes[3].start_on(&ip);
     let report = heal(&cluster, &four, "scale-in 6 -> 4 masters").await;
     assert_eq!(report.plan.hold_pods, 8, "{}", report.plan.message);
     for i in 8..12 {
@@ -451,5 +467,68 @@ async fn scaling_out_to_six_masters_and_in_to_four_moves_slots_live_and_keeps_ev
     assert_cluster_ok(&cluster, 0..8);
     assert_eq!(cluster.view(0).len(), 8, "the removed nodes are forgotten");
     cluster.assert_balanced(4, "6 -> 4");
+    cluster.assert_present(&keys);
+}
+
+/// Runs passes until the cluster is ready with every pod on the new template, restarting (on a
+/// new IP) each pod the manager asks for, as the StatefulSet would recreate a deleted pod.
+async fn roll(cluster: &mut Cluster, shape: &Shape, generation: u8) -> (usize, usize) {
+    let (mut restarts, mut failovers) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let report = converge_once(&cluster.members(), &cluster.absent(), &access(), shape).await;
+        failovers += report.failovers;
+        if let Some(ordinal) = report.restart {
+            let i = usize::try_from(ordinal).unwrap();
+            cluster.nodes[i].stop();
+            let ip = cluster.ip(i, generation);
+            cluster.nodes[i].start_on(&ip);
+            cluster.nodes[i].outdated = false;
+            restarts += 1;
+        }
+        let pending = cluster.nodes.iter().any(|n| n.outdated);
+        if report.plan.phase == Phase::Ready && !pending {
+            return (restarts, failovers);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rolling update stuck: {}",
+            report.plan.message
+        );
+        if report.plan.actions.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_restarts_replicas_first_and_fails_masters_over_before_restarting_them() {
+    let mut cluster = Cluster::start(15, 6);
+    let shape = shape(3, 1);
+    heal(&cluster, &shape, "bootstrap").await;
+    let keys = cluster.write(300);
+    let masters_before: Vec<String> = cluster
+        .view(0)
+        .into_iter()
+        .filter(|n| n.master && n.slot_count() > 0)
+        .map(|n| n.id)
+        .collect();
+    for node in &mut cluster.nodes {
+        node.outdated = true;
+    }
+    let started = Instant::now();
+    let (restarts, failovers) = roll(&mut cluster, &shape, 1).await;
+    println!(
+        "rolling update of 6 pods: {restarts} restarts, {failovers} failovers, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(restarts, 6);
+    assert_eq!(failovers, 3, "every master failed over before its restart");
+    let view = cluster.view(0);
+    for id in &masters_before {
+        let node = view.iter().find(|n| &n.id == id).unwrap();
+        assert!(node.is_replica(), "the old masters now replicate");
+    }
+    assert_cluster_ok(&cluster, 0..6);
     cluster.assert_present(&keys);
 }

@@ -36,6 +36,8 @@ pub struct Member {
     pub port: u16,
     /// The pod's DNS name, used instead of the IP when TLS verifies the certificate.
     pub host: Option<String>,
+    /// The pod runs an older template than its StatefulSet's (a change waiting to roll).
+    pub outdated: bool,
 }
 
 /// Credentials for the operator's own connections.
@@ -58,6 +60,8 @@ pub struct Report {
     pub meets: usize,
     /// The first command that failed; the next pass decides again.
     pub error: Option<String>,
+    /// The pod the caller must delete now (a rolling update).
+    pub restart: Option<i32>,
 }
 
 /// How long one pass may spend moving slots before it reports progress and yields.
@@ -94,11 +98,16 @@ pub async fn converge_once(
         failovers: 0,
         meets: 0,
         error: None,
+        restart: None,
     };
     let started = Instant::now();
     for action in report.plan.actions.clone() {
         if matches!(action, Action::Migrate { .. }) && started.elapsed() > MOVE_BUDGET {
             break;
+        }
+        if let Action::Restart { ordinal } = action {
+            report.restart = Some(ordinal);
+            continue;
         }
         match execute(&mut nodes, &action, access).await {
             Ok(keys) => {
@@ -162,6 +171,7 @@ fn describe(nodes: &[Node], action: &Action) -> String {
         Action::Replicate { on, master } => format!("{} now replicates {}", p(on), p(master)),
         Action::Reset { on } => format!("{} left the cluster (CLUSTER RESET)", p(on)),
         Action::Forget { on, node } => format!("{} forgot {}", p(on), p(node)),
+        Action::Restart { ordinal } => format!("pod {ordinal} restarted"),
     }
 }
 
@@ -227,6 +237,7 @@ async fn execute(nodes: &mut [Node], action: &Action, access: &Access) -> Result
             node_mut(nodes, on)?.cluster(&["REPLICATE", master]).await?;
         }
         Action::Reset { on } => node_mut(nodes, on)?.cluster(&["RESET", "SOFT"]).await?,
+        Action::Restart { .. } => {}
         Action::Forget { on, node } => {
             let result = node_mut(nodes, on)?.cluster(&["FORGET", node]).await;
             if let Err(e) = result

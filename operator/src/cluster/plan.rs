@@ -17,6 +17,8 @@
 //! 7. **Replicas**: every other kept node replicates a wanted master, `replicas` each.
 //! 8. **Remove** nodes beyond the wanted size (scale-in): drained first, then reset, then
 //!    forgotten by every kept node.
+//! 9. **Roll** pods onto a new template one at a time: replicas first, a master after a
+//!    coordinated `CLUSTER FAILOVER` to its replica.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -72,6 +74,11 @@ pub enum Action {
         on: String,
         node: String,
     },
+    /// Delete the pod so its StatefulSet recreates it from the new template (done by the
+    /// caller, which owns pods).
+    Restart {
+        ordinal: i32,
+    },
 }
 
 /// Where the cluster stands; the `RedisReady` condition's reason.
@@ -88,6 +95,8 @@ pub enum Phase {
     Scaling,
     /// A scale-in that would risk data waits for the cluster to be whole.
     ScaleInBlocked,
+    /// Pods are restarted one at a time onto a new template, masters after a failover.
+    RollingUpdate,
 }
 
 impl Phase {
@@ -101,6 +110,7 @@ impl Phase {
             Self::Resharding => "Resharding",
             Self::Scaling => "Scaling",
             Self::ScaleInBlocked => "ScaleInBlocked",
+            Self::RollingUpdate => "RollingUpdate",
         }
     }
 }
@@ -541,6 +551,55 @@ pub fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) -> Plan
             Vec::new(),
         );
     }
+    // 9. Roll pods onto a new template, one at a time, on a healthy cluster: replicas first;
+    // a master only after its replica took over with a coordinated failover, so no
+    // acknowledged write is lost and writes pause only for the failover.
+    let outdated: Vec<&Seen> = kept_nodes
+        .iter()
+        .copied()
+        .filter(|s| s.member.outdated)
+        .collect();
+    if !outdated.is_empty() {
+        let serving = |s: &Seen| s.me().master && s.me().slot_count() > 0;
+        let left = outdated.len();
+        if let Some(r) = outdated.iter().find(|s| !serving(s)) {
+            let message = format!(
+                "restarting {} onto the new pod template ({left} pod(s) left)",
+                pod(r)
+            );
+            let actions = vec![Action::Restart {
+                ordinal: r.member.ordinal,
+            }];
+            return done(Phase::RollingUpdate, message, actions);
+        }
+        let m = outdated[0];
+        let replica = kept_nodes
+            .iter()
+            .find(|s| s.me().master_id.as_deref() == Some(m.id()) && s.link_up);
+        let (message, action) = match replica {
+            Some(r) => (
+                format!(
+                    "failing {} over to its replica {} before restarting it ({left} pod(s) left)",
+                    pod(m),
+                    pod(r)
+                ),
+                Action::Failover {
+                    on: r.id().to_owned(),
+                },
+            ),
+            None => (
+                format!(
+                    "restarting master {}, which has no replica: its slots are unavailable until it has reloaded its data ({left} pod(s) left)",
+                    pod(m)
+                ),
+                Action::Restart {
+                    ordinal: m.member.ordinal,
+                },
+            ),
+        };
+        return done(Phase::RollingUpdate, message, vec![action]);
+    }
+
     let per_master = placement::data_per_master(&target, masters.len(), &shape.data_slots);
     let message = format!(
         "{} masters with {} replica(s) each; data slots per master {}",

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
@@ -65,6 +66,14 @@ pub async fn pass(
             );
         }
     };
+    // The revision pods should run; a pod on another one waits for its turn to roll.
+    let update_revision = match Api::<StatefulSet>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(&names.redis())
+        .await
+    {
+        Ok(sts) => sts.and_then(|s| s.status).and_then(|s| s.update_revision),
+        Err(_) => None,
+    };
     let prefix = format!("{}-", names.redis());
     let port = u16::try_from(redis::PORT).unwrap_or(6379);
     let mut members = Vec::new();
@@ -79,12 +88,16 @@ pub async fn pass(
         };
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
         if let (Some(ip), None) = (ip, pod.metadata.deletion_timestamp.as_ref()) {
+            let revision = pod.labels().get("controller-revision-hash");
             present.push(ordinal);
             members.push(Member {
                 ordinal,
                 ip,
                 port,
                 host: Some(names.redis_pod_host(ordinal)),
+                outdated: update_revision
+                    .as_ref()
+                    .is_some_and(|want| revision.is_some_and(|have| have != want)),
             });
         }
     }
@@ -115,6 +128,13 @@ pub async fn pass(
     };
     let report = cluster::converge_once(&members, &absent, &access, &shape).await;
     record(ctx, ss, &report).await;
+    if let Some(ordinal) = report.restart {
+        let pod = format!("{prefix}{ordinal}");
+        info!(session_service = %ss.name_any(), %pod, "restarting a Redis pod onto the new template");
+        if let Err(error) = pods.delete(&pod, &DeleteParams::default()).await {
+            warn!(%pod, error = %super::api_message(&error), "could not delete the Redis pod; retrying on the next pass");
+        }
+    }
     let plan = &report.plan;
     let mut message = plan.message.clone();
     if let Some(error) = &report.error {

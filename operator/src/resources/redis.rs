@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
@@ -383,6 +384,7 @@ fn stateful_set(ss: &SessionService, names: &Names, conf: &str, pods: i32) -> St
         spec: StatefulSetSpec {
             service_name: Some(names.redis_headless()),
             replicas: Some(pods),
+            update_strategy: Some(update_strategy(ss)),
             // Cluster nodes must all start for the bootstrap; order buys nothing.
             pod_management_policy: Some("Parallel".to_owned()),
             selector: label_selector(ss, COMPONENT),
@@ -433,6 +435,21 @@ case "$me" in
 esac"#
     );
     vec!["sh".to_owned(), "-c".to_owned(), script]
+}
+
+/// Cluster mode: `OnDelete` — the operator restarts pods itself, one at a time, replicas
+/// first and each master only after a coordinated failover to its replica. Standalone: the
+/// StatefulSet rolls its one pod (sessions are unavailable until it has reloaded its AOF).
+fn update_strategy(ss: &SessionService) -> StatefulSetUpdateStrategy {
+    let type_ = if ss.spec.redis.mode == RedisMode::Cluster {
+        "OnDelete"
+    } else {
+        "RollingUpdate"
+    };
+    StatefulSetUpdateStrategy {
+        type_: Some(type_.to_owned()),
+        rolling_update: None,
+    }
 }
 
 /// Spread Redis pods over nodes, preferably (a small cluster may have fewer nodes than pods).

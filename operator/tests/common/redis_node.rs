@@ -31,6 +31,8 @@ pub struct RedisNode {
     pub ip: String,
     pub port: u16,
     pub pod: String,
+    /// Runs an older pod template than the StatefulSet's (a rolling update is pending).
+    pub outdated: bool,
 }
 
 impl RedisNode {
@@ -43,6 +45,7 @@ impl RedisNode {
             ip: ip.to_owned(),
             port,
             pod: pod.to_owned(),
+            outdated: false,
         };
         node.spawn();
         node
