@@ -7,281 +7,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::redis_node::{RedisNode, free_port};
-use serde_json::Value;
-use session_operator::cluster::placement::{data_slots, key_slot};
-use session_operator::cluster::topology::{NodeLine, parse_nodes};
-use session_operator::cluster::{Access, Member, Phase, Report, Shape, converge, converge_once};
-
-const PASSWORD: &str = "test-redis-password";
-const SHARDS: u32 = 16;
-
-/// Nodes of one test, on addresses `127.<subnet>.<generation>.<ordinal + 1>`.
-struct Cluster {
-    nodes: Vec<RedisNode>,
-    dirs: Vec<tempfile::TempDir>,
-    objects: Vec<Value>,
-    port: u16,
-    subnet: u8,
-}
-
-fn rendered_cluster() -> Vec<Value> {
-    let mut ss = common::example("sessionservice-cluster.yaml");
-    ss.spec.redis.tls.enabled = false;
-    ss.spec.redis.tls.secret_name = None;
-    ss.spec.sessions.shard_count = i32::try_from(SHARDS).unwrap();
-    session_operator::render::objects(&ss, &common::test_secrets()).unwrap()
-}
-
-impl Cluster {
-    fn start(subnet: u8, count: usize) -> Self {
-        let mut cluster = Self {
-            nodes: Vec::new(),
-            dirs: Vec::new(),
-            objects: rendered_cluster(),
-            port: free_port(),
-            subnet,
-        };
-        cluster.add(count);
-        cluster
-    }
-
-    fn ip(&self, ordinal: usize, generation: u8) -> String {
-        format!("127.{}.{generation}.{}", self.subnet, ordinal + 1)
-    }
-
-    /// Starts `count` more pods (the StatefulSet scaled up).
-    fn add(&mut self, count: usize) {
-        for _ in 0..count {
-            let ordinal = self.nodes.len();
-            let dir = tempfile::tempdir().unwrap();
-            let ip = self.ip(ordinal, 0);
-            let pod = format!("sessions-ha-redis-{ordinal}");
-            self.nodes.push(RedisNode::start(
-                &self.objects,
-                dir.path(),
-                &ip,
-                self.port,
-                &pod,
-            ));
-            self.dirs.push(dir);
-        }
-    }
-
-    fn members(&self) -> Vec<Member> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.running())
-            .map(|(i, n)| Member {
-                ordinal: i32::try_from(i).unwrap(),
-                ip: n.ip.clone(),
-                port: n.port,
-                host: None,
-                outdated: n.outdated,
-            })
-            .collect()
-    }
-
-    fn absent(&self) -> Vec<(i32, String)> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| !n.running())
-            .map(|(i, _)| (i32::try_from(i).unwrap(), "pod not running".to_owned()))
-            .collect()
-    }
-
-    fn conn(&self, ordinal: usize) -> redis::Connection {
-        let n = &self.nodes[ordinal];
-        redis::Client::open(format!("redis://:{PASSWORD}@{}:{}", n.ip, n.port))
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    }
-
-    fn view(&self, ordinal: usize) -> Vec<NodeLine> {
-        let text: String = redis::cmd("CLUSTER")
-            .arg("NODES")
-            .query(&mut self.conn(ordinal))
-            .unwrap();
-        parse_nodes(&text).unwrap()
-    }
-
-    fn id(&self, ordinal: usize) -> String {
-        self.view(ordinal)
-            .into_iter()
-            .find(|n| n.myself)
-            .unwrap()
-            .id
-    }
-
-    /// The ordinal of the master owning each slot, as node `observer` sees it.
-    fn owners(&self, observer: usize) -> BTreeMap<u16, String> {
-        let mut owners = BTreeMap::new();
-        for n in self.view(observer) {
-            for &(a, b) in &n.slots {
-                for s in a..=b {
-                    owners.insert(s, n.id.clone());
-                }
-            }
-        }
-        owners
-    }
-
-    fn ordinal_of(&self, id: &str) -> usize {
-        (0..self.nodes.len())
-            .find(|&i| self.nodes[i].running() && self.id(i) == id)
-            .unwrap()
-    }
-
-    /// Writes `count` session-like keys spread over every shard, each to its slot's master.
-    fn write(&self, count: usize) -> Vec<String> {
-        let owners = self.owners(0);
-        let mut by_owner: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-        let keys: Vec<String> = (0..count)
-            .map(|i| format!("sess:{{{}}}:s:test-{i}", u32::try_from(i).unwrap() % SHARDS))
-            .collect();
-        for key in &keys {
-            let owner = self.ordinal_of(&owners[&key_slot(key)]);
-            by_owner.entry(owner).or_default().push(key.clone());
-        }
-        for (owner, keys) in by_owner {
-            let mut conn = self.conn(owner);
-            for key in keys {
-                let _: () = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&key)
-                    .query(&mut conn)
-                    .unwrap();
-            }
-        }
-        keys
-    }
-
-    /// Every key is on its slot's current master.
-    fn assert_present(&self, keys: &[String]) {
-        let owners = self.owners(0);
-        let mut missing = Vec::new();
-        for key in keys {
-            let owner = self.ordinal_of(&owners[&key_slot(key)]);
-            let value: Option<String> = redis::cmd("GET")
-                .arg(key)
-                .query(&mut self.conn(owner))
-                .unwrap();
-            if value.as_deref() != Some(key.as_str()) {
-                missing.push(key.clone());
-            }
-        }
-        assert!(
-            missing.is_empty(),
-            "{} keys lost: {missing:?}",
-            missing.len()
-        );
-    }
-
-    /// Data slots per master, as node `observer` sees them.
-    fn balance(&self, observer: usize) -> Vec<usize> {
-        let data = data_slots(SHARDS);
-        let mut per: BTreeMap<String, usize> = BTreeMap::new();
-        for n in self
-            .view(observer)
-            .into_iter()
-            .filter(|n| n.master && n.slot_count() > 0)
-        {
-            per.insert(n.id.clone(), data.iter().filter(|&&s| n.owns(s)).count());
-        }
-        per.into_values().collect()
-    }
-
-    fn assert_balanced(&self, masters: usize, step: &str) {
-        let balance = self.balance(0);
-        let most = data_slots(SHARDS).len().div_ceil(masters);
-        println!("data slots per master after {step}: {balance:?} (at most {most})");
-        assert_eq!(balance.len(), masters, "{step}: masters");
-        assert!(balance.iter().all(|&c| c <= most), "{step}: {balance:?}");
-    }
-}
-
-fn access() -> Access {
-    Access {
-        password: Some(PASSWORD.to_owned()),
-        tls_ca: None,
-    }
-}
-
-fn shape(masters: usize, replicas: usize) -> Shape {
-    Shape {
-        masters,
-        replicas,
-        data_slots: data_slots(SHARDS),
-    }
-}
-
-async fn heal(cluster: &Cluster, shape: &Shape, what: &str) -> Report {
-    let started = Instant::now();
-    let report = converge(
-        &cluster.members(),
-        &access(),
-        shape,
-        Duration::from_secs(60),
-    )
-    .await;
-    assert_eq!(
-        report.plan.phase,
-        Phase::Ready,
-        "{what}: {} ({:?})",
-        report.plan.message,
-        report.error
-    );
-    println!(
-        "{what}: ready in {:.1} s: {}",
-        started.elapsed().as_secs_f64(),
-        report.plan.message
-    );
-    report
-}
-
-/// Runs the rendered readiness probe against pod `ordinal`.
-fn ready(cluster: &Cluster, ordinal: usize) -> bool {
-    let container = &cluster
-        .objects
-        .iter()
-        .find(|o| o["kind"] == "StatefulSet")
-        .unwrap()["spec"]["template"]["spec"]["containers"][0];
-    let command: Vec<String> = container["readinessProbe"]["exec"]["command"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect();
-    let node = &cluster.nodes[ordinal];
-    let script = command[2].replace(
-        "redis-cli",
-        &format!("redis-cli -h {} -p {}", node.ip, node.port),
-    );
-    std::process::Command::new(&command[0])
-        .args([&command[1], &script])
-        .env("REDISCLI_AUTH", PASSWORD)
-        .output()
-        .unwrap()
-        .status
-        .success()
-}
-
-fn assert_cluster_ok(cluster: &Cluster, ordinals: std::ops::Range<usize>) {
-    for i in ordinals {
-        let info: String = redis::cmd("CLUSTER")
-            .arg("INFO")
-            .query(&mut cluster.conn(i))
-            .unwrap();
-        assert!(info.contains("cluster_state:ok"), "pod {i}: {info}");
-        assert!(ready(cluster, i), "pod {i} passes its readiness probe");
-    }
-}
+use common::redis_cluster::{Cluster, access, assert_cluster_ok, heal, ready, roll, shape};
+use session_operator::cluster::{Phase, converge_once};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_balances_data_slots_and_a_second_pass_changes_nothing() {
@@ -314,8 +43,7 @@ async fn a_full_restart_with_new_ips_heals_with_the_same_ids_slots_and_data() {
         node.stop();
     }
     for i in 0..6 {
-        let ip = cluster.ip(i, 1);
-        cluster.nodes[i].start_on(&ip);
+        cluster.restart_on(i, 1);
     }
     // The nodes alone do not find each other: their peers' addresses are all stale.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -377,8 +105,7 @@ async fn a_master_and_a_replica_restart_and_a_replica_returns_before_its_master(
         report.plan.message
     );
     for i in [master, replica] {
-        let ip = cluster.ip(i, 1);
-        cluster.nodes[i].start_on(&ip);
+        cluster.restart_on(i, 1);
     }
     heal(
         &cluster,
@@ -405,16 +132,14 @@ async fn a_master_and_a_replica_restart_and_a_replica_returns_before_its_master(
     let (master, replica) = (cluster.ordinal_of(&master), cluster.ordinal_of(&replica));
     cluster.nodes[master].stop();
     cluster.nodes[replica].stop();
-    let ip = cluster.ip(replica, 2);
-    cluster.nodes[replica].start_on(&ip);
+    cluster.restart_on(replica, 2);
     let absent = cluster.absent();
     for _ in 0..3 {
         let report = converge_once(&cluster.members(), &absent, &access(), &shape).await;
         assert_ne!(report.plan.phase, Phase::Ready);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let ip = cluster.ip(master, 2);
-    cluster.nodes[master].start_on(&ip);
+    cluster.restart_on(master, 2);
     heal(&cluster, &shape, "replica back before its master").await;
     assert_cluster_ok(&cluster, 0..6);
     cluster.assert_present(&keys);
@@ -455,8 +180,7 @@ async fn scaling_out_to_six_masters_and_in_to_four_moves_slots_live_and_keeps_ev
         "scale-in refused while pod 3 is down: {}",
         blocked.plan.message
     );
-    let ip = cluster.ip(3, 0);
-    cluster.nodes[3].start_on(&ip);
+    cluster.restart_on(3, 0);
     let report = heal(&cluster, &four, "scale-in 6 -> 4 masters").await;
     assert_eq!(report.plan.hold_pods, 8, "{}", report.plan.message);
     for i in 8..12 {
@@ -468,37 +192,6 @@ async fn scaling_out_to_six_masters_and_in_to_four_moves_slots_live_and_keeps_ev
     assert_eq!(cluster.view(0).len(), 8, "the removed nodes are forgotten");
     cluster.assert_balanced(4, "6 -> 4");
     cluster.assert_present(&keys);
-}
-
-/// Runs passes until the cluster is ready with every pod on the new template, restarting (on a
-/// new IP) each pod the manager asks for, as the StatefulSet would recreate a deleted pod.
-async fn roll(cluster: &mut Cluster, shape: &Shape, generation: u8) -> (usize, usize) {
-    let (mut restarts, mut failovers) = (0, 0);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let report = converge_once(&cluster.members(), &cluster.absent(), &access(), shape).await;
-        failovers += report.failovers;
-        if let Some(ordinal) = report.restart {
-            let i = usize::try_from(ordinal).unwrap();
-            cluster.nodes[i].stop();
-            let ip = cluster.ip(i, generation);
-            cluster.nodes[i].start_on(&ip);
-            cluster.nodes[i].outdated = false;
-            restarts += 1;
-        }
-        let pending = cluster.nodes.iter().any(|n| n.outdated);
-        if report.plan.phase == Phase::Ready && !pending {
-            return (restarts, failovers);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rolling update stuck: {}",
-            report.plan.message
-        );
-        if report.plan.actions.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,8 +15,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long Redis may take to copy one batch of keys to the importing node.
 pub const MIGRATE_TIMEOUT_MS: u64 = 5_000;
-/// Keys per `MIGRATE`: small enough that a batch copies in milliseconds.
-pub const MIGRATE_BATCH: usize = 100;
+/// Keys per `MIGRATE`. While a slot moves, every write that creates keys in it is refused
+/// with `TRYAGAIN` (clients retry), because the shard's shared keys (outbox, expiry queue) and
+/// the new keys are on different sides; so a slot must move in as few calls as possible. One
+/// call of this many session keys blocks the two masters for milliseconds, not seconds.
+pub const MIGRATE_BATCH: usize = 10_000;
 
 /// What one node said about the cluster.
 #[derive(Clone, Debug)]

@@ -1,6 +1,7 @@
 //! Shared by the operator's test files.
 #![allow(dead_code)]
 
+pub mod redis_cluster;
 pub mod redis_node;
 
 use std::path::{Path, PathBuf};

@@ -52,17 +52,31 @@ impl Breaker {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether a call may go through now; moves Open to HalfOpen when the time has come.
-    fn admit(&self) -> bool {
+    /// Whether a call may go through now (`Some(true)` for the half-open trial); moves Open to
+    /// HalfOpen when the time has come.
+    fn admit(&self) -> Option<bool> {
         let mut state = self.state();
         match *state {
-            State::Closed { .. } => true,
+            State::Closed { .. } => Some(false),
             State::Open { until } if Instant::now() >= until => {
                 *state = State::HalfOpen;
                 self.metrics.circuit_state.set(1);
-                true
+                Some(true)
             }
-            State::Open { .. } | State::HalfOpen => false,
+            State::Open { .. } | State::HalfOpen => None,
+        }
+    }
+
+    /// A trial that ended without an outcome (its future was dropped: the client went away)
+    /// tells nothing about Redis; the next call becomes the trial instead. Without this the
+    /// circuit would stay half-open, refusing every call, for good.
+    fn abandon_trial(&self) {
+        let mut state = self.state();
+        if *state == State::HalfOpen {
+            *state = State::Open {
+                until: Instant::now(),
+            };
+            self.metrics.circuit_state.set(2);
         }
     }
 
@@ -91,12 +105,17 @@ impl Breaker {
     where
         F: std::future::Future<Output = Result<T, BackendError>>,
     {
-        if !self.admit() {
+        let Some(trial) = self.admit() else {
             self.metrics.redis_errors.with_label_values(&[op]).inc();
             return Err(BackendError::Unavailable("circuit breaker open".into()));
-        }
+        };
+        let mut pending = PendingTrial {
+            breaker: self,
+            armed: trial,
+        };
         let started = Instant::now();
         let result = f.await;
+        pending.armed = false;
         self.metrics
             .redis_duration
             .with_label_values(&[op])
@@ -107,6 +126,20 @@ impl Breaker {
         }
         self.record(!infrastructure_failure);
         result
+    }
+}
+
+/// Held across the half-open trial's `.await`: dropped with the future, it abandons the trial.
+struct PendingTrial<'a> {
+    breaker: &'a Breaker,
+    armed: bool,
+}
+
+impl Drop for PendingTrial<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.breaker.abandon_trial();
+        }
     }
 }
 
@@ -166,5 +199,30 @@ mod tests {
             0,
             "domain failures do not count"
         );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_trial_call_does_not_leave_the_circuit_half_open() {
+        let b = Breaker::new(Box::new(MemoryBackend::new()), Metrics::new("t"));
+        for _ in 0..FAILURES_TO_OPEN {
+            let _ = b
+                .call("read", async {
+                    Err::<(), _>(BackendError::Unavailable("down".into()))
+                })
+                .await;
+        }
+        tokio::time::sleep(OPEN_FOR).await;
+        // The trial is cancelled at its await point (the client disconnected).
+        let trial = b.call("read", std::future::pending::<Result<(), BackendError>>());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), trial)
+                .await
+                .is_err()
+        );
+        assert!(
+            b.call("read", async { Ok(()) }).await.is_ok(),
+            "the next call is the new trial"
+        );
+        assert_eq!(b.metrics.circuit_state.get(), 0);
     }
 }

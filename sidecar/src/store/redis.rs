@@ -23,6 +23,14 @@ use super::{
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long connecting may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Redis Cluster: retries of one call (`TRYAGAIN` while a slot moves, a master failing over,
+/// a reconnect), all within [`RESPONSE_TIMEOUT`]. While the operator moves a slot, a script
+/// whose keys are split between the two masters gets `TRYAGAIN` until the move completes
+/// (tens to hundreds of milliseconds); the client library's default first wait (1.28 s) would
+/// turn every such call into a timeout, so waits start at 2 ms and never exceed 100 ms.
+const CLUSTER_RETRIES: u32 = 30;
+const CLUSTER_RETRY_MIN_WAIT_MS: u64 = 2;
+const CLUSTER_RETRY_MAX_WAIT_MS: u64 = 100;
 
 /// Optional replication wait after every applied commit (`WAIT`).
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +76,40 @@ impl WaitReplicas for redis::cluster_async::ClusterConnection {
     }
 }
 
+const READ_LUA: &str = include_str!("read.lua");
+const COMMIT_LUA: &str = include_str!("commit.lua");
+
+/// Runs a script by its SHA, and by its body when the node does not have it: a master that just
+/// took over slots (a scale-out, a failover to a replica that never saw `SCRIPT LOAD`) answers
+/// `NOSCRIPT`, and the client library's own reload goes to the masters it knew before. `EVAL`
+/// reaches the node owning the keys and caches the script there.
+async fn run_script<C, T>(
+    conn: &mut C,
+    script: &Script,
+    body: &str,
+    keys: &[String],
+    argv: &[String],
+) -> redis::RedisResult<T>
+where
+    C: ConnectionLike + Send,
+    T: redis::FromRedisValue,
+{
+    let mut invocation = script.prepare_invoke();
+    invocation.key(keys).arg(argv);
+    match invocation.invoke_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            redis::cmd("EVAL")
+                .arg(body)
+                .arg(keys.len())
+                .arg(keys)
+                .arg(argv)
+                .query_async(conn)
+                .await
+        }
+        other => other,
+    }
+}
+
 /// A Redis-backed store over any multiplexed connection (standalone or cluster).
 pub struct RedisBackend<C> {
     conn: C,
@@ -106,6 +148,10 @@ pub async fn connect_with(
         let client = redis::cluster::ClusterClientBuilder::new(seeds)
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
+            .retries(CLUSTER_RETRIES)
+            .min_retry_wait(CLUSTER_RETRY_MIN_WAIT_MS)
+            .max_retry_wait(CLUSTER_RETRY_MAX_WAIT_MS)
+            .retry_wait_formula(2, 2)
             .build()
             .map_err(unavailable)?;
         let conn = client.get_async_connection().await.map_err(unavailable)?;
@@ -134,6 +180,9 @@ pub fn install_tls_provider() {
 }
 
 fn unavailable(e: redis::RedisError) -> BackendError {
+    // Debug, not warn: while Redis is down every request would log it; the breaker's metrics
+    // and `/readyz` say so once.
+    tracing::debug!(error = %e, "Redis call failed");
     BackendError::Unavailable(e.to_string())
 }
 
@@ -143,8 +192,8 @@ impl<C> RedisBackend<C> {
         Self {
             conn,
             wait,
-            read: Script::new(include_str!("read.lua")),
-            commit: Script::new(include_str!("commit.lua")),
+            read: Script::new(READ_LUA),
+            commit: Script::new(COMMIT_LUA),
         }
     }
 }
@@ -308,11 +357,8 @@ where
         }
         let (keys, argv) = encode_reads(&ops);
         keys.check_one_slot()?;
-        let mut invocation = self.read.prepare_invoke();
-        invocation.key(keys.keys).arg(argv);
         let mut conn = self.conn.clone();
-        let value: Value = invocation
-            .invoke_async(&mut conn)
+        let value: Value = run_script(&mut conn, &self.read, READ_LUA, &keys.keys, &argv)
             .await
             .map_err(unavailable)?;
         let Value::Array(items) = value else {
@@ -330,10 +376,9 @@ where
         let (keys, argv) = encode_commit(&commit);
         keys.check_one_slot()?;
         let first_key = keys.keys.first().cloned();
-        let mut invocation = self.commit.prepare_invoke();
-        invocation.key(keys.keys).arg(argv);
         let mut conn = self.conn.clone();
-        match invocation.invoke_async::<String>(&mut conn).await {
+        match run_script::<_, String>(&mut conn, &self.commit, COMMIT_LUA, &keys.keys, &argv).await
+        {
             Ok(s) if s == "OK" => {
                 if let (Some(wait), Some(key)) = (self.wait, first_key) {
                     self.await_replicas(&mut conn, &key, wait).await;
