@@ -4,6 +4,8 @@
 //! - [`crd`]: the custom resource, its defaults and CEL rules.
 //! - [`resources`]: one pure builder per kind of child object; [`slo`]: the SLO rules.
 //! - [`reconcile`]: apply, prune, status and Events; [`controller`]: `run`, leader election.
+//! - [`cluster`]: Redis Cluster day 2 — forming, repairing, resharding, scaling and rolling the
+//!   cluster by talking to the Redis pods.
 //! - [`render`]: the operator's output without a cluster.
 //! - [`inject`]: the sidecar patch; [`webhook`]: the admission webhook and its certificate.
 //! - [`telemetry`]: metrics and logs; [`yaml`]: YAML in and out.
