@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::sessions::Sessions;
+use crate::store::Probe;
 
 pub use consumer::consume_once;
 pub use relay::relay_once;
@@ -28,16 +29,37 @@ pub const CONSUME_INTERVAL: Duration = Duration::from_millis(250);
 /// Entries handled per shard and pass.
 pub const BATCH: usize = 100;
 
-/// Expires due sessions on every shard; returns how many were expired.
+/// Expires due sessions on every shard that has any; returns how many were expired.
 ///
 /// # Errors
 /// When the store fails.
 pub async fn sweep_once(sessions: &Sessions) -> crate::error::Result<usize> {
+    #[allow(clippy::cast_precision_loss)]
+    let now = sessions.now() as f64;
+    let keys = sessions.keys();
     let mut expired = 0;
-    for shard in 0..sessions.policy().shard_count {
+    for shard in shards_where(sessions, |s| Probe::DueBy(keys.expiry(s), now)).await? {
         expired += sessions.expire_due(shard, BATCH).await?;
     }
     Ok(expired)
+}
+
+/// The shards for which `probe` finds work. One store call per Redis master, whatever the
+/// number of shards: an idle pass costs the same with 16 shards or 1 024.
+pub(crate) async fn shards_where(
+    sessions: &Sessions,
+    probe: impl Fn(u32) -> Probe,
+) -> crate::error::Result<Vec<u32>> {
+    let shards: Vec<u32> = (0..sessions.policy().shard_count).collect();
+    let answers = sessions
+        .backend()
+        .probe(shards.iter().map(|&s| probe(s)).collect())
+        .await?;
+    Ok(shards
+        .into_iter()
+        .zip(answers)
+        .filter_map(|(shard, busy)| busy.then_some(shard))
+        .collect())
 }
 
 /// Starts the three loops; they stop when `shutdown` turns true.

@@ -5,18 +5,19 @@
 use crate::error::Result;
 use crate::model::{Envelope, EventType};
 use crate::sessions::Sessions;
-use crate::store::{Append, Backend, Commit, ReadOp, Reply, StreamEntry, WriteOp};
+use crate::store::{Append, Backend, Commit, Probe, ReadOp, Reply, StreamEntry, WriteOp};
 
 use super::BATCH;
 use super::lease::Lease;
 
-/// One pass over every shard; returns how many events were relayed.
+/// One pass over every shard whose outbox holds events; returns how many were relayed.
 ///
 /// # Errors
 /// When the store fails.
 pub async fn relay_once(sessions: &Sessions, holder: &str) -> Result<usize> {
+    let keys = sessions.keys();
     let mut moved = 0;
-    for shard in 0..sessions.policy().shard_count {
+    for shard in super::shards_where(sessions, |s| Probe::StreamNonEmpty(keys.outbox(s))).await? {
         moved += relay_shard(sessions, shard, holder).await?;
     }
     Ok(moved)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendError, Commit, CommitOutcome, ReadOp, Reply};
+use super::{Backend, BackendError, Commit, CommitOutcome, Probe, ReadOp, Reply};
 use crate::metrics::Metrics;
 
 /// Consecutive failures that open the circuit.
@@ -151,6 +151,10 @@ impl Backend for Breaker {
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, BackendError> {
         self.call("commit", self.inner.commit(commit)).await
+    }
+
+    async fn probe(&self, probes: Vec<Probe>) -> Result<Vec<bool>, BackendError> {
+        self.call("probe", self.inner.probe(probes)).await
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

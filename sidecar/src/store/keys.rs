@@ -113,6 +113,12 @@ pub fn hash_tag(key: &str) -> &str {
     key
 }
 
+/// The Redis Cluster hash slot of a key: CRC16 (XMODEM) of its hash tag, modulo 16384.
+#[must_use]
+pub fn slot(key: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(hash_tag(key).as_bytes()) % 16_384
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +143,8 @@ mod tests {
         assert_eq!(hash_tag(&k.org_sessions("acme")), "o:acme");
         assert_eq!(hash_tag("plain"), "plain");
         assert_eq!(hash_tag("a{}b"), "a{}b");
+        // CLUSTER KEYSLOT of a real redis-server.
+        assert_eq!(slot("sess:{0}:outbox"), 13907);
+        assert_eq!(slot("foo"), 12182);
     }
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 use super::{
-    Append, Backend, BackendError, Bound, Commit, CommitOutcome, Guard, ReadOp, Reply, Score,
-    StreamEntry, WriteOp, ZRange,
+    Append, Backend, BackendError, Bound, Commit, CommitOutcome, Guard, Probe, ReadOp, Reply,
+    Score, StreamEntry, WriteOp, ZRange,
 };
 
 /// The in-process store.
@@ -80,6 +80,31 @@ impl Backend for MemoryBackend {
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, BackendError> {
         let mut db = self.lock();
         db.commit(commit)
+    }
+
+    async fn probe(&self, probes: Vec<Probe>) -> Result<Vec<bool>, BackendError> {
+        let mut db = self.lock();
+        Ok(probes
+            .into_iter()
+            .map(|probe| {
+                let read = match probe {
+                    Probe::StreamNonEmpty(key) => ReadOp::XRange(key, None, 1),
+                    Probe::DueBy(key, score) => ReadOp::ZRange(ZRange {
+                        key,
+                        min: Bound::NegInf,
+                        max: Bound::Incl(score),
+                        rev: false,
+                        offset: 0,
+                        count: 1,
+                    }),
+                };
+                match db.read(&read) {
+                    Reply::Entries(e) => !e.is_empty(),
+                    Reply::Scored(s) => !s.is_empty(),
+                    _ => false,
+                }
+            })
+            .collect())
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

@@ -174,11 +174,33 @@ pub enum BackendError {
     Protocol(String),
 }
 
+/// A "is there work?" question of the background work, about one key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Probe {
+    /// The stream holds entries (an outbox waiting for the relay).
+    StreamNonEmpty(String),
+    /// The sorted set holds a member scored at or below this (expiry queue entries due).
+    DueBy(String, Score),
+}
+
+impl Probe {
+    pub fn key(&self) -> &str {
+        match self {
+            Probe::StreamNonEmpty(k) | Probe::DueBy(k, _) => k,
+        }
+    }
+}
+
 /// The storage contract; see the module documentation.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// Reads all `ops` atomically (one snapshot). All keys must share one hash slot.
     async fn read(&self, ops: Vec<ReadOp>) -> Result<Vec<Reply>, BackendError>;
+    /// Answers every probe, `true` where there is work. The keys may span hash slots: this is
+    /// how the background work finds the few shards with something to do in one call per Redis
+    /// master, instead of one call per shard. Not atomic; a probe that cannot be answered
+    /// reports work (the caller then looks at that shard itself).
+    async fn probe(&self, probes: Vec<Probe>) -> Result<Vec<bool>, BackendError>;
     /// Applies `commit` atomically: guards, then appends, then writes.
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, BackendError>;
     /// Whether the store answers now (for `/readyz`).

@@ -14,7 +14,8 @@ use redis::{Script, Value};
 
 use super::keys::hash_tag;
 use super::{
-    Backend, BackendError, Bound, Commit, CommitOutcome, Guard, ReadOp, Reply, StreamEntry, WriteOp,
+    Backend, BackendError, Bound, Commit, CommitOutcome, Guard, Probe, ReadOp, Reply, StreamEntry,
+    WriteOp,
 };
 
 /// How long one Redis call may take before the request fails instead of hanging. A session
@@ -41,11 +42,15 @@ pub struct ReplicaWait {
     pub timeout_ms: u64,
 }
 
-/// `WAIT` on the connection that made the write, routed to the master of the write's slot.
+/// What differs between one server and a cluster: where a command goes that is not routed by
+/// its own keys (`WAIT` after a write, the background work's probes).
 #[async_trait]
-pub trait WaitReplicas {
-    /// Waits for `wait.replicas` replicas; returns how many acknowledged.
-    async fn wait_replicas(&mut self, key: &str, wait: ReplicaWait) -> redis::RedisResult<i64>;
+pub trait Topology {
+    /// Runs `cmd` on the master serving `key` (the one server, standalone).
+    async fn on_master_of(&mut self, key: &str, cmd: redis::Cmd) -> redis::RedisResult<Value>;
+    /// `keys` grouped by the master serving them now, as indexes into `keys` (one group
+    /// standalone).
+    async fn group_by_master(&mut self, keys: &[&str]) -> redis::RedisResult<Vec<Vec<usize>>>;
 }
 
 fn wait_cmd(wait: ReplicaWait) -> redis::Cmd {
@@ -55,29 +60,88 @@ fn wait_cmd(wait: ReplicaWait) -> redis::Cmd {
 }
 
 #[async_trait]
-impl WaitReplicas for redis::aio::ConnectionManager {
-    async fn wait_replicas(&mut self, _key: &str, wait: ReplicaWait) -> redis::RedisResult<i64> {
-        wait_cmd(wait).query_async(self).await
+impl Topology for redis::aio::ConnectionManager {
+    async fn on_master_of(&mut self, _key: &str, cmd: redis::Cmd) -> redis::RedisResult<Value> {
+        cmd.query_async(self).await
+    }
+
+    async fn group_by_master(&mut self, keys: &[&str]) -> redis::RedisResult<Vec<Vec<usize>>> {
+        Ok(vec![(0..keys.len()).collect()])
     }
 }
 
 #[async_trait]
-impl WaitReplicas for redis::cluster_async::ClusterConnection {
-    async fn wait_replicas(&mut self, key: &str, wait: ReplicaWait) -> redis::RedisResult<i64> {
+impl Topology for redis::cluster_async::ClusterConnection {
+    async fn on_master_of(&mut self, key: &str, cmd: redis::Cmd) -> redis::RedisResult<Value> {
         use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
         let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
-        let value = self
+        // A routed command hands server errors back as values; make them errors again.
+        self.route_command(
+            cmd,
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+        )
+        .await?
+        .extract_error()
+    }
+
+    async fn group_by_master(&mut self, keys: &[&str]) -> redis::RedisResult<Vec<Vec<usize>>> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let slots = self
             .route_command(
-                wait_cmd(wait),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
             )
             .await?;
-        Ok(redis::from_redis_value(value)?)
+        let masters = slot_masters(slots);
+        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            let slot = super::keys::slot(key);
+            let master = masters
+                .iter()
+                .find(|(a, b, _)| (*a..=*b).contains(&slot))
+                .map_or_else(|| format!("slot {slot}"), |(_, _, m)| m.clone());
+            groups.entry(master).or_default().push(i);
+        }
+        Ok(groups.into_values().collect())
     }
+}
+
+/// `(first slot, last slot, "host:port" of the master)` of a `CLUSTER SLOTS` reply.
+fn slot_masters(reply: Value) -> Vec<(u16, u16, String)> {
+    let Value::Array(ranges) = reply else {
+        return Vec::new();
+    };
+    ranges
+        .into_iter()
+        .filter_map(|range| {
+            let Value::Array(parts) = range else {
+                return None;
+            };
+            let int = |v: &Value| match v {
+                Value::Int(n) => u16::try_from(*n).ok(),
+                _ => None,
+            };
+            let (first, last) = (int(parts.first()?)?, int(parts.get(1)?)?);
+            let Value::Array(master) = parts.get(2)? else {
+                return None;
+            };
+            let host = match master.first()? {
+                Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                Value::SimpleString(s) => s.clone(),
+                _ => return None,
+            };
+            let port = match master.get(1)? {
+                Value::Int(p) => *p,
+                _ => return None,
+            };
+            Some((first, last, format!("{host}:{port}")))
+        })
+        .collect()
 }
 
 const READ_LUA: &str = include_str!("read.lua");
 const COMMIT_LUA: &str = include_str!("commit.lua");
+const PROBE_LUA: &str = include_str!("probe.lua");
 
 /// Runs a script by its SHA, and by its body when the node does not have it: a master that just
 /// took over slots (a scale-out, a failover to a replica that never saw `SCRIPT LOAD`) answers
@@ -115,6 +179,7 @@ pub struct RedisBackend<C> {
     conn: C,
     read: Script,
     commit: Script,
+    probe: Script,
     wait: Option<ReplicaWait>,
 }
 
@@ -194,6 +259,7 @@ impl<C> RedisBackend<C> {
             wait,
             read: Script::new(READ_LUA),
             commit: Script::new(COMMIT_LUA),
+            probe: Script::new(PROBE_LUA),
         }
     }
 }
@@ -349,7 +415,7 @@ fn encode_write(write: &WriteOp, keys: &mut KeyTable, argv: &mut Vec<String>) {
 #[async_trait]
 impl<C> Backend for RedisBackend<C>
 where
-    C: ConnectionLike + WaitReplicas + Clone + Send + Sync + 'static,
+    C: ConnectionLike + Topology + Clone + Send + Sync + 'static,
 {
     async fn read(&self, ops: Vec<ReadOp>) -> Result<Vec<Reply>, BackendError> {
         if ops.is_empty() {
@@ -397,6 +463,48 @@ where
         }
     }
 
+    async fn probe(&self, probes: Vec<Probe>) -> Result<Vec<bool>, BackendError> {
+        let mut conn = self.conn.clone();
+        let keys: Vec<&str> = probes.iter().map(Probe::key).collect();
+        let groups = conn.group_by_master(&keys).await.map_err(unavailable)?;
+        let mut answers = vec![true; probes.len()];
+        for group in groups {
+            let Some(&first) = group.first() else {
+                continue;
+            };
+            let mut argv = Vec::with_capacity(group.len() * 3);
+            for &i in &group {
+                match &probes[i] {
+                    Probe::StreamNonEmpty(k) => {
+                        argv.extend(["x".to_owned(), k.clone(), String::new()])
+                    }
+                    Probe::DueBy(k, score) => {
+                        argv.extend(["d".to_owned(), k.clone(), score.to_string()])
+                    }
+                }
+            }
+            let mut evalsha = redis::cmd("EVALSHA");
+            evalsha.arg(self.probe.get_hash()).arg(0).arg(&argv);
+            let reply = match conn.on_master_of(keys[first], evalsha).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    let mut eval = redis::cmd("EVAL");
+                    eval.arg(PROBE_LUA).arg(0).arg(&argv);
+                    conn.on_master_of(keys[first], eval).await
+                }
+                other => other,
+            }
+            .map_err(unavailable)?;
+            let flags: Vec<i64> = redis::from_redis_value(reply)
+                .map_err(|e| BackendError::Protocol(e.to_string()))?;
+            for (&i, flag) in group.iter().zip(flags) {
+                answers[i] = flag != 0;
+            }
+        }
+        Ok(answers)
+    }
+
     async fn ping(&self) -> Result<(), BackendError> {
         let mut conn = self.conn.clone();
         redis::cmd("PING")
@@ -411,11 +519,15 @@ where
     }
 }
 
-impl<C: WaitReplicas> RedisBackend<C> {
+impl<C: Topology> RedisBackend<C> {
     /// Waits for the replicas of a write; a shortfall (or a failed `WAIT`) is logged, as the
     /// write itself is applied and must be answered as such.
     async fn await_replicas(&self, conn: &mut C, key: &str, wait: ReplicaWait) {
-        match conn.wait_replicas(key, wait).await {
+        let acked = conn
+            .on_master_of(key, wait_cmd(wait))
+            .await
+            .and_then(|v| redis::from_redis_value::<i64>(v).map_err(Into::into));
+        match acked {
             Ok(acked) if acked >= i64::from(wait.replicas) => {}
             Ok(acked) => tracing::warn!(
                 acked,

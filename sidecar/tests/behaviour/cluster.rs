@@ -200,7 +200,7 @@ async fn a_master_failover_is_survived_without_a_restart() {
 async fn the_replica_wait_is_routed_to_the_writes_master() {
     // Proves: on a cluster, WAIT after a write goes to the master of the write's slot and
     // sees its replica acknowledge; writes through a backend that waits succeed.
-    use session_sidecar::store::redis::{ReplicaWait, WaitReplicas, connect_with};
+    use session_sidecar::store::redis::{ReplicaWait, Topology, connect_with};
     let cluster = RedisCluster::start();
     let wait = ReplicaWait {
         replicas: 1,
@@ -217,11 +217,11 @@ async fn the_replica_wait_is_routed_to_the_writes_master() {
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert_eq!(
-            conn.wait_replicas(&key, wait).await.unwrap(),
-            1,
-            "shard {shard}"
-        );
+        let mut wait_cmd = ::redis::cmd("WAIT");
+        wait_cmd.arg(wait.replicas).arg(wait.timeout_ms);
+        let acked: i64 =
+            ::redis::from_redis_value(conn.on_master_of(&key, wait_cmd).await.unwrap()).unwrap();
+        assert_eq!(acked, 1, "shard {shard}");
     }
     let backend = connect_with(&cluster.url, true, Some(wait)).await.unwrap();
     let clock = std::sync::Arc::new(session_sidecar::clock::SystemClock);
@@ -241,4 +241,63 @@ async fn the_replica_wait_is_routed_to_the_writes_master() {
             .await
             .unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_background_passes_cost_one_call_per_master_not_per_shard() {
+    // Proves: with 64 shards on 3 masters, an idle relay pass and an idle sweep make one script
+    // call per master each (not 64), and a shard with work is still found and served.
+    let cluster = RedisCluster::start();
+    let backend = session_sidecar::store::redis::connect(&cluster.url, true)
+        .await
+        .unwrap();
+    let clock = std::sync::Arc::new(session_sidecar::clock::SystemClock);
+    let policy = session_sidecar::sessions::Policy {
+        shard_count: 64,
+        ..crate::harness::test_policy()
+    };
+    let sessions = session_sidecar::sessions::Sessions::new(
+        std::sync::Arc::from(backend),
+        "idle",
+        clock,
+        policy,
+    );
+    // Warm the connections and load the script on every master.
+    session_sidecar::events::relay_once(&sessions, "w")
+        .await
+        .unwrap();
+    session_sidecar::events::sweep_once(&sessions)
+        .await
+        .unwrap();
+    let before = cluster.script_calls();
+    assert_eq!(
+        session_sidecar::events::relay_once(&sessions, "w")
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        session_sidecar::events::sweep_once(&sessions)
+            .await
+            .unwrap(),
+        0
+    );
+    let idle = cluster.script_calls() - before;
+    println!("idle relay + sweep over 64 shards on 3 masters: {idle} script calls");
+    assert_eq!(idle, 6, "one probe per master and pass");
+    let input = session_sidecar::model::input::CreateSession {
+        user_id: Some("busy".to_owned()),
+        ..Default::default()
+    };
+    sessions
+        .create(&session_sidecar::sessions::Ctx::system(), input)
+        .await
+        .unwrap();
+    assert_eq!(
+        session_sidecar::events::relay_once(&sessions, "w")
+            .await
+            .unwrap(),
+        1,
+        "the busy shard is found"
+    );
 }

@@ -225,6 +225,36 @@ impl RedisCluster {
         cluster
     }
 
+    /// The ports of the nodes that are running.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|(_, child)| child.is_some())
+            .map(|(port, _)| *port)
+            .collect()
+    }
+
+    /// Script calls (`EVALSHA` and `EVAL`) served by all nodes so far.
+    pub fn script_calls(&self) -> u64 {
+        self.ports()
+            .into_iter()
+            .filter_map(|port| Self::cli(port, &["info", "commandstats"]))
+            .flat_map(|info| {
+                info.lines()
+                    .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+                    .filter_map(|l| {
+                        l.split("calls=")
+                            .nth(1)?
+                            .split(',')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+
     fn cli(port: u16, args: &[&str]) -> Option<String> {
         let out = Command::new("redis-cli")
             .args(["-p", &port.to_string()])
