@@ -234,7 +234,10 @@ pub struct SessionPolicy {
     #[serde(default = "default_rate_window")]
     #[schemars(range(min = 1))]
     pub create_rate_window_seconds: i64,
-    /// Shards of the key space (outboxes and indexes). Immutable: session ids carry their shard.
+    /// Shards of the key space; each lives in one Redis Cluster hash slot, so this is also the
+    /// most masters a cluster can use. The default, 64, lets a cluster grow to 64 masters with
+    /// its data evenly spread. Immutable: session ids carry their shard (objects created with
+    /// an older default keep theirs, stored at creation).
     #[serde(default = "default_shard_count")]
     #[schemars(range(min = 1, max = 1024))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("sessions.shardCount is immutable"))]
@@ -426,7 +429,7 @@ fn default_rate_window() -> i64 {
     60
 }
 fn default_shard_count() -> i32 {
-    16
+    64
 }
 fn default_server_replicas() -> i32 {
     2

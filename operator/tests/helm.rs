@@ -135,7 +135,8 @@ fn rbac_is_least_privilege_with_no_wildcards() {
             }
         }
     }
-    // Only kinds the operator deletes when a spec turns them off can be deleted.
+    // Only kinds the operator deletes when a spec turns them off can be deleted, and Redis pods
+    // (restarted one at a time by a rolling update in cluster mode).
     let default = template(&[]);
     let cluster_role = default
         .iter()
@@ -159,6 +160,7 @@ fn rbac_is_least_privilege_with_no_wildcards() {
     assert_eq!(
         deletable,
         [
+            "pods",
             "horizontalpodautoscalers",
             "servicemonitors",
             "podmonitors",

@@ -98,16 +98,17 @@ impl Topology for redis::cluster_async::ClusterConnection {
             let slot = super::keys::slot(key);
             let master = masters
                 .iter()
-                .find(|(a, b, _)| (*a..=*b).contains(&slot))
-                .map_or_else(|| format!("slot {slot}"), |(_, _, m)| m.clone());
+                .find(|(a, b, _, _)| (*a..=*b).contains(&slot))
+                .map_or_else(|| format!("slot {slot}"), |(_, _, h, p)| format!("{h}:{p}"));
             groups.entry(master).or_default().push(i);
         }
         Ok(groups.into_values().collect())
     }
 }
 
-/// `(first slot, last slot, "host:port" of the master)` of a `CLUSTER SLOTS` reply.
-fn slot_masters(reply: Value) -> Vec<(u16, u16, String)> {
+/// The masters of a `CLUSTER SLOTS` reply: `(first slot, last slot, host, port)` per range.
+/// An empty host means "the address you asked".
+pub(crate) fn slot_masters(reply: Value) -> Vec<(u16, u16, String, u16)> {
     let Value::Array(ranges) = reply else {
         return Vec::new();
     };
@@ -130,11 +131,7 @@ fn slot_masters(reply: Value) -> Vec<(u16, u16, String)> {
                 Value::SimpleString(s) => s.clone(),
                 _ => return None,
             };
-            let port = match master.get(1)? {
-                Value::Int(p) => *p,
-                _ => return None,
-            };
-            Some((first, last, format!("{host}:{port}")))
+            Some((first, last, host, int(master.get(1)?)?))
         })
         .collect()
 }
