@@ -37,11 +37,16 @@ pub fn rendered_cluster() -> Vec<Value> {
 
 impl Cluster {
     pub fn start(subnet: u8, count: usize) -> Self {
+        Self::start_on_port(subnet, count, free_port())
+    }
+
+    /// The same on a given port (6379 where the operator itself connects, as to a pod).
+    pub fn start_on_port(subnet: u8, count: usize, port: u16) -> Self {
         let mut cluster = Self {
             nodes: Vec::new(),
             dirs: Vec::new(),
             objects: rendered_cluster(),
-            port: free_port(),
+            port,
             subnet,
             hosts: None,
         };
@@ -65,14 +70,25 @@ impl Cluster {
         format!("sessions-ha-redis-{ordinal}.sessions-ha-redis-headless.platform.svc")
     }
 
-    /// Rewrites the hosts file in place (a bind mount of it sees the new content).
+    /// Rewrites the hosts file in place (a bind mount of it sees the new content), without
+    /// truncating it first: every line has the same width, so a lookup that reads the file
+    /// while it is written sees whole lines, old or new, never an empty file.
     pub fn write_hosts(&self) {
+        use std::io::{Seek, Write};
         let Some(path) = &self.hosts else { return };
-        let mut text = String::from("127.0.0.1 localhost\n");
+        let mut text = format!("{:<15} localhost\n", "127.0.0.1");
         for (i, node) in self.nodes.iter().enumerate() {
-            text.push_str(&format!("{} {}\n", node.ip, self.host(i)));
+            text.push_str(&format!("{:<15} {}\n", node.ip, self.host(i)));
         }
-        std::fs::write(path, text).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(path)
+            .unwrap();
+        file.seek(std::io::SeekFrom::Start(0)).unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file.set_len(u64::try_from(text.len()).unwrap()).unwrap();
     }
 
     /// Starts `count` more pods (the StatefulSet scaled up).

@@ -15,6 +15,7 @@
 //! "atomic recording" rule of the source documents).
 
 pub mod breaker;
+pub mod cluster;
 pub mod keys;
 pub mod memory;
 pub mod redis;

@@ -70,42 +70,6 @@ impl Topology for redis::aio::ConnectionManager {
     }
 }
 
-#[async_trait]
-impl Topology for redis::cluster_async::ClusterConnection {
-    async fn on_master_of(&mut self, key: &str, cmd: redis::Cmd) -> redis::RedisResult<Value> {
-        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
-        let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
-        // A routed command hands server errors back as values; make them errors again.
-        self.route_command(
-            cmd,
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-        )
-        .await?
-        .extract_error()
-    }
-
-    async fn group_by_master(&mut self, keys: &[&str]) -> redis::RedisResult<Vec<Vec<usize>>> {
-        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-        let slots = self
-            .route_command(
-                redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-            )
-            .await?;
-        let masters = slot_masters(slots);
-        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, key) in keys.iter().enumerate() {
-            let slot = super::keys::slot(key);
-            let master = masters
-                .iter()
-                .find(|(a, b, _, _)| (*a..=*b).contains(&slot))
-                .map_or_else(|| format!("slot {slot}"), |(_, _, h, p)| format!("{h}:{p}"));
-            groups.entry(master).or_default().push(i);
-        }
-        Ok(groups.into_values().collect())
-    }
-}
-
 /// The masters of a `CLUSTER SLOTS` reply: `(first slot, last slot, host, port)` per range.
 /// An empty host means "the address you asked".
 pub(crate) fn slot_masters(reply: Value) -> Vec<(u16, u16, String, u16)> {
@@ -216,7 +180,9 @@ pub async fn connect_with(
             .retry_wait_formula(2, 2)
             .build()
             .map_err(unavailable)?;
-        let conn = client.get_async_connection().await.map_err(unavailable)?;
+        let conn = super::cluster::ClusterHandle::connect(client)
+            .await
+            .map_err(unavailable)?;
         Ok(Box::new(RedisBackend::new(conn, wait)))
     } else {
         let client = redis::Client::open(url).map_err(unavailable)?;

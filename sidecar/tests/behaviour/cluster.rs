@@ -208,7 +208,9 @@ async fn the_replica_wait_is_routed_to_the_writes_master() {
     };
     let client =
         ::redis::cluster::ClusterClient::new(cluster.url.split(',').collect::<Vec<_>>()).unwrap();
-    let mut conn = client.get_async_connection().await.unwrap();
+    let mut conn = session_sidecar::store::cluster::ClusterHandle::connect(client)
+        .await
+        .unwrap();
     for shard in 0..4 {
         let key = format!("t:{{{shard}}}:s:probe");
         let _: () = ::redis::cmd("SET")
