@@ -119,12 +119,18 @@ async fn reconciles_form_the_cluster_and_roll_its_pods_one_at_a_time() {
         .iter()
         .map(|e| format!("{} {}", e["reason"], e["note"]))
         .collect();
-    assert!(
-        notes
-            .iter()
-            .any(|n| n.contains("RedisClusterBootstrapping") && n.contains("took")),
-        "{notes:#?}"
-    );
+    // One Event per kind of step (the recorder folds repeats of a reason into a series).
+    for (reason, words) in [
+        ("RedisClusterBootstrapping", "joining 5 new node(s)"),
+        ("RedisClusterScaling", "now replicates"),
+    ] {
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains(reason) && n.contains(words)),
+            "{reason}: {notes:#?}"
+        );
+    }
     let metrics = ctx.metrics.render();
     assert!(
         metrics.contains("session_operator_redis_cluster_actions_total{action=\"meet\"}"),

@@ -186,7 +186,14 @@ pub fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) -> Plan
             nodes.len(),
             meets.len()
         );
-        return done(Phase::Repairing, message, meets);
+        // Before any slot is assigned this is the bootstrap's introductions, not a repair.
+        let formed = seen.iter().any(|s| s.me().slot_count() > 0);
+        let phase = if formed {
+            Phase::Repairing
+        } else {
+            Phase::Bootstrapping
+        };
+        return done(phase, message, meets);
     }
 
     // 2. Finish what an earlier pass started.
