@@ -272,6 +272,29 @@ async fn worker(
     }
 }
 
+/// Runs the operator's work on a thread of its own, as the operator is a process of its own:
+/// sharing the test's runtime with the load would delay its commands behind the load's tasks
+/// and stretch every slot move.
+fn as_operator<F: std::future::Future + Send>(work: F) -> F::Output
+where
+    F::Output: Send,
+{
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap()
+                        .block_on(work)
+                })
+                .join()
+                .unwrap()
+        })
+    })
+}
+
 /// A named interval of the run.
 struct Step {
     name: String,
@@ -376,19 +399,19 @@ async fn sidecars_keep_serving_through_scaling_rolling_restarts_and_a_full_resta
 
     let t = start.elapsed();
     cluster.add(6);
-    heal(&cluster, &shape(6, 1), "scale-out 3 -> 6 under load").await;
+    as_operator(heal(&cluster, &shape(6, 1), "scale-out 3 -> 6 under load"));
     tokio::time::sleep(Duration::from_secs(1)).await;
     mark("scale-out 3 -> 6 masters", t);
 
     let t = start.elapsed();
-    let report = heal(&cluster, &three, "scale-in 6 -> 3 under load").await;
+    let report = as_operator(heal(&cluster, &three, "scale-in 6 -> 3 under load"));
     assert_eq!(report.plan.hold_pods, 6);
     for i in 6..12 {
         cluster.nodes[i].stop();
     }
     cluster.nodes.truncate(6);
     cluster.write_hosts();
-    heal(&cluster, &three, "after the StatefulSet shrank").await;
+    as_operator(heal(&cluster, &three, "after the StatefulSet shrank"));
     tokio::time::sleep(Duration::from_secs(1)).await;
     mark("scale-in 6 -> 3 masters", t);
 
@@ -396,7 +419,7 @@ async fn sidecars_keep_serving_through_scaling_rolling_restarts_and_a_full_resta
     for node in &mut cluster.nodes {
         node.outdated = true;
     }
-    let (restarts, failovers) = roll(&mut cluster, &three, 1).await;
+    let (restarts, failovers) = as_operator(roll(&mut cluster, &three, 1));
     println!("rolling restart: {restarts} restarts, {failovers} failovers");
     tokio::time::sleep(Duration::from_secs(1)).await;
     mark("rolling restart of 6 nodes", t);
@@ -409,7 +432,11 @@ async fn sidecars_keep_serving_through_scaling_rolling_restarts_and_a_full_resta
         cluster.restart_on(i, 2);
     }
     let last_started = Instant::now();
-    let report = heal(&cluster, &three, "full restart with new IPs under load").await;
+    let report = as_operator(heal(
+        &cluster,
+        &three,
+        "full restart with new IPs under load",
+    ));
     let healed = last_started.elapsed();
     println!(
         "full restart: cluster_state ok {:.1} s after the last node started",
