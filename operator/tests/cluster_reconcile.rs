@@ -1,8 +1,8 @@
 //! The reconcile of a cluster-mode SessionService drives the cluster manager: against a fake
 //! API server that lists six Redis pods whose IPs are real `redis-server` nodes (on port 6379
 //! of their own loopback addresses, as pods), reconciles alone form the cluster, report each
-//! step in `RedisReady` and an Event, and roll the pods one at a time — a replica first — when
-//! the StatefulSet's revision changes.
+//! step in `RedisReady` and an Event, roll the pods one at a time — a replica first — when the
+//! StatefulSet's revision changes, and never shrink the StatefulSet while they cannot look.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -161,4 +161,15 @@ async fn reconciles_form_the_cluster_and_roll_its_pods_one_at_a_time() {
     );
     let (_, reason, message) = condition(&fake, "RedisReady").unwrap();
     assert_eq!(reason, "RollingUpdate", "{message}");
+
+    // When the manager cannot look at the cluster (here the pod list fails), the StatefulSet
+    // keeps the pods it has: only the manager's word may shrink it.
+    let mut sts = fake.get(STS_PATH).unwrap();
+    sts["spec"]["replicas"] = json!(8);
+    fake.insert(STS_PATH, sts);
+    fake.insert(PODS_PATH, json!({"kind": "NotAList"}));
+    let _ = reconcile_once().await;
+    let (_, reason, message) = condition(&fake, "RedisReady").unwrap();
+    assert_eq!(reason, "PodListFailed", "{message}");
+    assert_eq!(fake.get(STS_PATH).unwrap()["spec"]["replicas"], 8);
 }

@@ -22,17 +22,19 @@ pub const CLUSTER_STEP: Duration = Duration::from_secs(2);
 /// What the pass found.
 pub struct ClusterPass {
     pub state: PartState,
-    /// Pods the StatefulSet must keep beyond the spec's count (scale-in in progress).
+    /// Pods the StatefulSet must keep beyond the spec's count: while nodes that go are being
+    /// drained, and — whenever the manager could not look at the cluster — as many as it has
+    /// now, so a StatefulSet is only ever shrunk on the manager's word.
     pub hold_pods: Option<i32>,
     /// When to look again.
     pub recheck: Duration,
 }
 
 impl ClusterPass {
-    fn waiting(reason: &str, message: impl Into<String>) -> Self {
+    fn waiting(reason: &str, message: impl Into<String>, hold_pods: Option<i32>) -> Self {
         Self {
             state: PartState::not_ok(reason, message),
-            hold_pods: None,
+            hold_pods,
             recheck: CLUSTER_STEP,
         }
     }
@@ -47,6 +49,25 @@ pub async fn pass(
 ) -> ClusterPass {
     let names = Names::of(ss);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let statefulset = match Api::<StatefulSet>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(&names.redis())
+        .await
+    {
+        Ok(sts) => sts,
+        Err(error) => {
+            let message = format!(
+                "could not read the Redis StatefulSet {namespace}/{}: {}",
+                names.redis(),
+                super::api_message(&error)
+            );
+            return ClusterPass::waiting("StatefulSetReadFailed", message, None);
+        }
+    };
+    let current = statefulset.as_ref().and_then(|s| s.spec.replicas);
+    // The revision pods should run; a pod on another one waits for its turn to roll.
+    let update_revision = statefulset
+        .and_then(|s| s.status)
+        .and_then(|s| s.update_revision);
     let labels = selector(ss, "redis")
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -55,24 +76,14 @@ pub async fn pass(
     let list = match pods.list(&ListParams::default().labels(&labels)).await {
         Ok(list) => list,
         Err(error) => {
-            return ClusterPass::waiting(
-                "PodListFailed",
-                format!(
-                    "could not list the Redis pods of {}/{}: {}; check the operator's RBAC (pods: list)",
-                    namespace,
-                    ss.name_any(),
-                    super::api_message(&error)
-                ),
+            let message = format!(
+                "could not list the Redis pods of {}/{}: {}; check the operator's RBAC (pods: list)",
+                namespace,
+                ss.name_any(),
+                super::api_message(&error)
             );
+            return ClusterPass::waiting("PodListFailed", message, current);
         }
-    };
-    // The revision pods should run; a pod on another one waits for its turn to roll.
-    let update_revision = match Api::<StatefulSet>::namespaced(ctx.client.clone(), namespace)
-        .get_opt(&names.redis())
-        .await
-    {
-        Ok(sts) => sts.and_then(|s| s.status).and_then(|s| s.update_revision),
-        Err(_) => None,
     };
     let prefix = format!("{}-", names.redis());
     let port = u16::try_from(redis::PORT).unwrap_or(6379);
@@ -115,11 +126,12 @@ pub async fn pass(
         return ClusterPass::waiting(
             "Progressing",
             format!("waiting for the {wanted} Redis pods to start"),
+            current,
         );
     }
     let access = match access(ctx, ss, namespace, secrets).await {
         Ok(access) => access,
-        Err(message) => return ClusterPass::waiting("TlsSecretUnreadable", message),
+        Err(message) => return ClusterPass::waiting("TlsSecretUnreadable", message, current),
     };
     let shape = Shape {
         masters: usize::try_from(ss.spec.redis.shards).unwrap_or(3),
