@@ -16,11 +16,9 @@ use std::time::{Duration, Instant};
 
 use apiserver::FakeApiServer;
 use common::redis_cluster::{Cluster, PASSWORD, SHARDS};
-use kube::runtime::events::{Recorder, Reporter};
 use serde_json::json;
 use session_operator::crd::SessionService;
-use session_operator::reconcile::{self, Context};
-use session_operator::telemetry::Metrics;
+use session_operator::reconcile;
 
 const NS: &str = "platform";
 const SS_PATH: &str = "/apis/sessions.io/v1alpha1/namespaces/platform/sessionservices/sessions-ha";
@@ -76,19 +74,7 @@ async fn reconciles_form_the_cluster_and_roll_its_pods_one_at_a_time() {
                "data": {"password": data_encoding::BASE64.encode(PASSWORD.as_bytes())}}),
     );
     fake.insert(PODS_PATH, pod_list(&cluster, "rev1"));
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "session-operator".to_owned(),
-            instance: None,
-        },
-    );
-    let ctx = Arc::new(Context::new(
-        client,
-        recorder,
-        Metrics::new().unwrap(),
-        "session-system".to_owned(),
-    ));
+    let ctx = apiserver::reconcile_context(client);
     let reconcile_once = || async {
         let current: SessionService = serde_json::from_value(fake.get(SS_PATH).unwrap()).unwrap();
         reconcile::reconcile(Arc::new(current), ctx.clone()).await

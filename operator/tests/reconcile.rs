@@ -13,11 +13,9 @@ use std::time::Duration;
 
 use apiserver::FakeApiServer;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
 use session_operator::crd::SessionService;
 use session_operator::reconcile::{self, Context, Error};
-use session_operator::telemetry::Metrics;
 
 const STS_PATH: &str = "/apis/apps/v1/namespaces/shop/statefulsets/sessions-redis";
 const DEPLOY_PATH: &str = "/apis/apps/v1/namespaces/shop/deployments/sessions";
@@ -43,19 +41,7 @@ impl Harness {
             ss.metadata.name.as_deref().unwrap()
         );
         fake.insert(&path, serde_json::to_value(&ss).unwrap());
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "session-operator".to_owned(),
-                instance: None,
-            },
-        );
-        let ctx = Arc::new(Context::new(
-            client,
-            recorder,
-            Metrics::new().unwrap(),
-            "session-system".to_owned(),
-        ));
+        let ctx = apiserver::reconcile_context(client);
         Self { fake, ctx, path }
     }
 

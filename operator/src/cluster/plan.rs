@@ -239,25 +239,29 @@ pub fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) -> Plan
         .iter()
         .filter(|(o, _)| usize::try_from(*o).is_ok_and(|o| o < kept))
         .collect();
+    // Waiting on an incomplete cluster blocks a scale-in, and says so.
+    let wait = |phase, message: String| {
+        if scale_in {
+            let message = format!(
+                "{message}; removing nodes now could lose the only copy of a shard, so the scale-in waits until every node is up and healthy"
+            );
+            done(Phase::ScaleInBlocked, message, Vec::new())
+        } else {
+            done(phase, message, Vec::new())
+        }
+    };
     let established = seen.iter().any(Seen::established);
     if let Some((ordinal, reason)) = missing.first() {
-        let phase = if scale_in {
-            Phase::ScaleInBlocked
-        } else if established {
+        let phase = if established {
             Phase::Degraded
         } else {
             Phase::Progressing
         };
         let message = format!(
-            "Redis pod {ordinal} is not reachable ({reason}); {} of {kept} pods answer{}",
+            "Redis pod {ordinal} is not reachable ({reason}); {} of {kept} pods answer",
             seen.iter().filter(|s| is_kept(s)).count(),
-            if scale_in {
-                "; removing nodes now could lose the only copy of a shard, so the scale-in waits"
-            } else {
-                ""
-            }
         );
-        return done(phase, message, Vec::new());
+        return wait(phase, message);
     }
     for s in seen {
         for slot_owner in s.nodes.iter().filter(|n| n.slot_count() > 0 && !n.myself) {
@@ -318,22 +322,12 @@ pub fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) -> Plan
                 .peer(b.id())
                 .is_some_and(|v| !v.handshake && !v.failing && v.connected);
             if !healthy {
-                let phase = if scale_in {
-                    Phase::ScaleInBlocked
-                } else {
-                    Phase::Progressing
-                };
                 let message = format!(
-                    "waiting for {} to see {} as healthy (cluster gossip){}",
+                    "waiting for {} to see {} as healthy (cluster gossip)",
                     pod(a),
-                    pod(b),
-                    if scale_in {
-                        "; the scale-in waits until every node is healthy"
-                    } else {
-                        ""
-                    }
+                    pod(b)
                 );
-                return done(phase, message, Vec::new());
+                return wait(Phase::Progressing, message);
             }
         }
     }

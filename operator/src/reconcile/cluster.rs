@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::events::{Event, EventType};
-use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::Context;
@@ -87,8 +87,7 @@ pub async fn pass(
     };
     let prefix = format!("{}-", names.redis());
     let port = u16::try_from(redis::PORT).unwrap_or(6379);
-    let mut members = Vec::new();
-    let mut present = Vec::new();
+    let mut members: Vec<Member> = Vec::new();
     for pod in &list.items {
         let Some(ordinal) = pod
             .name_any()
@@ -100,7 +99,6 @@ pub async fn pass(
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
         if let (Some(ip), None) = (ip, pod.metadata.deletion_timestamp.as_ref()) {
             let revision = pod.labels().get("controller-revision-hash");
-            present.push(ordinal);
             members.push(Member {
                 ordinal,
                 ip,
@@ -114,7 +112,7 @@ pub async fn pass(
     }
     let wanted = redis::pod_count(ss);
     let absent: Vec<(i32, String)> = (0..wanted)
-        .filter(|o| !present.contains(o))
+        .filter(|o| !members.iter().any(|m| m.ordinal == *o))
         .map(|o| {
             (
                 o,
@@ -212,7 +210,6 @@ async fn record(ctx: &Context, ss: &SessionService, report: &cluster::Report) {
     count("meet", report.meets);
     m.cluster_keys_moved
         .inc_by(u64::try_from(report.keys_moved).unwrap_or(0));
-    let reference = ss.object_ref(&());
     if !report.done.is_empty() {
         let note = summary(report);
         info!(session_service = %ss.name_any(), phase = report.plan.phase.reason(), steps = report.done.len(), "{note}");
@@ -223,9 +220,7 @@ async fn record(ctx: &Context, ss: &SessionService, report: &cluster::Report) {
             action: "ManageRedisCluster".to_owned(),
             secondary: None,
         };
-        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
-            warn!(%error, "could not record an Event");
-        }
+        ctx.publish(ss, event).await;
     }
     if let Some(error) = &report.error {
         let event = Event {
@@ -238,9 +233,7 @@ async fn record(ctx: &Context, ss: &SessionService, report: &cluster::Report) {
             action: "ManageRedisCluster".to_owned(),
             secondary: None,
         };
-        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
-            warn!(%error, "could not record an Event");
-        }
+        ctx.publish(ss, event).await;
     }
 }
 

@@ -60,6 +60,13 @@ impl Context {
         }
     }
 
+    /// Records `event` about `ss`; a failure to record is logged, never fatal.
+    async fn publish(&self, ss: &SessionService, event: Event) {
+        if let Err(error) = self.recorder.publish(&event, &ss.object_ref(&())).await {
+            warn!(%error, "could not record an Event");
+        }
+    }
+
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -492,7 +499,6 @@ async fn write_status(
     )
     .await
     .map_err(Error::Status)?;
-    let reference = ss.object_ref(&());
     for condition in status::transitions(&new, old) {
         let event = Event {
             type_: if condition.status == "True" {
@@ -511,9 +517,7 @@ async fn write_status(
             action: "Reconcile".to_owned(),
             secondary: None,
         };
-        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
-            warn!(%error, "could not record an Event");
-        }
+        ctx.publish(ss, event).await;
     }
     Ok(())
 }

@@ -13,6 +13,24 @@ use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
 
+/// A reconcile context over `client` (a fake's), as `session-operator run` builds it.
+pub fn reconcile_context(client: Client) -> Arc<session_operator::reconcile::Context> {
+    use kube::runtime::events::{Recorder, Reporter};
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "session-operator".to_owned(),
+            instance: None,
+        },
+    );
+    Arc::new(session_operator::reconcile::Context::new(
+        client,
+        recorder,
+        session_operator::telemetry::Metrics::new().unwrap(),
+        "session-system".to_owned(),
+    ))
+}
+
 /// One write request the fake saw.
 #[derive(Clone, Debug)]
 pub struct Write {

@@ -100,47 +100,68 @@ pub(crate) fn slot_masters(reply: Value) -> Vec<(u16, u16, String, u16)> {
         .collect()
 }
 
-const READ_LUA: &str = include_str!("read.lua");
-const COMMIT_LUA: &str = include_str!("commit.lua");
-const PROBE_LUA: &str = include_str!("probe.lua");
+/// A Lua script, sent by its SHA, and by its body to a node that does not have it: a master
+/// that just took over slots (a scale-out, a failover to a replica that never saw `SCRIPT LOAD`)
+/// answers `NOSCRIPT`, and the client library's own reload goes to the masters it knew before.
+/// `EVAL` reaches the node that answered and caches the script there.
+struct Lua {
+    sha: String,
+    body: &'static str,
+}
 
-/// Runs a script by its SHA, and by its body when the node does not have it: a master that just
-/// took over slots (a scale-out, a failover to a replica that never saw `SCRIPT LOAD`) answers
-/// `NOSCRIPT`, and the client library's own reload goes to the masters it knew before. `EVAL`
-/// reaches the node owning the keys and caches the script there.
-async fn run_script<C, T>(
-    conn: &mut C,
-    script: &Script,
-    body: &str,
-    keys: &[String],
-    argv: &[String],
-) -> redis::RedisResult<T>
+impl Lua {
+    fn new(body: &'static str) -> Self {
+        Self {
+            sha: Script::new(body).get_hash().to_owned(),
+            body,
+        }
+    }
+
+    /// Runs the script on `keys` (which route it) with `argv`; `route` sends a script that
+    /// declares no keys to the master of that key.
+    async fn run<C, T>(
+        &self,
+        conn: &mut C,
+        keys: &[String],
+        argv: &[String],
+        route: Option<&str>,
+    ) -> redis::RedisResult<T>
+    where
+        C: ConnectionLike + Topology + Send,
+        T: redis::FromRedisValue,
+    {
+        let command = |name: &str, script: &str| {
+            let mut cmd = redis::cmd(name);
+            cmd.arg(script).arg(keys.len()).arg(keys).arg(argv);
+            cmd
+        };
+        match send(conn, command("EVALSHA", &self.sha), route).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                send(conn, command("EVAL", self.body), route).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// Sends `cmd`, routed by its keys or to the master of `route`.
+async fn send<C, T>(conn: &mut C, cmd: redis::Cmd, route: Option<&str>) -> redis::RedisResult<T>
 where
-    C: ConnectionLike + Send,
+    C: ConnectionLike + Topology + Send,
     T: redis::FromRedisValue,
 {
-    let mut invocation = script.prepare_invoke();
-    invocation.key(keys).arg(argv);
-    match invocation.invoke_async(conn).await {
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            redis::cmd("EVAL")
-                .arg(body)
-                .arg(keys.len())
-                .arg(keys)
-                .arg(argv)
-                .query_async(conn)
-                .await
-        }
-        other => other,
+    match route {
+        Some(key) => Ok(redis::from_redis_value(conn.on_master_of(key, cmd).await?)?),
+        None => cmd.query_async(conn).await,
     }
 }
 
 /// A Redis-backed store over any multiplexed connection (standalone or cluster).
 pub struct RedisBackend<C> {
     conn: C,
-    read: Script,
-    commit: Script,
-    probe: Script,
+    read: Lua,
+    commit: Lua,
+    probe: Lua,
     wait: Option<ReplicaWait>,
 }
 
@@ -220,9 +241,9 @@ impl<C> RedisBackend<C> {
         Self {
             conn,
             wait,
-            read: Script::new(READ_LUA),
-            commit: Script::new(COMMIT_LUA),
-            probe: Script::new(PROBE_LUA),
+            read: Lua::new(include_str!("read.lua")),
+            commit: Lua::new(include_str!("commit.lua")),
+            probe: Lua::new(include_str!("probe.lua")),
         }
     }
 }
@@ -387,7 +408,9 @@ where
         let (keys, argv) = encode_reads(&ops);
         keys.check_one_slot()?;
         let mut conn = self.conn.clone();
-        let value: Value = run_script(&mut conn, &self.read, READ_LUA, &keys.keys, &argv)
+        let value: Value = self
+            .read
+            .run(&mut conn, &keys.keys, &argv, None)
             .await
             .map_err(unavailable)?;
         let Value::Array(items) = value else {
@@ -406,7 +429,10 @@ where
         keys.check_one_slot()?;
         let first_key = keys.keys.first().cloned();
         let mut conn = self.conn.clone();
-        match run_script::<_, String>(&mut conn, &self.commit, COMMIT_LUA, &keys.keys, &argv).await
+        match self
+            .commit
+            .run::<_, String>(&mut conn, &keys.keys, &argv, None)
+            .await
         {
             Ok(s) if s == "OK" => {
                 if let (Some(wait), Some(key)) = (self.wait, first_key) {
@@ -446,19 +472,11 @@ where
                     }
                 }
             }
-            let mut evalsha = redis::cmd("EVALSHA");
-            evalsha.arg(self.probe.get_hash()).arg(0).arg(&argv);
-            let reply = match conn.on_master_of(keys[first], evalsha).await {
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    let mut eval = redis::cmd("EVAL");
-                    eval.arg(PROBE_LUA).arg(0).arg(&argv);
-                    conn.on_master_of(keys[first], eval).await
-                }
-                other => other,
-            }
-            .map_err(unavailable)?;
+            let reply: Value = self
+                .probe
+                .run(&mut conn, &[], &argv, Some(keys[first]))
+                .await
+                .map_err(unavailable)?;
             let flags: Vec<i64> = redis::from_redis_value(reply)
                 .map_err(|e| BackendError::Protocol(e.to_string()))?;
             for (&i, flag) in group.iter().zip(flags) {
