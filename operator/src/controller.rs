@@ -2,8 +2,9 @@
 //! endpoints and a clean shutdown on SIGTERM.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -11,10 +12,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -23,6 +23,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{info, warn};
 
+use crate::capabilities::{self, Capabilities};
 use crate::crd::SessionService;
 use crate::reconcile::{self, Context};
 use crate::resources::MANAGER;
@@ -117,23 +118,38 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     // One TLS crypto provider for the process (the API client and the webhook server).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default().await?;
-    let version = client.apiserver_version().await?;
+    let found = Capabilities::discover(&client).await.map_err(|e| {
+        anyhow::anyhow!(
+            "asking the API server what it serves: {}",
+            reconcile::api_message(&e)
+        )
+    })?;
     health.connected.store(true, Ordering::Relaxed);
-    info!(kubernetes = %version.git_version, "connected to the API server");
+    info!(
+        kubernetes = %found.version,
+        native_sidecars = found.native_sidecars,
+        autoscaling = found.autoscaling.as_ref().map_or("none", |r| r.api_version.as_str()),
+        disruption_budgets = found.disruption_budgets.as_ref().map_or("none", |r| r.api_version.as_str()),
+        "connected to the API server"
+    );
+    let api: capabilities::Shared = Arc::new(RwLock::new(found));
+    let rediscovery = tokio::spawn(capabilities::keep_current(client.clone(), api.clone()));
 
     // Every replica serves the webhook, leader or not: admission must not wait for an election.
     let webhook = {
-        let (client, options, namespace) = (
+        let (client, options, namespace, api) = (
             client.clone(),
             options.webhook.clone(),
             options.lease_namespace.clone(),
+            api.clone(),
         );
         tokio::spawn(async move {
-            if let Err(error) = crate::webhook::serve(client, options, namespace).await {
+            if let Err(error) = crate::webhook::serve(client, options, namespace, api).await {
                 tracing::error!(error = %format!("{error:#}"), "the admission webhook stopped");
             }
         })
     };
+    let background = [webhook, rediscovery];
 
     let identity = options
         .identity
@@ -148,11 +164,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         .await?;
     let (mut leader, lease_task) = lease.watch().await;
     info!(lease = %options.lease_name, %identity, "waiting for the leader lease");
+    let mut signal = Box::pin(signalled());
     while !*leader.borrow_and_update() {
         tokio::select! {
             changed = leader.changed() => changed?,
-            () = signalled() => {
-                webhook.abort();
+            () = &mut signal => {
+                background.iter().for_each(tokio::task::JoinHandle::abort);
                 drop(leader);
                 let _ = lease_task.await;
                 return Ok(());
@@ -162,12 +179,15 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     info!("leading: starting the controller");
     metrics.leader.set(1);
 
+    // Stops on a signal or when the lease is lost; `leader` is dropped then, which releases
+    // the lease.
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
     let lost = Arc::new(AtomicBool::new(false));
-    let stop = {
+    tokio::spawn({
         let lost = lost.clone();
         async move {
             tokio::select! {
-                () = signalled() => info!("stopping: signal received"),
+                () = signal => info!("stopping: signal received"),
                 () = async {
                     while leader.changed().await.is_ok() && *leader.borrow() {}
                 } => {
@@ -175,28 +195,90 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                     warn!("lost the leader lease: stopping");
                 }
             }
-            // `leader` is dropped here, which releases the lease.
+            drop(leader);
+            let _ = stopping.send(true);
         }
-    };
-    let reporter = Reporter {
-        controller: MANAGER.to_owned(),
-        instance: Some(identity),
-    };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Recorder::new(client.clone(), reporter),
-        metrics.clone(),
-        options.lease_namespace.clone(),
-    ));
-    run_controller(client, options.watch_namespace.as_deref(), ctx, stop).await;
+    });
+    if crd_installed(&client, stopped.clone()).await {
+        let reporter = Reporter {
+            controller: MANAGER.to_owned(),
+            instance: Some(identity),
+        };
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            Recorder::new(client.clone(), reporter),
+            metrics.clone(),
+            options.lease_namespace.clone(),
+            api.clone(),
+        ));
+        let initial = capabilities::current(&api);
+        let controller = run_controller(
+            client,
+            options.watch_namespace.as_deref(),
+            &initial,
+            ctx,
+            once_stopped(stopped.clone()),
+        );
+        // Reconciles are safe to interrupt: after a short grace the process stops anyway, so
+        // a Redis slot move in progress never holds up a rollout of the operator.
+        tokio::select! {
+            () = controller => {}
+            () = async { once_stopped(stopped).await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "reconciles still running after the grace period; stopping without them (each resumes on the next leader)");
+            }
+        }
+    }
     metrics.leader.set(0);
-    webhook.abort();
+    background.iter().for_each(tokio::task::JoinHandle::abort);
     let _ = lease_task.await;
     if lost.load(Ordering::Relaxed) {
         anyhow::bail!("lost the leader lease; restarting to rejoin as a standby");
     }
     info!("stopped cleanly");
     Ok(())
+}
+
+/// How long running reconciles may finish after a stop was asked for.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How often the operator looks for the SessionService CRD while it is not installed.
+const CRD_CHECK: Duration = Duration::from_secs(2);
+
+/// Resolves once `stopped` turns true (or its sender is gone).
+async fn once_stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// Waits until the API server serves SessionServices; `false` when stopped first. Watching a
+/// kind that is not installed would only back off for minutes, and hold up a shutdown.
+async fn crd_installed(client: &Client, stopped: tokio::sync::watch::Receiver<bool>) -> bool {
+    let api_version = SessionService::api_version(&());
+    let plural = SessionService::plural(&());
+    let mut said = false;
+    let stop = once_stopped(stopped);
+    tokio::pin!(stop);
+    loop {
+        match client.list_api_group_resources(&api_version).await {
+            Ok(list) if list.resources.iter().any(|r| r.name == plural) => {
+                if said {
+                    info!("the SessionService CRD is installed now: starting the controller");
+                }
+                return true;
+            }
+            Ok(_) | Err(kube::Error::Api(_)) => {
+                if !said {
+                    warn!(%api_version, "the SessionService CRD is not installed: install it with the chart, or `session-operator crd | kubectl apply -f -`; checking every 2 s");
+                    said = true;
+                }
+            }
+            Err(error) => {
+                warn!(error = %reconcile::api_message(&error), "could not ask the API server for the SessionService CRD; asking again")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(CRD_CHECK) => {}
+            () = &mut stop => return false,
+        }
+    }
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -209,9 +291,21 @@ where
     }
 }
 
+fn dynamic_api(
+    client: &Client,
+    namespace: Option<&str>,
+    resource: &ApiResource,
+) -> Api<DynamicObject> {
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+        None => Api::all_with(client.clone(), resource),
+    }
+}
+
 async fn run_controller(
     client: Client,
     namespace: Option<&str>,
+    served: &Capabilities,
     ctx: Arc<Context>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -219,7 +313,7 @@ async fn run_controller(
     let owned = watcher::Config::default()
         .labels(&format!("app.kubernetes.io/managed-by={MANAGER}"))
         .any_semantic();
-    Controller::new(
+    let mut controller = Controller::new(
         api::<SessionService>(&client, namespace),
         watcher::Config::default().any_semantic(),
     )
@@ -228,34 +322,41 @@ async fn run_controller(
     .owns(api::<Service>(&client, namespace), owned.clone())
     .owns(api::<StatefulSet>(&client, namespace), owned.clone())
     .owns(api::<Deployment>(&client, namespace), owned.clone())
-    .owns(
-        api::<PodDisruptionBudget>(&client, namespace),
-        owned.clone(),
-    )
-    .owns(api::<NetworkPolicy>(&client, namespace), owned.clone())
-    .owns(api::<HorizontalPodAutoscaler>(&client, namespace), owned)
-    // Redis pods belong to the StatefulSet, not to the SessionService: a restarted pod (a new
-    // IP the cluster must learn) wakes its SessionService through its instance label.
-    .watches(
-        api::<Pod>(&client, namespace),
-        watcher::Config::default()
-            .labels(&format!(
-                "app.kubernetes.io/component=redis,app.kubernetes.io/managed-by={MANAGER}"
-            ))
-            .any_semantic(),
-        |pod| {
-            let name = pod.labels().get(crate::resources::INSTANCE_LABEL)?.clone();
-            Some(ObjectRef::new(&name).within(&pod.namespace()?))
-        },
-    )
-    .with_config(controller::Config::default().concurrency(4))
-    .graceful_shutdown_on(stop)
-    .run(reconcile::reconcile, reconcile::error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((object, _)) => tracing::debug!(session_service = %object, "reconciled"),
-            Err(error) => warn!(%error, "controller"),
-        }
-    })
-    .await;
+    .owns(api::<NetworkPolicy>(&client, namespace), owned.clone());
+    // The versions this server serves, as the objects are applied.
+    for resource in [&served.disruption_budgets, &served.autoscaling]
+        .into_iter()
+        .flatten()
+    {
+        controller = controller.owns_with(
+            dynamic_api(&client, namespace, resource),
+            resource.clone(),
+            owned.clone(),
+        );
+    }
+    controller
+        // Redis pods belong to the StatefulSet, not to the SessionService: a restarted pod (a new
+        // IP the cluster must learn) wakes its SessionService through its instance label.
+        .watches(
+            api::<Pod>(&client, namespace),
+            watcher::Config::default()
+                .labels(&format!(
+                    "app.kubernetes.io/component=redis,app.kubernetes.io/managed-by={MANAGER}"
+                ))
+                .any_semantic(),
+            |pod| {
+                let name = pod.labels().get(crate::resources::INSTANCE_LABEL)?.clone();
+                Some(ObjectRef::new(&name).within(&pod.namespace()?))
+            },
+        )
+        .with_config(controller::Config::default().concurrency(4))
+        .graceful_shutdown_on(stop)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(session_service = %object, "reconciled"),
+                Err(error) => warn!(%error, "controller"),
+            }
+        })
+        .await;
 }

@@ -324,9 +324,11 @@ pub struct SidecarSpec {
     #[serde(default = "default_sidecar_resources")]
     pub resources: ResourceRequirements,
     /// Inject as a native sidecar (an init container with `restartPolicy: Always`, Kubernetes
-    /// 1.29+); `false` injects a plain container for older clusters.
-    #[serde(default = "yes")]
-    pub native: bool,
+    /// 1.29+), or as a plain container (`false`). Unset (the default) is auto: native where
+    /// the API server supports it, a plain container otherwise. `true` on an older server
+    /// degrades to a plain container, and the `FeaturesAvailable` condition says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<bool>,
 }
 
 /// Service-level objectives.

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
+use crate::capabilities::Capabilities;
 use crate::crd::SessionService;
 use crate::resources::container_security;
 use crate::resources::server::{SESSION_UID, http_probe, redis_ca_volume, session_env};
@@ -21,8 +22,8 @@ pub const INJECTED_ANNOTATION: &str = "sessions.io/injected";
 pub const LISTEN: &str = "127.0.0.1:7070";
 pub const ADMIN_PORT: i32 = 7071;
 
-/// The sidecar container for `ss`; a native sidecar (`restartPolicy: Always`) when asked.
-pub fn sidecar_container(ss: &SessionService) -> Container {
+/// The sidecar container for `ss`; a native sidecar (`restartPolicy: Always`) when `native`.
+pub fn sidecar_container(ss: &SessionService, native: bool) -> Container {
     let sidecar = &ss.spec.sidecar;
     let value = |name: &str, value: String| EnvVar {
         name: name.to_owned(),
@@ -66,11 +67,12 @@ pub fn sidecar_container(ss: &SessionService) -> Container {
     Container {
         name: CONTAINER.to_owned(),
         image: Some(sidecar.image.clone()),
-        restart_policy: sidecar.native.then(|| "Always".to_owned()),
+        restart_policy: native.then(|| "Always".to_owned()),
         env: Some(env),
         ports: Some(vec![ContainerPort {
             name: Some("session-admin".to_owned()),
             container_port: ADMIN_PORT,
+            protocol: Some("TCP".to_owned()),
             ..ContainerPort::default()
         }]),
         resources: Some(sidecar.resources.clone()),
@@ -90,11 +92,13 @@ fn pointer_segment(key: &str) -> String {
 
 /// The JSON patch that injects the sidecar into the pod template at `prefix` (`""` for a Pod,
 /// `/spec/template` for a workload, `/spec/jobTemplate/spec/template` for a CronJob) of
-/// `object`; `None` when it already has one.
+/// `object`; `None` when it already has one. The sidecar is native where `api` supports it
+/// and the SessionService does not say otherwise.
 pub fn patch(
     object: &Value,
     prefix: &str,
     ss: &SessionService,
+    api: &Capabilities,
 ) -> anyhow::Result<Option<json_patch::Patch>> {
     let template = object
         .pointer(prefix)
@@ -110,7 +114,8 @@ pub fn patch(
     if has_sidecar {
         return Ok(None);
     }
-    let container = serde_json::to_value(sidecar_container(ss))?;
+    let native = api.native_sidecar(ss);
+    let container = serde_json::to_value(sidecar_container(ss, native))?;
     let mut ops = Vec::new();
     let name = ss.name_any();
     // Annotate the pod as injected, and label it for the Redis NetworkPolicy (the webhook's
@@ -137,7 +142,7 @@ pub fn patch(
             });
         }
     }
-    if ss.spec.sidecar.native {
+    if native {
         // First among the init containers, so it serves before any of them runs.
         match spec.init_containers {
             Some(_) => ops.push(json!({"op": "add", "path": format!("{prefix}/spec/initContainers/0"), "value": container})),
@@ -173,8 +178,12 @@ pub fn template_prefix(kind: &str) -> Option<&'static str> {
 }
 
 /// Injects the sidecar into every workload of a multi-document manifest, as the webhook
-/// would; other documents pass through unchanged.
-pub fn inject_documents(documents: Vec<Value>, ss: &SessionService) -> anyhow::Result<Vec<Value>> {
+/// would on a server with the capabilities `api`; other documents pass through unchanged.
+pub fn inject_documents(
+    documents: Vec<Value>,
+    ss: &SessionService,
+    api: &Capabilities,
+) -> anyhow::Result<Vec<Value>> {
     documents
         .into_iter()
         .enumerate()
@@ -193,7 +202,7 @@ pub fn inject_documents(documents: Vec<Value>, ss: &SessionService) -> anyhow::R
                     ss.name_any()
                 );
             }
-            if let Some(patch) = patch(&document, prefix, ss).with_context(|| format!("document {} ({kind})", index + 1))? {
+            if let Some(patch) = patch(&document, prefix, ss, api).with_context(|| format!("document {} ({kind})", index + 1))? {
                 json_patch::patch(&mut document, &patch)
                     .with_context(|| format!("document {} ({kind})", index + 1))?;
             }

@@ -6,10 +6,12 @@
 //! - [`reconcile`]: apply, prune, status and Events; [`controller`]: `run`, leader election.
 //! - [`cluster`]: Redis Cluster day 2 — forming, repairing, resharding, scaling and rolling the
 //!   cluster by talking to the Redis pods.
+//! - [`capabilities`]: what the API server serves, so objects carry nothing it does not know.
 //! - [`render`]: the operator's output without a cluster.
 //! - [`inject`]: the sidecar patch; [`webhook`]: the admission webhook and its certificate.
 //! - [`telemetry`]: metrics and logs; [`yaml`]: YAML in and out.
 
+pub mod capabilities;
 pub mod cluster;
 pub mod controller;
 pub mod crd;

@@ -100,7 +100,11 @@ fn main() -> ExitCode {
         } => read(&file).and_then(|text| {
             let ss = session_service(&name, session_service_file.as_ref())?;
             let documents = yaml::from_yaml_documents(&text)?;
-            let injected = session_operator::inject::inject_documents(documents, &ss)?;
+            let injected = session_operator::inject::inject_documents(
+                documents,
+                &ss,
+                &session_operator::capabilities::Capabilities::latest(),
+            )?;
             print!("{}", yaml::to_yaml_documents(&injected)?);
             Ok(())
         }),

@@ -10,6 +10,7 @@ mod common;
 
 use common::example;
 use serde_json::{Value, json};
+use session_operator::capabilities::Capabilities;
 use session_operator::crd::SessionService;
 use session_operator::inject::{self, CONTAINER};
 use session_operator::webhook::{self, certs};
@@ -45,10 +46,37 @@ fn admission_review(object: &Value, operation: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// A current API server; the operator runs in `session-system`.
+fn policy() -> webhook::Policy {
+    policy_for(Capabilities::latest())
+}
+
+fn policy_for(api: Capabilities) -> webhook::Policy {
+    webhook::Policy {
+        api,
+        excluded_namespaces: vec!["kube-system".into(), "session-system".into()],
+    }
+}
+
+/// What Debian's kube-apiserver v1.20.2 serves.
+fn kubernetes_1_20() -> Capabilities {
+    Capabilities::of_version("v1.20.2", 20, &["v1", "v2beta1", "v2beta2"], &["v1beta1"])
+}
+
 async fn send(object: &Value, operation: &str, known: Option<SessionService>) -> Value {
+    send_with(&policy(), object, operation, known).await
+}
+
+async fn send_with(
+    policy: &webhook::Policy,
+    object: &Value,
+    operation: &str,
+    known: Option<SessionService>,
+) -> Value {
     webhook::review(
         &admission_review(object, operation),
-        |namespace, name| async move {
+        policy,
+        |namespace: String, name: String| async move {
             assert_eq!(namespace, "shop");
             Ok(known.filter(|ss| ss.metadata.name.as_deref() == Some(name.as_str())))
         },
@@ -149,9 +177,74 @@ async fn injection_is_idempotent() {
     assert_eq!(second["response"]["allowed"], true);
     assert!(patch_of(&second).is_none(), "never two sidecars");
     let documents = vec![example_app()[0].clone()];
-    let once = inject::inject_documents(documents, &ss).unwrap();
-    let twice = inject::inject_documents(once.clone(), &ss).unwrap();
+    let once = inject::inject_documents(documents, &ss, &Capabilities::latest()).unwrap();
+    let twice = inject::inject_documents(once.clone(), &ss, &Capabilities::latest()).unwrap();
     assert_eq!(once, twice);
+}
+
+#[tokio::test]
+async fn auto_injects_a_native_sidecar_where_the_server_has_them_and_a_container_on_1_20() {
+    let ss = example("sessionservice-standalone.yaml");
+    assert_eq!(
+        ss.spec.sidecar.native, None,
+        "the example leaves it to auto"
+    );
+    let current = send(
+        &pod(json!({"sessions.io/inject": "sessions"})),
+        "CREATE",
+        Some(ss.clone()),
+    )
+    .await;
+    let mut object = pod(json!({"sessions.io/inject": "sessions"}));
+    json_patch::patch(&mut object, &patch_of(&current).unwrap()).unwrap();
+    assert_eq!(object["spec"]["initContainers"][0]["name"], CONTAINER);
+    assert_eq!(
+        object["spec"]["initContainers"][0]["restartPolicy"],
+        "Always"
+    );
+
+    // A 1.20 server: a plain container, nothing a 1.20 pod does not have; even when the spec
+    // asks for native (which the SessionService's FeaturesAvailable condition reports).
+    for native in [None, Some(true)] {
+        let mut ss = ss.clone();
+        ss.spec.sidecar.native = native;
+        let old = send_with(
+            &policy_for(kubernetes_1_20()),
+            &pod(json!({"sessions.io/inject": "sessions"})),
+            "CREATE",
+            Some(ss),
+        )
+        .await;
+        let mut object = pod(json!({"sessions.io/inject": "sessions"}));
+        json_patch::patch(&mut object, &patch_of(&old).unwrap()).unwrap();
+        assert!(object["spec"].get("initContainers").is_none(), "{native:?}");
+        let sidecar = &object["spec"]["containers"][1];
+        assert_eq!(sidecar["name"], CONTAINER);
+        assert!(sidecar.get("restartPolicy").is_none());
+        assert_eq!(
+            sidecar["ports"][0]["protocol"], "TCP",
+            "server-side apply on 1.20 needs it"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pods_of_excluded_namespaces_are_admitted_unchanged() {
+    let ss = example("sessionservice-standalone.yaml");
+    for namespace in ["kube-system", "session-system"] {
+        let mut object = pod(json!({"sessions.io/inject": "sessions"}));
+        object["metadata"]["namespace"] = json!(namespace);
+        let mut review: Value =
+            serde_json::from_slice(&admission_review(&object, "CREATE")).unwrap();
+        review["request"]["namespace"] = json!(namespace);
+        let answer = webhook::review(&serde_json::to_vec(&review).unwrap(), &policy(), |_, _| {
+            let ss = ss.clone();
+            async move { Ok(Some(ss)) }
+        })
+        .await;
+        assert_eq!(answer["response"]["allowed"], true, "{namespace}");
+        assert!(patch_of(&answer).is_none(), "{namespace}: no sidecar");
+    }
 }
 
 #[tokio::test]
@@ -168,7 +261,7 @@ async fn a_missing_session_service_is_refused_clearly() {
 
 #[tokio::test]
 async fn a_broken_review_is_answered_not_crashed_on() {
-    let review = webhook::review(b"{not json", |_, _| async { Ok(None) }).await;
+    let review = webhook::review(b"{not json", &policy(), |_, _| async { Ok(None) }).await;
     assert_eq!(review["response"]["allowed"], false);
     assert!(
         review["response"]["status"]["message"]
@@ -181,14 +274,10 @@ async fn a_broken_review_is_answered_not_crashed_on() {
 #[tokio::test]
 async fn without_native_sidecars_a_plain_container_is_appended_and_tls_mounts_the_ca() {
     let mut ss = example("sessionservice-cluster.yaml");
-    ss.spec.sidecar.native = false;
+    ss.spec.sidecar.native = Some(false);
     let mut object = pod(json!({"sessions.io/inject": "sessions-ha"}));
     object["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
-    let review = webhook::review(&admission_review(&object, "CREATE"), |_, _| {
-        let ss = ss.clone();
-        async move { Ok(Some(ss)) }
-    })
-    .await;
+    let review = send(&object, "CREATE", Some(ss)).await;
     json_patch::patch(&mut object, &patch_of(&review).unwrap()).unwrap();
     assert!(object["spec"].get("initContainers").is_none());
     let sidecar = &object["spec"]["containers"][1];
@@ -225,7 +314,7 @@ fn offline_injection_covers_every_workload_kind_and_validates() {
         json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "namespace": "shop"}, "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "app", "image": "registry.example.com/app:1"}]}}}}),
         json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c", "namespace": "shop"}, "spec": {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "OnFailure", "containers": [{"name": "app", "image": "registry.example.com/app:1"}]}}}}}}),
     ]);
-    let injected = inject::inject_documents(documents, &ss).unwrap();
+    let injected = inject::inject_documents(documents, &ss, &Capabilities::latest()).unwrap();
     for document in &injected {
         let template = match document["kind"].as_str().unwrap() {
             "Service" => {
@@ -253,7 +342,7 @@ fn offline_injection_refuses_a_namespace_the_secrets_are_not_in() {
     let ss = example("sessionservice-standalone.yaml");
     let mut documents = example_app();
     documents[0]["metadata"]["namespace"] = json!("elsewhere");
-    let error = inject::inject_documents(documents, &ss)
+    let error = inject::inject_documents(documents, &ss, &Capabilities::latest())
         .unwrap_err()
         .to_string();
     assert!(
@@ -348,8 +437,15 @@ async fn the_webhook_answers_over_tls_looking_the_session_service_up_in_the_api(
         webhook_service: "session-operator-webhook".into(),
         webhook_secret: "unused".into(),
         webhook_configuration: "unused".into(),
+        webhook_exclude_namespaces: vec!["kube-system".into()],
     };
-    tokio::spawn(webhook::serve(client, options, "session-system".into()));
+    let api = Arc::new(std::sync::RwLock::new(Capabilities::latest()));
+    tokio::spawn(webhook::serve(
+        client,
+        options,
+        "session-system".into(),
+        api,
+    ));
 
     let mut roots = rustls::RootCertStore::empty();
     use rustls::pki_types::pem::PemObject;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use apiserver::FakeApiServer;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
+use session_operator::capabilities::Capabilities;
 use session_operator::crd::SessionService;
 use session_operator::reconcile::{self, Context, Error};
 
@@ -31,6 +32,11 @@ struct Harness {
 
 impl Harness {
     fn new(example: &str) -> Self {
+        Self::on(example, Capabilities::latest())
+    }
+
+    /// A harness whose operator discovered an API server with the capabilities `api`.
+    fn on(example: &str, api: Capabilities) -> Self {
         let (client, fake) = FakeApiServer::start();
         let mut ss = common::example(example);
         ss.metadata.uid = Some("7d3c1f9e-0000-4000-8000-000000000001".to_owned());
@@ -41,7 +47,7 @@ impl Harness {
             ss.metadata.name.as_deref().unwrap()
         );
         fake.insert(&path, serde_json::to_value(&ss).unwrap());
-        let ctx = apiserver::reconcile_context(client);
+        let ctx = apiserver::reconcile_context_for(client, api);
         Self { fake, ctx, path }
     }
 
@@ -132,8 +138,9 @@ async fn a_first_reconcile_applies_everything_and_reports_progress() {
             .iter()
             .all(|c| c.observed_generation == Some(1))
     );
+    assert_eq!(h.condition("FeaturesAvailable").0, "True");
     // One Event per condition on the first pass.
-    assert_eq!(events.len(), 5, "{events:#?}");
+    assert_eq!(events.len(), 6, "{events:#?}");
     assert!(events.iter().any(|e| e["type"] == "Warning"
         && e["reason"] == "RedisNotReady"
         && e["note"] == "Progressing: 0 of 1 Redis pods ready"));
@@ -307,6 +314,66 @@ async fn without_autoscaling_v2_and_policy_v1_the_rest_still_runs() {
     );
     assert_eq!(h.condition("RedisReady").1, "ApiUnavailable");
     assert!(h.fake.get(STS_PATH).is_some() && h.fake.get(DEPLOY_PATH).is_some());
+}
+
+#[tokio::test]
+async fn on_kubernetes_1_20_only_what_it_serves_is_sent_and_the_status_says_what_is_lost() {
+    let api = Capabilities::of_version("v1.20.2", 20, &["v1", "v2beta1", "v2beta2"], &["v1beta1"]);
+    let h = Harness::on("sessionservice-standalone.yaml", api);
+    let mut ss = h.current();
+    ss.spec.redis.persistence.retain_on_delete = false;
+    ss.spec.sidecar.native = Some(true);
+    h.fake.insert(&h.path, serde_json::to_value(&ss).unwrap());
+    h.reconcile().await.unwrap();
+    let hpa = h
+        .fake
+        .get("/apis/autoscaling/v2beta2/namespaces/shop/horizontalpodautoscalers/sessions")
+        .expect("the HPA in autoscaling/v2beta2");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2beta2");
+    assert!(h.fake.get(HPA_PATH).is_none(), "nothing in autoscaling/v2");
+    for name in ["sessions", "sessions-redis"] {
+        let pdb = h
+            .fake
+            .get(&format!(
+                "/apis/policy/v1beta1/namespaces/shop/poddisruptionbudgets/{name}"
+            ))
+            .expect("the PodDisruptionBudget in policy/v1beta1");
+        assert_eq!(pdb["apiVersion"], "policy/v1beta1");
+    }
+    let sts = h.fake.get(STS_PATH).unwrap();
+    assert!(
+        sts["spec"]
+            .get("persistentVolumeClaimRetentionPolicy")
+            .is_none(),
+        "a field 1.20 does not know is never sent"
+    );
+    for object in [&sts, &h.fake.get(DEPLOY_PATH).unwrap()] {
+        for port in object["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+        {
+            assert_eq!(port["protocol"], "TCP", "{port}");
+        }
+    }
+    let (status, reason, message) = h.condition("FeaturesAvailable");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "OlderApiServer")
+    );
+    assert!(
+        message.contains("v1.20.2") && message.contains("no native sidecars"),
+        "{message}"
+    );
+    assert!(
+        message.contains("delete the Redis PersistentVolumeClaims by hand"),
+        "{message}"
+    );
+    // Missing features do not make the SessionService unready.
+    h.make_ready();
+    h.reconcile().await.unwrap();
+    assert_eq!(h.condition("Ready").0, "True");
 }
 
 #[tokio::test]

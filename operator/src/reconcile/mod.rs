@@ -19,6 +19,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::capabilities;
 use crate::crd::{RedisMode, SessionService};
 use crate::resources::{self, Child, MANAGER, Names, Part, Runtime, Secrets, redis, server};
 use crate::telemetry::Metrics;
@@ -29,8 +30,8 @@ use status::PartState;
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// Recheck period while something is still starting.
 pub const PROGRESS_CHECK: Duration = Duration::from_secs(15);
-/// Recheck period while an optional API (prometheus-operator, autoscaling/v2, policy/v1) is
-/// missing: it may be installed later.
+/// Recheck period while an optional API (the prometheus-operator's) is missing: it may be
+/// installed later.
 pub const MISSING_API_CHECK: Duration = Duration::from_secs(60);
 
 /// What a reconcile needs.
@@ -40,6 +41,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// The operator's own namespace (its pods reach Redis for cluster management).
     pub operator_namespace: String,
+    /// What the API server serves, kept current by the controller.
+    pub api: capabilities::Shared,
     /// Consecutive failures per SessionService, for the exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -50,12 +53,14 @@ impl Context {
         recorder: Recorder,
         metrics: Metrics,
         operator_namespace: String,
+        api: capabilities::Shared,
     ) -> Self {
         Self {
             client,
             recorder,
             metrics,
             operator_namespace,
+            api,
             failures: Mutex::default(),
         }
     }
@@ -63,7 +68,7 @@ impl Context {
     /// Records `event` about `ss`; a failure to record is logged, never fatal.
     async fn publish(&self, ss: &SessionService, event: Event) {
         if let Err(error) = self.recorder.publish(&event, &ss.object_ref(&())).await {
-            warn!(%error, "could not record an Event");
+            warn!(session_service = %key(ss), error = %api_message(&error), "could not record an Event");
         }
     }
 
@@ -76,13 +81,13 @@ impl Context {
 pub enum Error {
     #[error("the SessionService has no namespace")]
     NoNamespace,
-    #[error("reading Secret {name}: {source}")]
+    #[error("could not read Secret {name}: {}; {}", api_message(.source), what_to_do(.source))]
     SecretRead { name: String, source: kube::Error },
     #[error("building the objects: {0:#}")]
     Build(anyhow::Error),
-    #[error("{count} object(s) could not be applied; first: {first}")]
+    #[error("{count} object(s) could not be applied; the first: {first}")]
     Apply { count: usize, first: String },
-    #[error("writing the status: {0}")]
+    #[error("could not write the status: {}; {}", api_message(.0), what_to_do(.0))]
     Status(kube::Error),
 }
 
@@ -163,6 +168,8 @@ struct Outcome {
 pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action, Error> {
     let namespace = ss.namespace().ok_or(Error::NoNamespace)?;
     let mut cluster_pass = None;
+    let api = capabilities::current(&ctx.api);
+    let degradations = api.degradations(ss);
     let outcome = match read_secrets(&ctx.client, ss, &namespace).await {
         Ok(secrets) => {
             if ss.spec.redis.mode == RedisMode::Cluster {
@@ -171,6 +178,7 @@ pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action
             let runtime = Runtime {
                 redis_pods: cluster_pass.as_ref().and_then(|p| p.hold_pods),
                 operator_namespace: ctx.operator_namespace.clone(),
+                api,
             };
             let desired = resources::desired(ss, &secrets, &runtime).map_err(Error::Build)?;
             let mut outcome = apply_all(ctx, ss, &namespace, desired).await;
@@ -191,12 +199,20 @@ pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action
                 .into_iter()
                 .map(|p| (p, state.clone()))
                 .collect();
-            write_status(ctx, ss, &namespace, parts, None).await?;
+            write_status(ctx, ss, &namespace, parts, &degradations, None).await?;
             return Err(error);
         }
     };
     let all_ok = outcome.parts.iter().all(|(_, s)| s.ok);
-    write_status(ctx, ss, &namespace, outcome.parts, outcome.ready_replicas).await?;
+    write_status(
+        ctx,
+        ss,
+        &namespace,
+        outcome.parts,
+        &degradations,
+        outcome.ready_replicas,
+    )
+    .await?;
     if let Some(first) = outcome.failures.first() {
         return Err(Error::Apply {
             count: outcome.failures.len(),
@@ -283,7 +299,14 @@ async fn apply_all(
                 });
             }
             Err(error) => {
-                let what = format!("{}/{}: {error}", child.resource.kind, child.name());
+                let what = format!(
+                    "{} {}/{} was refused: {}; {}",
+                    child.resource.api_version,
+                    child.resource.kind,
+                    child.name(),
+                    api_message(&error),
+                    what_to_do(&error)
+                );
                 problems
                     .entry(child.part)
                     .or_insert_with(|| PartState::not_ok("ApplyFailed", what.clone()));
@@ -294,8 +317,11 @@ async fn apply_all(
     for unwanted in &desired.delete {
         if let Err(error) = delete_if_ours(&ctx.client, namespace, unwanted).await {
             let what = format!(
-                "deleting {}/{}: {error}",
-                unwanted.resource.kind, unwanted.name
+                "could not delete {}/{}, which the spec turned off: {}; {}",
+                unwanted.resource.kind,
+                unwanted.name,
+                api_message(&error),
+                what_to_do(&error)
             );
             problems
                 .entry(unwanted.part)
@@ -329,8 +355,32 @@ async fn apply_all(
 /// debug dump of the client's error.
 pub fn api_message(error: &kube::Error) -> String {
     match error {
-        kube::Error::Api(status) => format!("{} (HTTP {})", status.message, status.code),
-        other => other.to_string(),
+        kube::Error::Api(status) => format!(
+            "the API server said \"{}\" (HTTP {})",
+            status.message, status.code
+        ),
+        other => format!("the API server could not be reached ({other})"),
+    }
+}
+
+/// What a person can do about a failed call; every failed call is retried with backoff.
+pub fn what_to_do(error: &kube::Error) -> &'static str {
+    match error {
+        kube::Error::Api(status) if status.code == 401 || status.code == 403 => {
+            "give the operator's ServiceAccount this permission (the chart's RBAC has it); retrying"
+        }
+        kube::Error::Api(status) if status.code == 400 || status.code == 422 => {
+            "correct the SessionService field it names; retrying"
+        }
+        kube::Error::Api(status) if status.code == 409 => {
+            "another client changed the object at the same time; retrying"
+        }
+        kube::Error::Api(status)
+            if status.code == 500 && status.message.contains("typed patch") =>
+        {
+            "this API server does not know a field the operator sent; please report it with the server's version; retrying"
+        }
+        _ => "retrying with backoff",
     }
 }
 
@@ -340,7 +390,7 @@ fn missing_api_hint(part: Part) -> &'static str {
             "install the prometheus-operator CRDs, or turn off spec.monitoring.serviceMonitor and spec.monitoring.prometheusRule"
         }
         Part::Autoscaling => {
-            "autoscaling/v2 needs Kubernetes 1.23 or newer, or set spec.autoscaling.enabled to false"
+            "the API server stopped serving it since the operator last looked; it is retried, or set spec.autoscaling.enabled to false"
         }
         _ => "the other objects are applied; this one is retried",
     }
@@ -465,6 +515,7 @@ async fn write_status(
     ss: &SessionService,
     namespace: &str,
     parts: Vec<(Part, PartState)>,
+    degradations: &[String],
     ready_replicas: Option<i32>,
 ) -> Result<(), Error> {
     let endpoint = (ss.spec.redis.mode != RedisMode::External).then(|| {
@@ -477,6 +528,7 @@ async fn write_status(
     let old = ss.status.as_ref();
     let new = status::status(
         &parts,
+        degradations,
         ss.metadata.generation,
         old,
         endpoint,
@@ -511,7 +563,11 @@ async fn write_status(
             reason: if condition.status == "True" {
                 condition.type_.clone()
             } else {
-                condition.type_.replacen("Ready", "NotReady", 1)
+                condition.type_.replacen("Ready", "NotReady", 1).replacen(
+                    "Available",
+                    "Unavailable",
+                    1,
+                )
             },
             note: Some(format!("{}: {}", condition.reason, condition.message)),
             action: "Reconcile".to_owned(),

@@ -44,10 +44,15 @@ pub fn condition_type(part: Part) -> &'static str {
     }
 }
 
+/// The condition that says what the API server cannot give the spec (`degradations`, in
+/// words); it does not count towards `Ready`: the SessionService works without those.
+pub const FEATURES_AVAILABLE: &str = "FeaturesAvailable";
+
 /// The new status: conditions in a fixed order, each keeping its transition time unless its
 /// status changed.
 pub fn status(
     parts: &[(Part, PartState)],
+    degradations: &[String],
     generation: Option<i64>,
     old: Option<&SessionServiceStatus>,
     redis_endpoint: Option<String>,
@@ -87,8 +92,17 @@ pub fn status(
             last_transition_time: since,
         }
     };
+    let features = if degradations.is_empty() {
+        PartState::ok(
+            "AllServed",
+            "this API server serves every feature the spec asks for",
+        )
+    } else {
+        PartState::not_ok("OlderApiServer", degradations.join("; "))
+    };
     let mut conditions = vec![condition("Ready", &ready)];
     conditions.extend(parts.iter().map(|(p, s)| condition(condition_type(*p), s)));
+    conditions.push(condition(FEATURES_AVAILABLE, &features));
     SessionServiceStatus {
         observed_generation: generation,
         conditions,

@@ -1,4 +1,4 @@
-//! The HorizontalPodAutoscaler (`autoscaling/v2`) of the session service.
+//! The HorizontalPodAutoscaler of the session service.
 
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HPAScalingRules, HorizontalPodAutoscaler,
@@ -6,25 +6,26 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, PodsMetricSource, ResourceMetricSource,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::ApiResource;
 
 use super::{Desired, Names, Part, meta};
+use crate::capabilities::Capabilities;
 use crate::crd::SessionService;
 
 /// The Pods metric of p99 request latency per pod, in seconds (served by prometheus-adapter
 /// from `session_request_duration_seconds_bucket`; see the README).
 pub const P99_METRIC: &str = "session_request_duration_seconds_p99";
 
-pub fn build(ss: &SessionService, out: &mut Desired) -> anyhow::Result<()> {
+/// The HPA in the newest autoscaling API the server serves (`v2`, else `v2beta2`, whose
+/// fields are the same); none where it serves neither.
+pub fn build(ss: &SessionService, api: &Capabilities, out: &mut Desired) -> anyhow::Result<()> {
     let names = Names::of(ss);
+    let Some(resource) = &api.autoscaling else {
+        return Ok(());
+    };
     if ss.spec.autoscaling.enabled {
-        out.add(Part::Autoscaling, hpa(ss, &names))?;
+        out.add_as(Part::Autoscaling, resource, hpa(ss, &names))?;
     } else {
-        out.remove(
-            Part::Autoscaling,
-            ApiResource::erase::<HorizontalPodAutoscaler>(&()),
-            names.server(),
-        );
+        out.remove(Part::Autoscaling, resource.clone(), names.server());
     }
     Ok(())
 }

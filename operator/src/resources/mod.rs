@@ -16,6 +16,7 @@ use kube::api::{ApiResource, DynamicObject};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
+use crate::capabilities::Capabilities;
 use crate::crd::{RedisMode, SessionService};
 
 /// The field manager of every server-side apply, and the `managed-by` label.
@@ -90,6 +91,8 @@ pub struct Runtime {
     pub redis_pods: Option<i32>,
     /// The operator's namespace: its pods may reach Redis.
     pub operator_namespace: String,
+    /// What the API server serves: objects use nothing else.
+    pub api: Capabilities,
 }
 
 impl Default for Runtime {
@@ -98,6 +101,7 @@ impl Default for Runtime {
         Self {
             redis_pods: None,
             operator_namespace: "session-system".to_owned(),
+            api: Capabilities::latest(),
         }
     }
 }
@@ -119,6 +123,21 @@ impl Desired {
             resource: ApiResource::erase::<K>(&()),
             object: serde_json::from_value(serde_json::to_value(&object)?)?,
         });
+        Ok(())
+    }
+
+    /// Adds `object` served as `resource`: another version of its kind with the same fields
+    /// (`autoscaling/v2beta2` for `v2`, `policy/v1beta1` for `v1`) on an older server.
+    fn add_as<K>(&mut self, part: Part, resource: &ApiResource, object: K) -> anyhow::Result<()>
+    where
+        K: Serialize,
+    {
+        let mut object: DynamicObject = serde_json::from_value(serde_json::to_value(&object)?)?;
+        object.types = Some(kube::api::TypeMeta {
+            api_version: resource.api_version.clone(),
+            kind: resource.kind.clone(),
+        });
+        self.add_dynamic(part, resource.clone(), object);
         Ok(())
     }
 
@@ -149,8 +168,8 @@ pub fn desired(
     if ss.spec.redis.mode != RedisMode::External {
         redis::build(ss, secrets, runtime, &mut desired)?;
     }
-    server::build(ss, secrets, &mut desired)?;
-    autoscaling::build(ss, &mut desired)?;
+    server::build(ss, secrets, &runtime.api, &mut desired)?;
+    autoscaling::build(ss, &runtime.api, &mut desired)?;
     monitoring::build(ss, &mut desired)?;
     Ok(desired)
 }
@@ -249,11 +268,22 @@ pub fn label_selector(ss: &SessionService, component: &str) -> LabelSelector {
 
 /// One pod of the component down at a time during voluntary disruptions (drains, upgrades):
 /// a drain never takes a Redis master and its replica, or every session-service pod, together.
-pub fn disruption_budget(
+/// Added in whichever PodDisruptionBudget API the server serves (none: nothing to add).
+pub fn add_disruption_budget(
+    out: &mut Desired,
+    part: Part,
+    api: &Capabilities,
     ss: &SessionService,
     name: String,
     component: &str,
-) -> PodDisruptionBudget {
+) -> anyhow::Result<()> {
+    let Some(resource) = &api.disruption_budgets else {
+        return Ok(());
+    };
+    out.add_as(part, resource, disruption_budget(ss, name, component))
+}
+
+fn disruption_budget(ss: &SessionService, name: String, component: &str) -> PodDisruptionBudget {
     PodDisruptionBudget {
         metadata: meta(ss, name, component),
         spec: Some(PodDisruptionBudgetSpec {

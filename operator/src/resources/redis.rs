@@ -25,9 +25,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    Desired, INSTANCE_LABEL, Names, Part, Runtime, Secrets, container_security, digest,
-    disruption_budget, label_selector, labels, meta, pod_security, selector,
+    Desired, INSTANCE_LABEL, Names, Part, Runtime, Secrets, add_disruption_budget,
+    container_security, digest, label_selector, labels, meta, pod_security, selector,
 };
+use crate::capabilities::Capabilities;
 use crate::crd::{RedisMode, SessionService};
 
 const COMPONENT: &str = "redis";
@@ -48,10 +49,13 @@ pub fn build(
     let pods = runtime.redis_pods.unwrap_or(0).max(pod_count(ss));
     out.add(Part::Redis, config_map(ss, &names, &conf))?;
     out.add(Part::Redis, secret(ss, &names, &secrets.redis_password))?;
-    out.add(Part::Redis, stateful_set(ss, &names, &conf, pods))?;
+    out.add(
+        Part::Redis,
+        stateful_set(ss, &names, &conf, pods, &runtime.api),
+    )?;
     out.add(Part::Redis, headless_service(ss, &names))?;
     out.add(Part::Redis, client_service(ss, &names))?;
-    out.add(Part::Redis, disruption_budget(ss, names.redis(), COMPONENT))?;
+    add_disruption_budget(out, Part::Redis, &runtime.api, ss, names.redis(), COMPONENT)?;
     out.add(
         Part::Redis,
         network_policy(ss, &names, &runtime.operator_namespace),
@@ -229,7 +233,13 @@ fn tls_volume(ss: &SessionService) -> Option<Volume> {
     })
 }
 
-fn stateful_set(ss: &SessionService, names: &Names, conf: &str, pods: i32) -> StatefulSet {
+fn stateful_set(
+    ss: &SessionService,
+    names: &Names,
+    conf: &str,
+    pods: i32,
+    api: &Capabilities,
+) -> StatefulSet {
     let redis = &ss.spec.redis;
     let cluster = redis.mode == RedisMode::Cluster;
     let mut args = vec![
@@ -264,12 +274,14 @@ fn stateful_set(ss: &SessionService, names: &Names, conf: &str, pods: i32) -> St
     let mut ports = vec![ContainerPort {
         name: Some("redis".to_owned()),
         container_port: PORT,
+        protocol: Some("TCP".to_owned()),
         ..ContainerPort::default()
     }];
     if cluster {
         ports.push(ContainerPort {
             name: Some("cluster-bus".to_owned()),
             container_port: BUS_PORT,
+            protocol: Some("TCP".to_owned()),
             ..ContainerPort::default()
         });
     }
@@ -374,11 +386,15 @@ fn stateful_set(ss: &SessionService, names: &Names, conf: &str, pods: i32) -> St
         )])),
         ..ObjectMeta::default()
     };
-    let retention = if redis.persistence.retain_on_delete {
-        "Retain"
-    } else {
-        "Delete"
-    };
+    // Retain/Retain is the server's default: sent only to delete the volumes with the
+    // StatefulSet, and only to a server that knows the field.
+    let retention_policy =
+        (!redis.persistence.retain_on_delete && api.pvc_retention_policy).then(|| {
+            StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some("Delete".to_owned()),
+                when_scaled: Some("Retain".to_owned()),
+            }
+        });
     StatefulSet {
         metadata: meta(ss, names.redis(), COMPONENT),
         spec: StatefulSetSpec {
@@ -388,12 +404,7 @@ fn stateful_set(ss: &SessionService, names: &Names, conf: &str, pods: i32) -> St
             // Cluster nodes must all start for the bootstrap; order buys nothing.
             pod_management_policy: Some("Parallel".to_owned()),
             selector: label_selector(ss, COMPONENT),
-            persistent_volume_claim_retention_policy: Some(
-                StatefulSetPersistentVolumeClaimRetentionPolicy {
-                    when_deleted: Some(retention.to_owned()),
-                    when_scaled: Some("Retain".to_owned()),
-                },
-            ),
+            persistent_volume_claim_retention_policy: retention_policy,
             template: PodTemplateSpec {
                 metadata: Some(template_meta),
                 spec: Some(PodSpec {
@@ -468,6 +479,7 @@ fn service_ports(ss: &SessionService) -> Vec<ServicePort> {
         name: Some("redis".to_owned()),
         port: PORT,
         target_port: Some(IntOrString::String("redis".to_owned())),
+        protocol: Some("TCP".to_owned()),
         ..ServicePort::default()
     }];
     if ss.spec.redis.mode == RedisMode::Cluster {
@@ -475,6 +487,7 @@ fn service_ports(ss: &SessionService) -> Vec<ServicePort> {
             name: Some("cluster-bus".to_owned()),
             port: BUS_PORT,
             target_port: Some(IntOrString::String("cluster-bus".to_owned())),
+            protocol: Some("TCP".to_owned()),
             ..ServicePort::default()
         });
     }

@@ -18,9 +18,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::redis::secret_env;
 use super::{
-    Desired, Names, Part, Secrets, container_security, disruption_budget, label_selector, labels,
-    meta, pod_security, selector,
+    Desired, Names, Part, Secrets, add_disruption_budget, container_security, label_selector,
+    labels, meta, pod_security, selector,
 };
+use crate::capabilities::Capabilities;
 use crate::crd::{RedisMode, SessionService};
 
 const COMPONENT: &str = "server";
@@ -32,18 +33,19 @@ pub const REDIS_CA_DIR: &str = "/etc/session/redis-ca";
 /// Key of the JWT signing key in its Secret.
 pub const JWT_KEY: &str = "jwt-secret";
 
-pub fn build(ss: &SessionService, secrets: &Secrets, out: &mut Desired) -> anyhow::Result<()> {
+pub fn build(
+    ss: &SessionService,
+    secrets: &Secrets,
+    api: &Capabilities,
+    out: &mut Desired,
+) -> anyhow::Result<()> {
     let names = Names::of(ss);
     if ss.spec.server.jwt_secret_name.is_none() {
         out.add(Part::Server, jwt_secret(ss, &names, &secrets.jwt_secret))?;
     }
-    out.add(Part::Server, deployment(ss, &names))?;
+    out.add(Part::Server, deployment(ss, &names, api))?;
     out.add(Part::Server, service(ss, &names))?;
-    out.add(
-        Part::Server,
-        disruption_budget(ss, names.server(), COMPONENT),
-    )?;
-    Ok(())
+    add_disruption_budget(out, Part::Server, api, ss, names.server(), COMPONENT)
 }
 
 fn value_env(name: &str, value: impl ToString) -> EnvVar {
@@ -166,7 +168,7 @@ fn jwt_secret(ss: &SessionService, names: &Names, key: &str) -> Secret {
     }
 }
 
-fn deployment(ss: &SessionService, names: &Names) -> Deployment {
+fn deployment(ss: &SessionService, names: &Names, api: &Capabilities) -> Deployment {
     let server = &ss.spec.server;
     let jwt = server
         .jwt_secret_name
@@ -190,7 +192,12 @@ fn deployment(ss: &SessionService, names: &Names) -> Deployment {
         metadata: meta(ss, names.server(), COMPONENT),
         spec: DeploymentSpec {
             // With autoscaling the HPA owns the replica count; applying one would fight it.
-            replicas: (!ss.spec.autoscaling.enabled).then_some(server.replicas),
+            // Without an autoscaling API there is no HPA: the minimum replicas run.
+            replicas: match (ss.spec.autoscaling.enabled, api.autoscaling.is_some()) {
+                (false, _) => Some(server.replicas),
+                (true, true) => None,
+                (true, false) => Some(ss.spec.autoscaling.min_replicas),
+            },
             selector: label_selector(ss, COMPONENT),
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".to_owned()),
@@ -220,6 +227,7 @@ fn deployment(ss: &SessionService, names: &Names) -> Deployment {
                         ports: Some(vec![ContainerPort {
                             name: Some("http".to_owned()),
                             container_port: HTTP_PORT,
+                            protocol: Some("TCP".to_owned()),
                             ..ContainerPort::default()
                         }]),
                         resources: Some(server.resources.clone()),
@@ -249,6 +257,7 @@ fn service(ss: &SessionService, names: &Names) -> Service {
                 name: Some("http".to_owned()),
                 port: HTTP_PORT,
                 target_port: Some(IntOrString::String("http".to_owned())),
+                protocol: Some("TCP".to_owned()),
                 ..ServicePort::default()
             }]),
             ..ServiceSpec::default()

@@ -18,6 +18,7 @@ use kube::{Client, ResourceExt};
 use serde_json::Value;
 
 use crate::INJECT_LABEL;
+use crate::capabilities::{self, Capabilities};
 use crate::crd::SessionService;
 use crate::inject;
 
@@ -52,10 +53,29 @@ pub struct Options {
         default_value = "session-operator"
     )]
     pub webhook_configuration: String,
+    /// Namespaces whose pods are never injected, besides the operator's own. The webhook
+    /// configuration's namespaceSelector excludes them too, but only on Kubernetes 1.21+,
+    /// where every namespace carries its `kubernetes.io/metadata.name` label.
+    #[arg(
+        long,
+        env = "OPERATOR_WEBHOOK_EXCLUDE_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system,kube-node-lease"
+    )]
+    pub webhook_exclude_namespaces: Vec<String>,
+}
+
+/// What an admission decision depends on besides the pod.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// What the API server supports (native sidecars or plain containers).
+    pub api: Capabilities,
+    /// Namespaces whose pods are admitted unchanged.
+    pub excluded_namespaces: Vec<String>,
 }
 
 /// Answers one AdmissionReview (the request body) with an AdmissionReview.
-pub async fn review<F, Fut>(body: &[u8], lookup: F) -> Value
+pub async fn review<F, Fut>(body: &[u8], policy: &Policy, lookup: F) -> Value
 where
     F: FnOnce(String, String) -> Fut,
     Fut: Future<Output = Result<Option<SessionService>, kube::Error>>,
@@ -65,13 +85,17 @@ where
             .map_err(|e| format!("not an AdmissionReview: {e}"))
             .and_then(|r| r.try_into().map_err(|e| format!("{e}")));
     let response = match request {
-        Ok(request) => respond(&request, lookup).await,
+        Ok(request) => respond(&request, policy, lookup).await,
         Err(reason) => AdmissionResponse::invalid(reason),
     };
     encode(response)
 }
 
-async fn respond<F, Fut>(request: &AdmissionRequest<DynamicObject>, lookup: F) -> AdmissionResponse
+async fn respond<F, Fut>(
+    request: &AdmissionRequest<DynamicObject>,
+    policy: &Policy,
+    lookup: F,
+) -> AdmissionResponse
 where
     F: FnOnce(String, String) -> Fut,
     Fut: Future<Output = Result<Option<SessionService>, kube::Error>>,
@@ -89,6 +113,9 @@ where
         .clone()
         .or_else(|| pod.namespace())
         .unwrap_or_else(|| "default".to_owned());
+    if policy.excluded_namespaces.contains(&namespace) {
+        return response;
+    }
     let ss = match lookup(namespace.clone(), name.clone()).await {
         Ok(Some(ss)) => ss,
         Ok(None) => {
@@ -97,14 +124,17 @@ where
             ));
         }
         Err(error) => {
-            return response.deny(format!("cannot read SessionService {name:?}: {error}"));
+            return response.deny(format!(
+                "cannot read SessionService {name:?} in namespace {namespace}: {}; the pod is admitted once the operator can read it",
+                crate::reconcile::api_message(&error)
+            ));
         }
     };
     let object = match serde_json::to_value(pod) {
         Ok(object) => object,
         Err(error) => return response.deny(format!("unreadable pod: {error}")),
     };
-    match inject::patch(&object, "", &ss) {
+    match inject::patch(&object, "", &ss, &policy.api) {
         Ok(None) => response,
         Ok(Some(patch)) => match response.clone().with_patch(patch) {
             Ok(patched) => patched,
@@ -130,8 +160,15 @@ fn encode(response: AdmissionResponse) -> Value {
     review
 }
 
-async fn inject_handler(State(client): State<Client>, body: Bytes) -> axum::Json<Value> {
-    let answer = review(&body, |namespace, name| async move {
+async fn inject_handler(
+    State((client, api, excluded)): State<(Client, capabilities::Shared, Vec<String>)>,
+    body: Bytes,
+) -> axum::Json<Value> {
+    let policy = Policy {
+        api: capabilities::current(&api),
+        excluded_namespaces: excluded,
+    };
+    let answer = review(&body, &policy, |namespace, name| async move {
         Api::<SessionService>::namespaced(client, &namespace)
             .get_opt(&name)
             .await
@@ -142,10 +179,17 @@ async fn inject_handler(State(client): State<Client>, body: Bytes) -> axum::Json
 
 /// Serves the webhook until the process ends, keeping its certificate current: generated and
 /// rotated by the operator, or read again periodically from `--webhook-cert-dir`.
-pub async fn serve(client: Client, options: Options, namespace: String) -> anyhow::Result<()> {
+pub async fn serve(
+    client: Client,
+    options: Options,
+    namespace: String,
+    api: capabilities::Shared,
+) -> anyhow::Result<()> {
     let Some(address) = options.webhook_listen else {
         return Ok(());
     };
+    let mut excluded = options.webhook_exclude_namespaces.clone();
+    excluded.push(namespace.clone());
     let placement = certs::Placement {
         namespace,
         service: options.webhook_service.clone(),
@@ -195,7 +239,7 @@ pub async fn serve(client: Client, options: Options, namespace: String) -> anyho
     });
     let app = Router::new()
         .route("/inject", post(inject_handler))
-        .with_state(client);
+        .with_state((client, api, excluded));
     tracing::info!(%address, "serving the admission webhook");
     axum_server::bind_rustls(address, tls)
         .serve(app.into_make_service())

@@ -13,8 +13,20 @@ use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
 
-/// A reconcile context over `client` (a fake's), as `session-operator run` builds it.
+/// A reconcile context over `client` (a fake's), as `session-operator run` builds it, for a
+/// current API server.
 pub fn reconcile_context(client: Client) -> Arc<session_operator::reconcile::Context> {
+    reconcile_context_for(
+        client,
+        session_operator::capabilities::Capabilities::latest(),
+    )
+}
+
+/// A reconcile context for an API server with the capabilities `api`.
+pub fn reconcile_context_for(
+    client: Client,
+    api: session_operator::capabilities::Capabilities,
+) -> Arc<session_operator::reconcile::Context> {
     use kube::runtime::events::{Recorder, Reporter};
     let recorder = Recorder::new(
         client.clone(),
@@ -28,6 +40,7 @@ pub fn reconcile_context(client: Client) -> Arc<session_operator::reconcile::Con
         recorder,
         session_operator::telemetry::Metrics::new().unwrap(),
         "session-system".to_owned(),
+        Arc::new(std::sync::RwLock::new(api)),
     ))
 }
 
