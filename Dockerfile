@@ -18,8 +18,11 @@ RUN mkdir -p sidecar/src sidecar/tests/behaviour operator/src bench/src \
 COPY sidecar sidecar
 COPY operator operator
 COPY bench bench
-# The build command (tests/dockerfile.sh runs this very line outside Docker).
-RUN cargo build --release --locked -p session-sidecar -p session-operator
+# COPY keeps the context's modification times, which are older than the placeholder build's:
+# touched, the real sources are newer, so cargo rebuilds the crates instead of shipping the
+# placeholders.
+RUN find sidecar operator bench -name '*.rs' -exec touch {} + \
+ && cargo build --release --locked -p session-sidecar -p session-operator
 
 # ---- runtime: Debian slim with CA roots only, a non-root numeric user --------------------
 FROM docker.io/library/debian:12.12-slim AS runtime

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The one command that runs every check and test of the project:
-#   formatting, clippy (warnings are errors), then every test of the workspace.
+#   formatting, clippy (warnings are errors), every test of the workspace, OpenAPI fuzzing, the
+#   Dockerfile built with buildah, then the end-to-end suite on a real one-node Kubernetes
+#   cluster (tests/k8s/).
 # On a fresh Debian machine it first installs what the tests need (redis-server, promtool from
-# Debian's prometheus package, kubernetes-validate from PyPI); the tests start and stop their
-# own servers on free loopback ports.
+# Debian's prometheus package, kubernetes-validate from PyPI, helm; for the cluster tier Go,
+# etcd, containerd, buildah, debootstrap, dnsmasq from Debian) and builds, once, Kubernetes
+# v1.20.2 from Debian's source package and every image (cached in /var/cache/session-operator-e2e).
+# Needs root (as CI runs it): containers, a bridge and iptables rules on this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,7 +58,10 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> cargo test"
 cargo test --workspace
-echo "==> Dockerfile (properties, and its build command run here)"
-./tests/dockerfile.sh
 echo "==> schemathesis (OpenAPI-driven fuzzing: no 5xx, no crash)"
 ./tests/schemathesis.sh
+echo "==> Dockerfile (properties; built with buildah, its images' binaries run)"
+./tests/k8s/run.sh --install-only
+./tests/dockerfile.sh
+echo "==> Kubernetes end to end (a one-node v1.20 cluster built here, the chart, real pods)"
+./tests/k8s/run.sh

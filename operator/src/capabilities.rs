@@ -25,6 +25,9 @@ pub struct Capabilities {
     pub native_sidecars: bool,
     /// `StatefulSet.spec.persistentVolumeClaimRetentionPolicy` (on by default from 1.27).
     pub pvc_retention_policy: bool,
+    /// The CRD's CEL validation rules are enforced (on by default from 1.25); older servers
+    /// drop them.
+    pub validation_rules: bool,
     /// The HorizontalPodAutoscaler API: `autoscaling/v2` (1.23+), else `v2beta2`, else none.
     pub autoscaling: Option<ApiResource>,
     /// The PodDisruptionBudget API: `policy/v1` (1.21+), else `v1beta1`, else none.
@@ -55,6 +58,7 @@ impl Capabilities {
             version: version.to_owned(),
             native_sidecars: minor >= 29,
             pvc_retention_policy: minor >= 27,
+            validation_rules: minor >= 25,
             autoscaling: pick(
                 ApiResource::erase::<HorizontalPodAutoscaler>(&()),
                 autoscaling_versions,
@@ -104,6 +108,11 @@ impl Capabilities {
     pub fn degradations(&self, ss: &SessionService) -> Vec<String> {
         let mut lost = Vec::new();
         let server = &self.version;
+        if !self.validation_rules {
+            lost.push(format!(
+                "this API server ({server}) does not enforce the CRD's validation rules (CEL, Kubernetes 1.25+): changes they refuse elsewhere (redis.mode, sessions.shardCount, shards beyond shardCount) are accepted here and break the SessionService; do not make them"
+            ));
+        }
         if ss.spec.sidecar.native == Some(true) && !self.native_sidecars {
             lost.push(format!(
                 "spec.sidecar.native is true, but this API server ({server}) has no native sidecars (Kubernetes 1.29+): sidecars are injected as plain containers; upgrade the cluster, or leave the field unset"

@@ -169,9 +169,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tokio::select! {
             changed = leader.changed() => changed?,
             () = &mut signal => {
+                info!("stopping: signal received while standing by");
                 background.iter().for_each(tokio::task::JoinHandle::abort);
                 drop(leader);
                 let _ = lease_task.await;
+                info!("stopped cleanly");
                 return Ok(());
             }
         }

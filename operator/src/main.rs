@@ -82,7 +82,12 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(session_operator::controller::run(options)))
+                .and_then(|runtime| {
+                    let result = runtime.block_on(session_operator::controller::run(options));
+                    // A blocking call still running (a DNS lookup) must not hold up the exit.
+                    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+                    result
+                })
         }
         Command::Crd => yaml::to_yaml(&SessionService::crd()).map(|text| print!("{text}")),
         Command::Render { file, namespace } => read(&file).and_then(|text| {

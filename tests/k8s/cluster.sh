@@ -154,7 +154,8 @@ control_plane_up() {
     --service-account-key-file="$S/pki/sa.pub" \
     --service-account-signing-key-file="$S/pki/sa.key" \
     --api-audiences=https://kubernetes.default.svc.cluster.local \
-    --allow-privileged=true --enable-admission-plugins=NodeRestriction
+    --allow-privileged=true --enable-admission-plugins=NodeRestriction \
+    --kubelet-preferred-address-types=InternalIP
   wait_for 60 "the API server serving" kubectl --kubeconfig "$S/kubeconfig" get --raw /readyz
   start kube-controller-manager "$bin/kube-controller-manager" \
     --kubeconfig="$S/controller-manager.kubeconfig" \

@@ -41,14 +41,19 @@ def main():
     while True:
         try:
             records = []
+            headless = set()
             for svc in get("/api/v1/services"):
                 meta, spec = svc["metadata"], svc["spec"]
                 name = f"{meta['name']}.{meta['namespace']}.svc.{DOMAIN}"
-                if spec.get("clusterIP") not in (None, "", "None"):
+                if spec.get("clusterIP") in (None, "", "None"):
+                    headless.add(name)
+                else:
                     records.append((spec["clusterIP"], name))
             for ep in get("/api/v1/endpoints"):
                 meta = ep["metadata"]
                 name = f"{meta['name']}.{meta['namespace']}.svc.{DOMAIN}"
+                if name not in headless:
+                    continue
                 for subset in ep.get("subsets") or []:
                     for address in (subset.get("addresses") or []) + (subset.get("notReadyAddresses") or []):
                         records.append((address["ip"], name))

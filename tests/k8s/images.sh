@@ -63,6 +63,8 @@ bases() {
     sysroot=$(rustc --print sysroot)
     buildah copy --quiet "$c" "$E2E_CACHE/rootfs/rust-build/" / >/dev/null
     buildah copy --quiet "$c" "$sysroot/" /usr/local/rust >/dev/null
+    # This machine's CA roots (its egress proxy signs crates.io), so cargo can fetch crates.
+    buildah copy --quiet "$c" /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt >/dev/null
     buildah config --env CARGO_HOME=/usr/local/cargo \
       --env PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
       --cmd '["bash"]' "$c"

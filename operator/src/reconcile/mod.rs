@@ -363,6 +363,12 @@ pub fn api_message(error: &kube::Error) -> String {
     }
 }
 
+/// A failed call as a readable error: what was being done, the API server's words, and what
+/// to do.
+pub fn failed(doing: impl std::fmt::Display, error: &kube::Error) -> anyhow::Error {
+    anyhow::anyhow!("{doing}: {}; {}", api_message(error), what_to_do(error))
+}
+
 /// What a person can do about a failed call; every failed call is retried with backoff.
 pub fn what_to_do(error: &kube::Error) -> &'static str {
     match error {

@@ -18,6 +18,8 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
+use crate::reconcile::failed;
+
 /// Lifetime of a generated certificate, and how long before its end it is replaced.
 const VALIDITY: time::Duration = time::Duration::days(365);
 const RENEW_BEFORE: time::Duration = time::Duration::days(30);
@@ -146,7 +148,11 @@ fn to_secret(
 pub async fn ensure(client: &Client, placement: &Placement) -> anyhow::Result<ServingCert> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &placement.namespace);
     let now = OffsetDateTime::now_utc();
-    let existing = api.get_opt(&placement.secret).await?;
+    let secret_name = format!("Secret {}/{}", placement.namespace, placement.secret);
+    let existing = api
+        .get_opt(&placement.secret)
+        .await
+        .map_err(|e| failed(format!("reading the webhook certificate {secret_name}"), &e))?;
     let current = existing.as_ref().and_then(from_secret);
     if !needs_renewal(current.as_ref(), now) {
         return current.context("unreachable: a current certificate exists");
@@ -174,10 +180,15 @@ pub async fn ensure(client: &Client, placement: &Placement) -> anyhow::Result<Se
             Ok(fresh)
         }
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            let secret = api.get(&placement.secret).await?;
+            let secret = api.get(&placement.secret).await.map_err(|e| {
+                failed(format!("reading the webhook certificate {secret_name}"), &e)
+            })?;
             from_secret(&secret).context("another replica wrote an incomplete certificate Secret")
         }
-        Err(error) => Err(error.into()),
+        Err(error) => Err(failed(
+            format!("writing the webhook certificate {secret_name}"),
+            &error,
+        )),
     }
 }
 
@@ -188,7 +199,12 @@ pub async fn publish_ca_bundle(
     ca_bundle: &str,
 ) -> anyhow::Result<()> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let Some(configuration) = api.get_opt(&placement.configuration).await? else {
+    let what = format!("MutatingWebhookConfiguration {}", placement.configuration);
+    let Some(configuration) = api
+        .get_opt(&placement.configuration)
+        .await
+        .map_err(|e| failed(format!("reading {what}"), &e))?
+    else {
         tracing::warn!(configuration = %placement.configuration, "the MutatingWebhookConfiguration does not exist yet; will retry");
         return Ok(());
     };
@@ -207,7 +223,8 @@ pub async fn publish_ca_bundle(
             &PatchParams::default(),
             &Patch::<()>::Json(patch),
         )
-        .await?;
+        .await
+        .map_err(|e| failed(format!("publishing the CA bundle in {what}"), &e))?;
         tracing::info!(configuration = %placement.configuration, "published the webhook CA bundle");
     }
     Ok(())

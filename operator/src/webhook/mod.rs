@@ -24,6 +24,7 @@ use crate::inject;
 
 /// Where the webhook serves and where its certificate comes from.
 #[derive(Clone, Debug, clap::Args)]
+#[group(id = "webhook-options")]
 pub struct Options {
     /// Serve the admission webhook (HTTPS, path `/inject`) on this address; off when absent.
     #[arg(long, env = "OPERATOR_WEBHOOK_LISTEN")]
