@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller (in-cluster configuration, or `KUBECONFIG`), with leader election.
-    Run(session_operator::controller::Options),
+    Run(Box<session_operator::controller::Options>),
     /// Print the SessionService CustomResourceDefinition as YAML.
     Crd,
     /// Print every object the operator would apply for the SessionServices in a file, as
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
                 .build()
                 .map_err(anyhow::Error::from)
                 .and_then(|runtime| {
-                    let result = runtime.block_on(session_operator::controller::run(options));
+                    let result = runtime.block_on(session_operator::controller::run(*options));
                     // A blocking call still running (a DNS lookup) must not hold up the exit.
                     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
                     result

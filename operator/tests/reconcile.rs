@@ -235,6 +235,16 @@ async fn a_failed_apply_shows_in_the_conditions_and_backs_off() {
         message.contains("etcdserver: request timed out"),
         "{message}"
     );
+    // People read this with `kubectl describe`: the server's words and what to do, no dump.
+    assert!(
+        message.starts_with("apps/v1 StatefulSet/sessions-redis was refused: the API server said"),
+        "{message}"
+    );
+    assert!(message.ends_with("retrying with backoff"), "{message}");
+    assert!(
+        !message.contains("Status {") && !message.contains("ApiError"),
+        "{message}"
+    );
     // Everything else was still applied.
     assert!(h.fake.get(DEPLOY_PATH).is_some());
     let (_, events) = h.fake.take_writes();

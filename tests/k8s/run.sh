@@ -10,7 +10,8 @@ export E2E_STATE="${E2E_STATE:-/run/session-operator-e2e}"
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -E "$@"; fi; }
 
 packages=(golang-go golang-github-modern-go-reflect2-dev dpkg-dev rsync etcd-server containerd
-  runc containernetworking-plugins buildah debootstrap dnsmasq-base iptables conntrack curl)
+  runc containernetworking-plugins buildah debootstrap dnsmasq-base iptables conntrack curl
+  iproute2 procps)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
