@@ -115,9 +115,11 @@ fn cluster_mode_announces_hostnames_and_is_formed_by_the_operator() {
     let objects = rendered("sessionservice-cluster.yaml");
     let sts = find(&objects, "StatefulSet");
     assert_eq!(sts["spec"]["replicas"], 6);
-    assert_eq!(
-        sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
-        "Retain"
+    assert!(
+        sts["spec"]
+            .get("persistentVolumeClaimRetentionPolicy")
+            .is_none(),
+        "volumes retained on delete: the server's default, so the field is not sent"
     );
     let container = &sts["spec"]["template"]["spec"]["containers"][0];
     let args = container["args"].to_string();
@@ -295,4 +297,31 @@ fn the_session_service_environment_is_one_the_sidecar_accepts() {
             .unwrap_err()
             .contains("no setting SESSION_NO_SUCH_SETTING")
     );
+}
+
+#[test]
+fn volumes_are_deleted_with_the_statefulset_only_where_the_server_can_and_was_asked() {
+    use session_operator::capabilities::Capabilities;
+    let mut ss = example("sessionservice-standalone.yaml");
+    ss.spec.redis.persistence.retain_on_delete = false;
+    let policy = |api: Capabilities| {
+        let runtime = resources::Runtime {
+            api,
+            ..resources::Runtime::default()
+        };
+        let desired = resources::desired(&ss, &test_secrets(), &runtime).unwrap();
+        let sts = desired
+            .apply
+            .iter()
+            .find(|c| c.resource.kind == "StatefulSet")
+            .map(|c| serde_json::to_value(&c.object).unwrap())
+            .unwrap();
+        sts["spec"]["persistentVolumeClaimRetentionPolicy"].clone()
+    };
+    assert_eq!(
+        policy(Capabilities::latest()),
+        json!({"whenDeleted": "Delete", "whenScaled": "Retain"})
+    );
+    let old = Capabilities::of_version("v1.26.0", 26, &["v2"], &["v1"]);
+    assert_eq!(policy(old), Value::Null, "1.26 does not serve the field");
 }
