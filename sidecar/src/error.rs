@@ -164,7 +164,7 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         if status.is_server_error() {
-            tracing::warn!(code, error = ?self, "request failed");
+            tracing::warn!(code, error = %self, "request failed");
         }
         let body = self.problem_body();
         let mut response = (status, body).into_response();

@@ -56,19 +56,30 @@ pub struct Service {
     pub tracking: Option<Tracking>,
 }
 
-/// Opens the configured store (Redis behind a circuit breaker, or the embedded store) and
+/// Opens the configured store (Redis behind a circuit breaker, connected in the background so
+/// the process serves its probes while Redis is not reachable yet; or the embedded store) and
 /// builds the engine, the cache and the metrics.
 ///
 /// # Errors
-/// When Redis cannot be reached.
+/// Never for an unreachable Redis (that is retried); kept for the embedded store's future.
 pub async fn build(config: &Config) -> anyhow::Result<Service> {
     let metrics = Metrics::new(&config.service_name);
     let backend: Arc<dyn Backend> = match &config.redis_url {
         Some(url) => {
-            let redis =
-                store::redis::connect_with(url, config.redis_cluster, config.replica_wait())
-                    .await?;
-            Arc::new(Breaker::new(redis, metrics.clone()))
+            let (url, cluster, wait, metrics) = (
+                url.clone(),
+                config.redis_cluster,
+                config.replica_wait(),
+                metrics.clone(),
+            );
+            store::connecting::Connecting::start(move || {
+                let (url, metrics) = (url.clone(), metrics.clone());
+                async move {
+                    let redis = store::redis::connect_with(&url, cluster, wait).await?;
+                    Ok(Arc::new(Breaker::new(redis, metrics)) as Arc<dyn Backend>)
+                }
+            })
+            .await
         }
         None => Arc::new(MemoryBackend::new()),
     };

@@ -419,19 +419,68 @@ fn tls_to_redis_works_with_the_ca_in_ssl_cert_file_and_refuses_an_unknown_ca() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    // Without the CA the certificate is refused, and the process says why.
-    let out = Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--redis-url", &redis.url])
-        .env_remove("SSL_CERT_FILE")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("invalid peer certificate: UnknownIssuer"),
-        "{stderr}"
+    // Without the CA the certificate is refused, and the process says why while it keeps
+    // serving its probes (the system roots do not hold the test's CA).
+    let untrusting = Sidecar::start(
+        &["--redis-url", &redis.url],
+        &[("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")],
     );
+    let (status, health) = wait_for_reason(&untrusting, "TLS verification");
+    assert_eq!(status, 503);
+    assert!(
+        health["reason"].as_str().unwrap().contains("UnknownIssuer"),
+        "{health}"
+    );
+    assert_eq!(untrusting.http("GET", "/healthz", None, None).0, 200);
+}
+
+/// Polls `/readyz` until its reason mentions `words` (10 s at most); returns the answer.
+fn wait_for_reason(sidecar: &Sidecar, words: &str) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, health) = sidecar.http("GET", "/readyz", None, None);
+        if health["reason"].as_str().is_some_and(|r| r.contains(words)) {
+            return (status, health);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never said {words:?}: {health}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn starts_while_redis_is_unreachable_and_serves_once_it_answers() {
+    // Proves: a sidecar whose Redis is down (still starting, its DNS record not yet there)
+    // does not exit and crash-loop its application pod: /healthz answers, /readyz is 503 with
+    // the reason, requests get 503, and it serves as soon as Redis answers.
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let sidecar = Sidecar::start(&["--redis-url", &redis.url], &[]);
+    let (status, health) = wait_for_reason(&sidecar, "refused");
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(sidecar.http("GET", "/healthz", None, None).0, 200);
+    let body = Some(json!({"user_id": "alice"}));
+    assert_eq!(
+        sidecar.http("POST", "/v1/sessions", None, body.clone()).0,
+        503
+    );
+    let unresolvable = Sidecar::start(&["--redis-url", "redis://redis.invalid:6379"], &[]);
+    wait_for_reason(&unresolvable, "does not resolve (DNS)");
+
+    redis.restart();
+    let started = Instant::now();
+    while sidecar.http("GET", "/readyz", None, None).0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not serving 10 s after Redis came up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("serving {:?} after Redis came up", started.elapsed());
+    let (status, created) = sidecar.http("POST", "/v1/sessions", None, body);
+    assert_eq!(status, 201, "{created}");
 }
 
 #[test]

@@ -14,6 +14,10 @@ pub struct Health {
     pub status: &'static str,
     /// `embedded` or `redis`.
     pub store: &'static str,
+    /// Why the store does not answer (readiness only): refused, DNS, TLS verification,
+    /// credentials, a timeout, or the circuit breaker's state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Liveness: the process serves HTTP.
@@ -22,6 +26,7 @@ pub async fn healthz(State(state): State<Shared>) -> Json<Health> {
     Json(Health {
         status: "ok",
         store: state.sessions.backend().kind(),
+        reason: None,
     })
 }
 
@@ -38,6 +43,7 @@ pub async fn readyz(State(state): State<Shared>) -> (StatusCode, Json<Health>) {
             Json(Health {
                 status: "ok",
                 store,
+                reason: None,
             }),
         ),
         Err(error) => {
@@ -47,6 +53,7 @@ pub async fn readyz(State(state): State<Shared>) -> (StatusCode, Json<Health>) {
                 Json(Health {
                     status: "unavailable",
                     store,
+                    reason: Some(error.to_string()),
                 }),
             )
         }

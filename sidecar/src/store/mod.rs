@@ -16,6 +16,7 @@
 
 pub mod breaker;
 pub mod cluster;
+pub mod connecting;
 pub mod keys;
 pub mod memory;
 pub mod redis;

@@ -200,13 +200,13 @@ pub async fn connect_with(
             .max_retry_wait(CLUSTER_RETRY_MAX_WAIT_MS)
             .retry_wait_formula(2, 2)
             .build()
-            .map_err(unavailable)?;
+            .map_err(|e| connect_failure(url, &e))?;
         let conn = super::cluster::ClusterHandle::connect(client)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| connect_failure(url, &e))?;
         Ok(Box::new(RedisBackend::new(conn, wait)))
     } else {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+        let client = redis::Client::open(url).map_err(|e| connect_failure(url, &e))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -216,7 +216,7 @@ pub async fn connect_with(
         let conn = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| connect_failure(url, &e))?;
         Ok(Box::new(RedisBackend::new(conn, wait)))
     }
 }
@@ -226,6 +226,56 @@ pub async fn connect_with(
 pub fn install_tls_provider() {
     // Fails only when a provider is installed already, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Why connecting failed, in words a person can act on: refused, DNS, TLS verification,
+/// authentication or a timeout, naming the address (never the password in the URL).
+fn connect_failure(url: &str, e: &redis::RedisError) -> BackendError {
+    let at = addresses(url);
+    let text = e.to_string();
+    let lower = text.to_lowercase();
+    let reason = if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || lower.contains("wrongpass")
+        || lower.contains("noauth")
+    {
+        format!("Redis at {at} refused the credentials ({text}): check the password in its Secret")
+    } else if lower.contains("certificate")
+        || lower.contains("unknownissuer")
+        || lower.contains("tls")
+    {
+        format!(
+            "TLS verification of Redis at {at} failed ({text}): check the CA (SSL_CERT_FILE) and the server's name"
+        )
+    } else if e.is_connection_refusal() && !lower.contains("lookup") {
+        format!("connection to Redis at {at} refused: nothing listens there yet (Redis starting?)")
+    } else if lower.contains("lookup")
+        || lower.contains("name or service")
+        || lower.contains("resolve")
+    {
+        format!(
+            "the Redis address {at} does not resolve (DNS): its record may not be published yet ({text})"
+        )
+    } else if e.is_timeout() {
+        format!("connecting to Redis at {at} timed out")
+    } else {
+        format!("cannot connect to Redis at {at}: {text}")
+    };
+    BackendError::Unavailable(reason)
+}
+
+/// The `host:port` part of each (comma-separated) Redis URL, without credentials.
+fn addresses(url: &str) -> String {
+    url.split(',')
+        .map(|seed| {
+            let rest = seed
+                .trim()
+                .split_once("://")
+                .map_or(seed.trim(), |(_, r)| r);
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+            rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn unavailable(e: redis::RedisError) -> BackendError {
