@@ -36,7 +36,7 @@ pub const DEFAULT_REDIS_IMAGE: &str = "docker.io/library/redis:7.4.2-bookworm";
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.readyReplicas", description = "Ready session-service replicas"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 40").message("metadata.name must be at most 40 characters: derived object names must fit in 63"),
-    validation = Rule::new("self.spec.redis.mode != 'cluster' || self.spec.redis.shards <= self.spec.sessions.shardCount").message("redis.shards must not exceed sessions.shardCount: every master needs a slot holding session data; create the SessionService with a larger shardCount to grow further"),
+    validation = Rule::new("self.spec.redis.mode != 'cluster' || self.spec.redis.shards <= (has(self.spec.sessions.shardCount) ? self.spec.sessions.shardCount : 64)").message("redis.shards must not exceed sessions.shardCount: every master needs a slot holding session data; create the SessionService with a larger shardCount to grow further"),
     cel
 )]
 #[serde(rename_all = "camelCase")]
@@ -63,6 +63,28 @@ pub struct SessionServiceSpec {
     #[serde(default)]
     pub monitoring: MonitoringSpec,
 }
+
+impl SessionServiceSpec {
+    /// The shards of the key space: `sessions.shardCount`, or its default for the Redis this
+    /// SessionService uses (64 on a Redis Cluster, 16 on a single Redis).
+    pub fn shard_count(&self) -> i32 {
+        let cluster = match self.redis.mode {
+            RedisMode::Cluster => true,
+            RedisMode::Standalone => false,
+            RedisMode::External => self.redis.external.as_ref().is_some_and(|e| e.cluster),
+        };
+        self.sessions.shard_count.unwrap_or(if cluster {
+            CLUSTER_SHARD_COUNT
+        } else {
+            SINGLE_SHARD_COUNT
+        })
+    }
+}
+
+/// The default shards on a Redis Cluster: room for 64 masters with balanced data.
+pub const CLUSTER_SHARD_COUNT: i32 = 64;
+/// The default shards on a single Redis: as many as the sidecar's own default.
+pub const SINGLE_SHARD_COUNT: i32 = 16;
 
 /// How Redis is provided.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
@@ -206,6 +228,7 @@ pub struct ExternalRedis {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.maxTtlSeconds >= self.ttlSeconds").message("sessions.maxTtlSeconds must be at least sessions.ttlSeconds"))]
+#[x_kube(validation = Rule::new("has(self.shardCount) == has(oldSelf.shardCount)").message("sessions.shardCount is immutable: it cannot be set or removed after creation"))]
 pub struct SessionPolicy {
     /// Lifetime of a session without heartbeat, in seconds.
     #[serde(default = "default_ttl")]
@@ -235,13 +258,15 @@ pub struct SessionPolicy {
     #[schemars(range(min = 1))]
     pub create_rate_window_seconds: i64,
     /// Shards of the key space; each lives in one Redis Cluster hash slot, so this is also the
-    /// most masters a cluster can use. The default, 64, lets a cluster grow to 64 masters with
-    /// its data evenly spread. Immutable: session ids carry their shard (objects created with
-    /// an older default keep theirs, stored at creation).
-    #[serde(default = "default_shard_count")]
+    /// most masters a cluster can use. Unset: 64 on a Redis Cluster (it can grow to 64 masters
+    /// with its data evenly spread), 16 on a single Redis, where every shard costs each write
+    /// a prefix check of the sidecars' invalidation tracking and more buy nothing. Immutable,
+    /// set or not: session ids carry their shard (objects created with an older default keep
+    /// theirs, stored at creation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1024))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("sessions.shardCount is immutable"))]
-    pub shard_count: i32,
+    pub shard_count: Option<i32>,
 }
 
 /// What happens when a user at the active-session cap starts another session.
@@ -429,9 +454,6 @@ fn default_rate_limit() -> i32 {
 }
 fn default_rate_window() -> i64 {
     60
-}
-fn default_shard_count() -> i32 {
-    64
 }
 fn default_server_replicas() -> i32 {
     2

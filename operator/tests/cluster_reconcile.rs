@@ -63,7 +63,7 @@ async fn reconciles_form_the_cluster_and_roll_its_pods_one_at_a_time() {
     let mut ss = common::example("sessionservice-cluster.yaml");
     ss.spec.redis.tls.enabled = false;
     ss.spec.redis.tls.secret_name = None;
-    ss.spec.sessions.shard_count = i32::try_from(SHARDS).unwrap();
+    ss.spec.sessions.shard_count = Some(i32::try_from(SHARDS).unwrap());
     ss.metadata.uid = Some("7d3c1f9e-0000-4000-8000-000000000009".to_owned());
     ss.metadata.generation = Some(1);
     fake.insert(SS_PATH, serde_json::to_value(&ss).unwrap());

@@ -218,7 +218,7 @@ fn immutable_fields_cannot_change_and_the_cluster_may_be_resized() {
     let cluster = example("sessionservice-cluster.yaml");
     for (change, message) in [
         (
-            Box::new(|s: &mut SessionService| s.spec.sessions.shard_count = 32)
+            Box::new(|s: &mut SessionService| s.spec.sessions.shard_count = Some(32))
                 as Box<dyn Fn(&mut SessionService)>,
             "sessions.shardCount is immutable",
         ),

@@ -151,7 +151,7 @@ fn a_cluster_of_every_size_renders_and_validates() {
         let mut ss = common::example("sessionservice-cluster.yaml");
         ss.spec.redis.shards = shards;
         ss.spec.redis.replicas_per_shard = replicas;
-        ss.spec.sessions.shard_count = 1024;
+        ss.spec.sessions.shard_count = Some(1024);
         ss.validate_cel().unwrap();
         let objects = session_operator::render::objects(&ss, &test_secrets()).unwrap();
         assert_eq!(
@@ -162,7 +162,7 @@ fn a_cluster_of_every_size_renders_and_validates() {
     }
     // Never more masters than slots holding session data.
     let mut ss = common::example("sessionservice-cluster.yaml");
-    ss.spec.sessions.shard_count = 4;
+    ss.spec.sessions.shard_count = Some(4);
     ss.spec.redis.shards = 6;
     let error = ss.validate_cel().unwrap_err().to_string();
     assert!(
@@ -324,4 +324,26 @@ fn volumes_are_deleted_with_the_statefulset_only_where_the_server_can_and_was_as
     );
     let old = Capabilities::of_version("v1.26.0", 26, &["v2"], &["v1"]);
     assert_eq!(policy(old), Value::Null, "1.26 does not serve the field");
+}
+
+#[test]
+fn the_default_shard_count_follows_the_redis_it_runs_on() {
+    // A single Redis gets 16 shards (every shard costs each write a prefix check of the
+    // sidecars' invalidation tracking, and more buy nothing there); a Redis Cluster 64.
+    let shard_env = |example_file: &str| {
+        let objects = rendered(example_file);
+        let deployment = find(&objects, "Deployment");
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "SESSION_SHARD_COUNT")
+            .map(|e| e["value"].clone())
+            .unwrap()
+    };
+    assert_eq!(shard_env("sessionservice-standalone.yaml"), "16");
+    assert_eq!(shard_env("sessionservice-cluster.yaml"), "64");
+    let mut ss = example("sessionservice-standalone.yaml");
+    ss.spec.sessions.shard_count = Some(128);
+    assert_eq!(ss.spec.shard_count(), 128, "an explicit count wins");
 }

@@ -134,7 +134,7 @@ pub async fn pass(
     let shape = Shape {
         masters: usize::try_from(ss.spec.redis.shards).unwrap_or(3),
         replicas: usize::try_from(ss.spec.redis.replicas_per_shard).unwrap_or(0),
-        data_slots: placement::data_slots(u32::try_from(ss.spec.sessions.shard_count).unwrap_or(1)),
+        data_slots: placement::data_slots(u32::try_from(ss.spec.shard_count()).unwrap_or(1)),
     };
     let report = cluster::converge_once(&members, &absent, &access, &shape).await;
     record(ctx, ss, &report).await;

@@ -81,7 +81,7 @@ pub fn session_env(ss: &SessionService) -> Vec<EnvVar> {
         secret_env("SESSION_REDIS_URL", &secret, &key),
         value_env("SESSION_REDIS_CLUSTER", cluster),
         value_env("SESSION_SERVICE_NAME", Names::of(ss).base),
-        value_env("SESSION_SHARD_COUNT", policy.shard_count),
+        value_env("SESSION_SHARD_COUNT", ss.spec.shard_count()),
         value_env("SESSION_TTL_SECONDS", policy.ttl_seconds),
         value_env("SESSION_MAX_TTL_SECONDS", policy.max_ttl_seconds),
         value_env(

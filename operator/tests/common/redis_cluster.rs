@@ -31,7 +31,7 @@ pub fn rendered_cluster() -> Vec<Value> {
     let mut ss = super::example("sessionservice-cluster.yaml");
     ss.spec.redis.tls.enabled = false;
     ss.spec.redis.tls.secret_name = None;
-    ss.spec.sessions.shard_count = i32::try_from(SHARDS).unwrap();
+    ss.spec.sessions.shard_count = Some(i32::try_from(SHARDS).unwrap());
     session_operator::render::objects(&ss, &super::test_secrets()).unwrap()
 }
 
