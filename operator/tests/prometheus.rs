@@ -106,6 +106,12 @@ async fn prometheus_scrapes_a_sidecar_and_evaluates_the_generated_slo_rules() {
     .unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let sidecar = tokio::spawn(session_sidecar::run(config, stopped));
+    // Traffic starts once the sidecar listens (it binds after building its store).
+    let listening = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", api)).is_err() {
+        assert!(Instant::now() < listening, "the sidecar did not listen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
