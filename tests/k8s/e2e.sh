@@ -288,18 +288,23 @@ stop_seconds() { # stop_seconds <pod> <deleted at>
   at=$(echo "$line" | grep -o '"timestamp":"[^"]*"' | cut -d'"' -f4)
   awk -v a="$(date -d "$at" +%s.%N)" -v b="$2" 'BEGIN {printf "%.2f", a - b}'
 }
+logged_stop() { grep -q '"stopped cleanly"' "$E2E_STATE/$1.log"; }
+checked_stop() { # checked_stop <role> <pod> <deleted at>: prints the seconds; fails past 5 s
+  # The process's own word, not the pod's disappearance: this kubelet can take a minute to
+  # remove a pod whose container has long exited.
+  within 15 logged_stop "$2" || fail "the deleted $1 did not log \"stopped cleanly\" within 15 s"
+  local stopped
+  stopped=$(stop_seconds "$2" "$3")
+  awk -v s="$stopped" 'BEGIN {exit !(s < 5)}' || fail "the $1 stopped $stopped s after SIGTERM (limit 5 s)"
+  echo "$stopped"
+}
 follow_log "$leader"
 deleted=$(date +%s.%N)
 k delete pod -n "$NS" "$leader" --wait=false >/dev/null
 took_over() { [ "$(holder)" != "$leader" ] && leads_now; }
 within 20 took_over || fail "no other replica took the lease within 20 s (lease 15 s)"
 took=$(since "$deleted")
-logged_stop() { grep -q '"stopped cleanly"' "$E2E_STATE/$1.log"; }
-# The process's own word, not the pod's disappearance: this kubelet can take a minute to
-# remove a pod whose container has long exited.
-within 15 logged_stop "$leader" || fail "the deleted leader did not log \"stopped cleanly\" within 15 s"
-stopped=$(stop_seconds "$leader" "$deleted")
-awk -v s="$stopped" 'BEGIN {exit !(s < 5)}' || fail "the leader stopped $stopped s after SIGTERM (limit 5 s)"
+stopped=$(checked_stop leader "$leader" "$deleted")
 passed "$(holder) leads $took s after $leader was deleted (lease 15 s); the old leader stopped $stopped s after SIGTERM"
 
 current="SIGTERM of a standby replica"
@@ -313,9 +318,7 @@ standby=$(k get pods -n "$NS" -l app.kubernetes.io/name=session-operator \
 follow_log "$standby"
 deleted=$(date +%s.%N)
 k delete pod -n "$NS" "$standby" --wait=false >/dev/null
-within 15 logged_stop "$standby" || fail "the deleted standby did not log \"stopped cleanly\" within 15 s"
-stopped=$(stop_seconds "$standby" "$deleted")
-awk -v s="$stopped" 'BEGIN {exit !(s < 5)}' || fail "the standby stopped $stopped s after SIGTERM (limit 5 s)"
+stopped=$(checked_stop standby "$standby" "$deleted")
 passed "the standby stopped $stopped s after SIGTERM"
 
 # ---------------------------------------------------------------------------------------------

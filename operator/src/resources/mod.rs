@@ -118,12 +118,7 @@ impl Desired {
     where
         K: Resource<DynamicType = ()> + Serialize,
     {
-        self.apply.push(Child {
-            part,
-            resource: ApiResource::erase::<K>(&()),
-            object: serde_json::from_value(serde_json::to_value(&object)?)?,
-        });
-        Ok(())
+        self.add_as(part, &ApiResource::erase::<K>(&()), object)
     }
 
     /// Adds `object` served as `resource`: another version of its kind with the same fields
