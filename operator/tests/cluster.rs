@@ -140,6 +140,24 @@ async fn a_master_and_a_replica_restart_and_a_replica_returns_before_its_master(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     cluster.restart_on(master, 2);
+    // Let gossip, not the operator, tell the replica its master's new address first. Redis
+    // then updates the address in its cluster view but not its replication target (only a
+    // packet straight from the master does both), so the replica keeps syncing from the old
+    // address until the operator re-points it.
+    let master_id = cluster.id(master);
+    let new_ip = cluster.ip(master, 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster
+        .view(replica)
+        .iter()
+        .any(|n| n.id == master_id && n.ip == new_ip)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "gossip should bring the replica its master's new address"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     heal(&cluster, &shape, "replica back before its master").await;
     assert_cluster_ok(&cluster, 0..6);
     cluster.assert_present(&keys);

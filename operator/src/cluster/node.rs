@@ -31,6 +31,10 @@ pub struct Seen {
     pub state_ok: bool,
     /// A replica's replication link to its master is up.
     pub link_up: bool,
+    /// The address a replica replicates from (`master_host`). Redis updates it when its master
+    /// talks to it from a new address, but not when it learns the address from gossip, so
+    /// after a restart it can point at a master's old IP while the cluster view is current.
+    pub replicating_from: Option<String>,
     /// Keys in the node's database.
     pub keys: u64,
 }
@@ -96,6 +100,7 @@ impl Node {
                 nodes: Vec::new(),
                 state_ok: false,
                 link_up: false,
+                replicating_from: None,
                 keys: 0,
             },
             conn,
@@ -124,6 +129,10 @@ impl Node {
             link_up: replication
                 .lines()
                 .any(|l| l.trim() == "master_link_status:up"),
+            replicating_from: replication
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("master_host:"))
+                .map(str::to_owned),
             keys,
         };
         Ok(())

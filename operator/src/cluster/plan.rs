@@ -195,6 +195,29 @@ pub fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) -> Plan
         };
         return done(phase, message, meets);
     }
+    // A replica that learned its master's new address from gossip still replicates from the
+    // old one (Redis re-targets replication only when the master itself talks to it from the
+    // new address); `CLUSTER REPLICATE` re-points it. Its data and role stay as they are.
+    let stale_targets: Vec<Action> = seen
+        .iter()
+        .filter_map(|s| {
+            let master = seen
+                .iter()
+                .find(|m| Some(m.id()) == s.me().master_id.as_deref())?;
+            let from = s.replicating_from.as_deref()?;
+            (from != master.member.ip).then(|| Action::Replicate {
+                on: s.id().to_owned(),
+                master: master.id().to_owned(),
+            })
+        })
+        .collect();
+    if !stale_targets.is_empty() {
+        let message = format!(
+            "pointing {} replica(s) at their master's current address (they still replicated from an old one)",
+            stale_targets.len()
+        );
+        return done(Phase::Repairing, message, stale_targets);
+    }
 
     // 2. Finish what an earlier pass started.
     let mut open = BTreeMap::new();
