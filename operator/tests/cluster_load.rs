@@ -31,7 +31,12 @@ use tokio::net::TcpStream;
 const RATE: u64 = 2_000;
 const WORKERS: u64 = 16;
 
+/// The sidecar under load: `SESSION_SIDECAR_BIN` (for example a release build, to measure at
+/// the full rate), else the one built with this test.
 fn sidecar_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SESSION_SIDECAR_BIN") {
+        return PathBuf::from(bin);
+    }
     // target/<profile>/deps/cluster_load-… → target/<profile>/session-sidecar
     let exe = std::env::current_exe().unwrap();
     let bin = exe
