@@ -63,6 +63,10 @@ pub enum Error {
     Unavailable(String),
     #[error("the session store returned data this service cannot read")]
     Corrupt(String),
+    #[error("the service is at its limit of requests in progress; retry")]
+    Overloaded,
+    #[error("the request did not complete in time; retry")]
+    RequestTimeout,
     #[error("no route for this path")]
     RouteNotFound,
     #[error("method not allowed on this path")]
@@ -112,6 +116,8 @@ impl Error {
             Error::AppendFailed => (S::SERVICE_UNAVAILABLE, "event_append_failed"),
             Error::Contention => (S::SERVICE_UNAVAILABLE, "contention"),
             Error::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Error::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded"),
+            Error::RequestTimeout => (S::SERVICE_UNAVAILABLE, "request_timeout"),
             Error::Corrupt(_) => (S::INTERNAL_SERVER_ERROR, "store_corrupt"),
         }
     }

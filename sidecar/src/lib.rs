@@ -148,24 +148,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
     if let Some(address) = config.admin_listen {
         let admin_listener = TcpListener::bind(address).await?;
         tracing::info!(admin_listen = %admin_listener.local_addr()?, "serving probes and metrics");
-        let mut stop = shutdown.clone();
-        tasks.spawn(async move {
-            let served = axum::serve(admin_listener, admin)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "the admin listener stopped");
-            }
-        });
+        tasks.spawn(api::server::serve(admin_listener, admin, shutdown.clone()));
     }
-    let mut stop = shutdown.clone();
-    axum::serve(listener, tower::make::Shared::new(app))
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await?;
+    api::server::serve(listener, app, shutdown.clone()).await;
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(())

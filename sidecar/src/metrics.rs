@@ -25,6 +25,7 @@ pub const REDIS_BUCKETS: &[f64] = &[
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
+    pub requests_refused: IntCounterVec,
     pub request_duration: HistogramVec,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
@@ -91,9 +92,18 @@ impl Metrics {
             &["op"],
         )
         .expect("valid histogram");
+        let requests_refused = IntCounterVec::new(
+            Opts::new(
+                "session_requests_refused_total",
+                "Requests answered 503 by the server's limits: `overloaded` (shed beyond the concurrency limit) or `timeout`.",
+            ),
+            &["reason"],
+        )
+        .expect("valid counter");
         let redis_errors = IntCounterVec::new(Opts::new("session_redis_errors_total", "Failed Redis calls by operation (including calls refused by the open circuit breaker)."), &["op"]).expect("valid counter");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests_refused.clone()),
             Box::new(request_duration.clone()),
             Box::new(redis_duration.clone()),
             Box::new(redis_errors.clone()),
@@ -102,6 +112,7 @@ impl Metrics {
         }
         Self {
             requests,
+            requests_refused,
             request_duration,
             cache_hits: counter(
                 "session_cache_hits_total",

@@ -384,6 +384,34 @@ fn oversized_headers_are_refused_with_431() {
 }
 
 #[test]
+fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    // Proves: the header read timeout (10 s) closes a connection whose headers never end
+    // (slowloris), and the process keeps serving others meanwhile.
+    let sidecar = Sidecar::start(&[], &[]);
+    let mut slow = TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let started = Instant::now();
+    write!(slow, "GET /healthz HTTP/1.1\r\nhost: x\r\n").unwrap();
+    assert_eq!(
+        sidecar.http("GET", "/healthz", None, None).0,
+        200,
+        "others are served"
+    );
+    let mut rest = Vec::new();
+    let read = slow.read_to_end(&mut rest);
+    let took = started.elapsed();
+    assert!(
+        read.is_ok(),
+        "closed by the server, not by our read timeout: {read:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(15),
+        "closed after {took:?}"
+    );
+}
+
+#[test]
 fn tls_to_redis_works_with_the_ca_in_ssl_cert_file_and_refuses_an_unknown_ca() {
     // Proves: `rediss://` connects when the CA is trusted through SSL_CERT_FILE (how the
     // operator configures session pods) — sessions are written, read and invalidated over

@@ -8,6 +8,7 @@ pub mod extract;
 mod health;
 pub mod hot;
 mod messages;
+pub mod server;
 mod sessions;
 mod users;
 
@@ -72,6 +73,7 @@ pub fn router_and_doc(state: AppState) -> (Router, OpenApiDoc) {
 
 fn routes(state: Shared) -> (Router, OpenApiDoc) {
     let max_body = state.max_body_bytes;
+    let metrics = state.metrics.clone();
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(sessions::create))
         .routes(routes!(sessions::get, sessions::update, sessions::delete))
@@ -109,8 +111,8 @@ fn routes(state: Shared) -> (Router, OpenApiDoc) {
         )
         .fallback(|| async { Error::RouteNotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn(correlation));
+        .layer(DefaultBodyLimit::max(max_body));
+    let router = server::limited(router, &metrics).layer(middleware::from_fn(correlation));
     (router, doc)
 }
 

@@ -16,6 +16,7 @@ mod events;
 mod fuzz;
 mod hostile_input;
 mod lifecycle;
+mod limits;
 mod listing;
 mod messages;
 mod metrics;
