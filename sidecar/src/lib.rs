@@ -1,12 +1,12 @@
 //! `session-sidecar`: the session API, served from an embedded store or from Redis.
 //!
-//! One binary, two modes (DESIGN section 2): `sidecar` on 127.0.0.1 beside an application, and
+//! One binary, two modes: `sidecar` on 127.0.0.1 beside an application, and
 //! `server`, the session service with auth and background work. The crate is laid out like the
 //! design:
 //!
 //! - [`config`] — flags and environment variables, validated all at once.
 //! - [`api`] — HTTP handlers, problem responses, auth, the generated OpenAPI document.
-//! - [`sessions`] — the session engine: every domain rule (DESIGN section 4), once.
+//! - [`sessions`] — the session engine: every domain rule, once.
 //! - [`store`] — the storage contract, its two backends (Redis and embedded), the circuit breaker.
 //! - [`cache`] — the hot path's local cache and its coherence with Redis (client tracking).
 //! - [`metrics`] — Prometheus metrics.

@@ -1,4 +1,4 @@
-//! The HTTP API (DESIGN section 5): routes, the OpenAPI 3.1 document generated from the same
+//! The HTTP API (v1, JSON): routes, the OpenAPI 3.1 document generated from the same
 //! handlers (so the two cannot drift apart), probes, limits and correlation ids.
 
 pub mod asyncapi;

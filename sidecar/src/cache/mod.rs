@@ -347,6 +347,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_fill_dropped_at_its_await_hands_the_fill_to_a_waiting_lookup() {
+        // Single flight survives cancellation: the filling request goes away (its future is
+        // dropped while it reads the store); a lookup waiting on that fill becomes the filler
+        // instead of waiting for ever, and a dropped waiter leaves nothing behind either.
+        let (c, _) = cache(true);
+        let fill = miss(&c, "a").await;
+        let waiter = async { matches!(c.lookup("a").await, Lookup::Miss(_)) };
+        let dropped = async {
+            tokio::task::yield_now().await;
+            drop(fill);
+        };
+        let joined = tokio::time::timeout(Duration::from_secs(1), async {
+            tokio::join!(waiter, dropped)
+        });
+        assert!(joined.await.expect("the waiter was released").0);
+        let fill = miss(&c, "b").await;
+        let gave_up = tokio::time::timeout(Duration::from_millis(10), c.lookup("b")).await;
+        assert!(gave_up.is_err(), "a lookup waits while another fills");
+        assert!(fill.complete(c.found(Bytes::from_static(b"x"), None, i64::MAX)));
+        assert!(is_hit(&c, "b").await);
+        assert!(
+            matches!(c.lookup("a").await, Lookup::Miss(_)),
+            "no placeholder left"
+        );
+    }
+
+    #[tokio::test]
     async fn tracking_coming_back_flushes_everything() {
         let (c, _) = cache(true);
         assert!(

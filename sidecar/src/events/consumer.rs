@@ -16,7 +16,8 @@ use super::lease::Lease;
 /// When the store fails (the position is then not advanced past the failed event).
 pub async fn consume_once(sessions: &Sessions, holder: &str) -> Result<usize> {
     let (backend, keys) = (sessions.backend().as_ref(), sessions.keys());
-    let Some(lease) = Lease::acquire(backend, keys.consumer_lock(), holder).await? else {
+    let Some(lease) = Lease::acquire(sessions.backend(), keys.consumer_lock(), holder).await?
+    else {
         return Ok(0);
     };
     let r = backend
@@ -56,7 +57,7 @@ pub async fn consume_once(sessions: &Sessions, holder: &str) -> Result<usize> {
         last = Some(entry.id.clone());
     }
     save_offset(sessions, &lease, last).await?;
-    lease.release(backend).await?;
+    lease.release().await?;
     Ok(entries.len())
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Each is a loop around a `*_once` function that the tests call directly. All three are safe
 //! with many replicas: the relay and the consumer take a short lease per shard (or for the
-//! stream), and the sweeper relies on guarded commits (DESIGN section 6).
+//! stream), and the sweeper relies on guarded commits (a session already expired by
+//! another replica fails its guard and is skipped).
 
 mod consumer;
 mod lease;

@@ -29,7 +29,8 @@ async fn relay_shard(sessions: &Sessions, shard: u32, holder: &str) -> Result<us
     if pending(backend, &outbox).await?.is_empty() {
         return Ok(0);
     }
-    let Some(lease) = Lease::acquire(backend, keys.relay_lock(shard), holder).await? else {
+    let Some(lease) = Lease::acquire(sessions.backend(), keys.relay_lock(shard), holder).await?
+    else {
         return Ok(0);
     };
     // Re-read under the lease: another relay may have moved these entries meanwhile.
@@ -60,7 +61,7 @@ async fn relay_shard(sessions: &Sessions, shard: u32, holder: &str) -> Result<us
         ..Commit::default()
     };
     backend.commit(commit).await?;
-    lease.release(backend).await?;
+    lease.release().await?;
     Ok(entries.len())
 }
 

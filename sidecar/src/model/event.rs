@@ -1,4 +1,4 @@
-//! Event envelopes (DESIGN section 8): the ones we publish and the ones we consume.
+//! Event envelopes (the AsyncAPI document describes them): the ones we publish and the ones we consume.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

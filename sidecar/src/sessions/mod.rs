@@ -1,4 +1,5 @@
-//! The session engine: every rule of DESIGN section 4, written once, over any [`Backend`].
+//! The session engine: every domain rule (lifecycle, one current session per user, unique titles,
+//! caps and rate limits, messages, memory, events), written once, over any [`Backend`].
 //!
 //! Each use case follows the same pattern: read a snapshot that includes the user's version
 //! counter, decide on it (checking every invariant), and commit guarded by that version. A
@@ -38,7 +39,7 @@ pub enum CapPolicy {
     EndOldest,
 }
 
-/// The policies of one deployment (DESIGN section 4); see `config` for the defaults.
+/// The policies of one deployment (TTLs, caps, rate limit, stream lengths); see `config` for the defaults.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub shard_count: u32,

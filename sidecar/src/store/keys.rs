@@ -1,4 +1,4 @@
-//! The Redis key layout (DESIGN section 6), one function per key.
+//! The Redis key layout, one function per key (the README's "Redis layout" lists them).
 //!
 //! Every key of a user lives under the hash tag `{<shard>}`, so one commit can change a user's
 //! documents, indexes and the shard outbox atomically, in Redis Cluster too. The global events

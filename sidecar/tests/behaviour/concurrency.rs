@@ -14,7 +14,7 @@ use crate::harness::{Kind, TestApp, send, types};
 
 both_backends!(racing_clients_on_one_user_break_no_invariant);
 
-const CAP: u32 = 3;
+pub(crate) const CAP: u32 = 3;
 const CLIENTS: usize = 12;
 const OPS_PER_CLIENT: usize = 25;
 const TITLES: [&str; 4] = ["a", "b", "c", "d"];
@@ -110,8 +110,8 @@ fn all(key: String) -> ReadOp {
     ReadOp::all_members(key, 100_000)
 }
 
-/// Reads the user's raw state and checks every invariant.
-async fn check_invariants(app: &TestApp) {
+/// Reads the raw state of user `racer` and checks every invariant.
+pub(crate) async fn check_invariants(app: &TestApp) {
     let (k, user) = (app.sessions.keys(), "racer");
     let shard = session_sidecar::ids::shard_of(user, app.sessions.policy().shard_count);
     let r = app

@@ -17,7 +17,7 @@ both_backends!(
     two_sweepers_expire_each_session_exactly_once,
 );
 
-fn inbound(event_type: &str, payload: Value) -> Envelope {
+pub(crate) fn inbound(event_type: &str, payload: Value) -> Envelope {
     Envelope {
         event_id: uuid::Uuid::new_v4().to_string(),
         event_type: event_type.to_owned(),

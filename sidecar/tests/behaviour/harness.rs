@@ -226,6 +226,24 @@ impl TestApp {
         .await
     }
 
+    /// A second app on this app's store seen through `wrap` (for example a backend that
+    /// stalls), with the same clock and policy and a cache of its own.
+    pub async fn through(
+        &self,
+        wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>,
+    ) -> TestApp {
+        Self::assemble(
+            wrap(self.backend.clone()),
+            None,
+            None,
+            self.clock.clone(),
+            self.sessions.policy().clone(),
+            Auth::TrustPod,
+            Metrics::new("test"),
+        )
+        .await
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn assemble(
         backend: Arc<dyn Backend>,

@@ -9,6 +9,7 @@ mod harness;
 mod asyncapi;
 mod boundary;
 mod cache;
+mod cancellation;
 mod cluster;
 mod concurrency;
 mod durability;

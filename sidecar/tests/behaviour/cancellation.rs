@@ -1,0 +1,291 @@
+//! Every future may be dropped at any `.await` (a client disconnects, a request times out, a
+//! task is aborted at shutdown). Each operation is run against a store that stops answering
+//! after its first `n` calls — before the call is made or after it took effect — and dropped
+//! there, for every `n` the operation reaches; afterwards nothing is left behind: the user's
+//! invariants hold, no lease blocks the next replica, and every event is still delivered.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use session_sidecar::events::{consume_once, relay_once};
+use session_sidecar::store::{Backend, BackendError, Commit, CommitOutcome, Probe, ReadOp, Reply};
+use tokio::sync::watch;
+
+use crate::both_backends;
+use crate::concurrency::{CAP, check_invariants};
+use crate::harness::{Kind, TestApp};
+
+both_backends!(
+    writes_dropped_at_any_await_break_no_invariant,
+    a_relay_dropped_at_any_await_leaves_no_lease_and_loses_no_event,
+    a_consumer_dropped_at_any_await_applies_every_event_once,
+);
+
+/// Where the store stops answering.
+#[derive(Clone, Copy, Debug)]
+enum Stall {
+    /// The call is never made.
+    Before,
+    /// The call takes effect; its answer never arrives.
+    After,
+}
+
+/// The store, answering the first `allowed` calls and holding every later one until
+/// [`Stalling::recover`]: the operation's future is dropped at the call it waits on, and
+/// whatever comes after the drop (a lease given back in the background) goes through once the
+/// store answers again.
+struct Stalling {
+    inner: Arc<dyn Backend>,
+    allowed: AtomicUsize,
+    stall: Stall,
+    recovered: watch::Sender<bool>,
+}
+
+impl Stalling {
+    fn new(inner: Arc<dyn Backend>, allowed: usize, stall: Stall) -> Self {
+        Self {
+            inner,
+            allowed: AtomicUsize::new(allowed),
+            stall,
+            recovered: watch::Sender::new(false),
+        }
+    }
+
+    /// Whether this call is answered at once (and counts it).
+    fn answers(&self) -> bool {
+        self.allowed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn recover(&self) {
+        self.allowed.store(usize::MAX, Ordering::SeqCst);
+        self.recovered.send_replace(true);
+    }
+
+    async fn call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        if self.answers() {
+            return call.await;
+        }
+        let recovered = async {
+            self.recovered
+                .subscribe()
+                .wait_for(|r| *r)
+                .await
+                .map(|_| ())
+        };
+        match self.stall {
+            Stall::Before => {
+                let _ = recovered.await;
+                call.await
+            }
+            Stall::After => {
+                let result = call.await;
+                let _ = recovered.await;
+                result
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for Stalling {
+    async fn read(&self, ops: Vec<ReadOp>) -> Result<Vec<Reply>, BackendError> {
+        self.call(self.inner.read(ops)).await
+    }
+    async fn probe(&self, probes: Vec<Probe>) -> Result<Vec<bool>, BackendError> {
+        self.call(self.inner.probe(probes)).await
+    }
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, BackendError> {
+        self.call(self.inner.commit(commit)).await
+    }
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.call(self.inner.ping()).await
+    }
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+}
+
+/// Store calls any single operation below makes, at most (a create reads, checks the rate
+/// limit and commits; retries add more).
+const CALLS: usize = 6;
+/// Long enough for any operation on a healthy store; the dropped ones wait for ever.
+const DROP_AFTER: Duration = Duration::from_millis(300);
+
+/// Runs `op` on an app whose store stalls after `n` calls, for every `n` and both kinds of
+/// stall, dropping it where it stalls; once the store answers again, calls `check`.
+async fn at_every_await<F, Fut>(app: &TestApp, mut op: F, check: impl AsyncFn(&TestApp))
+where
+    F: FnMut(TestApp) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for stall in [Stall::Before, Stall::After] {
+        for n in 0..CALLS {
+            let store = Arc::new(Stalling::new(app.backend.clone(), n, stall));
+            let stalling = app.through(|_| store.clone()).await;
+            let _ = tokio::time::timeout(DROP_AFTER, op(stalling)).await;
+            store.recover();
+            // Background work the drop started (a lease given back) gets to run.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            check(app).await;
+        }
+    }
+}
+
+/// Whether a lease key is held.
+async fn held(app: &TestApp, key: String) -> bool {
+    let r = app.backend.read(vec![ReadOp::Get(key)]).await.unwrap();
+    r.into_iter()
+        .next()
+        .and_then(Reply::into_opt_string)
+        .is_some()
+}
+
+async fn writes_dropped_at_any_await_break_no_invariant(kind: Kind) {
+    let app = TestApp::with(kind, |p| p.max_active_per_user = Some(CAP)).await;
+    let first = app.create_id("racer", json!({"title": "a"})).await;
+    let checked = async |app: &TestApp| check_invariants(app).await;
+    let writes: Vec<(&str, String, Value)> = vec![
+        (
+            "POST",
+            "/v1/sessions".into(),
+            json!({"user_id": "racer", "title": "b"}),
+        ),
+        (
+            "PUT",
+            "/v1/users/racer/current-session".into(),
+            json!({"session_id": first}),
+        ),
+        (
+            "PATCH",
+            format!("/v1/sessions/{first}"),
+            json!({"title": "c"}),
+        ),
+        (
+            "POST",
+            format!("/v1/sessions/{first}/messages"),
+            json!({"role": "user", "content": "hi"}),
+        ),
+        (
+            "POST",
+            format!("/v1/sessions/{first}/end"),
+            json!({"performer_id": "racer"}),
+        ),
+    ];
+    for (method, path, body) in writes {
+        at_every_await(
+            &app,
+            |stalling| {
+                let (path, body) = (path.clone(), body.clone());
+                async move {
+                    let method = method.parse().unwrap();
+                    stalling.call(method, &path, Some(body)).await;
+                }
+            },
+            checked,
+        )
+        .await;
+    }
+    // Deletes of every session, each dropped at every await, then done for real.
+    let list = app.get("/v1/users/racer/sessions").await.body;
+    for item in list["items"].as_array().unwrap() {
+        let path = format!("/v1/sessions/{}", item["session_id"].as_str().unwrap());
+        at_every_await(
+            &app,
+            |stalling| {
+                let path = path.clone();
+                async move {
+                    stalling.delete(&path).await;
+                }
+            },
+            checked,
+        )
+        .await;
+    }
+    check_invariants(&app).await;
+}
+
+async fn a_relay_dropped_at_any_await_leaves_no_lease_and_loses_no_event(kind: Kind) {
+    let app = TestApp::new(kind).await;
+    let user_shard = session_sidecar::ids::shard_of("u1", app.sessions.policy().shard_count);
+    app.create_id("u1", json!({})).await;
+    at_every_await(
+        &app,
+        |stalling| async move {
+            let _ = relay_once(&stalling.sessions, "dropped").await;
+        },
+        async |app: &TestApp| {
+            let lock = app.sessions.keys().relay_lock(user_shard);
+            assert!(
+                !held(app, lock).await,
+                "the dropped relay gave its lease back"
+            );
+            relay_once(&app.sessions, "next").await.unwrap();
+            assert!(
+                app.outbox().await.is_empty(),
+                "the next replica relayed everything"
+            );
+            // Something to relay for the next dropped pass.
+            app.create_id("u1", json!({})).await;
+        },
+    )
+    .await;
+    relay_once(&app.sessions, "next").await.unwrap();
+    let mut delivered: Vec<String> = app.events().await.into_iter().map(|e| e.event_id).collect();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(
+        delivered.len(),
+        2 * CALLS + 1,
+        "every event delivered (repeats allowed)"
+    );
+}
+
+async fn a_consumer_dropped_at_any_await_applies_every_event_once(kind: Kind) {
+    let app = TestApp::new(kind).await;
+    let users = std::sync::Mutex::new(Vec::<String>::new());
+    // Publishes a deletion of a new user with a session, for the next dropped pass.
+    let publish = async |app: &TestApp| {
+        let user = format!("gone{}", users.lock().unwrap().len());
+        app.create_id(&user, json!({})).await;
+        let event = crate::events::inbound("auth.user.deleted.v1", json!({"user_id": user}));
+        app.publish(&event).await;
+        users.lock().unwrap().push(user);
+    };
+    publish(&app).await;
+    at_every_await(
+        &app,
+        |stalling| async move {
+            let _ = consume_once(&stalling.sessions, "dropped").await;
+        },
+        async |app: &TestApp| {
+            let lock = app.sessions.keys().consumer_lock();
+            assert!(
+                !held(app, lock).await,
+                "the dropped consumer gave its lease back"
+            );
+            while consume_once(&app.sessions, "next").await.unwrap() > 0 {}
+            let users = users.lock().unwrap().clone();
+            for user in &users {
+                let listed = app.get(&format!("/v1/users/{user}/sessions")).await.body;
+                assert_eq!(listed["items"], json!([]), "{user}: {listed}");
+            }
+            publish(app).await;
+        },
+    )
+    .await;
+    let deleted = app
+        .outbox()
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == "session.deleted.v1")
+        .count();
+    assert_eq!(deleted, 2 * CALLS, "each deletion applied once");
+}
