@@ -135,7 +135,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
         Some(_) => tracing::info!(cluster = config.redis_cluster, "using Redis"),
     }
     let mut tasks = if config.runs_background_work() {
-        events::spawn(&state.sessions, &shutdown)
+        events::spawn(&state.sessions, &state.metrics, &shutdown)
     } else {
         tokio::task::JoinSet::new()
     };

@@ -26,6 +26,9 @@ pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
     pub requests_refused: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub dead_letter_replays: IntCounterVec,
+    pub dead_letters_discarded: IntCounter,
     pub request_duration: HistogramVec,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
@@ -100,10 +103,28 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid counter");
+        let dead_letters = IntCounterVec::new(
+            Opts::new(
+                "session_dead_letters_total",
+                "Inbound events this process set aside as dead letters, by reason (`malformed`, `unknown_type`, `invalid`, `failed`).",
+            ),
+            &["reason"],
+        )
+        .expect("valid counter");
+        let dead_letter_replays = IntCounterVec::new(
+            Opts::new(
+                "session_dead_letter_replays_total",
+                "Dead letters replayed through the API, by result (`replayed`, `failed`).",
+            ),
+            &["result"],
+        )
+        .expect("valid counter");
         let redis_errors = IntCounterVec::new(Opts::new("session_redis_errors_total", "Failed Redis calls by operation (including calls refused by the open circuit breaker)."), &["op"]).expect("valid counter");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(requests_refused.clone()),
+            Box::new(dead_letters.clone()),
+            Box::new(dead_letter_replays.clone()),
             Box::new(request_duration.clone()),
             Box::new(redis_duration.clone()),
             Box::new(redis_errors.clone()),
@@ -113,6 +134,12 @@ impl Metrics {
         Self {
             requests,
             requests_refused,
+            dead_letters,
+            dead_letter_replays,
+            dead_letters_discarded: counter(
+                "session_dead_letters_discarded_total",
+                "Dead letters discarded through the API.",
+            ),
             request_duration,
             cache_hits: counter(
                 "session_cache_hits_total",

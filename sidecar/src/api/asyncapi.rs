@@ -53,6 +53,28 @@ fn envelope(event_type: &str, payload: Value, description: &str) -> Value {
     })
 }
 
+/// A dead-letter stream entry: flat string fields, as stored.
+fn dead_letter_message() -> Value {
+    let text = |description: &str| json!({"type": "string", "description": description});
+    json!({
+        "name": "DeadLetter",
+        "title": "Dead letter",
+        "summary": "An inbound event set aside: it can never apply as it is, or kept failing.",
+        "payload": {
+            "type": "object",
+            "required": ["stream_id", "reason", "error", "attempts", "dead_lettered_at", "fields"],
+            "properties": {
+                "stream_id": text("The event's entry id on the events stream."),
+                "reason": {"enum": ["malformed", "unknown_type", "invalid", "failed"]},
+                "error": text("What went wrong, in words."),
+                "attempts": text("Attempts made, as a decimal number."),
+                "dead_lettered_at": {"type": "string", "format": "date-time"},
+                "fields": text("The event's stream entry fields, as a JSON object."),
+            }
+        }
+    })
+}
+
 /// The document.
 #[must_use]
 pub fn document() -> Value {
@@ -106,6 +128,7 @@ pub fn document() -> Value {
             )
         })
         .collect();
+    messages.insert("DeadLetter".into(), dead_letter_message());
     json!({
         "asyncapi": "3.0.0",
         "info": {
@@ -119,6 +142,12 @@ pub fn document() -> Value {
                 "description": "The global Redis stream (the part in braces is the literal Redis Cluster hash tag `events`).",
                 "parameters": {"prefix": {"description": "The key prefix (`--key-prefix`, default `sess`)."}},
                 "messages": channel_messages
+            },
+            "deadLetters": {
+                "address": "{prefix}:{events}:dead-letters",
+                "description": "Inbound events the consumer set aside (trimmed to about 10 000). Read and act on them through `/v1/dead-letters`.",
+                "parameters": {"prefix": {"description": "The key prefix (`--key-prefix`, default `sess`)."}},
+                "messages": {"DeadLetter": {"$ref": "#/components/messages/DeadLetter"}}
             }
         },
         "operations": {
@@ -131,6 +160,11 @@ pub fn document() -> Value {
                 "action": "receive",
                 "channel": {"$ref": "#/channels/events"},
                 "messages": refs(vec![EventType::UserDeleted.as_str(), EventType::CaseDeleted.as_str()])
+            },
+            "setAsideDeadLetters": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/deadLetters"},
+                "messages": [{"$ref": "#/channels/deadLetters/messages/DeadLetter"}]
             }
         },
         "components": {"schemas": schemas, "messages": messages}

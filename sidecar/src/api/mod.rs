@@ -3,6 +3,7 @@
 
 pub mod asyncapi;
 pub mod auth;
+mod dead_letters;
 mod events;
 pub mod extract;
 mod health;
@@ -60,6 +61,7 @@ pub type Shared = Arc<AppState>;
         (name = "messages", description = "Messages and summary"),
         (name = "memory", description = "Per-session memory"),
         (name = "events", description = "Inbound events"),
+        (name = "dead-letters", description = "Inbound events set aside by the consumer: list, inspect, replay, discard"),
         (name = "probes", description = "Health"),
     ),
     components(schemas(crate::error::Problem))
@@ -90,6 +92,10 @@ fn routes(state: Shared) -> (Router, OpenApiDoc) {
             messages::merge_memory
         ))
         .routes(routes!(events::inbound))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(dead_letters::get, dead_letters::discard))
+        .routes(routes!(dead_letters::replay))
+        .routes(routes!(dead_letters::replay_all))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .route("/metrics", axum::routing::get(health::metrics))

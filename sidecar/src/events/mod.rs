@@ -1,5 +1,6 @@
 //! Background work of server mode (and of the embedded store, which has nobody else to do it):
-//! the outbox relay, the expiry sweeper and the consumer of inbound events.
+//! the outbox relay, the expiry sweeper and the consumer of inbound events, with its dead
+//! letters.
 //!
 //! Each is a loop around a `*_once` function that the tests call directly. All three are safe
 //! with many replicas: the relay and the consumer take a short lease per shard (or for the
@@ -7,6 +8,7 @@
 //! another replica fails its guard and is skipped).
 
 mod consumer;
+pub mod dead_letters;
 mod lease;
 mod relay;
 
@@ -15,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::metrics::Metrics;
 use crate::sessions::Sessions;
 use crate::store::Probe;
 
@@ -64,7 +67,11 @@ pub(crate) async fn shards_where(
 }
 
 /// Starts the three loops; they stop when `shutdown` turns true.
-pub fn spawn(sessions: &Sessions, shutdown: &watch::Receiver<bool>) -> JoinSet<()> {
+pub fn spawn(
+    sessions: &Sessions,
+    metrics: &Metrics,
+    shutdown: &watch::Receiver<bool>,
+) -> JoinSet<()> {
     let worker = uuid::Uuid::new_v4().to_string();
     let mut set = JoinSet::new();
     let (s, w) = (sessions.clone(), worker.clone());
@@ -87,14 +94,14 @@ pub fn spawn(sessions: &Sessions, shutdown: &watch::Receiver<bool>) -> JoinSet<(
             async move { sweep_once(&s).await }
         },
     ));
-    let s = sessions.clone();
+    let (s, m) = (sessions.clone(), metrics.clone());
     set.spawn(run_loop(
         "consumer",
         CONSUME_INTERVAL,
         shutdown.clone(),
         move || {
-            let (s, w) = (s.clone(), worker.clone());
-            async move { consume_once(&s, &w).await }
+            let (s, m, w) = (s.clone(), m.clone(), worker.clone());
+            async move { consume_once(&s, &m, &w).await }
         },
     ));
     set

@@ -27,7 +27,7 @@ use crate::model::{Record, Status};
 use crate::store::{Backend, CommitOutcome, Keys, ReadOp, Reply};
 
 pub use inbound::InboundOutcome;
-pub use listing::Page;
+pub use listing::{Page, page_size};
 pub use memory::{MemoryView, MemoryWrite};
 
 /// What to do when a user at `max_active_per_user` starts another session.

@@ -23,6 +23,8 @@
 //! | `P:{S}:relay-lock` | string | lease of the relay working on this shard |
 //! | `P:{events}:stream` | stream | the global events stream |
 //! | `P:{events}:consumer-offset`, `P:{events}:consumer-lock` | string | inbound consumer position and lease |
+//! | `P:{events}:consumer-attempts` | string | `<entry id> <first failure ms> <attempts>` of the event the consumer keeps failing on |
+//! | `P:{events}:dead-letters` | stream | inbound events set aside, each with its error, attempts and time |
 //! | `P:{o:<org_id>}:sessions` | zset | org index (derived from events), by `created_at` |
 
 /// Builds keys under one configurable prefix.
@@ -94,6 +96,12 @@ impl Keys {
     }
     pub fn consumer_lock(&self) -> String {
         format!("{}:{{events}}:consumer-lock", self.prefix)
+    }
+    pub fn consumer_attempts(&self) -> String {
+        format!("{}:{{events}}:consumer-attempts", self.prefix)
+    }
+    pub fn dead_letters(&self) -> String {
+        format!("{}:{{events}}:dead-letters", self.prefix)
     }
     pub fn org_sessions(&self, org_id: &str) -> String {
         format!("{}:{{o:{org_id}}}:sessions", self.prefix)

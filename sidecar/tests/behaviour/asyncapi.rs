@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 use session_sidecar::api::asyncapi::document;
+use session_sidecar::store::ReadOp;
 
 use crate::both_backends;
 use crate::harness::{Kind, TestApp};
@@ -9,7 +10,10 @@ use crate::harness::{Kind, TestApp};
 both_backends!(every_relayed_event_matches_the_asyncapi_document);
 
 fn validate(doc: &Value, event: &Value) {
-    let name = event["event_type"].as_str().unwrap();
+    validate_message(doc, event["event_type"].as_str().unwrap(), event);
+}
+
+fn validate_message(doc: &Value, name: &str, event: &Value) {
     let mut schema = doc["components"]["messages"][name]["payload"].clone();
     assert!(schema.is_object(), "{name} is not documented");
     schema
@@ -77,4 +81,25 @@ async fn every_relayed_event_matches_the_asyncapi_document(kind: Kind) {
         app.post("/v1/events", inbound).await.status,
         axum::http::StatusCode::OK
     );
+    // A dead letter, as the consumer stores it, matches its documented message.
+    app.publish(&crate::events::inbound("case.deleted.v1", json!({})))
+        .await;
+    app.consume().await;
+    let r = app
+        .backend
+        .read(vec![ReadOp::XRange(
+            app.sessions.keys().dead_letters(),
+            None,
+            10,
+        )])
+        .await
+        .unwrap();
+    let entries = r.into_iter().next().unwrap().into_entries();
+    assert_eq!(entries.len(), 1);
+    let fields: serde_json::Map<String, Value> = entries[0]
+        .fields
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    validate_message(&doc, "DeadLetter", &Value::Object(fields));
 }

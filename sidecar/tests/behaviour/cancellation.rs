@@ -263,7 +263,7 @@ async fn a_consumer_dropped_at_any_await_applies_every_event_once(kind: Kind) {
     at_every_await(
         &app,
         |stalling| async move {
-            let _ = consume_once(&stalling.sessions, "dropped").await;
+            let _ = consume_once(&stalling.sessions, &stalling.metrics, "dropped").await;
         },
         async |app: &TestApp| {
             let lock = app.sessions.keys().consumer_lock();
@@ -271,7 +271,11 @@ async fn a_consumer_dropped_at_any_await_applies_every_event_once(kind: Kind) {
                 !held(app, lock).await,
                 "the dropped consumer gave its lease back"
             );
-            while consume_once(&app.sessions, "next").await.unwrap() > 0 {}
+            while consume_once(&app.sessions, &app.metrics, "next")
+                .await
+                .unwrap()
+                > 0
+            {}
             let users = users.lock().unwrap().clone();
             for user in &users {
                 let listed = app.get(&format!("/v1/users/{user}/sessions")).await.body;

@@ -105,7 +105,7 @@ async fn the_session_api_works_on_a_redis_cluster() {
         payload: json!({"user_id": "user-3"}),
     };
     a.publish(&gone).await;
-    session_sidecar::events::consume_once(&a.sessions, "w")
+    session_sidecar::events::consume_once(&a.sessions, &a.metrics, "w")
         .await
         .unwrap();
     assert_eq!(

@@ -171,7 +171,7 @@ async fn inbound_events_from_the_stream_are_applied_once(kind: Kind) {
     app.publish(&event).await;
     app.publish(&inbound("auth.user.deleted.v1", json!({})))
         .await; // malformed: skipped, not blocking
-    let passed = session_sidecar::events::consume_once(&app.sessions, "w1")
+    let passed = session_sidecar::events::consume_once(&app.sessions, &app.metrics, "w1")
         .await
         .unwrap();
     assert_eq!(passed, 4);
@@ -180,7 +180,7 @@ async fn inbound_events_from_the_stream_are_applied_once(kind: Kind) {
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        session_sidecar::events::consume_once(&app.sessions, "w1")
+        session_sidecar::events::consume_once(&app.sessions, &app.metrics, "w1")
             .await
             .unwrap(),
         0

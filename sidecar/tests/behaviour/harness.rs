@@ -462,6 +462,40 @@ impl TestApp {
         r.into_iter().next().map(Reply::into_pairs).unwrap()
     }
 
+    /// Sets `event` aside as a dead letter, as the consumer does after it kept failing.
+    pub async fn set_aside(&self, event: &Envelope) {
+        let entry = session_sidecar::store::StreamEntry {
+            id: "1-0".into(),
+            fields: event.to_stream_fields(),
+        };
+        let verdict = session_sidecar::events::dead_letters::Verdict {
+            entry: &entry,
+            reason: session_sidecar::events::dead_letters::Reason::Failed,
+            error: "the event outbox is full; the relay is not keeping up".into(),
+            attempts: 10,
+        };
+        self.backend
+            .commit(Commit {
+                appends: vec![verdict.append(&self.sessions)],
+                ..Commit::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Runs the inbound consumer until it has nothing left to do.
+    pub async fn consume(&self) -> usize {
+        let mut passed = 0;
+        loop {
+            match session_sidecar::events::consume_once(&self.sessions, &self.metrics, "test").await
+            {
+                Ok(0) => return passed,
+                Ok(n) => passed += n,
+                Err(e) => panic!("the consumer failed: {e}"),
+            }
+        }
+    }
+
     pub async fn relay(&self) -> usize {
         session_sidecar::events::relay_once(&self.sessions, "test")
             .await

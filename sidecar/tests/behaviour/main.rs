@@ -12,6 +12,7 @@ mod cache;
 mod cancellation;
 mod cluster;
 mod concurrency;
+mod dead_letters;
 mod durability;
 mod events;
 mod fuzz;

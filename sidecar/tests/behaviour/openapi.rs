@@ -32,6 +32,11 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("put", "/v1/sessions/{session_id}/memory"),
     ("patch", "/v1/sessions/{session_id}/memory"),
     ("post", "/v1/events"),
+    ("get", "/v1/dead-letters"),
+    ("get", "/v1/dead-letters/{id}"),
+    ("delete", "/v1/dead-letters/{id}"),
+    ("post", "/v1/dead-letters/{id}/replay"),
+    ("post", "/v1/dead-letters/replay"),
     ("get", "/healthz"),
     ("get", "/readyz"),
 ];
@@ -126,6 +131,17 @@ async fn document_and_server_agree(kind: Kind) {
     .await;
     app.relay().await;
     let event = json!({"event_id": uuid::Uuid::new_v4().to_string(), "event_type": "case.deleted.v1", "timestamp": "2026-01-01T00:00:00.000Z", "source": "case-service", "payload": {"case_id": "c1"}});
+    // Two dead letters: one whose event applies now, one whose payload never will.
+    app.set_aside(&crate::events::inbound(
+        "auth.user.deleted.v1",
+        json!({"user_id": "gone"}),
+    ))
+    .await;
+    app.set_aside(&crate::events::inbound("auth.user.deleted.v1", json!({})))
+        .await;
+    let letters = app.get("/v1/dead-letters").await.body;
+    let letter = |i: usize| letters["items"][i]["id"].as_str().unwrap().to_owned();
+    let (replayable, stuck) = (letter(0), letter(1));
     let valid: Vec<(&str, String, Option<Value>)> = vec![
         (
             "post",
@@ -170,6 +186,15 @@ async fn document_and_server_agree(kind: Kind) {
         ),
         ("get", format!("/v1/sessions/{id}/memory"), None),
         ("post", "/v1/events".into(), Some(event)),
+        ("get", "/v1/dead-letters".into(), None),
+        ("get", format!("/v1/dead-letters/{replayable}"), None),
+        (
+            "post",
+            format!("/v1/dead-letters/{replayable}/replay"),
+            None,
+        ),
+        ("post", "/v1/dead-letters/replay".into(), None),
+        ("delete", format!("/v1/dead-letters/{stuck}"), None),
         (
             "post",
             format!("/v1/sessions/{other}/end"),
@@ -218,6 +243,10 @@ async fn document_and_server_agree(kind: Kind) {
             "/v1/events".into(),
             Some(json!({"event_type": "x"})),
         ),
+        ("get", "/v1/dead-letters?cursor=x".into(), None),
+        ("get", "/v1/dead-letters/9-9".into(), None),
+        ("post", "/v1/dead-letters/nope/replay".into(), None),
+        ("delete", format!("/v1/dead-letters/{stuck}"), None),
     ];
     let mut seen = BTreeSet::new();
     for (method, path, body) in valid.into_iter().chain(invalid) {

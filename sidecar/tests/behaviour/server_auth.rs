@@ -188,6 +188,19 @@ async fn tokens_are_required_and_scope_users(kind: Kind) {
         .status,
         StatusCode::OK
     );
+    for (token, expected) in [(&alice, StatusCode::FORBIDDEN), (&service, StatusCode::OK)] {
+        let res = call(&app, Method::GET, "/v1/dead-letters", Some(token), None).await;
+        assert_eq!(res.status, expected, "dead letters need the service scope");
+        let res = call(
+            &app,
+            Method::POST,
+            "/v1/dead-letters/replay",
+            Some(token),
+            None,
+        )
+        .await;
+        assert_eq!(res.status, expected, "so does replaying them");
+    }
     assert_eq!(
         call(&app, Method::GET, "/healthz", None, None).await.status,
         StatusCode::OK,
