@@ -414,6 +414,39 @@ pub struct SessionServiceStatus {
     /// Ready session-service replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
+    /// Cluster mode: the cluster as its nodes reported it on the operator's last pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_cluster: Option<RedisClusterStatus>,
+}
+
+/// Redis Cluster as its nodes report it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisClusterStatus {
+    /// Masters owning slots, in pod order.
+    #[serde(default)]
+    pub masters: Vec<RedisMasterStatus>,
+    /// Nodes the cluster marks as failing and pods that do not answer, in words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing: Vec<String>,
+}
+
+/// One master of a Redis Cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisMasterStatus {
+    /// The StatefulSet ordinal of its pod; absent when no pod answers with its node id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<i32>,
+    /// The first 8 characters of its node id.
+    pub node: String,
+    /// Hash slots it owns.
+    pub slots: i32,
+    /// Of those, the slots that hold sessions (the shards' hash tags).
+    pub data_slots: i32,
+    /// Ordinals of the pods replicating it.
+    #[serde(default)]
+    pub replicas: Vec<i32>,
 }
 
 fn yes() -> bool {

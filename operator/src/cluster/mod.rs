@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 
 use node::{MIGRATE_BATCH, Node, NodeError};
+
+use crate::crd::{RedisClusterStatus, RedisMasterStatus};
 pub use plan::{Action, Phase, Plan, Shape};
 
 /// A Redis pod with an address.
@@ -62,6 +64,55 @@ pub struct Report {
     pub error: Option<String>,
     /// The pod the caller must delete now (a rolling update).
     pub restart: Option<i32>,
+    /// The cluster as the nodes reported it at the start of the pass.
+    pub topology: RedisClusterStatus,
+}
+
+/// Masters, their slots, data slots and replicas, and what is failing, from the view of the
+/// first node that belongs to the cluster (node ids mapped to the pods that answer with them).
+pub fn topology(
+    seen: &[node::Seen],
+    unreachable: &[(i32, String)],
+    data_slots: &[u16],
+) -> RedisClusterStatus {
+    let ordinal = |id: &str| seen.iter().find(|s| s.id() == id).map(|s| s.member.ordinal);
+    let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    let view = seen
+        .iter()
+        .find(|s| s.established())
+        .map(|s| s.nodes.as_slice())
+        .unwrap_or_default();
+    let mut masters: Vec<RedisMasterStatus> = view
+        .iter()
+        .filter(|n| n.master && n.slot_count() > 0)
+        .map(|m| {
+            let mut replicas: Vec<i32> = view
+                .iter()
+                .filter(|r| r.master_id.as_deref() == Some(m.id.as_str()))
+                .filter_map(|r| ordinal(&r.id))
+                .collect();
+            replicas.sort_unstable();
+            RedisMasterStatus {
+                pod: ordinal(&m.id),
+                node: m.id.chars().take(8).collect(),
+                slots: count(m.slot_count()),
+                data_slots: count(data_slots.iter().filter(|&&d| m.owns(d)).count()),
+                replicas,
+            }
+        })
+        .collect();
+    masters.sort_by_key(|m| (m.pod.is_none(), m.pod));
+    let failing = view
+        .iter()
+        .filter(|n| n.failing)
+        .map(|n| format!("{} is marked failing", plan::node_name(seen, &n.id)))
+        .chain(
+            unreachable
+                .iter()
+                .map(|(o, why)| format!("pod {o} does not answer ({why})")),
+        )
+        .collect();
+    RedisClusterStatus { masters, failing }
 }
 
 /// How long one pass may spend moving slots before it reports progress and yields.
@@ -91,6 +142,7 @@ pub async fn converge_once(
     let seen: Vec<node::Seen> = nodes.iter().map(|n| n.seen.clone()).collect();
     let plan = plan::plan(&seen, &unreachable, shape);
     let mut report = Report {
+        topology: topology(&seen, &unreachable, &shape.data_slots),
         plan,
         done: Vec::new(),
         slots_moved: 0,

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::Context;
 use super::status::PartState;
 use crate::cluster::{self, Access, Member, Phase, Shape, placement};
-use crate::crd::SessionService;
+use crate::crd::{RedisClusterStatus, SessionService};
 use crate::resources::{Names, Secrets, redis, selector};
 
 /// Recheck period while the cluster manager has work in progress (joining, moving slots).
@@ -28,6 +28,8 @@ pub struct ClusterPass {
     pub hold_pods: Option<i32>,
     /// When to look again.
     pub recheck: Duration,
+    /// The cluster as its nodes reported it (none when the manager could not look).
+    pub topology: Option<RedisClusterStatus>,
 }
 
 impl ClusterPass {
@@ -36,6 +38,7 @@ impl ClusterPass {
             state: PartState::not_ok(reason, message),
             hold_pods,
             recheck: CLUSTER_STEP,
+            topology: None,
         }
     }
 }
@@ -164,6 +167,7 @@ pub async fn pass(
         state,
         hold_pods: i32::try_from(plan.hold_pods).ok(),
         recheck,
+        topology: Some(report.topology),
     }
 }
 

@@ -23,7 +23,7 @@ use crate::capabilities;
 use crate::crd::{RedisMode, SessionService};
 use crate::resources::{self, Child, MANAGER, Names, Part, Runtime, Secrets, redis, server};
 use crate::telemetry::Metrics;
-use status::PartState;
+use status::{Observed, PartState};
 
 /// Resync period of a healthy SessionService: drift is repaired within it even without a
 /// watch event.
@@ -199,18 +199,24 @@ pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action
                 .into_iter()
                 .map(|p| (p, state.clone()))
                 .collect();
-            write_status(ctx, ss, &namespace, parts, &degradations, None).await?;
+            write_status(ctx, ss, &namespace, parts, &degradations, Observed::default())
+                .await?;
             return Err(error);
         }
     };
     let all_ok = outcome.parts.iter().all(|(_, s)| s.ok);
+    let observed = Observed {
+        ready_replicas: outcome.ready_replicas,
+        redis_cluster: cluster_pass.as_ref().and_then(|p| p.topology.clone()),
+        ..Observed::default()
+    };
     write_status(
         ctx,
         ss,
         &namespace,
         outcome.parts,
         &degradations,
-        outcome.ready_replicas,
+        observed,
     )
     .await?;
     if let Some(first) = outcome.failures.first() {
@@ -522,9 +528,9 @@ async fn write_status(
     namespace: &str,
     parts: Vec<(Part, PartState)>,
     degradations: &[String],
-    ready_replicas: Option<i32>,
+    mut observed: Observed,
 ) -> Result<(), Error> {
-    let endpoint = (ss.spec.redis.mode != RedisMode::External).then(|| {
+    observed.redis_endpoint = (ss.spec.redis.mode != RedisMode::External).then(|| {
         let names = Names::of(ss);
         match ss.spec.redis.mode {
             RedisMode::Cluster => format!("{}:6379", names.redis_pod_host(0)),
@@ -537,8 +543,7 @@ async fn write_status(
         degradations,
         ss.metadata.generation,
         old,
-        endpoint,
-        ready_replicas,
+        observed,
         Timestamp::now(),
     );
     if old == Some(&new) {

@@ -5,7 +5,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::SessionServiceStatus;
+use crate::crd::{RedisClusterStatus, SessionServiceStatus};
 use crate::resources::Part;
 
 /// How one part fared in this reconcile.
@@ -48,6 +48,14 @@ pub fn condition_type(part: Part) -> &'static str {
 /// words); it does not count towards `Ready`: the SessionService works without those.
 pub const FEATURES_AVAILABLE: &str = "FeaturesAvailable";
 
+/// What the status reports besides the conditions.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    pub redis_endpoint: Option<String>,
+    pub ready_replicas: Option<i32>,
+    pub redis_cluster: Option<RedisClusterStatus>,
+}
+
 /// The new status: conditions in a fixed order, each keeping its transition time unless its
 /// status changed.
 pub fn status(
@@ -55,8 +63,7 @@ pub fn status(
     degradations: &[String],
     generation: Option<i64>,
     old: Option<&SessionServiceStatus>,
-    redis_endpoint: Option<String>,
-    ready_replicas: Option<i32>,
+    observed: Observed,
     now: Timestamp,
 ) -> SessionServiceStatus {
     let not_ready: Vec<&str> = parts
@@ -106,8 +113,9 @@ pub fn status(
     SessionServiceStatus {
         observed_generation: generation,
         conditions,
-        redis_endpoint,
-        ready_replicas,
+        redis_endpoint: observed.redis_endpoint,
+        ready_replicas: observed.ready_replicas,
+        redis_cluster: observed.redis_cluster,
     }
 }
 
