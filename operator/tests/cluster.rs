@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis_cluster::{Cluster, access, assert_cluster_ok, heal, ready, roll, shape};
+use common::redis_cluster::{Cluster, SHARDS, access, assert_cluster_ok, heal, ready, roll, shape};
 use session_operator::cluster::{Phase, converge_once};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,6 +29,23 @@ async fn bootstrap_balances_data_slots_and_a_second_pass_changes_nothing() {
     let again = converge_once(&cluster.members(), &[], &access(), &shape(3, 1)).await;
     assert_eq!(again.plan.phase, Phase::Ready);
     assert!(again.plan.actions.is_empty(), "{:?}", again.plan.actions);
+    // What the status reports: three masters, each with its replica, every slot and data
+    // slot owned once, nothing failing.
+    let topology = &again.topology;
+    assert_eq!(topology.masters.len(), 3, "{topology:?}");
+    assert!(
+        topology
+            .masters
+            .iter()
+            .all(|m| m.pod.is_some() && m.replicas.len() == 1),
+        "{topology:?}"
+    );
+    let sum = |f: fn(&session_operator::crd::RedisMasterStatus) -> i32| {
+        topology.masters.iter().map(f).sum::<i32>()
+    };
+    assert_eq!(sum(|m| m.slots), 16_384);
+    assert_eq!(sum(|m| m.data_slots), i32::try_from(SHARDS).unwrap());
+    assert!(topology.failing.is_empty(), "{topology:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,6 +120,13 @@ async fn a_master_and_a_replica_restart_and_a_replica_returns_before_its_master(
         Phase::Degraded,
         "{}",
         report.plan.message
+    );
+    let failing = &report.topology.failing;
+    assert!(
+        failing
+            .iter()
+            .any(|f| f.contains(&format!("pod {master} does not answer"))),
+        "{failing:?}"
     );
     for i in [master, replica] {
         cluster.restart_on(i, 1);

@@ -199,8 +199,15 @@ pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action
                 .into_iter()
                 .map(|p| (p, state.clone()))
                 .collect();
-            write_status(ctx, ss, &namespace, parts, &degradations, Observed::default())
-                .await?;
+            write_status(
+                ctx,
+                ss,
+                &namespace,
+                parts,
+                &degradations,
+                Observed::default(),
+            )
+            .await?;
             return Err(error);
         }
     };
@@ -210,15 +217,7 @@ pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action
         redis_cluster: cluster_pass.as_ref().and_then(|p| p.topology.clone()),
         ..Observed::default()
     };
-    write_status(
-        ctx,
-        ss,
-        &namespace,
-        outcome.parts,
-        &degradations,
-        observed,
-    )
-    .await?;
+    write_status(ctx, ss, &namespace, outcome.parts, &degradations, observed).await?;
     if let Some(first) = outcome.failures.first() {
         return Err(Error::Apply {
             count: outcome.failures.len(),
