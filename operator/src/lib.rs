@@ -9,6 +9,7 @@
 //! - [`capabilities`]: what the API server serves, so objects carry nothing it does not know.
 //! - [`render`]: the operator's output without a cluster.
 //! - [`inject`]: the sidecar patch; [`webhook`]: the admission webhook and its certificate.
+//! - [`status_report`]: the `status` command for people on call.
 //! - [`telemetry`]: metrics and logs; [`yaml`]: YAML in and out.
 
 pub mod capabilities;
@@ -20,6 +21,7 @@ pub mod reconcile;
 pub mod render;
 pub mod resources;
 pub mod slo;
+pub mod status_report;
 pub mod telemetry;
 pub mod webhook;
 pub mod yaml;

@@ -1,5 +1,5 @@
-//! `session-operator`: `run` the controller, print the `crd`, or `render` a SessionService
-//! offline.
+//! `session-operator`: `run` the controller, print the `crd`, `render` a SessionService or
+//! `inject` a manifest offline, or show a SessionService's `status`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +50,10 @@ enum Command {
         #[arg(long)]
         session_service_file: Option<PathBuf>,
     },
+    /// What a person on call needs about SessionServices, in one screen: conditions with their
+    /// ages, the Redis topology, replicas, the webhook certificate and (with `--prometheus`)
+    /// the SLIs and burn rates. Installed as `kubectl-sessions`, it is `kubectl sessions status`.
+    Status(session_operator::status_report::Options),
 }
 
 /// The named SessionService from a file, or one with the default spec.
@@ -61,6 +65,19 @@ fn session_service(name: &str, file: Option<&PathBuf>) -> anyhow::Result<Session
         .into_iter()
         .find(|ss| ss.metadata.name.as_deref() == Some(name))
         .ok_or_else(|| anyhow::anyhow!("{} holds no SessionService named {name}", file.display()))
+}
+
+async fn status(options: &session_operator::status_report::Options) -> anyhow::Result<()> {
+    use session_operator::status_report::{Output, gather, text};
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("could not reach the Kubernetes API (KUBECONFIG or in-cluster): {e}")
+    })?;
+    let report = gather(&client, options).await?;
+    match options.output {
+        Output::Text => print!("{}", text(&report)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(())
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<String> {
@@ -113,6 +130,11 @@ fn main() -> ExitCode {
             print!("{}", yaml::to_yaml_documents(&injected)?);
             Ok(())
         }),
+        Command::Status(options) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(status(&options))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

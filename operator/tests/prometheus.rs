@@ -211,6 +211,28 @@ async fn prometheus_scrapes_a_sidecar_and_evaluates_the_generated_slo_rules() {
         assert_eq!(alert["health"], "ok", "{alert}");
         assert_eq!(alert["state"], "inactive", "{alert}");
     }
+    // What `session-operator status --prometheus` shows: the SLIs of every window with data,
+    // and their burn rates.
+    let slis =
+        session_operator::status_report::slis(&format!("http://127.0.0.1:{prometheus_port}"), &ss)
+            .await
+            .unwrap();
+    let short = &slis[0];
+    assert_eq!(short.window, "5m");
+    assert_eq!(short.availability, Some(1.0), "no 5xx: {short:?}");
+    assert_eq!(short.availability_burn, Some(0.0));
+    let latency = short.latency.expect("latency SLI over 5m");
+    assert!((0.0..=1.0).contains(&latency), "{short:?}");
+    assert!(short.latency_burn.is_some_and(|b| b >= 0.0));
+    let refused = session_operator::status_report::query(
+        &format!("http://127.0.0.1:{prometheus_port}"),
+        "not a query(",
+    )
+    .await;
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("refused the query")),
+        "a bad query is reported in words"
+    );
     stop.send(true).unwrap();
     sidecar.await.unwrap().unwrap();
 }

@@ -11,7 +11,8 @@
 #      webhook answering, labelled pods follow failurePolicy;
 #   5. leader election: the leader pod deleted, the other replica takes over;
 #   6. a cluster-mode SessionService: six Redis pods form a cluster; all six deleted at once come
-#      back with new IPs and the cluster heals by itself, every session still there.
+#      back with new IPs and the cluster heals by itself, every session still there;
+#   7. `kubectl sessions status` (the operator binary as a kubectl plugin) shows that cluster.
 # Prints the time each step took. Needs KUBECONFIG (cluster-admin) and the images imported.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -394,6 +395,33 @@ for id in "${ids[@]}"; do
   [ "$(echo "$answer" | head -1)" = 200 ] || fail "session $id after the restart: $answer"
 done
 passed "Kubernetes ran six new pods $back s after the deletion (new IPs $ips_after); cluster_state:ok $healed s after the last started; ${#ids[@]} of ${#ids[@]} sessions read back"
+
+current="status command: kubectl sessions status on the healed cluster"
+step "$current"
+plugins="$E2E_STATE/plugins"
+mkdir -p "$plugins"
+ln -sf "$host_bin" "$plugins/kubectl-sessions"
+screen=$(PATH="$plugins:$PATH" kubectl sessions status sessions -n ha) || fail "kubectl sessions status failed"
+for expected in "SessionService ha/sessions: Ready for" "RedisReady" "ClusterReady" \
+  "master sessions-redis-" "replicas: sessions-redis-" "failing: none" "Session service:" \
+  "Webhook certificate: $NS/session-operator-webhook-tls expires"; do
+  grep -qF "$expected" <<<"$screen" || fail "the status screen lacks \"$expected\": $screen"
+done
+json=$(PATH="$plugins:$PATH" kubectl sessions status sessions -n ha -o json) || fail "status -o json failed"
+summary=$(python3 -c '
+import json, sys
+r = json.loads(sys.argv[1])
+masters = r["sessionServices"][0]["redisCluster"]["masters"]
+assert len(masters) == 3, masters
+assert all(len(m["replicas"]) == 1 for m in masters), masters
+assert sum(m["slots"] for m in masters) == 16384, masters
+assert sum(m["dataSlots"] for m in masters) == 64, masters
+days = r["webhookCertificate"]["daysLeft"]
+assert days > 300, r["webhookCertificate"]
+print("3 masters, data slots " + "/".join(str(m["dataSlots"]) for m in masters) + ", webhook certificate " + str(days) + " days left")
+' "$json") || fail "the JSON status is not what the cluster is: $json"
+echo "$screen" | sed 's/^/    | /'
+passed "$summary"
 
 trap - EXIT
 echo

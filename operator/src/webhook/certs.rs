@@ -24,7 +24,7 @@ use crate::reconcile::failed;
 const VALIDITY: time::Duration = time::Duration::days(365);
 const RENEW_BEFORE: time::Duration = time::Duration::days(30);
 /// Annotation holding the leaf's expiry (RFC 3339), so no X.509 parsing is needed.
-const NOT_AFTER: &str = "sessions.io/not-after";
+pub const NOT_AFTER: &str = "sessions.io/not-after";
 
 /// PEM texts of a serving certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
