@@ -5,13 +5,20 @@
 //! `<ms>-<seq>`), so the engine above cannot tell the two apart. One `std::sync::Mutex` guards
 //! the whole keyspace: every read batch and commit is one short critical section, never held
 //! across an `.await`, which is what makes them atomic.
+//!
+//! Keys with a time to live (leases, rate-limit counters) expire on the engine's clock, and
+//! are freed when they are due even if nobody reads them again — as Redis's active expiry does
+//! — so memory stays flat under churn: every critical section first drops the keys that are
+//! due, from a queue ordered by deadline.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+
+use crate::clock::{Clock, SystemClock};
 
 use super::{
     Append, Backend, BackendError, Bound, Commit, CommitOutcome, Guard, Probe, ReadOp, Reply,
@@ -19,20 +26,33 @@ use super::{
 };
 
 /// The in-process store.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryBackend {
     db: Mutex<Db>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
 }
 
 #[derive(Debug, Default)]
 struct Db {
     entries: HashMap<String, Entry>,
+    /// `(deadline ms, key)` of every key given a time to live. An entry whose key was since
+    /// deleted or given another deadline is skipped when it comes due.
+    deadlines: BTreeSet<(i64, String)>,
+    /// The engine's clock at the start of the current critical section.
+    now_ms: i64,
 }
 
 #[derive(Debug)]
 struct Entry {
     value: Value,
-    expires: Option<Instant>,
+    /// Unix ms on the engine's clock.
+    expires: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -55,18 +75,40 @@ enum Kind {
 }
 
 impl MemoryBackend {
-    /// An empty store.
+    /// An empty store on the system clock.
     #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// An empty store whose keys expire on `clock` (the engine's).
+    #[must_use]
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            db: Mutex::new(Db::default()),
+            clock,
+        }
+    }
+
+    /// The keys held now, sorted (expired ones are freed first): what the churn test watches.
+    #[must_use]
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.lock().entries.keys().cloned().collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// The keyspace, with the keys that are due dropped.
     fn lock(&self) -> MutexGuard<'_, Db> {
         // A panic while holding the lock cannot leave a half-applied commit (commits check
         // everything before changing anything), so a poisoned lock is safe to keep using.
-        self.db
+        let mut db = self
+            .db
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        db.now_ms = self.clock.now_ms();
+        db.free_due();
+        db
     }
 }
 
@@ -117,14 +159,34 @@ impl Backend for MemoryBackend {
 }
 
 impl Db {
-    fn live(&mut self, key: &str) -> Option<&mut Value> {
-        let expired = self
-            .entries
-            .get(key)
-            .is_some_and(|e| e.expires.is_some_and(|t| t <= Instant::now()));
-        if expired {
-            self.entries.remove(key);
+    /// Drops every key whose deadline has passed.
+    fn free_due(&mut self) {
+        while let Some((deadline, _)) = self.deadlines.first()
+            && *deadline <= self.now_ms
+        {
+            let Some((deadline, key)) = self.deadlines.pop_first() else {
+                break;
+            };
+            if self.entries.get(&key).and_then(|e| e.expires) == Some(deadline) {
+                self.entries.remove(&key);
+            }
         }
+    }
+
+    /// Gives `key` a time to live of `ms` from now.
+    fn expire_in(&mut self, key: &str, ms: u64) {
+        let deadline = self
+            .now_ms
+            .saturating_add(i64::try_from(ms).unwrap_or(i64::MAX));
+        if let Some(e) = self.entries.get_mut(key) {
+            e.expires = Some(deadline);
+            self.deadlines.insert((deadline, key.to_owned()));
+        }
+    }
+
+    fn live(&mut self, key: &str) -> Option<&mut Value> {
+        // `free_due` ran at the start of this critical section, and the clock does not move
+        // within one, so every entry present is live.
         self.entries.get_mut(key).map(|e| &mut e.value)
     }
 
@@ -187,10 +249,7 @@ impl Db {
         }
         match self.entries.get(key).and_then(|e| e.expires) {
             None => Reply::Int(-1),
-            Some(t) => Reply::Int(
-                i64::try_from(t.saturating_duration_since(Instant::now()).as_millis())
-                    .unwrap_or(i64::MAX),
-            ),
+            Some(t) => Reply::Int((t - self.now_ms).max(0)),
         }
     }
 
@@ -281,14 +340,14 @@ impl Db {
                 );
             }
             WriteOp::SetPx(k, v, ms) => {
-                let expires = Some(Instant::now() + Duration::from_millis(ms));
                 self.entries.insert(
-                    k,
+                    k.clone(),
                     Entry {
                         value: Value::Str(v),
-                        expires,
+                        expires: None,
                     },
                 );
+                self.expire_in(&k, ms);
             }
             WriteOp::Del(k) => {
                 self.entries.remove(&k);
@@ -348,8 +407,8 @@ impl Db {
                 if let Value::Str(s) = value {
                     *s = (s.parse::<i64>().unwrap_or(0) + 1).to_string();
                 }
-                if created && let Some(e) = self.entries.get_mut(&k) {
-                    e.expires = Some(Instant::now() + Duration::from_millis(ttl_ms));
+                if created {
+                    self.expire_in(&k, ttl_ms);
                 }
             }
             WriteOp::XDel(k, ids) => {

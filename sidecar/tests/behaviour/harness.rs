@@ -108,7 +108,7 @@ impl TestApp {
             Kind::Memory => {
                 let metrics = Metrics::new("test");
                 Self::assemble(
-                    Arc::new(MemoryBackend::new()),
+                    Arc::new(MemoryBackend::with_clock(clock.clone())),
                     None,
                     None,
                     clock,
@@ -124,6 +124,18 @@ impl TestApp {
                 Self::on_redis(&url, false, Some(server), clock, policy, auth).await
             }
         }
+    }
+
+    /// An app on the embedded store `store`, whose keys expire on `clock`.
+    pub async fn on_memory(
+        store: Arc<MemoryBackend>,
+        clock: Arc<ManualClock>,
+        tune: impl FnOnce(&mut Policy),
+    ) -> Self {
+        let mut policy = test_policy();
+        tune(&mut policy);
+        let metrics = Metrics::new("test");
+        Self::assemble(store, None, None, clock, policy, Auth::TrustPod, metrics).await
     }
 
     /// An app on a given Redis server (for example a durable one).

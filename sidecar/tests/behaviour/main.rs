@@ -20,6 +20,7 @@ mod hostile_input;
 mod lifecycle;
 mod limits;
 mod listing;
+mod memory_store;
 mod messages;
 mod metrics;
 mod named;
