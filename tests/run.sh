@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs every check and test of the project:
-#   formatting, clippy (warnings are errors), every test of the workspace, OpenAPI fuzzing, the
-#   Dockerfile built with buildah, then the end-to-end suite on a real one-node Kubernetes
-#   cluster (tests/k8s/).
+#   formatting, clippy (warnings are errors), every test of the workspace, the dashboards against
+#   Grafana's schema, OpenAPI fuzzing, the Dockerfile built with buildah, then the end-to-end
+#   suite on a real one-node Kubernetes cluster (tests/k8s/).
 # On a fresh Debian machine it first installs what the tests need (redis-server, promtool from
 # Debian's prometheus package, kubernetes-validate from PyPI, helm; for the cluster tier Go,
 # etcd, containerd, buildah, debootstrap, dnsmasq from Debian) and builds, once, Kubernetes
@@ -58,6 +58,8 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> cargo test"
 cargo test --workspace
+echo "==> Grafana dashboards against Grafana's published dashboard schema"
+./tests/dashboards.sh
 echo "==> schemathesis (OpenAPI-driven fuzzing: no 5xx, no crash)"
 ./tests/schemathesis.sh
 echo "==> Dockerfile (properties; built with buildah, its images' binaries run)"

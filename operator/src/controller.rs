@@ -137,14 +137,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
     // Every replica serves the webhook, leader or not: admission must not wait for an election.
     let webhook = {
-        let (client, options, namespace, api) = (
+        let (client, options, namespace, api, metrics) = (
             client.clone(),
             options.webhook.clone(),
             options.lease_namespace.clone(),
             api.clone(),
+            metrics.clone(),
         );
         tokio::spawn(async move {
-            if let Err(error) = crate::webhook::serve(client, options, namespace, api).await {
+            if let Err(error) =
+                crate::webhook::serve(client, options, namespace, api, metrics).await
+            {
                 tracing::error!(error = %format!("{error:#}"), "the admission webhook stopped");
             }
         })

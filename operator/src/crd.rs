@@ -59,7 +59,7 @@ pub struct SessionServiceSpec {
     /// Service-level objectives; the alerts burn against them.
     #[serde(default)]
     pub slo: SloSpec,
-    /// Prometheus-operator objects (ServiceMonitor, PrometheusRule).
+    /// Prometheus-operator objects (ServiceMonitor, PrometheusRule) and Grafana dashboards.
     #[serde(default)]
     pub monitoring: MonitoringSpec,
 }
@@ -395,6 +395,30 @@ pub struct MonitoringSpec {
     /// Prometheus selects on).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Grafana dashboards (SLO, hot path, Redis) in a ConfigMap `<name>-dashboards`.
+    #[serde(default)]
+    pub dashboards: DashboardsSpec,
+}
+
+/// The dashboards ConfigMap, for Grafana's dashboard sidecar (k8s-sidecar, as the Grafana and
+/// kube-prometheus-stack charts run it), which loads every ConfigMap carrying its label.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DashboardsSpec {
+    /// Create the ConfigMap.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The labels the sidecar selects on (its `sidecar.dashboards.label` and `labelValue`).
+    #[serde(default = "default_dashboard_labels")]
+    pub labels: BTreeMap<String, String>,
+    /// The Grafana folder, as the `grafana_folder` annotation (the sidecar honours it when
+    /// its `folderAnnotation` is set to that name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
+}
+
+fn default_dashboard_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([("grafana_dashboard".to_owned(), "1".to_owned())])
 }
 
 /// What the operator observed.
@@ -563,5 +587,6 @@ default_from_empty_object!(
     AutoscalingSpec,
     SidecarSpec,
     SloSpec,
-    MonitoringSpec
+    MonitoringSpec,
+    DashboardsSpec
 );

@@ -2,7 +2,8 @@
 //! autoscaler and its SLO alerts, and injects the sidecar into application pods.
 //!
 //! - [`crd`]: the custom resource, its defaults and CEL rules.
-//! - [`resources`]: one pure builder per kind of child object; [`slo`]: the SLO rules.
+//! - [`resources`]: one pure builder per kind of child object; [`slo`]: the SLO rules;
+//!   [`dashboards`]: the Grafana dashboards, built from the same definitions as the rules.
 //! - [`reconcile`]: apply, prune, status and Events; [`controller`]: `run`, leader election.
 //! - [`cluster`]: Redis Cluster day 2 — forming, repairing, resharding, scaling and rolling the
 //!   cluster by talking to the Redis pods.
@@ -16,6 +17,7 @@ pub mod capabilities;
 pub mod cluster;
 pub mod controller;
 pub mod crd;
+pub mod dashboards;
 pub mod inject;
 pub mod reconcile;
 pub mod render;

@@ -1,7 +1,7 @@
 //! `session-operator`: `run` the controller, print the `crd`, `render` a SessionService or
 //! `inject` a manifest offline, or show a SessionService's `status`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +54,40 @@ enum Command {
     /// ages, the Redis topology, replicas, the webhook certificate and (with `--prometheus`)
     /// the SLIs and burn rates. Installed as `kubectl-sessions`, it is `kubectl sessions status`.
     Status(session_operator::status_report::Options),
+    /// Write the Grafana dashboards as JSON files into a directory: the operator's own
+    /// (`session-operator.json`, what the chart ships) and those of each SessionService in the
+    /// given files (`<name>-slo.json`, `<name>-hot-path.json`, `<name>-redis.json`).
+    Dashboards {
+        /// The directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Files of SessionService manifests.
+        files: Vec<PathBuf>,
+        /// Namespace for manifests that name none.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+}
+
+/// Writes the operator's dashboard and those of the SessionServices in `files` into `out`.
+fn write_dashboards(out: &Path, files: &[PathBuf], namespace: &str) -> anyhow::Result<()> {
+    let mut dashboards = vec![(
+        "session-operator.json".to_owned(),
+        session_operator::dashboards::for_operator(),
+    )];
+    for file in files {
+        for ss in render::parse(&read(file)?, namespace)? {
+            dashboards.extend(session_operator::dashboards::for_service(&ss));
+        }
+    }
+    std::fs::create_dir_all(out)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+    for (file, dashboard) in dashboards {
+        let path = out.join(file);
+        std::fs::write(&path, serde_json::to_string_pretty(&dashboard)? + "\n")
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The named SessionService from a file, or one with the default spec.
@@ -106,6 +140,11 @@ fn main() -> ExitCode {
                     result
                 })
         }
+        Command::Dashboards {
+            out,
+            files,
+            namespace,
+        } => write_dashboards(&out, &files, &namespace),
         Command::Crd => yaml::to_yaml(&SessionService::crd()).map(|text| print!("{text}")),
         Command::Render { file, namespace } => read(&file).and_then(|text| {
             let mut objects = Vec::new();

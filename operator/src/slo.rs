@@ -11,7 +11,7 @@ use crate::crd::SessionService;
 use kube::ResourceExt;
 
 /// The windows the SLIs are recorded over.
-const WINDOWS: &[&str] = &["5m", "30m", "1h", "2h", "6h", "1d", "3d"];
+pub const WINDOWS: &[&str] = &["5m", "30m", "1h", "2h", "6h", "1d", "3d"];
 
 /// One alert condition: burning `budget_percent` of the budget within `long_hours`.
 struct Burn {
@@ -53,19 +53,71 @@ const TICKET: &[Burn] = &[
 ];
 
 /// What one SLO measures.
-struct Objective {
+pub struct Objective {
     /// `availability` or `latency`, the `slo` label of the alerts.
-    slo: &'static str,
-    /// Recorded ratio of bad requests, per window.
-    record: &'static str,
+    pub slo: &'static str,
+    /// `Availability` or `Latency`, for people.
+    pub title: &'static str,
+    /// Recorded ratio of bad requests, per window (`<record>:ratio_rate<window>`).
+    pub record: &'static str,
     /// Target share of good requests, in percent.
-    objective: f64,
+    pub objective: f64,
     /// Words for the alert text.
     bad: String,
 }
 
+/// The two SLOs of a SessionService.
+pub fn objectives(ss: &SessionService) -> [Objective; 2] {
+    let slo = &ss.spec.slo;
+    [
+        Objective {
+            slo: "availability",
+            title: "Availability",
+            record: "session_service:request_errors",
+            objective: slo.availability_objective,
+            bad: "requests failing with 5xx".to_owned(),
+        },
+        Objective {
+            slo: "latency",
+            title: "Latency",
+            record: "session_service:request_slow",
+            objective: slo.latency_objective,
+            bad: format!(
+                "requests slower than {} ms",
+                slo.latency_threshold_seconds * 1000.0
+            ),
+        },
+    ]
+}
+
+/// One alert condition's burn-rate threshold: above it in both windows, the alert fires.
+pub struct BurnThreshold {
+    /// `page` or `ticket`.
+    pub severity: &'static str,
+    /// The share of the budget it would spend within `long`.
+    pub budget_percent: u32,
+    pub long: &'static str,
+    pub short: &'static str,
+    pub rate: f64,
+}
+
+/// Every alert condition's threshold, pages first.
+pub fn burn_thresholds(ss: &SessionService) -> Vec<BurnThreshold> {
+    let window_hours = u32::try_from(ss.spec.slo.window_days).unwrap_or(30) * 24;
+    let with = |severity, burns: &'static [Burn]| {
+        burns.iter().map(move |b| BurnThreshold {
+            severity,
+            budget_percent: b.budget_percent,
+            long: b.long,
+            short: b.short,
+            rate: f64::from(b.budget_percent * window_hours) / f64::from(100 * b.long_hours),
+        })
+    };
+    with("page", PAGE).chain(with("ticket", TICKET)).collect()
+}
+
 /// Probes and scrapes are not user traffic.
-const USER_TRAFFIC: &str = r#"route!~"/healthz|/readyz|/metrics""#;
+pub const USER_TRAFFIC: &str = r#"route!~"/healthz|/readyz|/metrics""#;
 
 /// The `groups` of the PrometheusRule (also a valid `promtool` rule file).
 pub fn rule_groups(ss: &SessionService) -> Value {
@@ -93,27 +145,10 @@ pub fn rule_groups(ss: &SessionService) -> Value {
             ),
         }));
     }
-    let objectives = [
-        Objective {
-            slo: "availability",
-            record: "session_service:request_errors",
-            objective: slo.availability_objective,
-            bad: "requests failing with 5xx".to_owned(),
-        },
-        Objective {
-            slo: "latency",
-            record: "session_service:request_slow",
-            objective: slo.latency_objective,
-            bad: format!(
-                "requests slower than {} ms",
-                slo.latency_threshold_seconds * 1000.0
-            ),
-        },
-    ];
     let mut alerts = Vec::new();
-    for objective in &objectives {
-        alerts.push(alert(ss, objective, "page", "2m", PAGE));
-        alerts.push(alert(ss, objective, "ticket", "15m", TICKET));
+    for objective in &objectives(ss) {
+        alerts.push(alert(ss, objective, "page", "2m"));
+        alerts.push(alert(ss, objective, "ticket", "15m"));
     }
     json!([
         {"name": format!("session-service-{name}-sli"), "interval": "30s", "rules": records},
@@ -133,25 +168,22 @@ pub fn alert_name(slo: &str, severity: &str) -> String {
     format!("SessionService{}BurnRate{}", title(slo), title(severity))
 }
 
-fn alert(
-    ss: &SessionService,
-    objective: &Objective,
-    severity: &str,
-    for_: &str,
-    burns: &[Burn],
-) -> Value {
+fn alert(ss: &SessionService, objective: &Objective, severity: &str, for_: &str) -> Value {
     let name = ss.name_any();
-    let window_hours = u32::try_from(ss.spec.slo.window_days).unwrap_or(30) * 24;
     let budget = format!("(1 - {} / 100)", objective.objective);
+    let burns: Vec<BurnThreshold> = burn_thresholds(ss)
+        .into_iter()
+        .filter(|b| b.severity == severity)
+        .collect();
     let conditions: Vec<String> = burns
         .iter()
         .map(|b| {
-            let factor = f64::from(b.budget_percent * window_hours) / f64::from(100 * b.long_hours);
             format!(
                 "(\n  {r}:ratio_rate{long}{{session_service=\"{name}\"}} > {factor} * {budget}\nand\n  {r}:ratio_rate{short}{{session_service=\"{name}\"}} > {factor} * {budget}\n)",
                 r = objective.record,
                 long = b.long,
                 short = b.short,
+                factor = b.rate,
             )
         })
         .collect();

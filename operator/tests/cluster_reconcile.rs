@@ -119,7 +119,7 @@ async fn reconciles_form_the_cluster_and_roll_its_pods_one_at_a_time() {
     }
     let metrics = ctx.metrics.render();
     assert!(
-        metrics.contains("session_operator_redis_cluster_actions_total{action=\"meet\"}"),
+        metrics.contains(r#"session_operator_redis_cluster_actions_total{action="meet",namespace="platform",session_service="sessions-ha"}"#),
         "{metrics}"
     );
 

@@ -76,6 +76,7 @@ fn the_chart_installs_what_an_operator_needs() {
         [
             "ClusterRole",
             "ClusterRoleBinding",
+            "ConfigMap",
             "CustomResourceDefinition",
             "Deployment",
             "MutatingWebhookConfiguration",
@@ -160,6 +161,7 @@ fn rbac_is_least_privilege_with_no_wildcards() {
     assert_eq!(
         deletable,
         [
+            "configmaps",
             "pods",
             "horizontalpodautoscalers",
             "servicemonitors",

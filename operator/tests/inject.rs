@@ -440,11 +440,13 @@ async fn the_webhook_answers_over_tls_looking_the_session_service_up_in_the_api(
         webhook_exclude_namespaces: vec!["kube-system".into()],
     };
     let api = Arc::new(std::sync::RwLock::new(Capabilities::latest()));
+    let metrics = session_operator::telemetry::Metrics::new().unwrap();
     tokio::spawn(webhook::serve(
         client,
         options,
         "session-system".into(),
         api,
+        metrics.clone(),
     ));
 
     let mut roots = rustls::RootCertStore::empty();
@@ -487,4 +489,19 @@ async fn the_webhook_answers_over_tls_looking_the_session_service_up_in_the_api(
     let mut object = pod(json!({"sessions.io/inject": "sessions"}));
     json_patch::patch(&mut object, &patch_of(&review).unwrap()).unwrap();
     assert_eq!(sidecars(&object).len(), 1);
+    // Counted for the operator dashboard's admissions panel.
+    let admitted = |result: &str| {
+        metrics
+            .webhook_admissions
+            .with_label_values(&[result])
+            .get()
+    };
+    assert_eq!(
+        (
+            admitted("injected"),
+            admitted("skipped"),
+            admitted("denied")
+        ),
+        (1, 0, 0)
+    );
 }

@@ -101,7 +101,7 @@ async fn a_first_reconcile_applies_everything_and_reports_progress() {
         })
         .map(|w| w.path.as_str())
         .collect();
-    assert_eq!(applied.len(), 15, "{applied:#?}");
+    assert_eq!(applied.len(), 16, "{applied:#?}");
     assert!(writes.iter().all(|w| w.changed));
     for object in h.fake.paths().iter().filter(|p| *p != &h.path) {
         let stored = h.fake.get(object).unwrap();

@@ -131,6 +131,16 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric");
         }
+        // Rare outcomes start at 0, so their rate is 0 rather than absent until the first one.
+        for reason in ["overloaded", "timeout"] {
+            requests_refused.with_label_values(&[reason]);
+        }
+        for reason in ["malformed", "unknown_type", "invalid", "failed"] {
+            dead_letters.with_label_values(&[reason]);
+        }
+        for result in ["replayed", "failed"] {
+            dead_letter_replays.with_label_values(&[result]);
+        }
         Self {
             requests,
             requests_refused,

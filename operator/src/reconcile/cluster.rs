@@ -204,15 +204,12 @@ async fn access(
 /// Metrics, a log line and one Event for what the pass did.
 async fn record(ctx: &Context, ss: &SessionService, report: &cluster::Report) {
     let m = &ctx.metrics;
-    let count = |action: &str, n: usize| {
-        m.cluster_actions
-            .with_label_values(&[action])
-            .inc_by(u64::try_from(n).unwrap_or(0));
-    };
-    count("slot_moved", report.slots_moved);
-    count("failover", report.failovers);
-    count("meet", report.meets);
+    let (namespace, name) = (ss.namespace().unwrap_or_default(), ss.name_any());
+    m.cluster_step(&namespace, &name, "slot_moved", report.slots_moved);
+    m.cluster_step(&namespace, &name, "failover", report.failovers);
+    m.cluster_step(&namespace, &name, "meet", report.meets);
     m.cluster_keys_moved
+        .with_label_values(&[&namespace, &name])
         .inc_by(u64::try_from(report.keys_moved).unwrap_or(0));
     if !report.done.is_empty() {
         let note = summary(report);

@@ -83,8 +83,8 @@ pub enum Error {
     NoNamespace,
     #[error("could not read Secret {name}: {}; {}", api_message(.source), what_to_do(.source))]
     SecretRead { name: String, source: kube::Error },
-    #[error("building the objects: {0:#}")]
-    Build(anyhow::Error),
+    #[error("building the objects: {0}")]
+    Build(crate::resources::BuildError),
     #[error("{count} object(s) could not be applied; the first: {first}")]
     Apply { count: usize, first: String },
     #[error("could not write the status: {}; {}", api_message(.0), what_to_do(.0))]
@@ -217,6 +217,8 @@ pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action
         redis_cluster: cluster_pass.as_ref().and_then(|p| p.topology.clone()),
         ..Observed::default()
     };
+    ctx.metrics
+        .observe_cluster(&namespace, &ss.name_any(), observed.redis_cluster.as_ref());
     write_status(ctx, ss, &namespace, outcome.parts, &degradations, observed).await?;
     if let Some(first) = outcome.failures.first() {
         return Err(Error::Apply {

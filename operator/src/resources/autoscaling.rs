@@ -7,7 +7,7 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use super::{Desired, Names, Part, meta};
+use super::{BuildError, Desired, Names, Part, meta};
 use crate::capabilities::Capabilities;
 use crate::crd::SessionService;
 
@@ -17,7 +17,7 @@ pub const P99_METRIC: &str = "session_request_duration_seconds_p99";
 
 /// The HPA in the newest autoscaling API the server serves (`v2`, else `v2beta2`, whose
 /// fields are the same); none where it serves neither.
-pub fn build(ss: &SessionService, api: &Capabilities, out: &mut Desired) -> anyhow::Result<()> {
+pub fn build(ss: &SessionService, api: &Capabilities, out: &mut Desired) -> Result<(), BuildError> {
     let names = Names::of(ss);
     let Some(resource) = &api.autoscaling else {
         return Ok(());

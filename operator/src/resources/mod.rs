@@ -106,6 +106,14 @@ impl Default for Runtime {
     }
 }
 
+/// A child object that could not be built (it did not convert to the API's JSON form).
+#[derive(Debug, thiserror::Error)]
+#[error("could not build the {kind}: {source}")]
+pub struct BuildError {
+    kind: String,
+    source: serde_json::Error,
+}
+
 /// Everything one reconcile applies and deletes.
 #[derive(Clone, Debug, Default)]
 pub struct Desired {
@@ -114,7 +122,7 @@ pub struct Desired {
 }
 
 impl Desired {
-    fn add<K>(&mut self, part: Part, object: K) -> anyhow::Result<()>
+    fn add<K>(&mut self, part: Part, object: K) -> Result<(), BuildError>
     where
         K: Resource<DynamicType = ()> + Serialize,
     {
@@ -123,11 +131,16 @@ impl Desired {
 
     /// Adds `object` served as `resource`: another version of its kind with the same fields
     /// (`autoscaling/v2beta2` for `v2`, `policy/v1beta1` for `v1`) on an older server.
-    fn add_as<K>(&mut self, part: Part, resource: &ApiResource, object: K) -> anyhow::Result<()>
+    fn add_as<K>(&mut self, part: Part, resource: &ApiResource, object: K) -> Result<(), BuildError>
     where
         K: Serialize,
     {
-        let mut object: DynamicObject = serde_json::from_value(serde_json::to_value(&object)?)?;
+        let failed = |source| BuildError {
+            kind: resource.kind.clone(),
+            source,
+        };
+        let value = serde_json::to_value(&object).map_err(failed)?;
+        let mut object: DynamicObject = serde_json::from_value(value).map_err(failed)?;
         object.types = Some(kube::api::TypeMeta {
             api_version: resource.api_version.clone(),
             kind: resource.kind.clone(),
@@ -158,7 +171,7 @@ pub fn desired(
     ss: &SessionService,
     secrets: &Secrets,
     runtime: &Runtime,
-) -> anyhow::Result<Desired> {
+) -> Result<Desired, BuildError> {
     let mut desired = Desired::default();
     if ss.spec.redis.mode != RedisMode::External {
         redis::build(ss, secrets, runtime, &mut desired)?;
@@ -207,6 +220,9 @@ impl Names {
     }
     pub fn prometheus_rule(&self) -> String {
         format!("{}-slo", self.base)
+    }
+    pub fn dashboards(&self) -> String {
+        format!("{}-dashboards", self.base)
     }
     /// `<pod>.<headless service>.<namespace>.svc` of Redis pod `ordinal`.
     pub fn redis_pod_host(&self, ordinal: i32) -> String {
@@ -271,7 +287,7 @@ pub fn add_disruption_budget(
     ss: &SessionService,
     name: String,
     component: &str,
-) -> anyhow::Result<()> {
+) -> Result<(), BuildError> {
     let Some(resource) = &api.disruption_budgets else {
         return Ok(());
     };

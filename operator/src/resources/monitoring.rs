@@ -2,9 +2,12 @@
 //! the injected sidecars, and the PrometheusRule with its SLO rules. Built as dynamic objects: their types come from a CRD
 //! that may not be installed.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 
-use super::{Desired, Names, Part, meta};
+use super::{BuildError, Desired, Names, Part, meta};
 use crate::crd::SessionService;
 
 pub fn service_monitor_resource() -> ApiResource {
@@ -28,7 +31,7 @@ pub fn prometheus_rule_resource() -> ApiResource {
     )
 }
 
-pub fn build(ss: &SessionService, out: &mut Desired) -> anyhow::Result<()> {
+pub fn build(ss: &SessionService, out: &mut Desired) -> Result<(), BuildError> {
     let names = Names::of(ss);
     let monitoring = &ss.spec.monitoring;
     let object = |resource: &ApiResource, name: String, data: serde_json::Value| {
@@ -79,5 +82,41 @@ pub fn build(ss: &SessionService, out: &mut Desired) -> anyhow::Result<()> {
     } else {
         out.remove(Part::Alerts, rule, names.prometheus_rule());
     }
+    let dashboards = &monitoring.dashboards;
+    if dashboards.enabled {
+        out.add(Part::Alerts, dashboards_config_map(ss, &names)?)?;
+    } else {
+        out.remove(
+            Part::Alerts,
+            ApiResource::erase::<ConfigMap>(&()),
+            names.dashboards(),
+        );
+    }
     Ok(())
+}
+
+/// The dashboards, one JSON file each, under the labels Grafana's sidecar discovers.
+fn dashboards_config_map(ss: &SessionService, names: &Names) -> Result<ConfigMap, BuildError> {
+    let settings = &ss.spec.monitoring.dashboards;
+    let mut metadata = meta(ss, names.dashboards(), "server");
+    if let Some(labels) = metadata.labels.as_mut() {
+        labels.extend(settings.labels.clone());
+    }
+    metadata.annotations = settings
+        .folder
+        .as_ref()
+        .map(|folder| BTreeMap::from([("grafana_folder".to_owned(), folder.clone())]));
+    let mut data = BTreeMap::new();
+    for (file, dashboard) in crate::dashboards::for_service(ss) {
+        let text = serde_json::to_string(&dashboard).map_err(|source| BuildError {
+            kind: "dashboards ConfigMap".to_owned(),
+            source,
+        })?;
+        data.insert(file, text);
+    }
+    Ok(ConfigMap {
+        metadata,
+        data: Some(data),
+        ..ConfigMap::default()
+    })
 }

@@ -25,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    Desired, INSTANCE_LABEL, Names, Part, Runtime, Secrets, add_disruption_budget,
+    BuildError, Desired, INSTANCE_LABEL, Names, Part, Runtime, Secrets, add_disruption_budget,
     container_security, digest, label_selector, labels, meta, pod_security, selector,
 };
 use crate::capabilities::Capabilities;
@@ -43,7 +43,7 @@ pub fn build(
     secrets: &Secrets,
     runtime: &Runtime,
     out: &mut Desired,
-) -> anyhow::Result<()> {
+) -> Result<(), BuildError> {
     let names = Names::of(ss);
     let conf = redis_conf(ss);
     let pods = runtime.redis_pods.unwrap_or(0).max(pod_count(ss));
@@ -233,6 +233,7 @@ fn tls_volume(ss: &SessionService) -> Option<Volume> {
     })
 }
 
+/// The Redis StatefulSet: one pod standalone, `pods` cluster nodes in cluster mode.
 fn stateful_set(
     ss: &SessionService,
     names: &Names,
@@ -240,8 +241,50 @@ fn stateful_set(
     pods: i32,
     api: &Capabilities,
 ) -> StatefulSet {
-    let redis = &ss.spec.redis;
-    let cluster = redis.mode == RedisMode::Cluster;
+    let storage = Storage::of(ss, names);
+    let template_meta = ObjectMeta {
+        labels: Some(labels(ss, COMPONENT)),
+        // A change of redis.conf changes the template, so the pods roll onto it.
+        annotations: Some(BTreeMap::from([(
+            "sessions.io/config-digest".to_owned(),
+            digest(conf),
+        )])),
+        ..ObjectMeta::default()
+    };
+    StatefulSet {
+        metadata: meta(ss, names.redis(), COMPONENT),
+        spec: StatefulSetSpec {
+            service_name: Some(names.redis_headless()),
+            replicas: Some(pods),
+            update_strategy: Some(update_strategy(ss)),
+            // Cluster nodes must all start for the bootstrap; order buys nothing.
+            pod_management_policy: Some("Parallel".to_owned()),
+            selector: label_selector(ss, COMPONENT),
+            persistent_volume_claim_retention_policy: retention_policy(ss, api),
+            template: PodTemplateSpec {
+                metadata: Some(template_meta),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(pod_security(REDIS_UID)),
+                    termination_grace_period_seconds: Some(30),
+                    topology_spread_constraints: Some(spread(ss)),
+                    containers: vec![redis_container(ss, names, storage.mounts)],
+                    volumes: Some(storage.volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: storage.claims,
+            ..StatefulSetSpec::default()
+        },
+        status: None,
+    }
+}
+
+/// `redis-server`'s command line and environment: the rendered `redis.conf`, the password
+/// from the Secret (never in a file) and, in cluster mode, the pod's stable DNS name to
+/// announce, so clients and peers find it again after it comes back on a new IP.
+fn server_command(ss: &SessionService, names: &Names) -> (Vec<String>, Vec<EnvVar>) {
     let mut args = vec![
         "/etc/redis/redis.conf".to_owned(),
         "--requirepass".to_owned(),
@@ -250,7 +293,7 @@ fn stateful_set(
         "$(REDIS_PASSWORD)".to_owned(),
     ];
     let mut env = auth_env(names);
-    if cluster {
+    if ss.spec.redis.mode == RedisMode::Cluster {
         env.push(EnvVar {
             name: "POD_NAME".to_owned(),
             value_from: Some(EnvVarSource {
@@ -271,102 +314,51 @@ fn stateful_set(
             ),
         ]);
     }
-    let mut ports = vec![ContainerPort {
-        name: Some("redis".to_owned()),
-        container_port: PORT,
+    (args, env)
+}
+
+/// The Redis port, and the cluster bus in cluster mode.
+fn container_ports(ss: &SessionService) -> Vec<ContainerPort> {
+    let port = |name: &str, container_port| ContainerPort {
+        name: Some(name.to_owned()),
+        container_port,
         protocol: Some("TCP".to_owned()),
         ..ContainerPort::default()
-    }];
-    if cluster {
-        ports.push(ContainerPort {
-            name: Some("cluster-bus".to_owned()),
-            container_port: BUS_PORT,
-            protocol: Some("TCP".to_owned()),
-            ..ContainerPort::default()
-        });
+    };
+    let mut ports = vec![port("redis", PORT)];
+    if ss.spec.redis.mode == RedisMode::Cluster {
+        ports.push(port("cluster-bus", BUS_PORT));
     }
-    let mut mounts = vec![
-        mount("data", "/data"),
-        mount("config", "/etc/redis"),
-        mount("tmp", "/tmp"),
-    ];
-    let mut volumes = vec![
-        Volume {
-            name: "config".to_owned(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: names.redis(),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
-        Volume {
-            name: "tmp".to_owned(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        },
-    ];
-    if let Some(tls) = tls_volume(ss) {
-        volumes.push(tls);
-        mounts.push(mount("tls", TLS_DIR));
-    }
-    let mut claims = None;
-    if redis.persistence.enabled {
-        claims = Some(vec![PersistentVolumeClaim {
-            metadata: ObjectMeta {
-                name: Some("data".to_owned()),
-                labels: Some(labels(ss, COMPONENT)),
-                ..ObjectMeta::default()
-            },
-            spec: Some(PersistentVolumeClaimSpec {
-                access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
-                storage_class_name: redis.persistence.storage_class_name.clone(),
-                resources: Some(VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([(
-                        "storage".to_owned(),
-                        Quantity(redis.persistence.size.clone()),
-                    )])),
-                    ..VolumeResourceRequirements::default()
-                }),
-                ..PersistentVolumeClaimSpec::default()
-            }),
-            ..PersistentVolumeClaim::default()
-        }]);
-    } else {
-        volumes.push(Volume {
-            name: "data".to_owned(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        });
-    }
-    let container = Container {
+    ports
+}
+
+/// The `redis` container: probes that let a long AOF load finish (startup), restart a hung
+/// server (liveness) and report only a node that can serve its part (readiness).
+fn redis_container(ss: &SessionService, names: &Names, mounts: Vec<VolumeMount>) -> Container {
+    let redis = &ss.spec.redis;
+    let (args, env) = server_command(ss, names);
+    let tcp = |period_seconds, failure_threshold| Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String("redis".to_owned()),
+            host: None,
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    };
+    Container {
         name: "redis".to_owned(),
         image: Some(redis.image.clone()),
         command: Some(vec!["redis-server".to_owned()]),
         args: Some(args),
         env: Some(env),
-        ports: Some(ports),
+        ports: Some(container_ports(ss)),
         resources: Some(redis.resources.clone()),
         volume_mounts: Some(mounts),
         security_context: Some(container_security()),
         // Loading a large AOF can take minutes: liveness waits for the startup probe.
-        startup_probe: Some(Probe {
-            tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::String("redis".to_owned()),
-                host: None,
-            }),
-            period_seconds: Some(5),
-            failure_threshold: Some(120),
-            ..Probe::default()
-        }),
-        liveness_probe: Some(Probe {
-            tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::String("redis".to_owned()),
-                host: None,
-            }),
-            period_seconds: Some(10),
-            failure_threshold: Some(3),
-            ..Probe::default()
-        }),
+        startup_probe: Some(tcp(5, 120)),
+        liveness_probe: Some(tcp(10, 3)),
         readiness_probe: Some(Probe {
             exec: Some(ExecAction {
                 command: Some(readiness(ss)),
@@ -377,52 +369,94 @@ fn stateful_set(
             ..Probe::default()
         }),
         ..Container::default()
-    };
-    let template_meta = ObjectMeta {
-        labels: Some(labels(ss, COMPONENT)),
-        annotations: Some(BTreeMap::from([(
-            "sessions.io/config-digest".to_owned(),
-            digest(conf),
-        )])),
-        ..ObjectMeta::default()
-    };
-    // Retain/Retain is the server's default: sent only to delete the volumes with the
-    // StatefulSet, and only to a server that knows the field.
-    let retention_policy =
-        (!redis.persistence.retain_on_delete && api.pvc_retention_policy).then(|| {
-            StatefulSetPersistentVolumeClaimRetentionPolicy {
-                when_deleted: Some("Delete".to_owned()),
-                when_scaled: Some("Retain".to_owned()),
-            }
-        });
-    StatefulSet {
-        metadata: meta(ss, names.redis(), COMPONENT),
-        spec: StatefulSetSpec {
-            service_name: Some(names.redis_headless()),
-            replicas: Some(pods),
-            update_strategy: Some(update_strategy(ss)),
-            // Cluster nodes must all start for the bootstrap; order buys nothing.
-            pod_management_policy: Some("Parallel".to_owned()),
-            selector: label_selector(ss, COMPONENT),
-            persistent_volume_claim_retention_policy: retention_policy,
-            template: PodTemplateSpec {
-                metadata: Some(template_meta),
-                spec: Some(PodSpec {
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(pod_security(REDIS_UID)),
-                    termination_grace_period_seconds: Some(30),
-                    topology_spread_constraints: Some(spread(ss)),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    ..PodSpec::default()
-                }),
-            },
-            volume_claim_templates: claims,
-            ..StatefulSetSpec::default()
-        },
-        status: None,
     }
+}
+
+/// The pod's volumes, their mounts, and the data volume's claim template when persistence is
+/// on (an `emptyDir` otherwise). The root filesystem is read-only: Redis writes only `/data`
+/// and `/tmp`.
+struct Storage {
+    volumes: Vec<Volume>,
+    mounts: Vec<VolumeMount>,
+    claims: Option<Vec<PersistentVolumeClaim>>,
+}
+
+impl Storage {
+    fn of(ss: &SessionService, names: &Names) -> Self {
+        let persistence = &ss.spec.redis.persistence;
+        let mut mounts = vec![
+            mount("data", "/data"),
+            mount("config", "/etc/redis"),
+            mount("tmp", "/tmp"),
+        ];
+        let mut volumes = vec![
+            Volume {
+                name: "config".to_owned(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: names.redis(),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "tmp".to_owned(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            },
+        ];
+        if let Some(tls) = tls_volume(ss) {
+            volumes.push(tls);
+            mounts.push(mount("tls", TLS_DIR));
+        }
+        let claims = if persistence.enabled {
+            Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("data".to_owned()),
+                    labels: Some(labels(ss, COMPONENT)),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                    storage_class_name: persistence.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".to_owned(),
+                            Quantity(persistence.size.clone()),
+                        )])),
+                        ..VolumeResourceRequirements::default()
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                ..PersistentVolumeClaim::default()
+            }])
+        } else {
+            volumes.push(Volume {
+                name: "data".to_owned(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            });
+            None
+        };
+        Self {
+            volumes,
+            mounts,
+            claims,
+        }
+    }
+}
+
+/// Retain/Retain is the server's default: the policy is sent only to delete the volumes with
+/// the StatefulSet, and only to a server that knows the field.
+fn retention_policy(
+    ss: &SessionService,
+    api: &Capabilities,
+) -> Option<StatefulSetPersistentVolumeClaimRetentionPolicy> {
+    (!ss.spec.redis.persistence.retain_on_delete && api.pvc_retention_policy).then(|| {
+        StatefulSetPersistentVolumeClaimRetentionPolicy {
+            when_deleted: Some("Delete".to_owned()),
+            when_scaled: Some("Retain".to_owned()),
+        }
+    })
 }
 
 /// The readiness check. Standalone: Redis answers. Cluster: the node can serve its part — the

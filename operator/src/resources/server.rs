@@ -18,8 +18,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::redis::secret_env;
 use super::{
-    Desired, Names, Part, Secrets, add_disruption_budget, container_security, label_selector,
-    labels, meta, pod_security, selector,
+    BuildError, Desired, Names, Part, Secrets, add_disruption_budget, container_security,
+    label_selector, labels, meta, pod_security, selector,
 };
 use crate::capabilities::Capabilities;
 use crate::crd::{RedisMode, SessionService};
@@ -38,7 +38,7 @@ pub fn build(
     secrets: &Secrets,
     api: &Capabilities,
     out: &mut Desired,
-) -> anyhow::Result<()> {
+) -> Result<(), BuildError> {
     let names = Names::of(ss);
     if ss.spec.server.jwt_secret_name.is_none() {
         out.add(Part::Server, jwt_secret(ss, &names, &secrets.jwt_secret))?;

@@ -21,6 +21,7 @@ use crate::INJECT_LABEL;
 use crate::capabilities::{self, Capabilities};
 use crate::crd::SessionService;
 use crate::inject;
+use crate::telemetry::Metrics;
 
 /// Where the webhook serves and where its certificate comes from.
 #[derive(Clone, Debug, clap::Args)]
@@ -161,8 +162,22 @@ fn encode(response: AdmissionResponse) -> Value {
     review
 }
 
+/// What the webhook does for the pods it is asked about.
+#[derive(Clone)]
+struct Webhook {
+    client: Client,
+    api: capabilities::Shared,
+    excluded: Vec<String>,
+    metrics: Metrics,
+}
+
 async fn inject_handler(
-    State((client, api, excluded)): State<(Client, capabilities::Shared, Vec<String>)>,
+    State(Webhook {
+        client,
+        api,
+        excluded,
+        metrics,
+    }): State<Webhook>,
     body: Bytes,
 ) -> axum::Json<Value> {
     let policy = Policy {
@@ -175,7 +190,24 @@ async fn inject_handler(
             .await
     })
     .await;
+    count(&metrics, &answer);
     axum::Json(answer)
+}
+
+/// Counts an answered review as `injected`, `skipped` (admitted unchanged) or `denied`.
+pub fn count(metrics: &Metrics, answer: &Value) {
+    let response = &answer["response"];
+    let result = if response["allowed"] != true {
+        "denied"
+    } else if response.get("patch").is_some_and(|p| !p.is_null()) {
+        "injected"
+    } else {
+        "skipped"
+    };
+    metrics
+        .webhook_admissions
+        .with_label_values(&[result])
+        .inc();
 }
 
 /// Serves the webhook until the process ends, keeping its certificate current: generated and
@@ -185,6 +217,7 @@ pub async fn serve(
     options: Options,
     namespace: String,
     api: capabilities::Shared,
+    metrics: Metrics,
 ) -> anyhow::Result<()> {
     let Some(address) = options.webhook_listen else {
         return Ok(());
@@ -240,7 +273,12 @@ pub async fn serve(
     });
     let app = Router::new()
         .route("/inject", post(inject_handler))
-        .with_state((client, api, excluded));
+        .with_state(Webhook {
+            client,
+            api,
+            excluded,
+            metrics,
+        });
     tracing::info!(%address, "serving the admission webhook");
     axum_server::bind_rustls(address, tls)
         .serve(app.into_make_service())

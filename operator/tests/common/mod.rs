@@ -1,6 +1,7 @@
 //! Shared by the operator's test files.
 #![allow(dead_code)]
 
+pub mod prometheus;
 pub mod redis_cluster;
 pub mod redis_node;
 
