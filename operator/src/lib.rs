@@ -10,7 +10,8 @@
 //! - [`capabilities`]: what the API server serves, so objects carry nothing it does not know.
 //! - [`render`]: the operator's output without a cluster.
 //! - [`inject`]: the sidecar patch; [`webhook`]: the admission webhook and its certificate.
-//! - [`status_report`]: the `status` command for people on call.
+//! - [`status_report`]: the `status` command for people on call; [`dead_letters`]: the
+//!   `dead-letters` command; [`http_client`]: their plain HTTP client.
 //! - [`telemetry`]: metrics and logs; [`yaml`]: YAML in and out.
 
 pub mod capabilities;
@@ -18,6 +19,8 @@ pub mod cluster;
 pub mod controller;
 pub mod crd;
 pub mod dashboards;
+pub mod dead_letters;
+pub mod http_client;
 pub mod inject;
 pub mod reconcile;
 pub mod render;

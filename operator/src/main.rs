@@ -54,6 +54,9 @@ enum Command {
     /// ages, the Redis topology, replicas, the webhook certificate and (with `--prometheus`)
     /// the SLIs and burn rates. Installed as `kubectl-sessions`, it is `kubectl sessions status`.
     Status(session_operator::status_report::Options),
+    /// The inbound events a session service set aside: list, show, replay (one or all) and
+    /// discard them through its API. As a kubectl plugin: `kubectl sessions dead-letters`.
+    DeadLetters(session_operator::dead_letters::Options),
     /// Write the Grafana dashboards as JSON files into a directory: the operator's own
     /// (`session-operator.json`, what the chart ships) and those of each SessionService in the
     /// given files (`<name>-slo.json`, `<name>-hot-path.json`, `<name>-redis.json`).
@@ -101,11 +104,16 @@ fn session_service(name: &str, file: Option<&PathBuf>) -> anyhow::Result<Session
         .ok_or_else(|| anyhow::anyhow!("{} holds no SessionService named {name}", file.display()))
 }
 
+/// The client of the command-line tools: the kubeconfig's (or the pod's) credentials.
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("could not reach the Kubernetes API (KUBECONFIG or in-cluster): {e}")
+    })
+}
+
 async fn status(options: &session_operator::status_report::Options) -> anyhow::Result<()> {
     use session_operator::status_report::{Output, gather, text};
-    let client = kube::Client::try_default().await.map_err(|e| {
-        anyhow::anyhow!("could not reach the Kubernetes API (KUBECONFIG or in-cluster): {e}")
-    })?;
+    let client = kube_client().await?;
     let report = gather(&client, options).await?;
     match options.output {
         Output::Text => print!("{}", text(&report)),
@@ -174,6 +182,20 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|runtime| runtime.block_on(status(&options))),
+        Command::DeadLetters(options) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| {
+                runtime.block_on(async {
+                    let client = kube_client().await?;
+                    print!(
+                        "{}",
+                        session_operator::dead_letters::run(&client, &options).await?
+                    );
+                    Ok(())
+                })
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,12 +1,12 @@
 //! `session-operator status`: what a person on call needs about SessionServices, in one screen
 //! (or as JSON for scripts) — conditions with their messages and ages, the Redis topology,
-//! the session-service replicas, the webhook certificate's expiry and, from Prometheus, the
-//! current SLIs and burn rates. Also usable as the kubectl plugin `kubectl sessions status`.
+//! the session-service replicas, the webhook certificate's expiry, from Prometheus the current
+//! SLIs and burn rates, and from the session service the dead letters waiting. Also usable as
+//! the kubectl plugin `kubectl sessions status`.
 
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
-use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -42,6 +42,10 @@ pub struct Options {
     /// A Prometheus base URL (`http://host:port`) to read the current SLIs and burn rates from.
     #[arg(long)]
     pub prometheus: Option<String>,
+    /// The session service's base URL (a port-forward, or a pod's IP) to count its dead
+    /// letters; needs the SessionService's name.
+    #[arg(long, requires = "name")]
+    pub url: Option<String>,
     #[arg(short, long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// The operator's MutatingWebhookConfiguration (it leads to the certificate).
@@ -86,6 +90,18 @@ pub struct Service {
     /// The session-service Deployment: ready of wanted replicas (absent when it does not exist).
     pub server_replicas: Option<(i32, i32)>,
     pub slis: Option<Vec<Sli>>,
+    /// What `--url` found.
+    pub dead_letters: Option<DeadLetters>,
+}
+
+/// The dead letters waiting, or why they could not be counted.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetters {
+    pub count: Option<usize>,
+    /// `<id>: <reason>, set aside <time>` of the oldest.
+    pub oldest: Option<String>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -135,6 +151,9 @@ pub async fn gather(client: &Client, options: &Options) -> anyhow::Result<Report
         let mut service = describe(client, ss, &namespace, now).await?;
         if let Some(url) = &options.prometheus {
             service.slis = Some(slis(url, ss).await?);
+        }
+        if let Some(url) = &options.url {
+            service.dead_letters = Some(dead_letters(client, ss, url).await);
         }
         session_services.push(service);
     }
@@ -186,7 +205,38 @@ async fn describe(
         redis_cluster: status.redis_cluster,
         server_replicas,
         slis: None,
+        dead_letters: None,
     })
+}
+
+/// Counts the dead letters through the session service's API; a failure is reported, not
+/// fatal: the rest of the screen still helps.
+async fn dead_letters(client: &Client, ss: &SessionService, url: &str) -> DeadLetters {
+    let listed = async {
+        crate::dead_letters::SessionApi::connect(client, ss, url)
+            .await?
+            .dead_letters()
+            .await
+    };
+    match listed.await {
+        Ok(letters) => DeadLetters {
+            count: Some(letters.len()),
+            oldest: letters.first().map(|l| {
+                format!(
+                    "{}: {}, set aside {}",
+                    l["id"].as_str().unwrap_or("?"),
+                    l["reason"].as_str().unwrap_or("?"),
+                    l["dead_lettered_at"].as_str().unwrap_or("?")
+                )
+            }),
+            error: None,
+        },
+        Err(error) => DeadLetters {
+            count: None,
+            oldest: None,
+            error: Some(format!("{error:#}")),
+        },
+    }
 }
 
 /// The webhook certificate's expiry, found through the webhook configuration's Service
@@ -288,28 +338,11 @@ fn url_encode(text: &str) -> String {
 
 /// A plain HTTP GET (Prometheus is reached over `http://`, often through a port-forward).
 async fn get(url: &str) -> anyhow::Result<Bytes> {
-    let uri: hyper::Uri = url.parse()?;
-    anyhow::ensure!(
-        uri.scheme_str() == Some("http"),
-        "only http:// Prometheus URLs are supported (use a port-forward for others)"
-    );
-    let host = uri.host().context("the Prometheus URL has no host")?;
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        tokio::net::TcpStream::connect((host, port)),
+    Ok(
+        crate::http_client::request(hyper::Method::GET, url, None, None)
+            .await?
+            .body,
     )
-    .await
-    .context("connecting timed out after 5 s")??;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, format!("{host}:{port}"))
-        .body(Empty::<Bytes>::new())?;
-    let response = sender.send_request(request).await?;
-    Ok(response.into_body().collect().await?.to_bytes())
 }
 
 /// The report as a person reads it.
@@ -414,6 +447,28 @@ fn service_text(out: &mut String, s: &Service) {
             let _ = writeln!(out, "Session service: {ready}/{wanted} replicas ready");
         }
         None => out.push_str("Session service: no Deployment (yet)\n"),
+    }
+    match &s.dead_letters {
+        Some(DeadLetters { count: Some(0), .. }) => out.push_str("Dead letters: none\n"),
+        Some(DeadLetters {
+            count: Some(n),
+            oldest,
+            ..
+        }) => {
+            let _ = writeln!(
+                out,
+                "Dead letters: {n} (oldest {}); `kubectl sessions dead-letters {} -n {} --url URL list` shows them",
+                oldest.as_deref().unwrap_or("?"),
+                s.name,
+                s.namespace
+            );
+        }
+        Some(DeadLetters {
+            error: Some(error), ..
+        }) => {
+            let _ = writeln!(out, "Dead letters: could not be counted: {error}");
+        }
+        _ => {}
     }
     if let Some(slis) = &s.slis {
         out.push_str("\nSLIs      availability   burn   latency   burn\n");

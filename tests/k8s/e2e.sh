@@ -423,6 +423,29 @@ print("3 masters, data slots " + "/".join(str(m["dataSlots"]) for m in masters) 
 echo "$screen" | sed 's/^/    | /'
 passed "$summary"
 
+current="dead letters: kubectl sessions dead-letters against the session service"
+step "$current"
+password=$(k get secret -n ha sessions-redis-auth -o jsonpath="{.data.password}" | base64 -d)
+# A poison entry on the events stream the session service's consumer reads (the default key
+# prefix `sess`; -c follows the cluster's redirection to the stream's master).
+k exec -n ha sessions-redis-0 -- redis-cli -c --no-auth-warning -a "$password" \
+  XADD 'sess:{events}:stream' '*' garbage e2e >/dev/null || fail "could not write the poison entry"
+server_ip=$(k get pods -n ha -l sessions.io/session-service=sessions,app.kubernetes.io/component=server \
+  --field-selector=status.phase=Running -o jsonpath='{.items[0].status.podIP}')
+[ -n "$server_ip" ] || fail "no running session-service pod in ha"
+letters() { PATH="$plugins:$PATH" kubectl sessions dead-letters sessions -n ha --url "http://$server_ip:7070" "$@"; }
+within 60 sh -c "PATH=\"$plugins:\$PATH\" kubectl sessions dead-letters sessions -n ha --url http://$server_ip:7070 list | grep -q '1 dead letter'" \
+  || fail "the consumer did not set the poison entry aside: $(letters list 2>&1)"
+listed=$(letters list) || fail "dead-letters list failed"
+grep -q malformed <<<"$listed" || fail "the dead letter is not listed as malformed: $listed"
+id=$(letters -o json list | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+status_line=$(PATH="$plugins:$PATH" kubectl sessions status sessions -n ha --url "http://$server_ip:7070" | grep 'Dead letters:') \
+  || fail "the status screen does not count dead letters"
+letters discard "$id" | grep -q "Discarded dead letter $id" || fail "discard failed"
+letters list | grep -q "No dead letters" || fail "the dead letter is still listed after discard"
+echo "$listed" | sed 's/^/    | /'
+passed "set aside as malformed, listed, counted by status (\"$status_line\"), discarded"
+
 trap - EXIT
 echo
 echo "==> e2e: all passed on Kubernetes $(k get --raw /version | grep gitVersion | cut -d'"' -f4)"

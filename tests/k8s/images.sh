@@ -72,6 +72,9 @@ bases() {
   fi
   if ! have "$PAUSE"; then
     local c
+    # The pause binary comes from the Kubernetes build (also when tests/dockerfile.sh runs
+    # first on a fresh machine).
+    "$here/build-kubernetes.sh"
     c=$(buildah from scratch)
     buildah copy --quiet "$c" "$E2E_CACHE/bin/pause" /pause >/dev/null
     buildah config --entrypoint '["/pause"]' --user 65535:65535 "$c"
