@@ -299,6 +299,31 @@ pub struct ServerSpec {
     /// service that issues tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_secret_name: Option<String>,
+    /// Also accept tokens from an OIDC identity provider (RS256, ES256 or EdDSA, verified
+    /// against its published keys). The HS256 key stays: the operator's command-line tools
+    /// sign their service tokens with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcSpec>,
+}
+
+/// The identity provider whose tokens the session service accepts.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.issuer.startsWith('https://')").message("server.oidc.issuer must be an https:// URL"))]
+#[x_kube(validation = Rule::new("!has(self.jwksUrl) || self.jwksUrl.startsWith('https://')").message("server.oidc.jwksUrl must be an https:// URL"))]
+pub struct OidcSpec {
+    /// The issuer: the `iss` its tokens carry, and the base of its discovery document
+    /// (`<issuer>/.well-known/openid-configuration`).
+    pub issuer: String,
+    /// The `aud` its tokens must carry (this service's client id at the provider).
+    pub audience: String,
+    /// Its key set's URL, when it is not to be found through discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// A ConfigMap whose `ca.crt` holds the CAs the provider's certificate is signed by (a
+    /// private provider); the system's roots otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_config_map: Option<String>,
 }
 
 /// The HorizontalPodAutoscaler (`autoscaling/v2`).

@@ -155,6 +155,14 @@ fn cross_field_rules_refuse_with_clear_messages() {
             "strictly between 0 and 100",
         ),
         ("{slo: {latencyObjective: 0}}", "strictly between 0 and 100"),
+        (
+            "{server: {oidc: {issuer: 'http://idp.example', audience: sessions}}}",
+            "server.oidc.issuer must be an https:// URL",
+        ),
+        (
+            "{server: {oidc: {issuer: 'https://idp.example', audience: sessions, jwksUrl: 'http://idp.example/keys'}}}",
+            "server.oidc.jwksUrl must be an https:// URL",
+        ),
     ] {
         let error = refusal(spec);
         assert!(error.contains(message), "{spec}: {error}");

@@ -363,3 +363,46 @@ fn the_default_shard_count_follows_the_redis_it_runs_on() {
     ss.spec.sessions.shard_count = Some(128);
     assert_eq!(ss.spec.shard_count(), 128, "an explicit count wins");
 }
+
+#[test]
+fn an_identity_provider_is_wired_into_the_session_service() {
+    let ss = common::parse_one(
+        "apiVersion: sessions.io/v1alpha1\nkind: SessionService\nmetadata: {name: sessions, namespace: shop}\nspec:\n  server:\n    oidc: {issuer: 'https://login.example.com/realms/shop', audience: session-service, jwksUrl: 'https://login.example.com/realms/shop/certs', caConfigMap: idp-ca}\n",
+    )
+    .unwrap();
+    let objects = session_operator::render::objects(&ss, &test_secrets()).unwrap();
+    let pod = &find(&objects, "Deployment")["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].as_str().unwrap_or("(from a Secret)").to_owned())
+    };
+    assert_eq!(
+        value("SESSION_OIDC_ISSUER").as_deref(),
+        Some("https://login.example.com/realms/shop")
+    );
+    assert_eq!(
+        value("SESSION_OIDC_AUDIENCE").as_deref(),
+        Some("session-service")
+    );
+    assert_eq!(
+        value("SESSION_OIDC_JWKS_URL").as_deref(),
+        Some("https://login.example.com/realms/shop/certs")
+    );
+    assert_eq!(
+        value("SESSION_OIDC_CA_FILE").as_deref(),
+        Some("/etc/session/oidc-ca/ca.crt")
+    );
+    assert_eq!(
+        value("SESSION_JWT_SECRET").as_deref(),
+        Some("(from a Secret)"),
+        "the HS256 key stays"
+    );
+    assert_eq!(pod["volumes"][0]["configMap"]["name"], "idp-ca");
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"][0]["mountPath"],
+        "/etc/session/oidc-ca"
+    );
+    common::kubernetes_validate("oidc", &objects);
+}

@@ -122,9 +122,24 @@ pub struct Config {
     /// Approximate length the global events stream is trimmed to.
     #[arg(long, env = "SESSION_EVENTS_MAX_LEN", default_value_t = DEFAULT_EVENTS_MAX_LEN)]
     pub events_max_len: u64,
-    /// HS256 secret for bearer tokens; required in server mode.
+    /// HS256 secret for bearer tokens; server mode needs it or an OIDC issuer (or both).
     #[arg(long, env = "SESSION_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// The OIDC identity provider whose tokens server mode accepts (RS256, ES256, EdDSA): the
+    /// `iss` they carry, and where its discovery document is
+    /// (`<issuer>/.well-known/openid-configuration`). `https://` only.
+    #[arg(long, env = "SESSION_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// The `aud` the provider's tokens must carry; required with `--oidc-issuer`.
+    #[arg(long, env = "SESSION_OIDC_AUDIENCE")]
+    pub oidc_audience: Option<String>,
+    /// The provider's key set, when it is not to be found through discovery.
+    #[arg(long, env = "SESSION_OIDC_JWKS_URL")]
+    pub oidc_jwks_url: Option<String>,
+    /// A PEM file of the CAs the provider's certificate is checked against (default: the
+    /// system's roots, or `SSL_CERT_FILE`).
+    #[arg(long, env = "SESSION_OIDC_CA_FILE")]
+    pub oidc_ca_file: Option<std::path::PathBuf>,
     /// Let sidecar mode listen on a non-loopback address.
     #[arg(long, env = "SESSION_ALLOW_NON_LOOPBACK", default_value_t = false)]
     pub allow_non_loopback: bool,
@@ -191,16 +206,36 @@ impl Config {
             }
         }
         match self.mode {
-            Mode::Server => match &self.jwt_secret {
-                None => problems
-                    .push("server mode requires a JWT secret (SESSION_JWT_SECRET)".to_owned()),
-                Some(s) if s.len() < MIN_JWT_SECRET_BYTES => {
-                    problems.push(format!(
-                        "the JWT secret must be at least {MIN_JWT_SECRET_BYTES} bytes"
-                    ));
+            Mode::Server => {
+                match (&self.jwt_secret, &self.oidc_issuer) {
+                    (None, None) => problems.push(
+                        "server mode requires a JWT secret (SESSION_JWT_SECRET) or an OIDC issuer (SESSION_OIDC_ISSUER)"
+                            .to_owned(),
+                    ),
+                    (Some(s), _) if s.len() < MIN_JWT_SECRET_BYTES => {
+                        problems.push(format!(
+                            "the JWT secret must be at least {MIN_JWT_SECRET_BYTES} bytes"
+                        ));
+                    }
+                    _ => {}
                 }
-                Some(_) => {}
-            },
+                if self.oidc_issuer.is_some() && self.oidc_audience.is_none() {
+                    problems.push(
+                        "an OIDC issuer needs the audience its tokens must carry (SESSION_OIDC_AUDIENCE)"
+                            .to_owned(),
+                    );
+                }
+                for url in [&self.oidc_issuer, &self.oidc_jwks_url]
+                    .into_iter()
+                    .flatten()
+                {
+                    if !url.starts_with("https://") {
+                        problems.push(format!(
+                            "the identity provider is reached over https:// only; {url} is not"
+                        ));
+                    }
+                }
+            }
             Mode::Sidecar => {
                 if !self.listen.ip().is_loopback() && !self.allow_non_loopback {
                     problems.push(format!(
@@ -279,6 +314,16 @@ impl Config {
             max_age: std::time::Duration::from_millis(self.cache_max_age_ms),
             negative_ttl: std::time::Duration::from_millis(self.cache_negative_ttl_ms),
         })
+    }
+
+    /// The identity provider server mode checks tokens against, when one is configured.
+    #[must_use]
+    pub fn identity_provider(&self) -> Option<crate::api::auth::IdpConfig> {
+        let (issuer, audience) = (self.oidc_issuer.clone()?, self.oidc_audience.clone()?);
+        let mut idp = crate::api::auth::IdpConfig::new(issuer, audience);
+        idp.jwks_url.clone_from(&self.oidc_jwks_url);
+        idp.ca_file.clone_from(&self.oidc_ca_file);
+        Some(idp)
     }
 
     /// Whether this process runs the relay, the sweeper and the consumer: in server mode, and

@@ -39,8 +39,8 @@ pub enum Error {
     SessionIdMismatch,
     #[error("the session belongs to another user")]
     UserMismatch,
-    #[error("a valid bearer token is required")]
-    Unauthorized,
+    #[error("{0}")]
+    Unauthorized(crate::api::auth::Denied),
     #[error("{0}")]
     Forbidden(&'static str),
     #[error("the user already has a session with this title")]
@@ -105,7 +105,7 @@ impl Error {
             Error::PerformerRequired => (S::BAD_REQUEST, "performer_required"),
             Error::SessionIdMismatch => (S::BAD_REQUEST, "session_id_mismatch"),
             Error::CurrentSessionDelete => (S::BAD_REQUEST, "current_session_delete"),
-            Error::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
+            Error::Unauthorized(denied) => (S::UNAUTHORIZED, denied.code()),
             Error::UserMismatch => (S::FORBIDDEN, "session_user_mismatch"),
             Error::Forbidden(_) => (S::FORBIDDEN, "forbidden"),
             Error::TitleTaken => (S::CONFLICT, "title_conflict"),

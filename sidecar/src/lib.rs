@@ -5,9 +5,11 @@
 //! design:
 //!
 //! - [`config`] — flags and environment variables, validated all at once.
-//! - [`api`] — HTTP handlers, problem responses, auth, the generated OpenAPI document.
+//! - [`api`] — HTTP handlers, problem responses, auth (the shared secret, or an OIDC identity
+//!   provider's published keys), the generated OpenAPI document.
 //! - [`sessions`] — the session engine: every domain rule, once.
 //! - [`store`] — the storage contract, its two backends (Redis and embedded), the circuit breaker.
+//! - [`circuit`] — the circuit-breaker state machine, shared by Redis and the identity provider.
 //! - [`cache`] — the hot path's local cache and its coherence with Redis (client tracking).
 //! - [`metrics`] — Prometheus metrics.
 //! - [`events`] — outbox relay, expiry sweeper, inbound consumer.
@@ -16,6 +18,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod circuit;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -32,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::AppState;
-use crate::api::auth::Auth;
+use crate::api::auth::{Auth, IdentityProvider};
 use crate::cache::SessionCache;
 use crate::cache::tracking::Tracking;
 use crate::clock::SystemClock;
@@ -107,9 +110,20 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         }),
         _ => None,
     };
-    let auth = match (&config.mode, &config.jwt_secret) {
-        (Mode::Server, Some(secret)) => Auth::hs256(secret.as_bytes()),
-        _ => Auth::TrustPod,
+    let auth = match config.mode {
+        Mode::Server => {
+            let idp = config.identity_provider().map(|idp| {
+                let idp = IdentityProvider::new(idp, metrics.clone());
+                idp.keep_fresh();
+                idp
+            });
+            Auth::server(
+                config.jwt_secret.as_deref().map(str::as_bytes),
+                idp,
+                Some(metrics.clone()),
+            )
+        }
+        Mode::Sidecar => Auth::TrustPod,
     };
     let state = AppState {
         sessions,

@@ -41,6 +41,13 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     pub circuit_state: IntGauge,
     pub tracking_connected: IntGauge,
+    /// Server mode's verdicts on bearer tokens: `accepted`, or the refusal's problem code.
+    pub auth_outcomes: IntCounterVec,
+    /// Fetches of the identity provider's keys, by `trigger` (`scheduled`, `unknown_key`) and
+    /// `result` (`ok`, `failed`, `rate_limited`).
+    pub jwks_refreshes: IntCounterVec,
+    pub jwks_keys: IntGauge,
+    pub jwks_circuit_state: IntGauge,
 }
 
 impl Metrics {
@@ -119,6 +126,22 @@ impl Metrics {
             &["result"],
         )
         .expect("valid counter");
+        let auth_outcomes = IntCounterVec::new(
+            Opts::new(
+                "session_auth_total",
+                "Bearer tokens checked in server mode, by result: `accepted` or the refusal's problem code (`token_expired`, `token_unknown_key`, …).",
+            ),
+            &["result"],
+        )
+        .expect("valid counter");
+        let jwks_refreshes = IntCounterVec::new(
+            Opts::new(
+                "session_jwks_refreshes_total",
+                "Fetches of the identity provider's signing keys, by trigger (`scheduled`, `unknown_key`) and result (`ok`, `failed`, `rate_limited`).",
+            ),
+            &["trigger", "result"],
+        )
+        .expect("valid counter");
         let redis_errors = IntCounterVec::new(Opts::new("session_redis_errors_total", "Failed Redis calls by operation (including calls refused by the open circuit breaker)."), &["op"]).expect("valid counter");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -128,6 +151,8 @@ impl Metrics {
             Box::new(request_duration.clone()),
             Box::new(redis_duration.clone()),
             Box::new(redis_errors.clone()),
+            Box::new(auth_outcomes.clone()),
+            Box::new(jwks_refreshes.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
@@ -184,8 +209,18 @@ impl Metrics {
                 "session_cache_tracking_connected",
                 "1 while the Redis invalidation connection(s) are up (always 1 on the embedded store).",
             ),
+            jwks_keys: gauge(
+                "session_jwks_keys",
+                "Signing keys of the identity provider held (RS256, ES256, EdDSA).",
+            ),
+            jwks_circuit_state: gauge(
+                "session_jwks_circuit_state",
+                "Circuit breaker of the identity provider's key fetches: 0 closed, 1 half-open, 2 open.",
+            ),
             redis_duration,
             redis_errors,
+            auth_outcomes,
+            jwks_refreshes,
             registry,
         }
     }

@@ -512,7 +512,7 @@ fn observe(ss: &SessionService, part: Part, applied: &[(Part, DynamicObject)]) -
         Part::Autoscaling => PartState::ok("Applied", "the HorizontalPodAutoscaler is applied"),
         Part::Alerts => {
             let m = &ss.spec.monitoring;
-            if m.service_monitor || m.prometheus_rule {
+            if m.service_monitor || m.prometheus_rule || m.dashboards.enabled {
                 PartState::ok("Applied", "monitoring objects are applied")
             } else {
                 PartState::ok("Disabled", "monitoring objects are turned off")

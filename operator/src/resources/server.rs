@@ -9,9 +9,9 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Secret,
-    SecretVolumeSource, Service, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume,
-    VolumeMount,
+    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec,
+    PodTemplateSpec, Probe, Secret, SecretVolumeSource, Service, ServicePort, ServiceSpec,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -30,6 +30,8 @@ pub const HTTP_PORT: i32 = 7070;
 pub const SESSION_UID: i64 = 65532;
 /// Where the Redis CA is mounted in session pods.
 pub const REDIS_CA_DIR: &str = "/etc/session/redis-ca";
+/// Where the identity provider's CA bundle is mounted.
+pub const OIDC_CA_DIR: &str = "/etc/session/oidc-ca";
 /// Key of the JWT signing key in its Secret.
 pub const JWT_KEY: &str = "jwt-secret";
 
@@ -180,7 +182,40 @@ fn deployment(ss: &SessionService, names: &Names, api: &Capabilities) -> Deploym
         secret_env("SESSION_JWT_SECRET", &jwt, JWT_KEY),
     ];
     env.extend(session_env(ss));
-    let (volumes, mounts) = redis_ca_volume(ss).unzip();
+    let (mut volumes, mut mounts): (Vec<Volume>, Vec<VolumeMount>) =
+        redis_ca_volume(ss).into_iter().unzip();
+    if let Some(oidc) = &server.oidc {
+        env.push(value_env("SESSION_OIDC_ISSUER", &oidc.issuer));
+        env.push(value_env("SESSION_OIDC_AUDIENCE", &oidc.audience));
+        if let Some(url) = &oidc.jwks_url {
+            env.push(value_env("SESSION_OIDC_JWKS_URL", url));
+        }
+        if let Some(config_map) = &oidc.ca_config_map {
+            env.push(value_env(
+                "SESSION_OIDC_CA_FILE",
+                format!("{OIDC_CA_DIR}/ca.crt"),
+            ));
+            volumes.push(Volume {
+                name: "oidc-ca".to_owned(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: config_map.clone(),
+                    items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                        key: "ca.crt".to_owned(),
+                        path: "ca.crt".to_owned(),
+                        ..k8s_openapi::api::core::v1::KeyToPath::default()
+                    }]),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+            mounts.push(VolumeMount {
+                name: "oidc-ca".to_owned(),
+                mount_path: OIDC_CA_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
+    }
     let spread = |key: &str| TopologySpreadConstraint {
         max_skew: 1,
         topology_key: key.to_owned(),
@@ -234,10 +269,10 @@ fn deployment(ss: &SessionService, names: &Names, api: &Capabilities) -> Deploym
                         liveness_probe: Some(http_probe("/healthz", 10)),
                         readiness_probe: Some(http_probe("/readyz", 5)),
                         security_context: Some(container_security()),
-                        volume_mounts: mounts.map(|m| vec![m]),
+                        volume_mounts: (!mounts.is_empty()).then_some(mounts),
                         ..Container::default()
                     }],
-                    volumes: volumes.map(|v| vec![v]),
+                    volumes: (!volumes.is_empty()).then_some(volumes),
                     ..PodSpec::default()
                 }),
             },

@@ -137,7 +137,7 @@ impl FromRequestParts<Shared> for Ctx {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Error> {
-        let caller: Caller = state.auth.caller(&parts.headers)?;
+        let caller: Caller = state.auth.caller(&parts.headers).await?;
         let correlation_id = parts.extensions.get::<CorrelationId>().map(|c| c.0.clone());
         Ok(Ctx {
             caller,

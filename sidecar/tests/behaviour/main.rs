@@ -17,6 +17,7 @@ mod durability;
 mod events;
 mod fuzz;
 mod hostile_input;
+mod identity_provider;
 mod lifecycle;
 mod limits;
 mod listing;
