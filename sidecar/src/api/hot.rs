@@ -4,9 +4,9 @@
 //! Routing and the per-route middleware cost about as much CPU as the rest of a cache hit
 //! together (measured in the benchmark), so a hit whose answer needs nothing from them is
 //! served here: in sidecar mode (no auth to check), without correlation headers to echo. The
-//! same request counters and latency histogram are recorded as on the routed path. Anything
-//! else — a miss, a fill in progress, server mode, any other route — goes through the router
-//! unchanged.
+//! same request counters and latency histogram are recorded as on the routed path, and the
+//! answer is made by the same read path (`api::lookup`). Anything else — a miss, a fill in
+//! progress, server mode, any other route — goes through the router unchanged.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,13 +15,12 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::http::{HeaderValue, Method, Request, StatusCode, header};
+use axum::http::{Method, Request};
 use axum::response::Response;
 use tower::Service;
 
-use super::Shared;
 use super::auth::Auth;
-use crate::error::PROBLEM_JSON;
+use super::{Shared, lookup};
 
 /// The route template the hot path serves (the metrics label of the routed path too).
 const ROUTE: &str = "/v1/sessions/{session_id}";
@@ -52,20 +51,13 @@ impl<S> HotPath<S> {
             return None;
         }
         let started = Instant::now();
-        let entry = self.state.cache.as_ref()?.try_hit(id)?;
-        let (status, content_type) = if entry.found {
-            (StatusCode::OK, "application/json")
-        } else {
-            (StatusCode::NOT_FOUND, PROBLEM_JSON)
-        };
-        let mut response = Response::new(Body::from(entry.body));
-        *response.status_mut() = status;
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        self.state
-            .metrics
-            .observe_request(ROUTE, "GET", status.as_str(), started.elapsed());
+        let response = lookup::respond(lookup::cached(&self.state, id)?);
+        self.state.metrics.observe_request(
+            ROUTE,
+            "GET",
+            response.status().as_str(),
+            started.elapsed(),
+        );
         Some(response)
     }
 }

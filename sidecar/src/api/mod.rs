@@ -8,6 +8,7 @@ mod events;
 pub mod extract;
 mod health;
 pub mod hot;
+mod lookup;
 mod messages;
 pub mod server;
 mod sessions;

@@ -5,16 +5,12 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use axum::body::Bytes;
-
-use crate::cache::Lookup;
-use crate::error::{Error, PROBLEM_JSON, Problem};
+use crate::error::{Error, Problem};
 use crate::model::SessionView;
 use crate::model::input::{CreateSession, EndSession, Heartbeat, UpdateSession};
-use crate::sessions::{Caller, Ctx};
+use crate::sessions::Ctx;
 
 use super::Shared;
-use super::auth::Auth;
 use super::extract::{Body, PathParam};
 
 /// Create a session; it becomes the user's current session.
@@ -48,7 +44,7 @@ pub async fn create(
 /// Look a session up: is it valid, and whose is it? Reads never extend the TTL.
 ///
 /// The hot path: answered from the local cache when possible (ready-to-send bytes), else from
-/// the store, with concurrent misses for one id sharing one store read.
+/// the store, with concurrent misses for one id sharing one store read (see `api::lookup`).
 #[utoipa::path(get, path = "/v1/sessions/{session_id}", tag = "sessions",
     params(("session_id" = String, Path, description = "Session id: `sess_<shard>_<26 base32 characters>`", pattern = r"^sess_(0|[1-9][0-9]{0,4})_[a-z2-7]{25}[aeimquy4]$")),
     responses(
@@ -62,47 +58,7 @@ pub async fn get(
     ctx: Ctx,
     PathParam(id): PathParam,
 ) -> Result<Response, Error> {
-    let Some(cache) = &state.cache else {
-        let record = state.sessions.get(&id).await?;
-        ctx.caller.check_owner(&record.user_id)?;
-        return Ok(Json(record.view()).into_response());
-    };
-    state.sessions.shard_of_session(&id)?; // malformed ids never reach the cache
-    let entry = match cache.lookup(&id).await {
-        Lookup::Hit(entry) => entry,
-        Lookup::Miss(fill) => {
-            let entry = match state.sessions.get(&id).await {
-                Ok(record) => {
-                    let json = serde_json::to_vec(&record.view())
-                        .map_err(|e| Error::Corrupt(e.to_string()))?;
-                    // Cached for long, so copied into an allocation of exactly its size: the
-                    // serializer's grown buffer held about 1.5x the bytes in the benchmark.
-                    let body = Bytes::copy_from_slice(&json);
-                    let owner =
-                        matches!(state.auth, Auth::Jwt(_)).then_some(record.user_id.as_str());
-                    cache.found(body, owner, record.expires_ms)
-                }
-                Err(e @ Error::NotFound(_)) => cache.not_found(Bytes::from(e.problem_body())),
-                Err(other) => return Err(other),
-            };
-            fill.complete(entry.clone());
-            entry
-        }
-    };
-    match (&entry.owner, &ctx.caller) {
-        (Some(owner), caller) => caller.check_owner(owner)?,
-        // Entries carry their owner whenever callers are checked; refuse rather than guess.
-        (None, Caller::User(_)) if entry.found => {
-            return Err(Error::Forbidden("the session belongs to another user"));
-        }
-        (None, _) => {}
-    }
-    let (status, content_type) = if entry.found {
-        (StatusCode::OK, "application/json")
-    } else {
-        (StatusCode::NOT_FOUND, PROBLEM_JSON)
-    };
-    Ok((status, [(header::CONTENT_TYPE, content_type)], entry.body).into_response())
+    super::lookup::lookup(&state, &ctx.caller, &id).await
 }
 
 /// Update mutable fields with a JSON merge patch (title, case_id, metadata, data).
