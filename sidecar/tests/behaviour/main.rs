@@ -24,6 +24,7 @@ mod listing;
 mod memory_store;
 mod messages;
 mod metrics;
+mod model;
 mod named;
 mod openapi;
 mod outage;
