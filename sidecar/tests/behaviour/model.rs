@@ -1,7 +1,8 @@
 //! Model-based: random sequences of API operations run against the embedded store and a real
 //! `redis-server` side by side, and every reply must agree — status and body, with session ids
 //! mapped to the order they were first seen and times replaced (the two stores run on two
-//! clocks a few milliseconds apart) — and so must every user's sessions at the end. When they
+//! clocks a few milliseconds apart) — and so must every user's sessions at the end, and what
+//! two racing clients get (one title claimed twice at once, two messages at once). When they
 //! differ, proptest shrinks the sequence and prints the shortest one that still differs.
 
 use std::collections::HashMap;
@@ -18,19 +19,47 @@ const USERS: u8 = 3;
 /// One API call; `session` picks among the sessions created so far (by creation order).
 #[derive(Debug, Clone)]
 enum Op {
-    Create { user: u8, title: Option<u8> },
-    Get { session: u8 },
-    Update { session: u8, title: u8 },
-    Heartbeat { session: u8 },
-    End { session: u8 },
-    Delete { session: u8 },
-    List { user: u8 },
-    Current { user: u8 },
-    Switch { user: u8, session: u8 },
-    Append { session: u8, text: u8 },
-    Messages { session: u8 },
+    Create {
+        user: u8,
+        title: Option<u8>,
+    },
+    Get {
+        session: u8,
+    },
+    Update {
+        session: u8,
+        title: u8,
+    },
+    Heartbeat {
+        session: u8,
+    },
+    End {
+        session: u8,
+    },
+    Delete {
+        session: u8,
+    },
+    List {
+        user: u8,
+    },
+    Current {
+        user: u8,
+    },
+    Switch {
+        user: u8,
+        session: u8,
+    },
+    Append {
+        session: u8,
+        text: u8,
+    },
+    Messages {
+        session: u8,
+    },
     /// Time passes on both stores' clocks (sessions expire, rate windows roll).
-    Wait { minutes: u8 },
+    Wait {
+        minutes: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -69,6 +98,9 @@ impl Subject {
 
     async fn apply(&mut self, op: &Op) -> Res {
         let app = &self.app;
+        // Every call a millisecond after the last: listings order by time, and sessions created
+        // in the same millisecond would fall back to their (random) ids.
+        app.clock.advance_ms(1);
         let res = match op {
             Op::Create { user, title } => {
                 let mut body = json!({"user_id": format!("u{user}")});
@@ -143,7 +175,11 @@ fn normalised(value: &Value, subject: &Subject) -> Value {
             map.iter()
                 // Cursors encode store positions; their presence is compared, not their bytes.
                 .map(|(k, v)| {
-                    let v = if k.ends_with("cursor") && v.is_string() { json!("<cursor>") } else { normalised(v, subject) };
+                    let v = if k.ends_with("cursor") && v.is_string() {
+                        json!("<cursor>")
+                    } else {
+                        normalised(v, subject)
+                    };
                     (k.clone(), v)
                 })
                 .collect(),
@@ -153,14 +189,17 @@ fn normalised(value: &Value, subject: &Subject) -> Value {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 400, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, max_shrink_iters: 400, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_embedded_store_and_redis_answer_every_sequence_alike(ops in prop::collection::vec(op(), 1..40)) {
+    fn the_embedded_store_and_redis_answer_every_sequence_alike(ops in prop::collection::vec(op(), 1..50)) {
         runtime().block_on(async {
             let mut memory = Subject { app: TestApp::new(Kind::Memory).await, created: Vec::new() };
             let mut redis = Subject { app: TestApp::new(Kind::Redis).await, created: Vec::new() };
@@ -173,6 +212,25 @@ proptest! {
                     "step {} {:?}", step, op
                 );
             }
+            // Racing clients, on each store: one title claimed twice at once (one wins, one
+            // conflicts) and two messages appended to one session at once (both count).
+            let mut raced = Vec::new();
+            for subject in [&mut memory, &mut redis] {
+                let app = &subject.app;
+                let claim = || app.post("/v1/sessions", json!({"user_id": "racer", "title": "same"}));
+                let (a, b) = tokio::join!(claim(), claim());
+                let mut statuses = vec![a.status.as_u16(), b.status.as_u16()];
+                statuses.sort_unstable();
+                let id = [a, b].into_iter().find_map(|r| r.body["session_id"].as_str().map(str::to_owned));
+                let id = id.expect("one claim won");
+                let messages = format!("/v1/sessions/{id}/messages");
+                let append = |n: u8| app.post(&messages, json!({"role": "user", "content": format!("r{n}")}));
+                let (x, y) = tokio::join!(append(1), append(2));
+                let count = app.get(&format!("/v1/sessions/{id}")).await.body["message_count"].clone();
+                raced.push((statuses, x.status.as_u16(), y.status.as_u16(), count));
+            }
+            prop_assert_eq!(&raced[0], &raced[1], "racing clients");
+            prop_assert_eq!(&raced[0], &(vec![201, 409], 201, 201, json!(2)), "racing clients");
             let mut states: Vec<HashMap<u8, Value>> = Vec::new();
             for subject in [&memory, &redis] {
                 let mut state = HashMap::new();
