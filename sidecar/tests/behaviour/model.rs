@@ -67,15 +67,15 @@ fn op() -> impl Strategy<Value = Op> {
     let session = any::<u8>();
     prop_oneof![
         3 => (user.clone(), prop::option::of(0u8..4)).prop_map(|(user, title)| Op::Create { user, title }),
-        3 => session.clone().prop_map(|session| Op::Get { session }),
-        2 => (session.clone(), 0u8..4).prop_map(|(session, title)| Op::Update { session, title }),
-        1 => session.clone().prop_map(|session| Op::Heartbeat { session }),
-        2 => session.clone().prop_map(|session| Op::End { session }),
-        1 => session.clone().prop_map(|session| Op::Delete { session }),
+        3 => session.prop_map(|session| Op::Get { session }),
+        2 => (session, 0u8..4).prop_map(|(session, title)| Op::Update { session, title }),
+        1 => session.prop_map(|session| Op::Heartbeat { session }),
+        2 => session.prop_map(|session| Op::End { session }),
+        1 => session.prop_map(|session| Op::Delete { session }),
         2 => user.clone().prop_map(|user| Op::List { user }),
         1 => user.clone().prop_map(|user| Op::Current { user }),
-        1 => (user, session.clone()).prop_map(|(user, session)| Op::Switch { user, session }),
-        2 => (session.clone(), any::<u8>()).prop_map(|(session, text)| Op::Append { session, text }),
+        1 => (user, session).prop_map(|(user, session)| Op::Switch { user, session }),
+        2 => (session, any::<u8>()).prop_map(|(session, text)| Op::Append { session, text }),
         1 => session.prop_map(|session| Op::Messages { session }),
         1 => (1u8..90).prop_map(|minutes| Op::Wait { minutes }),
     ]
