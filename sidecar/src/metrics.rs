@@ -5,9 +5,12 @@
 //! from the matched route template, never the raw path, so cardinality stays bounded.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
+
+/// The route template of a session lookup, the hot path's only route.
+pub const LOOKUP_ROUTE: &str = "/v1/sessions/{session_id}";
 
 /// Request-duration buckets in seconds. They include the SLO latency thresholds an operator may
 /// choose (1, 5, 10, 25, 50, 100 ms; the source documents ask for p99 < 50 ms), plus finer
@@ -41,6 +44,8 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     pub circuit_state: IntGauge,
     pub tracking_connected: IntGauge,
+    /// The hot path's series, resolved once: a cache hit must not hash its labels each time.
+    hot: HotSeries,
     /// Server mode's verdicts on bearer tokens: `accepted`, or the refusal's problem code.
     pub auth_outcomes: IntCounterVec,
     /// Fetches of the identity provider's keys, by `trigger` (`scheduled`, `unknown_key`) and
@@ -48,6 +53,14 @@ pub struct Metrics {
     pub jwks_refreshes: IntCounterVec,
     pub jwks_keys: IntGauge,
     pub jwks_circuit_state: IntGauge,
+}
+
+/// `GET` of [`LOOKUP_ROUTE`]: its duration, and its count for 200 and for 404.
+#[derive(Debug, Clone)]
+struct HotSeries {
+    duration: Histogram,
+    found: IntCounter,
+    not_found: IntCounter,
 }
 
 impl Metrics {
@@ -166,6 +179,11 @@ impl Metrics {
         for result in ["replayed", "failed"] {
             dead_letter_replays.with_label_values(&[result]);
         }
+        let hot = HotSeries {
+            duration: request_duration.with_label_values(&[LOOKUP_ROUTE, "GET"]),
+            found: requests.with_label_values(&[LOOKUP_ROUTE, "GET", "200"]),
+            not_found: requests.with_label_values(&[LOOKUP_ROUTE, "GET", "404"]),
+        };
         Self {
             requests,
             requests_refused,
@@ -217,11 +235,23 @@ impl Metrics {
                 "session_jwks_circuit_state",
                 "Circuit breaker of the identity provider's key fetches: 0 closed, 1 half-open, 2 open.",
             ),
+            hot,
             redis_duration,
             redis_errors,
             auth_outcomes,
             jwks_refreshes,
             registry,
+        }
+    }
+
+    /// Records one lookup answered by the hot path: the same series as
+    /// [`Metrics::observe_request`] would, without looking them up.
+    pub fn observe_hot_hit(&self, found: bool, took: std::time::Duration) {
+        self.hot.duration.observe(took.as_secs_f64());
+        if found {
+            self.hot.found.inc();
+        } else {
+            self.hot.not_found.inc();
         }
     }
 

@@ -22,8 +22,6 @@ use tower::Service;
 use super::auth::Auth;
 use super::{Shared, lookup};
 
-/// The route template the hot path serves (the metrics label of the routed path too).
-const ROUTE: &str = "/v1/sessions/{session_id}";
 const PREFIX: &str = "/v1/sessions/";
 
 /// The router with the hot path in front.
@@ -51,13 +49,10 @@ impl<S> HotPath<S> {
             return None;
         }
         let started = Instant::now();
-        let response = lookup::respond(lookup::cached(&self.state, id)?);
-        self.state.metrics.observe_request(
-            ROUTE,
-            "GET",
-            response.status().as_str(),
-            started.elapsed(),
-        );
+        let entry = lookup::cached(&self.state, id)?;
+        let found = entry.found;
+        let response = lookup::respond(entry);
+        self.state.metrics.observe_hot_hit(found, started.elapsed());
         Some(response)
     }
 }
