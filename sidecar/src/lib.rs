@@ -162,6 +162,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
     if let Some(address) = config.admin_listen {
         let admin_listener = TcpListener::bind(address).await?;
         tracing::info!(admin_listen = %admin_listener.local_addr()?, "serving probes and metrics");
+        let admin = api::server::tower_app(admin);
         tasks.spawn(api::server::serve(admin_listener, admin, shutdown.clone()));
     }
     api::server::serve(listener, app, shutdown.clone()).await;

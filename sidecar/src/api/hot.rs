@@ -36,8 +36,9 @@ impl<S> HotPath<S> {
         Self { inner, state }
     }
 
-    /// The cached answer to `req`, when it can be given without the router.
-    fn answer(&self, req: &Request<Body>) -> Option<Response> {
+    /// The cached answer to `req`, when it can be given without the router (the body is
+    /// never read: a lookup has none).
+    fn answer<B>(&self, req: &Request<B>) -> Option<Response> {
         if req.method() != Method::GET || !matches!(self.state.auth, Auth::TrustPod) {
             return None;
         }
@@ -90,6 +91,28 @@ where
         match self.answer(&req) {
             Some(response) => HotFuture::Ready(Some(response)),
             None => HotFuture::Routed(Box::pin(self.inner.call(req))),
+        }
+    }
+}
+
+/// As hyper serves it: a hit is answered straight from the connection's request, without
+/// cloning the router or boxing the body; anything else goes to the router as in
+/// [`Service::call`].
+impl<S> hyper::service::Service<Request<hyper::body::Incoming>> for HotPath<S>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = HotFuture<tower::util::Oneshot<S, Request<Body>>>;
+
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        match self.answer(&req) {
+            Some(response) => HotFuture::Ready(Some(response)),
+            None => HotFuture::Routed(Box::pin(tower::ServiceExt::oneshot(
+                self.inner.clone(),
+                req.map(Body::new),
+            ))),
         }
     }
 }

@@ -71,10 +71,12 @@ pub fn limited(router: axum::Router, metrics: &Metrics) -> axum::Router {
 }
 
 /// Serves `app` on `listener` until `shutdown` turns true, then stops accepting, lets requests
-/// in progress finish (each is bounded by [`REQUEST_TIMEOUT`]) and returns.
+/// in progress finish (each is bounded by [`REQUEST_TIMEOUT`]) and returns. `app` is a hyper
+/// service: the application's hot path answers hits straight from the connection; a tower
+/// router is served through [`tower_app`].
 pub async fn serve<S>(listener: TcpListener, app: S, mut shutdown: watch::Receiver<bool>)
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -103,11 +105,7 @@ where
         };
         // Small request/response exchanges: do not let Nagle's algorithm hold them back.
         let _ = stream.set_nodelay(true);
-        let service = app
-            .clone()
-            .map_request(|req: Request<Incoming>| req.map(Body::new));
-        let connection = graceful
-            .watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), app.clone()));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection ended with an error");
@@ -116,4 +114,25 @@ where
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// A tower service (the admin router) as the hyper service [`serve`] takes.
+pub fn tower_app<S>(
+    app: S,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    TowerToHyperService::new(app.map_request(|req: Request<Incoming>| req.map(Body::new)))
 }
