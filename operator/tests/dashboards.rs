@@ -13,38 +13,18 @@
 mod apiserver;
 mod common;
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::sync::Arc;
 
 use apiserver::FakeApiServer;
 use common::prometheus::{Prometheus, Sidecar, encode, free_port, http};
+use common::redis_server::RedisServer;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 use session_operator::capabilities::Capabilities;
 use session_operator::crd::{RedisClusterStatus, RedisMasterStatus, SessionService};
 use session_operator::{dashboards, reconcile, webhook};
-
-struct Redis(Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis_cli(port: u16, args: &[&str]) {
-    let status = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "redis-cli {args:?}");
-}
 
 /// The operator at work while Prometheus scrapes, on its metrics endpoint as the controller
 /// serves it: real reconciles of a SessionService against the fake API server (failing with
@@ -173,29 +153,8 @@ fn admission_review(labels: Value) -> Vec<u8> {
 async fn every_panel_query_returns_series_from_a_real_prometheus() {
     let ss = common::example("sessionservice-cluster.yaml");
     let service = ss.name_any();
-    let redis_port = free_port();
-    let _redis = Redis(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &redis_port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (tests/run.sh installs it)"),
-    );
-    let started = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", redis_port)).is_err() {
-        assert!(Instant::now() < started, "redis-server did not listen");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let url = format!("redis://127.0.0.1:{redis_port}");
+    let redis = Arc::new(RedisServer::start());
+    let url = redis.url();
     let sidecar = Sidecar::start(&service, &["--redis-url", &url]).await;
     let operator = operate(&ss, Instant::now() + Duration::from_secs(40)).await;
     let dir = tempfile::tempdir().unwrap();
@@ -216,13 +175,14 @@ async fn every_panel_query_returns_series_from_a_real_prometheus() {
     // Redis stalls for 4 s, so misses and writes fail (5xx, Redis errors, the breaker opens)
     // and then heal.
     let api = sidecar.api;
+    let stall = redis.clone();
     let traffic = tokio::task::spawn_blocking(move || {
         let begin = Instant::now();
         let mut stalled = false;
         let mut user = 0;
         while begin.elapsed() < Duration::from_secs(20) {
             if !stalled && begin.elapsed() > Duration::from_secs(7) {
-                redis_cli(redis_port, &["CLIENT", "PAUSE", "4000", "ALL"]);
+                stall.cli(&["CLIENT", "PAUSE", "4000", "ALL"]);
                 stalled = true;
             }
             user += 1;

@@ -10,12 +10,11 @@
 mod apiserver;
 mod common;
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use apiserver::FakeApiServer;
-use common::prometheus::{Sidecar, free_port};
+use common::prometheus::Sidecar;
+use common::redis_server::RedisServer;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 use session_operator::dead_letters::{self, Action, Options};
@@ -23,52 +22,12 @@ use session_operator::status_report::{self, Output};
 
 const SECRET: &str = "a-test-signing-key-of-32-bytes!!";
 
-struct Redis(Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn xadd(port: u16, stream: &str, fields: &[&str]) {
-    let status = Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "XADD", stream, "*"])
-        .args(fields)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_shown_replayed_and_discarded_from_the_command_line() {
     let ss = common::example("sessionservice-standalone.yaml");
     let (namespace, name) = (ss.namespace().unwrap(), ss.name_any());
-    let redis_port = free_port();
-    let _redis = Redis(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &redis_port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (tests/run.sh installs it)"),
-    );
-    let listening = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", redis_port)).is_err() {
-        assert!(Instant::now() < listening, "redis-server did not listen");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let url = format!("redis://127.0.0.1:{redis_port}");
+    let redis = RedisServer::start();
+    let url = redis.url();
     let server = Sidecar::start(
         &name,
         &[
@@ -114,22 +73,21 @@ async fn dead_letters_are_listed_shown_replayed_and_discarded_from_the_command_l
     );
     // Two poison entries on the events stream the consumer reads.
     let stream = "shop:{events}:stream";
-    xadd(redis_port, stream, &["garbage", "x"]);
+    redis.cli(&["XADD", stream, "*", "garbage", "x"]);
     let envelope = json!({"event_id": "9b2f6a3e-54c1-4d8e-9a77-1f0c2d3e4b5a",
         "event_type": "auth.user.renamed.v1", "timestamp": "2026-12-01T10:00:00.000Z",
         "source": "auth", "payload": {"user_id": "u1"}});
-    xadd(
-        redis_port,
+    redis.cli(&[
+        "XADD",
         stream,
-        &[
-            "event_id",
-            "9b2f6a3e-54c1-4d8e-9a77-1f0c2d3e4b5a",
-            "event_type",
-            "auth.user.renamed.v1",
-            "envelope",
-            &envelope.to_string(),
-        ],
-    );
+        "*",
+        "event_id",
+        "9b2f6a3e-54c1-4d8e-9a77-1f0c2d3e4b5a",
+        "event_type",
+        "auth.user.renamed.v1",
+        "envelope",
+        &envelope.to_string(),
+    ]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let letters = loop {
         let answer = run(Action::List, Output::Json).await.unwrap();

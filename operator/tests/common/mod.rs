@@ -4,6 +4,7 @@
 pub mod prometheus;
 pub mod redis_cluster;
 pub mod redis_node;
+pub mod redis_server;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -185,12 +185,7 @@ async fn replaying_all_applies_each_event_once_and_keeps_what_still_fails(kind: 
     let failed = res.body["failed"].as_array().unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["code"], "validation_failed");
-    let deleted = app
-        .outbox()
-        .await
-        .into_iter()
-        .filter(|e| e.event_type == "session.deleted.v1")
-        .count();
+    let deleted = app.outbox_of("session.deleted.v1").await.len();
     assert_eq!(deleted, 2, "two sessions deleted once, not twice");
     let stuck = failed[0]["id"].as_str().unwrap();
     let left = app.get("/v1/dead-letters").await.body["items"].clone();

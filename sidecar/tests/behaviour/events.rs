@@ -101,12 +101,7 @@ async fn user_deleted_over_http_is_applied_once(kind: Kind) {
         .post("/v1/events", serde_json::to_value(&event).unwrap())
         .await;
     assert_eq!(again.body["result"], "duplicate");
-    let deleted: Vec<_> = app
-        .outbox()
-        .await
-        .into_iter()
-        .filter(|e| e.event_type == "session.deleted.v1")
-        .collect();
+    let deleted = app.outbox_of("session.deleted.v1").await;
     assert_eq!(deleted.len(), 2);
     assert!(
         deleted
@@ -151,12 +146,7 @@ async fn case_deleted_unlinks_the_case_once(kind: Kind) {
         ),
         (Some("duplicate"), Some(0))
     );
-    let updated = app
-        .outbox()
-        .await
-        .into_iter()
-        .filter(|e| e.event_type == "session.updated.v1")
-        .count();
+    let updated = app.outbox_of("session.updated.v1").await.len();
     assert_eq!(updated, 2);
 }
 
@@ -185,12 +175,7 @@ async fn inbound_events_from_the_stream_are_applied_once(kind: Kind) {
             .unwrap(),
         0
     );
-    let deleted = app
-        .outbox()
-        .await
-        .into_iter()
-        .filter(|e| e.event_type == "session.deleted.v1")
-        .count();
+    let deleted = app.outbox_of("session.deleted.v1").await.len();
     assert_eq!(deleted, 1);
 }
 
@@ -226,12 +211,7 @@ async fn two_sweepers_expire_each_session_exactly_once(kind: Kind) {
         tokio::spawn(async move { session_sidecar::events::sweep_once(&b).await.unwrap() }),
     );
     assert_eq!(ra.unwrap() + rb.unwrap(), 30);
-    let expired: Vec<_> = app
-        .outbox()
-        .await
-        .into_iter()
-        .filter(|e| e.event_type == "session.expired.v1")
-        .collect();
+    let expired = app.outbox_of("session.expired.v1").await;
     assert_eq!(expired.len(), 30);
     let distinct: std::collections::HashSet<_> = expired
         .iter()

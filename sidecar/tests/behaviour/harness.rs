@@ -354,7 +354,21 @@ impl TestApp {
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Res {
+        self.call_as(None, method, path, body).await
+    }
+
+    /// A call with `Authorization: Bearer <token>` when a token is given (server mode).
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Res {
         let mut req = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
         let body = match body {
             Some(v) => {
                 req = req.header("content-type", "application/json");
@@ -411,6 +425,13 @@ impl TestApp {
             out.extend(self.stream(&self.sessions.keys().outbox(shard)).await);
         }
         out
+    }
+
+    /// The outbox's events of one type.
+    pub async fn outbox_of(&self, event_type: &str) -> Vec<Envelope> {
+        let mut events = self.outbox().await;
+        events.retain(|e| e.event_type == event_type);
+        events
     }
 
     /// Every event in the global events stream.

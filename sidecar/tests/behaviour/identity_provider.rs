@@ -11,15 +11,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use session_sidecar::api::auth::{Auth, IdentityProvider, IdpConfig};
 use session_sidecar::metrics::Metrics;
 
-use crate::harness::{Kind, Res, TestApp};
+use crate::harness::{Kind, TestApp};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 const AUDIENCE: &str = "session-service";
@@ -221,37 +220,11 @@ fn claims(issuer: &str, sub: &str) -> Value {
     json!({"iss": issuer, "aud": AUDIENCE, "sub": sub, "exp": now() + 300, "iat": now()})
 }
 
-async fn call(
-    app: &TestApp,
-    token: Option<&str>,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Res {
-    let mut req = Request::builder().method(method).uri(path);
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let body = match body {
-        Some(b) => {
-            req = req.header("content-type", "application/json");
-            Body::from(b.to_string())
-        }
-        None => Body::empty(),
-    };
-    app.raw(req.body(body).unwrap()).await
-}
-
 /// The problem code a listing with `token` answers (`ok` for 200).
 async fn verdict(app: &TestApp, token: &str) -> String {
-    let res = call(
-        app,
-        Some(token),
-        Method::GET,
-        "/v1/users/alice/sessions",
-        None,
-    )
-    .await;
+    let res = app
+        .call_as(Some(token), Method::GET, "/v1/users/alice/sessions", None)
+        .await;
     if res.status == StatusCode::OK {
         return "ok".to_owned();
     }
@@ -282,14 +255,9 @@ async fn tokens_from_the_identity_provider_are_verified_against_its_published_ke
     // Each algorithm: a user acts on their own sessions only; the service scope on anyone's.
     for key in [&rsa, &ec, &ed] {
         let alice = key.sign(&claims(&idp.issuer, "alice"));
-        let res = call(
-            &app,
-            Some(&alice),
-            Method::POST,
-            "/v1/sessions",
-            Some(json!({})),
-        )
-        .await;
+        let res = app
+            .call_as(Some(&alice), Method::POST, "/v1/sessions", Some(json!({})))
+            .await;
         assert_eq!(
             res.status,
             StatusCode::CREATED,
@@ -299,14 +267,9 @@ async fn tokens_from_the_identity_provider_are_verified_against_its_published_ke
         );
         assert_eq!(res.body["user_id"], "alice");
         let bob = key.sign(&claims(&idp.issuer, "bob"));
-        let res = call(
-            &app,
-            Some(&bob),
-            Method::GET,
-            "/v1/users/alice/sessions",
-            None,
-        )
-        .await;
+        let res = app
+            .call_as(Some(&bob), Method::GET, "/v1/users/alice/sessions", None)
+            .await;
         assert_eq!(res.status, StatusCode::FORBIDDEN, "{:?}", key.alg);
         let mut service = claims(&idp.issuer, "billing");
         service["scp"] = json!(["sessions:service"]);

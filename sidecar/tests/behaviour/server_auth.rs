@@ -1,13 +1,12 @@
 //! Server mode: bearer JWTs, user scoping, the service scope.
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use jsonwebtoken::{EncodingKey, Header, encode};
-use serde_json::{Value, json};
+use serde_json::json;
 use session_sidecar::api::auth::Auth;
 
 use crate::both_backends;
-use crate::harness::{Kind, Res, TestApp};
+use crate::harness::{Kind, TestApp};
 
 both_backends!(tokens_are_required_and_scope_users);
 
@@ -23,27 +22,6 @@ fn token(sub: &str, scope: &str, exp_offset: i64) -> String {
     .unwrap()
 }
 
-async fn call(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> Res {
-    let mut req = Request::builder().method(method).uri(path);
-    if let Some(t) = bearer {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let body = match body {
-        Some(b) => {
-            req = req.header("content-type", "application/json");
-            Body::from(b.to_string())
-        }
-        None => Body::empty(),
-    };
-    app.raw(req.body(body).unwrap()).await
-}
-
 async fn tokens_are_required_and_scope_users(kind: Kind) {
     // Proves: 401 without a valid token; a user acts only on their own sessions (403
     // otherwise); the service scope may act for anyone and post inbound events.
@@ -52,16 +30,17 @@ async fn tokens_are_required_and_scope_users(kind: Kind) {
     let bob = token("bob", "sessions:read", 300);
     let service = token("billing", "sessions:service", 300);
     for bad in [None, Some("garbage")] {
-        let res = call(&app, Method::GET, "/v1/users/alice/sessions", bad, None).await;
+        let res = app
+            .call_as(bad, Method::GET, "/v1/users/alice/sessions", None)
+            .await;
         assert_eq!(res.status, StatusCode::UNAUTHORIZED);
     }
     let expired = token("alice", "", -300);
     assert_eq!(
-        call(
-            &app,
+        app.call_as(
+            Some(&expired),
             Method::GET,
             "/v1/users/alice/sessions",
-            Some(&expired),
             None
         )
         .await
@@ -75,39 +54,33 @@ async fn tokens_are_required_and_scope_users(kind: Kind) {
     )
     .unwrap();
     assert_eq!(
-        call(
-            &app,
-            Method::GET,
-            "/v1/users/alice/sessions",
-            Some(&forged),
-            None
-        )
-        .await
-        .status,
+        app.call_as(Some(&forged), Method::GET, "/v1/users/alice/sessions", None)
+            .await
+            .status,
         StatusCode::UNAUTHORIZED
     );
 
-    let res = call(
-        &app,
-        Method::POST,
-        "/v1/sessions",
-        Some(&alice),
-        Some(json!({"title": "mine"})),
-    )
-    .await;
+    let res = app
+        .call_as(
+            Some(&alice),
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"title": "mine"})),
+        )
+        .await;
     assert_eq!(
         (res.status, res.body["user_id"].as_str()),
         (StatusCode::CREATED, Some("alice"))
     );
     let id = res.body["session_id"].as_str().unwrap().to_owned();
-    let res = call(
-        &app,
-        Method::POST,
-        "/v1/sessions",
-        Some(&alice),
-        Some(json!({"user_id": "bob"})),
-    )
-    .await;
+    let res = app
+        .call_as(
+            Some(&alice),
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"user_id": "bob"})),
+        )
+        .await;
     assert_eq!(res.status, StatusCode::FORBIDDEN);
     for (method, path, body) in [
         (Method::GET, format!("/v1/sessions/{id}"), None),
@@ -131,7 +104,7 @@ async fn tokens_are_required_and_scope_users(kind: Kind) {
         ),
         (Method::GET, "/v1/orgs/acme/sessions".to_owned(), None),
     ] {
-        let res = call(&app, method.clone(), &path, Some(&bob), body).await;
+        let res = app.call_as(Some(&bob), method.clone(), &path, body).await;
         assert_eq!(
             res.status,
             StatusCode::FORBIDDEN,
@@ -140,11 +113,10 @@ async fn tokens_are_required_and_scope_users(kind: Kind) {
         );
     }
     assert_eq!(
-        call(
-            &app,
+        app.call_as(
+            Some(&alice),
             Method::GET,
             &format!("/v1/sessions/{id}"),
-            Some(&alice),
             None
         )
         .await
@@ -152,11 +124,10 @@ async fn tokens_are_required_and_scope_users(kind: Kind) {
         StatusCode::OK
     );
     assert_eq!(
-        call(
-            &app,
+        app.call_as(
+            Some(&service),
             Method::GET,
             &format!("/v1/sessions/{id}"),
-            Some(&service),
             None
         )
         .await
@@ -165,11 +136,10 @@ async fn tokens_are_required_and_scope_users(kind: Kind) {
     );
     let event = json!({"event_id": uuid::Uuid::new_v4().to_string(), "event_type": "auth.user.deleted.v1", "timestamp": "2026-01-01T00:00:00.000Z", "source": "auth", "payload": {"user_id": "alice"}});
     assert_eq!(
-        call(
-            &app,
+        app.call_as(
+            Some(&alice),
             Method::POST,
             "/v1/events",
-            Some(&alice),
             Some(event.clone())
         )
         .await
@@ -177,32 +147,25 @@ async fn tokens_are_required_and_scope_users(kind: Kind) {
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        call(
-            &app,
-            Method::POST,
-            "/v1/events",
-            Some(&service),
-            Some(event)
-        )
-        .await
-        .status,
+        app.call_as(Some(&service), Method::POST, "/v1/events", Some(event))
+            .await
+            .status,
         StatusCode::OK
     );
     for (token, expected) in [(&alice, StatusCode::FORBIDDEN), (&service, StatusCode::OK)] {
-        let res = call(&app, Method::GET, "/v1/dead-letters", Some(token), None).await;
+        let res = app
+            .call_as(Some(token), Method::GET, "/v1/dead-letters", None)
+            .await;
         assert_eq!(res.status, expected, "dead letters need the service scope");
-        let res = call(
-            &app,
-            Method::POST,
-            "/v1/dead-letters/replay",
-            Some(token),
-            None,
-        )
-        .await;
+        let res = app
+            .call_as(Some(token), Method::POST, "/v1/dead-letters/replay", None)
+            .await;
         assert_eq!(res.status, expected, "so does replaying them");
     }
     assert_eq!(
-        call(&app, Method::GET, "/healthz", None, None).await.status,
+        app.call_as(None, Method::GET, "/healthz", None)
+            .await
+            .status,
         StatusCode::OK,
         "probes need no token"
     );
