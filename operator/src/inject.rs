@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::capabilities::Capabilities;
 use crate::crd::SessionService;
 use crate::resources::container_security;
+use crate::resources::redis::RedisUser;
 use crate::resources::server::{SESSION_UID, http_probe, redis_ca_volume, session_env};
 
 /// The injected container's name; its presence makes injection a no-op.
@@ -45,7 +46,7 @@ pub fn sidecar_container(ss: &SessionService, native: bool) -> Container {
         // One runtime thread: a sidecar shares the pod's CPU with the application.
         value("SESSION_WORKER_THREADS", "1".to_owned()),
     ];
-    env.extend(session_env(ss));
+    env.extend(session_env(ss, RedisUser::Sidecar));
     let mut security = container_security();
     security.run_as_user = Some(SESSION_UID);
     security.run_as_group = Some(SESSION_UID);

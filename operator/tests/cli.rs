@@ -35,7 +35,7 @@ fn render_prints_every_object_with_fresh_passwords() {
     let documents = session_operator::yaml::from_yaml_documents(&text).unwrap();
     assert_eq!(
         documents.len(),
-        16,
+        19,
         "the cluster example: every object but a bootstrap Job (the operator forms the cluster)"
     );
     let second = operator(&["render", "-f", file.to_str().unwrap()]);

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::redis_cluster::{Cluster, PASSWORD, SHARDS, access, heal, roll, shape};
+use common::redis_cluster::{Cluster, SHARDS, access, heal, roll, shape};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1;
@@ -68,7 +68,13 @@ impl Drop for Sidecar {
 impl Sidecar {
     fn start(cluster: &Cluster, hosts: &std::path::Path, addr: SocketAddr) -> Self {
         let seeds = (0..3)
-            .map(|i| format!("redis://:{PASSWORD}@{}:{}", cluster.host(i), cluster.port))
+            .map(|i| {
+                format!(
+                    "redis://sidecar:test-sidecar-password@{}:{}",
+                    cluster.host(i),
+                    cluster.port
+                )
+            })
             .collect::<Vec<_>>()
             .join(",");
         let child = Command::new("unshare")

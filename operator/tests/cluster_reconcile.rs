@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apiserver::FakeApiServer;
-use common::redis_cluster::{Cluster, PASSWORD, SHARDS};
+use common::redis_cluster::{Cluster, SHARDS};
 use serde_json::json;
 use session_operator::crd::SessionService;
 use session_operator::reconcile;
@@ -67,12 +67,15 @@ async fn reconciles_form_the_cluster_and_roll_its_pods_one_at_a_time() {
     ss.metadata.uid = Some("7d3c1f9e-0000-4000-8000-000000000009".to_owned());
     ss.metadata.generation = Some(1);
     fake.insert(SS_PATH, serde_json::to_value(&ss).unwrap());
-    fake.insert(
-        "/api/v1/namespaces/platform/secrets/sessions-ha-redis-auth",
-        json!({"apiVersion": "v1", "kind": "Secret",
-               "metadata": {"name": "sessions-ha-redis-auth", "namespace": NS},
-               "data": {"password": data_encoding::BASE64.encode(PASSWORD.as_bytes())}}),
-    );
+    // The Secrets the nodes were started from (their users' passwords), as a past reconcile
+    // left them.
+    for secret in cluster.objects.iter().filter(|o| o["kind"] == "Secret") {
+        let name = secret["metadata"]["name"].as_str().unwrap();
+        fake.insert(
+            &format!("/api/v1/namespaces/{NS}/secrets/{name}"),
+            secret.clone(),
+        );
+    }
     fake.insert(PODS_PATH, pod_list(&cluster, "rev1"));
     let ctx = apiserver::reconcile_context(client);
     let reconcile_once = || async {

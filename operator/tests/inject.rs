@@ -138,7 +138,7 @@ async fn a_labelled_pod_gets_a_native_sidecar_through_a_json_patch() {
     assert_eq!(var("SESSION_CACHE_MAX_AGE_MS")["value"], "10000");
     assert_eq!(
         var("SESSION_REDIS_URL")["valueFrom"]["secretKeyRef"]["name"],
-        "sessions-redis-auth"
+        "sessions-redis-sidecar"
     );
     assert_eq!(sidecar["securityContext"]["runAsNonRoot"], true);
     assert_eq!(

@@ -20,7 +20,8 @@ use session_operator::reconcile::{self, Context, Error};
 
 const STS_PATH: &str = "/apis/apps/v1/namespaces/shop/statefulsets/sessions-redis";
 const DEPLOY_PATH: &str = "/apis/apps/v1/namespaces/shop/deployments/sessions";
-const SECRET_PATH: &str = "/api/v1/namespaces/shop/secrets/sessions-redis-auth";
+const SECRET_PATH: &str = "/api/v1/namespaces/shop/secrets/sessions-redis-sidecar";
+const ACL_PATH: &str = "/api/v1/namespaces/shop/secrets/sessions-redis-acl";
 const HPA_PATH: &str = "/apis/autoscaling/v2/namespaces/shop/horizontalpodautoscalers/sessions";
 
 struct Harness {
@@ -101,7 +102,7 @@ async fn a_first_reconcile_applies_everything_and_reports_progress() {
         })
         .map(|w| w.path.as_str())
         .collect();
-    assert_eq!(applied.len(), 16, "{applied:#?}");
+    assert_eq!(applied.len(), 19, "{applied:#?}");
     assert!(writes.iter().all(|w| w.changed));
     for object in h.fake.paths().iter().filter(|p| *p != &h.path) {
         let stored = h.fake.get(object).unwrap();
@@ -199,11 +200,11 @@ async fn once_ready_a_second_reconcile_changes_nothing() {
 }
 
 #[tokio::test]
-async fn an_existing_password_is_kept_and_used_in_the_url() {
+async fn an_existing_password_is_kept_and_used_in_the_url_and_the_acl_file() {
     let h = Harness::new("sessionservice-standalone.yaml");
     h.fake.insert(
         SECRET_PATH,
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sessions-redis-auth", "namespace": "shop"},
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sessions-redis-sidecar", "namespace": "shop"},
                "data": {"password": data_encoding::BASE64.encode(b"set-before-the-operator")}}),
     );
     h.reconcile().await.unwrap();
@@ -215,7 +216,22 @@ async fn an_existing_password_is_kept_and_used_in_the_url() {
     let url = String::from_utf8(data_encoding::BASE64.decode(url.as_bytes()).unwrap()).unwrap();
     assert_eq!(
         url,
-        "redis://:set-before-the-operator@sessions-redis.shop.svc:6379"
+        "redis://sidecar:set-before-the-operator@sessions-redis.shop.svc:6379"
+    );
+    let acl = h.fake.get(ACL_PATH).unwrap()["data"]["users.acl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let acl = String::from_utf8(data_encoding::BASE64.decode(acl.as_bytes()).unwrap()).unwrap();
+    use sha2::Digest;
+    let hash = data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(b"set-before-the-operator"));
+    assert!(
+        acl.contains(&format!("user sidecar on #{hash} ")),
+        "the ACL file holds the kept password's hash: {acl}"
+    );
+    assert!(
+        !acl.contains("set-before-the-operator"),
+        "and never the password"
     );
 }
 

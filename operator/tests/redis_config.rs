@@ -1,6 +1,6 @@
 //! The Redis the operator configures, run for real: the rendered `redis.conf` and the exact
 //! command line of the StatefulSet start a real `redis-server` (standalone, cluster node, TLS),
-//! which then requires the password and holds the configured policies.
+//! which then requires its users' passwords and holds the configured policies.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -18,14 +18,22 @@ fn start(objects: &[Value], dir: &std::path::Path, port: u16) -> RedisNode {
     RedisNode::start(objects, dir, "127.0.0.1", port, "sessions-redis-0")
 }
 
-fn cli(port: u16, tls: Option<&std::path::Path>, password: Option<&str>, args: &[&str]) -> String {
+/// `redis-cli` as `user` (`(name, password)`), or unauthenticated.
+fn cli(
+    port: u16,
+    tls: Option<&std::path::Path>,
+    user: Option<(&str, &str)>,
+    args: &[&str],
+) -> String {
     let mut command = Command::new("redis-cli");
     command.args(["-p", &port.to_string()]);
     if let Some(dir) = tls {
         command.args(["--tls", "--cacert", dir.join("ca.crt").to_str().unwrap()]);
     }
-    if let Some(password) = password {
-        command.env("REDISCLI_AUTH", password);
+    if let Some((name, password)) = user {
+        command
+            .args(["--user", name])
+            .env("REDISCLI_AUTH", password);
     }
     let out = command.args(args).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -41,7 +49,16 @@ fn standalone_redis_runs_with_the_rendered_configuration() {
         cli(port, None, None, &["ping"]).contains("NOAUTH"),
         "a password is required"
     );
-    let password = Some("test-redis-password");
+    let replication = Some(("replication", common::REPLICATION_PASSWORD));
+    assert_eq!(
+        cli(port, None, replication, &["ping"]),
+        "PONG",
+        "the probes' user"
+    );
+    assert!(cli(port, None, replication, &["get", "sess:{0}:s:x"]).contains("NOPERM"));
+    let sidecar = Some(("sidecar", "test-sidecar-password"));
+    assert!(cli(port, None, sidecar, &["config", "get", "maxmemory"]).contains("NOPERM"));
+    let password = Some(("admin", common::ADMIN_PASSWORD));
     assert_eq!(cli(port, None, password, &["ping"]), "PONG");
     assert_eq!(
         cli(port, None, password, &["config", "get", "maxmemory-policy"]),
@@ -64,7 +81,7 @@ fn a_cluster_node_runs_over_tls_announcing_its_hostname() {
     make_test_certs(dir.path());
     let port = free_port();
     let _redis = start(&objects, dir.path(), port);
-    let password = Some("test-redis-password");
+    let password = Some(("admin", common::ADMIN_PASSWORD));
     let tls = Some(dir.path());
     assert_eq!(cli(port, tls, password, &["ping"]), "PONG");
     assert!(cli(port, tls, password, &["cluster", "info"]).contains("cluster_known_nodes:1"));

@@ -188,20 +188,40 @@ fn a_cluster_of_every_size_renders_and_validates() {
 }
 
 #[test]
-fn the_redis_secret_holds_a_url_with_the_password() {
+fn each_redis_user_has_a_secret_with_its_url_and_only_redis_mounts_the_acl_file() {
     let objects = rendered("sessionservice-standalone.yaml");
-    let secret = objects
-        .iter()
-        .find(|o| o["metadata"]["name"] == "sessions-redis-auth")
-        .unwrap();
-    use data_encoding::BASE64;
-    let url = BASE64
-        .decode(secret["data"]["url"].as_str().unwrap().as_bytes())
-        .unwrap();
-    assert_eq!(
-        String::from_utf8(url).unwrap(),
-        "redis://:test-redis-password@sessions-redis.shop.svc:6379"
-    );
+    for (user, password) in [
+        ("admin", "test-admin-password"),
+        ("server", "test-server-password"),
+        ("sidecar", "test-sidecar-password"),
+    ] {
+        let secret =
+            |key| common::redis_node::secret_value(&objects, &format!("-redis-{user}"), key);
+        assert_eq!(secret("username"), user);
+        assert_eq!(secret("password"), password);
+        assert_eq!(
+            secret("url"),
+            format!("redis://{user}:{password}@sessions-redis.shop.svc:6379")
+        );
+    }
+    // Which Secrets each workload may read: the session service the server user's, Redis the
+    // ACL file, and nobody but the operator the admin's.
+    let secrets_of = |kind: &str| -> Vec<String> {
+        let object = objects.iter().find(|o| o["kind"] == kind).unwrap();
+        let text = object["spec"]["template"].to_string();
+        let mut names: Vec<String> = ["admin", "server", "sidecar", "acl"]
+            .iter()
+            .map(|s| format!("sessions-redis-{s}"))
+            .filter(|name| text.contains(&format!("\"{name}\"")))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(secrets_of("Deployment"), ["sessions-redis-server"]);
+    assert_eq!(secrets_of("StatefulSet"), ["sessions-redis-acl"]);
+    let acl = common::redis_node::secret_value(&objects, "-redis-acl", "users.acl");
+    assert!(acl.starts_with("user default off "), "{acl}");
+    assert!(!acl.contains("test-") && acl.lines().count() == 5, "{acl}");
 }
 
 #[test]

@@ -6,6 +6,11 @@ use std::net::SocketAddr;
 use clap::{Parser, ValueEnum};
 
 use crate::sessions::{CapPolicy, Policy};
+use crate::store::acl::Role;
+
+/// The prefix of every Redis key unless configured (the operator leaves it so, and limits the
+/// Redis users it creates to it).
+pub const DEFAULT_KEY_PREFIX: &str = "sess";
 
 /// Where the sidecar listens by default: loopback only, the pod's own port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -87,7 +92,7 @@ pub struct Config {
     #[arg(long, env = "SESSION_REDIS_WAIT_TIMEOUT_MS", default_value_t = 50)]
     pub redis_wait_timeout_ms: u64,
     /// Prefix of every Redis key.
-    #[arg(long, env = "SESSION_KEY_PREFIX", default_value = "sess")]
+    #[arg(long, env = "SESSION_KEY_PREFIX", default_value = DEFAULT_KEY_PREFIX)]
     pub key_prefix: String,
     /// Number of shards (1–1024); never change it on existing data.
     #[arg(long, env = "SESSION_SHARD_COUNT", default_value_t = DEFAULT_SHARD_COUNT)]
@@ -331,6 +336,17 @@ impl Config {
     #[must_use]
     pub fn runs_background_work(&self) -> bool {
         self.mode == Mode::Server || self.redis_url.is_none() || self.background_work
+    }
+
+    /// The Redis role whose ACL rules this process needs: the server's when it runs the
+    /// background work, the sidecar's otherwise.
+    #[must_use]
+    pub fn redis_role(&self) -> Role {
+        if self.mode == Mode::Server || self.background_work {
+            Role::Server
+        } else {
+            Role::Sidecar
+        }
     }
 }
 

@@ -61,6 +61,10 @@ pub enum Error {
     Contention,
     #[error("the session store is unavailable")]
     Unavailable(String),
+    #[error(
+        "the session store refused this operation to this service's Redis user; its ACL rules must be granted (the service's log names them)"
+    )]
+    StorePermission,
     #[error("the session store returned data this service cannot read")]
     Corrupt(String),
     #[error("the service is at its limit of requests in progress; retry")]
@@ -79,6 +83,10 @@ impl From<BackendError> for Error {
             BackendError::Unavailable(m) => Error::Unavailable(m),
             BackendError::AppendFailed(_) => Error::AppendFailed,
             BackendError::Protocol(m) => Error::Corrupt(m),
+            BackendError::NoPermission(m) => {
+                tracing::error!(refused = %m, "Redis refused a command to this process's user: grant the user the rules of its role (README, Redis users)");
+                Error::StorePermission
+            }
         }
     }
 }
@@ -119,6 +127,7 @@ impl Error {
             Error::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded"),
             Error::RequestTimeout => (S::SERVICE_UNAVAILABLE, "request_timeout"),
             Error::Corrupt(_) => (S::INTERNAL_SERVER_ERROR, "store_corrupt"),
+            Error::StorePermission => (S::INTERNAL_SERVER_ERROR, "store_permission_denied"),
         }
     }
 

@@ -75,10 +75,13 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
                 config.replica_wait(),
                 metrics.clone(),
             );
+            let (role, keys) = (config.redis_role(), store::Keys::new(&config.key_prefix));
             store::connecting::Connecting::start(move || {
-                let (url, metrics) = (url.clone(), metrics.clone());
+                let (url, metrics, keys) = (url.clone(), metrics.clone(), keys.clone());
                 async move {
-                    let redis = store::redis::connect_with(&url, cluster, wait).await?;
+                    let redis =
+                        store::redis::connect_with(&url, cluster, wait, Some((role, &keys)))
+                            .await?;
                     Ok(Arc::new(Breaker::new(redis, metrics)) as Arc<dyn Backend>)
                 }
             })

@@ -10,10 +10,13 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, free_port, wait_for_port};
+use common::{RedisServer, free_port, redis_cli, wait_for_port};
 use serde_json::{Value, json};
+use session_sidecar::store::acl::Role;
 
 const BIN: &str = env!("CARGO_BIN_EXE_session-sidecar");
+/// The binary's default key prefix, which the test servers' users are limited to.
+const PREFIX: &str = "sess";
 
 /// A running `session-sidecar`, killed if still running when dropped.
 struct Sidecar {
@@ -158,14 +161,15 @@ fn configuration_errors_are_reported_together() {
 fn two_server_processes_expire_each_session_exactly_once() {
     // Proves: two session services sweeping one Redis publish exactly one session.expired.v1
     // per session, and the relay delivers each event to the stream once.
-    let redis = RedisServer::start();
+    let redis = RedisServer::start_for("race");
     let secret = "0123456789abcdef0123456789abcdef";
     let env = [("SESSION_JWT_SECRET", secret)];
+    let url = redis.url_as(Role::Server);
     let args = [
         "--mode",
         "server",
         "--redis-url",
-        &redis.url,
+        &url,
         "--key-prefix",
         "race",
     ];
@@ -190,7 +194,7 @@ fn two_server_processes_expire_each_session_exactly_once() {
         assert_eq!(status, 201, "{s}");
         ids.insert(s["session_id"].as_str().unwrap().to_owned());
     }
-    let mut conn = redis::Client::open(redis.url.as_str())
+    let mut conn = redis::Client::open(redis.admin_url())
         .unwrap()
         .get_connection()
         .unwrap();
@@ -234,13 +238,13 @@ fn two_server_processes_expire_each_session_exactly_once() {
 fn sigterm_drains_in_flight_requests() {
     // Proves: a request in flight when SIGTERM arrives still gets its answer, and then the
     // process exits 0. Redis is made slow on purpose (DEBUG SLEEP) so the request is in flight.
-    let redis = RedisServer::start();
+    let redis = RedisServer::start_for(PREFIX);
     let sidecar = Sidecar::start(&["--redis-url", &redis.url], &[]);
     let port = sidecar.port;
     let unknown = format!("/v1/sessions/sess_0_{}", "a".repeat(26));
     let redis_port = redis.port.to_string();
     let sleeper = std::thread::spawn(move || {
-        Command::new("redis-cli")
+        redis_cli()
             .args(["-p", &redis_port, "DEBUG", "SLEEP", "0.6"])
             .output()
             .unwrap();
@@ -259,7 +263,7 @@ fn sigterm_drains_in_flight_requests() {
 fn logs_never_contain_session_ids_tokens_or_secrets() {
     // Proves: at debug level, across successes, failures and a Redis outage, the JSON logs
     // carry no session id, bearer token or JWT secret.
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start_for(PREFIX);
     let secret = "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t";
     let port = free_port();
     let child = Command::new(BIN)
@@ -269,7 +273,7 @@ fn logs_never_contain_session_ids_tokens_or_secrets() {
             "--mode",
             "server",
             "--redis-url",
-            &redis.url,
+            &redis.url_as(Role::Server),
         ])
         .env("SESSION_JWT_SECRET", secret)
         .env("RUST_LOG", "debug")
@@ -416,7 +420,7 @@ fn tls_to_redis_works_with_the_ca_in_ssl_cert_file_and_refuses_an_unknown_ca() {
     // Proves: `rediss://` connects when the CA is trusted through SSL_CERT_FILE (how the
     // operator configures session pods) — sessions are written, read and invalidated over
     // TLS — and a certificate from an unknown CA is not accepted.
-    let (redis, ca) = RedisServer::start_tls();
+    let (redis, ca) = RedisServer::start_tls(PREFIX);
     let ca = ca.to_string_lossy().into_owned();
     let sidecar = Sidecar::start(&["--redis-url", &redis.url], &[("SSL_CERT_FILE", &ca)]);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -483,7 +487,7 @@ fn starts_while_redis_is_unreachable_and_serves_once_it_answers() {
     // Proves: a sidecar whose Redis is down (still starting, its DNS record not yet there)
     // does not exit and crash-loop its application pod: /healthz answers, /readyz is 503 with
     // the reason, requests get 503, and it serves as soon as Redis answers.
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start_for(PREFIX);
     redis.kill();
     let sidecar = Sidecar::start(&["--redis-url", &redis.url], &[]);
     let (status, health) = wait_for_reason(&sidecar, "refused");
@@ -548,4 +552,53 @@ fn the_admin_listener_serves_probes_and_metrics_only() {
     stream.read_to_string(&mut text).unwrap();
     assert!(text.contains("session_requests_total"), "{text}");
     assert!(sidecar.terminate().success());
+}
+
+#[test]
+fn a_redis_user_missing_a_rule_is_reported_by_name_until_it_is_granted() {
+    // Proves: a process whose Redis user lacks a command of its role (an external Redis set
+    // up by hand) does not fail requests one by one: /readyz names what is missing and the
+    // rules to grant, and once they are granted it serves without a restart. A sidecar user
+    // is not enough for the session service, which also runs the background work.
+    let redis = RedisServer::start_for(PREFIX);
+    redis.cli(&["acl", "setuser", "sidecar", "-xadd"]);
+    let sidecar = Sidecar::start(&["--redis-url", &redis.url], &[]);
+    let (status, health) = wait_for_reason(&sidecar, "may not run what the sidecar role needs");
+    assert_eq!(status, 503);
+    let reason = health["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("xadd sess:{0}:s:acl-check * f v"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("+xadd") && reason.contains("~sess:{[0-9]*}:*"),
+        "{reason}"
+    );
+    assert!(
+        !reason.contains("test-password"),
+        "no password in the reason"
+    );
+    redis.cli(&["acl", "setuser", "sidecar", "+xadd"]);
+    let granted = Instant::now();
+    while sidecar.http("GET", "/readyz", None, None).0 != 200 {
+        assert!(
+            granted.elapsed() < Duration::from_secs(10),
+            "not serving after the grant"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("serving {:?} after the rule was granted", granted.elapsed());
+    let body = Some(json!({"user_id": "alice"}));
+    assert_eq!(sidecar.http("POST", "/v1/sessions", None, body).0, 201);
+
+    let secret = "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t";
+    let server = Sidecar::start(
+        &["--mode", "server", "--redis-url", &redis.url],
+        &[("SESSION_JWT_SECRET", secret)],
+    );
+    let (_, health) = wait_for_reason(&server, "may not run what the server role needs");
+    assert!(
+        health["reason"].as_str().unwrap().contains("xrange"),
+        "{health}"
+    );
 }

@@ -45,7 +45,8 @@ pub struct Member {
 /// Credentials for the operator's own connections.
 #[derive(Clone, Debug, Default)]
 pub struct Access {
-    pub password: Option<String>,
+    /// The user and password to authenticate with (the admin user's), if any.
+    pub credentials: Option<(String, String)>,
     /// The CA certificate (PEM) when Redis speaks TLS.
     pub tls_ca: Option<Vec<u8>>,
 }

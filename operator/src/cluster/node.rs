@@ -203,8 +203,8 @@ impl Node {
             .arg(0)
             .arg(MIGRATE_TIMEOUT_MS)
             .arg("REPLACE");
-        if let Some(password) = &access.password {
-            cmd.arg("AUTH").arg(password);
+        if let Some((user, password)) = &access.credentials {
+            cmd.arg("AUTH2").arg(user).arg(password);
         }
         cmd.arg("KEYS");
         for k in keys {
@@ -227,9 +227,9 @@ async fn connect(member: &Member, access: &Access) -> Result<MultiplexedConnecti
         "redis"
     };
     let auth = access
-        .password
+        .credentials
         .as_ref()
-        .map(|p| format!(":{p}@"))
+        .map(|(user, password)| format!("{user}:{password}@"))
         .unwrap_or_default();
     let url = format!("{scheme}://{auth}{host}:{}", member.port);
     let client = match &access.tls_ca {

@@ -196,7 +196,10 @@ async fn access(
         _ => None,
     };
     Ok(Access {
-        password: Some(secrets.redis_password.clone()),
+        credentials: Some((
+            redis::RedisUser::Admin.name().to_owned(),
+            secrets.redis.admin.clone(),
+        )),
         tls_ca,
     })
 }

@@ -265,10 +265,22 @@ async fn read_secrets(
             }))
         }
     };
-    if ss.spec.redis.mode != RedisMode::External
-        && let Some(password) = read(names.redis_secret(), "password").await?
-    {
-        secrets.redis_password = password;
+    if ss.spec.redis.mode != RedisMode::External {
+        let passwords = &mut secrets.redis;
+        for (user, password) in [
+            (redis::RedisUser::Admin, &mut passwords.admin),
+            (redis::RedisUser::Server, &mut passwords.server),
+            (redis::RedisUser::Sidecar, &mut passwords.sidecar),
+        ] {
+            if let Some(stored) = read(names.redis_user_secret(user.name()), "password").await? {
+                *password = stored;
+            }
+        }
+        if let Some(stored) =
+            read(names.redis_acl_secret(), redis::REPLICATION_PASSWORD_KEY).await?
+        {
+            passwords.replication = stored;
+        }
     }
     if ss.spec.server.jwt_secret_name.is_none()
         && let Some(key) = read(names.jwt_secret(), server::JWT_KEY).await?

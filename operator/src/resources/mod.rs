@@ -59,8 +59,17 @@ pub struct Unwanted {
 /// Generated credentials, generated once and then read back from their Secrets.
 #[derive(Clone, Debug)]
 pub struct Secrets {
-    pub redis_password: String,
+    pub redis: RedisPasswords,
     pub jwt_secret: String,
+}
+
+/// The password of each Redis user the operator creates (see [`redis::RedisUser`]).
+#[derive(Clone, Debug)]
+pub struct RedisPasswords {
+    pub admin: String,
+    pub server: String,
+    pub sidecar: String,
+    pub replication: String,
 }
 
 impl Secrets {
@@ -68,7 +77,12 @@ impl Secrets {
     /// alphanumeric characters, about 190 bits, safe in a URL without escaping.
     pub fn generate() -> Self {
         Self {
-            redis_password: random_token(),
+            redis: RedisPasswords {
+                admin: random_token(),
+                server: random_token(),
+                sidecar: random_token(),
+                replication: random_token(),
+            },
             jwt_secret: random_token() + &random_token(),
         }
     }
@@ -202,9 +216,13 @@ impl Names {
     pub fn redis_headless(&self) -> String {
         format!("{}-redis-headless", self.base)
     }
-    /// The generated Redis password and URL.
-    pub fn redis_secret(&self) -> String {
-        format!("{}-redis-auth", self.base)
+    /// The Redis ACL file and the replication password: what only the Redis pods mount.
+    pub fn redis_acl_secret(&self) -> String {
+        format!("{}-redis-acl", self.base)
+    }
+    /// The user name, password and URL of one Redis user (`admin`, `server`, `sidecar`).
+    pub fn redis_user_secret(&self, user: &str) -> String {
+        format!("{}-redis-{user}", self.base)
     }
     /// The generated JWT signing key (when the user gives none).
     pub fn jwt_secret(&self) -> String {

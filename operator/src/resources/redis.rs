@@ -1,6 +1,12 @@
-//! Redis owned by the operator: configuration, password, StatefulSet, Services, disruption
+//! Redis owned by the operator: configuration, users, StatefulSet, Services, disruption
 //! budget and NetworkPolicy. In cluster mode the operator itself forms and runs the cluster
 //! (the `cluster` module); these objects only give it pods with stable names and data.
+//!
+//! Least privilege: Redis loads an ACL file (from a Secret only the Redis pods mount, holding
+//! password hashes) with the `default` user off and one user per role, whose rules the
+//! sidecar crate defines next to the commands it sends (`session_sidecar::store::acl`). Each
+//! client user has a Secret of its own: `admin` for the operator, `server` for the session
+//! service, `sidecar` for injected sidecars, which so never hold a password with every right.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +17,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, ExecAction, ObjectFieldSelector, PersistentVolumeClaim,
+    EnvVarSource, ExecAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, Secret, SecretKeySelector,
     SecretVolumeSource, Service, ServicePort, ServiceSpec, TCPSocketAction,
     TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
@@ -24,9 +30,14 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use session_sidecar::config::DEFAULT_KEY_PREFIX;
+use session_sidecar::store::Keys;
+use session_sidecar::store::acl::{self, ADMIN_USER, Passwords, REPLICATION_USER, Role};
+
 use super::{
-    BuildError, Desired, INSTANCE_LABEL, Names, Part, Runtime, Secrets, add_disruption_budget,
-    container_security, digest, label_selector, labels, meta, pod_security, selector,
+    BuildError, Desired, INSTANCE_LABEL, Names, Part, RedisPasswords, Runtime, Secrets,
+    add_disruption_budget, container_security, digest, label_selector, labels, meta, pod_security,
+    selector,
 };
 use crate::capabilities::Capabilities;
 use crate::crd::{RedisMode, SessionService};
@@ -37,6 +48,43 @@ const BUS_PORT: i32 = 16379;
 /// The `redis` user of the official image.
 const REDIS_UID: i64 = 999;
 const TLS_DIR: &str = "/tls";
+/// Where the Redis pods mount the ACL Secret.
+const USERS_DIR: &str = "/etc/redis-users";
+/// Keys of the ACL Secret.
+const ACL_FILE_KEY: &str = "users.acl";
+pub const REPLICATION_PASSWORD_KEY: &str = "replication-password";
+
+/// A client user of an operator-run Redis, each with a Secret of its own holding `username`,
+/// `password` and `url`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisUser {
+    /// The operator's own Redis work: cluster bootstrap, repair, resharding.
+    Admin,
+    /// The session service (API and background work).
+    Server,
+    /// Injected sidecars.
+    Sidecar,
+}
+
+impl RedisUser {
+    pub const ALL: [RedisUser; 3] = [RedisUser::Admin, RedisUser::Server, RedisUser::Sidecar];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RedisUser::Admin => ADMIN_USER,
+            RedisUser::Server => Role::Server.user(),
+            RedisUser::Sidecar => Role::Sidecar.user(),
+        }
+    }
+
+    pub fn password(self, passwords: &RedisPasswords) -> &str {
+        match self {
+            RedisUser::Admin => &passwords.admin,
+            RedisUser::Server => &passwords.server,
+            RedisUser::Sidecar => &passwords.sidecar,
+        }
+    }
+}
 
 pub fn build(
     ss: &SessionService,
@@ -46,12 +94,18 @@ pub fn build(
 ) -> Result<(), BuildError> {
     let names = Names::of(ss);
     let conf = redis_conf(ss);
+    let users = acl_file(&secrets.redis);
     let pods = runtime.redis_pods.unwrap_or(0).max(pod_count(ss));
     out.add(Part::Redis, config_map(ss, &names, &conf))?;
-    out.add(Part::Redis, secret(ss, &names, &secrets.redis_password))?;
+    out.add(Part::Redis, acl_secret(ss, &names, &users, &secrets.redis))?;
+    for user in RedisUser::ALL {
+        out.add(Part::Redis, user_secret(ss, &names, user, &secrets.redis))?;
+    }
+    // A change of the configuration or of the users changes the template: the pods roll.
+    let config_digest = digest(&(conf + &users));
     out.add(
         Part::Redis,
-        stateful_set(ss, &names, &conf, pods, &runtime.api),
+        stateful_set(ss, &names, &config_digest, pods, &runtime.api),
     )?;
     out.add(Part::Redis, headless_service(ss, &names))?;
     out.add(Part::Redis, client_service(ss, &names))?;
@@ -71,9 +125,9 @@ pub fn pod_count(ss: &SessionService) -> i32 {
     }
 }
 
-/// The URL session pods use: the client Service standalone, a few stable pod names as seeds
-/// in cluster mode (the client learns the rest of the topology from them).
-pub fn url(ss: &SessionService, password: &str) -> String {
+/// The URL a user connects with: the client Service standalone, a few stable pod names as
+/// seeds in cluster mode (the client learns the rest of the topology from them).
+pub fn url(ss: &SessionService, user: &str, password: &str) -> String {
     let names = Names::of(ss);
     let scheme = if ss.spec.redis.tls.enabled {
         "rediss"
@@ -88,13 +142,14 @@ pub fn url(ss: &SessionService, password: &str) -> String {
     };
     hosts
         .iter()
-        .map(|host| format!("{scheme}://:{password}@{host}:{PORT}"))
+        .map(|host| format!("{scheme}://{user}:{password}@{host}:{PORT}"))
         .collect::<Vec<_>>()
         .join(",")
 }
 
-/// `redis.conf`. Passwords and the announced hostname come from the environment on the
-/// command line, so this file holds no secret and is the same for every pod.
+/// `redis.conf`. The users come from the ACL file, the replication password and the
+/// announced hostname from the environment on the command line, so this file holds no secret
+/// and is the same for every pod.
 pub fn redis_conf(ss: &SessionService) -> String {
     let redis = &ss.spec.redis;
     let mut lines = vec![
@@ -105,6 +160,7 @@ pub fn redis_conf(ss: &SessionService) -> String {
         "bind * -::*".to_owned(),
         // Authentication is required and the NetworkPolicy limits who connects.
         "protected-mode no".to_owned(),
+        format!("aclfile {USERS_DIR}/{ACL_FILE_KEY}"),
         "dir /data".to_owned(),
         format!("maxmemory {}", redis.maxmemory),
         format!("maxmemory-policy {}", redis.maxmemory_policy.as_str()),
@@ -163,14 +219,60 @@ fn config_map(ss: &SessionService, names: &Names, conf: &str) -> ConfigMap {
     }
 }
 
-fn secret(ss: &SessionService, names: &Names, password: &str) -> Secret {
-    let bytes = |s: String| ByteString(s.into_bytes());
+/// The ACL file: `default` off, the client users limited to their role's commands and to the
+/// session keys, `admin` with every right, `replication` for replicas syncing and the probes.
+pub fn acl_file(passwords: &RedisPasswords) -> String {
+    acl::acl_file(
+        &Keys::new(DEFAULT_KEY_PREFIX),
+        &Passwords {
+            admin: &[&passwords.admin],
+            server: &[&passwords.server],
+            sidecar: &[&passwords.sidecar],
+            replication: &[&passwords.replication],
+        },
+    )
+}
+
+fn bytes(s: &str) -> ByteString {
+    ByteString(s.as_bytes().to_vec())
+}
+
+/// What only the Redis pods mount: the ACL file (password hashes) and the replication user's
+/// password (`masterauth`, and the probes').
+fn acl_secret(
+    ss: &SessionService,
+    names: &Names,
+    users: &str,
+    passwords: &RedisPasswords,
+) -> Secret {
     Secret {
-        metadata: meta(ss, names.redis_secret(), COMPONENT),
+        metadata: meta(ss, names.redis_acl_secret(), COMPONENT),
         type_: Some("Opaque".to_owned()),
         data: Some(BTreeMap::from([
-            ("password".to_owned(), bytes(password.to_owned())),
-            ("url".to_owned(), bytes(url(ss, password))),
+            (ACL_FILE_KEY.to_owned(), bytes(users)),
+            (
+                REPLICATION_PASSWORD_KEY.to_owned(),
+                bytes(&passwords.replication),
+            ),
+        ])),
+        ..Secret::default()
+    }
+}
+
+fn user_secret(
+    ss: &SessionService,
+    names: &Names,
+    user: RedisUser,
+    passwords: &RedisPasswords,
+) -> Secret {
+    let password = user.password(passwords);
+    Secret {
+        metadata: meta(ss, names.redis_user_secret(user.name()), COMPONENT),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([
+            ("username".to_owned(), bytes(user.name())),
+            ("password".to_owned(), bytes(password)),
+            ("url".to_owned(), bytes(&url(ss, user.name(), password))),
         ])),
         ..Secret::default()
     }
@@ -191,10 +293,14 @@ pub(crate) fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
-/// `redis-cli` arguments for the local server (TLS when enabled); the password comes from
-/// `REDISCLI_AUTH`.
+/// `redis-cli` arguments for the local server as the replication user (TLS when enabled); the
+/// password comes from `REDISCLI_AUTH`.
 fn cli_args(ss: &SessionService) -> Vec<String> {
-    let mut args = vec!["redis-cli".to_owned()];
+    let mut args = vec![
+        "redis-cli".to_owned(),
+        "--user".to_owned(),
+        REPLICATION_USER.to_owned(),
+    ];
     if ss.spec.redis.tls.enabled {
         args.extend([
             "--tls".to_owned(),
@@ -205,11 +311,17 @@ fn cli_args(ss: &SessionService) -> Vec<String> {
     args
 }
 
-/// The password, for the server and for `redis-cli` (the probes).
+/// The replication user's password, for the server (`masterauth`) and `redis-cli` (the
+/// probes).
 fn auth_env(names: &Names) -> Vec<EnvVar> {
+    let secret = names.redis_acl_secret();
     vec![
-        secret_env("REDIS_PASSWORD", &names.redis_secret(), "password"),
-        secret_env("REDISCLI_AUTH", &names.redis_secret(), "password"),
+        secret_env(
+            "REDIS_REPLICATION_PASSWORD",
+            &secret,
+            REPLICATION_PASSWORD_KEY,
+        ),
+        secret_env("REDISCLI_AUTH", &secret, REPLICATION_PASSWORD_KEY),
     ]
 }
 
@@ -237,17 +349,16 @@ fn tls_volume(ss: &SessionService) -> Option<Volume> {
 fn stateful_set(
     ss: &SessionService,
     names: &Names,
-    conf: &str,
+    config_digest: &str,
     pods: i32,
     api: &Capabilities,
 ) -> StatefulSet {
     let storage = Storage::of(ss, names);
     let template_meta = ObjectMeta {
         labels: Some(labels(ss, COMPONENT)),
-        // A change of redis.conf changes the template, so the pods roll onto it.
         annotations: Some(BTreeMap::from([(
             "sessions.io/config-digest".to_owned(),
-            digest(conf),
+            config_digest.to_owned(),
         )])),
         ..ObjectMeta::default()
     };
@@ -281,16 +392,17 @@ fn stateful_set(
     }
 }
 
-/// `redis-server`'s command line and environment: the rendered `redis.conf`, the password
-/// from the Secret (never in a file) and, in cluster mode, the pod's stable DNS name to
-/// announce, so clients and peers find it again after it comes back on a new IP.
+/// `redis-server`'s command line and environment: the rendered `redis.conf`, the replication
+/// user and its password from the Secret (never in a file) and, in cluster mode, the pod's
+/// stable DNS name to announce, so clients and peers find it again after it comes back on a
+/// new IP.
 fn server_command(ss: &SessionService, names: &Names) -> (Vec<String>, Vec<EnvVar>) {
     let mut args = vec![
         "/etc/redis/redis.conf".to_owned(),
-        "--requirepass".to_owned(),
-        "$(REDIS_PASSWORD)".to_owned(),
+        "--masteruser".to_owned(),
+        REPLICATION_USER.to_owned(),
         "--masterauth".to_owned(),
-        "$(REDIS_PASSWORD)".to_owned(),
+        "$(REDIS_REPLICATION_PASSWORD)".to_owned(),
     ];
     let mut env = auth_env(names);
     if ss.spec.redis.mode == RedisMode::Cluster {
@@ -387,6 +499,7 @@ impl Storage {
         let mut mounts = vec![
             mount("data", "/data"),
             mount("config", "/etc/redis"),
+            mount("users", USERS_DIR),
             mount("tmp", "/tmp"),
         ];
         let mut volumes = vec![
@@ -395,6 +508,21 @@ impl Storage {
                 config_map: Some(ConfigMapVolumeSource {
                     name: names.redis(),
                     ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "users".to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(names.redis_acl_secret()),
+                    items: Some(vec![KeyToPath {
+                        key: ACL_FILE_KEY.to_owned(),
+                        path: ACL_FILE_KEY.to_owned(),
+                        ..KeyToPath::default()
+                    }]),
+                    // Readable by the pod's group (fsGroup, the redis user), nobody else.
+                    default_mode: Some(0o440),
+                    ..SecretVolumeSource::default()
                 }),
                 ..Volume::default()
             },

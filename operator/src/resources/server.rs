@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::redis::secret_env;
+use super::redis::{RedisUser, secret_env};
 use super::{
     BuildError, Desired, Names, Part, Secrets, add_disruption_budget, container_security,
     label_selector, labels, meta, pod_security, selector,
@@ -58,21 +58,24 @@ fn value_env(name: &str, value: impl ToString) -> EnvVar {
     }
 }
 
-/// Where a pod of this SessionService finds the Redis URL: the generated Secret, or the
-/// user's Secret in external mode.
-pub fn redis_url_source(ss: &SessionService) -> (String, String) {
+/// Where a pod of this SessionService finds the Redis URL: the Secret of `user` (the session
+/// service's or the sidecars'), or the user's Secret in external mode.
+pub fn redis_url_source(ss: &SessionService, user: RedisUser) -> (String, String) {
     match &ss.spec.redis.external {
         Some(external) if ss.spec.redis.mode == RedisMode::External => {
             (external.secret_name.clone(), external.url_key.clone())
         }
-        _ => (Names::of(ss).redis_secret(), "url".to_owned()),
+        _ => (
+            Names::of(ss).redis_user_secret(user.name()),
+            "url".to_owned(),
+        ),
     }
 }
 
-/// The environment that connects a `session-sidecar` (server or injected sidecar) to this
-/// SessionService: Redis, the service name on every metric, and the session policies.
-pub fn session_env(ss: &SessionService) -> Vec<EnvVar> {
-    let (secret, key) = redis_url_source(ss);
+/// The environment that connects a `session-sidecar` (server or injected sidecar, as `user`)
+/// to this SessionService: Redis, the service name on every metric, and the session policies.
+pub fn session_env(ss: &SessionService, user: RedisUser) -> Vec<EnvVar> {
+    let (secret, key) = redis_url_source(ss, user);
     let cluster = match (&ss.spec.redis.mode, &ss.spec.redis.external) {
         (RedisMode::Cluster, _) => true,
         (RedisMode::External, Some(external)) => external.cluster,
@@ -181,7 +184,7 @@ fn deployment(ss: &SessionService, names: &Names, api: &Capabilities) -> Deploym
         value_env("SESSION_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
         secret_env("SESSION_JWT_SECRET", &jwt, JWT_KEY),
     ];
-    env.extend(session_env(ss));
+    env.extend(session_env(ss, RedisUser::Server));
     let (mut volumes, mut mounts): (Vec<Volume>, Vec<VolumeMount>) =
         redis_ca_volume(ss).into_iter().unzip();
     if let Some(oidc) = &server.oidc {

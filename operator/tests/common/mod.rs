@@ -12,7 +12,12 @@ use std::process::Command;
 use serde_json::Value;
 use session_operator::crd::SessionService;
 use session_operator::render;
-use session_operator::resources::Secrets;
+use session_operator::resources::{RedisPasswords, Secrets};
+
+/// The admin user's password in [`test_secrets`] (the operator's own Redis work).
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+/// The replication user's password in [`test_secrets`] (replicas and the pods' probes).
+pub const REPLICATION_PASSWORD: &str = "test-replication-password";
 
 pub const EXAMPLES: &[&str] = &[
     "sessionservice-standalone.yaml",
@@ -27,7 +32,12 @@ pub fn repo_root() -> PathBuf {
 /// Fixed credentials, so rendered objects are reproducible.
 pub fn test_secrets() -> Secrets {
     Secrets {
-        redis_password: "test-redis-password".to_owned(),
+        redis: RedisPasswords {
+            admin: ADMIN_PASSWORD.to_owned(),
+            server: "test-server-password".to_owned(),
+            sidecar: "test-sidecar-password".to_owned(),
+            replication: REPLICATION_PASSWORD.to_owned(),
+        },
         jwt_secret: "test-jwt-secret-test-jwt-secret-0123456789".to_owned(),
     }
 }

@@ -12,7 +12,7 @@ use session_operator::cluster::{Access, Member, Phase, Report, Shape, converge, 
 
 use super::redis_node::{RedisNode, free_port};
 
-pub const PASSWORD: &str = "test-redis-password";
+pub use super::ADMIN_PASSWORD as PASSWORD;
 pub const SHARDS: u32 = 16;
 
 /// Nodes of one test, on addresses `127.<subnet>.<generation>.<ordinal + 1>`.
@@ -136,7 +136,7 @@ impl Cluster {
 
     pub fn conn(&self, ordinal: usize) -> redis::Connection {
         let n = &self.nodes[ordinal];
-        redis::Client::open(format!("redis://:{PASSWORD}@{}:{}", n.ip, n.port))
+        redis::Client::open(format!("redis://admin:{PASSWORD}@{}:{}", n.ip, n.port))
             .unwrap()
             .get_connection()
             .unwrap()
@@ -247,7 +247,7 @@ impl Cluster {
 
 pub fn access() -> Access {
     Access {
-        password: Some(PASSWORD.to_owned()),
+        credentials: Some(("admin".to_owned(), PASSWORD.to_owned())),
         tls_ca: None,
     }
 }
@@ -304,7 +304,7 @@ pub fn ready(cluster: &Cluster, ordinal: usize) -> bool {
     );
     std::process::Command::new(&command[0])
         .args([&command[1], &script])
-        .env("REDISCLI_AUTH", PASSWORD)
+        .env("REDISCLI_AUTH", super::REPLICATION_PASSWORD)
         .output()
         .unwrap()
         .status

@@ -23,6 +23,20 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The decoded value of `key` in the rendered Secret whose name ends with `suffix`.
+pub fn secret_value(objects: &[Value], suffix: &str, key: &str) -> String {
+    let secret = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "Secret" && o["metadata"]["name"].as_str().unwrap().ends_with(suffix)
+        })
+        .unwrap_or_else(|| panic!("no Secret *{suffix}"));
+    let data = data_encoding::BASE64
+        .decode(secret["data"][key].as_str().unwrap().as_bytes())
+        .unwrap();
+    String::from_utf8(data).unwrap()
+}
+
 /// One Redis pod: its data directory outlives the process, as a PVC outlives the pod.
 pub struct RedisNode {
     child: Option<Child>,
@@ -62,9 +76,15 @@ impl RedisNode {
             .unwrap()
             .replace("dir /data", &format!("dir {dir}"))
             .replace(" /tls/", &format!(" {dir}/"))
+            .replace(" /etc/redis-users/", &format!(" {dir}/"))
             .replace("6379", &self.port.to_string());
         let conf_path = self.dir.join("redis.conf");
         std::fs::write(&conf_path, conf).unwrap();
+        std::fs::write(
+            self.dir.join("users.acl"),
+            secret_value(&self.objects, "-redis-acl", "users.acl"),
+        )
+        .unwrap();
         let container = &self
             .objects
             .iter()
@@ -79,7 +99,7 @@ impl RedisNode {
                 a.as_str()
                     .unwrap()
                     .replace("/etc/redis/redis.conf", conf_path.to_str().unwrap())
-                    .replace("$(REDIS_PASSWORD)", "test-redis-password")
+                    .replace("$(REDIS_REPLICATION_PASSWORD)", super::REPLICATION_PASSWORD)
                     .replace("$(POD_NAME)", &self.pod)
             })
             .collect();

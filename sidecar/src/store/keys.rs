@@ -42,6 +42,12 @@ impl Keys {
         }
     }
 
+    /// The prefix every key starts with.
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn shard_key(&self, shard: u32, rest: &str) -> String {
         format!("{}:{{{shard}}}:{rest}", self.prefix)
     }

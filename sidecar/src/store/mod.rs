@@ -14,6 +14,7 @@
 //! Events are appended *before* any write: if the append fails, nothing was written (the
 //! "atomic recording" rule of the source documents).
 
+pub mod acl;
 pub mod breaker;
 pub mod cluster;
 pub mod connecting;
@@ -171,6 +172,10 @@ pub enum BackendError {
     /// The event append failed, so nothing of the commit was written.
     #[error("event append failed: {0}")]
     AppendFailed(String),
+    /// Redis refused the command to this process's user (`NOPERM`: an ACL rule is missing).
+    /// Not a failure of Redis: the circuit breaker ignores it.
+    #[error("Redis refused the command to this user: {0}")]
+    NoPermission(String),
     /// Redis answered with something this code does not understand (a bug or a foreign key).
     #[error("unexpected reply from store: {0}")]
     Protocol(String),

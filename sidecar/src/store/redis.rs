@@ -12,10 +12,11 @@ use async_trait::async_trait;
 use redis::aio::ConnectionLike;
 use redis::{Script, Value};
 
+use super::acl::{self, Role};
 use super::keys::hash_tag;
 use super::{
-    Backend, BackendError, Bound, Commit, CommitOutcome, Guard, Probe, ReadOp, Reply, StreamEntry,
-    WriteOp,
+    Backend, BackendError, Bound, Commit, CommitOutcome, Guard, Keys, Probe, ReadOp, Reply,
+    StreamEntry, WriteOp,
 };
 
 /// How long one Redis call may take before the request fails instead of hanging. A session
@@ -104,9 +105,14 @@ pub(crate) fn slot_masters(reply: Value) -> Vec<(u16, u16, String, u16)> {
 /// that just took over slots (a scale-out, a failover to a replica that never saw `SCRIPT LOAD`)
 /// answers `NOSCRIPT`, and the client library's own reload goes to the masters it knew before.
 /// `EVAL` reaches the node that answered and caches the script there.
+///
+/// A read-only script goes as `EVALSHA_RO` (`EVAL_RO`): Redis then checks its keys for read
+/// access only, so a user with read-only rights on some keys (the sidecar's on org listings)
+/// may read them, and the script cannot write.
 struct Lua {
     sha: String,
     body: &'static str,
+    read_only: bool,
 }
 
 impl Lua {
@@ -114,6 +120,14 @@ impl Lua {
         Self {
             sha: Script::new(body).get_hash().to_owned(),
             body,
+            read_only: false,
+        }
+    }
+
+    fn read_only(body: &'static str) -> Self {
+        Self {
+            read_only: true,
+            ..Self::new(body)
         }
     }
 
@@ -135,9 +149,14 @@ impl Lua {
             cmd.arg(script).arg(keys.len()).arg(keys).arg(argv);
             cmd
         };
-        match send(conn, command("EVALSHA", &self.sha), route).await {
+        let (evalsha, eval) = if self.read_only {
+            ("EVALSHA_RO", "EVAL_RO")
+        } else {
+            ("EVALSHA", "EVAL")
+        };
+        match send(conn, command(evalsha, &self.sha), route).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                send(conn, command("EVAL", self.body), route).await
+                send(conn, command(eval, self.body), route).await
             }
             other => other,
         }
@@ -177,17 +196,19 @@ impl<C> std::fmt::Debug for RedisBackend<C> {
 /// # Errors
 /// When the URL is invalid or Redis cannot be reached within [`CONNECT_TIMEOUT`].
 pub async fn connect(url: &str, cluster: bool) -> Result<Box<dyn Backend>, BackendError> {
-    connect_with(url, cluster, None).await
+    connect_with(url, cluster, None, None).await
 }
 
-/// [`connect`], waiting for replicas after every applied commit when `wait` is given.
+/// [`connect`], waiting for replicas after every applied commit when `wait` is given, and
+/// checking that the user holds the ACL rules of `role` when given (see [`super::acl`]).
 ///
 /// # Errors
-/// As [`connect`].
+/// As [`connect`], and when the user lacks a rule of `role` (the message names each).
 pub async fn connect_with(
     url: &str,
     cluster: bool,
     wait: Option<ReplicaWait>,
+    role: Option<(Role, &Keys)>,
 ) -> Result<Box<dyn Backend>, BackendError> {
     install_tls_provider();
     if cluster {
@@ -204,7 +225,7 @@ pub async fn connect_with(
         let conn = super::cluster::ClusterHandle::connect(client)
             .await
             .map_err(|e| connect_failure(url, &e))?;
-        Ok(Box::new(RedisBackend::new(conn, wait)))
+        checked(RedisBackend::new(conn, wait), role).await
     } else {
         let client = redis::Client::open(url).map_err(|e| connect_failure(url, &e))?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -217,8 +238,38 @@ pub async fn connect_with(
             .get_connection_manager_with_config(config)
             .await
             .map_err(|e| connect_failure(url, &e))?;
-        Ok(Box::new(RedisBackend::new(conn, wait)))
+        checked(RedisBackend::new(conn, wait), role).await
     }
+}
+
+/// `backend`, once its user is found to hold the ACL rules of `role` (when given).
+async fn checked<C>(
+    backend: RedisBackend<C>,
+    role: Option<(Role, &Keys)>,
+) -> Result<Box<dyn Backend>, BackendError>
+where
+    C: ConnectionLike + Topology + Clone + Send + Sync + 'static,
+{
+    if let Some((role, keys)) = role {
+        let (key, argv) = acl::check_call(role, keys);
+        let mut conn = backend.conn.clone();
+        let missing: Vec<String> = match acl_check().run(&mut conn, &[key], &argv, None).await {
+            Ok(missing) => missing,
+            // The check itself is a script: a user who may not run scripts may run nothing.
+            Err(e) if refused(&e) => vec![format!("EVALSHA and EVAL ({e})")],
+            Err(e) => return Err(unavailable(e)),
+        };
+        if !missing.is_empty() {
+            return Err(BackendError::Unavailable(acl::missing_message(
+                role, keys, &missing,
+            )));
+        }
+    }
+    Ok(Box::new(backend))
+}
+
+fn acl_check() -> Lua {
+    Lua::new(acl::CHECK_SCRIPT)
 }
 
 /// Makes ring the process's TLS crypto provider (once) before any `rediss://` connection:
@@ -278,7 +329,20 @@ fn addresses(url: &str) -> String {
         .join(", ")
 }
 
+/// Whether Redis refused a command to this user: `NOPERM`, also inside the commit script's
+/// `APPEND_FAILED` error, or, from a script on Redis 7.0, "The user executing the script
+/// can't ...".
+pub(crate) fn refused(e: &redis::RedisError) -> bool {
+    let text = e.to_string();
+    e.code() == Some("NOPERM")
+        || text.contains("NOPERM")
+        || text.contains("The user executing the script can't")
+}
+
 fn unavailable(e: redis::RedisError) -> BackendError {
+    if refused(&e) {
+        return BackendError::NoPermission(e.to_string());
+    }
     // Debug, not warn: while Redis is down every request would log it; the breaker's metrics
     // and `/readyz` say so once.
     tracing::debug!(error = %e, "Redis call failed");
@@ -291,7 +355,7 @@ impl<C> RedisBackend<C> {
         Self {
             conn,
             wait,
-            read: Lua::new(include_str!("read.lua")),
+            read: Lua::read_only(include_str!("read.lua")),
             commit: Lua::new(include_str!("commit.lua")),
             probe: Lua::new(include_str!("probe.lua")),
         }
@@ -495,6 +559,7 @@ where
             Ok(other) => Err(BackendError::Protocol(format!(
                 "commit script returned {other}"
             ))),
+            Err(e) if refused(&e) => Err(BackendError::NoPermission(e.to_string())),
             Err(e) if e.to_string().contains("APPEND_FAILED") => {
                 Err(BackendError::AppendFailed(e.to_string()))
             }

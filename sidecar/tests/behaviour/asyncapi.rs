@@ -31,7 +31,7 @@ fn validate_message(doc: &Value, name: &str, event: &Value) {
 async fn every_relayed_event_matches_the_asyncapi_document(kind: Kind) {
     // Proves: each published event type, as relayed to the stream, validates against its
     // documented message; the consumed messages accept what other services send.
-    let app = TestApp::new(kind).await;
+    let app = TestApp::of_service(kind).await;
     let doc = app.get("/asyncapi.json").await.body;
     assert!(
         doc == document(),
@@ -54,7 +54,7 @@ async fn every_relayed_event_matches_the_asyncapi_document(kind: Kind) {
     app.create_id("u2", json!({})).await;
     app.delete(&format!("/v1/sessions/{c}")).await;
     app.clock.advance_ms(1_000);
-    session_sidecar::events::sweep_once(&app.sessions)
+    session_sidecar::events::sweep_once(&app.background)
         .await
         .unwrap();
     app.relay().await;

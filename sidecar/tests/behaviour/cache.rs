@@ -178,9 +178,9 @@ async fn losing_the_invalidation_connection_flushes_the_cache() {
     let path = format!("/v1/sessions/{id}");
     app.get(&path).await;
     let flushes = app.metrics.cache_flushes.get();
-    let tracking = tracking_clients(&app.redis_url()).await;
+    let tracking = tracking_clients(&app.admin_url()).await;
     assert_eq!(tracking.len(), 1, "one tracking connection");
-    kill_clients(&app.redis_url(), &tracking).await;
+    kill_clients(&app.admin_url(), &tracking).await;
     within(Duration::from_secs(5), async || {
         app.metrics.cache_flushes.get() > flushes && app.cache.is_tracked()
     })
@@ -204,10 +204,10 @@ async fn writes_during_a_tracking_outage_are_not_served_stale_beyond_the_max_age
     a.settle().await;
     let path = format!("/v1/sessions/{id}");
     assert_eq!(a.get(&path).await.body["version"], 1);
-    let trackers = tracking_clients(&a.redis_url()).await;
+    let trackers = tracking_clients(&a.admin_url()).await;
     assert_eq!(trackers.len(), 2, "one tracking connection per sidecar");
     let flushes = a.metrics.cache_flushes.get();
-    kill_clients(&a.redis_url(), &trackers).await;
+    kill_clients(&a.admin_url(), &trackers).await;
     let started = Instant::now();
     for n in 2..=6 {
         b.patch(&path, json!({"data": {"n": n}})).await; // writes continue during the outage

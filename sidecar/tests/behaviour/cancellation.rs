@@ -213,7 +213,7 @@ async fn writes_dropped_at_any_await_break_no_invariant(kind: Kind) {
 }
 
 async fn a_relay_dropped_at_any_await_leaves_no_lease_and_loses_no_event(kind: Kind) {
-    let app = TestApp::new(kind).await;
+    let app = TestApp::of_service(kind).await;
     let user_shard = session_sidecar::ids::shard_of("u1", app.sessions.policy().shard_count);
     app.create_id("u1", json!({})).await;
     at_every_await(
@@ -249,7 +249,7 @@ async fn a_relay_dropped_at_any_await_leaves_no_lease_and_loses_no_event(kind: K
 }
 
 async fn a_consumer_dropped_at_any_await_applies_every_event_once(kind: Kind) {
-    let app = TestApp::new(kind).await;
+    let app = TestApp::of_service(kind).await;
     let users = std::sync::Mutex::new(Vec::<String>::new());
     // Publishes a deletion of a new user with a session, for the next dropped pass.
     let publish = async |app: &TestApp| {

@@ -105,7 +105,7 @@ async fn the_session_api_works_on_a_redis_cluster() {
         payload: json!({"user_id": "user-3"}),
     };
     a.publish(&gone).await;
-    session_sidecar::events::consume_once(&a.sessions, &a.metrics, "w")
+    session_sidecar::events::consume_once(&a.background, &a.metrics, "w")
         .await
         .unwrap();
     assert_eq!(
@@ -115,7 +115,7 @@ async fn the_session_api_works_on_a_redis_cluster() {
 
     // Expiry on every shard, exactly once with two sweepers.
     a.clock.advance_ms(3_600_000);
-    let (x, y) = (a.sessions.clone(), b.sessions.clone());
+    let (x, y) = (a.background.clone(), b.background.clone());
     let (r1, r2) = tokio::join!(
         session_sidecar::events::sweep_once(&x),
         session_sidecar::events::sweep_once(&y)
@@ -225,7 +225,9 @@ async fn the_replica_wait_is_routed_to_the_writes_master() {
             ::redis::from_redis_value(conn.on_master_of(&key, wait_cmd).await.unwrap()).unwrap();
         assert_eq!(acked, 1, "shard {shard}");
     }
-    let backend = connect_with(&cluster.url, true, Some(wait)).await.unwrap();
+    let backend = connect_with(&cluster.url, true, Some(wait), None)
+        .await
+        .unwrap();
     let clock = std::sync::Arc::new(session_sidecar::clock::SystemClock);
     let sessions = session_sidecar::sessions::Sessions::new(
         std::sync::Arc::from(backend),
@@ -250,9 +252,12 @@ async fn idle_background_passes_cost_one_call_per_master_not_per_shard() {
     // Proves: with 64 shards on 3 masters, an idle relay pass and an idle sweep make one script
     // call per master each (not 64), and a shard with work is still found and served.
     let cluster = RedisCluster::start();
-    let backend = session_sidecar::store::redis::connect(&cluster.url, true)
-        .await
-        .unwrap();
+    let backend = session_sidecar::store::redis::connect(
+        &cluster.url_as(session_sidecar::store::acl::Role::Server),
+        true,
+    )
+    .await
+    .unwrap();
     let clock = std::sync::Arc::new(session_sidecar::clock::SystemClock);
     let policy = session_sidecar::sessions::Policy {
         shard_count: 64,
@@ -260,7 +265,7 @@ async fn idle_background_passes_cost_one_call_per_master_not_per_shard() {
     };
     let sessions = session_sidecar::sessions::Sessions::new(
         std::sync::Arc::from(backend),
-        "idle",
+        crate::harness::TEST_PREFIX,
         clock,
         policy,
     );

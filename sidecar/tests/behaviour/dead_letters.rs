@@ -23,7 +23,7 @@ fn dead_lettered(app: &TestApp, reason: &str) -> u64 {
 }
 
 async fn poison_events_are_set_aside_and_the_consumer_moves_on(kind: Kind) {
-    let app = TestApp::new(kind).await;
+    let app = TestApp::of_service(kind).await;
     let id = app.create_id("u1", json!({})).await;
     let not_an_envelope = Append {
         stream: app.sessions.keys().events(),
@@ -113,7 +113,7 @@ async fn an_event_that_keeps_failing_is_set_aside_after_its_attempts_and_replaye
 ) {
     // The user's shard outbox holds one event at most and already holds one, so deleting the
     // user (which must record session.deleted.v1) fails until the relay drains it.
-    let app = TestApp::with(kind, |p| p.outbox_max_len = 1).await;
+    let app = TestApp::of_service_with(kind, |p| p.outbox_max_len = 1).await;
     let id = app.create_id("u1", json!({})).await;
     app.publish(&inbound("auth.user.deleted.v1", json!({"user_id": "u1"})))
         .await;
@@ -171,7 +171,7 @@ async fn an_event_that_keeps_failing_is_set_aside_after_its_attempts_and_replaye
 }
 
 async fn replaying_all_applies_each_event_once_and_keeps_what_still_fails(kind: Kind) {
-    let app = TestApp::new(kind).await;
+    let app = TestApp::of_service(kind).await;
     app.create_id("u1", json!({})).await;
     app.create_id("u1", json!({})).await;
     let deletion = inbound("auth.user.deleted.v1", json!({"user_id": "u1"}));

@@ -113,10 +113,10 @@ async fn waiting_for_a_replica_puts_every_acknowledged_write_on_it() {
             timeout_ms: 1_000,
         }),
     ] {
-        let backend = connect_with(&master.url, false, wait).await.unwrap();
+        let backend = connect_with(&master.url, false, wait, None).await.unwrap();
         let sessions = Sessions::new(
             std::sync::Arc::from(backend),
-            "w",
+            crate::harness::TEST_PREFIX,
             clock.clone(),
             crate::harness::test_policy(),
         );

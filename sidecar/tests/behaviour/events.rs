@@ -161,7 +161,7 @@ async fn inbound_events_from_the_stream_are_applied_once(kind: Kind) {
     app.publish(&event).await;
     app.publish(&inbound("auth.user.deleted.v1", json!({})))
         .await; // malformed: skipped, not blocking
-    let passed = session_sidecar::events::consume_once(&app.sessions, &app.metrics, "w1")
+    let passed = session_sidecar::events::consume_once(&app.background, &app.metrics, "w1")
         .await
         .unwrap();
     assert_eq!(passed, 4);
@@ -170,7 +170,7 @@ async fn inbound_events_from_the_stream_are_applied_once(kind: Kind) {
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        session_sidecar::events::consume_once(&app.sessions, &app.metrics, "w1")
+        session_sidecar::events::consume_once(&app.background, &app.metrics, "w1")
             .await
             .unwrap(),
         0
@@ -205,7 +205,7 @@ async fn two_sweepers_expire_each_session_exactly_once(kind: Kind) {
             .await;
     }
     app.clock.advance_ms(5_000);
-    let (a, b) = (app.sessions.clone(), app.replica().await);
+    let (a, b) = (app.background.clone(), app.replica().await);
     let (ra, rb) = tokio::join!(
         tokio::spawn(async move { session_sidecar::events::sweep_once(&a).await.unwrap() }),
         tokio::spawn(async move { session_sidecar::events::sweep_once(&b).await.unwrap() }),

@@ -1,5 +1,9 @@
 //! Test harness: a real `redis-server` per test on a free loopback port, the app driven
 //! in-process, a manual clock, and helpers to read the outbox and the events stream.
+//!
+//! Every Redis runs with the ACL file the operator renders: the app connects as the sidecar
+//! user (as the server user when it authenticates like the session service), and the
+//! background work and the raw stream reads run as the server user, as in production.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,12 +22,13 @@ use session_sidecar::clock::{Clock, ManualClock, SystemClock};
 use session_sidecar::metrics::Metrics;
 use session_sidecar::model::Envelope;
 use session_sidecar::sessions::{CapPolicy, Policy, Sessions};
+use session_sidecar::store::acl::Role;
 use session_sidecar::store::breaker::Breaker;
 use session_sidecar::store::memory::MemoryBackend;
 use session_sidecar::store::{Backend, Commit, ReadOp, Reply, WriteOp};
 use tower::ServiceExt;
 
-pub use crate::common::{RedisCluster, RedisServer};
+pub use crate::common::{RedisCluster, RedisServer, TEST_PREFIX};
 
 /// Which backend a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,12 +74,53 @@ pub struct TestApp {
     pub backend: Arc<dyn Backend>,
     pub cache: Arc<SessionCache>,
     pub metrics: Metrics,
-    /// The Redis URL(s) and whether it is a cluster (`None` on the embedded store).
-    pub target: Option<(String, bool)>,
+    /// The Redis this app runs on (`None` on the embedded store).
+    pub target: Option<Target>,
+    /// The engine the background work and the raw stream reads use: on Redis as the server
+    /// user (the relay, the consumer, dead letters), the app's own on the embedded store.
+    pub background: Sessions,
     /// Stops the tracking task when the app is dropped.
     _stop: watch::Sender<bool>,
     /// Kept so the server lives as long as the app.
     pub _redis: Option<RedisServer>,
+}
+
+/// Where an app's Redis is, and as which user the app connects.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Comma-separated `host:port` of the server or of the cluster's nodes.
+    pub addresses: String,
+    pub scheme: &'static str,
+    pub cluster: bool,
+    /// The app's role: the sidecar's unless it authenticates like the session service.
+    pub role: Role,
+}
+
+impl Target {
+    /// The URL as `role`'s user.
+    pub fn url_as(&self, role: Role) -> String {
+        crate::common::url_as(role.user(), self.scheme, &self.addresses)
+    }
+
+    /// The URL the app connects with.
+    pub fn url(&self) -> String {
+        self.url_as(self.role)
+    }
+
+    fn on(server: &RedisServer, role: Role) -> Self {
+        let url = server.url_as(role);
+        let (scheme, rest) = url.split_once("://").unwrap();
+        Self {
+            addresses: rest.rsplit_once('@').unwrap().1.to_owned(),
+            scheme: if scheme == "rediss" {
+                "rediss"
+            } else {
+                "redis"
+            },
+            cluster: false,
+            role,
+        }
+    }
 }
 
 /// A response: status, JSON body (or `Null`), headers.
@@ -101,6 +147,26 @@ impl TestApp {
     }
 
     pub async fn build(kind: Kind, tune: impl FnOnce(&mut Policy), auth: Auth) -> Self {
+        let role = if matches!(auth, Auth::TrustPod) {
+            Role::Sidecar
+        } else {
+            Role::Server
+        };
+        Self::build_as(kind, tune, auth, role).await
+    }
+
+    /// An app as the session service runs it, as the server user (dead letters are the
+    /// service's), but trusting every caller like a sidecar so tests need no token.
+    pub async fn of_service(kind: Kind) -> Self {
+        Self::of_service_with(kind, |_| {}).await
+    }
+
+    /// [`Self::of_service`] with tuned policies.
+    pub async fn of_service_with(kind: Kind, tune: impl FnOnce(&mut Policy)) -> Self {
+        Self::build_as(kind, tune, Auth::TrustPod, Role::Server).await
+    }
+
+    async fn build_as(kind: Kind, tune: impl FnOnce(&mut Policy), auth: Auth, role: Role) -> Self {
         let mut policy = test_policy();
         tune(&mut policy);
         let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
@@ -120,8 +186,8 @@ impl TestApp {
             }
             Kind::Redis => {
                 let server = RedisServer::start();
-                let url = server.url.clone();
-                Self::on_redis(&url, false, Some(server), clock, policy, auth).await
+                let target = Target::on(&server, role);
+                Self::on_redis(target, Some(server), clock, policy, auth).await
             }
         }
     }
@@ -140,19 +206,11 @@ impl TestApp {
 
     /// An app on a given Redis server (for example a durable one).
     pub async fn on_server(server: RedisServer) -> Self {
-        let (url, clock) = (
-            server.url.clone(),
+        let (target, clock) = (
+            Target::on(&server, Role::Sidecar),
             Arc::new(ManualClock::new(SystemClock.now_ms())),
         );
-        Self::on_redis(
-            &url,
-            false,
-            Some(server),
-            clock,
-            test_policy(),
-            Auth::TrustPod,
-        )
-        .await
+        Self::on_redis(target, Some(server), clock, test_policy(), Auth::TrustPod).await
     }
 
     /// An app on a Redis Cluster (cluster client, tracking on every master).
@@ -165,33 +223,27 @@ impl TestApp {
         let mut policy = test_policy();
         tune(&mut policy);
         let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
-        Self::on_redis(&cluster.url, true, None, clock, policy, Auth::TrustPod).await
+        let target = Target {
+            addresses: cluster.addresses.clone(),
+            scheme: "redis",
+            cluster: true,
+            role: Role::Sidecar,
+        };
+        Self::on_redis(target, None, clock, policy, Auth::TrustPod).await
     }
 
-    /// An app on Redis at `url` (a cluster when `cluster`), owning `server` when given.
+    /// An app on Redis at `target`, owning `server` when given.
     async fn on_redis(
-        url: &str,
-        cluster: bool,
+        target: Target,
         server: Option<RedisServer>,
         clock: Arc<ManualClock>,
         policy: Policy,
         auth: Auth,
     ) -> Self {
         let metrics = Metrics::new("test");
-        let backend = session_sidecar::store::redis::connect(url, cluster)
-            .await
-            .unwrap();
+        let backend = connect(&target, target.role).await;
         let backend = Arc::new(Breaker::new(backend, metrics.clone()));
-        Self::assemble(
-            backend,
-            Some((url.to_owned(), cluster)),
-            server,
-            clock,
-            policy,
-            auth,
-            metrics,
-        )
-        .await
+        Self::assemble(backend, Some(target), server, clock, policy, auth, metrics).await
     }
 
     /// Waits until Redis has pushed the invalidations of the writes made so far (on loopback
@@ -212,30 +264,32 @@ impl TestApp {
         self._redis.as_mut().expect("a Redis app").restart();
     }
 
-    /// The URL of this app's Redis server.
-    pub fn redis_url(&self) -> String {
-        self._redis.as_ref().expect("a Redis app").url.clone()
+    /// The URL of this app's Redis server as the admin user (for what only tests do).
+    pub fn admin_url(&self) -> String {
+        self._redis.as_ref().expect("a Redis app").admin_url()
     }
 
-    /// A second sidecar on this app's Redis, reaching it through `url` (for example a proxy).
-    pub async fn via(&self, url: &str) -> TestApp {
+    /// The `host:port` of this app's Redis server.
+    pub fn redis_address(&self) -> String {
+        self.target.as_ref().expect("a Redis app").addresses.clone()
+    }
+
+    /// A second sidecar on this app's Redis, reaching it through `address` (for example a
+    /// proxy's `host:port`).
+    pub async fn via(&self, address: &str) -> TestApp {
         let policy = self.sessions.policy().clone();
-        Self::on_redis(url, false, None, self.clock.clone(), policy, Auth::TrustPod).await
+        let target = Target {
+            addresses: address.to_owned(),
+            ..self.target.clone().expect("a Redis app")
+        };
+        Self::on_redis(target, None, self.clock.clone(), policy, Auth::TrustPod).await
     }
 
     /// An app on an existing store: a second sidecar beside the first, with its own cache.
     pub async fn beside(&self) -> TestApp {
-        let (url, cluster) = self.target.clone().expect("a Redis app");
+        let target = self.target.clone().expect("a Redis app");
         let policy = self.sessions.policy().clone();
-        Self::on_redis(
-            &url,
-            cluster,
-            None,
-            self.clock.clone(),
-            policy,
-            Auth::TrustPod,
-        )
-        .await
+        Self::on_redis(target, None, self.clock.clone(), policy, Auth::TrustPod).await
     }
 
     /// A second app on this app's store seen through `wrap` (for example a backend that
@@ -259,7 +313,7 @@ impl TestApp {
     #[allow(clippy::too_many_arguments)]
     async fn assemble(
         backend: Arc<dyn Backend>,
-        target: Option<(String, bool)>,
+        target: Option<Target>,
         redis: Option<RedisServer>,
         clock: Arc<ManualClock>,
         policy: Policy,
@@ -278,14 +332,25 @@ impl TestApp {
             clock.clone(),
             embedded,
         ));
-        let sessions =
-            Sessions::new(backend.clone(), "t", clock.clone(), policy).with_listener(cache.clone());
+        let background = match &target {
+            Some(target) => Sessions::new(
+                Arc::from(connect(target, Role::Server).await),
+                TEST_PREFIX,
+                clock.clone(),
+                policy.clone(),
+            )
+            .with_listener(cache.clone()),
+            None => Sessions::new(backend.clone(), TEST_PREFIX, clock.clone(), policy.clone())
+                .with_listener(cache.clone()),
+        };
+        let sessions = Sessions::new(backend.clone(), TEST_PREFIX, clock.clone(), policy)
+            .with_listener(cache.clone());
         let (stop, stopped) = watch::channel(false);
-        if let Some((url, cluster)) = target.clone() {
+        if let Some(target) = target.clone() {
             let keys = sessions.keys().clone();
             let tracking = Tracking {
-                url,
-                cluster,
+                url: target.url(),
+                cluster: target.cluster,
                 keys,
                 shard_count: sessions.policy().shard_count,
             };
@@ -311,6 +376,7 @@ impl TestApp {
             cache,
             metrics,
             target,
+            background,
             _stop: stop,
             _redis: redis,
         }
@@ -319,17 +385,13 @@ impl TestApp {
     /// Another engine on the same store, as a second replica would have: on Redis with a
     /// connection of its own.
     pub async fn replica(&self) -> Sessions {
-        let backend: Arc<dyn Backend> = match &self._redis {
-            Some(server) => Arc::from(
-                session_sidecar::store::redis::connect(&server.url, false)
-                    .await
-                    .unwrap(),
-            ),
+        let backend: Arc<dyn Backend> = match &self.target {
+            Some(target) => Arc::from(connect(target, Role::Server).await),
             None => self.backend.clone(),
         };
         Sessions::new(
             backend,
-            "t",
+            TEST_PREFIX,
             self.clock.clone(),
             self.sessions.policy().clone(),
         )
@@ -441,7 +503,8 @@ impl TestApp {
 
     async fn stream(&self, key: &str) -> Vec<Envelope> {
         let r = self
-            .backend
+            .background
+            .backend()
             .read(vec![ReadOp::XRange(key.to_owned(), None, 100_000)])
             .await
             .unwrap();
@@ -461,7 +524,8 @@ impl TestApp {
             fields: event.to_stream_fields(),
             max_len: None,
         };
-        self.backend
+        self.background
+            .backend()
             .commit(Commit {
                 appends: vec![append],
                 ..Commit::default()
@@ -472,7 +536,8 @@ impl TestApp {
 
     /// Overwrites a key with a string (to break something on purpose).
     pub async fn clobber(&self, key: &str) {
-        self.backend
+        self.background
+            .backend()
             .commit(Commit {
                 writes: vec![WriteOp::Set(key.to_owned(), "not a stream".into())],
                 ..Commit::default()
@@ -507,9 +572,10 @@ impl TestApp {
             error: "the event outbox is full; the relay is not keeping up".into(),
             attempts: 10,
         };
-        self.backend
+        self.background
+            .backend()
             .commit(Commit {
-                appends: vec![verdict.append(&self.sessions)],
+                appends: vec![verdict.append(&self.background)],
                 ..Commit::default()
             })
             .await
@@ -520,7 +586,8 @@ impl TestApp {
     pub async fn consume(&self) -> usize {
         let mut passed = 0;
         loop {
-            match session_sidecar::events::consume_once(&self.sessions, &self.metrics, "test").await
+            match session_sidecar::events::consume_once(&self.background, &self.metrics, "test")
+                .await
             {
                 Ok(0) => return passed,
                 Ok(n) => passed += n,
@@ -530,7 +597,7 @@ impl TestApp {
     }
 
     pub async fn relay(&self) -> usize {
-        session_sidecar::events::relay_once(&self.sessions, "test")
+        session_sidecar::events::relay_once(&self.background, "test")
             .await
             .unwrap()
     }
@@ -564,4 +631,18 @@ pub async fn send(
 /// Event types of a list of events, in order.
 pub fn types(events: &[Envelope]) -> Vec<&str> {
     events.iter().map(|e| e.event_type.as_str()).collect()
+}
+
+/// A connection to `target` as `role`'s user, checked to hold the role's rules (as the
+/// service checks at start).
+async fn connect(target: &Target, role: Role) -> Box<dyn Backend> {
+    let keys = session_sidecar::store::Keys::new(TEST_PREFIX);
+    session_sidecar::store::redis::connect_with(
+        &target.url_as(role),
+        target.cluster,
+        None,
+        Some((role, &keys)),
+    )
+    .await
+    .unwrap()
 }

@@ -219,13 +219,13 @@ async fn expired_sessions_are_gone_at_once_and_expire_exactly_once(kind: Kind) {
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        session_sidecar::events::sweep_once(&app.sessions)
+        session_sidecar::events::sweep_once(&app.background)
             .await
             .unwrap(),
         1
     );
     assert_eq!(
-        session_sidecar::events::sweep_once(&app.sessions)
+        session_sidecar::events::sweep_once(&app.background)
             .await
             .unwrap(),
         0
@@ -257,7 +257,7 @@ async fn ended_sessions_are_readable_then_purged(kind: Kind) {
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        session_sidecar::events::sweep_once(&app.sessions)
+        session_sidecar::events::sweep_once(&app.background)
             .await
             .unwrap(),
         0,

@@ -28,5 +28,6 @@ mod model;
 mod named;
 mod openapi;
 mod outage;
+mod redis_users;
 mod server_auth;
 mod slow_redis;

@@ -49,8 +49,8 @@ async fn the_embedded_store_frees_what_expires_and_stays_flat_under_churn() {
         }
         // Past every window, TTL and retention: what is left is what stays.
         clock.advance_ms(120_000 + 60_000 + 1);
-        while sweep_once(&app.sessions).await.unwrap() > 0 {}
-        while relay_once(&app.sessions, "churn").await.unwrap() > 0 {}
+        while sweep_once(&app.background).await.unwrap() > 0 {}
+        while relay_once(&app.background, "churn").await.unwrap() > 0 {}
         let keys = store.keys();
         let transient: Vec<&String> = keys
             .iter()

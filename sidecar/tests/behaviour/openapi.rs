@@ -83,7 +83,8 @@ fn check(doc: &Value, method: &str, path: &str, res: &Res) {
 }
 
 async fn document_and_server_agree(kind: Kind) {
-    let app = TestApp::new(kind).await;
+    // As the session service: the document covers the dead letters too.
+    let app = TestApp::of_service(kind).await;
     let (_, doc) = router_and_doc(AppState {
         sessions: app.sessions.clone(),
         auth: Auth::TrustPod,

@@ -61,12 +61,8 @@ async fn a_slow_redis_slows_misses_only_and_a_stuck_one_fails_fast() {
     // fast again everything recovers.
     let direct = TestApp::new(Kind::Redis).await;
     let delay = Arc::new(AtomicU64::new(0));
-    let port = delaying_proxy(
-        direct.redis_url().trim_start_matches("redis://").to_owned(),
-        delay.clone(),
-    )
-    .await;
-    let app = direct.via(&format!("redis://127.0.0.1:{port}")).await;
+    let port = delaying_proxy(direct.redis_address(), delay.clone()).await;
+    let app = direct.via(&format!("127.0.0.1:{port}")).await;
     let cached = app.create_id("u1", json!({})).await;
     app.settle().await;
     let hit = format!("/v1/sessions/{cached}");

@@ -2,8 +2,12 @@
 #![allow(dead_code)] // shared by several test binaries; each uses a part
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use session_sidecar::store::Keys;
+use session_sidecar::store::acl::{ADMIN_USER, Passwords, REPLICATION_USER, Role, acl_file};
 
 #[path = "../../../tests/support/test_certs.rs"]
 mod test_certs;
@@ -30,11 +34,73 @@ pub fn wait_for_port(port: u16, what: &str) {
     }
 }
 
+/// The key prefix the test servers' users are limited to (the behaviour suite's).
+pub const TEST_PREFIX: &str = "t";
+
+/// The password of a test server's user.
+pub fn password(user: &str) -> String {
+    format!("{user}-test-password")
+}
+
+/// Writes the ACL file the operator would render for keys under `prefix` into `dir`, with the
+/// test passwords, and returns the `redis-server` arguments that load it: every test server
+/// runs with the `default` user off and one user per role.
+pub fn acl_args(dir: &Path, prefix: &str) -> Vec<String> {
+    let [admin, server, sidecar, replication] = [
+        ADMIN_USER,
+        Role::Server.user(),
+        Role::Sidecar.user(),
+        REPLICATION_USER,
+    ]
+    .map(password);
+    let file = acl_file(
+        &Keys::new(prefix),
+        &Passwords {
+            admin: &[&admin],
+            server: &[&server],
+            sidecar: &[&sidecar],
+            replication: &[&replication],
+        },
+    );
+    let path = dir.join(format!("users-{}.acl", uuid::Uuid::new_v4()));
+    std::fs::write(&path, file).unwrap();
+    vec![
+        "--aclfile".to_owned(),
+        path.to_string_lossy().into_owned(),
+        "--masteruser".to_owned(),
+        REPLICATION_USER.to_owned(),
+        "--masterauth".to_owned(),
+        password(REPLICATION_USER),
+    ]
+}
+
+/// `redis://user:password@address` for each comma-separated `host:port`.
+pub fn url_as(user: &str, scheme: &str, addresses: &str) -> String {
+    addresses
+        .split(',')
+        .map(|a| format!("{scheme}://{user}:{}@{a}", password(user)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `redis-cli` as the admin user (the `default` user is off).
+pub fn redis_cli() -> Command {
+    let mut command = Command::new("redis-cli");
+    command
+        .args(["--user", ADMIN_USER])
+        .env("REDISCLI_AUTH", password(ADMIN_USER));
+    command
+}
+
 /// A `redis-server` on a free loopback port, stopped when dropped.
 pub struct RedisServer {
     child: Child,
     pub port: u16,
+    /// The URL as the sidecar user (what an injected sidecar gets).
     pub url: String,
+    /// `host:port` and the scheme, for the URLs of the other users.
+    address: String,
+    scheme: &'static str,
     /// Extra arguments, kept for restarts.
     args: Vec<String>,
 }
@@ -42,6 +108,31 @@ pub struct RedisServer {
 impl RedisServer {
     pub fn start() -> Self {
         Self::start_with(Vec::new())
+    }
+
+    /// A server whose users are limited to keys under `prefix`.
+    pub fn start_for(prefix: &str) -> Self {
+        Self::start_with_prefix(prefix, Vec::new())
+    }
+
+    /// The URL as `role`'s user.
+    pub fn url_as(&self, role: Role) -> String {
+        url_as(role.user(), self.scheme, &self.address)
+    }
+
+    /// The URL as the admin user.
+    pub fn admin_url(&self) -> String {
+        url_as(ADMIN_USER, self.scheme, &self.address)
+    }
+
+    /// `redis-cli` on this server as the admin user.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = redis_cli()
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// A server with AOF on, `appendfsync always`, in a directory of its own (kept across
@@ -69,11 +160,10 @@ impl RedisServer {
         ]);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let out = Command::new("redis-cli")
-                .args(["-p", &server.port.to_string(), "info", "replication"])
-                .output()
-                .unwrap();
-            if String::from_utf8_lossy(&out.stdout).contains("master_link_status:up") {
+            if server
+                .cli(&["info", "replication"])
+                .contains("master_link_status:up")
+            {
                 return server;
             }
             assert!(Instant::now() < deadline, "the replica did not sync");
@@ -82,25 +172,33 @@ impl RedisServer {
     }
 
     fn start_with(args: Vec<String>) -> Self {
+        Self::start_with_prefix(TEST_PREFIX, args)
+    }
+
+    fn start_with_prefix(prefix: &str, mut args: Vec<String>) -> Self {
+        args.extend(acl_args(&std::env::temp_dir(), prefix));
         let port = free_port();
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let address = format!("127.0.0.1:{port}");
         Self {
             child: spawn_redis(port, &refs),
             port,
-            url: format!("redis://127.0.0.1:{port}"),
+            url: url_as(Role::Sidecar.user(), "redis", &address),
+            address,
+            scheme: "redis",
             args,
         }
     }
 
     /// A server that speaks TLS only, with a certificate for `localhost` issued by a CA made
     /// for the test (openssl). Returns the server and the CA file clients must trust.
-    pub fn start_tls() -> (Self, std::path::PathBuf) {
+    pub fn start_tls(prefix: &str) -> (Self, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("session-tls-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         make_test_certs(&dir);
         let port = free_port();
         let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
-        let args = vec![
+        let mut args = vec![
             "--port".to_owned(),
             "0".to_owned(),
             "--tls-port".to_owned(),
@@ -114,11 +212,15 @@ impl RedisServer {
             "--tls-auth-clients".to_owned(),
             "no".to_owned(),
         ];
+        args.extend(acl_args(&dir, prefix));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let address = format!("localhost:{port}");
         let server = Self {
             child: spawn_redis(port, &refs),
             port,
-            url: format!("rediss://localhost:{port}"),
+            url: url_as(Role::Sidecar.user(), "rediss", &address),
+            address,
+            scheme: "rediss",
             args,
         };
         (server, dir.join("ca.crt"))
@@ -173,8 +275,10 @@ impl Drop for RedisServer {
 pub struct RedisCluster {
     nodes: Vec<(u16, Option<Child>)>,
     dir: std::path::PathBuf,
-    /// Comma-separated seed URLs (every node).
+    /// Comma-separated seed URLs (every node), as the sidecar user.
     pub url: String,
+    /// Comma-separated `host:port` of every node.
+    pub addresses: String,
 }
 
 impl RedisCluster {
@@ -183,30 +287,32 @@ impl RedisCluster {
         let dir = std::env::temp_dir().join(format!("session-cluster-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let acl = acl_args(&dir, TEST_PREFIX);
         let nodes = ports
             .iter()
             .map(|&port| {
                 let conf = dir.join(format!("nodes-{port}.conf"));
-                let child = spawn_redis(
-                    port,
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        &conf.to_string_lossy(),
-                        "--cluster-node-timeout",
-                        "2000",
-                        "--dir",
-                        &dir.to_string_lossy(),
-                        "--repl-diskless-sync-delay",
-                        "0",
-                    ],
-                );
+                let mut args: Vec<&str> = acl.iter().map(String::as_str).collect();
+                let conf = conf.to_string_lossy();
+                let data = dir.to_string_lossy();
+                args.extend([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &conf,
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--dir",
+                    &data,
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ]);
+                let child = spawn_redis(port, &args);
                 (port, Some(child))
             })
             .collect();
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let status = Command::new("redis-cli")
+        let status = redis_cli()
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -215,14 +321,25 @@ impl RedisCluster {
             .status()
             .expect("redis-cli not found: run tests/run.sh, which installs it");
         assert!(status.success(), "redis-cli --cluster create failed");
-        let url = ports
+        let addresses = ports
             .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .map(|p| format!("127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
-        let cluster = Self { nodes, dir, url };
+        let url = url_as(Role::Sidecar.user(), "redis", &addresses);
+        let cluster = Self {
+            nodes,
+            dir,
+            url,
+            addresses,
+        };
         cluster.wait_until_ok();
         cluster
+    }
+
+    /// The seed URLs as `role`'s user.
+    pub fn url_as(&self, role: Role) -> String {
+        url_as(role.user(), "redis", &self.addresses)
     }
 
     /// The ports of the nodes that are running.
@@ -256,7 +373,7 @@ impl RedisCluster {
     }
 
     fn cli(port: u16, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
+        let out = redis_cli()
             .args(["-p", &port.to_string()])
             .args(args)
             .output()
@@ -331,7 +448,9 @@ impl RedisCluster {
     /// `key`: a probe write in that slot, then `WAIT 1` on the same connection (replication
     /// is one ordered stream, so the probe's acknowledgement covers the writes before it).
     pub fn wait_replicated(&self, master: u16, key: &str) {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{master}")).unwrap();
+        let client =
+            redis::Client::open(url_as(ADMIN_USER, "redis", &format!("127.0.0.1:{master}")))
+                .unwrap();
         let mut conn = client.get_connection().unwrap();
         let _: () = redis::cmd("SET")
             .arg(format!("{key}:replication-probe"))
