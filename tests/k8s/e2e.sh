@@ -239,10 +239,25 @@ created=$(call shop app POST /v1/sessions '{"user_id":"alice","title":"e2e"}')
 id=$(echo "$created" | session_id)
 read_back=$(call shop app GET "/v1/sessions/$id")
 [ "$(echo "$read_back" | head -1)" = 200 ] && echo "$read_back" | grep -q '"user_id":"alice"' || fail "read answered: $read_back"
-password=$(k get secret -n shop sessions-redis-auth -o jsonpath='{.data.password}' | base64 -d)
-keys=$(k exec -n shop sessions-redis-0 -- redis-cli --no-auth-warning -a "$password" dbsize)
+password=$(k get secret -n shop sessions-redis-admin -o jsonpath='{.data.password}' | base64 -d)
+keys=$(k exec -n shop sessions-redis-0 -- redis-cli --no-auth-warning --user admin -a "$password" dbsize)
 [ "$keys" -gt 0 ] || fail "Redis holds no keys after a create"
 passed "201 create, 200 read of $id; Redis holds $keys keys"
+
+current="least privilege: the injected sidecar holds the sidecar user, which may not run admin commands"
+step "$current"
+source=$(k get pod -n shop app -o jsonpath='{.spec.containers[1].env[?(@.name=="SESSION_REDIS_URL")].valueFrom.secretKeyRef.name}')
+[ "$source" = sessions-redis-sidecar ] || fail "the sidecar's Redis URL comes from $source"
+sidecar_password=$(k get secret -n shop sessions-redis-sidecar -o jsonpath='{.data.password}' | base64 -d)
+as_sidecar() { k exec -n shop sessions-redis-0 -- redis-cli --no-auth-warning --user sidecar -a "$sidecar_password" "$@" 2>&1; }
+for command in "flushall" "config get maxmemory" "keys sess" "acl list" "get other:key"; do
+  # shellcheck disable=SC2086 # each command is split into its words on purpose
+  answer=$(as_sidecar $command)
+  grep -q NOPERM <<<"$answer" || fail "as the sidecar user, $command answered: $answer"
+done
+answer=$(k exec -n shop sessions-redis-0 -- redis-cli --no-auth-warning -a "$password" ping 2>&1)
+grep -q -E 'WRONGPASS|NOAUTH' <<<"$answer" || fail "the default user answered: $answer"
+passed "the app's sidecar reads sessions-redis-sidecar; as that user FLUSHALL, CONFIG, KEYS, ACL and a foreign key are refused (NOPERM); the default user is off"
 
 current="injection: unlabelled and excluded pods are untouched"
 step "$current"
@@ -341,11 +356,11 @@ k create namespace ha >/dev/null
 session_service ha sessions cluster "shards: 3
     replicasPerShard: 1" | k apply -f - >/dev/null
 within 420 is_ready ha sessions || fail "not Ready after 420 s"
-password=$(k get secret -n ha sessions-redis-auth -o jsonpath='{.data.password}' | base64 -d)
+password=$(k get secret -n ha sessions-redis-admin -o jsonpath='{.data.password}' | base64 -d)
 cluster_ok() {
   local pod
   for pod in $(seq 0 5); do
-    k exec -n ha "sessions-redis-$pod" -- redis-cli --no-auth-warning -a "$password" cluster info 2>/dev/null \
+    k exec -n ha "sessions-redis-$pod" -- redis-cli --no-auth-warning --user admin -a "$password" cluster info 2>/dev/null \
       | grep -q '^cluster_state:ok' || return 1
   done
 }
@@ -425,10 +440,10 @@ passed "$summary"
 
 current="dead letters: kubectl sessions dead-letters against the session service"
 step "$current"
-password=$(k get secret -n ha sessions-redis-auth -o jsonpath="{.data.password}" | base64 -d)
+password=$(k get secret -n ha sessions-redis-admin -o jsonpath="{.data.password}" | base64 -d)
 # A poison entry on the events stream the session service's consumer reads (the default key
 # prefix `sess`; -c follows the cluster's redirection to the stream's master).
-k exec -n ha sessions-redis-0 -- redis-cli -c --no-auth-warning -a "$password" \
+k exec -n ha sessions-redis-0 -- redis-cli -c --no-auth-warning --user admin -a "$password" \
   XADD 'sess:{events}:stream' '*' garbage e2e >/dev/null || fail "could not write the poison entry"
 server_ip=$(k get pods -n ha -l sessions.io/session-service=sessions,app.kubernetes.io/component=server \
   --field-selector=status.phase=Running -o jsonpath='{.items[0].status.podIP}')
