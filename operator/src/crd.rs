@@ -466,6 +466,11 @@ pub struct SessionServiceStatus {
     /// Cluster mode: the cluster as its nodes reported it on the operator's last pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_cluster: Option<RedisClusterStatus>,
+    /// The Redis passwords' rotation (asked for with the annotation
+    /// `sessions.io/rotate-redis-passwords`), in words: its progress, what it waits for, or
+    /// when it was done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_password_rotation: Option<String>,
 }
 
 /// Redis Cluster as its nodes report it.

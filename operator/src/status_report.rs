@@ -87,6 +87,8 @@ pub struct Service {
     /// The StatefulSet's pod name prefix (`<name>-redis-`), for the topology's ordinals.
     pub redis_pod_prefix: String,
     pub redis_cluster: Option<RedisClusterStatus>,
+    /// The Redis passwords' rotation, in words (absent when none was asked for).
+    pub redis_password_rotation: Option<String>,
     /// The session-service Deployment: ready of wanted replicas (absent when it does not exist).
     pub server_replicas: Option<(i32, i32)>,
     pub slis: Option<Vec<Sli>>,
@@ -203,6 +205,7 @@ async fn describe(
         redis_endpoint: status.redis_endpoint,
         redis_pod_prefix: format!("{}-", names.redis()),
         redis_cluster: status.redis_cluster,
+        redis_password_rotation: status.redis_password_rotation,
         server_replicas,
         slis: None,
         dead_letters: None,
@@ -441,6 +444,9 @@ fn service_text(out: &mut String, s: &Service) {
         for f in &cluster.failing {
             let _ = writeln!(out, "  failing: {f}");
         }
+    }
+    if let Some(rotation) = &s.redis_password_rotation {
+        let _ = writeln!(out, "Redis passwords: {rotation}");
     }
     match s.server_replicas {
         Some((ready, wanted)) => {

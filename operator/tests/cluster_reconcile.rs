@@ -37,7 +37,12 @@ fn pod_list(cluster: &Cluster, revision: &str) -> serde_json::Value {
                 "metadata": {
                     "name": format!("sessions-ha-redis-{i}"),
                     "namespace": NS,
-                    "labels": {"controller-revision-hash": revision},
+                    "labels": {
+                        "controller-revision-hash": revision,
+                        "app.kubernetes.io/name": "session-service",
+                        "app.kubernetes.io/instance": "sessions-ha",
+                        "app.kubernetes.io/component": "redis",
+                    },
                 },
                 "status": {"podIP": node.ip},
             })

@@ -259,6 +259,30 @@ answer=$(k exec -n shop sessions-redis-0 -- redis-cli --no-auth-warning -a "$pas
 grep -q -E 'WRONGPASS|NOAUTH' <<<"$answer" || fail "the default user answered: $answer"
 passed "the app's sidecar reads sessions-redis-sidecar; as that user FLUSHALL, CONFIG, KEYS, ACL and a foreign key are refused (NOPERM); the default user is off"
 
+current="rotation: every Redis password, the session service rolled and the application restarted"
+step "$current"
+rotation() { k get sessionservice -n shop sessions -o jsonpath='{.status.redisPasswordRotation}'; }
+started=$(date +%s.%N)
+k annotate sessionservice -n shop sessions sessions.io/rotate-redis-passwords=e2e-1 >/dev/null
+within 60 sh -c "kubectl get sessionservice -n shop sessions -o jsonpath='{.status.redisPasswordRotation}' | grep -q 'injected pod'" \
+  || fail "the status never asked for the application to restart: $(rotation)"
+# The operator rolls the session service itself; the application is ours to restart, from the
+# instant the status names on (a pod created before it counts as holding the old password).
+sleep 3
+k delete pod -n shop app --wait=true >/dev/null
+app_pod shop app sessions | k apply -f - >/dev/null
+within 120 sh -c "kubectl get pod -n shop app -o jsonpath='{.status.containerStatuses[*].ready}' | grep -qx 'true true'" \
+  || fail "the restarted application did not become ready"
+within 120 sh -c "kubectl get sessionservice -n shop sessions -o jsonpath='{.status.redisPasswordRotation}' | grep -q '^Redis passwords rotated'" \
+  || fail "the rotation did not finish: $(rotation)"
+took=$(awk "BEGIN { print $(date +%s.%N) - $started }")
+answer=$(k exec -n shop sessions-redis-0 -- redis-cli --no-auth-warning --user sidecar -a "$sidecar_password" ping 2>&1)
+grep -q WRONGPASS <<<"$answer" || fail "the sidecar's old password still works: $answer"
+read_back=$(call shop app GET "/v1/sessions/$id")
+[ "$(echo "$read_back" | head -1)" = 200 ] || fail "after the rotation the restarted sidecar answered: $read_back"
+within 120 is_ready shop sessions || fail "not Ready after the rotation"
+passed "$(printf '%.1f' "$took") s: $(rotation); the old sidecar password is refused, the restarted sidecar reads $id"
+
 current="injection: unlabelled and excluded pods are untouched"
 step "$current"
 app_pod shop plain | k apply -f - >/dev/null

@@ -214,7 +214,11 @@ impl Node {
     }
 }
 
-async fn connect(member: &Member, access: &Access) -> Result<MultiplexedConnection, RedisError> {
+/// A connection to `member` with `access`'s credentials.
+pub(crate) async fn connect(
+    member: &Member,
+    access: &Access,
+) -> Result<MultiplexedConnection, RedisError> {
     // TLS verifies the certificate against the pod's DNS name; plain TCP needs no DNS.
     let host = match (&access.tls_ca, &member.host) {
         (Some(_), Some(host)) => host.clone(),

@@ -171,7 +171,9 @@ pub async fn pass(
     }
 }
 
-async fn access(
+/// How the operator connects to the Redis pods: as the admin user, over TLS with the CA of
+/// the Redis certificate when TLS is on.
+pub(super) async fn access(
     ctx: &Context,
     ss: &SessionService,
     namespace: &str,

@@ -4,9 +4,10 @@
 //! Event for each condition that changed.
 
 pub mod cluster;
+pub mod rotation;
 pub mod status;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,9 @@ use tracing::{info, warn};
 
 use crate::capabilities;
 use crate::crd::{RedisMode, SessionService};
-use crate::resources::{self, Child, MANAGER, Names, Part, Runtime, Secrets, redis, server};
+use crate::resources::{
+    self, Child, MANAGER, Names, Part, Rotated, Runtime, Secrets, redis, server,
+};
 use crate::telemetry::Metrics;
 use status::{Observed, PartState};
 
@@ -168,10 +171,13 @@ struct Outcome {
 pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action, Error> {
     let namespace = ss.namespace().ok_or(Error::NoNamespace)?;
     let mut cluster_pass = None;
+    let rotation;
     let api = capabilities::current(&ctx.api);
     let degradations = api.degradations(ss);
     let outcome = match read_secrets(&ctx.client, ss, &namespace).await {
-        Ok(secrets) => {
+        Ok(mut secrets) => {
+            // Before anything connects to Redis: the nodes learn new passwords first.
+            rotation = rotation::advance(ctx, ss, &namespace, &mut secrets).await;
             if ss.spec.redis.mode == RedisMode::Cluster {
                 cluster_pass = Some(cluster::pass(ctx, ss, &namespace, &secrets).await);
             }
@@ -215,6 +221,7 @@ pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action
     let observed = Observed {
         ready_replicas: outcome.ready_replicas,
         redis_cluster: cluster_pass.as_ref().and_then(|p| p.topology.clone()),
+        redis_password_rotation: rotation.message.clone(),
         ..Observed::default()
     };
     ctx.metrics
@@ -236,6 +243,9 @@ pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action
     if let Some(pass) = cluster_pass {
         next = next.min(pass.recheck);
     }
+    if rotation.in_progress {
+        next = next.min(rotation::ROTATION_CHECK);
+    }
     Ok(Action::requeue(next))
 }
 
@@ -249,7 +259,8 @@ async fn read_secrets(
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let names = Names::of(ss);
     let mut secrets = Secrets::generate();
-    let read = |name: String, key: &'static str| {
+    // The non-empty text values of a Secret (empty when it does not exist).
+    let read = |name: String| {
         let api = api.clone();
         async move {
             let secret = api
@@ -259,31 +270,43 @@ async fn read_secrets(
                     name: name.clone(),
                     source,
                 })?;
-            Ok::<_, Error>(secret.and_then(|s| {
-                let bytes = s.data?.remove(key)?.0;
-                String::from_utf8(bytes).ok().filter(|v| !v.is_empty())
-            }))
+            Ok::<_, Error>(
+                secret
+                    .and_then(|s| s.data)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|(k, v)| {
+                        let text = String::from_utf8(v.0).ok()?;
+                        (!text.is_empty()).then_some((k, text))
+                    })
+                    .collect::<BTreeMap<String, String>>(),
+            )
         }
     };
     if ss.spec.redis.mode != RedisMode::External {
         let passwords = &mut secrets.redis;
-        for (user, password) in [
-            (redis::RedisUser::Admin, &mut passwords.admin),
-            (redis::RedisUser::Server, &mut passwords.server),
-            (redis::RedisUser::Sidecar, &mut passwords.sidecar),
-        ] {
-            if let Some(stored) = read(names.redis_user_secret(user.name()), "password").await? {
-                *password = stored;
+        for user in redis::RedisUser::ALL {
+            let mut data = read(names.redis_user_secret(user.name())).await?;
+            if let Some(stored) = data.remove("password") {
+                *user.password_mut(passwords) = stored;
+            }
+            if let Some(previous) = data.remove(redis::PREVIOUS_PASSWORD_KEY) {
+                passwords.previous.insert(user, previous);
+            }
+            if let (Some(request), Some(at)) = (
+                data.remove(redis::ROTATION_REQUEST_KEY),
+                data.remove(redis::ROTATED_AT_KEY),
+            ) {
+                passwords.rotated.insert(user, Rotated { request, at });
             }
         }
-        if let Some(stored) =
-            read(names.redis_acl_secret(), redis::REPLICATION_PASSWORD_KEY).await?
-        {
+        let mut data = read(names.redis_acl_secret()).await?;
+        if let Some(stored) = data.remove(redis::REPLICATION_PASSWORD_KEY) {
             passwords.replication = stored;
         }
     }
     if ss.spec.server.jwt_secret_name.is_none()
-        && let Some(key) = read(names.jwt_secret(), server::JWT_KEY).await?
+        && let Some(key) = read(names.jwt_secret()).await?.remove(server::JWT_KEY)
     {
         secrets.jwt_secret = key;
     }

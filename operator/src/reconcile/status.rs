@@ -54,6 +54,7 @@ pub struct Observed {
     pub redis_endpoint: Option<String>,
     pub ready_replicas: Option<i32>,
     pub redis_cluster: Option<RedisClusterStatus>,
+    pub redis_password_rotation: Option<String>,
 }
 
 /// The new status: conditions in a fixed order, each keeping its transition time unless its
@@ -116,6 +117,7 @@ pub fn status(
         redis_endpoint: observed.redis_endpoint,
         ready_replicas: observed.ready_replicas,
         redis_cluster: observed.redis_cluster,
+        redis_password_rotation: observed.redis_password_rotation,
     }
 }
 

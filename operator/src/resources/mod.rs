@@ -64,12 +64,33 @@ pub struct Secrets {
 }
 
 /// The password of each Redis user the operator creates (see [`redis::RedisUser`]).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RedisPasswords {
     pub admin: String,
     pub server: String,
     pub sidecar: String,
     pub replication: String,
+    /// While a user's password is rotated: its old password, still accepted.
+    pub previous: BTreeMap<redis::RedisUser, String>,
+    /// The last rotation of each user's password.
+    pub rotated: BTreeMap<redis::RedisUser, Rotated>,
+}
+
+/// One rotation of a user's password: the annotation value that asked for it and when the new
+/// password was recorded (RFC 3339).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rotated {
+    pub request: String,
+    pub at: String,
+}
+
+impl RedisPasswords {
+    /// The passwords Redis accepts for `user`: its own, and the old one while it rotates.
+    pub fn accepted(&self, user: redis::RedisUser) -> Vec<&str> {
+        let mut accepted = vec![user.password(self)];
+        accepted.extend(self.previous.get(&user).map(String::as_str));
+        accepted
+    }
 }
 
 impl Secrets {
@@ -82,13 +103,14 @@ impl Secrets {
                 server: random_token(),
                 sidecar: random_token(),
                 replication: random_token(),
+                ..RedisPasswords::default()
             },
             jwt_secret: random_token() + &random_token(),
         }
     }
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     use rand::Rng;
     rand::rng()
         .sample_iter(rand::distr::Alphanumeric)

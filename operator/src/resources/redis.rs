@@ -53,10 +53,14 @@ const USERS_DIR: &str = "/etc/redis-users";
 /// Keys of the ACL Secret.
 const ACL_FILE_KEY: &str = "users.acl";
 pub const REPLICATION_PASSWORD_KEY: &str = "replication-password";
+/// Keys of a user Secret while and after its password is rotated (see `reconcile::rotation`).
+pub const PREVIOUS_PASSWORD_KEY: &str = "previous-password";
+pub const ROTATION_REQUEST_KEY: &str = "rotation-request";
+pub const ROTATED_AT_KEY: &str = "rotated-at";
 
 /// A client user of an operator-run Redis, each with a Secret of its own holding `username`,
 /// `password` and `url`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RedisUser {
     /// The operator's own Redis work: cluster bootstrap, repair, resharding.
     Admin,
@@ -84,6 +88,14 @@ impl RedisUser {
             RedisUser::Sidecar => &passwords.sidecar,
         }
     }
+
+    pub fn password_mut(self, passwords: &mut RedisPasswords) -> &mut String {
+        match self {
+            RedisUser::Admin => &mut passwords.admin,
+            RedisUser::Server => &mut passwords.server,
+            RedisUser::Sidecar => &mut passwords.sidecar,
+        }
+    }
 }
 
 pub fn build(
@@ -101,8 +113,13 @@ pub fn build(
     for user in RedisUser::ALL {
         out.add(Part::Redis, user_secret(ss, &names, user, &secrets.redis))?;
     }
-    // A change of the configuration or of the users changes the template: the pods roll.
-    let config_digest = digest(&(conf + &users));
+    // A change of the configuration or of the users' rules changes the template: the pods
+    // roll. Not a change of passwords: the operator gives those to the running nodes.
+    let rules: Vec<&str> = users
+        .split_whitespace()
+        .filter(|word| !word.starts_with('#'))
+        .collect();
+    let config_digest = digest(&(conf + &rules.join(" ")));
     out.add(
         Part::Redis,
         stateful_set(ss, &names, &config_digest, pods, &runtime.api),
@@ -225,9 +242,9 @@ pub fn acl_file(passwords: &RedisPasswords) -> String {
     acl::acl_file(
         &Keys::new(DEFAULT_KEY_PREFIX),
         &Passwords {
-            admin: &[&passwords.admin],
-            server: &[&passwords.server],
-            sidecar: &[&passwords.sidecar],
+            admin: &passwords.accepted(RedisUser::Admin),
+            server: &passwords.accepted(RedisUser::Server),
+            sidecar: &passwords.accepted(RedisUser::Sidecar),
             replication: &[&passwords.replication],
         },
     )
@@ -266,14 +283,22 @@ fn user_secret(
     passwords: &RedisPasswords,
 ) -> Secret {
     let password = user.password(passwords);
+    let mut data = BTreeMap::from([
+        ("username".to_owned(), bytes(user.name())),
+        ("password".to_owned(), bytes(password)),
+        ("url".to_owned(), bytes(&url(ss, user.name(), password))),
+    ]);
+    if let Some(previous) = passwords.previous.get(&user) {
+        data.insert(PREVIOUS_PASSWORD_KEY.to_owned(), bytes(previous));
+    }
+    if let Some(rotated) = passwords.rotated.get(&user) {
+        data.insert(ROTATION_REQUEST_KEY.to_owned(), bytes(&rotated.request));
+        data.insert(ROTATED_AT_KEY.to_owned(), bytes(&rotated.at));
+    }
     Secret {
         metadata: meta(ss, names.redis_user_secret(user.name()), COMPONENT),
         type_: Some("Opaque".to_owned()),
-        data: Some(BTreeMap::from([
-            ("username".to_owned(), bytes(user.name())),
-            ("password".to_owned(), bytes(password)),
-            ("url".to_owned(), bytes(&url(ss, user.name(), password))),
-        ])),
+        data: Some(data),
         ..Secret::default()
     }
 }

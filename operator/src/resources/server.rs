@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::redis::{RedisUser, secret_env};
 use super::{
-    BuildError, Desired, Names, Part, Secrets, add_disruption_budget, container_security,
+    BuildError, Desired, Names, Part, Secrets, add_disruption_budget, container_security, digest,
     label_selector, labels, meta, pod_security, selector,
 };
 use crate::capabilities::Capabilities;
@@ -45,7 +45,7 @@ pub fn build(
     if ss.spec.server.jwt_secret_name.is_none() {
         out.add(Part::Server, jwt_secret(ss, &names, &secrets.jwt_secret))?;
     }
-    out.add(Part::Server, deployment(ss, &names, api))?;
+    out.add(Part::Server, deployment(ss, &names, secrets, api))?;
     out.add(Part::Server, service(ss, &names))?;
     add_disruption_budget(out, Part::Server, api, ss, names.server(), COMPONENT)
 }
@@ -173,7 +173,12 @@ fn jwt_secret(ss: &SessionService, names: &Names, key: &str) -> Secret {
     }
 }
 
-fn deployment(ss: &SessionService, names: &Names, api: &Capabilities) -> Deployment {
+fn deployment(
+    ss: &SessionService,
+    names: &Names,
+    secrets: &Secrets,
+    api: &Capabilities,
+) -> Deployment {
     let server = &ss.spec.server;
     let jwt = server
         .jwt_secret_name
@@ -247,6 +252,7 @@ fn deployment(ss: &SessionService, names: &Names, api: &Capabilities) -> Deploym
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(ss, COMPONENT)),
+                    annotations: credentials_digest(ss, secrets),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -283,6 +289,17 @@ fn deployment(ss: &SessionService, names: &Names, api: &Capabilities) -> Deploym
         },
         status: None,
     }
+}
+
+/// A digest of the server user's Redis password on the pod template: a new password (a
+/// rotation) rolls the Deployment, whose pods read it from the Secret when they start.
+fn credentials_digest(ss: &SessionService, secrets: &Secrets) -> Option<BTreeMap<String, String>> {
+    (ss.spec.redis.mode != RedisMode::External).then(|| {
+        BTreeMap::from([(
+            crate::reconcile::rotation::CREDENTIALS_ANNOTATION.to_owned(),
+            digest(&secrets.redis.server),
+        )])
+    })
 }
 
 fn service(ss: &SessionService, names: &Names) -> Service {

@@ -137,6 +137,7 @@ impl FakeApiServer {
     async fn handle(&self, request: Request<Body>) -> Response<Body> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
+        let selector = request.uri().query().and_then(label_selector);
         let json_patch = request
             .headers()
             .get("content-type")
@@ -155,6 +156,10 @@ impl FakeApiServer {
             self.replace(&path, body)
         } else {
             self.answer(&method, &path, body)
+        };
+        let value = match selector {
+            Some(wanted) if value["items"].is_array() => only_labelled(value, &wanted),
+            _ => value,
         };
         Response::builder()
             .status(code)
@@ -323,4 +328,34 @@ fn status(code: StatusCode, reason: &str, message: &str) -> (StatusCode, Value) 
             "message": message, "reason": reason, "code": code.as_u16(),
         }),
     )
+}
+
+/// The `k=v` pairs of a list request's `labelSelector` (equality selectors only).
+fn label_selector(query: &str) -> Option<Vec<(String, String)>> {
+    let encoded = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("labelSelector="))?;
+    let decoded = encoded
+        .replace("%3D", "=")
+        .replace("%2C", ",")
+        .replace("%2F", "/");
+    Some(
+        decoded
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    )
+}
+
+/// A list with only the items carrying every wanted label, as the API server filters.
+fn only_labelled(mut list: Value, wanted: &[(String, String)]) -> Value {
+    if let Some(items) = list["items"].as_array_mut() {
+        items.retain(|item| {
+            wanted
+                .iter()
+                .all(|(k, v)| item["metadata"]["labels"][k].as_str() == Some(v.as_str()))
+        });
+    }
+    list
 }

@@ -37,6 +37,7 @@ pub fn test_secrets() -> Secrets {
             server: "test-server-password".to_owned(),
             sidecar: "test-sidecar-password".to_owned(),
             replication: REPLICATION_PASSWORD.to_owned(),
+            ..RedisPasswords::default()
         },
         jwt_secret: "test-jwt-secret-test-jwt-secret-0123456789".to_owned(),
     }

@@ -217,7 +217,7 @@ pub struct Passwords<'a> {
 pub fn acl_file(keys: &Keys, passwords: &Passwords<'_>) -> String {
     let hashes = |list: &[&str]| -> String {
         list.iter()
-            .map(|p| format!(" #{}", hex_sha256(p)))
+            .map(|p| format!(" #{}", password_hash(p)))
             .collect()
     };
     [
@@ -252,7 +252,9 @@ pub fn acl_file(keys: &Keys, passwords: &Passwords<'_>) -> String {
         + "\n"
 }
 
-fn hex_sha256(text: &str) -> String {
+/// The SHA-256 of a password in hex, as an ACL rule names it after `#`.
+#[must_use]
+pub fn password_hash(text: &str) -> String {
     Sha256::digest(text.as_bytes())
         .iter()
         .fold(String::with_capacity(64), |mut out, b| {
@@ -321,8 +323,8 @@ mod tests {
         assert!(file.starts_with("user default off "));
         assert!(file.contains(&format!(
             "user sidecar on #{} #{} ",
-            hex_sha256("old"),
-            hex_sha256("new")
+            password_hash("old"),
+            password_hash("new")
         )));
         assert_eq!(file.lines().count(), 5);
     }

@@ -1,0 +1,365 @@
+//! Rotating the Redis users' passwords without a failed request.
+//!
+//! `kubectl annotate sessionservice NAME sessions.io/rotate-redis-passwords=<any new value>`
+//! asks for new passwords of the `admin`, `server` and `sidecar` users. For each user:
+//!
+//! 1. **Both passwords.** A new password is generated; every Redis node accepts the new and the
+//!    old one (`ACL SETUSER <user> resetpass #new #old`), and only then is the user's Secret
+//!    written with the new password (`password`, `url`) and the old one kept as
+//!    `previous-password`, with the request and the time (`rotation-request`, `rotated-at`).
+//! 2. **Clients move.** The operator reads its Secret on every reconcile; the session-service
+//!    Deployment rolls (its template carries a digest of the password); injected sidecars read
+//!    theirs when their pod starts, so application pods move as they are restarted: the status
+//!    names those still on the old password.
+//! 3. **Old password off.** Once every client of the user started after the new password was
+//!    written, the nodes drop the old one, then the Secret does.
+//!
+//! Every step is decided from the Secrets and the pods, so a reconcile killed at any point
+//! resumes: a Secret holding `previous-password` is a rotation in progress, and the nodes are
+//! told the passwords the Secrets hold (plus a new one not written yet) before each write.
+//! Connections already open stay authenticated through a rotation, so nothing is dropped. The
+//! `replication` user (held only by the Redis pods, for their replicas and probes) is not
+//! rotated here: its password is read at pod start, so it changes when the ACL Secret is
+//! deleted and Redis rolls.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+
+use super::Context;
+use session_sidecar::store::acl::password_hash;
+
+use crate::INJECT_LABEL;
+use crate::cluster::{Access, Member, node};
+use crate::crd::{RedisMode, SessionService};
+use crate::resources::redis::{self, RedisUser};
+use crate::resources::{Names, RedisPasswords, Rotated, Secrets, digest, random_token, selector};
+
+/// The annotation that asks for a rotation; a value different from the last rotation's asks
+/// for another.
+pub const ROTATE_ANNOTATION: &str = "sessions.io/rotate-redis-passwords";
+
+/// The annotation on the session-service pod template with a digest of the server user's
+/// password: a pod carrying the new digest started after the new password was written.
+pub const CREDENTIALS_ANNOTATION: &str = "sessions.io/redis-credentials";
+
+/// How often a rotation in progress is looked at again.
+pub const ROTATION_CHECK: Duration = Duration::from_secs(10);
+
+/// What this reconcile did about a rotation, for the status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RotationReport {
+    /// In words; `None` when no rotation was ever asked for.
+    pub message: Option<String>,
+    /// A rotation is in progress: look again soon.
+    pub in_progress: bool,
+}
+
+/// Starts, advances or finishes a rotation of `secrets`' Redis passwords; `secrets` leaves with
+/// what the Secrets must hold after this reconcile.
+pub async fn advance(
+    ctx: &Context,
+    ss: &SessionService,
+    namespace: &str,
+    secrets: &mut Secrets,
+) -> RotationReport {
+    if ss.spec.redis.mode == RedisMode::External {
+        return RotationReport::default();
+    }
+    let before = secrets.redis.clone();
+    let passwords = &mut secrets.redis;
+    let requested = ss
+        .annotations()
+        .get(ROTATE_ANNOTATION)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty());
+    // Injected pods created from this second on started after the new password was written
+    // (in this reconcile, milliseconds from now): `creationTimestamp` has whole seconds.
+    let moved_after = Timestamp::from_second(Timestamp::now().as_second() + 2)
+        .unwrap_or_else(|_| Timestamp::now());
+    let mut started = Vec::new();
+    if let Some(request) = &requested {
+        for user in RedisUser::ALL {
+            let done_before = passwords.rotated.get(&user).map(|r| &r.request) == Some(request);
+            if !done_before && !passwords.previous.contains_key(&user) {
+                let old = std::mem::replace(user.password_mut(passwords), random_token());
+                passwords.previous.insert(user, old);
+                passwords.rotated.insert(
+                    user,
+                    Rotated {
+                        request: request.clone(),
+                        at: moved_after.to_string(),
+                    },
+                );
+                started.push(user);
+            }
+        }
+    }
+    if passwords.previous.is_empty() {
+        return RotationReport {
+            message: last_rotation(passwords),
+            in_progress: false,
+        };
+    }
+    let client = &ctx.client;
+    // Who still holds an old password. A user whose new password is not written yet (started
+    // in this reconcile) cannot be done.
+    let mut waiting: BTreeMap<RedisUser, String> = BTreeMap::new();
+    for user in passwords.previous.keys().copied().collect::<Vec<_>>() {
+        if started.contains(&user) {
+            waiting.insert(user, "its new password is being written".to_owned());
+            continue;
+        }
+        let since = rotated_at(passwords, user);
+        let server_digest = digest(&passwords.server);
+        match still_on_old_password(client, ss, namespace, user, since, &server_digest).await {
+            Ok(old) if old.is_empty() => {}
+            Ok(old) => {
+                waiting.insert(user, old);
+            }
+            Err(message) => {
+                waiting.insert(user, message);
+            }
+        }
+    }
+    // Tell every node the passwords each user has from now on, before any Secret says so.
+    let mut finishing: Vec<RedisUser> = Vec::new();
+    for user in passwords.previous.keys() {
+        if !waiting.contains_key(user) {
+            finishing.push(*user);
+        }
+    }
+    let mut target = passwords.clone();
+    for user in &finishing {
+        target.previous.remove(user);
+    }
+    let result = match super::cluster::access(ctx, ss, namespace, secrets).await {
+        Ok(access) => set_passwords(client, ss, namespace, &target, &secrets.redis, access).await,
+        Err(message) => Err(message),
+    };
+    if let Err(message) = result {
+        // Nothing is written that the nodes do not accept: the rotations started here wait
+        // for the next reconcile, which starts them afresh.
+        let passwords = &mut secrets.redis;
+        for user in &started {
+            *user.password_mut(passwords) = user.password(&before).to_owned();
+            passwords.previous.remove(user);
+            match before.rotated.get(user) {
+                Some(rotated) => passwords.rotated.insert(*user, rotated.clone()),
+                None => passwords.rotated.remove(user),
+            };
+        }
+        return RotationReport {
+            message: Some(format!(
+                "rotating the Redis passwords: cannot update the Redis users yet: {message}"
+            )),
+            in_progress: true,
+        };
+    }
+    let report = if waiting.is_empty() {
+        RotationReport {
+            message: last_rotation(&target),
+            in_progress: false,
+        }
+    } else {
+        let done: Vec<&str> = RedisUser::ALL
+            .iter()
+            .filter(|u| !waiting.contains_key(u))
+            .map(|u| u.name())
+            .collect();
+        let mut words = vec![format!(
+            "rotating the Redis passwords (request {}): the old passwords are still accepted",
+            requested.as_deref().unwrap_or("?")
+        )];
+        if !done.is_empty() {
+            words.push(format!("done: {}", done.join(", ")));
+        }
+        for (user, why) in &waiting {
+            words.push(format!("{}: {why}", user.name()));
+        }
+        RotationReport {
+            message: Some(words.join("; ")),
+            in_progress: true,
+        }
+    };
+    secrets.redis = target;
+    report
+}
+
+fn rotated_at(passwords: &RedisPasswords, user: RedisUser) -> Timestamp {
+    passwords
+        .rotated
+        .get(&user)
+        .and_then(|r| r.at.parse().ok())
+        // Unknown: every pod counts as old until it restarts from now on.
+        .unwrap_or_else(Timestamp::now)
+}
+
+/// The last rotation, in words, once it is over.
+fn last_rotation(passwords: &RedisPasswords) -> Option<String> {
+    let last = passwords.rotated.values().max_by(|a, b| a.at.cmp(&b.at))?;
+    Some(format!(
+        "Redis passwords rotated for request {} (pods created from {} on hold the new ones); the old passwords are refused",
+        last.request, last.at
+    ))
+}
+
+/// The clients of `user` that started before its new password was written, in words (empty
+/// when none): the session-service pods without the new password's digest for `server`
+/// (including pods still shutting down), the injected pods created before `since` for
+/// `sidecar`, none for `admin` (the operator reads its Secret on every reconcile).
+async fn still_on_old_password(
+    client: &Client,
+    ss: &SessionService,
+    namespace: &str,
+    user: RedisUser,
+    since: Timestamp,
+    server_digest: &str,
+) -> Result<String, String> {
+    let labels = match user {
+        RedisUser::Admin => return Ok(String::new()),
+        RedisUser::Server => selector(ss, "server")
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        RedisUser::Sidecar => format!("{INJECT_LABEL}={}", ss.name_any()),
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&labels))
+        .await
+        .map_err(|e| {
+            format!(
+                "could not list its pods ({labels}) in {namespace}: {}; check the operator's RBAC (pods: list)",
+                super::api_message(&e)
+            )
+        })?;
+    let old: Vec<String> = list
+        .items
+        .iter()
+        .filter(|pod| match user {
+            RedisUser::Server => {
+                pod.annotations()
+                    .get(CREDENTIALS_ANNOTATION)
+                    .map(String::as_str)
+                    != Some(server_digest)
+            }
+            _ => pod
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .is_none_or(|t| t.0 < since),
+        })
+        .map(ResourceExt::name_any)
+        .collect();
+    Ok(match (user, old.len()) {
+        (_, 0) => String::new(),
+        (RedisUser::Server, n) => format!(
+            "waiting for {n} session-service pod(s) on the old password to be replaced (the Deployment rolls): {}",
+            old.join(", ")
+        ),
+        (_, n) => format!(
+            "waiting for {n} injected pod(s) created before {since} to restart (kubectl rollout restart their workloads): {}",
+            old.join(", ")
+        ),
+    })
+}
+
+/// Sets each client user's passwords on every Redis node to those of `target` (its password,
+/// and its previous one while it is rotating), connecting as admin with the password the node
+/// accepts now (`target`'s, or the one `current` still keeps).
+async fn set_passwords(
+    client: &Client,
+    ss: &SessionService,
+    namespace: &str,
+    target: &RedisPasswords,
+    current: &RedisPasswords,
+    access: Access,
+) -> Result<(), String> {
+    let members = redis_members(client, ss, namespace).await?;
+    // The new admin password once the nodes know it, the old one until then.
+    let mut admin_passwords = vec![target.admin.clone()];
+    admin_passwords.extend(current.previous.get(&RedisUser::Admin).cloned());
+    for member in &members {
+        let mut conn = None;
+        let mut last_error = String::new();
+        for password in &admin_passwords {
+            let access = Access {
+                credentials: Some((RedisUser::Admin.name().to_owned(), password.clone())),
+                ..access.clone()
+            };
+            match node::connect(member, &access).await {
+                Ok(c) => {
+                    conn = Some(c);
+                    break;
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        let mut conn = conn.ok_or_else(|| {
+            format!(
+                "Redis pod {} ({}) refused every admin password: {last_error}",
+                member.ordinal, member.ip
+            )
+        })?;
+        for user in RedisUser::ALL {
+            let mut cmd = ::redis::cmd("ACL");
+            cmd.arg("SETUSER").arg(user.name()).arg("resetpass");
+            for password in target.accepted(user) {
+                cmd.arg(format!("#{}", password_hash(password)));
+            }
+            cmd.query_async::<()>(&mut conn).await.map_err(|e| {
+                format!(
+                    "Redis pod {} ({}) refused ACL SETUSER {}: {e}",
+                    member.ordinal,
+                    member.ip,
+                    user.name()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Every Redis pod that has an IP.
+async fn redis_members(
+    client: &Client,
+    ss: &SessionService,
+    namespace: &str,
+) -> Result<Vec<Member>, String> {
+    let names = Names::of(ss);
+    let labels = selector(ss, "redis")
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let list = Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(&labels))
+        .await
+        .map_err(|e| format!("could not list the Redis pods: {}", super::api_message(&e)))?;
+    let prefix = format!("{}-", names.redis());
+    let port = u16::try_from(redis::PORT).unwrap_or(6379);
+    let members: Vec<Member> = list
+        .items
+        .iter()
+        .filter_map(|pod| {
+            let ordinal = pod.name_any().strip_prefix(&prefix)?.parse().ok()?;
+            let ip = pod.status.as_ref()?.pod_ip.clone()?;
+            Some(Member {
+                ordinal,
+                ip,
+                port,
+                host: Some(names.redis_pod_host(ordinal)),
+                outdated: false,
+            })
+        })
+        .collect();
+    // A pod without an address yet reads the ACL file, which holds both passwords, when it
+    // starts.
+    Ok(members)
+}

@@ -1,0 +1,381 @@
+//! Rotating the Redis users' passwords under a steady load, against real processes: a real
+//! `redis-server` started from the rendered configuration, a real session service (as the
+//! `server` user) and a real injected sidecar (as the `sidecar` user) serving requests, the
+//! operator's reconciles against a fake API server, and this test playing the kubelet: it rolls
+//! the session service when its Deployment's template changes and restarts the application pod
+//! when the status asks for it, each time starting the new process before stopping the old.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+#[path = "common/apiserver.rs"]
+mod apiserver;
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use apiserver::FakeApiServer;
+use common::prometheus::{Sidecar, http};
+use common::redis_node::{RedisNode, secret_value};
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{Value, json};
+use session_operator::crd::SessionService;
+use session_operator::reconcile;
+
+const NS: &str = "shop";
+const IP: &str = "127.43.0.1";
+const SS_PATH: &str = "/apis/sessions.io/v1alpha1/namespaces/shop/sessionservices/sessions";
+const PODS_PATH: &str = "/api/v1/namespaces/shop/pods";
+const DEPLOY_PATH: &str = "/apis/apps/v1/namespaces/shop/deployments/sessions";
+
+fn secret_path(user: &str) -> String {
+    format!("/api/v1/namespaces/{NS}/secrets/sessions-redis-{user}")
+}
+
+/// A Secret's value as the fake holds it now.
+fn stored(fake: &FakeApiServer, user: &str, key: &str) -> Option<String> {
+    let secret = fake.get(&secret_path(user))?;
+    let value = secret["data"][key].as_str()?;
+    String::from_utf8(data_encoding::BASE64.decode(value.as_bytes()).ok()?).ok()
+}
+
+/// The user's URL from its Secret, pointed at the test's Redis.
+fn url_of(fake: &FakeApiServer, user: &str) -> String {
+    stored(fake, user, "url")
+        .unwrap()
+        .replace("sessions-redis.shop.svc", IP)
+}
+
+fn pod(name: &str, labels: Value, annotations: Value, created: Timestamp, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": NS, "labels": labels, "annotations": annotations,
+                        "creationTimestamp": Timestamp::from_second(created.as_second()).unwrap().to_string()},
+           "status": {"podIP": ip}})
+}
+
+/// The pods the kubelet runs now: Redis, the session service (with its template's
+/// annotations) and the application with its injected sidecar.
+struct Pods {
+    redis: Value,
+    server: Value,
+    app: Value,
+}
+
+impl Pods {
+    fn publish(&self, fake: &FakeApiServer) {
+        fake.insert(
+            PODS_PATH,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                   "items": [self.redis, self.server, self.app]}),
+        );
+    }
+}
+
+fn server_labels() -> Value {
+    json!({"app.kubernetes.io/name": "session-service", "app.kubernetes.io/instance": "sessions",
+           "app.kubernetes.io/component": "server"})
+}
+
+fn template_annotations(fake: &FakeApiServer) -> Value {
+    fake.get(DEPLOY_PATH).unwrap()["spec"]["template"]["metadata"]["annotations"].clone()
+}
+
+async fn ready(sidecar: &Sidecar) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let admin = sidecar.admin;
+    while tokio::task::spawn_blocking(move || http(admin, "GET", "/readyz", None).0)
+        .await
+        .unwrap()
+        != 200
+    {
+        assert!(Instant::now() < deadline, "the new process is not ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Requests at a steady rate to whichever processes are current: creates through the sidecar,
+/// reads of what was created through both. Counts every answer that is not a success.
+struct Load {
+    sidecar: Arc<AtomicU16>,
+    server: Arc<AtomicU16>,
+    sent: Arc<AtomicU64>,
+    failed: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(sidecar: u16, server: u16) -> Self {
+        let (sidecar, server) = (
+            Arc::new(AtomicU16::new(sidecar)),
+            Arc::new(AtomicU16::new(server)),
+        );
+        let (sent, failed, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let thread = {
+            let (sidecar, server, sent, failed, stop) = (
+                sidecar.clone(),
+                server.clone(),
+                sent.clone(),
+                failed.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let body = json!({"user_id": format!("user-{}", i % 50)});
+                    let (status, created) = http(
+                        sidecar.load(Ordering::Relaxed),
+                        "POST",
+                        "/v1/sessions",
+                        Some(body),
+                    );
+                    let mut answers = vec![("create", status, created.clone())];
+                    if status == 201 {
+                        let id: Value = serde_json::from_str(&created).unwrap();
+                        let path = format!("/v1/sessions/{}", id["session_id"].as_str().unwrap());
+                        for (what, port) in [("sidecar read", &sidecar), ("server read", &server)] {
+                            let (status, body) =
+                                http(port.load(Ordering::Relaxed), "GET", &path, None);
+                            answers.push((what, status, body));
+                        }
+                    }
+                    for (what, status, body) in answers {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        if !(200..300).contains(&status) {
+                            failed
+                                .lock()
+                                .unwrap()
+                                .push(format!("{what}: {status} {body}"));
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        Self {
+            sidecar,
+            server,
+            sent,
+            failed,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        let failed = self.failed.lock().unwrap().clone();
+        (self.sent.load(Ordering::Relaxed), failed)
+    }
+}
+
+/// `AUTH user password` against the test's Redis: what it answers.
+fn auth(user: &str, password: &str) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", IP, "-p", "6379", "--user", user])
+        .env("REDISCLI_AUTH", password)
+        .arg("ping")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    format!("{} {}", stdout.trim(), stderr.trim())
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_every_redis_password_under_load_fails_no_request() {
+    let ss = common::example("sessionservice-standalone.yaml");
+    let objects = session_operator::render::objects(&ss, &common::test_secrets()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _redis = RedisNode::start(&objects, dir.path(), IP, 6379, "sessions-redis-0");
+    let (client, fake) = FakeApiServer::start();
+    let mut ss_value = serde_json::to_value(&ss).unwrap();
+    ss_value["metadata"]["uid"] = json!("7d3c1f9e-0000-4000-8000-000000000043");
+    ss_value["metadata"]["generation"] = json!(1);
+    fake.insert(SS_PATH, ss_value.clone());
+    // The Secrets the Redis pod was started from, as a past reconcile left them.
+    for secret in objects.iter().filter(|o| o["kind"] == "Secret") {
+        let name = secret["metadata"]["name"].as_str().unwrap();
+        fake.insert(
+            &format!("/api/v1/namespaces/{NS}/secrets/{name}"),
+            secret.clone(),
+        );
+    }
+    let ctx = apiserver::reconcile_context(client);
+    let reconcile_once = || async {
+        let current: SessionService = serde_json::from_value(fake.get(SS_PATH).unwrap()).unwrap();
+        reconcile::reconcile(Arc::new(current), ctx.clone()).await
+    };
+    let before = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(3600);
+    reconcile_once().await.unwrap();
+    let mut pods = Pods {
+        redis: pod(
+            "sessions-redis-0",
+            json!({"app.kubernetes.io/name": "session-service", "app.kubernetes.io/instance": "sessions",
+                   "app.kubernetes.io/component": "redis"}),
+            json!({}),
+            before,
+            IP,
+        ),
+        server: pod(
+            "sessions-7f9c-a",
+            server_labels(),
+            template_annotations(&fake),
+            before,
+            "10.0.0.2",
+        ),
+        app: pod(
+            "app-5d8b-a",
+            json!({"sessions.io/inject": "sessions"}),
+            json!({}),
+            before,
+            "10.0.0.3",
+        ),
+    };
+    pods.publish(&fake);
+
+    let background = ["--background-work"];
+    let mut server = Sidecar::start(
+        "sessions",
+        &["--redis-url", &url_of(&fake, "server"), background[0]],
+    )
+    .await;
+    let mut sidecar = Sidecar::start("sessions", &["--redis-url", &url_of(&fake, "sidecar")]).await;
+    ready(&server).await;
+    ready(&sidecar).await;
+    let old: Vec<(String, String)> = ["admin", "server", "sidecar"]
+        .iter()
+        .map(|u| ((*u).to_owned(), stored(&fake, u, "password").unwrap()))
+        .collect();
+    let load = Load::start(sidecar.api, server.api);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The rotation is asked for.
+    let started = Instant::now();
+    ss_value["metadata"]["annotations"] =
+        json!({"sessions.io/rotate-redis-passwords": "2026-12-01"});
+    let keep_status = fake.get(SS_PATH).unwrap()["status"].clone();
+    ss_value["status"] = keep_status;
+    fake.insert(SS_PATH, ss_value.clone());
+    let mut rolled = false;
+    let mut restarted = false;
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let finished = loop {
+        reconcile_once().await.unwrap();
+        let status = fake.get(SS_PATH).unwrap()["status"]["redisPasswordRotation"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if seen.last() != Some(&status) {
+            println!("status: {status}");
+            seen.push(status.clone());
+        }
+        if status.starts_with("Redis passwords rotated") {
+            break status;
+        }
+        // The Deployment's template changed: a rolling update, new pod first.
+        if template_annotations(&fake) != pods.server["metadata"]["annotations"] {
+            let next = Sidecar::start(
+                "sessions",
+                &["--redis-url", &url_of(&fake, "server"), background[0]],
+            )
+            .await;
+            ready(&next).await;
+            load.server.store(next.api, Ordering::Relaxed);
+            // As Kubernetes takes the old pod out of the endpoints before it stops it.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            std::mem::replace(&mut server, next).stop().await;
+            pods.server = pod(
+                "sessions-7f9c-b",
+                server_labels(),
+                template_annotations(&fake),
+                Timestamp::now(),
+                "10.0.0.4",
+            );
+            pods.publish(&fake);
+            rolled = true;
+        }
+        // The status asks for the application to restart: someone runs `kubectl rollout restart`.
+        if status.contains("app-5d8b-a") && status.contains("restart") {
+            let wait_until: Timestamp = stored(&fake, "sidecar", "rotated-at")
+                .unwrap()
+                .parse()
+                .unwrap();
+            while Timestamp::now() < wait_until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let next =
+                Sidecar::start("sessions", &["--redis-url", &url_of(&fake, "sidecar")]).await;
+            ready(&next).await;
+            load.sidecar.store(next.api, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            std::mem::replace(&mut sidecar, next).stop().await;
+            pods.app = pod(
+                "app-5d8b-b",
+                json!({"sessions.io/inject": "sessions"}),
+                json!({}),
+                Timestamp::now(),
+                "10.0.0.5",
+            );
+            pods.publish(&fake);
+            restarted = true;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rotation did not finish in 60 s: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (sent, failed) = load.finish();
+    println!(
+        "rotated the admin, server and sidecar passwords in {took:.2?} under load: {sent} requests, {} failed",
+        failed.len()
+    );
+    assert!(rolled && restarted, "both clients moved");
+    assert!(failed.is_empty(), "failed requests: {failed:#?}");
+    assert!(
+        finished.contains("the old passwords are refused"),
+        "{finished}"
+    );
+    for (user, password) in &old {
+        assert!(
+            auth(user, password).contains("WRONGPASS"),
+            "{user}'s old password still works"
+        );
+        let new = stored(&fake, user, "password").unwrap();
+        assert_ne!(&new, password);
+        assert_eq!(auth(user, &new), "PONG", "{user}'s new password");
+        assert!(stored(&fake, user, "previous-password").is_none());
+    }
+    let acl = secret_value(
+        &[fake
+            .get(&format!(
+                "/api/v1/namespaces/{NS}/secrets/sessions-redis-acl"
+            ))
+            .unwrap()],
+        "-redis-acl",
+        "users.acl",
+    );
+    assert_eq!(
+        acl.matches('#').count(),
+        4,
+        "one hash per user again: {acl}"
+    );
+    server.stop().await;
+    sidecar.stop().await;
+}
