@@ -299,6 +299,13 @@ pub struct ServerSpec {
     /// service that issues tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_secret_name: Option<String>,
+    /// When the generated key is rotated (annotation `sessions.io/rotate-jwt-secret`), how
+    /// long tokens signed with the old key are still accepted after issuers got the new one:
+    /// at least the lifetime of the tokens they issue, plus the time they take to read the new
+    /// key.
+    #[serde(default = "default_jwt_rotation_grace")]
+    #[schemars(range(min = 0))]
+    pub jwt_rotation_grace_seconds: i64,
     /// Also accept tokens from an OIDC identity provider (RS256, ES256 or EdDSA, verified
     /// against its published keys). The HS256 key stays: the operator's command-line tools
     /// sign their service tokens with it.
@@ -471,6 +478,10 @@ pub struct SessionServiceStatus {
     /// when it was done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_password_rotation: Option<String>,
+    /// The generated JWT key's rotation (annotation `sessions.io/rotate-jwt-secret`), in
+    /// words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_secret_rotation: Option<String>,
 }
 
 /// Redis Cluster as its nodes report it.
@@ -542,6 +553,10 @@ fn default_rate_limit() -> i32 {
 fn default_rate_window() -> i64 {
     60
 }
+fn default_jwt_rotation_grace() -> i64 {
+    3600
+}
+
 fn default_server_replicas() -> i32 {
     2
 }

@@ -89,6 +89,8 @@ pub struct Service {
     pub redis_cluster: Option<RedisClusterStatus>,
     /// The Redis passwords' rotation, in words (absent when none was asked for).
     pub redis_password_rotation: Option<String>,
+    /// The JWT key's rotation, in words.
+    pub jwt_secret_rotation: Option<String>,
     /// The session-service Deployment: ready of wanted replicas (absent when it does not exist).
     pub server_replicas: Option<(i32, i32)>,
     pub slis: Option<Vec<Sli>>,
@@ -206,6 +208,7 @@ async fn describe(
         redis_pod_prefix: format!("{}-", names.redis()),
         redis_cluster: status.redis_cluster,
         redis_password_rotation: status.redis_password_rotation,
+        jwt_secret_rotation: status.jwt_secret_rotation,
         server_replicas,
         slis: None,
         dead_letters: None,
@@ -447,6 +450,9 @@ fn service_text(out: &mut String, s: &Service) {
     }
     if let Some(rotation) = &s.redis_password_rotation {
         let _ = writeln!(out, "Redis passwords: {rotation}");
+    }
+    if let Some(rotation) = &s.jwt_secret_rotation {
+        let _ = writeln!(out, "JWT key: {rotation}");
     }
     match s.server_replicas {
         Some((ready, wanted)) => {

@@ -299,6 +299,7 @@ fn sidecar_accepts(env: &[Value]) -> Result<(), String> {
             None => match var["valueFrom"]["secretKeyRef"]["key"].as_str().unwrap() {
                 "url" => "redis://127.0.0.1:6379".to_owned(),
                 "jwt-secret" => "k".repeat(48),
+                "extra-jwt-secret" => "n".repeat(48),
                 other => return Err(format!("unexpected secret key {other}")),
             },
         };

@@ -1,6 +1,7 @@
-//! Rotating the Redis users' passwords under a steady load, against real processes: a real
-//! `redis-server` started from the rendered configuration, a real session service (as the
-//! `server` user) and a real injected sidecar (as the `sidecar` user) serving requests, the
+//! Rotating the Redis users' passwords and the JWT key under a steady load, against real
+//! processes: a real `redis-server` started from the rendered configuration, a real session
+//! service (as the `server` user, verifying tokens an issuer signs with the Secret's key) and a
+//! real injected sidecar (as the `sidecar` user) serving requests, the
 //! operator's reconciles against a fake API server, and this test playing the kubelet: it rolls
 //! the session service when its Deployment's template changes and restarts the application pod
 //! when the status asks for it, each time starting the new process before stopping the old.
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apiserver::FakeApiServer;
-use common::prometheus::{Sidecar, http};
+use common::prometheus::{Sidecar, http, http_as};
 use common::redis_node::{RedisNode, secret_value};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
@@ -46,6 +47,46 @@ fn url_of(fake: &FakeApiServer, user: &str) -> String {
     stored(fake, user, "url")
         .unwrap()
         .replace("sessions-redis.shop.svc", IP)
+}
+
+/// A value of the generated JWT Secret.
+fn jwt_value(fake: &FakeApiServer, key: &str) -> Option<String> {
+    let secret = fake.get(&format!("/api/v1/namespaces/{NS}/secrets/sessions-jwt"))?;
+    let value = secret["data"][key].as_str()?;
+    String::from_utf8(data_encoding::BASE64.decode(value.as_bytes()).ok()?).ok()
+}
+
+/// A service-scope token signed with `key`, as an issuer makes them.
+fn token(key: &str) -> String {
+    let exp = Timestamp::now().as_second() + 300;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "load", "scope": "sessions:service", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// The session service as its Deployment's pods start it now: the server user, and the JWT
+/// keys of the Secret.
+async fn start_server(fake: &FakeApiServer) -> Sidecar {
+    let (url, key) = (
+        url_of(fake, "server"),
+        jwt_value(fake, "jwt-secret").unwrap(),
+    );
+    let mut args = vec![
+        "--mode",
+        "server",
+        "--redis-url",
+        &url,
+        "--jwt-secret",
+        &key,
+    ];
+    let extra = jwt_value(fake, "extra-jwt-secret");
+    if let Some(extra) = &extra {
+        args.extend(["--jwt-extra-secret", extra.as_str()]);
+    }
+    Sidecar::start("sessions", &args).await
 }
 
 fn pod(name: &str, labels: Value, annotations: Value, created: Timestamp, ip: &str) -> Value {
@@ -100,6 +141,8 @@ async fn ready(sidecar: &Sidecar) {
 struct Load {
     sidecar: Arc<AtomicU16>,
     server: Arc<AtomicU16>,
+    /// The token the issuer signs now.
+    token: Arc<Mutex<String>>,
     sent: Arc<AtomicU64>,
     failed: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
@@ -107,20 +150,22 @@ struct Load {
 }
 
 impl Load {
-    fn start(sidecar: u16, server: u16) -> Self {
+    fn start(sidecar: u16, server: u16, token: String) -> Self {
         let (sidecar, server) = (
             Arc::new(AtomicU16::new(sidecar)),
             Arc::new(AtomicU16::new(server)),
         );
+        let token = Arc::new(Mutex::new(token));
         let (sent, failed, stop) = (
             Arc::new(AtomicU64::new(0)),
             Arc::new(Mutex::new(Vec::new())),
             Arc::new(AtomicBool::new(false)),
         );
         let thread = {
-            let (sidecar, server, sent, failed, stop) = (
+            let (sidecar, server, token, sent, failed, stop) = (
                 sidecar.clone(),
                 server.clone(),
+                token.clone(),
                 sent.clone(),
                 failed.clone(),
                 stop.clone(),
@@ -140,11 +185,18 @@ impl Load {
                     if status == 201 {
                         let id: Value = serde_json::from_str(&created).unwrap();
                         let path = format!("/v1/sessions/{}", id["session_id"].as_str().unwrap());
-                        for (what, port) in [("sidecar read", &sidecar), ("server read", &server)] {
-                            let (status, body) =
-                                http(port.load(Ordering::Relaxed), "GET", &path, None);
-                            answers.push((what, status, body));
-                        }
+                        let (status, body) =
+                            http(sidecar.load(Ordering::Relaxed), "GET", &path, None);
+                        answers.push(("sidecar read", status, body));
+                        let bearer = token.lock().unwrap().clone();
+                        let (status, body) = http_as(
+                            Some(&bearer),
+                            server.load(Ordering::Relaxed),
+                            "GET",
+                            &path,
+                            None,
+                        );
+                        answers.push(("server read", status, body));
                     }
                     for (what, status, body) in answers {
                         sent.fetch_add(1, Ordering::Relaxed);
@@ -162,6 +214,7 @@ impl Load {
         Self {
             sidecar,
             server,
+            token,
             sent,
             failed,
             stop,
@@ -195,8 +248,10 @@ fn auth(user: &str, password: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotating_every_redis_password_under_load_fails_no_request() {
-    let ss = common::example("sessionservice-standalone.yaml");
+async fn rotating_every_password_and_the_jwt_key_under_load_fails_no_request() {
+    let mut ss = common::example("sessionservice-standalone.yaml");
+    // Tokens of the old key are accepted 1 s after issuers got the new one.
+    ss.spec.server.jwt_rotation_grace_seconds = 1;
     let objects = session_operator::render::objects(&ss, &common::test_secrets()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let _redis = RedisNode::start(&objects, dir.path(), IP, 6379, "sessions-redis-0");
@@ -220,6 +275,7 @@ async fn rotating_every_redis_password_under_load_fails_no_request() {
     };
     let before = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(3600);
     reconcile_once().await.unwrap();
+    let injected = || json!({"sessions.io/inject": "sessions"});
     let mut pods = Pods {
         redis: pod(
             "sessions-redis-0",
@@ -230,28 +286,17 @@ async fn rotating_every_redis_password_under_load_fails_no_request() {
             IP,
         ),
         server: pod(
-            "sessions-7f9c-a",
+            "sessions-7f9c-0",
             server_labels(),
             template_annotations(&fake),
             before,
             "10.0.0.2",
         ),
-        app: pod(
-            "app-5d8b-a",
-            json!({"sessions.io/inject": "sessions"}),
-            json!({}),
-            before,
-            "10.0.0.3",
-        ),
+        app: pod("app-5d8b-0", injected(), json!({}), before, "10.0.0.3"),
     };
     pods.publish(&fake);
 
-    let background = ["--background-work"];
-    let mut server = Sidecar::start(
-        "sessions",
-        &["--redis-url", &url_of(&fake, "server"), background[0]],
-    )
-    .await;
+    let mut server = start_server(&fake).await;
     let mut sidecar = Sidecar::start("sessions", &["--redis-url", &url_of(&fake, "sidecar")]).await;
     ready(&server).await;
     ready(&sidecar).await;
@@ -259,57 +304,62 @@ async fn rotating_every_redis_password_under_load_fails_no_request() {
         .iter()
         .map(|u| ((*u).to_owned(), stored(&fake, u, "password").unwrap()))
         .collect();
-    let load = Load::start(sidecar.api, server.api);
+    let old_key = jwt_value(&fake, "jwt-secret").unwrap();
+    let load = Load::start(sidecar.api, server.api, token(&old_key));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // The rotation is asked for.
+    // Both rotations are asked for at once.
     let started = Instant::now();
-    ss_value["metadata"]["annotations"] =
-        json!({"sessions.io/rotate-redis-passwords": "2026-12-01"});
-    let keep_status = fake.get(SS_PATH).unwrap()["status"].clone();
-    ss_value["status"] = keep_status;
+    ss_value["metadata"]["annotations"] = json!({
+        "sessions.io/rotate-redis-passwords": "2026-12-01",
+        "sessions.io/rotate-jwt-secret": "2026-12-01",
+    });
+    ss_value["status"] = fake.get(SS_PATH).unwrap()["status"].clone();
     fake.insert(SS_PATH, ss_value.clone());
-    let mut rolled = false;
-    let mut restarted = false;
+    let (mut rolls, mut restarts) = (0, 0);
     let mut seen: Vec<String> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let finished = loop {
+    loop {
         reconcile_once().await.unwrap();
-        let status = fake.get(SS_PATH).unwrap()["status"]["redisPasswordRotation"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if seen.last() != Some(&status) {
-            println!("status: {status}");
-            seen.push(status.clone());
+        let status = fake.get(SS_PATH).unwrap()["status"].clone();
+        let text = |field: &str| status[field].as_str().unwrap_or_default().to_owned();
+        let (passwords, jwt) = (text("redisPasswordRotation"), text("jwtSecretRotation"));
+        for line in [&passwords, &jwt] {
+            if !seen.contains(line) {
+                println!("status: {line}");
+                seen.push(line.clone());
+            }
         }
-        if status.starts_with("Redis passwords rotated") {
-            break status;
+        // The issuer signs with whatever key the Secret holds now.
+        *load.token.lock().unwrap() = token(&jwt_value(&fake, "jwt-secret").unwrap());
+        let pending_roll = template_annotations(&fake) != pods.server["metadata"]["annotations"];
+        if passwords.starts_with("Redis passwords rotated")
+            && jwt.starts_with("JWT key rotated")
+            && !pending_roll
+        {
+            break;
         }
-        // The Deployment's template changed: a rolling update, new pod first.
-        if template_annotations(&fake) != pods.server["metadata"]["annotations"] {
-            let next = Sidecar::start(
-                "sessions",
-                &["--redis-url", &url_of(&fake, "server"), background[0]],
-            )
-            .await;
+        // The Deployment's template changed: a rolling update, the new pod first.
+        if pending_roll {
+            let next = start_server(&fake).await;
             ready(&next).await;
             load.server.store(next.api, Ordering::Relaxed);
             // As Kubernetes takes the old pod out of the endpoints before it stops it.
             tokio::time::sleep(Duration::from_millis(200)).await;
             std::mem::replace(&mut server, next).stop().await;
+            rolls += 1;
             pods.server = pod(
-                "sessions-7f9c-b",
+                &format!("sessions-7f9c-{rolls}"),
                 server_labels(),
                 template_annotations(&fake),
                 Timestamp::now(),
                 "10.0.0.4",
             );
             pods.publish(&fake);
-            rolled = true;
         }
         // The status asks for the application to restart: someone runs `kubectl rollout restart`.
-        if status.contains("app-5d8b-a") && status.contains("restart") {
+        let app = pods.app["metadata"]["name"].as_str().unwrap().to_owned();
+        if passwords.contains(&app) && passwords.contains("restart") {
             let wait_until: Timestamp = stored(&fake, "sidecar", "rotated-at")
                 .unwrap()
                 .parse()
@@ -323,39 +373,36 @@ async fn rotating_every_redis_password_under_load_fails_no_request() {
             load.sidecar.store(next.api, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(200)).await;
             std::mem::replace(&mut sidecar, next).stop().await;
+            restarts += 1;
             pods.app = pod(
-                "app-5d8b-b",
-                json!({"sessions.io/inject": "sessions"}),
+                &format!("app-5d8b-{restarts}"),
+                injected(),
                 json!({}),
                 Timestamp::now(),
                 "10.0.0.5",
             );
             pods.publish(&fake);
-            restarted = true;
         }
         assert!(
             Instant::now() < deadline,
-            "the rotation did not finish in 60 s: {status}"
+            "the rotations did not finish in 60 s: {passwords} / {jwt}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
     let took = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (sent, failed) = load.finish();
     println!(
-        "rotated the admin, server and sidecar passwords in {took:.2?} under load: {sent} requests, {} failed",
+        "rotated the admin, server and sidecar passwords and the JWT key in {took:.2?} under load ({rolls} rolls of the session service, {restarts} restart of the application): {sent} requests, {} failed",
         failed.len()
     );
-    assert!(rolled && restarted, "both clients moved");
+    assert!(rolls >= 2 && restarts == 1, "the clients moved");
     assert!(failed.is_empty(), "failed requests: {failed:#?}");
-    assert!(
-        finished.contains("the old passwords are refused"),
-        "{finished}"
-    );
     for (user, password) in &old {
+        let answer = auth(user, password);
         assert!(
-            auth(user, password).contains("WRONGPASS"),
-            "{user}'s old password still works"
+            answer.contains("WRONGPASS"),
+            "{user}'s old password: {answer}"
         );
         let new = stored(&fake, user, "password").unwrap();
         assert_ne!(&new, password);
@@ -376,6 +423,34 @@ async fn rotating_every_redis_password_under_load_fails_no_request() {
         4,
         "one hash per user again: {acl}"
     );
+    // The session service now refuses the old key and accepts the new one.
+    let new_key = jwt_value(&fake, "jwt-secret").unwrap();
+    assert_ne!(new_key, old_key);
+    assert!(jwt_value(&fake, "extra-jwt-secret").is_none());
+    let port = server.api;
+    let (refused, accepted) = tokio::task::spawn_blocking(move || {
+        (
+            http_as(
+                Some(&token(&old_key)),
+                port,
+                "GET",
+                "/v1/users/u/sessions",
+                None,
+            )
+            .0,
+            http_as(
+                Some(&token(&new_key)),
+                port,
+                "GET",
+                "/v1/users/u/sessions",
+                None,
+            )
+            .0,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!((refused, accepted), (401, 200));
     server.stop().await;
     sidecar.stop().await;
 }

@@ -130,6 +130,10 @@ pub struct Config {
     /// HS256 secret for bearer tokens; server mode needs it or an OIDC issuer (or both).
     #[arg(long, env = "SESSION_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// A second HS256 secret tokens may be signed with, while the secret is rotated (the
+    /// operator sets it from the JWT Secret's `extra-jwt-secret`).
+    #[arg(long, env = "SESSION_JWT_EXTRA_SECRET", hide_env_values = true)]
+    pub jwt_extra_secret: Option<String>,
     /// The OIDC identity provider whose tokens server mode accepts (RS256, ES256, EdDSA): the
     /// `iss` they carry, and where its discovery document is
     /// (`<issuer>/.well-known/openid-configuration`). `https://` only.
@@ -220,6 +224,18 @@ impl Config {
                     (Some(s), _) if s.len() < MIN_JWT_SECRET_BYTES => {
                         problems.push(format!(
                             "the JWT secret must be at least {MIN_JWT_SECRET_BYTES} bytes"
+                        ));
+                    }
+                    _ => {}
+                }
+                match (&self.jwt_secret, &self.jwt_extra_secret) {
+                    (None, Some(_)) => problems.push(
+                        "an extra JWT secret (SESSION_JWT_EXTRA_SECRET) needs the JWT secret too"
+                            .to_owned(),
+                    ),
+                    (_, Some(s)) if s.len() < MIN_JWT_SECRET_BYTES => {
+                        problems.push(format!(
+                            "the extra JWT secret must be at least {MIN_JWT_SECRET_BYTES} bytes"
                         ));
                     }
                     _ => {}

@@ -120,11 +120,12 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
                 idp.keep_fresh();
                 idp
             });
-            Auth::server(
-                config.jwt_secret.as_deref().map(str::as_bytes),
-                idp,
-                Some(metrics.clone()),
-            )
+            let secrets: Vec<&[u8]> = [&config.jwt_secret, &config.jwt_extra_secret]
+                .into_iter()
+                .flatten()
+                .map(|s| s.as_bytes())
+                .collect();
+            Auth::server(&secrets, idp, Some(metrics.clone()))
         }
         Mode::Sidecar => Auth::TrustPod,
     };

@@ -23,7 +23,8 @@ use tracing::{info, warn};
 use crate::capabilities;
 use crate::crd::{RedisMode, SessionService};
 use crate::resources::{
-    self, Child, MANAGER, Names, Part, Rotated, Runtime, Secrets, redis, server,
+    self, Child, JwtPhase, JwtRotation, MANAGER, Names, Part, Rotated, Runtime, Secrets, redis,
+    server,
 };
 use crate::telemetry::Metrics;
 use status::{Observed, PartState};
@@ -171,13 +172,14 @@ struct Outcome {
 pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action, Error> {
     let namespace = ss.namespace().ok_or(Error::NoNamespace)?;
     let mut cluster_pass = None;
-    let rotation;
+    let (rotation, jwt_rotation);
     let api = capabilities::current(&ctx.api);
     let degradations = api.degradations(ss);
     let outcome = match read_secrets(&ctx.client, ss, &namespace).await {
         Ok(mut secrets) => {
             // Before anything connects to Redis: the nodes learn new passwords first.
             rotation = rotation::advance(ctx, ss, &namespace, &mut secrets).await;
+            jwt_rotation = rotation::advance_jwt(&ctx.client, ss, &namespace, &mut secrets).await;
             if ss.spec.redis.mode == RedisMode::Cluster {
                 cluster_pass = Some(cluster::pass(ctx, ss, &namespace, &secrets).await);
             }
@@ -222,6 +224,7 @@ pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action
         ready_replicas: outcome.ready_replicas,
         redis_cluster: cluster_pass.as_ref().and_then(|p| p.topology.clone()),
         redis_password_rotation: rotation.message.clone(),
+        jwt_secret_rotation: jwt_rotation.message.clone(),
         ..Observed::default()
     };
     ctx.metrics
@@ -243,7 +246,7 @@ pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action
     if let Some(pass) = cluster_pass {
         next = next.min(pass.recheck);
     }
-    if rotation.in_progress {
+    if rotation.in_progress || jwt_rotation.in_progress {
         next = next.min(rotation::ROTATION_CHECK);
     }
     Ok(Action::requeue(next))
@@ -305,10 +308,24 @@ async fn read_secrets(
             passwords.replication = stored;
         }
     }
-    if ss.spec.server.jwt_secret_name.is_none()
-        && let Some(key) = read(names.jwt_secret()).await?.remove(server::JWT_KEY)
-    {
-        secrets.jwt_secret = key;
+    if ss.spec.server.jwt_secret_name.is_none() {
+        let mut data = read(names.jwt_secret()).await?;
+        if let Some(key) = data.remove(server::JWT_KEY) {
+            secrets.jwt_secret = key;
+        }
+        if let (Some(request), Some(phase)) = (
+            data.remove(server::JWT_ROTATION_REQUEST_KEY),
+            data.remove(server::JWT_ROTATION_PHASE_KEY)
+                .as_deref()
+                .and_then(JwtPhase::parse),
+        ) {
+            secrets.jwt_rotation = Some(JwtRotation {
+                request,
+                phase,
+                extra: data.remove(server::EXTRA_JWT_KEY),
+                retire_at: data.remove(server::JWT_RETIRE_AT_KEY),
+            });
+        }
     }
     Ok(secrets)
 }

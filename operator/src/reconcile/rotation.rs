@@ -1,4 +1,5 @@
-//! Rotating the Redis users' passwords without a failed request.
+//! Rotating the Redis users' passwords and the generated JWT key without a failed request
+//! (the JWT key: see [`advance_jwt`]).
 //!
 //! `kubectl annotate sessionservice NAME sessions.io/rotate-redis-passwords=<any new value>`
 //! asks for new passwords of the `admin`, `server` and `sidecar` users. For each user:
@@ -26,18 +27,21 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
-
-use super::Context;
 use session_sidecar::store::acl::password_hash;
 
+use super::Context;
 use crate::INJECT_LABEL;
 use crate::cluster::{Access, Member, node};
 use crate::crd::{RedisMode, SessionService};
 use crate::resources::redis::{self, RedisUser};
-use crate::resources::{Names, RedisPasswords, Rotated, Secrets, digest, random_token, selector};
+use crate::resources::server::jwt_keys_digest;
+use crate::resources::{
+    JwtPhase, JwtRotation, Names, RedisPasswords, Rotated, Secrets, digest, random_jwt_key,
+    random_token, selector,
+};
 
 /// The annotation that asks for a rotation; a value different from the last rotation's asks
 /// for another.
@@ -46,6 +50,13 @@ pub const ROTATE_ANNOTATION: &str = "sessions.io/rotate-redis-passwords";
 /// The annotation on the session-service pod template with a digest of the server user's
 /// password: a pod carrying the new digest started after the new password was written.
 pub const CREDENTIALS_ANNOTATION: &str = "sessions.io/redis-credentials";
+
+/// The annotation that asks for a new generated JWT key.
+pub const ROTATE_JWT_ANNOTATION: &str = "sessions.io/rotate-jwt-secret";
+
+/// The annotation on the session-service pod template with a digest of the JWT keys it
+/// accepts.
+pub const JWT_KEYS_ANNOTATION: &str = "sessions.io/jwt-keys";
 
 /// How often a rotation in progress is looked at again.
 pub const ROTATION_CHECK: Duration = Duration::from_secs(10);
@@ -220,54 +231,206 @@ async fn still_on_old_password(
     since: Timestamp,
     server_digest: &str,
 ) -> Result<String, String> {
-    let labels = match user {
-        RedisUser::Admin => return Ok(String::new()),
-        RedisUser::Server => selector(ss, "server")
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(","),
-        RedisUser::Sidecar => format!("{INJECT_LABEL}={}", ss.name_any()),
-    };
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let list = pods
+    match user {
+        RedisUser::Admin => Ok(String::new()),
+        RedisUser::Server => {
+            let old =
+                server_pods_without(client, ss, namespace, CREDENTIALS_ANNOTATION, server_digest)
+                    .await?;
+            Ok(if old.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "waiting for {} session-service pod(s) on the old password to be replaced (the Deployment rolls): {}",
+                    old.len(),
+                    old.join(", ")
+                )
+            })
+        }
+        RedisUser::Sidecar => {
+            let labels = format!("{INJECT_LABEL}={}", ss.name_any());
+            let list = Api::<Pod>::namespaced(client.clone(), namespace)
+                .list(&ListParams::default().labels(&labels))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "could not list the injected pods ({labels}) in {namespace}: {}; check the operator's RBAC (pods: list)",
+                        super::api_message(&e)
+                    )
+                })?;
+            let old: Vec<String> = list
+                .items
+                .iter()
+                .filter(|pod| {
+                    pod.metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .is_none_or(|t| t.0 < since)
+                })
+                .map(ResourceExt::name_any)
+                .collect();
+            Ok(if old.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "waiting for {} injected pod(s) created before {since} to restart (kubectl rollout restart their workloads): {}",
+                    old.len(),
+                    old.join(", ")
+                )
+            })
+        }
+    }
+}
+
+/// Whether `pod` carries `annotation` with `value` (from its template).
+fn carries(pod: &Pod, annotation: &str, value: &str) -> bool {
+    pod.annotations().get(annotation).map(String::as_str) == Some(value)
+}
+
+/// The session-service pods whose template did not carry `annotation` = `value`.
+async fn server_pods_without(
+    client: &Client,
+    ss: &SessionService,
+    namespace: &str,
+    annotation: &str,
+    value: &str,
+) -> Result<Vec<String>, String> {
+    let labels = selector(ss, "server")
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let list = Api::<Pod>::namespaced(client.clone(), namespace)
         .list(&ListParams::default().labels(&labels))
         .await
         .map_err(|e| {
             format!(
-                "could not list its pods ({labels}) in {namespace}: {}; check the operator's RBAC (pods: list)",
+                "could not list the session-service pods in {namespace}: {}; check the operator's RBAC (pods: list)",
                 super::api_message(&e)
             )
         })?;
-    let old: Vec<String> = list
+    Ok(list
         .items
         .iter()
-        .filter(|pod| match user {
-            RedisUser::Server => {
-                pod.annotations()
-                    .get(CREDENTIALS_ANNOTATION)
-                    .map(String::as_str)
-                    != Some(server_digest)
-            }
-            _ => pod
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .is_none_or(|t| t.0 < since),
-        })
+        .filter(|pod| !carries(pod, annotation, value))
         .map(ResourceExt::name_any)
-        .collect();
-    Ok(match (user, old.len()) {
-        (_, 0) => String::new(),
-        (RedisUser::Server, n) => format!(
-            "waiting for {n} session-service pod(s) on the old password to be replaced (the Deployment rolls): {}",
-            old.join(", ")
+        .collect())
+}
+
+/// Starts, advances or finishes a rotation of the generated JWT key, in three steps, so that
+/// no token is refused on the way: the session service learns the new key while issuers still
+/// sign with the old one (`Adding`: the Deployment rolls); once every session-service pod
+/// accepts both, issuers get the new key in `jwt-secret` and the old one stays accepted
+/// (`Retiring`) for `server.jwtRotationGraceSeconds`; then the old key goes and the Deployment
+/// rolls onto the new one alone. A Secret of your own (`server.jwtSecretName`) is rotated the
+/// same way by hand: its `extra-jwt-secret` is accepted too.
+pub async fn advance_jwt(
+    client: &Client,
+    ss: &SessionService,
+    namespace: &str,
+    secrets: &mut Secrets,
+) -> RotationReport {
+    if ss.spec.server.jwt_secret_name.is_some() {
+        return RotationReport::default();
+    }
+    let requested = ss
+        .annotations()
+        .get(ROTATE_JWT_ANNOTATION)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty());
+    let Some(rotation) = secrets.jwt_rotation.clone() else {
+        return match requested {
+            Some(request) => start_jwt(secrets, request),
+            None => RotationReport::default(),
+        };
+    };
+    let waiting = |message: String| RotationReport {
+        message: Some(format!("rotating the JWT key: {message}")),
+        in_progress: true,
+    };
+    let now = Timestamp::now();
+    match rotation.phase {
+        JwtPhase::Done => match requested {
+            Some(request) if request != rotation.request => start_jwt(secrets, request),
+            _ => RotationReport {
+                message: Some(format!(
+                    "JWT key rotated for request {}: the old key is retired",
+                    rotation.request
+                )),
+                in_progress: false,
+            },
+        },
+        JwtPhase::Adding => {
+            let digest = jwt_keys_digest(secrets);
+            match server_pods_without(client, ss, namespace, JWT_KEYS_ANNOTATION, &digest).await {
+                Ok(old) if old.is_empty() => {
+                    let grace =
+                        SignedDuration::from_secs(ss.spec.server.jwt_rotation_grace_seconds.max(0));
+                    // Whole seconds, rounded up: the status reads better, and it is later.
+                    let retire_at = Timestamp::from_second((now + grace).as_second() + 1)
+                        .unwrap_or(now + grace)
+                        .to_string();
+                    let new = rotation.extra.clone().unwrap_or_else(random_jwt_key);
+                    let old_key = std::mem::replace(&mut secrets.jwt_secret, new);
+                    secrets.jwt_rotation = Some(JwtRotation {
+                        phase: JwtPhase::Retiring,
+                        extra: Some(old_key),
+                        retire_at: Some(retire_at.clone()),
+                        ..rotation
+                    });
+                    waiting(format!(
+                        "issuers now sign with the new key (the Secret's jwt-secret); tokens of the old key are accepted until {retire_at}"
+                    ))
+                }
+                Ok(old) => waiting(format!(
+                    "waiting for {} session-service pod(s) to accept the new key (the Deployment rolls): {}; issuers keep signing with the current key",
+                    old.len(),
+                    old.join(", ")
+                )),
+                Err(message) => waiting(message),
+            }
+        }
+        JwtPhase::Retiring => {
+            let until: Option<Timestamp> =
+                rotation.retire_at.as_deref().and_then(|t| t.parse().ok());
+            match until {
+                Some(until) if now < until => waiting(format!(
+                    "issuers sign with the new key; tokens of the old key are accepted until {until}"
+                )),
+                _ => {
+                    secrets.jwt_rotation = Some(JwtRotation {
+                        phase: JwtPhase::Done,
+                        extra: None,
+                        retire_at: None,
+                        ..rotation.clone()
+                    });
+                    RotationReport {
+                        message: Some(format!(
+                            "JWT key rotated for request {}: the old key is retired",
+                            rotation.request
+                        )),
+                        in_progress: false,
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn start_jwt(secrets: &mut Secrets, request: String) -> RotationReport {
+    secrets.jwt_rotation = Some(JwtRotation {
+        request,
+        phase: JwtPhase::Adding,
+        extra: Some(random_jwt_key()),
+        retire_at: None,
+    });
+    RotationReport {
+        message: Some(
+            "rotating the JWT key: the session service learns the new key; issuers keep signing with the current one"
+                .to_owned(),
         ),
-        (_, n) => format!(
-            "waiting for {n} injected pod(s) created before {since} to restart (kubectl rollout restart their workloads): {}",
-            old.join(", ")
-        ),
-    })
+        in_progress: true,
+    }
 }
 
 /// Sets each client user's passwords on every Redis node to those of `target` (its password,

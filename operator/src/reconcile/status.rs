@@ -55,6 +55,7 @@ pub struct Observed {
     pub ready_replicas: Option<i32>,
     pub redis_cluster: Option<RedisClusterStatus>,
     pub redis_password_rotation: Option<String>,
+    pub jwt_secret_rotation: Option<String>,
 }
 
 /// The new status: conditions in a fixed order, each keeping its transition time unless its
@@ -118,6 +119,7 @@ pub fn status(
         ready_replicas: observed.ready_replicas,
         redis_cluster: observed.redis_cluster,
         redis_password_rotation: observed.redis_password_rotation,
+        jwt_secret_rotation: observed.jwt_secret_rotation,
     }
 }
 

@@ -60,7 +60,59 @@ pub struct Unwanted {
 #[derive(Clone, Debug)]
 pub struct Secrets {
     pub redis: RedisPasswords,
+    /// The HS256 key token issuers sign with.
     pub jwt_secret: String,
+    /// The rotation of the generated JWT key, in progress or the last one.
+    pub jwt_rotation: Option<JwtRotation>,
+}
+
+/// A rotation of the generated JWT key (see `reconcile::rotation`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwtRotation {
+    /// The annotation value that asked for it.
+    pub request: String,
+    pub phase: JwtPhase,
+    /// The other key the session service accepts meanwhile: the new one while `Adding`, the
+    /// old one while `Retiring`.
+    pub extra: Option<String>,
+    /// When `Retiring` ends (RFC 3339).
+    pub retire_at: Option<String>,
+}
+
+/// Where a JWT key rotation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JwtPhase {
+    /// The session service learns the new key; issuers still sign with the old one.
+    Adding,
+    /// Issuers sign with the new key; the old one is accepted until `retire_at`.
+    Retiring,
+    Done,
+}
+
+impl JwtPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JwtPhase::Adding => "adding",
+            JwtPhase::Retiring => "retiring",
+            JwtPhase::Done => "done",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [JwtPhase::Adding, JwtPhase::Retiring, JwtPhase::Done]
+            .into_iter()
+            .find(|p| p.as_str() == text)
+    }
+}
+
+impl Secrets {
+    /// The JWT keys the session service accepts now: the signing key, and the other one while a
+    /// rotation is in progress.
+    pub fn accepted_jwt_keys(&self) -> Vec<&str> {
+        let mut keys = vec![self.jwt_secret.as_str()];
+        keys.extend(self.jwt_rotation.as_ref().and_then(|r| r.extra.as_deref()));
+        keys
+    }
 }
 
 /// The password of each Redis user the operator creates (see [`redis::RedisUser`]).
@@ -105,9 +157,15 @@ impl Secrets {
                 replication: random_token(),
                 ..RedisPasswords::default()
             },
-            jwt_secret: random_token() + &random_token(),
+            jwt_secret: random_jwt_key(),
+            jwt_rotation: None,
         }
     }
+}
+
+/// A fresh HS256 key: 64 alphanumeric characters.
+pub(crate) fn random_jwt_key() -> String {
+    random_token() + &random_token()
 }
 
 pub(crate) fn random_token() -> String {

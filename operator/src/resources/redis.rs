@@ -304,13 +304,22 @@ fn user_secret(
 }
 
 pub(crate) fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    secret_key_env(name, secret, key, false)
+}
+
+/// An environment variable from a Secret's key that may be absent.
+pub(crate) fn optional_secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    secret_key_env(name, secret, key, true)
+}
+
+fn secret_key_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: secret.to_owned(),
                 key: key.to_owned(),
-                optional: Some(false),
+                optional: Some(optional),
             }),
             ..EnvVarSource::default()
         }),

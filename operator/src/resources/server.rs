@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::redis::{RedisUser, secret_env};
+use super::redis::{RedisUser, optional_secret_env, secret_env};
 use super::{
     BuildError, Desired, Names, Part, Secrets, add_disruption_budget, container_security, digest,
     label_selector, labels, meta, pod_security, selector,
@@ -34,6 +34,13 @@ pub const REDIS_CA_DIR: &str = "/etc/session/redis-ca";
 pub const OIDC_CA_DIR: &str = "/etc/session/oidc-ca";
 /// Key of the JWT signing key in its Secret.
 pub const JWT_KEY: &str = "jwt-secret";
+/// The other key the session service accepts while the key is rotated (optional; in a
+/// Secret of your own too).
+pub const EXTRA_JWT_KEY: &str = "extra-jwt-secret";
+/// Keys of the generated JWT Secret that record a rotation.
+pub const JWT_ROTATION_REQUEST_KEY: &str = "rotation-request";
+pub const JWT_ROTATION_PHASE_KEY: &str = "rotation-phase";
+pub const JWT_RETIRE_AT_KEY: &str = "retire-at";
 
 pub fn build(
     ss: &SessionService,
@@ -43,7 +50,7 @@ pub fn build(
 ) -> Result<(), BuildError> {
     let names = Names::of(ss);
     if ss.spec.server.jwt_secret_name.is_none() {
-        out.add(Part::Server, jwt_secret(ss, &names, &secrets.jwt_secret))?;
+        out.add(Part::Server, jwt_secret(ss, &names, secrets))?;
     }
     out.add(Part::Server, deployment(ss, &names, secrets, api))?;
     out.add(Part::Server, service(ss, &names))?;
@@ -161,14 +168,30 @@ pub fn http_probe(path: &str, period: i32) -> Probe {
     }
 }
 
-fn jwt_secret(ss: &SessionService, names: &Names, key: &str) -> Secret {
+/// The generated JWT key, and the state of its rotation when one was asked for.
+fn jwt_secret(ss: &SessionService, names: &Names, secrets: &Secrets) -> Secret {
+    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+    let mut data = BTreeMap::from([(JWT_KEY.to_owned(), bytes(&secrets.jwt_secret))]);
+    if let Some(rotation) = &secrets.jwt_rotation {
+        data.insert(
+            JWT_ROTATION_REQUEST_KEY.to_owned(),
+            bytes(&rotation.request),
+        );
+        data.insert(
+            JWT_ROTATION_PHASE_KEY.to_owned(),
+            bytes(rotation.phase.as_str()),
+        );
+        if let Some(extra) = &rotation.extra {
+            data.insert(EXTRA_JWT_KEY.to_owned(), bytes(extra));
+        }
+        if let Some(at) = &rotation.retire_at {
+            data.insert(JWT_RETIRE_AT_KEY.to_owned(), bytes(at));
+        }
+    }
     Secret {
         metadata: meta(ss, names.jwt_secret(), COMPONENT),
         type_: Some("Opaque".to_owned()),
-        data: Some(BTreeMap::from([(
-            JWT_KEY.to_owned(),
-            ByteString(key.as_bytes().to_vec()),
-        )])),
+        data: Some(data),
         ..Secret::default()
     }
 }
@@ -188,6 +211,7 @@ fn deployment(
         value_env("SESSION_MODE", "server"),
         value_env("SESSION_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
         secret_env("SESSION_JWT_SECRET", &jwt, JWT_KEY),
+        optional_secret_env("SESSION_JWT_EXTRA_SECRET", &jwt, EXTRA_JWT_KEY),
     ];
     env.extend(session_env(ss, RedisUser::Server));
     let (mut volumes, mut mounts): (Vec<Volume>, Vec<VolumeMount>) =
@@ -291,15 +315,30 @@ fn deployment(
     }
 }
 
-/// A digest of the server user's Redis password on the pod template: a new password (a
-/// rotation) rolls the Deployment, whose pods read it from the Secret when they start.
+/// Digests of the server user's Redis password and of the JWT keys accepted on the pod
+/// template: a new password or key (a rotation) rolls the Deployment, whose pods read them from
+/// the Secrets when they start.
 fn credentials_digest(ss: &SessionService, secrets: &Secrets) -> Option<BTreeMap<String, String>> {
-    (ss.spec.redis.mode != RedisMode::External).then(|| {
-        BTreeMap::from([(
-            crate::reconcile::rotation::CREDENTIALS_ANNOTATION.to_owned(),
+    use crate::reconcile::rotation::{CREDENTIALS_ANNOTATION, JWT_KEYS_ANNOTATION};
+    let mut annotations = BTreeMap::new();
+    if ss.spec.redis.mode != RedisMode::External {
+        annotations.insert(
+            CREDENTIALS_ANNOTATION.to_owned(),
             digest(&secrets.redis.server),
-        )])
-    })
+        );
+    }
+    if ss.spec.server.jwt_secret_name.is_none() {
+        annotations.insert(JWT_KEYS_ANNOTATION.to_owned(), jwt_keys_digest(secrets));
+    }
+    (!annotations.is_empty()).then_some(annotations)
+}
+
+/// A digest of the set of JWT keys accepted (not of which one signs: swapping them needs no
+/// roll).
+pub fn jwt_keys_digest(secrets: &Secrets) -> String {
+    let mut keys = secrets.accepted_jwt_keys();
+    keys.sort_unstable();
+    digest(&keys.join(" "))
 }
 
 fn service(ss: &SessionService, names: &Names) -> Service {

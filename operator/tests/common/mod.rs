@@ -40,6 +40,7 @@ pub fn test_secrets() -> Secrets {
             ..RedisPasswords::default()
         },
         jwt_secret: "test-jwt-secret-test-jwt-secret-0123456789".to_owned(),
+        jwt_rotation: None,
     }
 }
 

@@ -21,6 +21,17 @@ pub fn free_port() -> u16 {
 /// One HTTP/1.0 request on loopback (no chunked answers); the status and the body (status 0:
 /// nothing listens).
 pub fn http(port: u16, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+    http_as(None, port, method, path, body)
+}
+
+/// [`http`] with a bearer token.
+pub fn http_as(
+    token: Option<&str>,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, String) {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return (0, String::new());
     };
@@ -28,9 +39,12 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<Value>) -> (u16, S
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nhost: localhost\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

@@ -248,7 +248,7 @@ async fn tokens_from_the_identity_provider_are_verified_against_its_published_ke
     let app = TestApp::build(
         Kind::Memory,
         |_| {},
-        Auth::server(Some(SECRET), Some(provider.clone()), Some(metrics.clone())),
+        Auth::server(&[SECRET], Some(provider.clone()), Some(metrics.clone())),
     )
     .await;
 
@@ -451,7 +451,7 @@ async fn a_provider_that_never_answers_delays_a_request_by_the_bound_at_most_and
     let app = TestApp::build(
         Kind::Memory,
         |_| {},
-        Auth::server(None, Some(provider.clone()), Some(metrics.clone())),
+        Auth::server(&[], Some(provider.clone()), Some(metrics.clone())),
     )
     .await;
     let token = ec.sign(&claims(&idp.issuer, "alice"));

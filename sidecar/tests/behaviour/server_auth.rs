@@ -8,7 +8,10 @@ use session_sidecar::api::auth::Auth;
 use crate::both_backends;
 use crate::harness::{Kind, TestApp};
 
-both_backends!(tokens_are_required_and_scope_users);
+both_backends!(
+    tokens_are_required_and_scope_users,
+    during_a_rotation_tokens_of_both_secrets_are_accepted,
+);
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
@@ -169,4 +172,40 @@ async fn tokens_are_required_and_scope_users(kind: Kind) {
         StatusCode::OK,
         "probes need no token"
     );
+}
+
+async fn during_a_rotation_tokens_of_both_secrets_are_accepted(kind: Kind) {
+    // Proves: with a second secret (a rotation in progress), a token signed with either is
+    // accepted and one signed with a third is refused as a bad signature; an expired token of
+    // the second secret is refused as expired, not tried further.
+    const NEXT: &[u8] = b"fedcba9876543210fedcba9876543210";
+    let app = TestApp::build(kind, |_| {}, Auth::server(&[SECRET, NEXT], None, None)).await;
+    let signed = |secret: &[u8], exp_offset: i64| {
+        let exp = chrono::Utc::now().timestamp() + exp_offset;
+        encode(
+            &Header::default(),
+            &json!({"sub": "alice", "exp": exp}),
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    };
+    for (token, status, code) in [
+        (signed(SECRET, 300), StatusCode::OK, ""),
+        (signed(NEXT, 300), StatusCode::OK, ""),
+        (
+            signed(b"0000000000000000000000000000000x", 300),
+            StatusCode::UNAUTHORIZED,
+            "token_signature_invalid",
+        ),
+        (
+            signed(NEXT, -300),
+            StatusCode::UNAUTHORIZED,
+            "token_expired",
+        ),
+    ] {
+        let res = app
+            .call_as(Some(&token), Method::GET, "/v1/users/alice/sessions", None)
+            .await;
+        assert_eq!((res.status, res.code()), (status, code), "{}", res.body);
+    }
 }

@@ -38,8 +38,8 @@ pub enum Auth {
 
 /// The keys server mode accepts tokens from.
 pub struct Verifier {
-    /// The shared secret, for HS256 tokens.
-    hs256: Option<DecodingKey>,
+    /// The shared secrets, for HS256 tokens: one, or two while the secret is rotated.
+    hs256: Vec<DecodingKey>,
     /// The identity provider, for RS256, ES256 and EdDSA tokens.
     idp: Option<Arc<IdentityProvider>>,
     metrics: Option<Metrics>,
@@ -132,18 +132,22 @@ impl Auth {
     /// HS256 with `secret` only.
     #[must_use]
     pub fn hs256(secret: &[u8]) -> Self {
-        Self::server(Some(secret), None, None)
+        Self::server(&[secret], None, None)
     }
 
-    /// Server mode: the shared secret and/or the identity provider.
+    /// Server mode: the shared secrets (a token signed with any of them is accepted: two
+    /// while the secret is rotated) and/or the identity provider.
     #[must_use]
     pub fn server(
-        secret: Option<&[u8]>,
+        secrets: &[&[u8]],
         idp: Option<Arc<IdentityProvider>>,
         metrics: Option<Metrics>,
     ) -> Self {
         Auth::Jwt(Arc::new(Verifier {
-            hs256: secret.map(DecodingKey::from_secret),
+            hs256: secrets
+                .iter()
+                .map(|s| DecodingKey::from_secret(s))
+                .collect(),
             idp,
             metrics,
         }))
@@ -194,13 +198,22 @@ impl Verifier {
             // The shared secret only ever checks HS256: a token "signed" with a provider's
             // public key as an HMAC secret meets the shared secret, not that key.
             Algorithm::HS256 => {
-                let key = self.hs256.as_ref().ok_or(Denied::Algorithm)?;
+                if self.hs256.is_empty() {
+                    return Err(Denied::Algorithm);
+                }
                 let mut validation = Validation::new(Algorithm::HS256);
                 validation.set_required_spec_claims(&["exp", "sub"]);
                 validation.leeway = LEEWAY_S;
-                decode::<Claims>(token, key, &validation)
-                    .map(|t| t.claims)
-                    .map_err(|e| Denied::of(&e))
+                // The signature is checked before the claims: only a wrong signature sends
+                // the token on to the next secret.
+                for key in &self.hs256 {
+                    match decode::<Claims>(token, key, &validation) {
+                        Ok(t) => return Ok(t.claims),
+                        Err(e) if Denied::of(&e) == Denied::Signature => {}
+                        Err(e) => return Err(Denied::of(&e)),
+                    }
+                }
+                Err(Denied::Signature)
             }
             Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA => {
                 let idp = self.idp.as_ref().ok_or(Denied::Algorithm)?;
