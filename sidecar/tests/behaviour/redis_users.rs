@@ -165,3 +165,20 @@ async fn a_refused_command_is_a_clear_error_and_does_not_open_the_circuit() {
     let service = TestApp::of_service(Kind::Redis).await;
     assert_eq!(service.get("/v1/dead-letters").await.status, StatusCode::OK);
 }
+
+#[test]
+fn the_readme_gives_the_rules_the_code_checks() {
+    // Proves: the ACL rules the README tells external-Redis users to grant are the ones the
+    // code defines and checks at connect (for the default key prefix).
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let keys = session_sidecar::store::Keys::new(session_sidecar::config::DEFAULT_KEY_PREFIX);
+    for role in [Role::Sidecar, Role::Server] {
+        let line = format!(
+            "ACL SETUSER {} on >PASSWORD {}",
+            role.user(),
+            role.rules(&keys)
+        );
+        assert!(readme.contains(&line), "the README lacks: {line}");
+    }
+}
