@@ -488,3 +488,77 @@ async fn a_provider_that_never_answers_delays_a_request_by_the_bound_at_most_and
     assert_eq!(verdict(&app, &hs).await, "token_algorithm_refused");
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_at_the_provider_fails_no_request_under_load() {
+    // Proves: the provider rotating its signing key the usual way (publish the new key beside
+    // the old one, sign with the new one, withdraw the old one) while requests keep coming
+    // refuses none of them, with the production rate limit on unknown-key refreshes (10 s):
+    // the first token with the new key fetches the key set once.
+    let dir = tempfile::tempdir().unwrap();
+    let idp = Provider::start(dir.path()).await;
+    let (old, new) = (SigningKey::ec("ec-old"), SigningKey::ec("ec-new"));
+    idp.publish(&[&old]);
+    let metrics = Metrics::new("test");
+    let config = IdpConfig {
+        unknown_key_refresh_every: Duration::from_secs(10),
+        ..idp.config()
+    };
+    let provider = IdentityProvider::new(config, metrics.clone());
+    provider.refresh("scheduled").await.unwrap();
+    let app = Arc::new(
+        TestApp::build(
+            Kind::Memory,
+            |_| {},
+            Auth::server(&[], Some(provider.clone()), Some(metrics.clone())),
+        )
+        .await,
+    );
+    let token = Arc::new(Mutex::new(old.sign(&claims(&idp.issuer, "alice"))));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (app, token, stop) = (app.clone(), token.clone(), stop.clone());
+        clients.spawn(async move {
+            let (mut sent, mut refused) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let bearer = token.lock().unwrap().clone();
+                let verdict = verdict(&app, &bearer).await;
+                sent += 1;
+                if verdict != "ok" {
+                    refused.push(verdict);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (sent, refused)
+        });
+    }
+    let fetches_before = idp.fetches();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rotation = Instant::now();
+    idp.publish(&[&old, &new]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    *token.lock().unwrap() = new.sign(&claims(&idp.issuer, "alice"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    idp.publish(&[&new]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let took = rotation.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (mut sent, mut refused) = (0, Vec::new());
+    while let Some(result) = clients.join_next().await {
+        let (n, r) = result.unwrap();
+        sent += n;
+        refused.extend(r);
+    }
+    let fetches = idp.fetches() - fetches_before;
+    println!(
+        "provider key rotated in {took:.2?} under load: {sent} requests, {} refused, {fetches} key-set fetch(es)",
+        refused.len()
+    );
+    assert!(sent > 100, "the load ran: {sent}");
+    assert!(
+        refused.is_empty(),
+        "refused during the rotation: {refused:?}"
+    );
+    assert_eq!(fetches, 1, "the new key cost one fetch");
+}

@@ -152,7 +152,12 @@ impl IdentityProvider {
             return matching(&key, alg);
         }
         if !self.may_refresh_for_unknown_key() {
-            return Err(Denied::UnknownKey);
+            // Rate-limited, but a fetch may be under way for this very key (another request
+            // naming it claimed the slot a moment ago, as when the provider starts signing with
+            // a new key): wait for that fetch, bounded, without one of our own.
+            let _ = tokio::time::timeout(REQUEST_WAIT, self.fetching.lock()).await;
+            let key = self.cached(kid).ok_or(Denied::UnknownKey)?;
+            return matching(&key, alg);
         }
         let seen = self.fetched.load(Ordering::Acquire);
         let refreshed = async {
