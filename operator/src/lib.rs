@@ -4,7 +4,8 @@
 //! - [`crd`]: the custom resource, its defaults and CEL rules.
 //! - [`resources`]: one pure builder per kind of child object; [`slo`]: the SLO rules;
 //!   [`dashboards`]: the Grafana dashboards, built from the same definitions as the rules.
-//! - [`reconcile`]: apply, prune, status and Events; [`controller`]: `run`, leader election.
+//! - [`reconcile`]: apply, prune, status and Events, and the rotations of the Redis users'
+//!   passwords and of the JWT key; [`controller`]: `run`, leader election.
 //! - [`cluster`]: Redis Cluster day 2 — forming, repairing, resharding, scaling and rolling the
 //!   cluster by talking to the Redis pods.
 //! - [`capabilities`]: what the API server serves, so objects carry nothing it does not know.

@@ -8,7 +8,8 @@
 //! - [`api`] — HTTP handlers, problem responses, auth (the shared secret, or an OIDC identity
 //!   provider's published keys), the generated OpenAPI document.
 //! - [`sessions`] — the session engine: every domain rule, once.
-//! - [`store`] — the storage contract, its two backends (Redis and embedded), the circuit breaker.
+//! - [`store`] — the storage contract, its two backends (Redis and embedded), the circuit
+//!   breaker, and the Redis ACL rules of each role (`store::acl`), checked at connect.
 //! - [`circuit`] — the circuit-breaker state machine, shared by Redis and the identity provider.
 //! - [`cache`] — the hot path's local cache and its coherence with Redis (client tracking).
 //! - [`metrics`] — Prometheus metrics.

@@ -1,9 +1,11 @@
 //! One reconcile of a SessionService, level-triggered and idempotent: read the generated
 //! secrets back, build every desired object, server-side apply each with one field manager,
 //! delete what the spec turned off, then write the status only when it changed and record an
-//! Event for each condition that changed.
+//! Event for each condition that changed. Before anything is applied, [`rotation`] and
+//! [`jwt_rotation`] move a rotation of the credentials one step on.
 
 pub mod cluster;
+pub mod jwt_rotation;
 pub mod rotation;
 pub mod status;
 
@@ -179,7 +181,7 @@ pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action
         Ok(mut secrets) => {
             // Before anything connects to Redis: the nodes learn new passwords first.
             rotation = rotation::advance(ctx, ss, &namespace, &mut secrets).await;
-            jwt_rotation = rotation::advance_jwt(&ctx.client, ss, &namespace, &mut secrets).await;
+            jwt_rotation = jwt_rotation::advance(&ctx.client, ss, &namespace, &mut secrets).await;
             if ss.spec.redis.mode == RedisMode::Cluster {
                 cluster_pass = Some(cluster::pass(ctx, ss, &namespace, &secrets).await);
             }

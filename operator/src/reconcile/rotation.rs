@@ -1,5 +1,5 @@
-//! Rotating the Redis users' passwords and the generated JWT key without a failed request
-//! (the JWT key: see [`advance_jwt`]).
+//! Rotating the Redis users' passwords without a failed request (the JWT key:
+//! [`super::jwt_rotation`]).
 //!
 //! `kubectl annotate sessionservice NAME sessions.io/rotate-redis-passwords=<any new value>`
 //! asks for new passwords of the `admin`, `server` and `sidecar` users. For each user:
@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use session_sidecar::store::acl::password_hash;
@@ -37,11 +37,7 @@ use crate::INJECT_LABEL;
 use crate::cluster::{Access, Member, node};
 use crate::crd::{RedisMode, SessionService};
 use crate::resources::redis::{self, RedisUser};
-use crate::resources::server::jwt_keys_digest;
-use crate::resources::{
-    JwtPhase, JwtRotation, Names, RedisPasswords, Rotated, Secrets, digest, random_jwt_key,
-    random_token, selector,
-};
+use crate::resources::{Names, RedisPasswords, Rotated, Secrets, digest, random_token, selector};
 
 /// The annotation that asks for a rotation; a value different from the last rotation's asks
 /// for another.
@@ -50,13 +46,6 @@ pub const ROTATE_ANNOTATION: &str = "sessions.io/rotate-redis-passwords";
 /// The annotation on the session-service pod template with a digest of the server user's
 /// password: a pod carrying the new digest started after the new password was written.
 pub const CREDENTIALS_ANNOTATION: &str = "sessions.io/redis-credentials";
-
-/// The annotation that asks for a new generated JWT key.
-pub const ROTATE_JWT_ANNOTATION: &str = "sessions.io/rotate-jwt-secret";
-
-/// The annotation on the session-service pod template with a digest of the JWT keys it
-/// accepts.
-pub const JWT_KEYS_ANNOTATION: &str = "sessions.io/jwt-keys";
 
 /// How often a rotation in progress is looked at again.
 pub const ROTATION_CHECK: Duration = Duration::from_secs(10);
@@ -249,17 +238,8 @@ async fn still_on_old_password(
         }
         RedisUser::Sidecar => {
             let labels = format!("{INJECT_LABEL}={}", ss.name_any());
-            let list = Api::<Pod>::namespaced(client.clone(), namespace)
-                .list(&ListParams::default().labels(&labels))
-                .await
-                .map_err(|e| {
-                    format!(
-                        "could not list the injected pods ({labels}) in {namespace}: {}; check the operator's RBAC (pods: list)",
-                        super::api_message(&e)
-                    )
-                })?;
-            let old: Vec<String> = list
-                .items
+            let old: Vec<String> = pods(client, namespace, &labels, "injected")
+                .await?
                 .iter()
                 .filter(|pod| {
                     pod.metadata
@@ -283,154 +263,53 @@ async fn still_on_old_password(
 }
 
 /// Whether `pod` carries `annotation` with `value` (from its template).
-fn carries(pod: &Pod, annotation: &str, value: &str) -> bool {
+pub(super) fn carries(pod: &Pod, annotation: &str, value: &str) -> bool {
     pod.annotations().get(annotation).map(String::as_str) == Some(value)
 }
 
 /// The session-service pods whose template did not carry `annotation` = `value`.
-async fn server_pods_without(
+pub(super) async fn server_pods_without(
     client: &Client,
     ss: &SessionService,
     namespace: &str,
     annotation: &str,
     value: &str,
 ) -> Result<Vec<String>, String> {
-    let labels = selector(ss, "server")
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let list = Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default().labels(&labels))
-        .await
-        .map_err(|e| {
-            format!(
-                "could not list the session-service pods in {namespace}: {}; check the operator's RBAC (pods: list)",
-                super::api_message(&e)
-            )
-        })?;
-    Ok(list
-        .items
+    let labels = label_query(ss, "server");
+    Ok(pods(client, namespace, &labels, "session-service")
+        .await?
         .iter()
         .filter(|pod| !carries(pod, annotation, value))
         .map(ResourceExt::name_any)
         .collect())
 }
 
-/// Starts, advances or finishes a rotation of the generated JWT key, in three steps, so that
-/// no token is refused on the way: the session service learns the new key while issuers still
-/// sign with the old one (`Adding`: the Deployment rolls); once every session-service pod
-/// accepts both, issuers get the new key in `jwt-secret` and the old one stays accepted
-/// (`Retiring`) for `server.jwtRotationGraceSeconds`; then the old key goes and the Deployment
-/// rolls onto the new one alone. A Secret of your own (`server.jwtSecretName`) is rotated the
-/// same way by hand: its `extra-jwt-secret` is accepted too.
-pub async fn advance_jwt(
-    client: &Client,
-    ss: &SessionService,
-    namespace: &str,
-    secrets: &mut Secrets,
-) -> RotationReport {
-    if ss.spec.server.jwt_secret_name.is_some() {
-        return RotationReport::default();
-    }
-    let requested = ss
-        .annotations()
-        .get(ROTATE_JWT_ANNOTATION)
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty());
-    let Some(rotation) = secrets.jwt_rotation.clone() else {
-        return match requested {
-            Some(request) => start_jwt(secrets, request),
-            None => RotationReport::default(),
-        };
-    };
-    let waiting = |message: String| RotationReport {
-        message: Some(format!("rotating the JWT key: {message}")),
-        in_progress: true,
-    };
-    let now = Timestamp::now();
-    match rotation.phase {
-        JwtPhase::Done => match requested {
-            Some(request) if request != rotation.request => start_jwt(secrets, request),
-            _ => RotationReport {
-                message: Some(format!(
-                    "JWT key rotated for request {}: the old key is retired",
-                    rotation.request
-                )),
-                in_progress: false,
-            },
-        },
-        JwtPhase::Adding => {
-            let digest = jwt_keys_digest(secrets);
-            match server_pods_without(client, ss, namespace, JWT_KEYS_ANNOTATION, &digest).await {
-                Ok(old) if old.is_empty() => {
-                    let grace =
-                        SignedDuration::from_secs(ss.spec.server.jwt_rotation_grace_seconds.max(0));
-                    // Whole seconds, rounded up: the status reads better, and it is later.
-                    let retire_at = Timestamp::from_second((now + grace).as_second() + 1)
-                        .unwrap_or(now + grace)
-                        .to_string();
-                    let new = rotation.extra.clone().unwrap_or_else(random_jwt_key);
-                    let old_key = std::mem::replace(&mut secrets.jwt_secret, new);
-                    secrets.jwt_rotation = Some(JwtRotation {
-                        phase: JwtPhase::Retiring,
-                        extra: Some(old_key),
-                        retire_at: Some(retire_at.clone()),
-                        ..rotation
-                    });
-                    waiting(format!(
-                        "issuers now sign with the new key (the Secret's jwt-secret); tokens of the old key are accepted until {retire_at}"
-                    ))
-                }
-                Ok(old) => waiting(format!(
-                    "waiting for {} session-service pod(s) to accept the new key (the Deployment rolls): {}; issuers keep signing with the current key",
-                    old.len(),
-                    old.join(", ")
-                )),
-                Err(message) => waiting(message),
-            }
-        }
-        JwtPhase::Retiring => {
-            let until: Option<Timestamp> =
-                rotation.retire_at.as_deref().and_then(|t| t.parse().ok());
-            match until {
-                Some(until) if now < until => waiting(format!(
-                    "issuers sign with the new key; tokens of the old key are accepted until {until}"
-                )),
-                _ => {
-                    secrets.jwt_rotation = Some(JwtRotation {
-                        phase: JwtPhase::Done,
-                        extra: None,
-                        retire_at: None,
-                        ..rotation.clone()
-                    });
-                    RotationReport {
-                        message: Some(format!(
-                            "JWT key rotated for request {}: the old key is retired",
-                            rotation.request
-                        )),
-                        in_progress: false,
-                    }
-                }
-            }
-        }
-    }
+/// The label selector of a component's pods, as a list request takes it.
+fn label_query(ss: &SessionService, component: &str) -> String {
+    selector(ss, component)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-fn start_jwt(secrets: &mut Secrets, request: String) -> RotationReport {
-    secrets.jwt_rotation = Some(JwtRotation {
-        request,
-        phase: JwtPhase::Adding,
-        extra: Some(random_jwt_key()),
-        retire_at: None,
-    });
-    RotationReport {
-        message: Some(
-            "rotating the JWT key: the session service learns the new key; issuers keep signing with the current one"
-                .to_owned(),
-        ),
-        in_progress: true,
-    }
+/// The pods of `namespace` with `labels`; `what` names them in the error.
+async fn pods(
+    client: &Client,
+    namespace: &str,
+    labels: &str,
+    what: &str,
+) -> Result<Vec<Pod>, String> {
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(labels))
+        .await
+        .map(|list| list.items)
+        .map_err(|e| {
+            format!(
+                "could not list the {what} pods ({labels}) in {namespace}: {}; check the operator's RBAC (pods: list)",
+                super::api_message(&e)
+            )
+        })
 }
 
 /// Sets each client user's passwords on every Redis node to those of `target` (its password,
@@ -496,19 +375,10 @@ async fn redis_members(
     namespace: &str,
 ) -> Result<Vec<Member>, String> {
     let names = Names::of(ss);
-    let labels = selector(ss, "redis")
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let list = Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default().labels(&labels))
-        .await
-        .map_err(|e| format!("could not list the Redis pods: {}", super::api_message(&e)))?;
+    let list = pods(client, namespace, &label_query(ss, "redis"), "Redis").await?;
     let prefix = format!("{}-", names.redis());
     let port = u16::try_from(redis::PORT).unwrap_or(6379);
     let members: Vec<Member> = list
-        .items
         .iter()
         .filter_map(|pod| {
             let ordinal = pod.name_any().strip_prefix(&prefix)?.parse().ok()?;

@@ -319,7 +319,8 @@ fn deployment(
 /// template: a new password or key (a rotation) rolls the Deployment, whose pods read them from
 /// the Secrets when they start.
 fn credentials_digest(ss: &SessionService, secrets: &Secrets) -> Option<BTreeMap<String, String>> {
-    use crate::reconcile::rotation::{CREDENTIALS_ANNOTATION, JWT_KEYS_ANNOTATION};
+    use crate::reconcile::jwt_rotation::JWT_KEYS_ANNOTATION;
+    use crate::reconcile::rotation::CREDENTIALS_ANNOTATION;
     let mut annotations = BTreeMap::new();
     if ss.spec.redis.mode != RedisMode::External {
         annotations.insert(
