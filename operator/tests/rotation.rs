@@ -49,6 +49,38 @@ fn url_of(fake: &FakeApiServer, user: &str) -> String {
         .replace("sessions-redis.shop.svc", IP)
 }
 
+/// A value of the Redis pods' ACL Secret.
+fn acl_value(fake: &FakeApiServer, key: &str) -> Option<String> {
+    let secret = fake.get(&format!(
+        "/api/v1/namespaces/{NS}/secrets/sessions-redis-acl"
+    ))?;
+    let value = secret["data"][key].as_str()?;
+    String::from_utf8(data_encoding::BASE64.decode(value.as_bytes()).ok()?).ok()
+}
+
+/// The Redis pod's readiness probe as the StatefulSet gives it, run against the test's Redis
+/// with the pod's mounted Secret in `dir`.
+fn redis_probe(fake: &FakeApiServer, dir: &std::path::Path) -> bool {
+    let sts = fake
+        .get(&format!(
+            "/apis/apps/v1/namespaces/{NS}/statefulsets/sessions-redis"
+        ))
+        .unwrap();
+    let command =
+        &sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"];
+    let script = command[2]
+        .as_str()
+        .unwrap()
+        .replace("redis-cli", &format!("redis-cli -h {IP} -p 6379"))
+        .replace("/etc/redis-users/", &format!("{}/", dir.display()));
+    Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
 /// A value of the generated JWT Secret.
 fn jwt_value(fake: &FakeApiServer, key: &str) -> Option<String> {
     let secret = fake.get(&format!("/api/v1/namespaces/{NS}/secrets/sessions-jwt"))?;
@@ -268,7 +300,9 @@ async fn rotating_every_password_and_the_jwt_key_under_load_fails_no_request() {
             secret.clone(),
         );
     }
-    let ctx = apiserver::reconcile_context(client);
+    // The test updates the Redis pod's mounted Secret at once, as the kubelet does within a
+    // minute.
+    let ctx = apiserver::reconcile_context_settling(client, Duration::from_secs(1));
     let reconcile_once = || async {
         let current: SessionService = serde_json::from_value(fake.get(SS_PATH).unwrap()).unwrap();
         reconcile::reconcile(Arc::new(current), ctx.clone()).await
@@ -300,10 +334,14 @@ async fn rotating_every_password_and_the_jwt_key_under_load_fails_no_request() {
     let mut sidecar = Sidecar::start("sessions", &["--redis-url", &url_of(&fake, "sidecar")]).await;
     ready(&server).await;
     ready(&sidecar).await;
-    let old: Vec<(String, String)> = ["admin", "server", "sidecar"]
+    let mut old: Vec<(String, String)> = ["admin", "server", "sidecar"]
         .iter()
         .map(|u| ((*u).to_owned(), stored(&fake, u, "password").unwrap()))
         .collect();
+    old.push((
+        "replication".to_owned(),
+        acl_value(&fake, "replication-password").unwrap(),
+    ));
     let old_key = jwt_value(&fake, "jwt-secret").unwrap();
     let load = Load::start(sidecar.api, server.api, token(&old_key));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -317,6 +355,7 @@ async fn rotating_every_password_and_the_jwt_key_under_load_fails_no_request() {
     ss_value["status"] = fake.get(SS_PATH).unwrap()["status"].clone();
     fake.insert(SS_PATH, ss_value.clone());
     let (mut rolls, mut restarts) = (0, 0);
+    let mounted = tempfile::tempdir().unwrap();
     let mut seen: Vec<String> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -332,6 +371,13 @@ async fn rotating_every_password_and_the_jwt_key_under_load_fails_no_request() {
         }
         // The issuer signs with whatever key the Secret holds now.
         *load.token.lock().unwrap() = token(&jwt_value(&fake, "jwt-secret").unwrap());
+        // The kubelet keeps the Redis pod's mounted ACL Secret current.
+        std::fs::write(
+            mounted.path().join("replication-password"),
+            acl_value(&fake, "replication-password").unwrap(),
+        )
+        .unwrap();
+        assert!(redis_probe(&fake, mounted.path()), "the Redis probe failed");
         let pending_roll = template_annotations(&fake) != pods.server["metadata"]["annotations"];
         if passwords.starts_with("Redis passwords rotated")
             && jwt.starts_with("JWT key rotated")
@@ -393,7 +439,7 @@ async fn rotating_every_password_and_the_jwt_key_under_load_fails_no_request() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (sent, failed) = load.finish();
     println!(
-        "rotated the admin, server and sidecar passwords and the JWT key in {took:.2?} under load ({rolls} rolls of the session service, {restarts} restart of the application): {sent} requests, {} failed",
+        "rotated the admin, server, sidecar and replication passwords and the JWT key in {took:.2?} under load ({rolls} rolls of the session service, {restarts} restart of the application): {sent} requests, {} failed",
         failed.len()
     );
     assert!(rolls >= 2 && restarts == 1, "the clients moved");
@@ -404,11 +450,38 @@ async fn rotating_every_password_and_the_jwt_key_under_load_fails_no_request() {
             answer.contains("WRONGPASS"),
             "{user}'s old password: {answer}"
         );
-        let new = stored(&fake, user, "password").unwrap();
+        let new = if user == "replication" {
+            acl_value(&fake, "replication-password").unwrap()
+        } else {
+            stored(&fake, user, "password").unwrap()
+        };
         assert_ne!(&new, password);
         assert_eq!(auth(user, &new), "PONG", "{user}'s new password");
+    }
+    for user in ["admin", "server", "sidecar"] {
         assert!(stored(&fake, user, "previous-password").is_none());
     }
+    assert!(acl_value(&fake, "previous-password").is_none());
+    let masterauth = Command::new("redis-cli")
+        .args([
+            "-h",
+            IP,
+            "-p",
+            "6379",
+            "--user",
+            "admin",
+            "config",
+            "get",
+            "masterauth",
+        ])
+        .env("REDISCLI_AUTH", stored(&fake, "admin", "password").unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&masterauth.stdout)
+            .contains(&acl_value(&fake, "replication-password").unwrap()),
+        "replicas authenticate with the new password"
+    );
     let acl = secret_value(
         &[fake
             .get(&format!(
@@ -422,6 +495,10 @@ async fn rotating_every_password_and_the_jwt_key_under_load_fails_no_request() {
         acl.matches('#').count(),
         4,
         "one hash per user again: {acl}"
+    );
+    assert!(
+        redis_probe(&fake, mounted.path()),
+        "the probe passes on the new password"
     );
     // The session service now refuses the old key and accepts the new one.
     let new_key = jwt_value(&fake, "jwt-secret").unwrap();

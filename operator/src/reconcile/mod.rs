@@ -40,6 +40,9 @@ pub const PROGRESS_CHECK: Duration = Duration::from_secs(15);
 /// installed later.
 pub const MISSING_API_CHECK: Duration = Duration::from_secs(60);
 
+/// The kubelet's default sync period (1 min) twice over.
+pub const SECRET_VOLUME_SETTLE: Duration = Duration::from_secs(120);
+
 /// What a reconcile needs.
 pub struct Context {
     pub client: Client,
@@ -49,6 +52,9 @@ pub struct Context {
     pub operator_namespace: String,
     /// What the API server serves, kept current by the controller.
     pub api: capabilities::Shared,
+    /// How long the kubelet may take to update a Secret mounted in a pod (its sync period):
+    /// a rotation keeps the replication user's old password that long.
+    pub secret_volume_settle: Duration,
     /// Consecutive failures per SessionService, for the exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -67,8 +73,16 @@ impl Context {
             metrics,
             operator_namespace,
             api,
+            secret_volume_settle: SECRET_VOLUME_SETTLE,
             failures: Mutex::default(),
         }
+    }
+
+    /// The same with another [`Context::secret_volume_settle`] (tests, which play the kubelet).
+    #[must_use]
+    pub fn with_secret_volume_settle(mut self, settle: Duration) -> Self {
+        self.secret_volume_settle = settle;
+        self
     }
 
     /// Records `event` about `ss`; a failure to record is logged, never fatal.
@@ -254,6 +268,23 @@ pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action
     Ok(Action::requeue(next))
 }
 
+/// A rotation of `user`'s password recorded in its Secret's `data`.
+fn read_rotation(
+    passwords: &mut resources::RedisPasswords,
+    user: redis::RedisUser,
+    data: &mut BTreeMap<String, String>,
+) {
+    if let Some(previous) = data.remove(redis::PREVIOUS_PASSWORD_KEY) {
+        passwords.previous.insert(user, previous);
+    }
+    if let (Some(request), Some(at)) = (
+        data.remove(redis::ROTATION_REQUEST_KEY),
+        data.remove(redis::ROTATED_AT_KEY),
+    ) {
+        passwords.rotated.insert(user, Rotated { request, at });
+    }
+}
+
 /// The generated credentials, read back from their Secrets so they are generated only once;
 /// fresh ones for Secrets that do not exist yet.
 async fn read_secrets(
@@ -295,20 +326,13 @@ async fn read_secrets(
             if let Some(stored) = data.remove("password") {
                 *user.password_mut(passwords) = stored;
             }
-            if let Some(previous) = data.remove(redis::PREVIOUS_PASSWORD_KEY) {
-                passwords.previous.insert(user, previous);
-            }
-            if let (Some(request), Some(at)) = (
-                data.remove(redis::ROTATION_REQUEST_KEY),
-                data.remove(redis::ROTATED_AT_KEY),
-            ) {
-                passwords.rotated.insert(user, Rotated { request, at });
-            }
+            read_rotation(passwords, user, &mut data);
         }
         let mut data = read(names.redis_acl_secret()).await?;
         if let Some(stored) = data.remove(redis::REPLICATION_PASSWORD_KEY) {
             passwords.replication = stored;
         }
+        read_rotation(passwords, redis::RedisUser::Replication, &mut data);
     }
     if ss.spec.server.jwt_secret_name.is_none() {
         let mut data = read(names.jwt_secret()).await?;

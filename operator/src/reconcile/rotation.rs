@@ -2,7 +2,8 @@
 //! [`super::jwt_rotation`]).
 //!
 //! `kubectl annotate sessionservice NAME sessions.io/rotate-redis-passwords=<any new value>`
-//! asks for new passwords of the `admin`, `server` and `sidecar` users. For each user:
+//! asks for new passwords of the `admin`, `server`, `sidecar` and `replication` users. For each
+//! user:
 //!
 //! 1. **Both passwords.** A new password is generated; every Redis node accepts the new and the
 //!    old one (`ACL SETUSER <user> resetpass #new #old`), and only then is the user's Secret
@@ -11,23 +12,22 @@
 //! 2. **Clients move.** The operator reads its Secret on every reconcile; the session-service
 //!    Deployment rolls (its template carries a digest of the password); injected sidecars read
 //!    theirs when their pod starts, so application pods move as they are restarted: the status
-//!    names those still on the old password.
+//!    names those still on the old password. Replicas get the new replication password from
+//!    the operator (`CONFIG SET masterauth`), the Redis pods' probes from their mounted Secret,
+//!    which the kubelet updates within its sync period (waited for: no signal says when).
 //! 3. **Old password off.** Once every client of the user started after the new password was
 //!    written, the nodes drop the old one, then the Secret does.
 //!
 //! Every step is decided from the Secrets and the pods, so a reconcile killed at any point
 //! resumes: a Secret holding `previous-password` is a rotation in progress, and the nodes are
 //! told the passwords the Secrets hold (plus a new one not written yet) before each write.
-//! Connections already open stay authenticated through a rotation, so nothing is dropped. The
-//! `replication` user (held only by the Redis pods, for their replicas and probes) is not
-//! rotated here: its password is read at pod start, so it changes when the ACL Secret is
-//! deleted and Redis rolls.
+//! Connections already open stay authenticated through a rotation, so nothing is dropped.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use session_sidecar::store::acl::password_hash;
@@ -83,7 +83,7 @@ pub async fn advance(
         .unwrap_or_else(|_| Timestamp::now());
     let mut started = Vec::new();
     if let Some(request) = &requested {
-        for user in RedisUser::ALL {
+        for user in RedisUser::ROTATED {
             let done_before = passwords.rotated.get(&user).map(|r| &r.request) == Some(request);
             if !done_before && !passwords.previous.contains_key(&user) {
                 let old = std::mem::replace(user.password_mut(passwords), random_token());
@@ -116,7 +116,10 @@ pub async fn advance(
         }
         let since = rotated_at(passwords, user);
         let server_digest = digest(&passwords.server);
-        match still_on_old_password(client, ss, namespace, user, since, &server_digest).await {
+        let settle = ctx.secret_volume_settle;
+        match still_on_old_password(client, ss, namespace, user, since, &server_digest, settle)
+            .await
+        {
             Ok(old) if old.is_empty() => {}
             Ok(old) => {
                 waiting.insert(user, old);
@@ -166,7 +169,7 @@ pub async fn advance(
             in_progress: false,
         }
     } else {
-        let done: Vec<&str> = RedisUser::ALL
+        let done: Vec<&str> = RedisUser::ROTATED
             .iter()
             .filter(|u| !waiting.contains_key(u))
             .map(|u| u.name())
@@ -219,9 +222,24 @@ async fn still_on_old_password(
     user: RedisUser,
     since: Timestamp,
     server_digest: &str,
+    settle: Duration,
 ) -> Result<String, String> {
     match user {
         RedisUser::Admin => Ok(String::new()),
+        // The replicas got the new password (`CONFIG SET masterauth`) with the nodes; the
+        // probes read it from the mounted Secret, which the kubelet updates within its sync
+        // period, and no signal says when it did.
+        RedisUser::Replication => {
+            let settled =
+                since + SignedDuration::try_from(settle).unwrap_or(SignedDuration::from_secs(120));
+            Ok(if Timestamp::now() < settled {
+                format!(
+                    "waiting until {settled} for the kubelet to give the Redis pods' probes the new password (their mounted Secret)"
+                )
+            } else {
+                String::new()
+            })
+        }
         RedisUser::Server => {
             let old =
                 server_pods_without(client, ss, namespace, CREDENTIALS_ANNOTATION, server_digest)
@@ -349,7 +367,7 @@ async fn set_passwords(
                 member.ordinal, member.ip
             )
         })?;
-        for user in RedisUser::ALL {
+        for user in RedisUser::ROTATED {
             let mut cmd = ::redis::cmd("ACL");
             cmd.arg("SETUSER").arg(user.name()).arg("resetpass");
             for password in target.accepted(user) {
@@ -364,6 +382,15 @@ async fn set_passwords(
                 )
             })?;
         }
+        // A replica authenticates to its master with this when its link is next made.
+        let mut cmd = ::redis::cmd("CONFIG");
+        cmd.arg("SET").arg("masterauth").arg(&target.replication);
+        cmd.query_async::<()>(&mut conn).await.map_err(|e| {
+            format!(
+                "Redis pod {} ({}) refused CONFIG SET masterauth: {e}",
+                member.ordinal, member.ip
+            )
+        })?;
     }
     Ok(())
 }

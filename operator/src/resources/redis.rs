@@ -68,16 +68,28 @@ pub enum RedisUser {
     Server,
     /// Injected sidecars.
     Sidecar,
+    /// Replicas syncing from their master, and the pods' probes (its password lives in the
+    /// ACL Secret, which only the Redis pods mount).
+    Replication,
 }
 
 impl RedisUser {
+    /// The users with a Secret of their own.
     pub const ALL: [RedisUser; 3] = [RedisUser::Admin, RedisUser::Server, RedisUser::Sidecar];
+    /// Every user whose password the operator generates and rotates.
+    pub const ROTATED: [RedisUser; 4] = [
+        RedisUser::Admin,
+        RedisUser::Server,
+        RedisUser::Sidecar,
+        RedisUser::Replication,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             RedisUser::Admin => ADMIN_USER,
             RedisUser::Server => Role::Server.user(),
             RedisUser::Sidecar => Role::Sidecar.user(),
+            RedisUser::Replication => REPLICATION_USER,
         }
     }
 
@@ -86,6 +98,7 @@ impl RedisUser {
             RedisUser::Admin => &passwords.admin,
             RedisUser::Server => &passwords.server,
             RedisUser::Sidecar => &passwords.sidecar,
+            RedisUser::Replication => &passwords.replication,
         }
     }
 
@@ -94,6 +107,7 @@ impl RedisUser {
             RedisUser::Admin => &mut passwords.admin,
             RedisUser::Server => &mut passwords.server,
             RedisUser::Sidecar => &mut passwords.sidecar,
+            RedisUser::Replication => &mut passwords.replication,
         }
     }
 }
@@ -245,7 +259,7 @@ pub fn acl_file(passwords: &RedisPasswords) -> String {
             admin: &passwords.accepted(RedisUser::Admin),
             server: &passwords.accepted(RedisUser::Server),
             sidecar: &passwords.accepted(RedisUser::Sidecar),
-            replication: &[&passwords.replication],
+            replication: &passwords.accepted(RedisUser::Replication),
         },
     )
 }
@@ -262,16 +276,18 @@ fn acl_secret(
     users: &str,
     passwords: &RedisPasswords,
 ) -> Secret {
+    let mut data = BTreeMap::from([
+        (ACL_FILE_KEY.to_owned(), bytes(users)),
+        (
+            REPLICATION_PASSWORD_KEY.to_owned(),
+            bytes(&passwords.replication),
+        ),
+    ]);
+    rotation_keys(&mut data, RedisUser::Replication, passwords);
     Secret {
         metadata: meta(ss, names.redis_acl_secret(), COMPONENT),
         type_: Some("Opaque".to_owned()),
-        data: Some(BTreeMap::from([
-            (ACL_FILE_KEY.to_owned(), bytes(users)),
-            (
-                REPLICATION_PASSWORD_KEY.to_owned(),
-                bytes(&passwords.replication),
-            ),
-        ])),
+        data: Some(data),
         ..Secret::default()
     }
 }
@@ -288,18 +304,28 @@ fn user_secret(
         ("password".to_owned(), bytes(password)),
         ("url".to_owned(), bytes(&url(ss, user.name(), password))),
     ]);
+    rotation_keys(&mut data, user, passwords);
+    Secret {
+        metadata: meta(ss, names.redis_user_secret(user.name()), COMPONENT),
+        type_: Some("Opaque".to_owned()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// The keys a Secret holds while and after `user`'s password is rotated: the old password
+/// still accepted, and the request and instant of the last rotation.
+fn rotation_keys(
+    data: &mut BTreeMap<String, ByteString>,
+    user: RedisUser,
+    passwords: &RedisPasswords,
+) {
     if let Some(previous) = passwords.previous.get(&user) {
         data.insert(PREVIOUS_PASSWORD_KEY.to_owned(), bytes(previous));
     }
     if let Some(rotated) = passwords.rotated.get(&user) {
         data.insert(ROTATION_REQUEST_KEY.to_owned(), bytes(&rotated.request));
         data.insert(ROTATED_AT_KEY.to_owned(), bytes(&rotated.at));
-    }
-    Secret {
-        metadata: meta(ss, names.redis_user_secret(user.name()), COMPONENT),
-        type_: Some("Opaque".to_owned()),
-        data: Some(data),
-        ..Secret::default()
     }
 }
 
@@ -345,18 +371,20 @@ fn cli_args(ss: &SessionService) -> Vec<String> {
     args
 }
 
-/// The replication user's password, for the server (`masterauth`) and `redis-cli` (the
-/// probes).
+/// The replication user's password for the server's `masterauth` at start (the operator sets
+/// it on the running server when it rotates). The probes read it from the mounted Secret
+/// instead, which the kubelet keeps current without a restart.
 fn auth_env(names: &Names) -> Vec<EnvVar> {
-    let secret = names.redis_acl_secret();
-    vec![
-        secret_env(
-            "REDIS_REPLICATION_PASSWORD",
-            &secret,
-            REPLICATION_PASSWORD_KEY,
-        ),
-        secret_env("REDISCLI_AUTH", &secret, REPLICATION_PASSWORD_KEY),
-    ]
+    vec![secret_env(
+        "REDIS_REPLICATION_PASSWORD",
+        &names.redis_acl_secret(),
+        REPLICATION_PASSWORD_KEY,
+    )]
+}
+
+/// Sets `REDISCLI_AUTH` for the probes from the mounted Secret.
+fn probe_auth() -> String {
+    format!("export REDISCLI_AUTH=\"$(cat {USERS_DIR}/{REPLICATION_PASSWORD_KEY})\"")
 }
 
 fn mount(name: &str, path: &str) -> VolumeMount {
@@ -549,11 +577,16 @@ impl Storage {
                 name: "users".to_owned(),
                 secret: Some(SecretVolumeSource {
                     secret_name: Some(names.redis_acl_secret()),
-                    items: Some(vec![KeyToPath {
-                        key: ACL_FILE_KEY.to_owned(),
-                        path: ACL_FILE_KEY.to_owned(),
-                        ..KeyToPath::default()
-                    }]),
+                    items: Some(
+                        [ACL_FILE_KEY, REPLICATION_PASSWORD_KEY]
+                            .into_iter()
+                            .map(|key| KeyToPath {
+                                key: key.to_owned(),
+                                path: key.to_owned(),
+                                ..KeyToPath::default()
+                            })
+                            .collect(),
+                    ),
                     // Readable by the pod's group (fsGroup, the redis user), nobody else.
                     default_mode: Some(0o440),
                     ..SecretVolumeSource::default()
@@ -628,13 +661,17 @@ fn retention_policy(
 /// publishes unready pods, and the operator reaches pods by IP.
 fn readiness(ss: &SessionService) -> Vec<String> {
     let cli = cli_args(ss).join(" ");
+    let auth = probe_auth();
     if ss.spec.redis.mode != RedisMode::Cluster {
-        let mut ping = cli_args(ss);
-        ping.push("ping".to_owned());
-        return ping;
+        return vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("{auth}; exec {cli} ping"),
+        ];
     }
     let script = format!(
-        r#"{cli} cluster info | grep -q '^cluster_state:ok' || {{ echo 'cluster_state is not ok'; exit 1; }}
+        r#"{auth}
+{cli} cluster info | grep -q '^cluster_state:ok' || {{ echo 'cluster_state is not ok'; exit 1; }}
 me=$({cli} cluster nodes | grep myself)
 case "$me" in
   *slave*) {cli} info replication | grep -q '^master_link_status:up' || {{ echo 'replica not in sync'; exit 1; }} ;;

@@ -22,6 +22,17 @@ pub fn reconcile_context(client: Client) -> Arc<session_operator::reconcile::Con
     )
 }
 
+/// A reconcile context over `client` that expects mounted Secrets to be current after
+/// `settle` (the test plays the kubelet).
+pub fn reconcile_context_settling(
+    client: Client,
+    settle: std::time::Duration,
+) -> Arc<session_operator::reconcile::Context> {
+    let ctx = reconcile_context(client);
+    let ctx = Arc::try_unwrap(ctx).unwrap_or_else(|_| unreachable!("just made"));
+    Arc::new(ctx.with_secret_volume_settle(settle))
+}
+
 /// A reconcile context for an API server with the capabilities `api`.
 pub fn reconcile_context_for(
     client: Client,

@@ -298,13 +298,14 @@ pub fn ready(cluster: &Cluster, ordinal: usize) -> bool {
         .map(|a| a.as_str().unwrap().to_owned())
         .collect();
     let node = &cluster.nodes[ordinal];
-    let script = command[2].replace(
-        "redis-cli",
-        &format!("redis-cli -h {} -p {}", node.ip, node.port),
-    );
+    let script = command[2]
+        .replace(
+            "redis-cli",
+            &format!("redis-cli -h {} -p {}", node.ip, node.port),
+        )
+        .replace("/etc/redis-users/", &format!("{}/", node.dir.display()));
     std::process::Command::new(&command[0])
         .args([&command[1], &script])
-        .env("REDISCLI_AUTH", super::REPLICATION_PASSWORD)
         .output()
         .unwrap()
         .status

@@ -80,11 +80,14 @@ impl RedisNode {
             .replace("6379", &self.port.to_string());
         let conf_path = self.dir.join("redis.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        std::fs::write(
-            self.dir.join("users.acl"),
-            secret_value(&self.objects, "-redis-acl", "users.acl"),
-        )
-        .unwrap();
+        // The ACL Secret's files, as its volume mounts them.
+        for key in ["users.acl", "replication-password"] {
+            std::fs::write(
+                self.dir.join(key),
+                secret_value(&self.objects, "-redis-acl", key),
+            )
+            .unwrap();
+        }
         let container = &self
             .objects
             .iter()
