@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use apiserver::FakeApiServer;
 use common::prometheus::{Sidecar, http, http_as};
-use common::redis_node::{RedisNode, secret_value};
+use common::redis_node::RedisNode;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use session_operator::crd::SessionService;
@@ -31,15 +31,16 @@ const SS_PATH: &str = "/apis/sessions.io/v1alpha1/namespaces/shop/sessionservice
 const PODS_PATH: &str = "/api/v1/namespaces/shop/pods";
 const DEPLOY_PATH: &str = "/apis/apps/v1/namespaces/shop/deployments/sessions";
 
-fn secret_path(user: &str) -> String {
-    format!("/api/v1/namespaces/{NS}/secrets/sessions-redis-{user}")
-}
-
-/// A Secret's value as the fake holds it now.
-fn stored(fake: &FakeApiServer, user: &str, key: &str) -> Option<String> {
-    let secret = fake.get(&secret_path(user))?;
+/// A value of the Secret `sessions-<name>` as the fake holds it now.
+fn secret_text(fake: &FakeApiServer, name: &str, key: &str) -> Option<String> {
+    let secret = fake.get(&format!("/api/v1/namespaces/{NS}/secrets/sessions-{name}"))?;
     let value = secret["data"][key].as_str()?;
     String::from_utf8(data_encoding::BASE64.decode(value.as_bytes()).ok()?).ok()
+}
+
+/// A value of a Redis user's Secret.
+fn stored(fake: &FakeApiServer, user: &str, key: &str) -> Option<String> {
+    secret_text(fake, &format!("redis-{user}"), key)
 }
 
 /// The user's URL from its Secret, pointed at the test's Redis.
@@ -47,15 +48,6 @@ fn url_of(fake: &FakeApiServer, user: &str) -> String {
     stored(fake, user, "url")
         .unwrap()
         .replace("sessions-redis.shop.svc", IP)
-}
-
-/// A value of the Redis pods' ACL Secret.
-fn acl_value(fake: &FakeApiServer, key: &str) -> Option<String> {
-    let secret = fake.get(&format!(
-        "/api/v1/namespaces/{NS}/secrets/sessions-redis-acl"
-    ))?;
-    let value = secret["data"][key].as_str()?;
-    String::from_utf8(data_encoding::BASE64.decode(value.as_bytes()).ok()?).ok()
 }
 
 /// The Redis pod's readiness probe as the StatefulSet gives it, run against the test's Redis
@@ -81,13 +73,6 @@ fn redis_probe(fake: &FakeApiServer, dir: &std::path::Path) -> bool {
         .success()
 }
 
-/// A value of the generated JWT Secret.
-fn jwt_value(fake: &FakeApiServer, key: &str) -> Option<String> {
-    let secret = fake.get(&format!("/api/v1/namespaces/{NS}/secrets/sessions-jwt"))?;
-    let value = secret["data"][key].as_str()?;
-    String::from_utf8(data_encoding::BASE64.decode(value.as_bytes()).ok()?).ok()
-}
-
 /// A service-scope token signed with `key`, as an issuer makes them.
 fn token(key: &str) -> String {
     let exp = Timestamp::now().as_second() + 300;
@@ -104,7 +89,7 @@ fn token(key: &str) -> String {
 async fn start_server(fake: &FakeApiServer) -> Sidecar {
     let (url, key) = (
         url_of(fake, "server"),
-        jwt_value(fake, "jwt-secret").unwrap(),
+        secret_text(fake, "jwt", "jwt-secret").unwrap(),
     );
     let mut args = vec![
         "--mode",
@@ -114,7 +99,7 @@ async fn start_server(fake: &FakeApiServer) -> Sidecar {
         "--jwt-secret",
         &key,
     ];
-    let extra = jwt_value(fake, "extra-jwt-secret");
+    let extra = secret_text(fake, "jwt", "extra-jwt-secret");
     if let Some(extra) = &extra {
         args.extend(["--jwt-extra-secret", extra.as_str()]);
     }
@@ -340,9 +325,9 @@ async fn rotating_every_password_and_the_jwt_key_under_load_fails_no_request() {
         .collect();
     old.push((
         "replication".to_owned(),
-        acl_value(&fake, "replication-password").unwrap(),
+        secret_text(&fake, "redis-acl", "replication-password").unwrap(),
     ));
-    let old_key = jwt_value(&fake, "jwt-secret").unwrap();
+    let old_key = secret_text(&fake, "jwt", "jwt-secret").unwrap();
     let load = Load::start(sidecar.api, server.api, token(&old_key));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -370,11 +355,11 @@ async fn rotating_every_password_and_the_jwt_key_under_load_fails_no_request() {
             }
         }
         // The issuer signs with whatever key the Secret holds now.
-        *load.token.lock().unwrap() = token(&jwt_value(&fake, "jwt-secret").unwrap());
+        *load.token.lock().unwrap() = token(&secret_text(&fake, "jwt", "jwt-secret").unwrap());
         // The kubelet keeps the Redis pod's mounted ACL Secret current.
         std::fs::write(
             mounted.path().join("replication-password"),
-            acl_value(&fake, "replication-password").unwrap(),
+            secret_text(&fake, "redis-acl", "replication-password").unwrap(),
         )
         .unwrap();
         assert!(redis_probe(&fake, mounted.path()), "the Redis probe failed");
@@ -451,7 +436,7 @@ async fn rotating_every_password_and_the_jwt_key_under_load_fails_no_request() {
             "{user}'s old password: {answer}"
         );
         let new = if user == "replication" {
-            acl_value(&fake, "replication-password").unwrap()
+            secret_text(&fake, "redis-acl", "replication-password").unwrap()
         } else {
             stored(&fake, user, "password").unwrap()
         };
@@ -461,7 +446,7 @@ async fn rotating_every_password_and_the_jwt_key_under_load_fails_no_request() {
     for user in ["admin", "server", "sidecar"] {
         assert!(stored(&fake, user, "previous-password").is_none());
     }
-    assert!(acl_value(&fake, "previous-password").is_none());
+    assert!(secret_text(&fake, "redis-acl", "previous-password").is_none());
     let masterauth = Command::new("redis-cli")
         .args([
             "-h",
@@ -479,18 +464,10 @@ async fn rotating_every_password_and_the_jwt_key_under_load_fails_no_request() {
         .unwrap();
     assert!(
         String::from_utf8_lossy(&masterauth.stdout)
-            .contains(&acl_value(&fake, "replication-password").unwrap()),
+            .contains(&secret_text(&fake, "redis-acl", "replication-password").unwrap()),
         "replicas authenticate with the new password"
     );
-    let acl = secret_value(
-        &[fake
-            .get(&format!(
-                "/api/v1/namespaces/{NS}/secrets/sessions-redis-acl"
-            ))
-            .unwrap()],
-        "-redis-acl",
-        "users.acl",
-    );
+    let acl = secret_text(&fake, "redis-acl", "users.acl").unwrap();
     assert_eq!(
         acl.matches('#').count(),
         4,
@@ -501,9 +478,9 @@ async fn rotating_every_password_and_the_jwt_key_under_load_fails_no_request() {
         "the probe passes on the new password"
     );
     // The session service now refuses the old key and accepts the new one.
-    let new_key = jwt_value(&fake, "jwt-secret").unwrap();
+    let new_key = secret_text(&fake, "jwt", "jwt-secret").unwrap();
     assert_ne!(new_key, old_key);
-    assert!(jwt_value(&fake, "extra-jwt-secret").is_none());
+    assert!(secret_text(&fake, "jwt", "extra-jwt-secret").is_none());
     let port = server.api;
     let (refused, accepted) = tokio::task::spawn_blocking(move || {
         (

@@ -14,7 +14,7 @@ use super::Context;
 use super::status::PartState;
 use crate::cluster::{self, Access, Member, Phase, Shape, placement};
 use crate::crd::{RedisClusterStatus, SessionService};
-use crate::resources::{Names, Secrets, redis, selector};
+use crate::resources::{Names, Secrets, redis, selector_query};
 
 /// Recheck period while the cluster manager has work in progress (joining, moving slots).
 pub const CLUSTER_STEP: Duration = Duration::from_secs(2);
@@ -71,11 +71,7 @@ pub async fn pass(
     let update_revision = statefulset
         .and_then(|s| s.status)
         .and_then(|s| s.update_revision);
-    let labels = selector(ss, "redis")
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let labels = selector_query(ss, "redis");
     let list = match pods.list(&ListParams::default().labels(&labels)).await {
         Ok(list) => list,
         Err(error) => {

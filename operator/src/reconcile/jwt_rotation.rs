@@ -3,9 +3,9 @@
 //! the session service reads it when its pods start.
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::{Client, ResourceExt};
+use kube::Client;
 
-use super::rotation::{RotationReport, server_pods_without};
+use super::rotation::{RotationReport, requested, server_pods_without};
 use crate::crd::SessionService;
 use crate::resources::server::jwt_keys_digest;
 use crate::resources::{JwtPhase, JwtRotation, Secrets, random_jwt_key};
@@ -33,11 +33,7 @@ pub async fn advance(
     if ss.spec.server.jwt_secret_name.is_some() {
         return RotationReport::default();
     }
-    let requested = ss
-        .annotations()
-        .get(ROTATE_JWT_ANNOTATION)
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty());
+    let requested = requested(ss, ROTATE_JWT_ANNOTATION);
     let Some(rotation) = secrets.jwt_rotation.clone() else {
         return match requested {
             Some(request) => start_jwt(secrets, request),

@@ -37,7 +37,8 @@ use crate::INJECT_LABEL;
 use crate::cluster::{Access, Member, node};
 use crate::crd::{RedisMode, SessionService};
 use crate::resources::redis::{self, RedisUser};
-use crate::resources::{Names, RedisPasswords, Rotated, Secrets, digest, random_token, selector};
+use crate::resources::server::redis_credentials_digest;
+use crate::resources::{Names, RedisPasswords, Rotated, Secrets, random_token, selector_query};
 
 /// The annotation that asks for a rotation; a value different from the last rotation's asks
 /// for another.
@@ -72,11 +73,7 @@ pub async fn advance(
     }
     let before = secrets.redis.clone();
     let passwords = &mut secrets.redis;
-    let requested = ss
-        .annotations()
-        .get(ROTATE_ANNOTATION)
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty());
+    let requested = requested(ss, ROTATE_ANNOTATION);
     // Injected pods created from this second on started after the new password was written
     // (in this reconcile, milliseconds from now): `creationTimestamp` has whole seconds.
     let moved_after = Timestamp::from_second(Timestamp::now().as_second() + 2)
@@ -109,14 +106,14 @@ pub async fn advance(
     // Who still holds an old password. A user whose new password is not written yet (started
     // in this reconcile) cannot be done.
     let mut waiting: BTreeMap<RedisUser, String> = BTreeMap::new();
+    let server_digest = redis_credentials_digest(passwords);
+    let settle = ctx.secret_volume_settle;
     for user in passwords.previous.keys().copied().collect::<Vec<_>>() {
         if started.contains(&user) {
             waiting.insert(user, "its new password is being written".to_owned());
             continue;
         }
         let since = rotated_at(passwords, user);
-        let server_digest = digest(&passwords.server);
-        let settle = ctx.secret_volume_settle;
         match still_on_old_password(client, ss, namespace, user, since, &server_digest, settle)
             .await
         {
@@ -280,6 +277,14 @@ async fn still_on_old_password(
     }
 }
 
+/// The rotation `annotation` asks for: its value, unless empty.
+pub(super) fn requested(ss: &SessionService, annotation: &str) -> Option<String> {
+    ss.annotations()
+        .get(annotation)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
 /// Whether `pod` carries `annotation` with `value` (from its template).
 pub(super) fn carries(pod: &Pod, annotation: &str, value: &str) -> bool {
     pod.annotations().get(annotation).map(String::as_str) == Some(value)
@@ -293,22 +298,13 @@ pub(super) async fn server_pods_without(
     annotation: &str,
     value: &str,
 ) -> Result<Vec<String>, String> {
-    let labels = label_query(ss, "server");
+    let labels = selector_query(ss, "server");
     Ok(pods(client, namespace, &labels, "session-service")
         .await?
         .iter()
         .filter(|pod| !carries(pod, annotation, value))
         .map(ResourceExt::name_any)
         .collect())
-}
-
-/// The label selector of a component's pods, as a list request takes it.
-fn label_query(ss: &SessionService, component: &str) -> String {
-    selector(ss, component)
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// The pods of `namespace` with `labels`; `what` names them in the error.
@@ -402,7 +398,7 @@ async fn redis_members(
     namespace: &str,
 ) -> Result<Vec<Member>, String> {
     let names = Names::of(ss);
-    let list = pods(client, namespace, &label_query(ss, "redis"), "Redis").await?;
+    let list = pods(client, namespace, &selector_query(ss, "redis"), "Redis").await?;
     let prefix = format!("{}-", names.redis());
     let port = u16::try_from(redis::PORT).unwrap_or(6379);
     let members: Vec<Member> = list

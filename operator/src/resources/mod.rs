@@ -338,6 +338,15 @@ impl Names {
 }
 
 /// The labels that select one component's pods.
+/// [`selector`] as a list request's label selector (`k=v,k=v`).
+pub fn selector_query(ss: &SessionService, component: &str) -> String {
+    selector(ss, component)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub fn selector(ss: &SessionService, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (

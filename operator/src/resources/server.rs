@@ -18,8 +18,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::redis::{RedisUser, optional_secret_env, secret_env};
 use super::{
-    BuildError, Desired, Names, Part, Secrets, add_disruption_budget, container_security, digest,
-    label_selector, labels, meta, pod_security, selector,
+    BuildError, Desired, Names, Part, RedisPasswords, Secrets, add_disruption_budget,
+    container_security, digest, label_selector, labels, meta, pod_security, selector,
 };
 use crate::capabilities::Capabilities;
 use crate::crd::{RedisMode, SessionService};
@@ -325,13 +325,19 @@ fn credentials_digest(ss: &SessionService, secrets: &Secrets) -> Option<BTreeMap
     if ss.spec.redis.mode != RedisMode::External {
         annotations.insert(
             CREDENTIALS_ANNOTATION.to_owned(),
-            digest(&secrets.redis.server),
+            redis_credentials_digest(&secrets.redis),
         );
     }
     if ss.spec.server.jwt_secret_name.is_none() {
         annotations.insert(JWT_KEYS_ANNOTATION.to_owned(), jwt_keys_digest(secrets));
     }
     (!annotations.is_empty()).then_some(annotations)
+}
+
+/// A digest of the server user's Redis password: a pod whose template carried the current one
+/// started with that password.
+pub fn redis_credentials_digest(passwords: &RedisPasswords) -> String {
+    digest(&passwords.server)
 }
 
 /// A digest of the set of JWT keys accepted (not of which one signs: swapping them needs no
