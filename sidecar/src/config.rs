@@ -81,6 +81,10 @@ pub struct Config {
     /// Absent: the embedded in-process store.
     #[arg(long, env = "SESSION_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Read the Redis URL from this file instead (a mounted Secret), and reread it every few
+    /// seconds: new credentials are connected with, without a restart.
+    #[arg(long, env = "SESSION_REDIS_URL_FILE", conflicts_with = "redis_url")]
+    pub redis_url_file: Option<std::path::PathBuf>,
     /// Speak the Redis Cluster protocol.
     #[arg(long, env = "SESSION_REDIS_CLUSTER", default_value_t = false)]
     pub redis_cluster: bool,
@@ -207,12 +211,10 @@ impl Config {
         if self.max_body_bytes < 1024 {
             problems.push("max body bytes must be at least 1024".to_owned());
         }
-        if let Some(url) = &self.redis_url {
-            for seed in url.split(',').map(str::trim) {
-                if !seed.starts_with("redis://") && !seed.starts_with("rediss://") {
-                    problems.push("Redis URLs must start with redis:// or rediss://".to_owned());
-                }
-            }
+        if let Some(url) = &self.redis_url
+            && let Err(problem) = crate::store::redis_url::check(url)
+        {
+            problems.push(problem);
         }
         match self.mode {
             Mode::Server => {
@@ -282,6 +284,18 @@ impl Config {
         } else {
             Err(problems)
         }
+    }
+
+    /// Reads the Redis URL from `--redis-url-file`, when given, into `redis_url`; the file
+    /// is watched from then on (see [`crate::store::redis_url`]).
+    ///
+    /// # Errors
+    /// When the file cannot be read or holds no Redis URL, in words naming the file.
+    pub fn read_redis_url_file(&mut self) -> Result<(), String> {
+        if let Some(path) = &self.redis_url_file {
+            self.redis_url = Some(crate::store::redis_url::read(path)?);
+        }
+        Ok(())
     }
 
     /// The session policies these settings describe.

@@ -61,31 +61,40 @@ pub struct Service {
 }
 
 /// Opens the configured store (Redis behind a circuit breaker, connected in the background so
-/// the process serves its probes while Redis is not reachable yet; or the embedded store) and
-/// builds the engine, the cache and the metrics.
+/// the process serves its probes while Redis is not reachable yet, and again when the URL file
+/// changes; or the embedded store) and builds the engine, the cache and the metrics.
 ///
 /// # Errors
 /// Never for an unreachable Redis (that is retried); kept for the embedded store's future.
 pub async fn build(config: &Config) -> anyhow::Result<Service> {
     let metrics = Metrics::new(&config.service_name);
-    let backend: Arc<dyn Backend> = match &config.redis_url {
+    let url = config
+        .redis_url
+        .clone()
+        .map(|url| match &config.redis_url_file {
+            Some(path) => {
+                store::redis_url::watch_file(path.clone(), url, store::redis_url::RELOAD_INTERVAL)
+            }
+            None => store::redis_url::fixed(url),
+        });
+    let backend: Arc<dyn Backend> = match &url {
         Some(url) => {
-            let (url, cluster, wait, metrics) = (
-                url.clone(),
-                config.redis_cluster,
-                config.replica_wait(),
-                metrics.clone(),
-            );
+            let (cluster, wait, breaker_metrics) =
+                (config.redis_cluster, config.replica_wait(), metrics.clone());
             let (role, keys) = (config.redis_role(), store::Keys::new(&config.key_prefix));
-            store::connecting::Connecting::start(move || {
-                let (url, metrics, keys) = (url.clone(), metrics.clone(), keys.clone());
-                async move {
-                    let redis =
-                        store::redis::connect_with(&url, cluster, wait, Some((role, &keys)))
-                            .await?;
-                    Ok(Arc::new(Breaker::new(redis, metrics)) as Arc<dyn Backend>)
-                }
-            })
+            store::connecting::Connecting::start(
+                move |url: String| {
+                    let (metrics, keys) = (breaker_metrics.clone(), keys.clone());
+                    async move {
+                        let redis =
+                            store::redis::connect_with(&url, cluster, wait, Some((role, &keys)))
+                                .await?;
+                        Ok(Arc::new(Breaker::new(redis, metrics)) as Arc<dyn Backend>)
+                    }
+                },
+                url.clone(),
+                metrics.clone(),
+            )
             .await
         }
         None => Arc::new(MemoryBackend::new()),
@@ -105,9 +114,9 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
     if let Some(cache) = &cache {
         sessions = sessions.with_listener(cache.clone());
     }
-    let tracking = match (&config.redis_url, &cache) {
+    let tracking = match (url, &cache) {
         (Some(url), Some(_)) => Some(Tracking {
-            url: url.clone(),
+            url,
             cluster: config.redis_cluster,
             keys: sessions.keys().clone(),
             shard_count: config.shard_count,

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     pub circuit_state: IntGauge,
     pub tracking_connected: IntGauge,
+    /// Times the Redis URL file changed and the process connected with the new URL.
+    pub redis_url_reloads: IntCounter,
     /// The hot path's series, resolved once: a cache hit must not hash its labels each time.
     hot: HotSeries,
     /// Server mode's verdicts on bearer tokens: `accepted`, or the refusal's problem code.
@@ -222,6 +224,10 @@ impl Metrics {
             circuit_state: gauge(
                 "session_circuit_breaker_state",
                 "Redis circuit breaker: 0 closed, 1 half-open, 2 open.",
+            ),
+            redis_url_reloads: counter(
+                "session_redis_url_reloads_total",
+                "Times the Redis URL file (--redis-url-file) changed and this process connected with the new URL: a credential rotation reaching it.",
             ),
             tracking_connected: gauge(
                 "session_cache_tracking_connected",

@@ -602,3 +602,142 @@ fn a_redis_user_missing_a_rule_is_reported_by_name_until_it_is_granted() {
         "{health}"
     );
 }
+
+/// The value of the unlabelled-but-for-the-service series `name` on `port`'s `/metrics`.
+fn metric(port: u16, name: &str) -> f64 {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find(|line| line.starts_with(&format!("{name}{{")))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+}
+
+#[test]
+fn a_new_password_in_the_url_file_is_used_without_a_restart_and_no_request_fails() {
+    // Proves: a sidecar reading its Redis URL from a file (the mounted Secret an injected
+    // sidecar gets) moves to a rotated password on its own, under load and without a failed
+    // request; once the old password is gone and every connection is cut, it reconnects with
+    // the new one, its cache's invalidation tracking included.
+    let redis = RedisServer::start_for(PREFIX);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("url");
+    std::fs::write(&file, &redis.url).unwrap();
+    let sidecar = Sidecar::start(
+        &[
+            "--redis-url-file",
+            file.to_str().unwrap(),
+            "--create-rate-limit",
+            "0",
+        ],
+        &[],
+    );
+    while sidecar.http("GET", "/readyz", None, None).0 != 200 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, created) = sidecar.http(
+        "POST",
+        "/v1/sessions",
+        None,
+        Some(json!({"user_id": "alice"})),
+    );
+    assert_eq!(status, 201);
+    let path = format!("/v1/sessions/{}", created["session_id"].as_str().unwrap());
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = sidecar.port;
+    let load = {
+        let stop = stop.clone();
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let (mut sent, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = Some(json!({"user_id": format!("user-{}", sent % 50)}));
+                for (method, path, body, want) in [
+                    ("GET", path.as_str(), None, 200),
+                    ("POST", "/v1/sessions", body, 201),
+                ] {
+                    let (status, reply) = http(port, method, path, None, body);
+                    sent += 1;
+                    if status != want {
+                        failed.push(format!("{method} {path}: {status} {reply}"));
+                    }
+                }
+            }
+            (sent, failed)
+        })
+    };
+    let old = common::password("sidecar");
+    let new = "sidecar-rotated-password";
+    let rotated = Instant::now();
+    redis.cli(&["acl", "setuser", "sidecar", &format!(">{new}")]);
+    std::fs::write(&file, redis.url.replace(&old, new)).unwrap();
+    while metric(port, "session_redis_url_reloads_total") < 1.0 {
+        assert!(
+            rotated.elapsed() < Duration::from_secs(15),
+            "the new URL was not connected with"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let moved = rotated.elapsed();
+    redis.cli(&["acl", "setuser", "sidecar", &format!("<{old}")]);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failed) = load.join().unwrap();
+    println!(
+        "moved to the new password {moved:?} after the file changed: {sent} requests, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "first failures: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+
+    // Every connection cut: what reconnects must use the new password, as the old is refused.
+    // Tracking is back when the cache flushes (what it does on recovering tracking).
+    let flushes = metric(port, "session_cache_flushes_total");
+    assert!(
+        redis
+            .cli(&["client", "kill", "user", "sidecar"])
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+            >= 1
+    );
+    let cut = Instant::now();
+    while metric(port, "session_cache_flushes_total") <= flushes
+        || metric(port, "session_cache_tracking_connected") < 1.0
+        || sidecar.http("GET", &path, None, None).0 != 200
+    {
+        assert!(
+            cut.elapsed() < Duration::from_secs(10),
+            "not serving on the new password"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let body = Some(json!({"user_id": "bob"}));
+    assert_eq!(sidecar.http("POST", "/v1/sessions", None, body).0, 201);
+    let refused = redis_cli()
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "--user",
+            "sidecar",
+            "--pass",
+            &old,
+            "ping",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).contains("WRONGPASS")
+            || String::from_utf8_lossy(&refused.stderr).contains("WRONGPASS"),
+        "the old password must be refused"
+    );
+}

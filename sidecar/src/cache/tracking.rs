@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::SessionCache;
 use crate::store::Keys;
+use crate::store::redis_url::{self, RedisUrl};
 
 /// How often the connections are pinged and the cluster's masters re-read.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -44,8 +45,9 @@ const TIMEOUT: Duration = Duration::from_millis(500);
 /// Where to track.
 #[derive(Debug, Clone)]
 pub struct Tracking {
-    /// The Redis URL(s) as configured (comma-separated seeds in cluster mode).
-    pub url: String,
+    /// The Redis URL(s) (comma-separated seeds in cluster mode); a new one (new credentials)
+    /// restarts tracking with it.
+    pub url: RedisUrl,
     pub cluster: bool,
     pub keys: Keys,
     pub shard_count: u32,
@@ -116,17 +118,16 @@ impl Tracking {
         shards.iter().map(|&s| self.keys.session(s, "")).collect()
     }
 
-    fn seeds(&self) -> redis::RedisResult<Vec<ConnectionInfo>> {
-        self.url
-            .split(',')
+    fn seeds(url: &str) -> redis::RedisResult<Vec<ConnectionInfo>> {
+        url.split(',')
             .map(|u| u.trim().into_connection_info().map(resp3))
             .collect()
     }
 
     /// The nodes to track: the one server with every shard, or every master of the cluster with
     /// the shards it serves (a master serving none is not tracked).
-    async fn nodes(&self) -> redis::RedisResult<Nodes> {
-        let seeds = self.seeds()?;
+    async fn nodes(&self, url: &str) -> redis::RedisResult<Nodes> {
+        let seeds = Self::seeds(url)?;
         let all: Vec<u32> = (0..self.shard_count).collect();
         if !self.cluster {
             return Ok(seeds.into_iter().map(|s| (s, all.clone())).collect());
@@ -162,8 +163,9 @@ impl Tracking {
     /// Runs until shutdown, keeping `cache` coherent.
     pub async fn run(self, cache: Arc<SessionCache>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(50);
+        let mut url = self.url.clone();
         while !crate::stopping(&shutdown) {
-            match self.track(&cache, &mut shutdown).await {
+            match self.track(&cache, &mut shutdown, &mut url).await {
                 Ok(()) => backoff = Duration::from_millis(50),
                 Err(error) => tracing::warn!(%error, "cache invalidation connection failed"),
             }
@@ -181,8 +183,10 @@ impl Tracking {
         &self,
         cache: &Arc<SessionCache>,
         shutdown: &mut watch::Receiver<bool>,
+        url: &mut RedisUrl,
     ) -> redis::RedisResult<()> {
-        let nodes = self.nodes().await?;
+        let current = url.borrow_and_update().clone();
+        let nodes = self.nodes(&current).await?;
         let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<()>();
         let mut connections: Vec<MultiplexedConnection> = Vec::new();
         for (node, shards) in &nodes {
@@ -215,11 +219,12 @@ impl Tracking {
             tokio::select! {
                 _ = lost_rx.recv() => return Err(redis::RedisError::from((redis::ErrorKind::Io, "tracking connection lost"))),
                 _ = shutdown.changed() => return Ok(()),
+                _ = redis_url::next(url) => return Err(redis::RedisError::from((redis::ErrorKind::Io, "the Redis URL changed: tracking again with the new credentials"))),
                 () = tokio::time::sleep(CHECK_INTERVAL) => {
                     for conn in &mut connections {
                         redis::cmd("PING").query_async::<()>(conn).await?;
                     }
-                    if self.cluster && self.topology(&self.nodes().await?) != topology {
+                    if self.cluster && self.topology(&self.nodes(&current).await?) != topology {
                         return Err(redis::RedisError::from((redis::ErrorKind::Io, "cluster slots moved between masters")));
                     }
                 }

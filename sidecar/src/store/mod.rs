@@ -21,6 +21,7 @@ pub mod connecting;
 pub mod keys;
 pub mod memory;
 pub mod redis;
+pub mod redis_url;
 
 use async_trait::async_trait;
 

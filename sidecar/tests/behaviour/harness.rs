@@ -349,7 +349,7 @@ impl TestApp {
         if let Some(target) = target.clone() {
             let keys = sessions.keys().clone();
             let tracking = Tracking {
-                url: target.url(),
+                url: session_sidecar::store::redis_url::fixed(target.url()),
                 cluster: target.cluster,
                 keys,
                 shard_count: sessions.policy().shard_count,
