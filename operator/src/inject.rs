@@ -13,7 +13,7 @@ use crate::capabilities::Capabilities;
 use crate::crd::SessionService;
 use crate::resources::container_security;
 use crate::resources::redis::RedisUser;
-use crate::resources::server::{SESSION_UID, http_probe, redis_ca_volume, session_env};
+use crate::resources::server::{SESSION_UID, http_probe, session_env, session_volumes};
 
 /// The injected container's name; its presence makes injection a no-op.
 pub const CONTAINER: &str = "session-sidecar";
@@ -81,7 +81,12 @@ pub fn sidecar_container(ss: &SessionService, native: bool) -> Container {
         liveness_probe: Some(admin_probe("/healthz", 10)),
         readiness_probe: Some(admin_probe("/readyz", 5)),
         security_context: Some(security),
-        volume_mounts: redis_ca_volume(ss).map(|(_, mount)| vec![mount]),
+        volume_mounts: Some(
+            session_volumes(ss, RedisUser::Sidecar)
+                .into_iter()
+                .map(|(_, mount)| mount)
+                .collect(),
+        ),
         ..Container::default()
     }
 }
@@ -154,16 +159,17 @@ pub fn patch(
             json!({"op": "add", "path": format!("{prefix}/spec/containers/-"), "value": container}),
         );
     }
-    if let Some((volume, _)) = redis_ca_volume(ss) {
-        let volume: Value = serde_json::to_value::<Volume>(volume)?;
-        match spec.volumes {
-            Some(_) => ops.push(
-                json!({"op": "add", "path": format!("{prefix}/spec/volumes/-"), "value": volume}),
-            ),
-            None => ops.push(
-                json!({"op": "add", "path": format!("{prefix}/spec/volumes"), "value": [volume]}),
-            ),
-        }
+    let volumes = session_volumes(ss, RedisUser::Sidecar)
+        .into_iter()
+        .map(|(volume, _)| serde_json::to_value::<Volume>(volume))
+        .collect::<Result<Vec<_>, _>>()?;
+    match spec.volumes {
+        Some(_) => ops.extend(volumes.into_iter().map(
+            |volume| json!({"op": "add", "path": format!("{prefix}/spec/volumes/-"), "value": volume}),
+        )),
+        None => ops.push(
+            json!({"op": "add", "path": format!("{prefix}/spec/volumes"), "value": volumes}),
+        ),
     }
     Ok(Some(serde_json::from_value(Value::Array(ops))?))
 }

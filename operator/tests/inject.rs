@@ -136,9 +136,23 @@ async fn a_labelled_pod_gets_a_native_sidecar_through_a_json_patch() {
     assert_eq!(var("SESSION_SERVICE_NAME")["value"], "sessions");
     assert_eq!(var("SESSION_LISTEN")["value"], "127.0.0.1:7070");
     assert_eq!(var("SESSION_CACHE_MAX_AGE_MS")["value"], "10000");
+    // The sidecar user's URL, from the mounted Secret the sidecar rereads.
+    assert!(env.iter().all(|(name, _)| *name != "SESSION_REDIS_URL"));
     assert_eq!(
-        var("SESSION_REDIS_URL")["valueFrom"]["secretKeyRef"]["name"],
-        "sessions-redis-sidecar"
+        var("SESSION_REDIS_URL_FILE")["value"],
+        "/etc/session/redis-url/url"
+    );
+    let volume = object["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "redis-url")
+        .expect("the URL volume");
+    assert_eq!(volume["secret"]["secretName"], "sessions-redis-sidecar");
+    assert_eq!(volume["secret"]["items"][0]["key"], "url");
+    assert_eq!(
+        sidecar["volumeMounts"][0],
+        json!({"name": "redis-url", "mountPath": "/etc/session/redis-url", "readOnly": true})
     );
     assert_eq!(sidecar["securityContext"]["runAsNonRoot"], true);
     assert_eq!(

@@ -7,6 +7,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::sessions::{CapPolicy, Policy};
 use crate::store::acl::Role;
+use crate::store::redis_url::{self, RedisUrl};
 
 /// The prefix of every Redis key unless configured (the operator leaves it so, and limits the
 /// Redis users it creates to it).
@@ -212,7 +213,7 @@ impl Config {
             problems.push("max body bytes must be at least 1024".to_owned());
         }
         if let Some(url) = &self.redis_url
-            && let Err(problem) = crate::store::redis_url::check(url)
+            && let Err(problem) = redis_url::check(url)
         {
             problems.push(problem);
         }
@@ -286,16 +287,27 @@ impl Config {
         }
     }
 
-    /// Reads the Redis URL from `--redis-url-file`, when given, into `redis_url`; the file
-    /// is watched from then on (see [`crate::store::redis_url`]).
+    /// The Redis URL, current and to come: the flag's, or the URL file's, watched from now on
+    /// (see [`crate::store::redis_url`]); `None` for the embedded store.
     ///
     /// # Errors
-    /// When the file cannot be read or holds no Redis URL, in words naming the file.
-    pub fn read_redis_url_file(&mut self) -> Result<(), String> {
-        if let Some(path) = &self.redis_url_file {
-            self.redis_url = Some(crate::store::redis_url::read(path)?);
-        }
-        Ok(())
+    /// When the URL file cannot be read or holds no Redis URL, in words naming the file.
+    pub fn redis_url(&self) -> Result<Option<RedisUrl>, String> {
+        Ok(match (&self.redis_url_file, &self.redis_url) {
+            (Some(path), _) => Some(redis_url::watch_file(
+                path.clone(),
+                redis_url::read(path)?,
+                redis_url::RELOAD_INTERVAL,
+            )),
+            (None, Some(url)) => Some(redis_url::fixed(url.clone())),
+            (None, None) => None,
+        })
+    }
+
+    /// Whether the store is Redis rather than the embedded one.
+    #[must_use]
+    pub fn uses_redis(&self) -> bool {
+        self.redis_url.is_some() || self.redis_url_file.is_some()
     }
 
     /// The session policies these settings describe.
@@ -365,7 +377,7 @@ impl Config {
     /// always on the embedded store (nobody else can).
     #[must_use]
     pub fn runs_background_work(&self) -> bool {
-        self.mode == Mode::Server || self.redis_url.is_none() || self.background_work
+        self.mode == Mode::Server || !self.uses_redis() || self.background_work
     }
 
     /// The Redis role whose ACL rules this process needs: the server's when it runs the

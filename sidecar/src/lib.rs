@@ -65,18 +65,10 @@ pub struct Service {
 /// changes; or the embedded store) and builds the engine, the cache and the metrics.
 ///
 /// # Errors
-/// Never for an unreachable Redis (that is retried); kept for the embedded store's future.
+/// When the Redis URL file cannot be read; never for an unreachable Redis (that is retried).
 pub async fn build(config: &Config) -> anyhow::Result<Service> {
     let metrics = Metrics::new(&config.service_name);
-    let url = config
-        .redis_url
-        .clone()
-        .map(|url| match &config.redis_url_file {
-            Some(path) => {
-                store::redis_url::watch_file(path.clone(), url, store::redis_url::RELOAD_INTERVAL)
-            }
-            None => store::redis_url::fixed(url),
-        });
+    let url = config.redis_url().map_err(anyhow::Error::msg)?;
     let backend: Arc<dyn Backend> = match &url {
         Some(url) => {
             let (cluster, wait, breaker_metrics) =
@@ -99,7 +91,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
         }
         None => Arc::new(MemoryBackend::new()),
     };
-    let embedded = config.redis_url.is_none();
+    let embedded = url.is_none();
     // On the embedded store this process sees every change, so its cache is coherent at once.
     let clock = Arc::new(SystemClock);
     let cache = config.cache().map(|c| {
@@ -156,11 +148,12 @@ pub async fn build(config: &Config) -> anyhow::Result<Service> {
 /// When the store cannot be opened or the address cannot be bound.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let Service { state, tracking } = build(&config).await?;
-    match &config.redis_url {
-        None => tracing::warn!(
+    if config.uses_redis() {
+        tracing::info!(cluster = config.redis_cluster, "using Redis");
+    } else {
+        tracing::warn!(
             "no Redis configured: using the embedded in-process store (data lives and dies with this process)"
-        ),
-        Some(_) => tracing::info!(cluster = config.redis_cluster, "using Redis"),
+        );
     }
     let mut tasks = if config.runs_background_work() {
         events::spawn(&state.sessions, &state.metrics, &shutdown)

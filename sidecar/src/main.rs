@@ -10,11 +10,7 @@ use session_sidecar::config::{Config, LogFormat};
 use tokio::sync::watch;
 
 fn main() -> anyhow::Result<()> {
-    let mut config = Config::parse();
-    if let Err(problem) = config.read_redis_url_file() {
-        eprintln!("configuration error: {problem}");
-        std::process::exit(2);
-    }
+    let config = Config::parse();
     let runtime = match config.threads() {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()

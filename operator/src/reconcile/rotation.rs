@@ -10,11 +10,12 @@
 //!    written with the new password (`password`, `url`) and the old one kept as
 //!    `previous-password`, with the request and the time (`rotation-request`, `rotated-at`).
 //! 2. **Clients move.** The operator reads its Secret on every reconcile; the session-service
-//!    Deployment rolls (its template carries a digest of the password); injected sidecars read
-//!    theirs when their pod starts, so application pods move as they are restarted: the status
-//!    names those still on the old password. Replicas get the new replication password from
-//!    the operator (`CONFIG SET masterauth`), the Redis pods' probes from their mounted Secret,
-//!    which the kubelet updates within its sync period (waited for: no signal says when).
+//!    Deployment rolls (its template carries a digest of the password); injected sidecars
+//!    reread theirs from their mounted Secret, which the kubelet updates within its sync
+//!    period (waited for, plus the sidecars' reread interval: no signal says when). Sidecars
+//!    injected by an older release read it only at start: the status names their pods to
+//!    restart. Replicas get the new replication password from the operator (`CONFIG SET
+//!    masterauth`), the Redis pods' probes from their mounted Secret, waited for likewise.
 //! 3. **Old password off.** Once every client of the user started after the new password was
 //!    written, the nodes drop the old one, then the Secret does.
 //!
@@ -37,8 +38,9 @@ use crate::INJECT_LABEL;
 use crate::cluster::{Access, Member, node};
 use crate::crd::{RedisMode, SessionService};
 use crate::resources::redis::{self, RedisUser};
-use crate::resources::server::redis_credentials_digest;
+use crate::resources::server::{REDIS_URL_FILE_ENV, redis_credentials_digest};
 use crate::resources::{Names, RedisPasswords, Rotated, Secrets, random_token, selector_query};
+use session_sidecar::store::redis_url::RELOAD_INTERVAL;
 
 /// The annotation that asks for a rotation; a value different from the last rotation's asks
 /// for another.
@@ -203,15 +205,17 @@ fn rotated_at(passwords: &RedisPasswords, user: RedisUser) -> Timestamp {
 fn last_rotation(passwords: &RedisPasswords) -> Option<String> {
     let last = passwords.rotated.values().max_by(|a, b| a.at.cmp(&b.at))?;
     Some(format!(
-        "Redis passwords rotated for request {} (pods created from {} on hold the new ones); the old passwords are refused",
+        "Redis passwords rotated for request {} (new passwords written at {}); every client holds the new ones and the old passwords are refused",
         last.request, last.at
     ))
 }
 
 /// The clients of `user` that started before its new password was written, in words (empty
 /// when none): the session-service pods without the new password's digest for `server`
-/// (including pods still shutting down), the injected pods created before `since` for
-/// `sidecar`, none for `admin` (the operator reads its Secret on every reconcile).
+/// (including pods still shutting down); for `sidecar` the injected pods created before
+/// `since`, those rereading the mounted Secret only until it settled; for `replication` the
+/// Redis pods until their mounted Secret settled; none for `admin` (the operator reads its
+/// Secret on every reconcile).
 async fn still_on_old_password(
     client: &Client,
     ss: &SessionService,
@@ -226,17 +230,14 @@ async fn still_on_old_password(
         // The replicas got the new password (`CONFIG SET masterauth`) with the nodes; the
         // probes read it from the mounted Secret, which the kubelet updates within its sync
         // period, and no signal says when it did.
-        RedisUser::Replication => {
-            let settled =
-                since + SignedDuration::try_from(settle).unwrap_or(SignedDuration::from_secs(120));
-            Ok(if Timestamp::now() < settled {
-                format!(
-                    "waiting until {settled} for the kubelet to give the Redis pods' probes the new password (their mounted Secret)"
-                )
-            } else {
-                String::new()
-            })
-        }
+        RedisUser::Replication => Ok(if Timestamp::now() < settled(since, settle) {
+            format!(
+                "waiting until {} for the kubelet to give the Redis pods' probes the new password (their mounted Secret)",
+                settled(since, settle)
+            )
+        } else {
+            String::new()
+        }),
         RedisUser::Server => {
             let old =
                 server_pods_without(client, ss, namespace, CREDENTIALS_ANNOTATION, server_digest)
@@ -253,8 +254,8 @@ async fn still_on_old_password(
         }
         RedisUser::Sidecar => {
             let labels = format!("{INJECT_LABEL}={}", ss.name_any());
-            let old: Vec<String> = pods(client, namespace, &labels, "injected")
-                .await?
+            let injected = pods(client, namespace, &labels, "injected").await?;
+            let before: Vec<&Pod> = injected
                 .iter()
                 .filter(|pod| {
                     pod.metadata
@@ -262,19 +263,50 @@ async fn still_on_old_password(
                         .as_ref()
                         .is_none_or(|t| t.0 < since)
                 })
-                .map(ResourceExt::name_any)
                 .collect();
-            Ok(if old.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "waiting for {} injected pod(s) created before {since} to restart (kubectl rollout restart their workloads): {}",
-                    old.len(),
-                    old.join(", ")
-                )
-            })
+            let (rereading, restart): (Vec<&Pod>, Vec<&Pod>) =
+                before.into_iter().partition(|pod| rereads_redis_url(pod));
+            // Their sidecars have it once the kubelet updated the mounted Secret and they
+            // reread it.
+            let settled = settled(since, settle + RELOAD_INTERVAL);
+            let mut waiting = Vec::new();
+            if !restart.is_empty() {
+                waiting.push(format!(
+                    "waiting for {} injected pod(s) created before {since} to restart (their sidecars, injected by an older release, read the password only at start: kubectl rollout restart their workloads): {}",
+                    restart.len(),
+                    restart.iter().map(|pod| pod.name_any()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            if !rereading.is_empty() && Timestamp::now() < settled {
+                waiting.push(format!(
+                    "waiting until {settled} for the kubelet to give {} injected sidecar(s) the new password (their mounted Secret, reread every {} s)",
+                    rereading.len(),
+                    RELOAD_INTERVAL.as_secs()
+                ));
+            }
+            Ok(waiting.join("; "))
         }
     }
+}
+
+/// When a mounted Secret written at `since` has reached every pod: `settle` later.
+fn settled(since: Timestamp, settle: Duration) -> Timestamp {
+    since + SignedDuration::try_from(settle).unwrap_or(SignedDuration::from_secs(120))
+}
+
+/// Whether `pod`'s injected sidecar rereads its Redis URL from the mounted Secret (injected
+/// by a release that mounts it) rather than reading it once at start.
+fn rereads_redis_url(pod: &Pod) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|spec| {
+            spec.containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+        })
+        .filter(|container| container.name == crate::inject::CONTAINER)
+        .flat_map(|container| container.env.iter().flatten())
+        .any(|env| env.name == REDIS_URL_FILE_ENV)
 }
 
 /// The rotation `annotation` asks for: its value, unless empty.
@@ -418,4 +450,36 @@ async fn redis_members(
     // A pod without an address yet reads the ACL file, which holds both passwords, when it
     // starts.
     Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::server::session_env;
+
+    fn injected_pod(env: Vec<k8s_openapi::api::core::v1::EnvVar>) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "app-0"},
+            "spec": {"containers": [
+                {"name": "app", "env": [{"name": REDIS_URL_FILE_ENV, "value": "not the sidecar"}]},
+                {"name": crate::inject::CONTAINER, "env": env},
+            ]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_sidecars_injected_with_the_url_file_count_as_rereading_it() {
+        let example = include_str!("../../../examples/sessionservice-standalone.yaml");
+        let ss = crate::render::parse(example, "shop").unwrap().remove(0);
+        assert!(rereads_redis_url(&injected_pod(session_env(
+            &ss,
+            RedisUser::Sidecar
+        ))));
+        // As an older release injected it: the URL from the Secret, read once at start.
+        assert!(!rereads_redis_url(&injected_pod(session_env(
+            &ss,
+            RedisUser::Server
+        ))));
+    }
 }

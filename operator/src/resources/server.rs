@@ -30,6 +30,14 @@ pub const HTTP_PORT: i32 = 7070;
 pub const SESSION_UID: i64 = 65532;
 /// Where the Redis CA is mounted in session pods.
 pub const REDIS_CA_DIR: &str = "/etc/session/redis-ca";
+/// Where an injected sidecar's Redis URL Secret is mounted; the sidecar rereads the file, so
+/// a rotated password reaches it without a restart of the application's pod.
+pub const REDIS_URL_DIR: &str = "/etc/session/redis-url";
+/// The file in [`REDIS_URL_DIR`] holding the URL.
+pub const REDIS_URL_FILE: &str = "url";
+/// The variable naming that file; a sidecar injected without it (before this release) reads
+/// the URL once, at the start of its pod.
+pub const REDIS_URL_FILE_ENV: &str = "SESSION_REDIS_URL_FILE";
 /// Where the identity provider's CA bundle is mounted.
 pub const OIDC_CA_DIR: &str = "/etc/session/oidc-ca";
 /// Key of the JWT signing key in its Secret.
@@ -81,8 +89,19 @@ pub fn redis_url_source(ss: &SessionService, user: RedisUser) -> (String, String
 
 /// The environment that connects a `session-sidecar` (server or injected sidecar, as `user`)
 /// to this SessionService: Redis, the service name on every metric, and the session policies.
+/// The session service reads the URL from its Secret at start (the Deployment rolls when the
+/// password changes, which tells a rotation exactly when it moved); an injected sidecar reads
+/// it from the mounted Secret ([`session_volumes`]) and rereads it, as nothing rolls the
+/// application's pods.
 pub fn session_env(ss: &SessionService, user: RedisUser) -> Vec<EnvVar> {
     let (secret, key) = redis_url_source(ss, user);
+    let url = match user {
+        RedisUser::Sidecar => value_env(
+            REDIS_URL_FILE_ENV,
+            format!("{REDIS_URL_DIR}/{REDIS_URL_FILE}"),
+        ),
+        _ => secret_env("SESSION_REDIS_URL", &secret, &key),
+    };
     let cluster = match (&ss.spec.redis.mode, &ss.spec.redis.external) {
         (RedisMode::Cluster, _) => true,
         (RedisMode::External, Some(external)) => external.cluster,
@@ -90,7 +109,7 @@ pub fn session_env(ss: &SessionService, user: RedisUser) -> Vec<EnvVar> {
     };
     let policy = &ss.spec.sessions;
     let mut env = vec![
-        secret_env("SESSION_REDIS_URL", &secret, &key),
+        url,
         value_env("SESSION_REDIS_CLUSTER", cluster),
         value_env("SESSION_SERVICE_NAME", Names::of(ss).base),
         value_env("SESSION_SHARD_COUNT", ss.spec.shard_count()),
@@ -117,40 +136,78 @@ pub fn session_env(ss: &SessionService, user: RedisUser) -> Vec<EnvVar> {
     if let Some(cap) = policy.max_active_per_user {
         env.push(value_env("SESSION_MAX_ACTIVE_PER_USER", cap));
     }
-    if redis_ca_volume(ss).is_some() {
+    if redis_ca_secret(ss).is_some() {
         // rustls loads its trust roots from this file.
         env.push(value_env("SSL_CERT_FILE", format!("{REDIS_CA_DIR}/ca.crt")));
     }
     env
 }
 
-/// The CA of the operator-managed Redis's TLS certificate, when TLS is on.
-pub fn redis_ca_volume(ss: &SessionService) -> Option<(Volume, VolumeMount)> {
+/// The volumes a `session-sidecar` of `user` mounts to reach Redis, with their mounts: the
+/// CA of the operator-managed Redis's TLS certificate when TLS is on, and an injected
+/// sidecar's URL Secret.
+pub fn session_volumes(ss: &SessionService, user: RedisUser) -> Vec<(Volume, VolumeMount)> {
+    let mut volumes = Vec::new();
+    if let Some(ca) = redis_ca_secret(ss) {
+        volumes.push(secret_volume(
+            "redis-ca",
+            ca,
+            "ca.crt",
+            "ca.crt",
+            REDIS_CA_DIR,
+        ));
+    }
+    if user == RedisUser::Sidecar {
+        let (secret, key) = redis_url_source(ss, user);
+        volumes.push(secret_volume(
+            "redis-url",
+            &secret,
+            &key,
+            REDIS_URL_FILE,
+            REDIS_URL_DIR,
+        ));
+    }
+    volumes
+}
+
+/// The Secret with the CA of the operator-managed Redis's TLS certificate, when TLS is on.
+fn redis_ca_secret(ss: &SessionService) -> Option<&str> {
     let tls = &ss.spec.redis.tls;
-    let secret_name = tls.secret_name.clone()?;
-    (tls.enabled && ss.spec.redis.mode != RedisMode::External).then(|| {
-        (
-            Volume {
-                name: "redis-ca".to_owned(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(secret_name),
-                    items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
-                        key: "ca.crt".to_owned(),
-                        path: "ca.crt".to_owned(),
-                        ..k8s_openapi::api::core::v1::KeyToPath::default()
-                    }]),
-                    ..SecretVolumeSource::default()
-                }),
-                ..Volume::default()
-            },
-            VolumeMount {
-                name: "redis-ca".to_owned(),
-                mount_path: REDIS_CA_DIR.to_owned(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-        )
-    })
+    tls.secret_name
+        .as_deref()
+        .filter(|_| tls.enabled && ss.spec.redis.mode != RedisMode::External)
+}
+
+/// The volume `name` holding `key` of Secret `secret` as the file `file`, mounted read-only
+/// at `dir`.
+fn secret_volume(
+    name: &str,
+    secret: &str,
+    key: &str,
+    file: &str,
+    dir: &str,
+) -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: name.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.to_owned()),
+                items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                    key: key.to_owned(),
+                    path: file.to_owned(),
+                    ..k8s_openapi::api::core::v1::KeyToPath::default()
+                }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: name.to_owned(),
+            mount_path: dir.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    )
 }
 
 /// An HTTP probe on the session port.
@@ -215,7 +272,7 @@ fn deployment(
     ];
     env.extend(session_env(ss, RedisUser::Server));
     let (mut volumes, mut mounts): (Vec<Volume>, Vec<VolumeMount>) =
-        redis_ca_volume(ss).into_iter().unzip();
+        session_volumes(ss, RedisUser::Server).into_iter().unzip();
     if let Some(oidc) = &server.oidc {
         env.push(value_env("SESSION_OIDC_ISSUER", &oidc.issuer));
         env.push(value_env("SESSION_OIDC_AUDIENCE", &oidc.audience));
