@@ -350,10 +350,12 @@ fn volumes_are_deleted_with_the_statefulset_only_where_the_server_can_and_was_as
         let sts = desired
             .apply
             .iter()
-            .find(|c| c.resource.kind == "StatefulSet")
-            .map(|c| serde_json::to_value(&c.object).unwrap())
+            .find_map(|c| match &c.object {
+                resources::Object::StatefulSet(sts) => Some(sts.clone()),
+                _ => None,
+            })
             .unwrap();
-        sts["spec"]["persistentVolumeClaimRetentionPolicy"].clone()
+        serde_json::to_value(sts.spec.persistent_volume_claim_retention_policy).unwrap()
     };
     assert_eq!(
         policy(Capabilities::latest()),

@@ -13,20 +13,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{info, warn};
 
 use crate::capabilities;
 use crate::crd::{RedisMode, SessionService};
 use crate::resources::{
-    self, Child, JwtPhase, JwtRotation, MANAGER, Names, Part, Rotated, Runtime, Secrets, redis,
-    server,
+    self, Child, JwtPhase, JwtRotation, MANAGER, Names, Object, Part, Rotated, Runtime, Secrets,
+    each_object, redis, server,
 };
 use crate::telemetry::Metrics;
 use status::{Observed, PartState};
@@ -362,7 +365,7 @@ async fn apply_all(
     namespace: &str,
     desired: resources::Desired,
 ) -> Outcome {
-    let mut applied: Vec<(Part, DynamicObject)> = Vec::new();
+    let mut applied: Vec<(Part, Object)> = Vec::new();
     let mut problems: HashMap<Part, PartState> = HashMap::new();
     let mut failures = Vec::new();
     let mut missing_api = false;
@@ -376,8 +379,8 @@ async fn apply_all(
                         "ApiUnavailable",
                         format!(
                             "{} {} is not served by this cluster; {}",
-                            child.resource.api_version,
-                            child.resource.kind,
+                            child.resource().api_version,
+                            child.resource().kind,
                             missing_api_hint(child.part)
                         ),
                     )
@@ -386,8 +389,8 @@ async fn apply_all(
             Err(error) => {
                 let what = format!(
                     "{} {}/{} was refused: {}; {}",
-                    child.resource.api_version,
-                    child.resource.kind,
+                    child.resource().api_version,
+                    child.resource().kind,
                     child.name(),
                     api_message(&error),
                     what_to_do(&error)
@@ -414,11 +417,7 @@ async fn apply_all(
             failures.push(what);
         }
     }
-    let deployment = applied
-        .iter()
-        .find(|(_, o)| kind(o) == "Deployment")
-        .map(|(_, o)| o);
-    let ready_replicas = deployment.map(|d| int(d, "/status/readyReplicas"));
+    let ready_replicas = ready_replicas(&applied, deployment_ready);
     let parts = [Part::Redis, Part::Server, Part::Autoscaling, Part::Alerts]
         .into_iter()
         .map(|part| {
@@ -487,16 +486,42 @@ fn missing_api_hint(part: Part) -> &'static str {
     }
 }
 
-async fn apply(
-    client: &Client,
-    namespace: &str,
-    child: &Child,
-) -> Result<DynamicObject, kube::Error> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &child.resource);
+/// Applies `child` (server-side apply, forced: the operator owns these fields) and returns the
+/// object as the API server holds it now, typed for the built-in kinds.
+async fn apply(client: &Client, namespace: &str, child: &Child) -> Result<Object, kube::Error> {
+    Ok(each_object!(
+        &child.object,
+        object => apply_typed(client, namespace, object).await?.into(),
+        resource, object => Object::Dynamic {
+            resource: resource.clone(),
+            object: apply_to(
+                &Api::namespaced_with(client.clone(), namespace, resource),
+                object,
+            )
+            .await?,
+        }
+    ))
+}
+
+async fn apply_typed<K>(client: &Client, namespace: &str, object: &K) -> Result<K, kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    apply_to(&Api::namespaced(client.clone(), namespace), object).await
+}
+
+async fn apply_to<K>(api: &Api<K>, object: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + std::fmt::Debug + Serialize + DeserializeOwned,
+{
     api.patch(
-        &child.name(),
+        &object.name_any(),
         &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&child.object),
+        &Patch::Apply(object),
     )
     .await
 }
@@ -536,26 +561,37 @@ async fn delete_if_ours(
     Ok(())
 }
 
-fn kind(object: &DynamicObject) -> &str {
-    object
-        .types
-        .as_ref()
-        .map(|t| t.kind.as_str())
-        .unwrap_or_default()
+/// Ready replicas of the applied StatefulSet or Deployment, from its status.
+fn ready_replicas(applied: &[(Part, Object)], kind: fn(&Object) -> Option<i32>) -> Option<i32> {
+    applied.iter().find_map(|(_, object)| kind(object))
 }
 
-fn int(object: &DynamicObject, pointer: &str) -> i32 {
-    object
-        .data
-        .pointer(pointer)
-        .and_then(serde_json::Value::as_i64)
-        .and_then(|v| i32::try_from(v).ok())
-        .unwrap_or(0)
+fn stateful_set_ready(object: &Object) -> Option<i32> {
+    match object {
+        Object::StatefulSet(s) => Some(
+            s.status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0),
+        ),
+        _ => None,
+    }
+}
+
+fn deployment_ready(object: &Object) -> Option<i32> {
+    match object {
+        Object::Deployment(d) => Some(
+            d.status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0),
+        ),
+        _ => None,
+    }
 }
 
 /// A part whose objects all applied: is it ready, judging by what the API server returned?
-fn observe(ss: &SessionService, part: Part, applied: &[(Part, DynamicObject)]) -> PartState {
-    let find = |k: &str| applied.iter().find(|(_, o)| kind(o) == k).map(|(_, o)| o);
+fn observe(ss: &SessionService, part: Part, applied: &[(Part, Object)]) -> PartState {
     match part {
         Part::Redis if ss.spec.redis.mode == RedisMode::External => PartState::ok(
             "External",
@@ -563,7 +599,7 @@ fn observe(ss: &SessionService, part: Part, applied: &[(Part, DynamicObject)]) -
         ),
         Part::Redis => {
             let want = redis::pod_count(ss);
-            let ready = find("StatefulSet").map_or(0, |s| int(s, "/status/readyReplicas"));
+            let ready = ready_replicas(applied, stateful_set_ready).unwrap_or(0);
             if ready < want {
                 return PartState::not_ok(
                     "Progressing",
@@ -573,7 +609,7 @@ fn observe(ss: &SessionService, part: Part, applied: &[(Part, DynamicObject)]) -
             PartState::ok("Ready", format!("{ready} of {want} Redis pods ready"))
         }
         Part::Server => {
-            let ready = find("Deployment").map_or(0, |d| int(d, "/status/readyReplicas"));
+            let ready = ready_replicas(applied, deployment_ready).unwrap_or(0);
             if ready < 1 {
                 PartState::not_ok("Progressing", "no session-service replica is ready yet")
             } else {

@@ -8,7 +8,12 @@ pub mod server;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{PodSecurityContext, SeccompProfile, SecurityContext};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PodSecurityContext, SeccompProfile, Secret, SecurityContext, Service,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -34,18 +39,92 @@ pub enum Part {
     Alerts,
 }
 
-/// One object to apply, ready for the dynamic API.
+/// `$typed` with `$o` bound to the typed object of any built-in kind, or `$dynamic` with the
+/// dynamic object's resource and object: the one place that lists the kinds.
+macro_rules! each_object {
+    ($object:expr, $o:ident => $typed:expr, $r:ident, $d:ident => $dynamic:expr) => {
+        match $object {
+            $crate::resources::Object::ConfigMap($o) => $typed,
+            $crate::resources::Object::Secret($o) => $typed,
+            $crate::resources::Object::Service($o) => $typed,
+            $crate::resources::Object::StatefulSet($o) => $typed,
+            $crate::resources::Object::Deployment($o) => $typed,
+            $crate::resources::Object::NetworkPolicy($o) => $typed,
+            $crate::resources::Object::PodDisruptionBudget($o) => $typed,
+            $crate::resources::Object::HorizontalPodAutoscaler($o) => $typed,
+            $crate::resources::Object::Dynamic {
+                resource: $r,
+                object: $d,
+            } => $dynamic,
+        }
+    };
+}
+pub(crate) use each_object;
+
+macro_rules! typed_objects {
+    ($($kind:ident),*) => {$(
+        impl From<$kind> for Object {
+            fn from(object: $kind) -> Self {
+                $crate::resources::Object::$kind(object)
+            }
+        }
+    )*};
+}
+typed_objects!(
+    ConfigMap,
+    Secret,
+    Service,
+    StatefulSet,
+    Deployment,
+    NetworkPolicy,
+    PodDisruptionBudget,
+    HorizontalPodAutoscaler
+);
+
+/// One object to apply.
 #[derive(Clone, Debug)]
 pub struct Child {
     pub part: Part,
-    pub resource: ApiResource,
-    pub object: DynamicObject,
+    pub object: Object,
 }
 
 impl Child {
     pub fn name(&self) -> String {
-        self.object.name_any()
+        each_object!(&self.object, o => o.name_any(), _r, d => d.name_any())
     }
+
+    /// The API it is applied through.
+    pub fn resource(&self) -> ApiResource {
+        each_object!(&self.object, o => erased(o), r, _d => r.clone())
+    }
+}
+
+/// An object to apply or as the API server returned it: a built-in kind, typed, or a kind
+/// this crate has no type for (prometheus-operator's) or an older version of a built-in kind
+/// (`autoscaling/v2beta2`, `policy/v1beta1`), through the dynamic API. Serialized, it is the
+/// object's own JSON.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Object {
+    ConfigMap(ConfigMap),
+    Secret(Secret),
+    Service(Service),
+    StatefulSet(StatefulSet),
+    Deployment(Deployment),
+    NetworkPolicy(NetworkPolicy),
+    PodDisruptionBudget(PodDisruptionBudget),
+    HorizontalPodAutoscaler(HorizontalPodAutoscaler),
+    Dynamic {
+        #[serde(skip)]
+        resource: ApiResource,
+        #[serde(flatten)]
+        object: DynamicObject,
+    },
+}
+
+/// The API of a built-in kind.
+fn erased<K: Resource<DynamicType = ()>>(_: &K) -> ApiResource {
+    ApiResource::erase::<K>(&())
 }
 
 /// An object the operator may have created earlier and the spec no longer asks for.
@@ -216,19 +295,24 @@ pub struct Desired {
 }
 
 impl Desired {
-    fn add<K>(&mut self, part: Part, object: K) -> Result<(), BuildError>
-    where
-        K: Resource<DynamicType = ()> + Serialize,
-    {
-        self.add_as(part, &ApiResource::erase::<K>(&()), object)
+    fn add(&mut self, part: Part, object: impl Into<Object>) {
+        self.apply.push(Child {
+            part,
+            object: object.into(),
+        });
     }
 
-    /// Adds `object` served as `resource`: another version of its kind with the same fields
-    /// (`autoscaling/v2beta2` for `v2`, `policy/v1beta1` for `v1`) on an older server.
+    /// Adds `object` served as `resource`: its own API, or another version of its kind with
+    /// the same fields (`autoscaling/v2beta2` for `v2`, `policy/v1beta1` for `v1`) on an older
+    /// server, applied through the dynamic API.
     fn add_as<K>(&mut self, part: Part, resource: &ApiResource, object: K) -> Result<(), BuildError>
     where
-        K: Serialize,
+        K: Resource<DynamicType = ()> + Serialize + Into<Object>,
     {
+        if *resource == erased(&object) {
+            self.add(part, object);
+            return Ok(());
+        }
         let failed = |source| BuildError {
             kind: resource.kind.clone(),
             source,
@@ -244,11 +328,7 @@ impl Desired {
     }
 
     fn add_dynamic(&mut self, part: Part, resource: ApiResource, object: DynamicObject) {
-        self.apply.push(Child {
-            part,
-            resource,
-            object,
-        });
+        self.add(part, Object::Dynamic { resource, object });
     }
 
     fn remove(&mut self, part: Part, resource: ApiResource, name: String) {

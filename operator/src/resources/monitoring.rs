@@ -84,7 +84,7 @@ pub fn build(ss: &SessionService, out: &mut Desired) -> Result<(), BuildError> {
     }
     let dashboards = &monitoring.dashboards;
     if dashboards.enabled {
-        out.add(Part::Alerts, dashboards_config_map(ss, &names)?)?;
+        out.add(Part::Alerts, dashboards_config_map(ss, &names)?);
     } else {
         out.remove(
             Part::Alerts,

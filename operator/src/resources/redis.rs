@@ -122,10 +122,10 @@ pub fn build(
     let conf = redis_conf(ss);
     let users = acl_file(&secrets.redis);
     let pods = runtime.redis_pods.unwrap_or(0).max(pod_count(ss));
-    out.add(Part::Redis, config_map(ss, &names, &conf))?;
-    out.add(Part::Redis, acl_secret(ss, &names, &users, &secrets.redis))?;
+    out.add(Part::Redis, config_map(ss, &names, &conf));
+    out.add(Part::Redis, acl_secret(ss, &names, &users, &secrets.redis));
     for user in RedisUser::ALL {
-        out.add(Part::Redis, user_secret(ss, &names, user, &secrets.redis))?;
+        out.add(Part::Redis, user_secret(ss, &names, user, &secrets.redis));
     }
     // A change of the configuration or of the users' rules changes the template: the pods
     // roll. Not a change of passwords: the operator gives those to the running nodes.
@@ -137,14 +137,14 @@ pub fn build(
     out.add(
         Part::Redis,
         stateful_set(ss, &names, &config_digest, pods, &runtime.api),
-    )?;
-    out.add(Part::Redis, headless_service(ss, &names))?;
-    out.add(Part::Redis, client_service(ss, &names))?;
+    );
+    out.add(Part::Redis, headless_service(ss, &names));
+    out.add(Part::Redis, client_service(ss, &names));
     add_disruption_budget(out, Part::Redis, &runtime.api, ss, names.redis(), COMPONENT)?;
     out.add(
         Part::Redis,
         network_policy(ss, &names, &runtime.operator_namespace),
-    )?;
+    );
     Ok(())
 }
 

@@ -58,10 +58,10 @@ pub fn build(
 ) -> Result<(), BuildError> {
     let names = Names::of(ss);
     if ss.spec.server.jwt_secret_name.is_none() {
-        out.add(Part::Server, jwt_secret(ss, &names, secrets))?;
+        out.add(Part::Server, jwt_secret(ss, &names, secrets));
     }
-    out.add(Part::Server, deployment(ss, &names, secrets, api))?;
-    out.add(Part::Server, service(ss, &names))?;
+    out.add(Part::Server, deployment(ss, &names, secrets, api));
+    out.add(Part::Server, service(ss, &names));
     add_disruption_budget(out, Part::Server, api, ss, names.server(), COMPONENT)
 }
 
