@@ -8,8 +8,10 @@
 //! - [`api`] — HTTP handlers, problem responses, auth (the shared secret, or an OIDC identity
 //!   provider's published keys), the generated OpenAPI document.
 //! - [`sessions`] — the session engine: every domain rule, once.
-//! - [`store`] — the storage contract, its two backends (Redis and embedded), the circuit
-//!   breaker, and the Redis ACL rules of each role (`store::acl`), checked at connect.
+//! - [`store`] — the storage contract, typed reads on it (`store::reads`), its two backends
+//!   (Redis and embedded), the circuit breaker, the Redis ACL rules of each role
+//!   (`store::acl`, checked at connect), and the Redis URL, reread from a file
+//!   (`store::redis_url`).
 //! - [`circuit`] — the circuit-breaker state machine, shared by Redis and the identity provider.
 //! - [`cache`] — the hot path's local cache and its coherence with Redis (client tracking).
 //! - [`metrics`] — Prometheus metrics.

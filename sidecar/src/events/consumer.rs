@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::model::{Envelope, EventType};
 use crate::sessions::Sessions;
-use crate::store::{Commit, ReadOp, Reply, StreamEntry, WriteOp};
+use crate::store::{Commit, Reads, StreamEntry, WriteOp, read_one};
 
 use super::BATCH;
 use super::dead_letters::{FAIL_ATTEMPTS, FAIL_FOR_MS, Reason, Verdict};
@@ -25,23 +25,12 @@ pub async fn consume_once(sessions: &Sessions, metrics: &Metrics, holder: &str) 
     else {
         return Ok(0);
     };
-    let r = backend
-        .read(vec![
-            ReadOp::Get(keys.consumer_offset()),
-            ReadOp::Get(keys.consumer_attempts()),
-        ])
-        .await?;
-    let mut r = r.into_iter();
-    let offset = r.next().and_then(Reply::into_opt_string);
-    let failing = r.next().and_then(Reply::into_opt_string);
-    let r = backend
-        .read(vec![ReadOp::XRange(keys.events(), offset, BATCH)])
-        .await?;
-    let entries = r
-        .into_iter()
-        .next()
-        .map(Reply::into_entries)
-        .unwrap_or_default();
+    let mut reads = Reads::new();
+    let offset = reads.get(keys.consumer_offset());
+    let failing = reads.get(keys.consumer_attempts());
+    let mut r = reads.run(backend).await?;
+    let (offset, failing) = (r.take(offset), r.take(failing));
+    let entries = read_one(backend, |r| r.xrange(keys.events(), offset, BATCH)).await?;
     let mut last = None;
     for entry in &entries {
         let verdict = match classify(entry) {

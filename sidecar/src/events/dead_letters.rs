@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::model::Envelope;
 use crate::model::input::MAX_PAGE_SIZE;
 use crate::sessions::{InboundOutcome, Page, Sessions, page_size};
-use crate::store::{Append, Commit, ReadOp, Reply, StreamEntry, WriteOp};
+use crate::store::{Append, Commit, StreamEntry, WriteOp};
 
 /// Attempts before an event that keeps failing is set aside...
 pub const FAIL_ATTEMPTS: u32 = 10;
@@ -186,19 +186,15 @@ pub async fn list(
     if let Some(cursor) = cursor {
         before(cursor)?;
     }
-    let r = sessions
-        .backend()
-        .read(vec![ReadOp::XRange(
-            sessions.keys().dead_letters(),
-            cursor.map(str::to_owned),
-            limit,
-        )])
-        .await?;
-    let items = r
-        .into_iter()
-        .next()
-        .map(Reply::into_entries)
-        .unwrap_or_default()
+    let items = sessions
+        .read_one(|r| {
+            r.xrange(
+                sessions.keys().dead_letters(),
+                cursor.map(str::to_owned),
+                limit,
+            )
+        })
+        .await?
         .into_iter()
         .map(decode)
         .collect::<Result<Vec<_>>>()?;
@@ -213,19 +209,10 @@ pub async fn list(
 /// # Errors
 /// 400 for a malformed id, 404 when there is none with this id, 503.
 pub async fn get(sessions: &Sessions, id: &str) -> Result<DeadLetter> {
-    let r = sessions
-        .backend()
-        .read(vec![ReadOp::XRange(
-            sessions.keys().dead_letters(),
-            before(id)?,
-            1,
-        )])
-        .await?;
-    let entry = r
-        .into_iter()
-        .next()
-        .map(Reply::into_entries)
-        .unwrap_or_default()
+    let after = before(id)?;
+    let entry = sessions
+        .read_one(|r| r.xrange(sessions.keys().dead_letters(), after, 1))
+        .await?
         .into_iter()
         .find(|e| e.id == id)
         .ok_or(Error::NotFound("no such dead letter"))?;

@@ -5,7 +5,7 @@
 use crate::error::Result;
 use crate::model::{Envelope, EventType};
 use crate::sessions::Sessions;
-use crate::store::{Append, Backend, Commit, Probe, ReadOp, Reply, StreamEntry, WriteOp};
+use crate::store::{Append, Backend, Commit, Probe, StreamEntry, WriteOp, read_one};
 
 use super::BATCH;
 use super::lease::Lease;
@@ -67,13 +67,7 @@ async fn relay_shard(sessions: &Sessions, shard: u32, holder: &str) -> Result<us
 
 /// The next batch of an outbox.
 async fn pending(backend: &dyn Backend, outbox: &str) -> Result<Vec<StreamEntry>> {
-    let r = backend
-        .read(vec![ReadOp::XRange(outbox.to_owned(), None, BATCH)])
-        .await?;
-    Ok(r.into_iter()
-        .next()
-        .map(Reply::into_entries)
-        .unwrap_or_default())
+    Ok(read_one(backend, |r| r.xrange(outbox.to_owned(), None, BATCH)).await?)
 }
 
 /// Applies one session event to the org index.

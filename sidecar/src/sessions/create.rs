@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::ids::{new_session_id, shard_of};
 use crate::model::input::{CreateSession, check_id, check_object_size, check_title};
 use crate::model::{EventType, Record, Status};
-use crate::store::{Bound, ReadOp, Reply, WriteOp, ZRange};
+use crate::store::{Reads, WriteOp};
 
 use super::plan::Plan;
 use super::{Caller, CapPolicy, Ctx, Sessions, Step, decode_record};
@@ -97,37 +97,26 @@ impl Sessions {
     async fn try_create(&self, ctx: &Ctx, new: &NewSession) -> Result<Step<Record>> {
         let (k, shard, user) = (&self.keys, new.shard, new.user_id.as_str());
         let now = self.now();
-        let mut ops = vec![
-            ReadOp::Get(k.user_version(shard, user)),
-            ReadOp::Get(k.current(shard, user)),
-            ReadOp::Get(k.rate(shard, user)),
-            ReadOp::PTtl(k.rate(shard, user)),
-            ReadOp::HGet(
-                k.titles(shard, user),
-                new.input.title.clone().unwrap_or_default(),
-            ),
-        ];
-        if self.policy.max_active_per_user.is_some() {
-            ops.push(ReadOp::ZRange(ZRange {
-                key: k.user_active(shard, user),
-                #[allow(clippy::cast_precision_loss)]
-                min: Bound::Excl(now as f64),
-                max: Bound::PosInf,
-                rev: false,
-                offset: 0,
-                count: MAX_ACTIVE_SCAN,
-            }));
-        }
-        let mut r = self.read(ops).await?.into_iter();
-        let version = r.next().and_then(Reply::into_opt_string);
-        let current = r.next().and_then(Reply::into_opt_string);
-        let created_in_window = r.next().map_or(0, |v| v.as_int());
-        let window_left_ms = r.next().map_or(0, |v| v.as_int());
-        let title_owner = r
-            .next()
-            .and_then(Reply::into_opt_string)
-            .filter(|_| new.input.title.is_some());
-        let active: Vec<String> = r.next().map(Reply::into_members).unwrap_or_default();
+        let mut reads = Reads::new();
+        let version = reads.get(k.user_version(shard, user));
+        let current = reads.get(k.current(shard, user));
+        let created_in_window = reads.counter(k.rate(shard, user));
+        let window_left_ms = reads.pttl(k.rate(shard, user));
+        let title_owner = reads.hget(
+            k.titles(shard, user),
+            new.input.title.clone().unwrap_or_default(),
+        );
+        #[allow(clippy::cast_precision_loss)]
+        let active = self.policy.max_active_per_user.map(|_| {
+            reads.members_above(k.user_active(shard, user), now as f64, MAX_ACTIVE_SCAN)
+        });
+        let mut r = self.read(reads).await?;
+        let version = r.take(version);
+        let current = r.take(current);
+        let created_in_window = r.take(created_in_window);
+        let window_left_ms = r.take(window_left_ms);
+        let title_owner = r.take(title_owner).filter(|_| new.input.title.is_some());
+        let active: Vec<String> = active.map(|slot| r.take(slot).0).unwrap_or_default();
 
         if let Some(limit) = self.policy.create_rate_limit
             && created_in_window >= i64::from(limit)
@@ -248,18 +237,19 @@ impl Sessions {
         if ids.is_empty() {
             return Ok(Some(HashMap::new()));
         }
-        let mut ops = vec![ReadOp::Get(self.keys.user_version(shard, user))];
-        ops.extend(
-            ids.iter()
-                .map(|id| ReadOp::HGetAll(self.keys.session(shard, id))),
-        );
-        let mut r = self.read(ops).await?.into_iter();
-        if r.next().and_then(Reply::into_opt_string).as_ref() != version {
+        let mut reads = Reads::new();
+        let now_version = reads.get(self.keys.user_version(shard, user));
+        let slots: Vec<_> = ids
+            .iter()
+            .map(|id| reads.hgetall(self.keys.session(shard, id)))
+            .collect();
+        let mut r = self.read(reads).await?;
+        if r.take(now_version).as_ref() != version {
             return Ok(None);
         }
         let mut docs = HashMap::new();
-        for (id, reply) in ids.iter().zip(r) {
-            if let Some(doc) = decode_record(Some(reply))? {
+        for (id, slot) in ids.iter().zip(slots) {
+            if let Some(doc) = decode_record(r.take(slot))? {
                 docs.insert(id.clone(), doc);
             }
         }

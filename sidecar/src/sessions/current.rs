@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::ids::shard_of;
 use crate::model::input::{SwitchCurrent, check_id};
 use crate::model::{EventType, Record, Status};
-use crate::store::{ReadOp, Reply, WriteOp};
+use crate::store::{Reads, WriteOp};
 
 use super::lifecycle::caller_name;
 use super::plan::Plan;
@@ -19,13 +19,9 @@ impl Sessions {
         check_id("user_id", user)?;
         ctx.caller.check_owner(user)?;
         let shard = shard_of(user, self.policy.shard_count);
-        let r = self
-            .read(vec![ReadOp::Get(self.keys.current(shard, user))])
-            .await?;
-        let id = r
-            .into_iter()
-            .next()
-            .and_then(Reply::into_opt_string)
+        let id = self
+            .read_one(|r| r.get(self.keys.current(shard, user)))
+            .await?
             .ok_or(Error::NotFound("the user has no current session"))?;
         self.get(&id).await.map_err(|e| match e {
             Error::NotFound(_) => Error::NotFound("the user has no current session"),
@@ -69,19 +65,15 @@ impl Sessions {
         target: &SwitchCurrent,
     ) -> Result<Step<Record>> {
         let k = &self.keys;
-        let r = self
-            .read(vec![
-                ReadOp::Get(k.user_version(shard, user)),
-                ReadOp::Get(k.current(shard, user)),
-                ReadOp::HGet(
-                    k.titles(shard, user),
-                    target.title.clone().unwrap_or_default(),
-                ),
-            ])
-            .await?;
-        let mut r = r.into_iter().map(Reply::into_opt_string);
-        let (version, current, by_title) =
-            (r.next().flatten(), r.next().flatten(), r.next().flatten());
+        let mut reads = Reads::new();
+        let version = reads.get(k.user_version(shard, user));
+        let current = reads.get(k.current(shard, user));
+        let by_title = reads.hget(
+            k.titles(shard, user),
+            target.title.clone().unwrap_or_default(),
+        );
+        let mut r = self.read(reads).await?;
+        let (version, current, by_title) = (r.take(version), r.take(current), r.take(by_title));
         let id = target
             .session_id
             .clone()

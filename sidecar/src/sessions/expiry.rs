@@ -8,7 +8,7 @@
 
 use crate::error::Result;
 use crate::model::{EventType, Status};
-use crate::store::{Bound, Commit, ReadOp, Reply, WriteOp, ZRange};
+use crate::store::{Bound, Commit, Reads, WriteOp, ZRange};
 
 use super::plan::Plan;
 use super::{Ctx, Sessions, Step, decode_record};
@@ -23,22 +23,19 @@ impl Sessions {
         let now = self.now();
         #[allow(clippy::cast_precision_loss)]
         let due = self
-            .read(vec![ReadOp::ZRange(ZRange {
-                key: self.keys.expiry(shard),
-                min: Bound::NegInf,
-                max: Bound::Incl(now as f64),
-                rev: false,
-                offset: 0,
-                count: batch,
-            })])
+            .read_one(|r| {
+                r.zrange(ZRange {
+                    key: self.keys.expiry(shard),
+                    min: Bound::NegInf,
+                    max: Bound::Incl(now as f64),
+                    rev: false,
+                    offset: 0,
+                    count: batch,
+                })
+            })
             .await?;
         let mut expired = 0;
-        for id in due
-            .into_iter()
-            .next()
-            .map(Reply::into_members)
-            .unwrap_or_default()
-        {
+        for (id, _) in due {
             if self.expire_one(shard, &id).await? {
                 expired += 1;
             }
@@ -48,9 +45,9 @@ impl Sessions {
 
     async fn expire_one(&self, shard: u32, id: &str) -> Result<bool> {
         let first = self
-            .read(vec![ReadOp::HGetAll(self.keys.session(shard, id))])
+            .read_one(|r| r.hgetall(self.keys.session(shard, id)))
             .await?;
-        let Some(first) = decode_record(first.into_iter().next())? else {
+        let Some(first) = decode_record(first)? else {
             // A queue entry without a document: drop the entry.
             let commit = Commit {
                 writes: vec![WriteOp::ZRem(self.keys.expiry(shard), id.to_owned())],
@@ -62,22 +59,19 @@ impl Sessions {
         let user = first.user_id.as_str();
         let ctx = Ctx::system();
         self.retry(|| async {
-            let extras = vec![
-                ReadOp::Get(self.keys.current(shard, user)),
-                ReadOp::HGet(
-                    self.keys.titles(shard, user),
-                    first.title.clone().unwrap_or_default(),
-                ),
-            ];
-            let (version, record, extra) = self.snapshot_of(shard, id, user, extras).await?;
+            let mut reads = Reads::new();
+            let current = reads.get(self.keys.current(shard, user));
+            let title_owner = reads.hget(
+                self.keys.titles(shard, user),
+                first.title.clone().unwrap_or_default(),
+            );
+            let (version, record, mut r) = self.snapshot_of(shard, id, user, reads).await?;
             let now = self.now();
             let Some(mut record) = record.filter(|r| r.expires_ms <= now) else {
                 return Ok(Step::Done(false)); // gone already, or a heartbeat moved it
             };
-            let mut extra = extra.into_iter().map(Reply::into_opt_string);
-            let is_current = extra.next().flatten().as_deref() == Some(id);
-            let title_owned =
-                record.title.is_some() && extra.next().flatten().as_deref() == Some(id);
+            let is_current = r.take(current).as_deref() == Some(id);
+            let title_owned = record.title.is_some() && r.take(title_owner).as_deref() == Some(id);
             let mut plan = Plan::for_user(self, shard, user, version.as_ref());
             let expiring = record.status == Status::Active;
             if expiring {

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::ids::shard_of;
 use crate::model::input::check_id;
 use crate::model::{Envelope, EventType, Record};
-use crate::store::{Commit, ReadOp, Reply, WriteOp};
+use crate::store::{Commit, Reads, WriteOp};
 
 use super::plan::Plan;
 use super::{Sessions, Step};
@@ -89,19 +89,16 @@ impl Sessions {
             .clone()
             .unwrap_or_else(|| event.event_id.clone());
         self.retry(|| async {
-            let r = self
-                .read(vec![
-                    ReadOp::Get(k.user_version(shard, user)),
-                    ReadOp::ZScore(k.inbox(shard), event.event_id.clone()),
-                    ReadOp::all_members(k.user_sessions(shard, user), MAX_SESSIONS_PER_EVENT),
-                ])
-                .await?;
-            let mut r = r.into_iter();
-            let version = r.next().and_then(Reply::into_opt_string);
-            if r.next().and_then(Reply::into_opt_string).is_some() {
+            let mut reads = Reads::new();
+            let version = reads.get(k.user_version(shard, user));
+            let seen = reads.is_member(k.inbox(shard), event.event_id.clone());
+            let ids = reads.all_members(k.user_sessions(shard, user), MAX_SESSIONS_PER_EVENT);
+            let mut r = self.read(reads).await?;
+            let version = r.take(version);
+            if r.take(seen) {
                 return Ok(Step::Done((true, 0)));
             }
-            let ids: Vec<String> = r.next().map(Reply::into_members).unwrap_or_default();
+            let ids = r.take(ids).0;
             let Some(docs) = self.read_docs(shard, user, version.as_ref(), &ids).await? else {
                 return Ok(Step::Retry);
             };
@@ -140,18 +137,15 @@ impl Sessions {
         let k = &self.keys;
         let (mut affected, mut shards_done_before) = (0, 0);
         for shard in 0..self.policy.shard_count {
-            let r = self
-                .read(vec![
-                    ReadOp::ZScore(k.inbox(shard), event.event_id.clone()),
-                    ReadOp::all_members(k.case_sessions(shard, case), MAX_SESSIONS_PER_EVENT),
-                ])
-                .await?;
-            let mut r = r.into_iter();
-            if r.next().and_then(Reply::into_opt_string).is_some() {
+            let mut reads = Reads::new();
+            let seen = reads.is_member(k.inbox(shard), event.event_id.clone());
+            let ids = reads.all_members(k.case_sessions(shard, case), MAX_SESSIONS_PER_EVENT);
+            let mut r = self.read(reads).await?;
+            if r.take(seen) {
                 shards_done_before += 1;
                 continue;
             }
-            let ids: Vec<String> = r.next().map(Reply::into_members).unwrap_or_default();
+            let ids = r.take(ids).0;
             let mut by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for (id, doc) in self.read_many(&ids).await? {
                 by_user.entry(doc.user_id).or_default().push(id);
@@ -181,10 +175,9 @@ impl Sessions {
         ids: &[String],
         case: &str,
     ) -> Result<Step<usize>> {
-        let r = self
-            .read(vec![ReadOp::Get(self.keys.user_version(shard, user))])
+        let version = self
+            .read_one(|r| r.get(self.keys.user_version(shard, user)))
             .await?;
-        let version = r.into_iter().next().and_then(Reply::into_opt_string);
         let Some(docs) = self.read_docs(shard, user, version.as_ref(), ids).await? else {
             return Ok(Step::Retry);
         };

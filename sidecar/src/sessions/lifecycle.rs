@@ -7,7 +7,7 @@ use crate::model::input::{
     EndSession, Heartbeat, UpdateSession, check_id, check_object_size, check_title,
 };
 use crate::model::{EventType, Record};
-use crate::store::{ReadOp, Reply, WriteOp};
+use crate::store::{Reads, WriteOp};
 
 use super::plan::Plan;
 use super::{Caller, Ctx, Sessions, Step};
@@ -43,16 +43,16 @@ impl Sessions {
         patch: &UpdateSession,
     ) -> Result<Step<Record>> {
         let new_title = patch.title.clone().flatten();
-        let extras = vec![ReadOp::HGet(
+        let mut reads = Reads::new();
+        let title_owner = reads.hget(
             self.keys.titles(shard, user),
             new_title.clone().unwrap_or_default(),
-        )];
-        let (version, record, mut extra) = self.snapshot_of(shard, id, user, extras).await?;
+        );
+        let (version, record, mut r) = self.snapshot_of(shard, id, user, reads).await?;
         let now = self.now();
         let mut record = self.still_active(record)?;
-        let title_owner = extra
-            .pop()
-            .and_then(Reply::into_opt_string)
+        let title_owner = r
+            .take(title_owner)
             .filter(|o| new_title.is_some() && o != id);
         if let Some(owner) = title_owner {
             let Some(docs) = self
@@ -127,7 +127,7 @@ impl Sessions {
         let ttl_ms = self.ttl_ms(input.ttl_seconds)?;
         let (shard, first) = self.owned(ctx, id, input.user_id.as_ref()).await?;
         self.retry(|| async {
-            let (version, record, _) = self.snapshot_of(shard, id, &first.user_id, vec![]).await?;
+            let (version, record, _) = self.snapshot_of(shard, id, &first.user_id, Reads::new()).await?;
             let now = self.now();
             let mut record = self.still_active(record)?;
             record.expires_ms = now + ttl_ms;
@@ -162,7 +162,7 @@ impl Sessions {
         }
         let (shard, first) = self.owned(ctx, id, input.user_id.as_ref()).await?;
         self.retry(|| async {
-            let (version, record, _) = self.snapshot_of(shard, id, &first.user_id, vec![]).await?;
+            let (version, record, _) = self.snapshot_of(shard, id, &first.user_id, Reads::new()).await?;
             let mut record = self.still_active(record)?;
             let mut plan = Plan::for_user(self, shard, &first.user_id, version.as_ref());
             plan.end(
@@ -188,21 +188,18 @@ impl Sessions {
         let (shard, first) = self.owned(ctx, id, None).await?;
         let user = first.user_id.as_str();
         self.retry(|| async {
-            let extras = vec![
-                ReadOp::Get(self.keys.current(shard, user)),
-                ReadOp::HGet(
-                    self.keys.titles(shard, user),
-                    first.title.clone().unwrap_or_default(),
-                ),
-            ];
-            let (version, record, extra) = self.snapshot_of(shard, id, user, extras).await?;
+            let mut reads = Reads::new();
+            let current = reads.get(self.keys.current(shard, user));
+            let title_owner = reads.hget(
+                self.keys.titles(shard, user),
+                first.title.clone().unwrap_or_default(),
+            );
+            let (version, record, mut r) = self.snapshot_of(shard, id, user, reads).await?;
             let record = self.still_live(record)?;
-            let mut extra = extra.into_iter().map(Reply::into_opt_string);
-            if extra.next().flatten().as_deref() == Some(id) {
+            if r.take(current).as_deref() == Some(id) {
                 return Err(Error::CurrentSessionDelete);
             }
-            let title_owned =
-                record.title.is_some() && extra.next().flatten().as_deref() == Some(id);
+            let title_owned = record.title.is_some() && r.take(title_owner).as_deref() == Some(id);
             let mut plan = Plan::for_user(self, shard, user, version.as_ref());
             plan.event(
                 EventType::Deleted,

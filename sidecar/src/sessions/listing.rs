@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::ids::shard_of;
 use crate::model::input::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, check_id};
 use crate::model::{Record, SessionView};
-use crate::store::{Bound, ReadOp, Reply, Score, ZRange};
+use crate::store::{Bound, Reads, Score, ZRange};
 
 use super::{Caller, Ctx, Sessions, decode_record};
 
@@ -140,13 +140,7 @@ impl Sessions {
                 offset,
                 count,
             };
-            let batch = self
-                .read(vec![ReadOp::ZRange(query)])
-                .await?
-                .into_iter()
-                .next()
-                .map(Reply::into_scored)
-                .unwrap_or_default();
+            let batch = self.read_one(|r| r.zrange(query)).await?;
             let fetched = batch.len();
             out.extend(
                 batch
@@ -172,12 +166,14 @@ impl Sessions {
         }
         let mut docs = BTreeMap::new();
         for (shard, ids) in by_shard {
-            let ops = ids
+            let mut reads = Reads::new();
+            let slots: Vec<_> = ids
                 .iter()
-                .map(|id| ReadOp::HGetAll(self.keys.session(shard, id)))
+                .map(|id| reads.hgetall(self.keys.session(shard, id)))
                 .collect();
-            for (id, reply) in ids.into_iter().zip(self.read(ops).await?) {
-                if let Some(doc) = decode_record(Some(reply))? {
+            let mut r = self.read(reads).await?;
+            for (id, slot) in ids.into_iter().zip(slots) {
+                if let Some(doc) = decode_record(r.take(slot))? {
                     docs.insert(id.clone(), doc);
                 }
             }

@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
 use crate::model::input::check_object_size;
-use crate::store::{ReadOp, Reply, WriteOp};
+use crate::store::{Reads, WriteOp};
 
 use super::lifecycle::merge;
 use super::plan::Plan;
@@ -28,8 +28,8 @@ pub enum MemoryWrite {
     Merge,
 }
 
-fn decode(reply: Option<Reply>) -> Result<Map<String, Value>> {
-    match reply.and_then(Reply::into_opt_string) {
+fn decode(stored: Option<String>) -> Result<Map<String, Value>> {
+    match stored {
         None => Ok(Map::new()),
         Some(raw) => match serde_json::from_str(&raw) {
             Ok(Value::Object(m)) => Ok(m),
@@ -45,12 +45,12 @@ impl Sessions {
     /// 403, 404, 503.
     pub async fn memory(&self, ctx: &Ctx, id: &str) -> Result<MemoryView> {
         let (shard, _) = self.owned(ctx, id, None).await?;
-        let r = self
-            .read(vec![ReadOp::Get(self.keys.memory(shard, id))])
+        let stored = self
+            .read_one(|r| r.get(self.keys.memory(shard, id)))
             .await?;
         Ok(MemoryView {
             session_id: id.to_owned(),
-            memory: decode(r.into_iter().next())?,
+            memory: decode(stored)?,
         })
     }
 
@@ -69,13 +69,14 @@ impl Sessions {
         let (shard, first) = self.owned(ctx, id, None).await?;
         let key = self.keys.memory(shard, id);
         self.retry(|| async {
-            let (version, record, extra) = self
-                .snapshot_of(shard, id, &first.user_id, vec![ReadOp::Get(key.clone())])
-                .await?;
+            let mut reads = Reads::new();
+            let stored = reads.get(key.clone());
+            let (version, record, mut r) =
+                self.snapshot_of(shard, id, &first.user_id, reads).await?;
             self.still_active(record)?;
             let memory = match how {
                 MemoryWrite::Replace => body.clone(),
-                MemoryWrite::Merge => merge(&decode(extra.into_iter().next())?, &body),
+                MemoryWrite::Merge => merge(&decode(r.take(stored))?, &body),
             };
             check_object_size("memory", &memory)?;
             let mut plan = Plan::for_user(self, shard, &first.user_id, version.as_ref());

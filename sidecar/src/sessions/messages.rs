@@ -6,7 +6,7 @@ use crate::model::Message;
 use crate::model::input::NewMessage;
 use crate::model::message::{MessagesByRole, Summary};
 use crate::model::session::micros_to_cost;
-use crate::store::{ReadOp, Reply, WriteOp};
+use crate::store::{Reads, WriteOp};
 
 use super::listing::{Page, page_size};
 use super::plan::Plan;
@@ -22,7 +22,7 @@ impl Sessions {
         let (shard, first) = self.owned(ctx, id, None).await?;
         let message_id = uuid::Uuid::new_v4().to_string();
         self.retry(|| async {
-            let (version, record, _) = self.snapshot_of(shard, id, &first.user_id, vec![]).await?;
+            let (version, record, _) = self.snapshot_of(shard, id, &first.user_id, Reads::new()).await?;
             let now = self.now();
             let mut record = self.still_active(record)?;
             let message = Message {
@@ -77,18 +77,9 @@ impl Sessions {
         };
         let (shard, _) = self.owned(ctx, id, None).await?;
         let window = i64::try_from(limit).unwrap_or(0);
-        let r = self
-            .read(vec![ReadOp::LRange(
-                self.keys.messages(shard, id),
-                after,
-                after + window,
-            )])
-            .await?;
-        let mut items = r
-            .into_iter()
-            .next()
-            .map(Reply::into_list)
-            .unwrap_or_default()
+        let mut items = self
+            .read_one(|r| r.lrange(self.keys.messages(shard, id), after, after + window))
+            .await?
             .iter()
             .map(|raw| {
                 serde_json::from_str::<Message>(raw).map_err(|e| Error::Corrupt(e.to_string()))

@@ -24,7 +24,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::ids::parse_session_id;
 use crate::model::{Record, Status};
-use crate::store::{Backend, CommitOutcome, Keys, ReadOp, Reply};
+use crate::store::{Backend, CommitOutcome, FromReply, Keys, Reads, Replies, Slot};
 
 pub use inbound::InboundOutcome;
 pub use listing::{Page, page_size};
@@ -218,9 +218,17 @@ impl Sessions {
         Err(Error::Contention)
     }
 
-    /// Reads `ops` atomically.
-    pub(crate) async fn read(&self, ops: Vec<ReadOp>) -> Result<Vec<Reply>> {
-        Ok(self.backend.read(ops).await?)
+    /// Reads `reads` atomically.
+    pub(crate) async fn read(&self, reads: Reads) -> Result<Replies> {
+        Ok(reads.run(self.backend.as_ref()).await?)
+    }
+
+    /// One read, decoded: `read` adds it to a batch, e.g. `|r| r.get(key)`.
+    pub(crate) async fn read_one<T: FromReply>(
+        &self,
+        read: impl FnOnce(&mut Reads) -> Slot<T>,
+    ) -> Result<T> {
+        Ok(crate::store::read_one(self.backend.as_ref(), read).await?)
     }
 
     /// Commits; `Ok(false)` on a conflict (retry), errors for a full outbox or a failed store.
@@ -244,10 +252,10 @@ impl Sessions {
     /// `invalid_session_id` for a malformed id, `not_found`, or a store failure.
     pub async fn get(&self, id: &str) -> Result<Record> {
         let shard = self.shard_of_session(id)?;
-        let replies = self
-            .read(vec![ReadOp::HGetAll(self.keys.session(shard, id))])
+        let doc = self
+            .read_one(|r| r.hgetall(self.keys.session(shard, id)))
             .await?;
-        self.still_live(decode_record(replies.into_iter().next())?)
+        self.still_live(decode_record(doc)?)
     }
 
     /// Finds a live session and checks that the caller may act on it (and, when the request
@@ -283,29 +291,28 @@ impl Sessions {
         Ok(record)
     }
 
-    /// Reads a session and its user's version in one snapshot; the record may be gone.
+    /// Reads a session and its user's version in one snapshot with the caller's `extra`
+    /// reads (whose slots take their replies from the replies returned); the record may be
+    /// gone.
     pub(crate) async fn snapshot_of(
         &self,
         shard: u32,
         id: &str,
         user_id: &str,
-        extra: Vec<ReadOp>,
-    ) -> Result<(Option<String>, Option<Record>, Vec<Reply>)> {
-        let mut ops = vec![
-            ReadOp::Get(self.keys.user_version(shard, user_id)),
-            ReadOp::HGetAll(self.keys.session(shard, id)),
-        ];
-        ops.extend(extra);
-        let mut replies = self.read(ops).await?.into_iter();
-        let version = replies.next().and_then(Reply::into_opt_string);
-        let record = decode_record(replies.next())?;
-        Ok((version, record, replies.collect()))
+        mut extra: Reads,
+    ) -> Result<(Option<String>, Option<Record>, Replies)> {
+        let version = extra.get(self.keys.user_version(shard, user_id));
+        let doc = extra.hgetall(self.keys.session(shard, id));
+        let mut replies = self.read(extra).await?;
+        let version = replies.take(version);
+        let record = decode_record(replies.take(doc))?;
+        Ok((version, record, replies))
     }
 }
 
-/// Decodes an `HGetAll` reply into a record.
-pub(crate) fn decode_record(reply: Option<Reply>) -> Result<Option<Record>> {
-    Record::from_fields(reply.map(Reply::into_pairs).unwrap_or_default()).map_err(Error::Corrupt)
+/// Decodes a session document's fields (an `HGETALL`) into a record.
+pub(crate) fn decode_record(fields: Vec<(String, String)>) -> Result<Option<Record>> {
+    Record::from_fields(fields).map_err(Error::Corrupt)
 }
 
 /// The next value of a version counter.

@@ -11,6 +11,9 @@
 //! the invariants hold atomically on both backends, and the Redis side needs only two generic Lua
 //! scripts instead of one script per use case.
 //!
+//! The engine builds its reads with [`Reads`], which gives each read a typed [`Slot`] to take
+//! its reply from ([`reads`]); the backends see plain [`ReadOp`]s.
+//!
 //! Events are appended *before* any write: if the append fails, nothing was written (the
 //! "atomic recording" rule of the source documents).
 
@@ -21,11 +24,13 @@ pub mod connecting;
 pub mod keys;
 pub mod memory;
 pub mod redis;
+pub mod reads;
 pub mod redis_url;
 
 use async_trait::async_trait;
 
 pub use keys::Keys;
+pub use reads::{FromReply, Members, Reads, Replies, Slot, read_one};
 
 /// A sorted-set score. Scores here are always whole milliseconds, exact in an `f64`.
 pub type Score = f64;
