@@ -107,9 +107,10 @@ impl Sessions {
             new.input.title.clone().unwrap_or_default(),
         );
         #[allow(clippy::cast_precision_loss)]
-        let active = self.policy.max_active_per_user.map(|_| {
-            reads.members_above(k.user_active(shard, user), now as f64, MAX_ACTIVE_SCAN)
-        });
+        let active = self
+            .policy
+            .max_active_per_user
+            .map(|_| reads.members_above(k.user_active(shard, user), now as f64, MAX_ACTIVE_SCAN));
         let mut r = self.read(reads).await?;
         let version = r.take(version);
         let current = r.take(current);

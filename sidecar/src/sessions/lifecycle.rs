@@ -127,7 +127,9 @@ impl Sessions {
         let ttl_ms = self.ttl_ms(input.ttl_seconds)?;
         let (shard, first) = self.owned(ctx, id, input.user_id.as_ref()).await?;
         self.retry(|| async {
-            let (version, record, _) = self.snapshot_of(shard, id, &first.user_id, Reads::new()).await?;
+            let (version, record, _) = self
+                .snapshot_of(shard, id, &first.user_id, Reads::new())
+                .await?;
             let now = self.now();
             let mut record = self.still_active(record)?;
             record.expires_ms = now + ttl_ms;
@@ -162,7 +164,9 @@ impl Sessions {
         }
         let (shard, first) = self.owned(ctx, id, input.user_id.as_ref()).await?;
         self.retry(|| async {
-            let (version, record, _) = self.snapshot_of(shard, id, &first.user_id, Reads::new()).await?;
+            let (version, record, _) = self
+                .snapshot_of(shard, id, &first.user_id, Reads::new())
+                .await?;
             let mut record = self.still_active(record)?;
             let mut plan = Plan::for_user(self, shard, &first.user_id, version.as_ref());
             plan.end(

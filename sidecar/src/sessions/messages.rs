@@ -22,7 +22,9 @@ impl Sessions {
         let (shard, first) = self.owned(ctx, id, None).await?;
         let message_id = uuid::Uuid::new_v4().to_string();
         self.retry(|| async {
-            let (version, record, _) = self.snapshot_of(shard, id, &first.user_id, Reads::new()).await?;
+            let (version, record, _) = self
+                .snapshot_of(shard, id, &first.user_id, Reads::new())
+                .await?;
             let now = self.now();
             let mut record = self.still_active(record)?;
             let message = Message {

@@ -23,8 +23,8 @@ pub mod cluster;
 pub mod connecting;
 pub mod keys;
 pub mod memory;
-pub mod redis;
 pub mod reads;
+pub mod redis;
 pub mod redis_url;
 
 use async_trait::async_trait;
