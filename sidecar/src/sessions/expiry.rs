@@ -8,7 +8,7 @@
 
 use crate::error::Result;
 use crate::model::{EventType, Status};
-use crate::store::{Bound, Commit, Reads, WriteOp, ZRange};
+use crate::store::{Bound, Commit, WriteOp, ZRange};
 
 use super::plan::Plan;
 use super::{Ctx, Sessions, Step, decode_record};
@@ -59,20 +59,14 @@ impl Sessions {
         let user = first.user_id.as_str();
         let ctx = Ctx::system();
         self.retry(|| async {
-            let mut reads = Reads::new();
-            let current = reads.get(self.keys.current(shard, user));
-            let title_owner = reads.hget(
-                self.keys.titles(shard, user),
-                first.title.clone().unwrap_or_default(),
-            );
-            let (version, record, mut r) = self.snapshot_of(shard, id, user, reads).await?;
+            let snapshot = self
+                .removal_snapshot(shard, id, user, first.title.as_ref())
+                .await?;
             let now = self.now();
-            let Some(mut record) = record.filter(|r| r.expires_ms <= now) else {
+            let Some(mut record) = snapshot.record.filter(|r| r.expires_ms <= now) else {
                 return Ok(Step::Done(false)); // gone already, or a heartbeat moved it
             };
-            let is_current = r.take(current).as_deref() == Some(id);
-            let title_owned = record.title.is_some() && r.take(title_owner).as_deref() == Some(id);
-            let mut plan = Plan::for_user(self, shard, user, version.as_ref());
+            let mut plan = Plan::for_user(self, shard, user, snapshot.version.as_ref());
             let expiring = record.status == Status::Active;
             if expiring {
                 record.status = Status::Expired;
@@ -86,7 +80,7 @@ impl Sessions {
                     ctx.correlation_id.as_deref(),
                 );
             }
-            plan.remove(&record, title_owned, is_current);
+            plan.remove(&record, snapshot.owns_title, snapshot.is_current);
             Ok(if self.commit(plan).await? {
                 Step::Done(expiring)
             } else {

@@ -192,26 +192,21 @@ impl Sessions {
         let (shard, first) = self.owned(ctx, id, None).await?;
         let user = first.user_id.as_str();
         self.retry(|| async {
-            let mut reads = Reads::new();
-            let current = reads.get(self.keys.current(shard, user));
-            let title_owner = reads.hget(
-                self.keys.titles(shard, user),
-                first.title.clone().unwrap_or_default(),
-            );
-            let (version, record, mut r) = self.snapshot_of(shard, id, user, reads).await?;
-            let record = self.still_live(record)?;
-            if r.take(current).as_deref() == Some(id) {
+            let snapshot = self
+                .removal_snapshot(shard, id, user, first.title.as_ref())
+                .await?;
+            let record = self.still_live(snapshot.record)?;
+            if snapshot.is_current {
                 return Err(Error::CurrentSessionDelete);
             }
-            let title_owned = record.title.is_some() && r.take(title_owner).as_deref() == Some(id);
-            let mut plan = Plan::for_user(self, shard, user, version.as_ref());
+            let mut plan = Plan::for_user(self, shard, user, snapshot.version.as_ref());
             plan.event(
                 EventType::Deleted,
                 &record,
                 caller_name(ctx).as_deref(),
                 ctx.correlation_id.as_deref(),
             );
-            plan.remove(&record, title_owned, false);
+            plan.remove(&record, snapshot.owns_title, false);
             Ok(if self.commit(plan).await? {
                 Step::Done(())
             } else {

@@ -310,6 +310,44 @@ impl Sessions {
     }
 }
 
+/// What removing a session (delete, expiry) decides on, from one snapshot.
+pub(crate) struct Removal {
+    pub version: Option<String>,
+    pub record: Option<Record>,
+    /// The session is its user's current one.
+    pub is_current: bool,
+    /// The session holds its title in the user's title index.
+    pub owns_title: bool,
+}
+
+impl Sessions {
+    /// Reads a session with its user's version, current session and the owner of `title` (the
+    /// title read before: the index is keyed by it) in one snapshot.
+    pub(crate) async fn removal_snapshot(
+        &self,
+        shard: u32,
+        id: &str,
+        user: &str,
+        title: Option<&String>,
+    ) -> Result<Removal> {
+        let mut reads = Reads::new();
+        let current = reads.get(self.keys.current(shard, user));
+        let title_owner = reads.hget(
+            self.keys.titles(shard, user),
+            title.cloned().unwrap_or_default(),
+        );
+        let (version, record, mut r) = self.snapshot_of(shard, id, user, reads).await?;
+        let owns_title = record.as_ref().is_some_and(|r| r.title.is_some())
+            && r.take(title_owner).as_deref() == Some(id);
+        Ok(Removal {
+            version,
+            record,
+            is_current: r.take(current).as_deref() == Some(id),
+            owns_title,
+        })
+    }
+}
+
 /// Decodes a session document's fields (an `HGETALL`) into a record.
 pub(crate) fn decode_record(fields: Vec<(String, String)>) -> Result<Option<Record>> {
     Record::from_fields(fields).map_err(Error::Corrupt)
