@@ -51,6 +51,14 @@ impl Sidecar {
         http(self.port, method, path, token, body)
     }
 
+    /// Creates a session for `user` (201, or the test fails) and returns its path.
+    fn create_session(&self, user: &str) -> String {
+        let (status, created) =
+            self.http("POST", "/v1/sessions", None, Some(json!({"user_id": user})));
+        assert_eq!(status, 201, "{created}");
+        format!("/v1/sessions/{}", created["session_id"].as_str().unwrap())
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     fn terminate(mut self) -> std::process::ExitStatus {
         Command::new("kill")
@@ -428,14 +436,7 @@ fn tls_to_redis_works_with_the_ca_in_ssl_cert_file_and_refuses_an_unknown_ca() {
         assert!(Instant::now() < deadline, "not ready over TLS");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (status, created) = sidecar.http(
-        "POST",
-        "/v1/sessions",
-        None,
-        Some(json!({"user_id": "alice"})),
-    );
-    assert_eq!(status, 201, "{created}");
-    let path = format!("/v1/sessions/{}", created["session_id"].as_str().unwrap());
+    let path = sidecar.create_session("alice");
     assert_eq!(sidecar.http("GET", &path, None, None).0, 200);
     let other = Sidecar::start(&["--redis-url", &redis.url], &[("SSL_CERT_FILE", &ca)]);
     // A newer session becomes current, so the first one may be deleted.
@@ -524,14 +525,7 @@ fn the_admin_listener_serves_probes_and_metrics_only() {
     wait_for_port(admin, "the admin listener");
     assert_eq!(http(admin, "GET", "/healthz", None, None).0, 200);
     assert_eq!(http(admin, "GET", "/readyz", None, None).0, 200);
-    let (status, created) = sidecar.http(
-        "POST",
-        "/v1/sessions",
-        None,
-        Some(json!({"user_id": "alice"})),
-    );
-    assert_eq!(status, 201);
-    let path = format!("/v1/sessions/{}", created["session_id"].as_str().unwrap());
+    let path = sidecar.create_session("alice");
     assert_eq!(http(admin, "GET", &path, None, None).0, 404);
     assert_eq!(
         http(
@@ -640,14 +634,7 @@ fn a_new_password_in_the_url_file_is_used_without_a_restart_and_no_request_fails
     while sidecar.http("GET", "/readyz", None, None).0 != 200 {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (status, created) = sidecar.http(
-        "POST",
-        "/v1/sessions",
-        None,
-        Some(json!({"user_id": "alice"})),
-    );
-    assert_eq!(status, 201);
-    let path = format!("/v1/sessions/{}", created["session_id"].as_str().unwrap());
+    let path = sidecar.create_session("alice");
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let port = sidecar.port;

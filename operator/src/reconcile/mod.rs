@@ -417,7 +417,7 @@ async fn apply_all(
             failures.push(what);
         }
     }
-    let ready_replicas = ready_replicas(&applied, deployment_ready);
+    let ready_replicas = ready_replicas(&applied, Part::Server);
     let parts = [Part::Redis, Part::Server, Part::Autoscaling, Part::Alerts]
         .into_iter()
         .map(|part| {
@@ -561,33 +561,21 @@ async fn delete_if_ours(
     Ok(())
 }
 
-/// Ready replicas of the applied StatefulSet or Deployment, from its status.
-fn ready_replicas(applied: &[(Part, Object)], kind: fn(&Object) -> Option<i32>) -> Option<i32> {
-    applied.iter().find_map(|(_, object)| kind(object))
-}
-
-fn stateful_set_ready(object: &Object) -> Option<i32> {
-    match object {
-        Object::StatefulSet(s) => Some(
-            s.status
-                .as_ref()
-                .and_then(|s| s.ready_replicas)
-                .unwrap_or(0),
-        ),
-        _ => None,
-    }
-}
-
-fn deployment_ready(object: &Object) -> Option<i32> {
-    match object {
-        Object::Deployment(d) => Some(
-            d.status
-                .as_ref()
-                .and_then(|s| s.ready_replicas)
-                .unwrap_or(0),
-        ),
-        _ => None,
-    }
+/// The ready replicas the API server reports for the applied StatefulSet of `Part::Redis` or
+/// Deployment of `Part::Server`; `None` when it was not applied.
+fn ready_replicas(applied: &[(Part, Object)], part: Part) -> Option<i32> {
+    applied.iter().find_map(|(_, object)| {
+        let ready = match (part, object) {
+            (Part::Redis, Object::StatefulSet(s)) => {
+                s.status.as_ref().and_then(|s| s.ready_replicas)
+            }
+            (Part::Server, Object::Deployment(d)) => {
+                d.status.as_ref().and_then(|s| s.ready_replicas)
+            }
+            _ => return None,
+        };
+        Some(ready.unwrap_or(0))
+    })
 }
 
 /// A part whose objects all applied: is it ready, judging by what the API server returned?
@@ -599,7 +587,7 @@ fn observe(ss: &SessionService, part: Part, applied: &[(Part, Object)]) -> PartS
         ),
         Part::Redis => {
             let want = redis::pod_count(ss);
-            let ready = ready_replicas(applied, stateful_set_ready).unwrap_or(0);
+            let ready = ready_replicas(applied, Part::Redis).unwrap_or(0);
             if ready < want {
                 return PartState::not_ok(
                     "Progressing",
@@ -609,7 +597,7 @@ fn observe(ss: &SessionService, part: Part, applied: &[(Part, Object)]) -> PartS
             PartState::ok("Ready", format!("{ready} of {want} Redis pods ready"))
         }
         Part::Server => {
-            let ready = ready_replicas(applied, deployment_ready).unwrap_or(0);
+            let ready = ready_replicas(applied, Part::Server).unwrap_or(0);
             if ready < 1 {
                 PartState::not_ok("Progressing", "no session-service replica is ready yet")
             } else {

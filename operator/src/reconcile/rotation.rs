@@ -230,14 +230,16 @@ async fn still_on_old_password(
         // The replicas got the new password (`CONFIG SET masterauth`) with the nodes; the
         // probes read it from the mounted Secret, which the kubelet updates within its sync
         // period, and no signal says when it did.
-        RedisUser::Replication => Ok(if Timestamp::now() < settled(since, settle) {
-            format!(
-                "waiting until {} for the kubelet to give the Redis pods' probes the new password (their mounted Secret)",
-                settled(since, settle)
-            )
-        } else {
-            String::new()
-        }),
+        RedisUser::Replication => {
+            let settled = settled(since, settle);
+            Ok(if Timestamp::now() < settled {
+                format!(
+                    "waiting until {settled} for the kubelet to give the Redis pods' probes the new password (their mounted Secret)"
+                )
+            } else {
+                String::new()
+            })
+        }
         RedisUser::Server => {
             let old =
                 server_pods_without(client, ss, namespace, CREDENTIALS_ANNOTATION, server_digest)

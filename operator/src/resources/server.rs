@@ -94,13 +94,15 @@ pub fn redis_url_source(ss: &SessionService, user: RedisUser) -> (String, String
 /// it from the mounted Secret ([`session_volumes`]) and rereads it, as nothing rolls the
 /// application's pods.
 pub fn session_env(ss: &SessionService, user: RedisUser) -> Vec<EnvVar> {
-    let (secret, key) = redis_url_source(ss, user);
     let url = match user {
         RedisUser::Sidecar => value_env(
             REDIS_URL_FILE_ENV,
             format!("{REDIS_URL_DIR}/{REDIS_URL_FILE}"),
         ),
-        _ => secret_env("SESSION_REDIS_URL", &secret, &key),
+        _ => {
+            let (secret, key) = redis_url_source(ss, user);
+            secret_env("SESSION_REDIS_URL", &secret, &key)
+        }
     };
     let cluster = match (&ss.spec.redis.mode, &ss.spec.redis.external) {
         (RedisMode::Cluster, _) => true,
