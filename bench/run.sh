@@ -3,7 +3,10 @@
 #   bare hyper server · sidecar cache hit · sidecar miss (reads Redis) · Redis GET itself,
 # each at the same fixed request rate (open loop, latency from when each request was due) and at
 # its closed-loop maximum; then the invalidation delay between two sidecars and the memory of a
-# sidecar holding 100 000 cached sessions. Prints one table.
+# sidecar holding 100 000 cached sessions; then writes (creates, message appends, ends) per
+# second with the script calls and Redis CPU each costs, beside Redis's EVALSHA of a trivial
+# script. Prints the tables.
+# `bench/run.sh writes` runs the write section alone (about a minute).
 # Everything runs on loopback ports and stops when the script ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +31,12 @@ sidecar() { # sidecar <port> <extra args...>
   RUST_LOG=warn "$bin/session-sidecar" --listen "127.0.0.1:$port" --redis-url "$url" --create-rate-limit 0 "$@" &
   pids+=($!)
 }
+writer=$(free_port); sidecar "$writer" --outbox-max-len 100000000
+if [ "${1:-}" = writes ]; then
+  sleep 1
+  "$bin/session-bench" writes --redis-url "$url" --writer "127.0.0.1:$writer" --seconds "$SECONDS_PER_RUN"
+  exit
+fi
 hit=$(free_port); sidecar "$hit" --cache-max-bytes 268435456
 miss=$(free_port); sidecar "$miss" --cache-max-bytes 0
 other=$(free_port); sidecar "$other" --cache-max-bytes 268435456
@@ -38,4 +47,5 @@ sleep 1
 
 "$bin/session-bench" suite --redis-url "$url" --hit "127.0.0.1:$hit" --miss "127.0.0.1:$miss" \
   --other "127.0.0.1:$other" --memory "127.0.0.1:$memory" --memory-pid "$memory_pid" \
-  --bare "127.0.0.1:$bare" --rate "$RATE" --seconds "$SECONDS_PER_RUN" --memory-sessions "$MEMORY_SESSIONS"
+  --bare "127.0.0.1:$bare" --rate "$RATE" --seconds "$SECONDS_PER_RUN" --memory-sessions "$MEMORY_SESSIONS" \
+  --writer "127.0.0.1:$writer"

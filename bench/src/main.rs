@@ -7,6 +7,7 @@ mod bare;
 mod load;
 mod soak;
 mod suite;
+mod writes;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,8 @@ enum Command {
     },
     /// The whole comparison; prints one table.
     Suite(suite::Args),
+    /// The write section of the suite alone.
+    Writes(writes::Args),
     /// A bounded steady load with latency and memory over time.
     Soak(soak::Args),
 }
@@ -44,6 +47,7 @@ fn main() -> anyhow::Result<()> {
                 bare::serve(listen, std::fs::read(body_file)?).await
             }
             Command::Suite(args) => suite::run(args).await,
+            Command::Writes(args) => writes::run(args).await,
             Command::Soak(args) => soak::run(args).await,
         }
     })

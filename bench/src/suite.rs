@@ -46,6 +46,12 @@ pub struct Args {
     memory_sessions: usize,
     #[arg(long, default_value_t = 300)]
     trials: usize,
+    /// A sidecar used only for the write section (its outbox limit raised: no relay runs).
+    #[arg(long)]
+    writer: SocketAddr,
+    /// The users the write section's creates are spread over.
+    #[arg(long, default_value_t = 10_000)]
+    write_users: usize,
 }
 
 /// A keep-alive HTTP/1.1 client for setup calls.
@@ -68,7 +74,7 @@ impl Client {
         })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &mut self,
         method: &str,
         path: &str,
@@ -102,7 +108,7 @@ impl Client {
     }
 }
 
-fn ms(us: u64) -> String {
+pub(crate) fn ms(us: u64) -> String {
     #[allow(clippy::cast_precision_loss)]
     let v = us as f64 / 1000.0;
     format!("{v:.3}")
@@ -216,6 +222,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (p50_inv, p99_inv, max_inv, stale) = invalidation(&args).await?;
     println!("measuring memory: {} cached sessions", args.memory_sessions);
     let (payload, rss_before, rss_after, entries, cache_bytes) = memory(&args).await?;
+    let writes = crate::writes::measure(
+        args.writer,
+        &args.redis_url,
+        args.write_users,
+        args.connections,
+        Duration::from_secs(args.seconds),
+    )
+    .await?;
 
     println!();
     println!("| target | p50 ms | p99 ms | p99.9 ms | max ms | requests | errors | max req/s |");
@@ -298,6 +312,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rss_before >> 10,
         rss_after >> 10
     );
+    crate::writes::print(&writes, args.connections, args.write_users);
     Ok(())
 }
 

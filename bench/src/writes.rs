@@ -1,0 +1,390 @@
+//! The write section: creates, message appends and ends per second over many users, and what
+//! each costs Redis: script calls per write (from `INFO commandstats`), the scripts' own
+//! microseconds per write, and the Redis main thread's CPU per write (from `INFO cpu`). Beside
+//! them, Redis's own `EVALSHA` of a trivial script on as many connections: the ceiling of any
+//! design that makes one script call per write.
+//!
+//! Each phase is a closed loop (every connection sends its next write when the last one is
+//! answered), so the rate is the sustained maximum and the latency is that of a saturated server.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::suite::{Client, ms};
+
+/// Settings of `session-bench writes` (Redis and the sidecar are started by `bench/run.sh writes`).
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    redis_url: String,
+    /// The sidecar to write through (its outbox limit raised: no relay runs).
+    #[arg(long)]
+    writer: SocketAddr,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// The users the creates are spread over.
+    #[arg(long, default_value_t = 10_000)]
+    users: usize,
+}
+
+/// The write section alone.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let seconds = Duration::from_secs(args.seconds);
+    let rows = measure(
+        args.writer,
+        &args.redis_url,
+        args.users,
+        args.connections,
+        seconds,
+    )
+    .await?;
+    print(&rows, args.connections, args.users);
+    Ok(())
+}
+
+/// The measured figures of one phase.
+pub struct Row {
+    pub name: &'static str,
+    pub writes: u64,
+    pub errors: u64,
+    pub per_second: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// Script calls (`EVAL*`, `EVALSHA*`, `FCALL*`) per write.
+    pub script_calls: f64,
+    /// Microseconds Redis spent inside those calls, per write.
+    pub script_us: f64,
+    /// Microseconds of the Redis main thread's CPU (user + system), per write.
+    pub cpu_us: f64,
+}
+
+/// The counters read from `INFO` before and after a phase.
+#[derive(Default, Clone, Copy)]
+struct Counters {
+    script_calls: u64,
+    script_usec: u64,
+    cpu_us: f64,
+}
+
+async fn counters(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<Counters> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .arg("cpu")
+        .query_async(redis)
+        .await?;
+    let mut out = Counters::default();
+    let (mut main_thread, mut whole) = (0.0, 0.0);
+    for line in info.lines() {
+        if let Some((name, stats)) = line.split_once(':') {
+            let script = [
+                "evalsha",
+                "evalsha_ro",
+                "eval",
+                "eval_ro",
+                "fcall",
+                "fcall_ro",
+            ];
+            if let Some(command) = name.strip_prefix("cmdstat_")
+                && script.contains(&command)
+            {
+                for field in stats.split(',') {
+                    match field.split_once('=') {
+                        Some(("calls", v)) => out.script_calls += v.parse::<u64>()?,
+                        Some(("usec", v)) => out.script_usec += v.parse::<u64>()?,
+                        _ => {}
+                    }
+                }
+            }
+            match name {
+                "used_cpu_user_main_thread" | "used_cpu_sys_main_thread" => {
+                    main_thread += stats.trim().parse::<f64>()? * 1e6;
+                }
+                "used_cpu_user" | "used_cpu_sys" => whole += stats.trim().parse::<f64>()? * 1e6,
+                _ => {}
+            }
+        }
+    }
+    // Redis before 7.0 reports the whole process only.
+    out.cpu_us = if main_thread > 0.0 {
+        main_thread
+    } else {
+        whole
+    };
+    Ok(out)
+}
+
+/// What each request of a phase sends.
+#[derive(Clone, Copy)]
+enum Write {
+    /// A new session of one of `users` users (each user's previous one stops being current).
+    Create { users: usize },
+    /// A message appended to a session created before.
+    Message,
+    /// A session created before is ended.
+    End,
+}
+
+impl Write {
+    fn name(self) -> &'static str {
+        match self {
+            Write::Create { .. } => "create",
+            Write::Message => "message append",
+            Write::End => "end",
+        }
+    }
+
+    /// Request `i`: method, path, body and the status that means it worked. `None` when the
+    /// phase has used every session it may write to.
+    fn request(
+        self,
+        i: usize,
+        ids: &[String],
+    ) -> Option<(&'static str, String, serde_json::Value, u16)> {
+        Some(match self {
+            Write::Create { users } => (
+                "POST",
+                "/v1/sessions".to_owned(),
+                json!({"user_id": format!("writer-{}", i % users), "title": format!("write {i}"),
+                       "metadata": {"client": "bench"}, "data": {"step": 1}}),
+                201,
+            ),
+            Write::Message => (
+                "POST",
+                format!("/v1/sessions/{}/messages", ids.get(i % ids.len().max(1))?),
+                json!({"role": "user", "content": "How do I reset my password?", "tokens": 9, "cost": 0.0001}),
+                201,
+            ),
+            Write::End => (
+                "POST",
+                format!("/v1/sessions/{}/end", ids.get(i)?),
+                json!({"performer_id": "bench"}),
+                200,
+            ),
+        })
+    }
+}
+
+/// 1 µs to 60 s with 3 significant digits.
+#[allow(clippy::expect_used)] // constant, valid bounds
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// What the workers of one phase measured.
+struct Measured {
+    hist: Histogram<u64>,
+    errors: u64,
+    elapsed: Duration,
+}
+
+/// Runs `write` on `connections` keep-alive connections for `duration` (or until it runs out of
+/// sessions); created session ids are added to `created`.
+async fn http_phase(
+    addr: SocketAddr,
+    write: Write,
+    ids: Arc<Vec<String>>,
+    created: Arc<Mutex<Vec<String>>>,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Measured> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let end = started + duration;
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let mut client = Client::new(addr).await?;
+        let (next, ids, created) = (next.clone(), ids.clone(), created.clone());
+        workers.spawn(async move {
+            let (mut hist, mut errors, mut mine) = (histogram(), 0u64, Vec::new());
+            while Instant::now() < end {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((method, path, body, expected)) = write.request(i, &ids) else {
+                    break;
+                };
+                let sent = Instant::now();
+                let (status, bytes) = client.call(method, &path, Some(&body)).await?;
+                hist.record(micros(sent))?;
+                if status != expected {
+                    errors += 1;
+                    continue;
+                }
+                if let Write::Create { .. } = write {
+                    let doc: serde_json::Value = serde_json::from_slice(&bytes)?;
+                    mine.push(doc["session_id"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+            if let Ok(mut all) = created.lock() {
+                all.extend(mine);
+            }
+            anyhow::Ok((hist, errors))
+        });
+    }
+    gather(workers, started).await
+}
+
+/// Redis's own `EVALSHA` of `return 1` on `connections` connections for `duration`.
+async fn trivial_script_phase(
+    url: &str,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Measured> {
+    let client = redis::Client::open(url)?;
+    let mut setup = client.get_multiplexed_async_connection().await?;
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("return 1")
+        .query_async(&mut setup)
+        .await?;
+    let started = Instant::now();
+    let end = started + duration;
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        // One connection each, as each HTTP connection of the sidecar phases is one client.
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let sha = sha.clone();
+        workers.spawn(async move {
+            let (mut hist, mut errors) = (histogram(), 0u64);
+            while Instant::now() < end {
+                let sent = Instant::now();
+                let reply: redis::RedisResult<i64> = redis::cmd("EVALSHA")
+                    .arg(&sha)
+                    .arg(0)
+                    .query_async(&mut conn)
+                    .await;
+                hist.record(micros(sent))?;
+                errors += u64::from(reply.ok() != Some(1));
+            }
+            anyhow::Ok((hist, errors))
+        });
+    }
+    gather(workers, started).await
+}
+
+async fn gather(
+    mut workers: tokio::task::JoinSet<anyhow::Result<(Histogram<u64>, u64)>>,
+    started: Instant,
+) -> anyhow::Result<Measured> {
+    let (mut hist, mut errors) = (histogram(), 0);
+    while let Some(done) = workers.join_next().await {
+        let (h, e) = done??;
+        hist.add(h)?;
+        errors += e;
+    }
+    Ok(Measured {
+        hist,
+        errors,
+        elapsed: started.elapsed(),
+    })
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn row(name: &'static str, m: &Measured, before: Counters, after: Counters) -> Row {
+    let writes = m.hist.len();
+    let per = |total: f64| total / writes.max(1) as f64;
+    Row {
+        name,
+        writes,
+        errors: m.errors,
+        per_second: writes as f64 / m.elapsed.as_secs_f64(),
+        p50_us: m.hist.value_at_quantile(0.5),
+        p99_us: m.hist.value_at_quantile(0.99),
+        script_calls: per((after.script_calls - before.script_calls) as f64),
+        script_us: per((after.script_usec - before.script_usec) as f64),
+        cpu_us: per(after.cpu_us - before.cpu_us),
+    }
+}
+
+/// Runs every phase against the sidecar at `addr` and Redis at `url`.
+pub async fn measure(
+    addr: SocketAddr,
+    url: &str,
+    users: usize,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Vec<Row>> {
+    let mut redis = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let created = Arc::new(Mutex::new(Vec::new()));
+    let mut rows = Vec::new();
+    let mut ids = Arc::new(Vec::new());
+    for write in [Write::Create { users }, Write::Message, Write::End] {
+        println!(
+            "measuring writes: {} for {} s",
+            write.name(),
+            duration.as_secs()
+        );
+        let before = counters(&mut redis).await?;
+        let m = http_phase(
+            addr,
+            write,
+            ids.clone(),
+            created.clone(),
+            connections,
+            duration,
+        )
+        .await?;
+        let after = counters(&mut redis).await?;
+        rows.push(row(write.name(), &m, before, after));
+        if let Write::Create { .. } = write {
+            let all = created.lock().map(|ids| ids.clone()).unwrap_or_default();
+            anyhow::ensure!(!all.is_empty(), "no session was created");
+            ids = Arc::new(all);
+        }
+    }
+    println!(
+        "measuring Redis EVALSHA of a trivial script for {} s",
+        duration.as_secs()
+    );
+    let before = counters(&mut redis).await?;
+    let m = trivial_script_phase(url, connections, duration).await?;
+    let after = counters(&mut redis).await?;
+    rows.push(row("Redis EVALSHA `return 1`", &m, before, after));
+    Ok(rows)
+}
+
+/// The write section's table, and the create rate as a share of the one-script-call ceiling.
+#[allow(clippy::cast_precision_loss)]
+pub fn print(rows: &[Row], connections: usize, users: usize) {
+    println!(
+        "\nWrites, closed loop on {connections} connections (creates over {users} users; Redis CPU is its main thread's):"
+    );
+    println!(
+        "| write | per second | p50 ms | p99 ms | writes | errors | script calls / write | script µs / write | Redis CPU µs / write |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {:.0} | {} | {} | {} | {} | {:.2} | {:.1} | {:.1} |",
+            r.name,
+            r.per_second,
+            ms(r.p50_us),
+            ms(r.p99_us),
+            r.writes,
+            r.errors,
+            r.script_calls,
+            r.script_us,
+            r.cpu_us
+        );
+    }
+    if let (Some(create), Some(limit)) = (rows.first(), rows.last()) {
+        println!(
+            "creates per second of Redis CPU: {:.0} (the trivial script: {:.0})",
+            1e6 / create.cpu_us.max(0.001),
+            1e6 / limit.cpu_us.max(0.001)
+        );
+    }
+}
