@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::ids::{new_session_id, shard_of};
 use crate::model::input::{CreateSession, check_id, check_object_size, check_title};
 use crate::model::{EventType, Record, Status};
-use crate::store::{Reads, WriteOp};
+use crate::store::{NamedBy, Reads, WriteOp};
 
 use super::plan::Plan;
 use super::{Caller, CapPolicy, Ctx, Sessions, Step, decode_record};
@@ -99,13 +99,18 @@ impl Sessions {
         let now = self.now();
         let mut reads = Reads::new();
         let version = reads.get(k.user_version(shard, user));
-        let current = reads.get(k.current(shard, user));
+        // The documents the decision depends on, found through the current pointer and the
+        // title index in the same snapshot.
+        let current =
+            reads.hgetall_at(k.session(shard, ""), NamedBy::Value(k.current(shard, user)));
+        let title_owner = new.input.title.as_ref().map(|title| {
+            reads.hgetall_at(
+                k.session(shard, ""),
+                NamedBy::Field(k.titles(shard, user), title.clone()),
+            )
+        });
         let created_in_window = reads.counter(k.rate(shard, user));
         let window_left_ms = reads.pttl(k.rate(shard, user));
-        let title_owner = reads.hget(
-            k.titles(shard, user),
-            new.input.title.clone().unwrap_or_default(),
-        );
         #[allow(clippy::cast_precision_loss)]
         let active = self
             .policy
@@ -113,10 +118,13 @@ impl Sessions {
             .map(|_| reads.members_above(k.user_active(shard, user), now as f64, MAX_ACTIVE_SCAN));
         let mut r = self.read(reads).await?;
         let version = r.take(version);
-        let current = r.take(current);
+        let current = decode_record(r.take(current))?;
+        let title_owner = match title_owner {
+            Some(slot) => decode_record(r.take(slot))?,
+            None => None,
+        };
         let created_in_window = r.take(created_in_window);
         let window_left_ms = r.take(window_left_ms);
-        let title_owner = r.take(title_owner).filter(|_| new.input.title.is_some());
         let active: Vec<String> = active.map(|slot| r.take(slot).0).unwrap_or_default();
 
         if let Some(limit) = self.policy.create_rate_limit
@@ -134,26 +142,27 @@ impl Sessions {
             },
             _ => 0,
         };
-
-        // Second snapshot: the documents the decision depends on, under the same user version.
-        let mut wanted: Vec<String> = current.iter().chain(title_owner.iter()).cloned().collect();
-        if evict_count > 0 {
-            wanted.extend(active.iter().cloned());
-        }
-        wanted.sort();
-        wanted.dedup();
-        let Some(mut docs) = self
-            .read_docs(shard, user, version.as_ref(), &wanted)
-            .await?
-        else {
-            return Ok(Step::Retry);
-        };
-
-        if let Some(owner) = &title_owner
-            && docs.get(owner).is_some_and(|d| d.is_live(now))
-        {
+        if title_owner.as_ref().is_some_and(|d| d.is_live(now)) {
             return Err(Error::TitleTaken);
         }
+
+        // Only at the cap: a second snapshot, of the active sessions, under the same version.
+        let mut docs = HashMap::new();
+        if evict_count > 0 {
+            let Some(active_docs) = self
+                .read_docs(shard, user, version.as_ref(), &active)
+                .await?
+            else {
+                return Ok(Step::Retry);
+            };
+            docs = active_docs;
+        }
+        let current = current.map(|doc| {
+            let id = doc.session_id.clone();
+            docs.insert(id.clone(), doc);
+            id
+        });
+
         let mut plan = Plan::for_user(self, shard, user, version.as_ref());
         let corr = ctx.correlation_id.as_deref();
         let previous = current.as_ref().and_then(|id| {

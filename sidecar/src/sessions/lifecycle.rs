@@ -7,10 +7,10 @@ use crate::model::input::{
     EndSession, Heartbeat, UpdateSession, check_id, check_object_size, check_title,
 };
 use crate::model::{EventType, Record};
-use crate::store::{Reads, WriteOp};
+use crate::store::{NamedBy, Reads, WriteOp};
 
 use super::plan::Plan;
-use super::{Caller, Ctx, Sessions, Step};
+use super::{Caller, Ctx, Sessions, Step, decode_record};
 
 impl Sessions {
     /// Applies a merge patch to the mutable fields.
@@ -29,54 +29,48 @@ impl Sessions {
                 check_id(field, &v)?;
             }
         }
-        let (shard, first) = self.owned(ctx, id, patch.user_id.as_ref()).await?;
-        self.retry(|| self.try_update(ctx, shard, &first.user_id, id, &patch))
-            .await
+        self.retry(|| self.try_update(ctx, id, &patch)).await
     }
 
-    async fn try_update(
-        &self,
-        ctx: &Ctx,
-        shard: u32,
-        user: &str,
-        id: &str,
-        patch: &UpdateSession,
-    ) -> Result<Step<Record>> {
-        let new_title = patch.title.clone().flatten();
-        let mut reads = Reads::new();
-        let title_owner = reads.hget(
-            self.keys.titles(shard, user),
-            new_title.clone().unwrap_or_default(),
-        );
-        let (version, record, mut r) = self.snapshot_of(shard, id, user, reads).await?;
+    async fn try_update(&self, ctx: &Ctx, id: &str, patch: &UpdateSession) -> Result<Step<Record>> {
+        let owned = self
+            .owned_snapshot(ctx, id, patch.user_id.as_ref(), Reads::new())
+            .await?;
+        let (shard, version) = (owned.shard, owned.version);
         let now = self.now();
-        let mut record = self.still_active(record)?;
-        let title_owner = r
-            .take(title_owner)
-            .filter(|o| new_title.is_some() && o != id);
-        if let Some(owner) = title_owner {
-            let Some(docs) = self
-                .read_docs(shard, user, version.as_ref(), std::slice::from_ref(&owner))
-                .await?
-            else {
+        let mut record = self.still_active(Some(owned.record))?;
+        let user = record.user_id.clone();
+        if let Some(Some(title)) = &patch.title
+            && record.title.as_ref() != Some(title)
+        {
+            // The title index is the user's: a second snapshot, under the same version.
+            let mut reads = Reads::new();
+            let now_version = reads.get(self.keys.user_version(shard, &user));
+            let holder = reads.hgetall_at(
+                self.keys.session(shard, ""),
+                NamedBy::Field(self.keys.titles(shard, &user), title.clone()),
+            );
+            let mut r = self.read(reads).await?;
+            if r.take(now_version) != version {
                 return Ok(Step::Retry);
-            };
-            if docs.get(&owner).is_some_and(|d| d.is_live(now)) {
+            }
+            let holder = decode_record(r.take(holder))?;
+            if holder.is_some_and(|d| d.session_id != id && d.is_live(now)) {
                 return Err(Error::TitleTaken);
             }
         }
-        let mut plan = Plan::for_user(self, shard, user, version.as_ref());
+        let mut plan = Plan::for_user(self, shard, &user, version.as_ref());
         let (k, old) = (&self.keys, record.clone());
         if let Some(title) = &patch.title {
             if let Some(old_title) = &old.title {
                 plan.write(WriteOp::HDel(
-                    k.titles(shard, user),
+                    k.titles(shard, &user),
                     vec![old_title.clone()],
                 ));
             }
             if let Some(t) = title {
                 plan.write(WriteOp::HSet(
-                    k.titles(shard, user),
+                    k.titles(shard, &user),
                     vec![(t.clone(), id.to_owned())],
                 ));
             }
@@ -125,17 +119,17 @@ impl Sessions {
     /// 400 invalid TTL, 403, 404, 409 ended session, 503.
     pub async fn heartbeat(&self, ctx: &Ctx, id: &str, input: Heartbeat) -> Result<Record> {
         let ttl_ms = self.ttl_ms(input.ttl_seconds)?;
-        let (shard, first) = self.owned(ctx, id, input.user_id.as_ref()).await?;
         self.retry(|| async {
-            let (version, record, _) = self
-                .snapshot_of(shard, id, &first.user_id, Reads::new())
+            let owned = self
+                .owned_snapshot(ctx, id, input.user_id.as_ref(), Reads::new())
                 .await?;
             let now = self.now();
-            let mut record = self.still_active(record)?;
+            let mut record = self.still_active(Some(owned.record))?;
             record.expires_ms = now + ttl_ms;
             record.updated_ms = now;
             record.version += 1;
-            let mut plan = Plan::for_user(self, shard, &first.user_id, version.as_ref());
+            let mut plan =
+                Plan::for_user(self, owned.shard, &record.user_id, owned.version.as_ref());
             plan.put(&record);
             plan.reschedule(&record);
             Ok(if self.commit(plan).await? {
@@ -162,13 +156,13 @@ impl Sessions {
         if input.session_id.as_deref().is_some_and(|s| s != id) {
             return Err(Error::SessionIdMismatch);
         }
-        let (shard, first) = self.owned(ctx, id, input.user_id.as_ref()).await?;
         self.retry(|| async {
-            let (version, record, _) = self
-                .snapshot_of(shard, id, &first.user_id, Reads::new())
+            let owned = self
+                .owned_snapshot(ctx, id, input.user_id.as_ref(), Reads::new())
                 .await?;
-            let mut record = self.still_active(record)?;
-            let mut plan = Plan::for_user(self, shard, &first.user_id, version.as_ref());
+            let mut record = self.still_active(Some(owned.record))?;
+            let mut plan =
+                Plan::for_user(self, owned.shard, &record.user_id, owned.version.as_ref());
             plan.end(
                 &mut record,
                 &performer,

@@ -66,20 +66,20 @@ impl Sessions {
         body: Map<String, Value>,
     ) -> Result<MemoryView> {
         check_object_size("memory", &body)?;
-        let (shard, first) = self.owned(ctx, id, None).await?;
+        let shard = self.shard_of_session(id)?;
         let key = self.keys.memory(shard, id);
         self.retry(|| async {
             let mut reads = Reads::new();
             let stored = reads.get(key.clone());
-            let (version, record, mut r) =
-                self.snapshot_of(shard, id, &first.user_id, reads).await?;
-            self.still_active(record)?;
+            let mut owned = self.owned_snapshot(ctx, id, None, reads).await?;
+            let stored = owned.replies.take(stored);
+            let record = self.still_active(Some(owned.record))?;
             let memory = match how {
                 MemoryWrite::Replace => body.clone(),
-                MemoryWrite::Merge => merge(&decode(r.take(stored))?, &body),
+                MemoryWrite::Merge => merge(&decode(stored)?, &body),
             };
             check_object_size("memory", &memory)?;
-            let mut plan = Plan::for_user(self, shard, &first.user_id, version.as_ref());
+            let mut plan = Plan::for_user(self, shard, &record.user_id, owned.version.as_ref());
             plan.write(WriteOp::Set(
                 key.clone(),
                 Value::Object(memory.clone()).to_string(),

@@ -19,14 +19,12 @@ impl Sessions {
     /// 400 invalid message, 403, 404, 409 ended session, 503.
     pub async fn append_message(&self, ctx: &Ctx, id: &str, input: NewMessage) -> Result<Message> {
         let cost_micros = input.validate()?;
-        let (shard, first) = self.owned(ctx, id, None).await?;
         let message_id = uuid::Uuid::new_v4().to_string();
         self.retry(|| async {
-            let (version, record, _) = self
-                .snapshot_of(shard, id, &first.user_id, Reads::new())
-                .await?;
+            let owned = self.owned_snapshot(ctx, id, None, Reads::new()).await?;
+            let (shard, version) = (owned.shard, owned.version);
             let now = self.now();
-            let mut record = self.still_active(record)?;
+            let mut record = self.still_active(Some(owned.record))?;
             let message = Message {
                 message_id: message_id.clone(),
                 seq: record.message_count() + 1,
@@ -43,7 +41,7 @@ impl Sessions {
             record.last_message_ms = Some(now);
             record.updated_ms = now;
             record.version += 1;
-            let mut plan = Plan::for_user(self, shard, &first.user_id, version.as_ref());
+            let mut plan = Plan::for_user(self, shard, &record.user_id, version.as_ref());
             plan.put(&record);
             let json =
                 serde_json::to_string(&message).map_err(|e| Error::Corrupt(e.to_string()))?;

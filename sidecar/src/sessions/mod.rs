@@ -24,7 +24,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::ids::parse_session_id;
 use crate::model::{Record, Status};
-use crate::store::{Backend, CommitOutcome, FromReply, Keys, Reads, Replies, Slot};
+use crate::store::{Backend, CommitOutcome, FromReply, Keys, NamedBy, Reads, Replies, Slot};
 
 pub use inbound::InboundOutcome;
 pub use listing::{Page, page_size};
@@ -266,13 +266,41 @@ impl Sessions {
         id: &str,
         claimed_user: Option<&String>,
     ) -> Result<(u32, Record)> {
+        let owned = self
+            .owned_snapshot(ctx, id, claimed_user, Reads::new())
+            .await?;
+        Ok((owned.shard, owned.record))
+    }
+
+    /// [`Self::owned`], read in one snapshot with the user's version (found through the
+    /// document's `user_id`) and the caller's `extra` reads, whose slots take their replies
+    /// from the replies returned: what a change of one session decides on, in one round trip.
+    pub(crate) async fn owned_snapshot(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        claimed_user: Option<&String>,
+        mut extra: Reads,
+    ) -> Result<Owned> {
         let shard = self.shard_of_session(id)?;
-        let record = self.get(id).await?;
+        let doc_key = self.keys.session(shard, id);
+        let version = extra.get_at(
+            self.keys.user_version(shard, ""),
+            NamedBy::Field(doc_key.clone(), "user_id".to_owned()),
+        );
+        let doc = extra.hgetall(doc_key);
+        let mut replies = self.read(extra).await?;
+        let record = self.still_live(decode_record(replies.take(doc))?)?;
         ctx.caller.check_owner(&record.user_id)?;
         if claimed_user.is_some_and(|u| *u != record.user_id) {
             return Err(Error::UserMismatch);
         }
-        Ok((shard, record))
+        Ok(Owned {
+            shard,
+            version: replies.take(version),
+            record,
+            replies,
+        })
     }
 
     /// The session of a snapshot, if it is still there (404 otherwise).
@@ -308,6 +336,15 @@ impl Sessions {
         let record = decode_record(replies.take(doc))?;
         Ok((version, record, replies))
     }
+}
+
+/// A live session the caller may act on, with its user's version as read in the same snapshot.
+pub(crate) struct Owned {
+    pub shard: u32,
+    pub version: Option<String>,
+    pub record: Record,
+    /// The replies of the caller's extra reads.
+    pub replies: Replies,
 }
 
 /// What removing a session (delete, expiry) decides on, from one snapshot.

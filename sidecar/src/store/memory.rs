@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use crate::clock::{Clock, SystemClock};
 
 use super::{
-    Append, Backend, BackendError, Bound, Commit, CommitOutcome, Guard, Probe, ReadOp, Reply,
-    Score, StreamEntry, WriteOp, ZRange,
+    Append, Backend, BackendError, Bound, Commit, CommitOutcome, Guard, NamedBy, Probe, ReadOp,
+    Reply, Score, StreamEntry, WriteOp, ZRange,
 };
 
 /// The in-process store.
@@ -240,7 +240,24 @@ impl Db {
                 Some(Value::Stream(s)) => Reply::Entries(s.range(after.as_deref(), *count)),
                 _ => Reply::Entries(Vec::new()),
             },
+            ReadOp::GetAt(prefix, name) => match self.name(name) {
+                Some(name) => self.read(&ReadOp::Get(format!("{prefix}{name}"))),
+                None => Reply::Nil,
+            },
+            ReadOp::HGetAllAt(prefix, name) => match self.name(name) {
+                Some(name) => self.read(&ReadOp::HGetAll(format!("{prefix}{name}"))),
+                None => Reply::Pairs(Vec::new()),
+            },
         }
+    }
+
+    /// The name a [`NamedBy`] reads.
+    fn name(&mut self, name: &NamedBy) -> Option<String> {
+        let read = match name {
+            NamedBy::Value(k) => ReadOp::Get(k.clone()),
+            NamedBy::Field(k, f) => ReadOp::HGet(k.clone(), f.clone()),
+        };
+        self.read(&read).into_opt_string()
     }
 
     fn pttl(&mut self, key: &str) -> Reply {

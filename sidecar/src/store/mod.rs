@@ -56,6 +56,22 @@ pub enum ReadOp {
     PTtl(String),
     /// `XRANGE key (after + COUNT count`; `after` = `None` reads from the start.
     XRange(String, Option<String>, usize),
+    /// `GET <prefix><name>`, the name read first in the same snapshot (nil without a name).
+    GetAt(String, NamedBy),
+    /// `HGETALL <prefix><name>`, the name read first in the same snapshot (no pairs without a
+    /// name).
+    HGetAllAt(String, NamedBy),
+}
+
+/// Where a read finds the end of the name of the key it reads: one snapshot can then read a
+/// session and its user's version knowing only the session id, or a user's current session
+/// knowing only the user. The prefix carries the hash tag, so both keys share one slot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NamedBy {
+    /// The value of a string key (`GET key`).
+    Value(String),
+    /// A field of a hash (`HGET key field`).
+    Field(String, String),
 }
 
 impl ReadOp {

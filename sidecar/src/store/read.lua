@@ -1,8 +1,18 @@
 -- Atomic batch of reads (see store/mod.rs, ReadOp). KEYS: every key read, one hash slot.
 -- ARGV: per op `opcode, key_index, args...`. Each reply is wrapped in a table so that a nil
 -- does not cut the reply array short: {} for nil, {value} otherwise, flat arrays as they come.
+-- GETAT and HGETALLAT read a key whose name ends in what another read returns (`V key`: its
+-- value, `F key field`: a hash field), in the same snapshot; KEYS holds the name's prefix.
 local out = {}
 local i = 1
+local function name()
+  local kind, k = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
+  i = i + 2
+  if kind == 'V' then return redis.call('GET', k) end
+  local field = ARGV[i]
+  i = i + 1
+  return redis.call('HGET', k, field)
+end
 while i <= #ARGV do
   local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
   i = i + 2
@@ -39,6 +49,13 @@ while i <= #ARGV do
     local start = ARGV[i] == '' and '-' or '(' .. ARGV[i]
     out[#out + 1] = redis.call('XRANGE', key, start, '+', 'COUNT', ARGV[i + 1])
     i = i + 2
+  elseif op == 'GETAT' then
+    local n = name()
+    local v = n and redis.call('GET', key .. n)
+    out[#out + 1] = v and { v } or {}
+  elseif op == 'HGETALLAT' then
+    local n = name()
+    out[#out + 1] = n and redis.call('HGETALL', key .. n) or {}
   else
     return redis.error_reply('BADOP unknown read op ' .. tostring(op))
   end

@@ -5,7 +5,7 @@
 
 use std::marker::PhantomData;
 
-use super::{Backend, BackendError, Bound, ReadOp, Reply, Score, StreamEntry, ZRange};
+use super::{Backend, BackendError, Bound, NamedBy, ReadOp, Reply, Score, StreamEntry, ZRange};
 
 /// A batch of reads on keys of one hash slot, answered atomically.
 #[derive(Debug, Default)]
@@ -113,6 +113,16 @@ impl Reads {
         count: usize,
     ) -> Slot<Vec<StreamEntry>> {
         self.push(ReadOp::XRange(key, after, count))
+    }
+
+    /// `GET` of the key `prefix` + the value `name` reads, in the same snapshot.
+    pub fn get_at(&mut self, prefix: String, name: NamedBy) -> Slot<Option<String>> {
+        self.push(ReadOp::GetAt(prefix, name))
+    }
+
+    /// `HGETALL` of the key `prefix` + the value `name` reads, in the same snapshot.
+    pub fn hgetall_at(&mut self, prefix: String, name: NamedBy) -> Slot<Vec<(String, String)>> {
+        self.push(ReadOp::HGetAllAt(prefix, name))
     }
 
     /// Reads the batch from `backend`, atomically.

@@ -15,8 +15,8 @@ use redis::{Script, Value};
 use super::acl::{self, Role};
 use super::keys::hash_tag;
 use super::{
-    Backend, BackendError, Bound, Commit, CommitOutcome, Guard, Keys, Probe, ReadOp, Reply,
-    StreamEntry, WriteOp,
+    Backend, BackendError, Bound, Commit, CommitOutcome, Guard, Keys, NamedBy, Probe, ReadOp,
+    Reply, StreamEntry, WriteOp,
 };
 
 /// How long one Redis call may take before the request fails instead of hanging. A session
@@ -437,9 +437,25 @@ fn encode_reads(ops: &[ReadOp]) -> (KeyTable, Vec<String>) {
                 after.clone().unwrap_or_default(),
                 count.to_string(),
             ]),
+            ReadOp::GetAt(prefix, name) => {
+                argv.extend(["GETAT".to_owned(), keys.add(prefix)]);
+                encode_name(&mut keys, &mut argv, name);
+            }
+            ReadOp::HGetAllAt(prefix, name) => {
+                argv.extend(["HGETALLAT".to_owned(), keys.add(prefix)]);
+                encode_name(&mut keys, &mut argv, name);
+            }
         }
     }
     (keys, argv)
+}
+
+/// A [`NamedBy`] as `read.lua` takes it: `V key` or `F key field`.
+fn encode_name(keys: &mut KeyTable, argv: &mut Vec<String>, name: &NamedBy) {
+    match name {
+        NamedBy::Value(k) => argv.extend(["V".to_owned(), keys.add(k)]),
+        NamedBy::Field(k, f) => argv.extend(["F".to_owned(), keys.add(k), f.clone()]),
+    }
 }
 
 fn encode_commit(commit: &Commit) -> (KeyTable, Vec<String>) {
@@ -677,13 +693,13 @@ fn decode(op: &ReadOp, v: Value) -> Result<Reply, BackendError> {
         array(v)?.into_iter().next().map(text).transpose()
     };
     Ok(match op {
-        ReadOp::Get(_) | ReadOp::HGet(..) | ReadOp::ZScore(..) => {
+        ReadOp::Get(_) | ReadOp::HGet(..) | ReadOp::ZScore(..) | ReadOp::GetAt(..) => {
             wrapped_scalar(v)?.map_or(Reply::Nil, Reply::Str)
         }
         ReadOp::ZCountAbove(..) | ReadOp::PTtl(_) => {
             Reply::Int(wrapped_scalar(v)?.and_then(|s| s.parse().ok()).unwrap_or(0))
         }
-        ReadOp::HGetAll(_) => Reply::Pairs(pairs(v)?),
+        ReadOp::HGetAll(_) | ReadOp::HGetAllAt(..) => Reply::Pairs(pairs(v)?),
         ReadOp::ZRange(_) => Reply::Scored(
             pairs(v)?
                 .into_iter()
