@@ -165,6 +165,7 @@ impl Sessions {
 
         let mut plan = Plan::for_user(self, shard, user, version.as_ref());
         let corr = ctx.correlation_id.as_deref();
+        let stored = docs.clone();
         let previous = current.as_ref().and_then(|id| {
             docs.get_mut(id).map(|d| {
                 d.current = false;
@@ -179,19 +180,26 @@ impl Sessions {
             .collect();
         victims.sort_by(|a, b| (a.created_ms, &a.session_id).cmp(&(b.created_ms, &b.session_id)));
         victims.truncate(evict_count);
-        for victim in &mut victims {
+        for victim in &victims {
             // A victim that was current already lost the flag above (it is the same document).
-            plan.end(victim, "system", self.policy.ended_retention_ms, corr);
+            let before = &stored[&victim.session_id];
+            plan.end(
+                before,
+                victim.clone(),
+                "system",
+                self.policy.ended_retention_ms,
+                corr,
+            );
         }
         if let Some(prev) =
             previous.filter(|p| !victims.iter().any(|v| v.session_id == p.session_id))
         {
-            plan.put(&prev);
+            plan.put(&stored[&prev.session_id], &prev);
         }
 
         let record = self.new_record(new, now);
         plan.event(EventType::Created, &record, Some(&new.performer), corr);
-        plan.put(&record);
+        plan.insert(&record);
         plan.index_new(&record);
         plan.write(WriteOp::Set(
             k.current(shard, user),

@@ -86,22 +86,24 @@ impl Sessions {
             return Ok(Step::Retry);
         };
         let now = self.now();
-        let mut record = docs
+        let stored = docs
             .remove(&id)
             .filter(|d| d.user_id == user && d.is_live(now))
             .ok_or(Error::NotFound("the user has no such session"))?;
-        if record.status != Status::Active {
+        if stored.status != Status::Active {
             return Err(Error::SessionEnded);
         }
         if current.as_deref() == Some(id.as_str()) {
-            return Ok(Step::Done(record));
+            return Ok(Step::Done(stored));
         }
         let mut plan = Plan::for_user(self, shard, user, version.as_ref());
-        if let Some(mut previous) = current.and_then(|c| docs.remove(&c)) {
+        if let Some(before) = current.and_then(|c| docs.remove(&c)) {
+            let mut previous = before.clone();
             previous.current = false;
             previous.version += 1;
-            plan.put(&previous);
+            plan.put(&before, &previous);
         }
+        let mut record = stored.clone();
         record.current = true;
         record.updated_ms = now;
         record.version += 1;
@@ -111,7 +113,7 @@ impl Sessions {
             caller_name(ctx).as_deref(),
             ctx.correlation_id.as_deref(),
         );
-        plan.put(&record);
+        plan.put(&stored, &record);
         plan.write(WriteOp::Set(k.current(shard, user), id));
         Ok(if self.commit(plan).await? {
             Step::Done(record)

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use crate::error::{Error, Result};
 use crate::ids::shard_of;
 use crate::model::input::check_id;
-use crate::model::{Envelope, EventType, Record};
+use crate::model::{Envelope, EventType};
 use crate::store::{Commit, Reads, WriteOp};
 
 use super::plan::Plan;
@@ -187,20 +187,18 @@ impl Sessions {
             .clone()
             .unwrap_or_else(|| event.event_id.clone());
         let mut plan = Plan::for_user(self, shard, user, version.as_ref());
-        let mut changed: Vec<Record> = docs
-            .into_values()
-            .filter(|d| d.case_id.as_deref() == Some(case))
-            .collect();
-        for doc in &mut changed {
+        let mut live = 0;
+        for stored in docs.values().filter(|d| d.case_id.as_deref() == Some(case)) {
+            let mut doc = stored.clone();
             doc.case_id = None;
             doc.updated_ms = now;
             doc.version += 1;
             if doc.is_live(now) {
-                plan.event(EventType::Updated, doc, Some("system"), Some(&corr));
+                plan.event(EventType::Updated, &doc, Some("system"), Some(&corr));
+                live += 1;
             }
-            plan.put(doc);
+            plan.put(stored, &doc);
         }
-        let live = changed.iter().filter(|d| d.is_live(now)).count();
         Ok(if self.commit(plan).await? {
             Step::Done(live)
         } else {

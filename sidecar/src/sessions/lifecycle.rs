@@ -38,7 +38,8 @@ impl Sessions {
             .await?;
         let (shard, version) = (owned.shard, owned.version);
         let now = self.now();
-        let mut record = self.still_active(Some(owned.record))?;
+        let stored = self.still_active(Some(owned.record))?;
+        let mut record = stored.clone();
         let user = record.user_id.clone();
         if let Some(Some(title)) = &patch.title
             && record.title.as_ref() != Some(title)
@@ -60,7 +61,7 @@ impl Sessions {
             }
         }
         let mut plan = Plan::for_user(self, shard, &user, version.as_ref());
-        let (k, old) = (&self.keys, record.clone());
+        let (k, old) = (&self.keys, &stored);
         if let Some(title) = &patch.title {
             if let Some(old_title) = &old.title {
                 plan.write(WriteOp::HDel(
@@ -105,7 +106,7 @@ impl Sessions {
             performer.as_deref(),
             ctx.correlation_id.as_deref(),
         );
-        plan.put(&record);
+        plan.put(&stored, &record);
         Ok(if self.commit(plan).await? {
             Step::Done(record)
         } else {
@@ -124,13 +125,14 @@ impl Sessions {
                 .owned_snapshot(ctx, id, input.user_id.as_ref(), Reads::new())
                 .await?;
             let now = self.now();
-            let mut record = self.still_active(Some(owned.record))?;
+            let stored = self.still_active(Some(owned.record))?;
+            let mut record = stored.clone();
             record.expires_ms = now + ttl_ms;
             record.updated_ms = now;
             record.version += 1;
             let mut plan =
                 Plan::for_user(self, owned.shard, &record.user_id, owned.version.as_ref());
-            plan.put(&record);
+            plan.put(&stored, &record);
             plan.reschedule(&record);
             Ok(if self.commit(plan).await? {
                 Step::Done(record)
@@ -160,17 +162,18 @@ impl Sessions {
             let owned = self
                 .owned_snapshot(ctx, id, input.user_id.as_ref(), Reads::new())
                 .await?;
-            let mut record = self.still_active(Some(owned.record))?;
+            let stored = self.still_active(Some(owned.record))?;
             let mut plan =
-                Plan::for_user(self, owned.shard, &record.user_id, owned.version.as_ref());
-            plan.end(
-                &mut record,
+                Plan::for_user(self, owned.shard, &stored.user_id, owned.version.as_ref());
+            let ended = plan.end(
+                &stored,
+                stored.clone(),
                 &performer,
                 self.policy.ended_retention_ms,
                 ctx.correlation_id.as_deref(),
             );
             Ok(if self.commit(plan).await? {
-                Step::Done(record)
+                Step::Done(ended)
             } else {
                 Step::Retry
             })

@@ -24,7 +24,8 @@ impl Sessions {
             let owned = self.owned_snapshot(ctx, id, None, Reads::new()).await?;
             let (shard, version) = (owned.shard, owned.version);
             let now = self.now();
-            let mut record = self.still_active(Some(owned.record))?;
+            let stored = self.still_active(Some(owned.record))?;
+            let mut record = stored.clone();
             let message = Message {
                 message_id: message_id.clone(),
                 seq: record.message_count() + 1,
@@ -42,7 +43,7 @@ impl Sessions {
             record.updated_ms = now;
             record.version += 1;
             let mut plan = Plan::for_user(self, shard, &record.user_id, version.as_ref());
-            plan.put(&record);
+            plan.put(&stored, &record);
             let json =
                 serde_json::to_string(&message).map_err(|e| Error::Corrupt(e.to_string()))?;
             plan.write(WriteOp::RPush(self.keys.messages(shard, id), json));

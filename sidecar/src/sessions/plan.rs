@@ -1,5 +1,7 @@
 //! Building guarded commits for one user: the index bookkeeping every use case shares.
 
+use std::collections::HashMap;
+
 use crate::clock::rfc3339;
 use crate::ids::new_event_id;
 use crate::model::event::SOURCE;
@@ -76,12 +78,37 @@ impl Plan {
         });
     }
 
-    /// Writes the whole document (and removes optional fields it no longer has).
-    pub(crate) fn put(&mut self, record: &Record) {
+    /// Writes a new document, every field.
+    pub(crate) fn insert(&mut self, record: &Record) {
         self.touched.push(record.session_id.clone());
         let key = self.keys.session(self.shard, &record.session_id);
-        self.write(WriteOp::HSet(key.clone(), record.to_fields()));
-        self.write(WriteOp::HDel(key, record.absent_optional_fields()));
+        self.write(WriteOp::HSet(key, record.to_fields()));
+    }
+
+    /// Writes what changed in a document since `stored`, its state as read under this plan's
+    /// version (so nobody changed it since): the fields whose value changed, and the removal of
+    /// optional fields it no longer has. A message append then rewrites a few counters, not the
+    /// session's data.
+    pub(crate) fn put(&mut self, stored: &Record, record: &Record) {
+        self.touched.push(record.session_id.clone());
+        let key = self.keys.session(self.shard, &record.session_id);
+        let before: HashMap<String, String> = stored.to_fields().into_iter().collect();
+        let changed: Vec<(String, String)> = record
+            .to_fields()
+            .into_iter()
+            .filter(|(field, value)| before.get(field) != Some(value))
+            .collect();
+        let gone: Vec<String> = record
+            .absent_optional_fields()
+            .into_iter()
+            .filter(|field| before.contains_key(field))
+            .collect();
+        if !changed.is_empty() {
+            self.write(WriteOp::HSet(key.clone(), changed));
+        }
+        if !gone.is_empty() {
+            self.write(WriteOp::HDel(key, gone));
+        }
     }
 
     /// Indexes a new session: per user, active set, expiry queue, title, case.
@@ -125,14 +152,16 @@ impl Plan {
         self.commit.writes.extend(ops);
     }
 
-    /// Ends `record` in place (status, times, performer) and records it with its event.
+    /// Ends `record` (status, times, performer), records it with its event and returns it;
+    /// `stored` is the document as read (see [`Plan::put`]).
     pub(crate) fn end(
         &mut self,
-        record: &mut Record,
+        stored: &Record,
+        mut record: Record,
         performer: &str,
         retention_ms: i64,
         correlation: Option<&str>,
-    ) {
+    ) -> Record {
         let now = self.now_ms;
         record.status = Status::Ended;
         record.ended_ms = Some(now);
@@ -140,9 +169,10 @@ impl Plan {
         record.expires_ms = now + retention_ms;
         record.performer_id = Some(performer.to_owned());
         record.version += 1;
-        self.event(EventType::Ended, record, Some(performer), correlation);
-        self.put(record);
-        self.reschedule(record);
+        self.event(EventType::Ended, &record, Some(performer), correlation);
+        self.put(stored, &record);
+        self.reschedule(&record);
+        record
     }
 
     /// Removes a session and everything that hangs off it. `title_owned` and `is_current` say
