@@ -2,6 +2,8 @@
 -- ARGV: n_guards, guards..., n_appends, appends..., then writes until the end.
 -- Order matters: guards are checked first, then events are appended, then state is written.
 -- An append that fails returns before any write, so state changes only if its event is recorded.
+-- Arguments go to redis.call as ranges of ARGV (unpack(ARGV, i, j)), not copied into a table
+-- first: that copy was a quarter of a create's commit time (redis-benchmark, 24 -> 17 us).
 local i = 1
 local function arg() local v = ARGV[i]; i = i + 1; return v end
 local function key() return KEYS[tonumber(arg())] end
@@ -29,19 +31,21 @@ end
 
 for _ = 1, tonumber(arg()) do
   local k, maxlen, n = key(), arg(), tonumber(arg())
-  local cmd = { 'XADD', k }
+  local first, last = i, i + 2 * n - 1
+  i = last + 1
+  local ok
   if maxlen ~= '' then
-    cmd[#cmd + 1] = 'MAXLEN'; cmd[#cmd + 1] = '~'; cmd[#cmd + 1] = maxlen
+    ok = redis.pcall('XADD', k, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, first, last))
+  else
+    ok = redis.pcall('XADD', k, '*', unpack(ARGV, first, last))
   end
-  cmd[#cmd + 1] = '*'
-  for _ = 1, 2 * n do cmd[#cmd + 1] = arg() end
-  local ok = redis.pcall(unpack(cmd))
   if type(ok) == 'table' and ok.err then
     return redis.error_reply('APPEND_FAILED ' .. ok.err)
   end
 end
 
-while i <= #ARGV do
+local nargs = #ARGV
+while i <= nargs do
   local op, k = arg(), key()
   if op == 'SET' then
     redis.call('SET', k, arg())
@@ -51,13 +55,13 @@ while i <= #ARGV do
   elseif op == 'DEL' then
     redis.call('DEL', k)
   elseif op == 'HSET' then
-    local cmd = { 'HSET', k }
-    for _ = 1, 2 * tonumber(arg()) do cmd[#cmd + 1] = arg() end
-    redis.call(unpack(cmd))
+    local n = 2 * tonumber(arg())
+    redis.call('HSET', k, unpack(ARGV, i, i + n - 1))
+    i = i + n
   elseif op == 'HDEL' then
-    local cmd = { 'HDEL', k }
-    for _ = 1, tonumber(arg()) do cmd[#cmd + 1] = arg() end
-    redis.call(unpack(cmd))
+    local n = tonumber(arg())
+    redis.call('HDEL', k, unpack(ARGV, i, i + n - 1))
+    i = i + n
   elseif op == 'ZADD' then
     local score = arg()
     redis.call('ZADD', k, score, arg())
@@ -71,9 +75,9 @@ while i <= #ARGV do
     local ttl = arg()
     if redis.call('INCR', k) == 1 then redis.call('PEXPIRE', k, ttl) end
   elseif op == 'XDEL' then
-    local cmd = { 'XDEL', k }
-    for _ = 1, tonumber(arg()) do cmd[#cmd + 1] = arg() end
-    redis.call(unpack(cmd))
+    local n = tonumber(arg())
+    redis.call('XDEL', k, unpack(ARGV, i, i + n - 1))
+    i = i + n
   else
     return redis.error_reply('BADOP unknown write ' .. tostring(op))
   end
