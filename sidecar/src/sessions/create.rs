@@ -211,11 +211,7 @@ impl Sessions {
                 self.policy.create_rate_window_ms,
             ));
         }
-        Ok(if self.commit(plan).await? {
-            Step::Done(record)
-        } else {
-            Step::Retry
-        })
+        self.commit_or_retry(plan, record).await
     }
 
     fn new_record(&self, new: &NewSession, now: i64) -> Record {

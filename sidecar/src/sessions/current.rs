@@ -115,10 +115,6 @@ impl Sessions {
         );
         plan.put(&stored, &record);
         plan.write(WriteOp::Set(k.current(shard, user), id));
-        Ok(if self.commit(plan).await? {
-            Step::Done(record)
-        } else {
-            Step::Retry
-        })
+        self.commit_or_retry(plan, record).await
     }
 }

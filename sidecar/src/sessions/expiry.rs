@@ -81,11 +81,7 @@ impl Sessions {
                 );
             }
             plan.remove(&record, snapshot.owns_title, snapshot.is_current);
-            Ok(if self.commit(plan).await? {
-                Step::Done(expiring)
-            } else {
-                Step::Retry
-            })
+            self.commit_or_retry(plan, expiring).await
         })
         .await
     }

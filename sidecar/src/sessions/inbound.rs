@@ -123,11 +123,7 @@ impl Sessions {
                 plan.write(op);
             }
             let affected = docs.values().filter(|d| d.is_live(now)).count();
-            Ok(if self.commit(plan).await? {
-                Step::Done((false, affected))
-            } else {
-                Step::Retry
-            })
+            self.commit_or_retry(plan, (false, affected)).await
         })
         .await
     }
@@ -199,10 +195,6 @@ impl Sessions {
             }
             plan.put(stored, &doc);
         }
-        Ok(if self.commit(plan).await? {
-            Step::Done(live)
-        } else {
-            Step::Retry
-        })
+        self.commit_or_retry(plan, live).await
     }
 }

@@ -107,11 +107,7 @@ impl Sessions {
             ctx.correlation_id.as_deref(),
         );
         plan.put(&stored, &record);
-        Ok(if self.commit(plan).await? {
-            Step::Done(record)
-        } else {
-            Step::Retry
-        })
+        self.commit_or_retry(plan, record).await
     }
 
     /// Extends an active session's expiry from now. Reads never do this implicitly.
@@ -134,11 +130,7 @@ impl Sessions {
                 Plan::for_user(self, owned.shard, &record.user_id, owned.version.as_ref());
             plan.put(&stored, &record);
             plan.reschedule(&record);
-            Ok(if self.commit(plan).await? {
-                Step::Done(record)
-            } else {
-                Step::Retry
-            })
+            self.commit_or_retry(plan, record).await
         })
         .await
     }
@@ -172,11 +164,7 @@ impl Sessions {
                 self.policy.ended_retention_ms,
                 ctx.correlation_id.as_deref(),
             );
-            Ok(if self.commit(plan).await? {
-                Step::Done(ended)
-            } else {
-                Step::Retry
-            })
+            self.commit_or_retry(plan, ended).await
         })
         .await
     }
@@ -204,11 +192,7 @@ impl Sessions {
                 ctx.correlation_id.as_deref(),
             );
             plan.remove(&record, snapshot.owns_title, false);
-            Ok(if self.commit(plan).await? {
-                Step::Done(())
-            } else {
-                Step::Retry
-            })
+            self.commit_or_retry(plan, ()).await
         })
         .await
     }

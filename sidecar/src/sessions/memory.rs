@@ -10,7 +10,7 @@ use crate::store::{Reads, WriteOp};
 
 use super::lifecycle::merge;
 use super::plan::Plan;
-use super::{Ctx, Sessions, Step};
+use super::{Ctx, Sessions};
 
 /// A session's memory.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -84,14 +84,14 @@ impl Sessions {
                 key.clone(),
                 Value::Object(memory.clone()).to_string(),
             ));
-            Ok(if self.commit(plan).await? {
-                Step::Done(MemoryView {
+            self.commit_or_retry(
+                plan,
+                MemoryView {
                     session_id: id.to_owned(),
                     memory,
-                })
-            } else {
-                Step::Retry
-            })
+                },
+            )
+            .await
         })
         .await
     }

@@ -10,7 +10,7 @@ use crate::store::{Reads, WriteOp};
 
 use super::listing::{Page, page_size};
 use super::plan::Plan;
-use super::{Ctx, Sessions, Step};
+use super::{Ctx, Sessions};
 
 impl Sessions {
     /// Appends a message to an active session and adds it to the session's counters.
@@ -47,11 +47,7 @@ impl Sessions {
             let json =
                 serde_json::to_string(&message).map_err(|e| Error::Corrupt(e.to_string()))?;
             plan.write(WriteOp::RPush(self.keys.messages(shard, id), json));
-            Ok(if self.commit(plan).await? {
-                Step::Done(message)
-            } else {
-                Step::Retry
-            })
+            self.commit_or_retry(plan, message).await
         })
         .await
     }

@@ -231,17 +231,18 @@ impl Sessions {
         Ok(crate::store::read_one(self.backend.as_ref(), read).await?)
     }
 
-    /// Commits; `Ok(false)` on a conflict (retry), errors for a full outbox or a failed store.
-    pub(crate) async fn commit(&self, plan: plan::Plan) -> Result<bool> {
+    /// Commits `plan`: done with `value` when it applied, [`Step::Retry`] on a conflict (the
+    /// use case runs again on a fresh snapshot), an error for a full outbox or a failed store.
+    pub(crate) async fn commit_or_retry<T>(&self, plan: plan::Plan, value: T) -> Result<Step<T>> {
         let (commit, touched) = plan.into_parts();
         match self.backend.commit(commit).await? {
             CommitOutcome::Applied => {
                 if let Some(listener) = &self.listener {
                     touched.iter().for_each(|id| listener.changed(id));
                 }
-                Ok(true)
+                Ok(Step::Done(value))
             }
-            CommitOutcome::Conflict => Ok(false),
+            CommitOutcome::Conflict => Ok(Step::Retry),
             CommitOutcome::OutboxFull => Err(Error::OutboxFull),
         }
     }

@@ -22,6 +22,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free loopback port for a cluster node whose bus port (the port plus 10 000) is free too:
+/// a port above 55 535 has no bus port and Redis refuses to start on it.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Waits until something accepts connections on the loopback port.
 pub fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -282,11 +293,37 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
-    /// Starts six nodes and forms the cluster (about two seconds).
+    /// Starts six nodes and forms the cluster (about two seconds). Tries three times on fresh
+    /// ports: a port picked free can be taken by another test before its node binds it.
     pub fn start() -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(cluster) => {
+                    cluster.wait_until_ok();
+                    return cluster;
+                }
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!(
+            "the test cluster could not be formed: {}",
+            failures.join(" | ")
+        );
+    }
+
+    /// Six nodes on distinct free ports, joined by `redis-cli --cluster create`; its output
+    /// when that fails (the nodes are stopped by `Drop`).
+    fn try_start() -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("session-cluster-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 6 {
+            let port = free_cluster_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
         let acl = acl_args(&dir, TEST_PREFIX);
         let nodes = ports
             .iter()
@@ -312,29 +349,28 @@ impl RedisCluster {
             })
             .collect();
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let status = redis_cli()
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("redis-cli not found: run tests/run.sh, which installs it");
-        assert!(status.success(), "redis-cli --cluster create failed");
-        let addresses = ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let url = url_as(Role::Sidecar.user(), "redis", &addresses);
+        let addresses = addrs.join(",");
         let cluster = Self {
             nodes,
             dir,
-            url,
+            url: url_as(Role::Sidecar.user(), "redis", &addresses),
             addresses,
         };
-        cluster.wait_until_ok();
-        cluster
+        let out = redis_cli()
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli not found: run tests/run.sh, which installs it");
+        if !out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+            let last: Vec<&str> = text.lines().rev().take(3).collect();
+            return Err(format!(
+                "redis-cli --cluster create failed: {}",
+                last.join(" / ")
+            ));
+        }
+        Ok(cluster)
     }
 
     /// The seed URLs as `role`'s user.
@@ -385,30 +421,47 @@ impl RedisCluster {
 
     /// Waits until every live node reports `cluster_state:ok` and agrees on three masters, and
     /// every replica has finished its first sync (a replica that never synced cannot take over).
+    /// Allows 60 s: with the whole suite running on two cores, six nodes with a 2 s node
+    /// timeout can flap (a node marked failing, a failover) before they settle.
     pub fn wait_until_ok(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let ok = self.live_ports().iter().all(|&p| {
-                Self::cli(p, &["cluster", "info"]).is_some_and(|i| i.contains("cluster_state:ok"))
-                    && Self::cli(p, &["cluster", "nodes"]).is_some_and(|n| {
-                        n.lines()
-                            .filter(|l| l.contains("master") && !l.contains("fail"))
-                            .count()
-                            == 3
-                    })
-                    && Self::cli(p, &["info", "replication"]).is_some_and(|i| {
-                        i.contains("role:master") || i.contains("master_link_status:up")
-                    })
-            });
-            if ok {
+            let unhealthy: Vec<String> = self
+                .live_ports()
+                .iter()
+                .filter_map(|&p| Self::node_problem(p).map(|problem| format!("{p}: {problem}")))
+                .collect();
+            if unhealthy.is_empty() {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the cluster did not become healthy"
+                "the cluster did not become healthy within 60 s: {}",
+                unhealthy.join("; ")
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// What keeps the node on `port` from counting as healthy, if anything.
+    fn node_problem(port: u16) -> Option<String> {
+        let info = Self::cli(port, &["cluster", "info"]).unwrap_or_default();
+        if !info.contains("cluster_state:ok") {
+            return Some("cluster_state is not ok".to_owned());
+        }
+        let nodes = Self::cli(port, &["cluster", "nodes"]).unwrap_or_default();
+        let masters = nodes
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
+            .count();
+        if masters != 3 {
+            return Some(format!("sees {masters} healthy masters, not 3"));
+        }
+        let replication = Self::cli(port, &["info", "replication"]).unwrap_or_default();
+        if !(replication.contains("role:master") || replication.contains("master_link_status:up")) {
+            return Some("a replica whose link to its master is not up".to_owned());
+        }
+        None
     }
 
     fn live_ports(&self) -> Vec<u16> {
