@@ -14,7 +14,7 @@ use kube::api::ApiResource;
 use crate::crd::SessionService;
 
 /// How often the operator asks the API server again.
-pub const REDISCOVER_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const REDISCOVER_EVERY: Duration = Duration::from_secs(60);
 
 /// The features the objects depend on, as one API server serves them.
 #[derive(Clone, Debug, PartialEq)]
@@ -74,7 +74,7 @@ impl Capabilities {
 
     /// Asks the API server: its version, and which versions of `autoscaling` and `policy` it
     /// serves.
-    pub async fn discover(client: &Client) -> Result<Self, kube::Error> {
+    pub(crate) async fn discover(client: &Client) -> Result<Self, kube::Error> {
         let version = client.apiserver_version().await?;
         let minor = version
             .minor
@@ -100,12 +100,12 @@ impl Capabilities {
 
     /// Whether `ss`'s injected sidecars are native: `spec.sidecar.native`, or where it is
     /// unset (auto) whatever the server supports; never on a server without them.
-    pub fn native_sidecar(&self, ss: &SessionService) -> bool {
+    pub(crate) fn native_sidecar(&self, ss: &SessionService) -> bool {
         self.native_sidecars && ss.spec.sidecar.native.unwrap_or(true)
     }
 
     /// What `ss` asks for that this server cannot give, in words: empty on a current server.
-    pub fn degradations(&self, ss: &SessionService) -> Vec<String> {
+    pub(crate) fn degradations(&self, ss: &SessionService) -> Vec<String> {
         let mut lost = Vec::new();
         let server = &self.version;
         if !self.validation_rules {
@@ -147,16 +147,16 @@ fn with_version(base: &ApiResource, version: &str) -> ApiResource {
 }
 
 /// The capabilities every part of the process reads, kept current by [`keep_current`].
-pub type Shared = Arc<RwLock<Capabilities>>;
+pub(crate) type Shared = Arc<RwLock<Capabilities>>;
 
 /// The current capabilities.
-pub fn current(shared: &Shared) -> Capabilities {
+pub(crate) fn current(shared: &Shared) -> Capabilities {
     shared.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// Asks the API server every [`REDISCOVER_EVERY`] and updates `shared` when the answer
 /// changed (a control-plane upgrade); a failed question keeps the last answer.
-pub async fn keep_current(client: Client, shared: Shared) {
+pub(crate) async fn keep_current(client: Client, shared: Shared) {
     loop {
         tokio::time::sleep(REDISCOVER_EVERY).await;
         match Capabilities::discover(&client).await {

@@ -14,11 +14,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Default container images; pinned tags, so a reconcile never changes what runs by itself.
-pub const DEFAULT_SESSION_IMAGE: &str = concat!(
+pub(crate) const DEFAULT_SESSION_IMAGE: &str = concat!(
     "ghcr.io/session-operator/session-sidecar:",
     env!("CARGO_PKG_VERSION")
 );
-pub const DEFAULT_REDIS_IMAGE: &str = "docker.io/library/redis:7.4.2-bookworm";
+pub(crate) const DEFAULT_REDIS_IMAGE: &str = "docker.io/library/redis:7.4.2-bookworm";
 
 /// A session tier: Redis, the session service, its autoscaler and its SLO alerts.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -82,9 +82,9 @@ impl SessionServiceSpec {
 }
 
 /// The default shards on a Redis Cluster: room for 64 masters with balanced data.
-pub const CLUSTER_SHARD_COUNT: i32 = 64;
+pub(crate) const CLUSTER_SHARD_COUNT: i32 = 64;
 /// The default shards on a single Redis: as many as the sidecar's own default.
-pub const SINGLE_SHARD_COUNT: i32 = 16;
+pub(crate) const SINGLE_SHARD_COUNT: i32 = 16;
 
 /// How Redis is provided.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]

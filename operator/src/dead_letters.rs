@@ -67,7 +67,7 @@ pub enum Action {
 
 /// One dead letter as the session service lists it.
 #[derive(Debug, Deserialize)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     pub id: String,
     pub reason: String,
     pub error: String,
@@ -78,7 +78,7 @@ pub struct DeadLetter {
 }
 
 /// The session service's API, with a service-scope token.
-pub struct SessionApi {
+pub(crate) struct SessionApi {
     base: String,
     token: String,
 }
@@ -88,7 +88,11 @@ impl SessionApi {
     ///
     /// # Errors
     /// When the Secret cannot be read or holds no key.
-    pub async fn connect(client: &Client, ss: &SessionService, url: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(
+        client: &Client,
+        ss: &SessionService,
+        url: &str,
+    ) -> anyhow::Result<Self> {
         let namespace = ss
             .namespace()
             .unwrap_or_else(|| client.default_namespace().to_owned());
@@ -121,7 +125,7 @@ impl SessionApi {
     ///
     /// # Errors
     /// When the service cannot be reached or answers an error.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -157,7 +161,7 @@ impl SessionApi {
     ///
     /// # Errors
     /// As [`SessionApi::call`].
-    pub async fn dead_letters(&self) -> anyhow::Result<Vec<Value>> {
+    pub(crate) async fn dead_letters(&self) -> anyhow::Result<Vec<Value>> {
         let mut all = Vec::new();
         let mut cursor: Option<String> = None;
         loop {

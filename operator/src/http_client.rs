@@ -13,7 +13,7 @@ use hyper::{Method, StatusCode};
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One answer: its status and body.
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: StatusCode,
     pub body: Bytes,
 }
@@ -22,7 +22,7 @@ pub struct Answer {
 ///
 /// # Errors
 /// When the URL is not `http://host[:port]/…`, or connecting or answering fails or times out.
-pub async fn request(
+pub(crate) async fn request(
     method: Method,
     url: &str,
     bearer: Option<&str>,

@@ -18,10 +18,10 @@ use crate::resources::server::{SESSION_UID, http_probe, session_env, session_vol
 /// The injected container's name; its presence makes injection a no-op.
 pub const CONTAINER: &str = "session-sidecar";
 /// Set on injected pods: the SessionService they were injected for.
-pub const INJECTED_ANNOTATION: &str = "sessions.io/injected";
+pub(crate) const INJECTED_ANNOTATION: &str = "sessions.io/injected";
 /// Where the sidecar serves the application (loopback) and its probes and metrics.
-pub const LISTEN: &str = "127.0.0.1:7070";
-pub const ADMIN_PORT: i32 = 7071;
+pub(crate) const LISTEN: &str = "127.0.0.1:7070";
+pub(crate) const ADMIN_PORT: i32 = 7071;
 
 /// The sidecar container for `ss`; a native sidecar (`restartPolicy: Always`) when `native`.
 pub fn sidecar_container(ss: &SessionService, native: bool) -> Container {
@@ -100,7 +100,7 @@ fn pointer_segment(key: &str) -> String {
 /// `/spec/template` for a workload, `/spec/jobTemplate/spec/template` for a CronJob) of
 /// `object`; `None` when it already has one. The sidecar is native where `api` supports it
 /// and the SessionService does not say otherwise.
-pub fn patch(
+pub(crate) fn patch(
     object: &Value,
     prefix: &str,
     ss: &SessionService,
@@ -175,7 +175,7 @@ pub fn patch(
 }
 
 /// Where the pod template of a kind lives; `None` for kinds that run no pods.
-pub fn template_prefix(kind: &str) -> Option<&'static str> {
+pub(crate) fn template_prefix(kind: &str) -> Option<&'static str> {
     match kind {
         "Pod" => Some(""),
         "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => Some("/spec/template"),

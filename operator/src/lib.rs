@@ -1,5 +1,6 @@
 //! `session-operator`: turns a `SessionService` into Redis, the session service, its
-//! autoscaler and its SLO alerts, and injects the sidecar into application pods.
+//! autoscaler and its SLO alerts, and injects the sidecar into application pods. Items are `pub`
+//! only where the binary or the integration tests use them; the rest is `pub(crate)`.
 //!
 //! - [`crd`]: the custom resource, its defaults and CEL rules.
 //! - [`resources`]: one pure builder per kind of child object; [`slo`]: the SLO rules;
@@ -33,4 +34,4 @@ pub mod webhook;
 pub mod yaml;
 
 /// The label that asks for a sidecar: `sessions.io/inject: <SessionService name>`.
-pub const INJECT_LABEL: &str = "sessions.io/inject";
+pub(crate) const INJECT_LABEL: &str = "sessions.io/inject";

@@ -11,7 +11,7 @@ use crate::crd::SessionService;
 use kube::ResourceExt;
 
 /// The windows the SLIs are recorded over.
-pub const WINDOWS: &[&str] = &["5m", "30m", "1h", "2h", "6h", "1d", "3d"];
+pub(crate) const WINDOWS: &[&str] = &["5m", "30m", "1h", "2h", "6h", "1d", "3d"];
 
 /// One alert condition: burning `budget_percent` of the budget within `long_hours`.
 struct Burn {
@@ -53,7 +53,7 @@ const TICKET: &[Burn] = &[
 ];
 
 /// What one SLO measures.
-pub struct Objective {
+pub(crate) struct Objective {
     /// `availability` or `latency`, the `slo` label of the alerts.
     pub slo: &'static str,
     /// `Availability` or `Latency`, for people.
@@ -67,7 +67,7 @@ pub struct Objective {
 }
 
 /// The two SLOs of a SessionService.
-pub fn objectives(ss: &SessionService) -> [Objective; 2] {
+pub(crate) fn objectives(ss: &SessionService) -> [Objective; 2] {
     let slo = &ss.spec.slo;
     [
         Objective {
@@ -91,7 +91,7 @@ pub fn objectives(ss: &SessionService) -> [Objective; 2] {
 }
 
 /// One alert condition's burn-rate threshold: above it in both windows, the alert fires.
-pub struct BurnThreshold {
+pub(crate) struct BurnThreshold {
     /// `page` or `ticket`.
     pub severity: &'static str,
     /// The share of the budget it would spend within `long`.
@@ -102,7 +102,7 @@ pub struct BurnThreshold {
 }
 
 /// Every alert condition's threshold, pages first.
-pub fn burn_thresholds(ss: &SessionService) -> Vec<BurnThreshold> {
+pub(crate) fn burn_thresholds(ss: &SessionService) -> Vec<BurnThreshold> {
     let window_hours = u32::try_from(ss.spec.slo.window_days).unwrap_or(30) * 24;
     let with = |severity, burns: &'static [Burn]| {
         burns.iter().map(move |b| BurnThreshold {
@@ -117,7 +117,7 @@ pub fn burn_thresholds(ss: &SessionService) -> Vec<BurnThreshold> {
 }
 
 /// Probes and scrapes are not user traffic.
-pub const USER_TRAFFIC: &str = r#"route!~"/healthz|/readyz|/metrics""#;
+pub(crate) const USER_TRAFFIC: &str = r#"route!~"/healthz|/readyz|/metrics""#;
 
 /// The `groups` of the PrometheusRule (also a valid `promtool` rule file).
 pub fn rule_groups(ss: &SessionService) -> Value {

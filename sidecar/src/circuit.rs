@@ -24,7 +24,7 @@ enum State {
 }
 
 /// One circuit; its state is also kept in a gauge: 0 closed, 1 half-open, 2 open.
-pub struct Circuit {
+pub(crate) struct Circuit {
     state: Mutex<State>,
     failures_to_open: u32,
     open_for: Duration,
@@ -33,7 +33,7 @@ pub struct Circuit {
 
 impl Circuit {
     #[must_use]
-    pub fn new(failures_to_open: u32, open_for: Duration, gauge: IntGauge) -> Self {
+    pub(crate) fn new(failures_to_open: u32, open_for: Duration, gauge: IntGauge) -> Self {
         gauge.set(0);
         Self {
             state: Mutex::new(State::Closed { failures: 0 }),
@@ -45,7 +45,7 @@ impl Circuit {
 
     /// Runs `call` unless the circuit is open (`None`); `failed` tells which outcomes are the
     /// peer's failures (domain outcomes never count).
-    pub async fn call<T, F>(&self, call: F, failed: impl FnOnce(&T) -> bool) -> Option<T>
+    pub(crate) async fn call<T, F>(&self, call: F, failed: impl FnOnce(&T) -> bool) -> Option<T>
     where
         F: Future<Output = T>,
     {
@@ -58,12 +58,6 @@ impl Circuit {
         pending.armed = false;
         self.record(!failed(&outcome));
         Some(outcome)
-    }
-
-    /// Whether this circuit is open now (calls would be refused).
-    #[must_use]
-    pub fn is_open(&self) -> bool {
-        matches!(*self.state(), State::Open { until } if Instant::now() < until)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

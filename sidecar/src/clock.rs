@@ -49,7 +49,7 @@ impl Clock for ManualClock {
 
 /// RFC 3339, UTC, milliseconds, `Z` — the one timestamp format of the API and the events.
 #[must_use]
-pub fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(SecondsFormat::Millis, true)

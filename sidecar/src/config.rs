@@ -14,34 +14,34 @@ use crate::store::redis_url::{self, RedisUrl};
 pub const DEFAULT_KEY_PREFIX: &str = "sess";
 
 /// Where the sidecar listens by default: loopback only, the pod's own port.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 /// Default session TTL: 24 hours.
-pub const DEFAULT_TTL_SECONDS: u64 = 24 * 3600;
+pub(crate) const DEFAULT_TTL_SECONDS: u64 = 24 * 3600;
 /// Longest TTL a client may ask for: 7 days.
-pub const DEFAULT_MAX_TTL_SECONDS: u64 = 7 * 24 * 3600;
+pub(crate) const DEFAULT_MAX_TTL_SECONDS: u64 = 7 * 24 * 3600;
 /// How long ended sessions stay readable: 7 days.
-pub const DEFAULT_ENDED_RETENTION_SECONDS: u64 = 7 * 24 * 3600;
+pub(crate) const DEFAULT_ENDED_RETENTION_SECONDS: u64 = 7 * 24 * 3600;
 /// Shards of the key space. Fixed at creation: the shard is part of every session id.
-pub const DEFAULT_SHARD_COUNT: u32 = 16;
+pub(crate) const DEFAULT_SHARD_COUNT: u32 = 16;
 /// Session creations per user and window (a human creates a handful per hour).
-pub const DEFAULT_CREATE_RATE_LIMIT: u32 = 60;
+pub(crate) const DEFAULT_CREATE_RATE_LIMIT: u32 = 60;
 /// The rate-limit window.
-pub const DEFAULT_CREATE_RATE_WINDOW_SECONDS: u64 = 60;
+pub(crate) const DEFAULT_CREATE_RATE_WINDOW_SECONDS: u64 = 60;
 /// Largest request body: 256 KiB, room for a 64 KiB message or object plus JSON overhead.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 /// Undelivered events per shard before writes are refused (the relay is then clearly down).
-pub const DEFAULT_OUTBOX_MAX_LEN: u64 = 100_000;
+pub(crate) const DEFAULT_OUTBOX_MAX_LEN: u64 = 100_000;
 /// Entries kept in the global events stream.
-pub const DEFAULT_EVENTS_MAX_LEN: u64 = 1_000_000;
+pub(crate) const DEFAULT_EVENTS_MAX_LEN: u64 = 1_000_000;
 
 /// Local cache size: 64 MiB holds about 50 000 typical sessions.
-pub const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Hard maximum age of a cached session. Invalidations normally arrive within milliseconds;
 /// this bounds staleness only when they cannot (Redis unreachable), and is how long cached
 /// sessions keep being served through a Redis outage.
-pub const DEFAULT_CACHE_MAX_AGE_MS: u64 = 10_000;
+pub(crate) const DEFAULT_CACHE_MAX_AGE_MS: u64 = 10_000;
 /// How long a 404 is remembered (shields Redis from floods of unknown ids).
-pub const DEFAULT_CACHE_NEGATIVE_TTL_MS: u64 = 1_000;
+pub(crate) const DEFAULT_CACHE_NEGATIVE_TTL_MS: u64 = 1_000;
 
 /// How the process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -292,7 +292,7 @@ impl Config {
     ///
     /// # Errors
     /// When the URL file cannot be read or holds no Redis URL, in words naming the file.
-    pub fn redis_url(&self) -> Result<Option<RedisUrl>, String> {
+    pub(crate) fn redis_url(&self) -> Result<Option<RedisUrl>, String> {
         Ok(match (&self.redis_url_file, &self.redis_url) {
             (Some(path), _) => Some(redis_url::watch_file(
                 path.clone(),
@@ -306,13 +306,13 @@ impl Config {
 
     /// Whether the store is Redis rather than the embedded one.
     #[must_use]
-    pub fn uses_redis(&self) -> bool {
+    pub(crate) fn uses_redis(&self) -> bool {
         self.redis_url.is_some() || self.redis_url_file.is_some()
     }
 
     /// The session policies these settings describe.
     #[must_use]
-    pub fn policy(&self) -> Policy {
+    pub(crate) fn policy(&self) -> Policy {
         let ms = |s: u64| {
             i64::try_from(s)
                 .unwrap_or(i64::MAX / 1000)
@@ -346,7 +346,7 @@ impl Config {
 
     /// The replication wait after writes, if asked for.
     #[must_use]
-    pub fn replica_wait(&self) -> Option<crate::store::redis::ReplicaWait> {
+    pub(crate) fn replica_wait(&self) -> Option<crate::store::redis::ReplicaWait> {
         (self.redis_wait_replicas > 0).then_some(crate::store::redis::ReplicaWait {
             replicas: self.redis_wait_replicas,
             timeout_ms: self.redis_wait_timeout_ms,
@@ -355,7 +355,7 @@ impl Config {
 
     /// The local cache settings, or `None` when the cache is off.
     #[must_use]
-    pub fn cache(&self) -> Option<crate::cache::CacheConfig> {
+    pub(crate) fn cache(&self) -> Option<crate::cache::CacheConfig> {
         (self.cache_max_bytes > 0).then(|| crate::cache::CacheConfig {
             max_bytes: self.cache_max_bytes,
             max_age: std::time::Duration::from_millis(self.cache_max_age_ms),
@@ -365,7 +365,7 @@ impl Config {
 
     /// The identity provider server mode checks tokens against, when one is configured.
     #[must_use]
-    pub fn identity_provider(&self) -> Option<crate::api::auth::IdpConfig> {
+    pub(crate) fn identity_provider(&self) -> Option<crate::api::auth::IdpConfig> {
         let (issuer, audience) = (self.oidc_issuer.clone()?, self.oidc_audience.clone()?);
         let mut idp = crate::api::auth::IdpConfig::new(issuer, audience);
         idp.jwks_url.clone_from(&self.oidc_jwks_url);
@@ -376,14 +376,14 @@ impl Config {
     /// Whether this process runs the relay, the sweeper and the consumer: in server mode, and
     /// always on the embedded store (nobody else can).
     #[must_use]
-    pub fn runs_background_work(&self) -> bool {
+    pub(crate) fn runs_background_work(&self) -> bool {
         self.mode == Mode::Server || !self.uses_redis() || self.background_work
     }
 
     /// The Redis role whose ACL rules this process needs: the server's when it runs the
     /// background work, the sidecar's otherwise.
     #[must_use]
-    pub fn redis_role(&self) -> Role {
+    pub(crate) fn redis_role(&self) -> Role {
         if self.mode == Mode::Server || self.background_work {
             Role::Server
         } else {

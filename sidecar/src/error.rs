@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use crate::store::BackendError;
 
 /// The crate's result type.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong, named after what failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +97,7 @@ const UNAVAILABLE_RETRY_AFTER_S: u64 = 1;
 impl Error {
     /// The HTTP status and the stable code.
     #[must_use]
-    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+    pub(crate) fn status_and_code(&self) -> (StatusCode, &'static str) {
         use StatusCode as S;
         match self {
             Error::NotFound(_) => (S::NOT_FOUND, "not_found"),
@@ -144,7 +144,7 @@ impl Error {
 
 /// An RFC 9457 problem document.
 #[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// `https://sessions.io/problems/<code>`.
     #[serde(rename = "type")]
     pub type_uri: String,
@@ -156,12 +156,12 @@ pub struct Problem {
 }
 
 /// The media type of problem responses.
-pub const PROBLEM_JSON: &str = "application/problem+json";
+pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
 
 impl Error {
     /// The problem document of this error, serialized.
     #[must_use]
-    pub fn problem_body(&self) -> Vec<u8> {
+    pub(crate) fn problem_body(&self) -> Vec<u8> {
         let (status, code) = self.status_and_code();
         let problem = Problem {
             type_uri: format!("https://sessions.io/problems/{code}"),

@@ -9,7 +9,7 @@
 use data_encoding::BASE32_NOPAD;
 
 /// The prefix of every session id.
-pub const SESSION_ID_PREFIX: &str = "sess_";
+pub(crate) const SESSION_ID_PREFIX: &str = "sess_";
 /// Random bytes in a session id: 128 bits.
 const RANDOM_BYTES: usize = 16;
 /// Length of 128 bits in unpadded base32.
@@ -60,7 +60,7 @@ pub fn parse_session_id(id: &str, shard_count: u32) -> Option<u32> {
 
 /// A new event id (UUIDv4).
 #[must_use]
-pub fn new_event_id() -> String {
+pub(crate) fn new_event_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 

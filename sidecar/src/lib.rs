@@ -1,12 +1,14 @@
 //! `session-sidecar`: the session API, served from an embedded store or from Redis.
 //!
 //! One binary, two modes: `sidecar` on 127.0.0.1 beside an application, and
-//! `server`, the session service with auth and background work. The crate is laid out like the
-//! design:
+//! `server`, the session service with auth and background work. Items are `pub` only where the
+//! binary, the operator or the integration tests use them; the rest is `pub(crate)`. The modules:
 //!
 //! - [`config`] — flags and environment variables, validated all at once.
 //! - [`api`] — HTTP handlers, problem responses, auth (the shared secret, or an OIDC identity
-//!   provider's published keys), the generated OpenAPI document.
+//!   provider's published keys), the generated OpenAPI document; the hot path: `api::lookup`
+//!   (the one read path of `GET /v1/sessions/{id}`: cache, fill from the store, response) and
+//!   `api::hot` (cache hits answered in front of the router).
 //! - [`sessions`] — the session engine: every domain rule, once.
 //! - [`store`] — the storage contract, typed reads on it (`store::reads`), its two backends
 //!   (Redis and embedded), the circuit breaker, the Redis ACL rules of each role
@@ -51,12 +53,12 @@ use crate::store::memory::MemoryBackend;
 
 /// Whether a shutdown was asked for (or nobody can ask any more).
 #[must_use]
-pub fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
+pub(crate) fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
     *shutdown.borrow() || shutdown.has_changed().is_err()
 }
 
 /// Everything a running process is made of, built from the configuration.
-pub struct Service {
+pub(crate) struct Service {
     pub state: AppState,
     /// Keeps the cache coherent with Redis (`None` on the embedded store or without a cache).
     pub tracking: Option<Tracking>,
@@ -68,7 +70,7 @@ pub struct Service {
 ///
 /// # Errors
 /// When the Redis URL file cannot be read; never for an unreachable Redis (that is retried).
-pub async fn build(config: &Config) -> anyhow::Result<Service> {
+pub(crate) async fn build(config: &Config) -> anyhow::Result<Service> {
     let metrics = Metrics::new(&config.service_name);
     let url = config.redis_url().map_err(anyhow::Error::msg)?;
     let backend: Arc<dyn Backend> = match &url {

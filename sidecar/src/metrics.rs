@@ -10,7 +10,7 @@ use prometheus::{
 };
 
 /// The route template of a session lookup, the hot path's only route.
-pub const LOOKUP_ROUTE: &str = "/v1/sessions/{session_id}";
+pub(crate) const LOOKUP_ROUTE: &str = "/v1/sessions/{session_id}";
 
 /// Request-duration buckets in seconds. They include the SLO latency thresholds an operator may
 /// choose (1, 5, 10, 25, 50, 100 ms; the source documents ask for p99 < 50 ms), plus finer
@@ -19,7 +19,7 @@ pub const REQUEST_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 /// Redis call buckets in seconds: healthy calls take well under a millisecond.
-pub const REDIS_BUCKETS: &[f64] = &[
+pub(crate) const REDIS_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
@@ -252,7 +252,7 @@ impl Metrics {
 
     /// Records one lookup answered by the hot path: the same series as
     /// [`Metrics::observe_request`] would, without looking them up.
-    pub fn observe_hot_hit(&self, found: bool, took: std::time::Duration) {
+    pub(crate) fn observe_hot_hit(&self, found: bool, took: std::time::Duration) {
         self.hot.duration.observe(took.as_secs_f64());
         if found {
             self.hot.found.inc();
@@ -262,7 +262,7 @@ impl Metrics {
     }
 
     /// Records one answered request (the routed path and the hot path alike).
-    pub fn observe_request(
+    pub(crate) fn observe_request(
         &self,
         route: &str,
         method: &str,
@@ -279,7 +279,7 @@ impl Metrics {
 
     /// The text exposition of every metric.
     #[must_use]
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = Vec::new();
         if TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -14,9 +14,9 @@
 //! - [`plan`]: the next step.
 //! - [`node`]: connections and commands.
 
-pub mod node;
+pub(crate) mod node;
 pub mod placement;
-pub mod plan;
+pub(crate) mod plan;
 pub mod topology;
 
 use std::time::{Duration, Instant};
@@ -71,7 +71,7 @@ pub struct Report {
 
 /// Masters, their slots, data slots and replicas, and what is failing, from the view of the
 /// first node that belongs to the cluster (node ids mapped to the pods that answer with them).
-pub fn topology(
+pub(crate) fn topology(
     seen: &[node::Seen],
     unreachable: &[(i32, String)],
     data_slots: &[u16],
@@ -117,7 +117,7 @@ pub fn topology(
 }
 
 /// How long one pass may spend moving slots before it reports progress and yields.
-pub const MOVE_BUDGET: Duration = Duration::from_secs(10);
+pub(crate) const MOVE_BUDGET: Duration = Duration::from_secs(10);
 /// How long a coordinated failover may take to complete.
 const FAILOVER_WAIT: Duration = Duration::from_secs(15);
 

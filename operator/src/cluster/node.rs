@@ -14,16 +14,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// One command; `MIGRATE` of a batch has its own budget on the server side.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long Redis may take to copy one batch of keys to the importing node.
-pub const MIGRATE_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const MIGRATE_TIMEOUT_MS: u64 = 5_000;
 /// Keys per `MIGRATE`. While a slot moves, every write that creates keys in it is refused
 /// with `TRYAGAIN` (clients retry), because the shard's shared keys (outbox, expiry queue) and
 /// the new keys are on different sides; so a slot must move in as few calls as possible. One
 /// call of this many session keys blocks the two masters for milliseconds, not seconds.
-pub const MIGRATE_BATCH: usize = 10_000;
+pub(crate) const MIGRATE_BATCH: usize = 10_000;
 
 /// What one node said about the cluster.
 #[derive(Clone, Debug)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub member: Member,
     /// Every node this one knows, itself included (`myself`).
     pub nodes: Vec<NodeLine>,
@@ -35,13 +35,11 @@ pub struct Seen {
     /// talks to it from a new address, but not when it learns the address from gossip, so
     /// after a restart it can point at a master's old IP while the cluster view is current.
     pub replicating_from: Option<String>,
-    /// Keys in the node's database.
-    pub keys: u64,
 }
 
 impl Seen {
     /// This node's own line (`refresh` refuses a reply without one).
-    pub fn me(&self) -> &NodeLine {
+    pub(crate) fn me(&self) -> &NodeLine {
         self.nodes
             .iter()
             .find(|n| n.myself)
@@ -49,23 +47,23 @@ impl Seen {
     }
 
     /// This node's view of node `id`.
-    pub fn peer(&self, id: &str) -> Option<&NodeLine> {
+    pub(crate) fn peer(&self, id: &str) -> Option<&NodeLine> {
         self.nodes.iter().find(|n| n.id == id && !n.myself)
     }
 
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.me().id
     }
 
     /// Knows other nodes, owns slots or replicates: it belongs to a cluster. A fresh node
     /// (or one the operator reset) knows only itself.
-    pub fn established(&self) -> bool {
+    pub(crate) fn established(&self) -> bool {
         self.nodes.len() > 1 || self.me().slot_count() > 0 || self.me().is_replica()
     }
 }
 
 /// A connected node.
-pub struct Node {
+pub(crate) struct Node {
     pub seen: Seen,
     conn: MultiplexedConnection,
 }
@@ -73,7 +71,7 @@ pub struct Node {
 /// A failed command, with the node it went to.
 #[derive(Debug, thiserror::Error)]
 #[error("Redis pod {pod} ({ip}:{port}): {command} failed: {source}")]
-pub struct NodeError {
+pub(crate) struct NodeError {
     pub pod: i32,
     pub ip: String,
     pub port: u16,
@@ -83,7 +81,7 @@ pub struct NodeError {
 
 impl Node {
     /// Connects to `member` and reads its view of the cluster.
-    pub async fn observe(member: &Member, access: &Access) -> Result<Self, NodeError> {
+    pub(crate) async fn observe(member: &Member, access: &Access) -> Result<Self, NodeError> {
         let fail = |command: &str, source| NodeError {
             pod: member.ordinal,
             ip: member.ip.clone(),
@@ -101,7 +99,6 @@ impl Node {
                 state_ok: false,
                 link_up: false,
                 replicating_from: None,
-                keys: 0,
             },
             conn,
         };
@@ -110,7 +107,7 @@ impl Node {
     }
 
     /// Reads the node's view again.
-    pub async fn refresh(&mut self) -> Result<(), NodeError> {
+    pub(crate) async fn refresh(&mut self) -> Result<(), NodeError> {
         let text: String = self.run(redis::cmd("CLUSTER").arg("NODES")).await?;
         let nodes = parse_nodes(&text)
             .ok()
@@ -121,7 +118,6 @@ impl Node {
             })?;
         let info: String = self.run(redis::cmd("CLUSTER").arg("INFO")).await?;
         let replication: String = self.run(redis::cmd("INFO").arg("replication")).await?;
-        let keys = self.run(&redis::cmd("DBSIZE")).await?;
         self.seen = Seen {
             member: self.seen.member.clone(),
             nodes,
@@ -133,7 +129,6 @@ impl Node {
                 .lines()
                 .find_map(|l| l.trim().strip_prefix("master_host:"))
                 .map(str::to_owned),
-            keys,
         };
         Ok(())
     }
@@ -149,7 +144,10 @@ impl Node {
     }
 
     /// Runs one command on this node.
-    pub async fn run<T: redis::FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, NodeError> {
+    pub(crate) async fn run<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: &Cmd,
+    ) -> Result<T, NodeError> {
         cmd.query_async(&mut self.conn).await.map_err(|e| {
             let name = cmd
                 .args_iter()
@@ -165,7 +163,7 @@ impl Node {
     }
 
     /// `CLUSTER <args…>`, expecting OK.
-    pub async fn cluster(&mut self, args: &[&str]) -> Result<(), NodeError> {
+    pub(crate) async fn cluster(&mut self, args: &[&str]) -> Result<(), NodeError> {
         let mut cmd = redis::cmd("CLUSTER");
         for a in args {
             cmd.arg(*a);
@@ -174,7 +172,7 @@ impl Node {
     }
 
     /// Keys of `slot`, at most `count`.
-    pub async fn keys_in_slot(
+    pub(crate) async fn keys_in_slot(
         &mut self,
         slot: u16,
         count: usize,
@@ -190,7 +188,7 @@ impl Node {
 
     /// Moves `keys` to `to` atomically per batch (`REPLACE`: a copy left on the target by an
     /// interrupted earlier `MIGRATE` is older than the source's).
-    pub async fn migrate(
+    pub(crate) async fn migrate(
         &mut self,
         to: &Member,
         access: &Access,

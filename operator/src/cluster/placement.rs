@@ -37,7 +37,7 @@ pub fn data_slots(shard_count: u32) -> Vec<u16> {
 /// Keeps every slot whose owner may keep it; data slots are balanced to ⌊D/M⌋ or ⌈D/M⌉ per master
 /// (the masters holding most keep the larger quota, so fewer slots move); orphaned slots that hold
 /// no session data go, in contiguous runs, to the masters with fewest of them.
-pub fn target(current: &[Option<usize>], masters: usize, data: &[u16]) -> Vec<usize> {
+pub(crate) fn target(current: &[Option<usize>], masters: usize, data: &[u16]) -> Vec<usize> {
     assert_eq!(current.len(), usize::from(SLOTS), "one owner per slot");
     assert!(masters > 0, "at least one master");
     let mut is_data = vec![false; current.len()];
@@ -100,7 +100,7 @@ pub fn target(current: &[Option<usize>], masters: usize, data: &[u16]) -> Vec<us
 }
 
 /// Data slots per target master.
-pub fn data_per_master(owner: &[usize], masters: usize, data: &[u16]) -> Vec<usize> {
+pub(crate) fn data_per_master(owner: &[usize], masters: usize, data: &[u16]) -> Vec<usize> {
     let mut count = vec![0; masters];
     for &s in data {
         count[owner[usize::from(s)]] += 1;

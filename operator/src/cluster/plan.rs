@@ -37,7 +37,7 @@ pub struct Shape {
 
 impl Shape {
     /// Pods of the wanted cluster: ordinals `0..nodes()` are kept, the rest go.
-    pub fn nodes(&self) -> usize {
+    pub(crate) fn nodes(&self) -> usize {
         self.masters * (1 + self.replicas)
     }
 }
@@ -100,7 +100,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Self::Ready => "ClusterReady",
             Self::Progressing => "Progressing",
@@ -128,7 +128,7 @@ pub struct Plan {
 }
 
 /// A node in words: `pod <ordinal>` when a pod answers with that id, else its short id.
-pub fn node_name<'a>(seen: impl IntoIterator<Item = &'a Seen>, id: &str) -> String {
+pub(crate) fn node_name<'a>(seen: impl IntoIterator<Item = &'a Seen>, id: &str) -> String {
     seen.into_iter()
         .find(|s| s.id() == id)
         .map_or_else(|| format!("node {}", &id[..id.len().min(8)]), pod)
@@ -140,7 +140,7 @@ fn pod(s: &Seen) -> String {
 
 /// Decides the next step. `seen` holds every pod that answered; `unreachable` every pod (by
 /// ordinal) that did not, with the reason.
-pub fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) -> Plan {
+pub(crate) fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) -> Plan {
     let kept = shape.nodes();
     let is_kept = |s: &Seen| usize::try_from(s.member.ordinal).is_ok_and(|o| o < kept);
     let hold_pods = hold(seen, unreachable, kept);
@@ -640,7 +640,7 @@ pub fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) -> Plan
 
 /// The owner of every slot: the master claiming it on its own line (the highest config epoch
 /// wins a conflicting claim), else `None`.
-pub fn slot_owners(seen: &[Seen]) -> Vec<Option<String>> {
+pub(crate) fn slot_owners(seen: &[Seen]) -> Vec<Option<String>> {
     let mut owner: Vec<Option<(u64, String)>> = vec![None; usize::from(SLOTS)];
     let mut claim = |line: &NodeLine| {
         for &(a, b) in &line.slots {

@@ -7,7 +7,7 @@
 use std::fmt;
 
 /// Hash slots of a Redis Cluster.
-pub const SLOTS: u16 = 16_384;
+pub(crate) const SLOTS: u16 = 16_384;
 
 /// One node as an observer sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,7 +125,7 @@ fn parse_line(line: &str) -> Result<NodeLine, ParseError> {
 }
 
 /// Sorted slots as inclusive ranges: `[1, 2, 3, 7]` → `[(1, 3), (7, 7)]`.
-pub fn ranges(slots: &[u16]) -> Vec<(u16, u16)> {
+pub(crate) fn ranges(slots: &[u16]) -> Vec<(u16, u16)> {
     let mut out: Vec<(u16, u16)> = Vec::new();
     for &s in slots {
         match out.last_mut() {

@@ -5,7 +5,7 @@ use super::{Panel, Unit, service_selector};
 use crate::crd::SessionService;
 use crate::slo::USER_TRAFFIC;
 
-pub fn panels(ss: &SessionService) -> Vec<Panel> {
+pub(crate) fn panels(ss: &SessionService) -> Vec<Panel> {
     let select = service_selector(ss);
     let user = format!("{select},{USER_TRAFFIC}");
     let rate = |metric: &str| format!("sum(rate({metric}{{{select}}}[$__rate_interval]))");

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use kube::ResourceExt;
 
-pub use panel::{Panel, Unit};
+pub(crate) use panel::{Panel, Unit};
 
 use crate::crd::SessionService;
 

@@ -3,7 +3,7 @@
 
 use super::{Panel, Unit};
 
-pub fn panels() -> Vec<Panel> {
+pub(crate) fn panels() -> Vec<Panel> {
     let rate = |by: &str, metric: &str| format!("sum by ({by}) (rate({metric}[$__rate_interval]))");
     let quantile = |q: f64| {
         format!(

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 /// The unit a panel's values are drawn in (Grafana's unit ids).
 #[derive(Clone, Copy, Debug)]
-pub enum Unit {
+pub(crate) enum Unit {
     /// Per second.
     PerSecond,
     Seconds,
@@ -36,7 +36,7 @@ enum Kind {
 
 /// One panel: its queries, unit, thresholds and size.
 #[derive(Clone, Debug)]
-pub struct Panel {
+pub(crate) struct Panel {
     kind: Kind,
     title: String,
     description: String,
@@ -73,30 +73,30 @@ impl Panel {
     }
 
     /// A time series.
-    pub fn graph(title: &str, description: &str, unit: Unit) -> Self {
+    pub(crate) fn graph(title: &str, description: &str, unit: Unit) -> Self {
         Self::new(Kind::TimeSeries, title, description, unit)
     }
 
     /// One current value, large (a quarter of a row by default).
-    pub fn stat(title: &str, description: &str, unit: Unit) -> Self {
+    pub(crate) fn stat(title: &str, description: &str, unit: Unit) -> Self {
         Self::new(Kind::Stat, title, description, unit).size(6, 4)
     }
 
     /// The distribution over time of a histogram's buckets (`expr` yields `le` buckets).
-    pub fn heatmap(title: &str, description: &str, expr: &str) -> Self {
+    pub(crate) fn heatmap(title: &str, description: &str, expr: &str) -> Self {
         Self::new(Kind::Heatmap, title, description, Unit::Seconds).query(expr, "{{le}}")
     }
 
     /// Adds a query; `legend` is Grafana's legend template (`{{route}}`).
     #[must_use]
-    pub fn query(mut self, expr: &str, legend: &str) -> Self {
+    pub(crate) fn query(mut self, expr: &str, legend: &str) -> Self {
         self.targets.push((expr.to_owned(), legend.to_owned()));
         self
     }
 
     /// Values at or above `value` turn `color`; a time series draws the line.
     #[must_use]
-    pub fn threshold(mut self, value: f64, color: &'static str) -> Self {
+    pub(crate) fn threshold(mut self, value: f64, color: &'static str) -> Self {
         self.thresholds.push((value, color));
         self.thresholds.sort_by(|a, b| a.0.total_cmp(&b.0));
         self
@@ -104,27 +104,27 @@ impl Panel {
 
     /// The color below every threshold (green by default; red where higher is better).
     #[must_use]
-    pub fn below(mut self, color: &'static str) -> Self {
+    pub(crate) fn below(mut self, color: &'static str) -> Self {
         self.base_color = color;
         self
     }
 
     /// Shows `value` as `text` in `color`.
     #[must_use]
-    pub fn mapping(mut self, value: i64, text: &'static str, color: &'static str) -> Self {
+    pub(crate) fn mapping(mut self, value: i64, text: &'static str, color: &'static str) -> Self {
         self.mappings.push((value, text, color));
         self
     }
 
     #[must_use]
-    pub fn range(mut self, min: f64, max: f64) -> Self {
+    pub(crate) fn range(mut self, min: f64, max: f64) -> Self {
         (self.min, self.max) = (Some(min), Some(max));
         self
     }
 
     /// Width in grid columns (24 make a row) and height in grid rows.
     #[must_use]
-    pub fn size(mut self, width: u32, height: u32) -> Self {
+    pub(crate) fn size(mut self, width: u32, height: u32) -> Self {
         (self.width, self.height) = (width.min(24), height);
         self
     }
@@ -232,7 +232,7 @@ impl Panel {
 }
 
 /// Places panels left to right, starting a new row when one does not fit in 24 columns.
-pub fn lay_out(panels: Vec<Panel>) -> Vec<Value> {
+pub(crate) fn lay_out(panels: Vec<Panel>) -> Vec<Value> {
     let (mut x, mut y, mut row_height) = (0, 0, 0);
     panels
         .iter()

@@ -5,7 +5,7 @@
 use super::{Panel, Unit, service_selector};
 use crate::crd::{RedisMode, SessionService};
 
-pub fn panels(ss: &SessionService) -> Vec<Panel> {
+pub(crate) fn panels(ss: &SessionService) -> Vec<Panel> {
     let select = service_selector(ss);
     let by_op =
         |metric: &str| format!("sum by (op) (rate({metric}{{{select}}}[$__rate_interval]))");

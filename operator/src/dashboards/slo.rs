@@ -6,7 +6,7 @@ use super::{Panel, Unit, service_selector};
 use crate::crd::SessionService;
 use crate::slo::{self, Objective};
 
-pub fn panels(ss: &SessionService) -> Vec<Panel> {
+pub(crate) fn panels(ss: &SessionService) -> Vec<Panel> {
     let select = service_selector(ss);
     let days = ss.spec.slo.window_days;
     let mut panels = Vec::new();

@@ -17,10 +17,10 @@ use crate::crd::{RedisClusterStatus, SessionService};
 use crate::resources::{Names, Secrets, redis, selector_query};
 
 /// Recheck period while the cluster manager has work in progress (joining, moving slots).
-pub const CLUSTER_STEP: Duration = Duration::from_secs(2);
+pub(crate) const CLUSTER_STEP: Duration = Duration::from_secs(2);
 
 /// What the pass found.
-pub struct ClusterPass {
+pub(crate) struct ClusterPass {
     pub state: PartState,
     /// Pods the StatefulSet must keep beyond the spec's count: while nodes that go are being
     /// drained, and — whenever the manager could not look at the cluster — as many as it has
@@ -44,7 +44,7 @@ impl ClusterPass {
 }
 
 /// One pass of the cluster manager for `ss`.
-pub async fn pass(
+pub(crate) async fn pass(
     ctx: &Context,
     ss: &SessionService,
     namespace: &str,

@@ -11,11 +11,11 @@ use crate::resources::server::jwt_keys_digest;
 use crate::resources::{JwtPhase, JwtRotation, Secrets, random_jwt_key};
 
 /// The annotation that asks for a new generated JWT key.
-pub const ROTATE_JWT_ANNOTATION: &str = "sessions.io/rotate-jwt-secret";
+pub(crate) const ROTATE_JWT_ANNOTATION: &str = "sessions.io/rotate-jwt-secret";
 
 /// The annotation on the session-service pod template with a digest of the JWT keys it
 /// accepts.
-pub const JWT_KEYS_ANNOTATION: &str = "sessions.io/jwt-keys";
+pub(crate) const JWT_KEYS_ANNOTATION: &str = "sessions.io/jwt-keys";
 
 /// Starts, advances or finishes a rotation of the generated JWT key, in three steps, so that
 /// no token is refused on the way: the session service learns the new key while issuers still
@@ -24,7 +24,7 @@ pub const JWT_KEYS_ANNOTATION: &str = "sessions.io/jwt-keys";
 /// (`Retiring`) for `server.jwtRotationGraceSeconds`; then the old key goes and the Deployment
 /// rolls onto the new one alone. A Secret of your own (`server.jwtSecretName`) is rotated the
 /// same way by hand: its `extra-jwt-secret` is accepted too.
-pub async fn advance(
+pub(crate) async fn advance(
     client: &Client,
     ss: &SessionService,
     namespace: &str,

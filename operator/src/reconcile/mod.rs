@@ -4,10 +4,10 @@
 //! Event for each condition that changed. Before anything is applied, [`rotation`] and
 //! [`jwt_rotation`] move a rotation of the credentials one step on.
 
-pub mod cluster;
-pub mod jwt_rotation;
-pub mod rotation;
-pub mod status;
+pub(crate) mod cluster;
+pub(crate) mod jwt_rotation;
+pub(crate) mod rotation;
+pub(crate) mod status;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -44,7 +44,7 @@ pub const PROGRESS_CHECK: Duration = Duration::from_secs(15);
 pub const MISSING_API_CHECK: Duration = Duration::from_secs(60);
 
 /// The kubelet's default sync period (1 min) twice over.
-pub const SECRET_VOLUME_SETTLE: Duration = Duration::from_secs(120);
+pub(crate) const SECRET_VOLUME_SETTLE: Duration = Duration::from_secs(120);
 
 /// What a reconcile needs.
 pub struct Context {
@@ -188,7 +188,7 @@ struct Outcome {
     ready_replicas: Option<i32>,
 }
 
-pub async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action, Error> {
+pub(crate) async fn reconcile_once(ss: &SessionService, ctx: &Context) -> Result<Action, Error> {
     let namespace = ss.namespace().ok_or(Error::NoNamespace)?;
     let mut cluster_pass = None;
     let (rotation, jwt_rotation);
@@ -437,7 +437,7 @@ async fn apply_all(
 
 /// The API server's own words for a failed call (its `message`, with the HTTP code), not a
 /// debug dump of the client's error.
-pub fn api_message(error: &kube::Error) -> String {
+pub(crate) fn api_message(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) => format!(
             "the API server said \"{}\" (HTTP {})",
@@ -449,12 +449,12 @@ pub fn api_message(error: &kube::Error) -> String {
 
 /// A failed call as a readable error: what was being done, the API server's words, and what
 /// to do.
-pub fn failed(doing: impl std::fmt::Display, error: &kube::Error) -> anyhow::Error {
+pub(crate) fn failed(doing: impl std::fmt::Display, error: &kube::Error) -> anyhow::Error {
     anyhow::anyhow!("{doing}: {}; {}", api_message(error), what_to_do(error))
 }
 
 /// What a person can do about a failed call; every failed call is retried with backoff.
-pub fn what_to_do(error: &kube::Error) -> &'static str {
+pub(crate) fn what_to_do(error: &kube::Error) -> &'static str {
     match error {
         kube::Error::Api(status) if status.code == 401 || status.code == 403 => {
             "give the operator's ServiceAccount this permission (the chart's RBAC has it); retrying"

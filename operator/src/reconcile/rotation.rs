@@ -44,18 +44,18 @@ use session_sidecar::store::redis_url::RELOAD_INTERVAL;
 
 /// The annotation that asks for a rotation; a value different from the last rotation's asks
 /// for another.
-pub const ROTATE_ANNOTATION: &str = "sessions.io/rotate-redis-passwords";
+pub(crate) const ROTATE_ANNOTATION: &str = "sessions.io/rotate-redis-passwords";
 
 /// The annotation on the session-service pod template with a digest of the server user's
 /// password: a pod carrying the new digest started after the new password was written.
-pub const CREDENTIALS_ANNOTATION: &str = "sessions.io/redis-credentials";
+pub(crate) const CREDENTIALS_ANNOTATION: &str = "sessions.io/redis-credentials";
 
 /// How often a rotation in progress is looked at again.
-pub const ROTATION_CHECK: Duration = Duration::from_secs(10);
+pub(crate) const ROTATION_CHECK: Duration = Duration::from_secs(10);
 
 /// What this reconcile did about a rotation, for the status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RotationReport {
+pub(crate) struct RotationReport {
     /// In words; `None` when no rotation was ever asked for.
     pub message: Option<String>,
     /// A rotation is in progress: look again soon.
@@ -64,7 +64,7 @@ pub struct RotationReport {
 
 /// Starts, advances or finishes a rotation of `secrets`' Redis passwords; `secrets` leaves with
 /// what the Secrets must hold after this reconcile.
-pub async fn advance(
+pub(crate) async fn advance(
     ctx: &Context,
     ss: &SessionService,
     namespace: &str,

@@ -10,7 +10,7 @@ use crate::resources::Part;
 
 /// How one part fared in this reconcile.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartState {
+pub(crate) struct PartState {
     pub ok: bool,
     /// CamelCase, as Kubernetes reasons are.
     pub reason: String,
@@ -18,14 +18,14 @@ pub struct PartState {
 }
 
 impl PartState {
-    pub fn ok(reason: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn ok(reason: &str, message: impl Into<String>) -> Self {
         Self {
             ok: true,
             reason: reason.to_owned(),
             message: message.into(),
         }
     }
-    pub fn not_ok(reason: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn not_ok(reason: &str, message: impl Into<String>) -> Self {
         Self {
             ok: false,
             reason: reason.to_owned(),
@@ -35,7 +35,7 @@ impl PartState {
 }
 
 /// The condition type of each part.
-pub fn condition_type(part: Part) -> &'static str {
+pub(crate) fn condition_type(part: Part) -> &'static str {
     match part {
         Part::Redis => "RedisReady",
         Part::Server => "ServerReady",
@@ -46,11 +46,11 @@ pub fn condition_type(part: Part) -> &'static str {
 
 /// The condition that says what the API server cannot give the spec (`degradations`, in
 /// words); it does not count towards `Ready`: the SessionService works without those.
-pub const FEATURES_AVAILABLE: &str = "FeaturesAvailable";
+pub(crate) const FEATURES_AVAILABLE: &str = "FeaturesAvailable";
 
 /// What the status reports besides the conditions.
 #[derive(Clone, Debug, Default)]
-pub struct Observed {
+pub(crate) struct Observed {
     pub redis_endpoint: Option<String>,
     pub ready_replicas: Option<i32>,
     pub redis_cluster: Option<RedisClusterStatus>,
@@ -60,7 +60,7 @@ pub struct Observed {
 
 /// The new status: conditions in a fixed order, each keeping its transition time unless its
 /// status changed.
-pub fn status(
+pub(crate) fn status(
     parts: &[(Part, PartState)],
     degradations: &[String],
     generation: Option<i64>,
@@ -124,7 +124,7 @@ pub fn status(
 }
 
 /// The conditions whose status differs from before: what deserves a Kubernetes Event.
-pub fn transitions<'a>(
+pub(crate) fn transitions<'a>(
     new: &'a SessionServiceStatus,
     old: Option<&SessionServiceStatus>,
 ) -> Vec<&'a Condition> {

@@ -13,11 +13,15 @@ use crate::crd::SessionService;
 
 /// The Pods metric of p99 request latency per pod, in seconds (served by prometheus-adapter
 /// from `session_request_duration_seconds_bucket`; see the README).
-pub const P99_METRIC: &str = "session_request_duration_seconds_p99";
+pub(crate) const P99_METRIC: &str = "session_request_duration_seconds_p99";
 
 /// The HPA in the newest autoscaling API the server serves (`v2`, else `v2beta2`, whose
 /// fields are the same); none where it serves neither.
-pub fn build(ss: &SessionService, api: &Capabilities, out: &mut Desired) -> Result<(), BuildError> {
+pub(crate) fn build(
+    ss: &SessionService,
+    api: &Capabilities,
+    out: &mut Desired,
+) -> Result<(), BuildError> {
     let names = Names::of(ss);
     let Some(resource) = &api.autoscaling else {
         return Ok(());

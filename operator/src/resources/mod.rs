@@ -1,10 +1,10 @@
 //! The objects the operator owns, each built by a pure function of the `SessionService` (and
 //! the generated secrets, which the reconciler reads back so they are generated only once).
 
-pub mod autoscaling;
-pub mod monitoring;
-pub mod redis;
-pub mod server;
+pub(crate) mod autoscaling;
+pub(crate) mod monitoring;
+pub(crate) mod redis;
+pub(crate) mod server;
 
 use std::collections::BTreeMap;
 
@@ -25,10 +25,10 @@ use crate::capabilities::Capabilities;
 use crate::crd::{RedisMode, SessionService};
 
 /// The field manager of every server-side apply, and the `managed-by` label.
-pub const MANAGER: &str = "session-operator";
+pub(crate) const MANAGER: &str = "session-operator";
 /// On every pod of a SessionService (Redis, the session service, injected
 /// application pods): what the Redis NetworkPolicy admits.
-pub const INSTANCE_LABEL: &str = "sessions.io/session-service";
+pub(crate) const INSTANCE_LABEL: &str = "sessions.io/session-service";
 
 /// The status condition an object counts towards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -89,12 +89,12 @@ pub struct Child {
 }
 
 impl Child {
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         each_object!(&self.object, o => o.name_any(), _r, d => d.name_any())
     }
 
     /// The API it is applied through.
-    pub fn resource(&self) -> ApiResource {
+    pub(crate) fn resource(&self) -> ApiResource {
         each_object!(&self.object, o => erased(o), r, _d => r.clone())
     }
 }
@@ -169,7 +169,7 @@ pub enum JwtPhase {
 }
 
 impl JwtPhase {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             JwtPhase::Adding => "adding",
             JwtPhase::Retiring => "retiring",
@@ -177,7 +177,7 @@ impl JwtPhase {
         }
     }
 
-    pub fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         [JwtPhase::Adding, JwtPhase::Retiring, JwtPhase::Done]
             .into_iter()
             .find(|p| p.as_str() == text)
@@ -187,7 +187,7 @@ impl JwtPhase {
 impl Secrets {
     /// The JWT keys the session service accepts now: the signing key, and the other one while a
     /// rotation is in progress.
-    pub fn accepted_jwt_keys(&self) -> Vec<&str> {
+    pub(crate) fn accepted_jwt_keys(&self) -> Vec<&str> {
         let mut keys = vec![self.jwt_secret.as_str()];
         keys.extend(self.jwt_rotation.as_ref().and_then(|r| r.extra.as_deref()));
         keys
@@ -217,7 +217,7 @@ pub struct Rotated {
 
 impl RedisPasswords {
     /// The passwords Redis accepts for `user`: its own, and the old one while it rotates.
-    pub fn accepted(&self, user: redis::RedisUser) -> Vec<&str> {
+    pub(crate) fn accepted(&self, user: redis::RedisUser) -> Vec<&str> {
         let mut accepted = vec![user.password(self)];
         accepted.extend(self.previous.get(&user).map(String::as_str));
         accepted
@@ -357,53 +357,53 @@ pub fn desired(
 }
 
 /// The names of a SessionService's objects, in one place.
-pub struct Names {
+pub(crate) struct Names {
     pub base: String,
     pub namespace: String,
 }
 
 impl Names {
-    pub fn of(ss: &SessionService) -> Self {
+    pub(crate) fn of(ss: &SessionService) -> Self {
         Self {
             base: ss.name_any(),
             namespace: ss.namespace().unwrap_or_else(|| "default".to_owned()),
         }
     }
     /// Redis: ConfigMap, StatefulSet, client Service, PodDisruptionBudget, NetworkPolicy.
-    pub fn redis(&self) -> String {
+    pub(crate) fn redis(&self) -> String {
         format!("{}-redis", self.base)
     }
-    pub fn redis_headless(&self) -> String {
+    pub(crate) fn redis_headless(&self) -> String {
         format!("{}-redis-headless", self.base)
     }
     /// The Redis ACL file and the replication password: what only the Redis pods mount.
-    pub fn redis_acl_secret(&self) -> String {
+    pub(crate) fn redis_acl_secret(&self) -> String {
         format!("{}-redis-acl", self.base)
     }
     /// The user name, password and URL of one Redis user (`admin`, `server`, `sidecar`).
-    pub fn redis_user_secret(&self, user: &str) -> String {
+    pub(crate) fn redis_user_secret(&self, user: &str) -> String {
         format!("{}-redis-{user}", self.base)
     }
     /// The generated JWT signing key (when the user gives none).
-    pub fn jwt_secret(&self) -> String {
+    pub(crate) fn jwt_secret(&self) -> String {
         format!("{}-jwt", self.base)
     }
     /// The session service: Deployment, Service, PodDisruptionBudget, HPA, ServiceMonitor.
-    pub fn server(&self) -> String {
+    pub(crate) fn server(&self) -> String {
         self.base.clone()
     }
     /// The PodMonitor of the injected sidecars.
-    pub fn sidecars(&self) -> String {
+    pub(crate) fn sidecars(&self) -> String {
         format!("{}-sidecars", self.base)
     }
-    pub fn prometheus_rule(&self) -> String {
+    pub(crate) fn prometheus_rule(&self) -> String {
         format!("{}-slo", self.base)
     }
-    pub fn dashboards(&self) -> String {
+    pub(crate) fn dashboards(&self) -> String {
         format!("{}-dashboards", self.base)
     }
     /// `<pod>.<headless service>.<namespace>.svc` of Redis pod `ordinal`.
-    pub fn redis_pod_host(&self, ordinal: i32) -> String {
+    pub(crate) fn redis_pod_host(&self, ordinal: i32) -> String {
         format!(
             "{}-{ordinal}.{}.{}.svc",
             self.redis(),
@@ -412,14 +412,14 @@ impl Names {
         )
     }
     /// The client Service's host.
-    pub fn redis_service_host(&self) -> String {
+    pub(crate) fn redis_service_host(&self) -> String {
         format!("{}.{}.svc", self.redis(), self.namespace)
     }
 }
 
 /// The labels that select one component's pods.
 /// [`selector`] as a list request's label selector (`k=v,k=v`).
-pub fn selector_query(ss: &SessionService, component: &str) -> String {
+pub(crate) fn selector_query(ss: &SessionService, component: &str) -> String {
     selector(ss, component)
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -427,7 +427,7 @@ pub fn selector_query(ss: &SessionService, component: &str) -> String {
         .join(",")
 }
 
-pub fn selector(ss: &SessionService, component: &str) -> BTreeMap<String, String> {
+pub(crate) fn selector(ss: &SessionService, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "app.kubernetes.io/name".to_owned(),
@@ -442,7 +442,7 @@ pub fn selector(ss: &SessionService, component: &str) -> BTreeMap<String, String
 }
 
 /// The labels of one component's objects and pods.
-pub fn labels(ss: &SessionService, component: &str) -> BTreeMap<String, String> {
+pub(crate) fn labels(ss: &SessionService, component: &str) -> BTreeMap<String, String> {
     let mut labels = selector(ss, component);
     labels.insert(
         "app.kubernetes.io/managed-by".to_owned(),
@@ -457,7 +457,7 @@ pub fn labels(ss: &SessionService, component: &str) -> BTreeMap<String, String> 
 }
 
 /// A selector of one component's pods.
-pub fn label_selector(ss: &SessionService, component: &str) -> LabelSelector {
+pub(crate) fn label_selector(ss: &SessionService, component: &str) -> LabelSelector {
     LabelSelector {
         match_labels: Some(selector(ss, component)),
         match_expressions: None,
@@ -467,7 +467,7 @@ pub fn label_selector(ss: &SessionService, component: &str) -> LabelSelector {
 /// One pod of the component down at a time during voluntary disruptions (drains, upgrades):
 /// a drain never takes a Redis master and its replica, or every session-service pod, together.
 /// Added in whichever PodDisruptionBudget API the server serves (none: nothing to add).
-pub fn add_disruption_budget(
+pub(crate) fn add_disruption_budget(
     out: &mut Desired,
     part: Part,
     api: &Capabilities,
@@ -495,7 +495,7 @@ fn disruption_budget(ss: &SessionService, name: String, component: &str) -> PodD
 
 /// Metadata of a child: namespace, labels, and the controller owner reference (when the
 /// SessionService has a uid, i.e. it came from the API server rather than a file).
-pub fn meta(ss: &SessionService, name: String, component: &str) -> ObjectMeta {
+pub(crate) fn meta(ss: &SessionService, name: String, component: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(Names::of(ss).namespace),
@@ -506,7 +506,7 @@ pub fn meta(ss: &SessionService, name: String, component: &str) -> ObjectMeta {
 }
 
 /// Non-root, no privilege escalation, no capabilities, read-only root filesystem.
-pub fn container_security() -> SecurityContext {
+pub(crate) fn container_security() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
@@ -520,7 +520,7 @@ pub fn container_security() -> SecurityContext {
 }
 
 /// Non-root pods under the runtime's default seccomp profile.
-pub fn pod_security(user: i64) -> PodSecurityContext {
+pub(crate) fn pod_security(user: i64) -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(user),
@@ -536,7 +536,7 @@ pub fn pod_security(user: i64) -> PodSecurityContext {
 
 /// A short, stable digest of a text (FNV-1a, 64 bits), put on pod templates so a change of a
 /// mounted configuration rolls the pods. Stable across Rust versions, unlike `DefaultHasher`.
-pub fn digest(text: &str) -> String {
+pub(crate) fn digest(text: &str) -> String {
     let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });

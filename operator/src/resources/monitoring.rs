@@ -10,28 +10,28 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use super::{BuildError, Desired, Names, Part, meta};
 use crate::crd::SessionService;
 
-pub fn service_monitor_resource() -> ApiResource {
+pub(crate) fn service_monitor_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
         "servicemonitors",
     )
 }
 
-pub fn pod_monitor_resource() -> ApiResource {
+pub(crate) fn pod_monitor_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "PodMonitor"),
         "podmonitors",
     )
 }
 
-pub fn prometheus_rule_resource() -> ApiResource {
+pub(crate) fn prometheus_rule_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "PrometheusRule"),
         "prometheusrules",
     )
 }
 
-pub fn build(ss: &SessionService, out: &mut Desired) -> Result<(), BuildError> {
+pub(crate) fn build(ss: &SessionService, out: &mut Desired) -> Result<(), BuildError> {
     let names = Names::of(ss);
     let monitoring = &ss.spec.monitoring;
     let object = |resource: &ApiResource, name: String, data: serde_json::Value| {

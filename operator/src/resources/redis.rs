@@ -43,7 +43,7 @@ use crate::capabilities::Capabilities;
 use crate::crd::{RedisMode, SessionService};
 
 const COMPONENT: &str = "redis";
-pub const PORT: i32 = 6379;
+pub(crate) const PORT: i32 = 6379;
 const BUS_PORT: i32 = 16379;
 /// The `redis` user of the official image.
 const REDIS_UID: i64 = 999;
@@ -52,11 +52,11 @@ const TLS_DIR: &str = "/tls";
 const USERS_DIR: &str = "/etc/redis-users";
 /// Keys of the ACL Secret.
 const ACL_FILE_KEY: &str = "users.acl";
-pub const REPLICATION_PASSWORD_KEY: &str = "replication-password";
+pub(crate) const REPLICATION_PASSWORD_KEY: &str = "replication-password";
 /// Keys of a user Secret while and after its password is rotated (see `reconcile::rotation`).
-pub const PREVIOUS_PASSWORD_KEY: &str = "previous-password";
-pub const ROTATION_REQUEST_KEY: &str = "rotation-request";
-pub const ROTATED_AT_KEY: &str = "rotated-at";
+pub(crate) const PREVIOUS_PASSWORD_KEY: &str = "previous-password";
+pub(crate) const ROTATION_REQUEST_KEY: &str = "rotation-request";
+pub(crate) const ROTATED_AT_KEY: &str = "rotated-at";
 
 /// A client user of an operator-run Redis, each with a Secret of its own holding `username`,
 /// `password` and `url`.
@@ -75,16 +75,17 @@ pub enum RedisUser {
 
 impl RedisUser {
     /// The users with a Secret of their own.
-    pub const ALL: [RedisUser; 3] = [RedisUser::Admin, RedisUser::Server, RedisUser::Sidecar];
+    pub(crate) const ALL: [RedisUser; 3] =
+        [RedisUser::Admin, RedisUser::Server, RedisUser::Sidecar];
     /// Every user whose password the operator generates and rotates.
-    pub const ROTATED: [RedisUser; 4] = [
+    pub(crate) const ROTATED: [RedisUser; 4] = [
         RedisUser::Admin,
         RedisUser::Server,
         RedisUser::Sidecar,
         RedisUser::Replication,
     ];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             RedisUser::Admin => ADMIN_USER,
             RedisUser::Server => Role::Server.user(),
@@ -93,7 +94,7 @@ impl RedisUser {
         }
     }
 
-    pub fn password(self, passwords: &RedisPasswords) -> &str {
+    pub(crate) fn password(self, passwords: &RedisPasswords) -> &str {
         match self {
             RedisUser::Admin => &passwords.admin,
             RedisUser::Server => &passwords.server,
@@ -102,7 +103,7 @@ impl RedisUser {
         }
     }
 
-    pub fn password_mut(self, passwords: &mut RedisPasswords) -> &mut String {
+    pub(crate) fn password_mut(self, passwords: &mut RedisPasswords) -> &mut String {
         match self {
             RedisUser::Admin => &mut passwords.admin,
             RedisUser::Server => &mut passwords.server,
@@ -112,7 +113,7 @@ impl RedisUser {
     }
 }
 
-pub fn build(
+pub(crate) fn build(
     ss: &SessionService,
     secrets: &Secrets,
     runtime: &Runtime,
@@ -149,7 +150,7 @@ pub fn build(
 }
 
 /// Pods in the StatefulSet: one standalone, shards × (1 + replicas) in cluster mode.
-pub fn pod_count(ss: &SessionService) -> i32 {
+pub(crate) fn pod_count(ss: &SessionService) -> i32 {
     match ss.spec.redis.mode {
         RedisMode::Cluster => ss.spec.redis.shards * (1 + ss.spec.redis.replicas_per_shard),
         _ => 1,
@@ -158,7 +159,7 @@ pub fn pod_count(ss: &SessionService) -> i32 {
 
 /// The URL a user connects with: the client Service standalone, a few stable pod names as
 /// seeds in cluster mode (the client learns the rest of the topology from them).
-pub fn url(ss: &SessionService, user: &str, password: &str) -> String {
+pub(crate) fn url(ss: &SessionService, user: &str, password: &str) -> String {
     let names = Names::of(ss);
     let scheme = if ss.spec.redis.tls.enabled {
         "rediss"
@@ -181,7 +182,7 @@ pub fn url(ss: &SessionService, user: &str, password: &str) -> String {
 /// `redis.conf`. The users come from the ACL file, the replication password and the
 /// announced hostname from the environment on the command line, so this file holds no secret
 /// and is the same for every pod.
-pub fn redis_conf(ss: &SessionService) -> String {
+pub(crate) fn redis_conf(ss: &SessionService) -> String {
     let redis = &ss.spec.redis;
     let mut lines = vec![
         format!(
@@ -252,7 +253,7 @@ fn config_map(ss: &SessionService, names: &Names, conf: &str) -> ConfigMap {
 
 /// The ACL file: `default` off, the client users limited to their role's commands and to the
 /// session keys, `admin` with every right, `replication` for replicas syncing and the probes.
-pub fn acl_file(passwords: &RedisPasswords) -> String {
+pub(crate) fn acl_file(passwords: &RedisPasswords) -> String {
     acl::acl_file(
         &Keys::new(DEFAULT_KEY_PREFIX),
         &Passwords {

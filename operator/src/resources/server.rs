@@ -25,32 +25,32 @@ use crate::capabilities::Capabilities;
 use crate::crd::{RedisMode, SessionService};
 
 const COMPONENT: &str = "server";
-pub const HTTP_PORT: i32 = 7070;
+pub(crate) const HTTP_PORT: i32 = 7070;
 /// An unprivileged uid (distroless `nonroot`).
-pub const SESSION_UID: i64 = 65532;
+pub(crate) const SESSION_UID: i64 = 65532;
 /// Where the Redis CA is mounted in session pods.
-pub const REDIS_CA_DIR: &str = "/etc/session/redis-ca";
+pub(crate) const REDIS_CA_DIR: &str = "/etc/session/redis-ca";
 /// Where an injected sidecar's Redis URL Secret is mounted; the sidecar rereads the file, so
 /// a rotated password reaches it without a restart of the application's pod.
-pub const REDIS_URL_DIR: &str = "/etc/session/redis-url";
+pub(crate) const REDIS_URL_DIR: &str = "/etc/session/redis-url";
 /// The file in [`REDIS_URL_DIR`] holding the URL.
-pub const REDIS_URL_FILE: &str = "url";
+pub(crate) const REDIS_URL_FILE: &str = "url";
 /// The variable naming that file; a sidecar injected without it (before this release) reads
 /// the URL once, at the start of its pod.
-pub const REDIS_URL_FILE_ENV: &str = "SESSION_REDIS_URL_FILE";
+pub(crate) const REDIS_URL_FILE_ENV: &str = "SESSION_REDIS_URL_FILE";
 /// Where the identity provider's CA bundle is mounted.
-pub const OIDC_CA_DIR: &str = "/etc/session/oidc-ca";
+pub(crate) const OIDC_CA_DIR: &str = "/etc/session/oidc-ca";
 /// Key of the JWT signing key in its Secret.
-pub const JWT_KEY: &str = "jwt-secret";
+pub(crate) const JWT_KEY: &str = "jwt-secret";
 /// The other key the session service accepts while the key is rotated (optional; in a
 /// Secret of your own too).
-pub const EXTRA_JWT_KEY: &str = "extra-jwt-secret";
+pub(crate) const EXTRA_JWT_KEY: &str = "extra-jwt-secret";
 /// Keys of the generated JWT Secret that record a rotation.
-pub const JWT_ROTATION_REQUEST_KEY: &str = "rotation-request";
-pub const JWT_ROTATION_PHASE_KEY: &str = "rotation-phase";
-pub const JWT_RETIRE_AT_KEY: &str = "retire-at";
+pub(crate) const JWT_ROTATION_REQUEST_KEY: &str = "rotation-request";
+pub(crate) const JWT_ROTATION_PHASE_KEY: &str = "rotation-phase";
+pub(crate) const JWT_RETIRE_AT_KEY: &str = "retire-at";
 
-pub fn build(
+pub(crate) fn build(
     ss: &SessionService,
     secrets: &Secrets,
     api: &Capabilities,
@@ -75,7 +75,7 @@ fn value_env(name: &str, value: impl ToString) -> EnvVar {
 
 /// Where a pod of this SessionService finds the Redis URL: the Secret of `user` (the session
 /// service's or the sidecars'), or the user's Secret in external mode.
-pub fn redis_url_source(ss: &SessionService, user: RedisUser) -> (String, String) {
+pub(crate) fn redis_url_source(ss: &SessionService, user: RedisUser) -> (String, String) {
     match &ss.spec.redis.external {
         Some(external) if ss.spec.redis.mode == RedisMode::External => {
             (external.secret_name.clone(), external.url_key.clone())
@@ -93,7 +93,7 @@ pub fn redis_url_source(ss: &SessionService, user: RedisUser) -> (String, String
 /// password changes, which tells a rotation exactly when it moved); an injected sidecar reads
 /// it from the mounted Secret ([`session_volumes`]) and rereads it, as nothing rolls the
 /// application's pods.
-pub fn session_env(ss: &SessionService, user: RedisUser) -> Vec<EnvVar> {
+pub(crate) fn session_env(ss: &SessionService, user: RedisUser) -> Vec<EnvVar> {
     let url = match user {
         RedisUser::Sidecar => value_env(
             REDIS_URL_FILE_ENV,
@@ -148,7 +148,7 @@ pub fn session_env(ss: &SessionService, user: RedisUser) -> Vec<EnvVar> {
 /// The volumes a `session-sidecar` of `user` mounts to reach Redis, with their mounts: the
 /// CA of the operator-managed Redis's TLS certificate when TLS is on, and an injected
 /// sidecar's URL Secret.
-pub fn session_volumes(ss: &SessionService, user: RedisUser) -> Vec<(Volume, VolumeMount)> {
+pub(crate) fn session_volumes(ss: &SessionService, user: RedisUser) -> Vec<(Volume, VolumeMount)> {
     let mut volumes = Vec::new();
     if let Some(ca) = redis_ca_secret(ss) {
         volumes.push(secret_volume(
@@ -213,7 +213,7 @@ fn secret_volume(
 }
 
 /// An HTTP probe on the session port.
-pub fn http_probe(path: &str, period: i32) -> Probe {
+pub(crate) fn http_probe(path: &str, period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
@@ -395,13 +395,13 @@ fn credentials_digest(ss: &SessionService, secrets: &Secrets) -> Option<BTreeMap
 
 /// A digest of the server user's Redis password: a pod whose template carried the current one
 /// started with that password.
-pub fn redis_credentials_digest(passwords: &RedisPasswords) -> String {
+pub(crate) fn redis_credentials_digest(passwords: &RedisPasswords) -> String {
     digest(&passwords.server)
 }
 
 /// A digest of the set of JWT keys accepted (not of which one signs: swapping them needs no
 /// roll).
-pub fn jwt_keys_digest(secrets: &Secrets) -> String {
+pub(crate) fn jwt_keys_digest(secrets: &Secrets) -> String {
     let mut keys = secrets.accepted_jwt_keys();
     keys.sort_unstable();
     digest(&keys.join(" "))

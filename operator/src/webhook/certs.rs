@@ -24,7 +24,7 @@ use crate::reconcile::failed;
 const VALIDITY: time::Duration = time::Duration::days(365);
 const RENEW_BEFORE: time::Duration = time::Duration::days(30);
 /// Annotation holding the leaf's expiry (RFC 3339), so no X.509 parsing is needed.
-pub const NOT_AFTER: &str = "sessions.io/not-after";
+pub(crate) const NOT_AFTER: &str = "sessions.io/not-after";
 
 /// PEM texts of a serving certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,7 +94,7 @@ fn text(secret: &Secret, key: &str) -> Option<String> {
 }
 
 /// The certificate a Secret holds, if complete.
-pub fn from_secret(secret: &Secret) -> Option<ServingCert> {
+pub(crate) fn from_secret(secret: &Secret) -> Option<ServingCert> {
     let not_after = secret.metadata.annotations.as_ref()?.get(NOT_AFTER)?;
     Some(ServingCert {
         cert: text(secret, "tls.crt")?,
@@ -231,4 +231,4 @@ pub async fn publish_ca_bundle(
 }
 
 /// How often the certificate is checked (renewal starts 30 days ahead, so this is ample).
-pub const CHECK_EVERY: Duration = Duration::from_secs(3600);
+pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(3600);

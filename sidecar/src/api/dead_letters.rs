@@ -29,7 +29,7 @@ fn service_scope(ctx: &Ctx) -> Result<(), Error> {
         (status = 403, description = "Needs the service scope", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<Shared>,
     ctx: Ctx,
     Query(q): Query<PageQuery>,
@@ -49,7 +49,7 @@ pub async fn list(
         (status = 404, description = "No such dead letter", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
@@ -68,7 +68,7 @@ pub async fn get(
         (status = 404, description = "No such dead letter", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn discard(
+pub(crate) async fn discard(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
@@ -90,7 +90,7 @@ pub async fn discard(
         (status = 404, description = "No such dead letter", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn replay(
+pub(crate) async fn replay(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
@@ -113,7 +113,7 @@ pub async fn replay(
         (status = 403, description = "Needs the service scope", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn replay_all(
+pub(crate) async fn replay_all(
     State(state): State<Shared>,
     ctx: Ctx,
 ) -> Result<Json<ReplayReport>, Error> {

@@ -18,7 +18,7 @@ use super::extract::Body;
         (status = 403, description = "Needs the service scope", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn inbound(
+pub(crate) async fn inbound(
     State(state): State<Shared>,
     ctx: Ctx,
     Body(event): Body<Envelope>,

@@ -19,7 +19,7 @@ use crate::sessions::{Caller, Ctx};
 use super::Shared;
 
 /// A request body type and the top-level fields it accepts.
-pub trait Accepts: DeserializeOwned {
+pub(crate) trait Accepts: DeserializeOwned {
     const FIELDS: &'static [&'static str];
 }
 
@@ -48,10 +48,10 @@ impl Accepts for Envelope {
 }
 
 /// A validated JSON body.
-pub struct Body<T>(pub T);
+pub(crate) struct Body<T>(pub T);
 
 /// Any JSON object (memory bodies).
-pub struct Object(pub Map<String, Value>);
+pub(crate) struct Object(pub Map<String, Value>);
 
 /// Reads the body bytes: JSON media type required when there is a body, size limited.
 async fn json_bytes(req: Request, state: &Shared) -> Result<Bytes, Error> {
@@ -101,7 +101,7 @@ impl FromRequest<Shared> for Object {
 }
 
 /// The `{id}`-style path parameter(s), decoded.
-pub struct PathParam(pub String);
+pub(crate) struct PathParam(pub String);
 
 impl FromRequestParts<Shared> for PathParam {
     type Rejection = Error;
@@ -115,7 +115,7 @@ impl FromRequestParts<Shared> for PathParam {
 }
 
 /// A query string, decoded.
-pub struct Query<T>(pub T);
+pub(crate) struct Query<T>(pub T);
 
 impl<T: DeserializeOwned + Send> FromRequestParts<Shared> for Query<T> {
     type Rejection = Error;
@@ -131,7 +131,7 @@ impl<T: DeserializeOwned + Send> FromRequestParts<Shared> for Query<T> {
 /// The correlation id of a request: `X-Correlation-ID`, else the trace id of a W3C
 /// `traceparent`, else a new one (set by the correlation middleware).
 #[derive(Debug, Clone)]
-pub struct CorrelationId(pub String);
+pub(crate) struct CorrelationId(pub String);
 
 impl FromRequestParts<Shared> for Ctx {
     type Rejection = Error;

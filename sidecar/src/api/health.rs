@@ -10,7 +10,7 @@ use super::Shared;
 
 /// Probe answer.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Health {
+pub(crate) struct Health {
     pub status: &'static str,
     /// `embedded` or `redis`.
     pub store: &'static str,
@@ -22,7 +22,7 @@ pub struct Health {
 
 /// Liveness: the process serves HTTP.
 #[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, description = "Alive", body = Health)))]
-pub async fn healthz(State(state): State<Shared>) -> Json<Health> {
+pub(crate) async fn healthz(State(state): State<Shared>) -> Json<Health> {
     Json(Health {
         status: "ok",
         store: state.sessions.backend().kind(),
@@ -35,7 +35,7 @@ pub async fn healthz(State(state): State<Shared>) -> Json<Health> {
     (status = 200, description = "Ready", body = Health),
     (status = 503, description = "The store does not answer", body = Health),
 ))]
-pub async fn readyz(State(state): State<Shared>) -> (StatusCode, Json<Health>) {
+pub(crate) async fn readyz(State(state): State<Shared>) -> (StatusCode, Json<Health>) {
     let store = state.sessions.backend().kind();
     match state.sessions.backend().ping().await {
         Ok(()) => (
@@ -61,7 +61,7 @@ pub async fn readyz(State(state): State<Shared>) -> (StatusCode, Json<Health>) {
 }
 
 /// Prometheus text exposition of every metric.
-pub async fn metrics(State(state): State<Shared>) -> impl axum::response::IntoResponse {
+pub(crate) async fn metrics(State(state): State<Shared>) -> impl axum::response::IntoResponse {
     if let Some(cache) = &state.cache {
         cache.observe();
     }

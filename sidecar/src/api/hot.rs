@@ -32,7 +32,7 @@ pub struct HotPath<S> {
 }
 
 impl<S> HotPath<S> {
-    pub fn new(inner: S, state: Shared) -> Self {
+    pub(crate) fn new(inner: S, state: Shared) -> Self {
         Self { inner, state }
     }
 

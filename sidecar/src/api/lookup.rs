@@ -15,7 +15,7 @@ use super::Shared;
 use super::auth::Auth;
 
 /// A valid cached answer for `id` right now, without waiting on a fill in progress.
-pub fn cached(state: &Shared, id: &str) -> Option<Entry> {
+pub(crate) fn cached(state: &Shared, id: &str) -> Option<Entry> {
     state.cache.as_ref()?.try_hit(id)
 }
 
@@ -24,7 +24,7 @@ pub fn cached(state: &Shared, id: &str) -> Option<Entry> {
 ///
 /// # Errors
 /// A malformed id, another user's session, or the store failing.
-pub async fn lookup(state: &Shared, caller: &Caller, id: &str) -> Result<Response, Error> {
+pub(crate) async fn lookup(state: &Shared, caller: &Caller, id: &str) -> Result<Response, Error> {
     let Some(cache) = &state.cache else {
         let record = state.sessions.get(id).await?;
         caller.check_owner(&record.user_id)?;
@@ -66,7 +66,7 @@ pub async fn lookup(state: &Shared, caller: &Caller, id: &str) -> Result<Respons
 
 /// A cache entry as the response: 200 with the session, or 404 with the problem.
 #[must_use]
-pub fn respond(entry: Entry) -> Response {
+pub(crate) fn respond(entry: Entry) -> Response {
     let (status, content_type) = if entry.found {
         (StatusCode::OK, "application/json")
     } else {

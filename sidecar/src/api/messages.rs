@@ -25,7 +25,7 @@ use super::users::PageQuery;
         (status = 409, description = "The session has ended", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn append(
+pub(crate) async fn append(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
@@ -47,7 +47,7 @@ pub async fn append(
         (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
@@ -71,7 +71,7 @@ pub async fn list(
         (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn summary(
+pub(crate) async fn summary(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
@@ -89,7 +89,7 @@ pub async fn summary(
         (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn memory(
+pub(crate) async fn memory(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
@@ -108,7 +108,7 @@ pub async fn memory(
         (status = 409, description = "The session has ended", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn replace_memory(
+pub(crate) async fn replace_memory(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
@@ -133,7 +133,7 @@ pub async fn replace_memory(
         (status = 409, description = "The session has ended", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn merge_memory(
+pub(crate) async fn merge_memory(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,

@@ -5,9 +5,9 @@ pub mod asyncapi;
 pub mod auth;
 mod dead_letters;
 mod events;
-pub mod extract;
+pub(crate) mod extract;
 mod health;
-pub mod hot;
+pub(crate) mod hot;
 mod lookup;
 mod messages;
 pub mod server;
@@ -50,7 +50,7 @@ pub struct AppState {
 }
 
 /// The state handlers receive.
-pub type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -134,7 +134,7 @@ pub fn app(state: AppState) -> App {
 /// The application, and the admin router on the same state: only `/healthz`, `/readyz` and
 /// `/metrics`, for kubelet probes and Prometheus, which cannot reach a sidecar's loopback
 /// address.
-pub fn app_and_admin(state: AppState) -> (App, Router) {
+pub(crate) fn app_and_admin(state: AppState) -> (App, Router) {
     let state: Shared = Arc::new(state);
     let (router, _) = routes(state.clone());
     let admin = Router::new()

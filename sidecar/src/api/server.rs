@@ -39,12 +39,12 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 /// Longest a client may take to send a request's headers before its connection is closed:
 /// a slow or stuck client (slowloris) must not hold connections for ever. No real client on
 /// loopback or inside a cluster comes near it.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The router with the request limits: load shedding beyond [`MAX_IN_FLIGHT`], then the
 /// [`REQUEST_TIMEOUT`]. Refused requests are counted by reason and recorded under their route
 /// like every other answer, so the availability SLI sees them.
-pub fn limited(router: axum::Router, metrics: &Metrics) -> axum::Router {
+pub(crate) fn limited(router: axum::Router, metrics: &Metrics) -> axum::Router {
     let metrics = metrics.clone();
     let refuse = move |method: Method, route: Option<MatchedPath>, error: BoxError| {
         let metrics = metrics.clone();
@@ -74,7 +74,7 @@ pub fn limited(router: axum::Router, metrics: &Metrics) -> axum::Router {
 /// in progress finish (each is bounded by [`REQUEST_TIMEOUT`]) and returns. `app` is a hyper
 /// service: the application's hot path answers hits straight from the connection; a tower
 /// router is served through [`tower_app`].
-pub async fn serve<S>(listener: TcpListener, app: S, mut shutdown: watch::Receiver<bool>)
+pub(crate) async fn serve<S>(listener: TcpListener, app: S, mut shutdown: watch::Receiver<bool>)
 where
     S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
         + Clone
@@ -117,7 +117,7 @@ where
 }
 
 /// A tower service (the admin router) as the hyper service [`serve`] takes.
-pub fn tower_app<S>(
+pub(crate) fn tower_app<S>(
     app: S,
 ) -> impl hyper::service::Service<
     Request<Incoming>,

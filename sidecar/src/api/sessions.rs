@@ -25,7 +25,7 @@ use super::extract::{Body, PathParam};
         (status = 429, description = "Creation rate exceeded (see Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable (see Retry-After)", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<Shared>,
     ctx: Ctx,
     Body(input): Body<CreateSession>,
@@ -53,7 +53,7 @@ pub async fn create(
         (status = 404, description = "No such session, or expired", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
@@ -72,7 +72,7 @@ pub async fn get(
         (status = 409, description = "Ended session, or title taken", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn update(
+pub(crate) async fn update(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
@@ -91,7 +91,7 @@ pub async fn update(
         (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn delete(
+pub(crate) async fn delete(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
@@ -111,7 +111,7 @@ pub async fn delete(
         (status = 409, description = "The session has ended", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn heartbeat(
+pub(crate) async fn heartbeat(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,
@@ -133,7 +133,7 @@ pub async fn heartbeat(
         (status = 409, description = "Already ended", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable, or the event could not be recorded", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn end(
+pub(crate) async fn end(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(id): PathParam,

@@ -16,7 +16,7 @@ use super::extract::{Body, PathParam, Query};
 /// Pagination parameters.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-pub struct PageQuery {
+pub(crate) struct PageQuery {
     /// From the previous page's `next_cursor`.
     pub cursor: Option<String>,
     /// Page size, 1–100 (default 20).
@@ -32,7 +32,7 @@ pub struct PageQuery {
         (status = 403, description = "Another user's token", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list_user(
+pub(crate) async fn list_user(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(user): PathParam,
@@ -55,7 +55,7 @@ pub async fn list_user(
         (status = 403, description = "Needs the service scope", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list_org(
+pub(crate) async fn list_org(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(org): PathParam,
@@ -79,7 +79,7 @@ pub async fn list_org(
         (status = 404, description = "No current session", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn current(
+pub(crate) async fn current(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(user): PathParam,
@@ -98,7 +98,7 @@ pub async fn current(
         (status = 409, description = "The session has ended", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Store unavailable", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn switch_current(
+pub(crate) async fn switch_current(
     State(state): State<Shared>,
     ctx: Ctx,
     PathParam(user): PathParam,

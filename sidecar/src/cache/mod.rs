@@ -30,7 +30,7 @@ const ENTRY_OVERHEAD_BYTES: u64 = 160;
 
 /// A cached response.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// 200 with the session JSON, or 404 with the problem JSON.
     pub found: bool,
     pub body: Bytes,
@@ -82,14 +82,14 @@ impl std::fmt::Debug for SessionCache {
 }
 
 /// The result of a lookup.
-pub enum Lookup<'a> {
+pub(crate) enum Lookup<'a> {
     Hit(Entry),
     /// Read the store, then [`Fill::complete`].
     Miss(Fill<'a>),
 }
 
 /// The right to fill one key after a miss.
-pub struct Fill<'a> {
+pub(crate) struct Fill<'a> {
     guard: PlaceholderGuard<
         'a,
         String,
@@ -130,7 +130,7 @@ impl SessionCache {
     }
 
     /// Looks `id` up; waits while another task fills the same id.
-    pub async fn lookup(&self, id: &str) -> Lookup<'_> {
+    pub(crate) async fn lookup(&self, id: &str) -> Lookup<'_> {
         loop {
             match self.inner.get_value_or_guard_async(id).await {
                 Ok(entry) if entry.valid_until_ms > self.clock.now_ms() => {
@@ -160,7 +160,7 @@ impl SessionCache {
 
     /// A valid cached entry for `id` right now, without waiting on a fill in progress (the hot
     /// path's lookup; anything else goes the full way through [`SessionCache::lookup`]).
-    pub fn try_hit(&self, id: &str) -> Option<Entry> {
+    pub(crate) fn try_hit(&self, id: &str) -> Option<Entry> {
         let entry = self
             .inner
             .get(id)
@@ -173,7 +173,7 @@ impl SessionCache {
     #[must_use]
     /// `owner` is kept only where callers are checked against it (server mode); a sidecar
     /// trusts its pod and saves the allocation.
-    pub fn found(&self, body: Bytes, owner: Option<&str>, expires_ms: i64) -> Entry {
+    pub(crate) fn found(&self, body: Bytes, owner: Option<&str>, expires_ms: i64) -> Entry {
         let valid_until_ms = self.later_by(self.config.max_age).min(expires_ms);
         Entry {
             found: true,
@@ -185,7 +185,7 @@ impl SessionCache {
 
     /// An entry for an id the store does not know: valid for the negative TTL.
     #[must_use]
-    pub fn not_found(&self, body: Bytes) -> Entry {
+    pub(crate) fn not_found(&self, body: Bytes) -> Entry {
         Entry {
             found: false,
             body,
@@ -201,13 +201,13 @@ impl SessionCache {
     }
 
     /// Drops the entry of one session (or its in-flight fill).
-    pub fn invalidate(&self, id: &str) {
+    pub(crate) fn invalidate(&self, id: &str) {
         self.inner.remove(id);
         self.metrics.cache_invalidations.inc();
     }
 
     /// Drops everything, including fills in flight.
-    pub fn flush(&self) {
+    pub(crate) fn flush(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.inner.clear();
         self.metrics.cache_flushes.inc();
@@ -215,7 +215,7 @@ impl SessionCache {
 
     /// Marks the invalidation connection up or down. Going up flushes (anything cached before
     /// may have missed invalidations); going down stops caching new fills.
-    pub fn set_tracked(&self, tracked: bool) {
+    pub(crate) fn set_tracked(&self, tracked: bool) {
         let was = self.tracked.swap(tracked, Ordering::AcqRel);
         self.metrics.tracking_connected.set(i64::from(tracked));
         if tracked && !was {
@@ -224,7 +224,7 @@ impl SessionCache {
     }
 
     /// Updates the size gauges (called when metrics are scraped).
-    pub fn observe(&self) {
+    pub(crate) fn observe(&self) {
         self.metrics
             .cache_entries
             .set(i64::try_from(self.inner.len()).unwrap_or(i64::MAX));
@@ -232,10 +232,12 @@ impl SessionCache {
             .cache_bytes
             .set(i64::try_from(self.inner.weight()).unwrap_or(i64::MAX));
     }
+}
 
+#[cfg(test)]
+impl SessionCache {
     /// Entries and bytes held.
-    #[must_use]
-    pub fn size(&self) -> (usize, u64) {
+    fn size(&self) -> (usize, u64) {
         (self.inner.len(), self.inner.weight())
     }
 }
@@ -243,7 +245,7 @@ impl SessionCache {
 impl Fill<'_> {
     /// Caches `entry` unless an invalidation or flush arrived since the lookup, or
     /// invalidations are not flowing. Returns whether it was cached.
-    pub fn complete(self, entry: Entry) -> bool {
+    pub(crate) fn complete(self, entry: Entry) -> bool {
         let cache = self.cache;
         let current = cache.epoch.load(Ordering::Acquire) == self.epoch
             && cache.tracked.load(Ordering::Acquire);

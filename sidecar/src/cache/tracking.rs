@@ -36,9 +36,9 @@ use crate::store::Keys;
 use crate::store::redis_url::{self, RedisUrl};
 
 /// How often the connections are pinged and the cluster's masters re-read.
-pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest pause between reconnection attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Time allowed to connect and to answer a command on a tracking connection.
 const TIMEOUT: Duration = Duration::from_millis(500);
 

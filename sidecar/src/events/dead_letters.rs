@@ -30,7 +30,7 @@ pub const FAIL_ATTEMPTS: u32 = 10;
 /// user's shard full for a moment, contention) is waited out rather than dead-lettered.
 pub const FAIL_FOR_MS: i64 = 60_000;
 /// Dead letters kept (oldest trimmed first): enough for a long incident, bounded memory.
-pub const MAX_DEAD_LETTERS: u64 = 10_000;
+pub(crate) const MAX_DEAD_LETTERS: u64 = 10_000;
 
 /// Why an event was set aside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -48,7 +48,7 @@ pub enum Reason {
 
 impl Reason {
     #[must_use]
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::Malformed => "malformed",
             Reason::UnknownType => "unknown_type",
@@ -71,7 +71,7 @@ impl Reason {
 
 /// An event the consumer set aside.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     /// The dead letter's id (`<ms>-<seq>`, its entry in the dead-letter stream).
     pub id: String,
     /// The event's entry id on the events stream.
@@ -177,7 +177,7 @@ fn before(id: &str) -> Result<Option<String>> {
 ///
 /// # Errors
 /// 400 for a malformed cursor or limit, 503 when the store fails.
-pub async fn list(
+pub(crate) async fn list(
     sessions: &Sessions,
     cursor: Option<&str>,
     limit: Option<usize>,
@@ -208,7 +208,7 @@ pub async fn list(
 ///
 /// # Errors
 /// 400 for a malformed id, 404 when there is none with this id, 503.
-pub async fn get(sessions: &Sessions, id: &str) -> Result<DeadLetter> {
+pub(crate) async fn get(sessions: &Sessions, id: &str) -> Result<DeadLetter> {
     let after = before(id)?;
     let entry = sessions
         .read_one(|r| r.xrange(sessions.keys().dead_letters(), after, 1))
@@ -223,7 +223,7 @@ pub async fn get(sessions: &Sessions, id: &str) -> Result<DeadLetter> {
 ///
 /// # Errors
 /// 400, 404, 503 as [`get`].
-pub async fn discard(sessions: &Sessions, id: &str) -> Result<()> {
+pub(crate) async fn discard(sessions: &Sessions, id: &str) -> Result<()> {
     get(sessions, id).await?;
     let commit = Commit {
         writes: vec![WriteOp::XDel(
@@ -241,7 +241,7 @@ pub async fn discard(sessions: &Sessions, id: &str) -> Result<()> {
 ///
 /// # Errors
 /// 400 when the event still cannot be applied (it stays), 404, 503.
-pub async fn replay(sessions: &Sessions, id: &str) -> Result<InboundOutcome> {
+pub(crate) async fn replay(sessions: &Sessions, id: &str) -> Result<InboundOutcome> {
     let letter = get(sessions, id).await?;
     let event: Envelope = serde_json::from_value(letter.event).map_err(|_| {
         Error::Validation(format!(
@@ -256,7 +256,7 @@ pub async fn replay(sessions: &Sessions, id: &str) -> Result<InboundOutcome> {
 
 /// What a replay of every dead letter did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
-pub struct ReplayReport {
+pub(crate) struct ReplayReport {
     /// Applied (or found applied already) and removed.
     pub replayed: usize,
     /// Still failing; they stay.
@@ -265,7 +265,7 @@ pub struct ReplayReport {
 
 /// A dead letter whose replay failed.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct ReplayFailure {
+pub(crate) struct ReplayFailure {
     pub id: String,
     /// The problem code the replay of this one answered.
     pub code: String,
@@ -276,7 +276,7 @@ pub struct ReplayFailure {
 ///
 /// # Errors
 /// 503 when the store fails (what was replayed until then stays replayed).
-pub async fn replay_all(sessions: &Sessions) -> Result<ReplayReport> {
+pub(crate) async fn replay_all(sessions: &Sessions) -> Result<ReplayReport> {
     let mut report = ReplayReport::default();
     let mut cursor = None;
     loop {

@@ -8,12 +8,12 @@ use crate::error::Result;
 use crate::store::{Backend, Commit, CommitOutcome, Guard, WriteOp};
 
 /// How long a lease lasts: far longer than one pass, short enough for a quick takeover.
-pub const LEASE: Duration = Duration::from_secs(5);
+pub(crate) const LEASE: Duration = Duration::from_secs(5);
 
 /// A held lease. Dropped without [`Lease::release`] — the pass failed, or its future was
 /// dropped at an `.await` (shutdown, an aborted task) — it is given back in the background, so
 /// another replica can take over at once instead of waiting for it to lapse.
-pub struct Lease {
+pub(crate) struct Lease {
     key: String,
     token: String,
     backend: Arc<dyn Backend>,
@@ -22,7 +22,7 @@ pub struct Lease {
 
 impl Lease {
     /// Takes the lease on `key` for `holder`, or `None` when another holder has it.
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         backend: &Arc<dyn Backend>,
         key: String,
         holder: &str,
@@ -50,7 +50,7 @@ impl Lease {
     }
 
     /// The guard that makes a commit apply only while the lease is still held.
-    pub fn guard(&self) -> Guard {
+    pub(crate) fn guard(&self) -> Guard {
         Guard::Eq(self.key.clone(), Some(self.token.clone()))
     }
 
@@ -64,7 +64,7 @@ impl Lease {
     }
 
     /// Gives the lease back now.
-    pub async fn release(mut self) -> Result<()> {
+    pub(crate) async fn release(mut self) -> Result<()> {
         self.held = false;
         self.backend.commit(self.give_back()).await?;
         Ok(())

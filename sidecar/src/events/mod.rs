@@ -25,13 +25,13 @@ pub use consumer::consume_once;
 pub use relay::relay_once;
 
 /// Pause between relay passes when the outbox was empty: bounds event delivery delay.
-pub const RELAY_INTERVAL: Duration = Duration::from_millis(200);
+pub(crate) const RELAY_INTERVAL: Duration = Duration::from_millis(200);
 /// Pause between sweeps: expiry events follow `expires_at` by at most about this much.
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause between reads of the events stream when it had nothing new.
-pub const CONSUME_INTERVAL: Duration = Duration::from_millis(250);
+pub(crate) const CONSUME_INTERVAL: Duration = Duration::from_millis(250);
 /// Entries handled per shard and pass.
-pub const BATCH: usize = 100;
+pub(crate) const BATCH: usize = 100;
 
 /// Expires due sessions on every shard that has any; returns how many were expired.
 ///
@@ -67,7 +67,7 @@ pub(crate) async fn shards_where(
 }
 
 /// Starts the three loops; they stop when `shutdown` turns true.
-pub fn spawn(
+pub(crate) fn spawn(
     sessions: &Sessions,
     metrics: &Metrics,
     shutdown: &watch::Receiver<bool>,

@@ -5,7 +5,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 /// The `source` of every event this service publishes.
-pub const SOURCE: &str = "session-service";
+pub(crate) const SOURCE: &str = "session-service";
 
 /// Event types we publish and consume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub enum EventType {
 impl EventType {
     /// The wire name.
     #[must_use]
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EventType::Created => "session.created.v1",
             EventType::Updated => "session.updated.v1",
@@ -36,7 +36,7 @@ impl EventType {
 
     /// Parses a wire name.
     #[must_use]
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         [
             EventType::Created,
             EventType::Updated,

@@ -13,21 +13,21 @@ use crate::error::{Error, Result};
 use crate::model::Role;
 
 /// Longest user, org, case or performer id, in characters (as JSON Schema counts).
-pub const MAX_ID_CHARS: usize = 128;
+pub(crate) const MAX_ID_CHARS: usize = 128;
 /// Longest title, in characters.
-pub const MAX_TITLE_CHARS: usize = 200;
+pub(crate) const MAX_TITLE_CHARS: usize = 200;
 /// Longest message content, in bytes (a long LLM turn is well under this).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Largest serialized `metadata`, `data` or memory object, in bytes.
-pub const MAX_OBJECT_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_OBJECT_BYTES: usize = 64 * 1024;
 /// Largest page of any listing.
-pub const MAX_PAGE_SIZE: usize = 100;
+pub(crate) const MAX_PAGE_SIZE: usize = 100;
 /// Page size when the client gives none.
-pub const DEFAULT_PAGE_SIZE: usize = 20;
+pub(crate) const DEFAULT_PAGE_SIZE: usize = 20;
 
 /// Fields that only the server sets. Supplying one is an error of its own kind, so that a client
 /// that tries to set a timestamp or an event id learns why it was refused.
-pub const SERVER_FIELDS: &[&str] = &[
+pub(crate) const SERVER_FIELDS: &[&str] = &[
     "session_id",
     "status",
     "current",
@@ -51,7 +51,10 @@ pub const SERVER_FIELDS: &[&str] = &[
 ///
 /// # Errors
 /// `malformed_json`, `unknown_field`, `server_field` or `validation_failed`.
-pub fn parse_body<T: for<'de> Deserialize<'de>>(bytes: &[u8], allowed: &[&str]) -> Result<T> {
+pub(crate) fn parse_body<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    allowed: &[&str],
+) -> Result<T> {
     let value = parse_object(bytes)?;
     check_fields(&value, allowed)?;
     serde_json::from_value(Value::Object(value)).map_err(|e| Error::Validation(e.to_string()))
@@ -61,7 +64,7 @@ pub fn parse_body<T: for<'de> Deserialize<'de>>(bytes: &[u8], allowed: &[&str]) 
 ///
 /// # Errors
 /// `malformed_json` or `validation_failed`.
-pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>> {
+pub(crate) fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
@@ -91,7 +94,7 @@ fn check_fields(map: &Map<String, Value>, allowed: &[&str]) -> Result<()> {
 ///
 /// # Errors
 /// `validation_failed` naming the field.
-pub fn check_id(field: &str, value: &str) -> Result<()> {
+pub(crate) fn check_id(field: &str, value: &str) -> Result<()> {
     let chars = value.chars().count();
     if chars == 0 || chars > MAX_ID_CHARS {
         return Err(Error::Validation(format!(
@@ -110,7 +113,7 @@ pub fn check_id(field: &str, value: &str) -> Result<()> {
 ///
 /// # Errors
 /// `validation_failed`.
-pub fn check_title(title: &str) -> Result<()> {
+pub(crate) fn check_title(title: &str) -> Result<()> {
     let chars = title.chars().count();
     if title.trim().is_empty() || chars > MAX_TITLE_CHARS || title.chars().any(char::is_control) {
         return Err(Error::Validation(format!(
@@ -120,11 +123,27 @@ pub fn check_title(title: &str) -> Result<()> {
     Ok(())
 }
 
+/// Longest end reason, in characters.
+pub(crate) const MAX_REASON_CHARS: usize = 1024;
+
+/// Checks an end reason: free text of at most [`MAX_REASON_CHARS`] characters.
+///
+/// # Errors
+/// `validation_failed`.
+pub(crate) fn check_reason(reason: &str) -> Result<()> {
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(Error::Validation(format!(
+            "reason must be at most {MAX_REASON_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks the serialized size of an object.
 ///
 /// # Errors
 /// `validation_failed` naming the field.
-pub fn check_object_size(field: &str, value: &Map<String, Value>) -> Result<()> {
+pub(crate) fn check_object_size(field: &str, value: &Map<String, Value>) -> Result<()> {
     let size = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
     if size > MAX_OBJECT_BYTES {
         return Err(Error::Validation(format!(
@@ -179,7 +198,7 @@ pub struct CreateSession {
 }
 
 impl CreateSession {
-    pub const FIELDS: &'static [&'static str] = &[
+    pub(crate) const FIELDS: &'static [&'static str] = &[
         "user_id",
         "org_id",
         "title",
@@ -194,7 +213,7 @@ impl CreateSession {
 /// `PATCH /v1/sessions/{id}`: a JSON merge patch (RFC 7386) of the mutable fields.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct UpdateSession {
+pub(crate) struct UpdateSession {
     /// A new title; `null` removes it.
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$")]
@@ -216,7 +235,7 @@ pub struct UpdateSession {
 }
 
 impl UpdateSession {
-    pub const FIELDS: &'static [&'static str] = &[
+    pub(crate) const FIELDS: &'static [&'static str] = &[
         "title",
         "case_id",
         "metadata",
@@ -229,7 +248,7 @@ impl UpdateSession {
 /// `PUT /v1/sessions/{id}/heartbeat` (the body is optional).
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Heartbeat {
+pub(crate) struct Heartbeat {
     /// New time to live from now; defaults to the service's TTL.
     #[schema(minimum = 1, maximum = 604_800)]
     pub ttl_seconds: Option<u64>,
@@ -239,13 +258,13 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    pub const FIELDS: &'static [&'static str] = &["ttl_seconds", "user_id"];
+    pub(crate) const FIELDS: &'static [&'static str] = &["ttl_seconds", "user_id"];
 }
 
 /// `POST /v1/sessions/{id}/end`: the end boundary event.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct EndSession {
+pub(crate) struct EndSession {
     /// Who ends the session: required; `"system"` for timeouts and cleanups.
     #[schema(
         required = true,
@@ -261,31 +280,33 @@ pub struct EndSession {
     /// When given, must equal the id in the path (400 otherwise).
     #[schema(pattern = r"^sess_(0|[1-9][0-9]{0,4})_[a-z2-7]{25}[aeimquy4]$")]
     pub session_id: Option<String>,
-    /// Free text, carried in the event.
+    /// Free text, at most 1 024 characters: kept on the session as `end_reason` and carried
+    /// in the `session.ended.v1` event.
+    #[schema(max_length = 1024)]
     pub reason: Option<String>,
 }
 
 impl EndSession {
-    pub const FIELDS: &'static [&'static str] =
+    pub(crate) const FIELDS: &'static [&'static str] =
         &["performer_id", "user_id", "session_id", "reason"];
 }
 
 /// `PUT /v1/users/{user_id}/current-session`: exactly one of the two.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SwitchCurrent {
+pub(crate) struct SwitchCurrent {
     pub session_id: Option<String>,
     pub title: Option<String>,
 }
 
 impl SwitchCurrent {
-    pub const FIELDS: &'static [&'static str] = &["session_id", "title"];
+    pub(crate) const FIELDS: &'static [&'static str] = &["session_id", "title"];
 }
 
 /// `POST /v1/sessions/{id}/messages`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NewMessage {
+pub(crate) struct NewMessage {
     pub role: Role,
     /// At most 64 KiB of UTF-8.
     #[schema(max_length = 16_384)]
@@ -301,13 +322,14 @@ pub struct NewMessage {
 }
 
 impl NewMessage {
-    pub const FIELDS: &'static [&'static str] = &["role", "content", "tokens", "cost", "metadata"];
+    pub(crate) const FIELDS: &'static [&'static str] =
+        &["role", "content", "tokens", "cost", "metadata"];
 
     /// Checks content size and cost.
     ///
     /// # Errors
     /// `validation_failed`.
-    pub fn validate(&self) -> Result<u64> {
+    pub(crate) fn validate(&self) -> Result<u64> {
         if self.content.len() > MAX_MESSAGE_BYTES {
             return Err(Error::Validation(format!(
                 "content is larger than {MAX_MESSAGE_BYTES} bytes"

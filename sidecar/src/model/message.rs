@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub(crate) enum Role {
     User,
     Assistant,
     System,
@@ -16,11 +16,11 @@ pub enum Role {
 
 impl Role {
     /// Every role, in the order of `Record::messages_by_role`.
-    pub const ALL: [Role; 4] = [Role::User, Role::Assistant, Role::System, Role::Tool];
+    pub(crate) const ALL: [Role; 4] = [Role::User, Role::Assistant, Role::System, Role::Tool];
 
     /// Index into `Record::messages_by_role`.
     #[must_use]
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         match self {
             Role::User => 0,
             Role::Assistant => 1,
@@ -31,7 +31,7 @@ impl Role {
 
     /// The stored counter field of this role.
     #[must_use]
-    pub fn count_field(self) -> &'static str {
+    pub(crate) fn count_field(self) -> &'static str {
         match self {
             Role::User => "n_user",
             Role::Assistant => "n_assistant",
@@ -43,7 +43,7 @@ impl Role {
 
 /// A stored message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Message {
+pub(crate) struct Message {
     /// UUIDv4.
     pub message_id: String,
     /// Position in the session, from 1; also the pagination cursor.
@@ -58,7 +58,7 @@ pub struct Message {
 
 /// Counts and totals of a session's messages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub session_id: String,
     pub status: super::Status,
     pub message_count: u64,
@@ -74,7 +74,7 @@ pub struct Summary {
 
 /// Message counts per role.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct MessagesByRole {
+pub(crate) struct MessagesByRole {
     pub user: u64,
     pub assistant: u64,
     pub system: u64,

@@ -44,6 +44,8 @@ pub struct Record {
     /// When an active session expires; for an ended one, when it is purged.
     pub expires_ms: i64,
     pub ended_ms: Option<i64>,
+    /// Why the session was ended, as the ender said (`POST …/end` with `reason`).
+    pub end_reason: Option<String>,
     pub performer_id: Option<String>,
     pub version: u64,
     /// Messages per role, in [`Role::ALL`] order.
@@ -57,13 +59,13 @@ impl Record {
     /// Whether the session is still visible: `expires_at <= now` is gone at once, before any
     /// sweeper runs.
     #[must_use]
-    pub fn is_live(&self, now_ms: i64) -> bool {
+    pub(crate) fn is_live(&self, now_ms: i64) -> bool {
         self.status != Status::Expired && self.expires_ms > now_ms
     }
 
     /// Whether the session is active and unexpired.
     #[must_use]
-    pub fn is_active(&self, now_ms: i64) -> bool {
+    pub(crate) fn is_active(&self, now_ms: i64) -> bool {
         self.status == Status::Active && self.expires_ms > now_ms
     }
 
@@ -75,7 +77,7 @@ impl Record {
 
     /// The hash fields that store this record.
     #[must_use]
-    pub fn to_fields(&self) -> Vec<(String, String)> {
+    pub(crate) fn to_fields(&self) -> Vec<(String, String)> {
         let mut f = vec![
             ("session_id", self.session_id.clone()),
             ("user_id", self.user_id.clone()),
@@ -98,6 +100,7 @@ impl Record {
             ("title", self.title.clone()),
             ("case_id", self.case_id.clone()),
             ("ended_ms", self.ended_ms.map(|v| v.to_string())),
+            ("end_reason", self.end_reason.clone()),
             ("performer_id", self.performer_id.clone()),
             (
                 "last_message_ms",
@@ -110,12 +113,13 @@ impl Record {
 
     /// Fields that [`Record::to_fields`] may leave out; a rewrite deletes those now absent.
     #[must_use]
-    pub fn absent_optional_fields(&self) -> Vec<String> {
+    pub(crate) fn absent_optional_fields(&self) -> Vec<String> {
         let absent = [
             ("org_id", self.org_id.is_none()),
             ("title", self.title.is_none()),
             ("case_id", self.case_id.is_none()),
             ("ended_ms", self.ended_ms.is_none()),
+            ("end_reason", self.end_reason.is_none()),
             ("performer_id", self.performer_id.is_none()),
             ("last_message_ms", self.last_message_ms.is_none()),
         ];
@@ -180,6 +184,7 @@ impl Record {
             updated_ms: int("updated_ms")?,
             expires_ms: int("expires_ms")?,
             ended_ms: map.get("ended_ms").and_then(|v| v.parse().ok()),
+            end_reason: map.get("end_reason").cloned(),
             performer_id: map.get("performer_id").cloned(),
             version: uint("version")?,
             messages_by_role,
@@ -191,7 +196,7 @@ impl Record {
 
     /// The JSON view of the API and of event payloads.
     #[must_use]
-    pub fn view(&self) -> SessionView {
+    pub(crate) fn view(&self) -> SessionView {
         SessionView {
             session_id: self.session_id.clone(),
             user_id: self.user_id.clone(),
@@ -206,6 +211,7 @@ impl Record {
             updated_at: rfc3339(self.updated_ms),
             expires_at: rfc3339(self.expires_ms),
             ended_at: self.ended_ms.map(rfc3339),
+            end_reason: self.end_reason.clone(),
             performer_id: self.performer_id.clone(),
             version: self.version,
             message_count: self.message_count(),
@@ -217,7 +223,7 @@ impl Record {
 
 /// Micro-units to a decimal amount.
 #[must_use]
-pub fn micros_to_cost(micros: u64) -> f64 {
+pub(crate) fn micros_to_cost(micros: u64) -> f64 {
     // Exact for any realistic total (< 2^53 micro-units = 9 billion units).
     #[allow(clippy::cast_precision_loss)]
     let units = micros as f64 / 1_000_000.0;
@@ -249,6 +255,9 @@ pub struct SessionView {
     pub expires_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<String>,
+    /// Why the session was ended, when the ender gave a reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
     /// Who performed the last boundary event (start or end).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub performer_id: Option<String>,

@@ -186,7 +186,7 @@ impl Sessions {
             plan.end(
                 before,
                 victim.clone(),
-                "system",
+                ("system", None),
                 self.policy.ended_retention_ms,
                 corr,
             );
@@ -230,6 +230,7 @@ impl Sessions {
             updated_ms: now,
             expires_ms: now + new.ttl_ms,
             ended_ms: None,
+            end_reason: None,
             performer_id: Some(new.performer.clone()),
             version: 1,
             messages_by_role: [0; 4],

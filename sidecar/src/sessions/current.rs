@@ -15,7 +15,7 @@ impl Sessions {
     ///
     /// # Errors
     /// 403 for another user's token, 404 when the user has no live current session, 503.
-    pub async fn current(&self, ctx: &Ctx, user: &str) -> Result<Record> {
+    pub(crate) async fn current(&self, ctx: &Ctx, user: &str) -> Result<Record> {
         check_id("user_id", user)?;
         ctx.caller.check_owner(user)?;
         let shard = shard_of(user, self.policy.shard_count);
@@ -34,7 +34,7 @@ impl Sessions {
     /// # Errors
     /// 400 unless exactly one of `session_id` and `title` is given, 403, 404 no such session of
     /// this user, 409 the session has ended, 503.
-    pub async fn switch_current(
+    pub(crate) async fn switch_current(
         &self,
         ctx: &Ctx,
         user: &str,

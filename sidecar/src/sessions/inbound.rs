@@ -21,14 +21,14 @@ use super::plan::Plan;
 use super::{Sessions, Step};
 
 /// How long consumed event ids are remembered: 7 days.
-pub const INBOX_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+pub(crate) const INBOX_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
 /// The most sessions of one user or case handled by one event (bounded by the rate limit in
 /// practice; the rest would be handled by a redelivery).
 const MAX_SESSIONS_PER_EVENT: usize = 10_000;
 
 /// What became of an inbound event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct InboundOutcome {
+pub(crate) struct InboundOutcome {
     pub event_id: String,
     /// `applied`, or `duplicate` when this event id was processed before.
     pub result: String,
@@ -40,7 +40,7 @@ impl Sessions {
     ///
     /// # Errors
     /// 400 for an invalid envelope or an event type this service does not consume, 503.
-    pub async fn apply_event(&self, event: &Envelope) -> Result<InboundOutcome> {
+    pub(crate) async fn apply_event(&self, event: &Envelope) -> Result<InboundOutcome> {
         uuid::Uuid::parse_str(&event.event_id)
             .map_err(|_| Error::Validation("event_id must be a UUID".into()))?;
         let field = |name: &str| -> Result<String> {

@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::model::input::{
-    EndSession, Heartbeat, UpdateSession, check_id, check_object_size, check_title,
+    EndSession, Heartbeat, UpdateSession, check_id, check_object_size, check_reason, check_title,
 };
 use crate::model::{EventType, Record};
 use crate::store::{NamedBy, Reads, WriteOp};
@@ -17,7 +17,7 @@ impl Sessions {
     ///
     /// # Errors
     /// 400 invalid patch, 403 wrong user, 404, 409 ended session or taken title, 503.
-    pub async fn update(&self, ctx: &Ctx, id: &str, patch: UpdateSession) -> Result<Record> {
+    pub(crate) async fn update(&self, ctx: &Ctx, id: &str, patch: UpdateSession) -> Result<Record> {
         if let Some(Some(title)) = &patch.title {
             check_title(title)?;
         }
@@ -114,7 +114,7 @@ impl Sessions {
     ///
     /// # Errors
     /// 400 invalid TTL, 403, 404, 409 ended session, 503.
-    pub async fn heartbeat(&self, ctx: &Ctx, id: &str, input: Heartbeat) -> Result<Record> {
+    pub(crate) async fn heartbeat(&self, ctx: &Ctx, id: &str, input: Heartbeat) -> Result<Record> {
         let ttl_ms = self.ttl_ms(input.ttl_seconds)?;
         self.retry(|| async {
             let owned = self
@@ -140,13 +140,16 @@ impl Sessions {
     /// # Errors
     /// 400 without `performer_id` or with a mismatched `session_id`, 403 another user's session,
     /// 404, 409 already ended, 503.
-    pub async fn end(&self, ctx: &Ctx, id: &str, input: EndSession) -> Result<Record> {
+    pub(crate) async fn end(&self, ctx: &Ctx, id: &str, input: EndSession) -> Result<Record> {
         let performer = input
             .performer_id
             .clone()
             .filter(|p| !p.is_empty())
             .ok_or(Error::PerformerRequired)?;
         check_id("performer_id", &performer)?;
+        if let Some(reason) = &input.reason {
+            check_reason(reason)?;
+        }
         if input.session_id.as_deref().is_some_and(|s| s != id) {
             return Err(Error::SessionIdMismatch);
         }
@@ -160,7 +163,7 @@ impl Sessions {
             let ended = plan.end(
                 &stored,
                 stored.clone(),
-                &performer,
+                (&performer, input.reason.as_deref()),
                 self.policy.ended_retention_ms,
                 ctx.correlation_id.as_deref(),
             );
@@ -173,7 +176,7 @@ impl Sessions {
     ///
     /// # Errors
     /// 400 for the current session, 403, 404, 503.
-    pub async fn delete(&self, ctx: &Ctx, id: &str) -> Result<()> {
+    pub(crate) async fn delete(&self, ctx: &Ctx, id: &str) -> Result<()> {
         let (shard, first) = self.owned(ctx, id, None).await?;
         let user = first.user_id.as_str();
         self.retry(|| async {

@@ -19,7 +19,7 @@ use super::{Caller, Ctx, Sessions, decode_record};
 
 /// One page of a listing.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Page<T> {
+pub(crate) struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -33,7 +33,7 @@ const SLACK: usize = 16;
 ///
 /// # Errors
 /// `validation_failed`.
-pub fn page_size(limit: Option<usize>) -> Result<usize> {
+pub(crate) fn page_size(limit: Option<usize>) -> Result<usize> {
     match limit {
         None => Ok(DEFAULT_PAGE_SIZE),
         Some(n) if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n),
@@ -62,7 +62,7 @@ impl Sessions {
     ///
     /// # Errors
     /// 400 bad cursor or limit, 403 another user's token, 503.
-    pub async fn list_user(
+    pub(crate) async fn list_user(
         &self,
         ctx: &Ctx,
         user: &str,
@@ -81,7 +81,7 @@ impl Sessions {
     ///
     /// # Errors
     /// 400 bad cursor or limit, 403 for user tokens (only trusted callers list orgs), 503.
-    pub async fn list_org(
+    pub(crate) async fn list_org(
         &self,
         ctx: &Ctx,
         org: &str,

@@ -14,7 +14,7 @@ use super::{Ctx, Sessions};
 
 /// A session's memory.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct MemoryView {
+pub(crate) struct MemoryView {
     pub session_id: String,
     /// The memory object; `{}` until something is stored.
     pub memory: Map<String, Value>,
@@ -22,7 +22,7 @@ pub struct MemoryView {
 
 /// How a memory write combines with what is stored.
 #[derive(Debug, Clone, Copy)]
-pub enum MemoryWrite {
+pub(crate) enum MemoryWrite {
     Replace,
     /// RFC 7386 merge patch.
     Merge,
@@ -43,7 +43,7 @@ impl Sessions {
     ///
     /// # Errors
     /// 403, 404, 503.
-    pub async fn memory(&self, ctx: &Ctx, id: &str) -> Result<MemoryView> {
+    pub(crate) async fn memory(&self, ctx: &Ctx, id: &str) -> Result<MemoryView> {
         let (shard, _) = self.owned(ctx, id, None).await?;
         let stored = self
             .read_one(|r| r.get(self.keys.memory(shard, id)))
@@ -58,7 +58,7 @@ impl Sessions {
     ///
     /// # Errors
     /// 400 too large, 403, 404, 409 ended session, 503.
-    pub async fn write_memory(
+    pub(crate) async fn write_memory(
         &self,
         ctx: &Ctx,
         id: &str,

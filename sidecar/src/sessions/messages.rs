@@ -17,7 +17,12 @@ impl Sessions {
     ///
     /// # Errors
     /// 400 invalid message, 403, 404, 409 ended session, 503.
-    pub async fn append_message(&self, ctx: &Ctx, id: &str, input: NewMessage) -> Result<Message> {
+    pub(crate) async fn append_message(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        input: NewMessage,
+    ) -> Result<Message> {
         let cost_micros = input.validate()?;
         let message_id = uuid::Uuid::new_v4().to_string();
         self.retry(|| async {
@@ -56,7 +61,7 @@ impl Sessions {
     ///
     /// # Errors
     /// 400 bad cursor or limit, 403, 404, 503.
-    pub async fn list_messages(
+    pub(crate) async fn list_messages(
         &self,
         ctx: &Ctx,
         id: &str,
@@ -93,7 +98,7 @@ impl Sessions {
     ///
     /// # Errors
     /// 403, 404, 503.
-    pub async fn summary(&self, ctx: &Ctx, id: &str) -> Result<Summary> {
+    pub(crate) async fn summary(&self, ctx: &Ctx, id: &str) -> Result<Summary> {
         let (_, r) = self.owned(ctx, id, None).await?;
         let until = r.ended_ms.unwrap_or_else(|| self.now());
         #[allow(clippy::cast_precision_loss)]

@@ -26,9 +26,9 @@ use crate::ids::parse_session_id;
 use crate::model::{Record, Status};
 use crate::store::{Backend, CommitOutcome, FromReply, Keys, NamedBy, Reads, Replies, Slot};
 
-pub use inbound::InboundOutcome;
-pub use listing::{Page, page_size};
-pub use memory::{MemoryView, MemoryWrite};
+pub(crate) use inbound::InboundOutcome;
+pub(crate) use listing::{Page, page_size};
+pub(crate) use memory::{MemoryView, MemoryWrite};
 
 /// What to do when a user at `max_active_per_user` starts another session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -72,7 +72,7 @@ impl Caller {
     ///
     /// # Errors
     /// `forbidden` when a user token names another user.
-    pub fn check_owner(&self, owner: &str) -> Result<()> {
+    pub(crate) fn check_owner(&self, owner: &str) -> Result<()> {
         match self {
             Caller::User(u) if u != owner => {
                 Err(Error::Forbidden("the session belongs to another user"))
@@ -180,7 +180,7 @@ impl Sessions {
 
     /// The engine's current time (Unix milliseconds).
     #[must_use]
-    pub fn now(&self) -> i64 {
+    pub(crate) fn now(&self) -> i64 {
         self.clock.now_ms()
     }
 
@@ -188,7 +188,7 @@ impl Sessions {
     ///
     /// # Errors
     /// `invalid_session_id`.
-    pub fn shard_of_session(&self, id: &str) -> Result<u32> {
+    pub(crate) fn shard_of_session(&self, id: &str) -> Result<u32> {
         match parse_session_id(id, self.policy.shard_count) {
             Some(shard) => Ok(shard),
             // Well formed, but for a shard this deployment does not have: no such session.
@@ -251,7 +251,7 @@ impl Sessions {
     ///
     /// # Errors
     /// `invalid_session_id` for a malformed id, `not_found`, or a store failure.
-    pub async fn get(&self, id: &str) -> Result<Record> {
+    pub(crate) async fn get(&self, id: &str) -> Result<Record> {
         let shard = self.shard_of_session(id)?;
         let doc = self
             .read_one(|r| r.hgetall(self.keys.session(shard, id)))

@@ -11,7 +11,7 @@ use crate::store::{Append, Commit, Guard, Keys, WriteOp};
 use super::next_version;
 
 /// A commit under construction for one user on one shard.
-pub(crate) struct Plan {
+pub struct Plan {
     keys: Keys,
     shard: u32,
     user_id: String,
@@ -152,19 +152,20 @@ impl Plan {
         self.commit.writes.extend(ops);
     }
 
-    /// Ends `record` (status, times, performer), records it with its event and returns it;
-    /// `stored` is the document as read (see [`Plan::put`]).
+    /// Ends `record` (status, times, performer, the reason given), records it with its event
+    /// and returns it; `stored` is the document as read (see [`Plan::put`]).
     pub(crate) fn end(
         &mut self,
         stored: &Record,
         mut record: Record,
-        performer: &str,
+        (performer, reason): (&str, Option<&str>),
         retention_ms: i64,
         correlation: Option<&str>,
     ) -> Record {
         let now = self.now_ms;
         record.status = Status::Ended;
         record.ended_ms = Some(now);
+        record.end_reason = reason.map(str::to_owned);
         record.updated_ms = now;
         record.expires_ms = now + retention_ms;
         record.performer_id = Some(performer.to_owned());

@@ -15,9 +15,9 @@ use crate::circuit::Circuit;
 use crate::metrics::Metrics;
 
 /// Consecutive failures that open the circuit.
-pub const FAILURES_TO_OPEN: u32 = 3;
+pub(crate) const FAILURES_TO_OPEN: u32 = 3;
 /// How long the circuit stays open before a trial call.
-pub const OPEN_FOR: Duration = Duration::from_millis(500);
+pub(crate) const OPEN_FOR: Duration = Duration::from_millis(500);
 
 /// A backend behind a circuit breaker, with call durations and errors recorded.
 pub struct Breaker {

@@ -28,7 +28,7 @@ const FIRST_RETRY: Duration = Duration::from_millis(250);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
 /// A backend that is not connected yet, or the connected one.
-pub struct Connecting {
+pub(crate) struct Connecting {
     connected: RwLock<Option<Arc<dyn Backend>>>,
     /// Why it is not connected yet, in words.
     waiting: Mutex<String>,
@@ -41,7 +41,7 @@ impl Connecting {
     /// Connects with `connect` to the current `url`: at once when Redis answers (the usual
     /// start, ready when it listens), otherwise in the background until it succeeds; then
     /// again with every new URL, for as long as this backend is held.
-    pub async fn start<F, Fut>(connect: F, mut url: RedisUrl, metrics: Metrics) -> Arc<Self>
+    pub(crate) async fn start<F, Fut>(connect: F, mut url: RedisUrl, metrics: Metrics) -> Arc<Self>
     where
         F: Fn(String) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Arc<dyn Backend>, BackendError>> + Send + 'static,

@@ -44,7 +44,7 @@ impl Keys {
 
     /// The prefix every key starts with.
     #[must_use]
-    pub fn prefix(&self) -> &str {
+    pub(crate) fn prefix(&self) -> &str {
         &self.prefix
     }
 
@@ -55,7 +55,7 @@ impl Keys {
     pub fn session(&self, shard: u32, session_id: &str) -> String {
         self.shard_key(shard, &format!("s:{session_id}"))
     }
-    pub fn user_version(&self, shard: u32, user_id: &str) -> String {
+    pub(crate) fn user_version(&self, shard: u32, user_id: &str) -> String {
         self.shard_key(shard, &format!("uv:{user_id}"))
     }
     pub fn user_sessions(&self, shard: u32, user_id: &str) -> String {
@@ -70,7 +70,7 @@ impl Keys {
     pub fn titles(&self, shard: u32, user_id: &str) -> String {
         self.shard_key(shard, &format!("t:{user_id}"))
     }
-    pub fn rate(&self, shard: u32, user_id: &str) -> String {
+    pub(crate) fn rate(&self, shard: u32, user_id: &str) -> String {
         self.shard_key(shard, &format!("rl:{user_id}"))
     }
     pub fn messages(&self, shard: u32, session_id: &str) -> String {
@@ -79,7 +79,7 @@ impl Keys {
     pub fn memory(&self, shard: u32, session_id: &str) -> String {
         self.shard_key(shard, &format!("mem:{session_id}"))
     }
-    pub fn case_sessions(&self, shard: u32, case_id: &str) -> String {
+    pub(crate) fn case_sessions(&self, shard: u32, case_id: &str) -> String {
         self.shard_key(shard, &format!("c:{case_id}"))
     }
     pub fn expiry(&self, shard: u32) -> String {
@@ -88,7 +88,7 @@ impl Keys {
     pub fn outbox(&self, shard: u32) -> String {
         self.shard_key(shard, "outbox")
     }
-    pub fn inbox(&self, shard: u32) -> String {
+    pub(crate) fn inbox(&self, shard: u32) -> String {
         self.shard_key(shard, "inbox")
     }
     pub fn relay_lock(&self, shard: u32) -> String {
@@ -97,19 +97,19 @@ impl Keys {
     pub fn events(&self) -> String {
         format!("{}:{{events}}:stream", self.prefix)
     }
-    pub fn consumer_offset(&self) -> String {
+    pub(crate) fn consumer_offset(&self) -> String {
         format!("{}:{{events}}:consumer-offset", self.prefix)
     }
     pub fn consumer_lock(&self) -> String {
         format!("{}:{{events}}:consumer-lock", self.prefix)
     }
-    pub fn consumer_attempts(&self) -> String {
+    pub(crate) fn consumer_attempts(&self) -> String {
         format!("{}:{{events}}:consumer-attempts", self.prefix)
     }
     pub fn dead_letters(&self) -> String {
         format!("{}:{{events}}:dead-letters", self.prefix)
     }
-    pub fn org_sessions(&self, org_id: &str) -> String {
+    pub(crate) fn org_sessions(&self, org_id: &str) -> String {
         format!("{}:{{o:{org_id}}}:sessions", self.prefix)
     }
 }
@@ -117,7 +117,7 @@ impl Keys {
 /// The hash tag of a key: the text between the first `{` and the next `}` when non-empty,
 /// else the whole key (Redis Cluster's rule).
 #[must_use]
-pub fn hash_tag(key: &str) -> &str {
+pub(crate) fn hash_tag(key: &str) -> &str {
     if let Some(open) = key.find('{')
         && let Some(len) = key[open + 1..].find('}')
         && len > 0
@@ -129,7 +129,7 @@ pub fn hash_tag(key: &str) -> &str {
 
 /// The Redis Cluster hash slot of a key: CRC16 (XMODEM) of its hash tag, modulo 16384.
 #[must_use]
-pub fn slot(key: &str) -> u16 {
+pub(crate) fn slot(key: &str) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(hash_tag(key).as_bytes()) % 16_384
 }
 

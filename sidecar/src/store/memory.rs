@@ -77,7 +77,7 @@ enum Kind {
 impl MemoryBackend {
     /// An empty store on the system clock.
     #[must_use]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 

@@ -20,20 +20,20 @@
 pub mod acl;
 pub mod breaker;
 pub mod cluster;
-pub mod connecting;
-pub mod keys;
+pub(crate) mod connecting;
+pub(crate) mod keys;
 pub mod memory;
-pub mod reads;
+pub(crate) mod reads;
 pub mod redis;
 pub mod redis_url;
 
 use async_trait::async_trait;
 
 pub use keys::Keys;
-pub use reads::{FromReply, Members, Reads, Replies, Slot, read_one};
+pub(crate) use reads::{FromReply, Reads, Replies, Slot, read_one};
 
 /// A sorted-set score. Scores here are always whole milliseconds, exact in an `f64`.
-pub type Score = f64;
+pub(crate) type Score = f64;
 
 /// One read inside an atomic read batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -213,7 +213,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    pub fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         match self {
             Probe::StreamNonEmpty(k) | Probe::DueBy(k, _) => k,
         }
@@ -250,7 +250,7 @@ impl Reply {
 
     /// The integer value of a counting reply, 0 for nil.
     #[must_use]
-    pub fn as_int(&self) -> i64 {
+    pub(crate) fn as_int(&self) -> i64 {
         match self {
             Reply::Int(n) => *n,
             Reply::Str(s) => s.parse().unwrap_or(0),
@@ -278,13 +278,13 @@ impl Reply {
 
     /// Members of a `ZRange` reply, without their scores.
     #[must_use]
-    pub fn into_members(self) -> Vec<String> {
+    pub(crate) fn into_members(self) -> Vec<String> {
         self.into_scored().into_iter().map(|(m, _)| m).collect()
     }
 
     /// Items of an `LRange` reply.
     #[must_use]
-    pub fn into_list(self) -> Vec<String> {
+    pub(crate) fn into_list(self) -> Vec<String> {
         match self {
             Reply::List(l) => l,
             _ => Vec::new(),

@@ -9,14 +9,14 @@ use super::{Backend, BackendError, Bound, NamedBy, ReadOp, Reply, Score, StreamE
 
 /// A batch of reads on keys of one hash slot, answered atomically.
 #[derive(Debug, Default)]
-pub struct Reads {
+pub(crate) struct Reads {
     ops: Vec<ReadOp>,
 }
 
 /// Where the reply of one read of a [`Reads`] batch is, and what it decodes to.
 #[must_use = "a read whose reply is never taken is a wasted round trip"]
 #[derive(Debug)]
-pub struct Slot<T> {
+pub(crate) struct Slot<T> {
     index: usize,
     reply: PhantomData<fn() -> T>,
 }
@@ -31,7 +31,7 @@ impl<T> Copy for Slot<T> {}
 
 impl Reads {
     #[must_use]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
@@ -44,32 +44,32 @@ impl Reads {
     }
 
     /// `GET key`: the value, if the key exists.
-    pub fn get(&mut self, key: String) -> Slot<Option<String>> {
+    pub(crate) fn get(&mut self, key: String) -> Slot<Option<String>> {
         self.push(ReadOp::Get(key))
     }
 
     /// `GET key` of an integer counter: 0 for a missing key.
-    pub fn counter(&mut self, key: String) -> Slot<i64> {
+    pub(crate) fn counter(&mut self, key: String) -> Slot<i64> {
         self.push(ReadOp::Get(key))
     }
 
     /// `HGET key field`.
-    pub fn hget(&mut self, key: String, field: String) -> Slot<Option<String>> {
+    pub(crate) fn hget(&mut self, key: String, field: String) -> Slot<Option<String>> {
         self.push(ReadOp::HGet(key, field))
     }
 
     /// `HGETALL key`: field/value pairs (none for a missing key).
-    pub fn hgetall(&mut self, key: String) -> Slot<Vec<(String, String)>> {
+    pub(crate) fn hgetall(&mut self, key: String) -> Slot<Vec<(String, String)>> {
         self.push(ReadOp::HGetAll(key))
     }
 
     /// Members of a sorted set with their scores, in `range`.
-    pub fn zrange(&mut self, range: ZRange) -> Slot<Vec<(String, Score)>> {
+    pub(crate) fn zrange(&mut self, range: ZRange) -> Slot<Vec<(String, Score)>> {
         self.push(ReadOp::ZRange(range))
     }
 
     /// Members of a sorted set scored above `min`, lowest first, up to `count`.
-    pub fn members_above(&mut self, key: String, min: Score, count: usize) -> Slot<Members> {
+    pub(crate) fn members_above(&mut self, key: String, min: Score, count: usize) -> Slot<Members> {
         self.push(ReadOp::ZRange(ZRange {
             key,
             min: Bound::Excl(min),
@@ -81,32 +81,27 @@ impl Reads {
     }
 
     /// Up to `count` members of a sorted set, lowest score first.
-    pub fn all_members(&mut self, key: String, count: usize) -> Slot<Members> {
+    pub(crate) fn all_members(&mut self, key: String, count: usize) -> Slot<Members> {
         self.push(ReadOp::all_members(key, count))
     }
 
     /// `ZSCORE key member`: whether the member is in the set (its score is never needed).
-    pub fn is_member(&mut self, key: String, member: String) -> Slot<bool> {
+    pub(crate) fn is_member(&mut self, key: String, member: String) -> Slot<bool> {
         self.push(ReadOp::ZScore(key, member))
     }
 
-    /// `ZCOUNT key (min +inf`.
-    pub fn count_above(&mut self, key: String, min: Score) -> Slot<i64> {
-        self.push(ReadOp::ZCountAbove(key, min))
-    }
-
     /// `LRANGE key start stop` (0-based, inclusive).
-    pub fn lrange(&mut self, key: String, start: i64, stop: i64) -> Slot<Vec<String>> {
+    pub(crate) fn lrange(&mut self, key: String, start: i64, stop: i64) -> Slot<Vec<String>> {
         self.push(ReadOp::LRange(key, start, stop))
     }
 
     /// `PTTL key`: milliseconds left, -2 for a missing key, -1 without expiry.
-    pub fn pttl(&mut self, key: String) -> Slot<i64> {
+    pub(crate) fn pttl(&mut self, key: String) -> Slot<i64> {
         self.push(ReadOp::PTtl(key))
     }
 
     /// Up to `count` stream entries after `after` (from the start for `None`).
-    pub fn xrange(
+    pub(crate) fn xrange(
         &mut self,
         key: String,
         after: Option<String>,
@@ -116,12 +111,16 @@ impl Reads {
     }
 
     /// `GET` of the key `prefix` + the value `name` reads, in the same snapshot.
-    pub fn get_at(&mut self, prefix: String, name: NamedBy) -> Slot<Option<String>> {
+    pub(crate) fn get_at(&mut self, prefix: String, name: NamedBy) -> Slot<Option<String>> {
         self.push(ReadOp::GetAt(prefix, name))
     }
 
     /// `HGETALL` of the key `prefix` + the value `name` reads, in the same snapshot.
-    pub fn hgetall_at(&mut self, prefix: String, name: NamedBy) -> Slot<Vec<(String, String)>> {
+    pub(crate) fn hgetall_at(
+        &mut self,
+        prefix: String,
+        name: NamedBy,
+    ) -> Slot<Vec<(String, String)>> {
         self.push(ReadOp::HGetAllAt(prefix, name))
     }
 
@@ -129,7 +128,7 @@ impl Reads {
     ///
     /// # Errors
     /// When the backend fails.
-    pub async fn run(self, backend: &dyn Backend) -> Result<Replies, BackendError> {
+    pub(crate) async fn run(self, backend: &dyn Backend) -> Result<Replies, BackendError> {
         Ok(Replies::new(backend.read(self.ops).await?))
     }
 }
@@ -138,7 +137,7 @@ impl Reads {
 ///
 /// # Errors
 /// When the backend fails.
-pub async fn read_one<T: FromReply>(
+pub(crate) async fn read_one<T: FromReply>(
     backend: &dyn Backend,
     read: impl FnOnce(&mut Reads) -> Slot<T>,
 ) -> Result<T, BackendError> {
@@ -149,27 +148,27 @@ pub async fn read_one<T: FromReply>(
 
 /// Members of a sorted set without their scores.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Members(pub Vec<String>);
+pub(crate) struct Members(pub Vec<String>);
 
 /// The replies of a [`Reads`] batch, taken out by their slots.
 #[derive(Debug)]
-pub struct Replies(Vec<Option<Reply>>);
+pub(crate) struct Replies(Vec<Option<Reply>>);
 
 impl Replies {
     /// The backend's replies, in the order of the reads.
     #[must_use]
-    pub fn new(replies: Vec<Reply>) -> Self {
+    pub(crate) fn new(replies: Vec<Reply>) -> Self {
         Self(replies.into_iter().map(Some).collect())
     }
 
     /// The decoded reply at `slot`; taken once (a second take reads as a missing key).
-    pub fn take<T: FromReply>(&mut self, slot: Slot<T>) -> T {
+    pub(crate) fn take<T: FromReply>(&mut self, slot: Slot<T>) -> T {
         T::from_reply(self.0.get_mut(slot.index).and_then(Option::take))
     }
 }
 
 /// A read's reply decoded; a missing reply reads as a missing key.
-pub trait FromReply {
+pub(crate) trait FromReply {
     fn from_reply(reply: Option<Reply>) -> Self;
 }
 

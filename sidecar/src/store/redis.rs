@@ -22,9 +22,9 @@ use super::{
 /// How long one Redis call may take before the request fails instead of hanging. A session
 /// lookup budget is 50 ms at p99; a healthy Redis answers in well under 1 ms, so 1 s only
 /// trips when Redis is really stuck.
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long connecting may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Redis Cluster: retries of one call (`TRYAGAIN` while a slot moves, a master failing over,
 /// a reconnect), all within [`RESPONSE_TIMEOUT`]. While the operator moves a slot, a script
 /// whose keys are split between the two masters gets `TRYAGAIN` until the move completes
@@ -176,7 +176,7 @@ where
 }
 
 /// A Redis-backed store over any multiplexed connection (standalone or cluster).
-pub struct RedisBackend<C> {
+pub(crate) struct RedisBackend<C> {
     conn: C,
     read: Lua,
     commit: Lua,
@@ -274,7 +274,7 @@ fn acl_check() -> Lua {
 
 /// Makes ring the process's TLS crypto provider (once) before any `rediss://` connection:
 /// redis builds its rustls configurations from the process default.
-pub fn install_tls_provider() {
+pub(crate) fn install_tls_provider() {
     // Fails only when a provider is installed already, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
@@ -351,7 +351,7 @@ fn unavailable(e: redis::RedisError) -> BackendError {
 
 impl<C> RedisBackend<C> {
     /// Wraps a connection.
-    pub fn new(conn: C, wait: Option<ReplicaWait>) -> Self {
+    pub(crate) fn new(conn: C, wait: Option<ReplicaWait>) -> Self {
         Self {
             conn,
             wait,

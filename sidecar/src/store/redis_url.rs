@@ -16,7 +16,7 @@ use tokio::sync::watch;
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The current URL; `changed()` wakes on a new one.
-pub type RedisUrl = watch::Receiver<String>;
+pub(crate) type RedisUrl = watch::Receiver<String>;
 
 /// A URL that never changes.
 #[must_use]
@@ -28,7 +28,7 @@ pub fn fixed(url: String) -> RedisUrl {
 ///
 /// # Errors
 /// The problem, in words (never the URL, which holds a password).
-pub fn check(url: &str) -> Result<(), String> {
+pub(crate) fn check(url: &str) -> Result<(), String> {
     if url.trim().is_empty() {
         return Err("the Redis URL is empty".to_owned());
     }
@@ -47,7 +47,7 @@ pub fn check(url: &str) -> Result<(), String> {
 ///
 /// # Errors
 /// When the file cannot be read or holds no Redis URL, in words naming the file.
-pub fn read(path: &std::path::Path) -> Result<String, String> {
+pub(crate) fn read(path: &std::path::Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the Redis URL file {}: {e}", path.display()))?;
     let url = text.trim().to_owned();
@@ -59,7 +59,7 @@ pub fn read(path: &std::path::Path) -> Result<String, String> {
 /// `interval` until nobody holds the returned receiver any more. A file that cannot be read,
 /// or holds no URL, leaves the current URL in place (said once in the log until it is fixed).
 #[must_use]
-pub fn watch_file(path: PathBuf, initial: String, interval: Duration) -> RedisUrl {
+pub(crate) fn watch_file(path: PathBuf, initial: String, interval: Duration) -> RedisUrl {
     let (tx, rx) = watch::channel(initial);
     tokio::spawn(async move {
         let mut complained = false;
@@ -99,7 +99,7 @@ pub fn watch_file(path: PathBuf, initial: String, interval: Duration) -> RedisUr
 }
 
 /// Waits for the next URL; never returns for a URL that cannot change any more.
-pub async fn next(url: &mut RedisUrl) -> String {
+pub(crate) async fn next(url: &mut RedisUrl) -> String {
     if url.changed().await.is_err() {
         std::future::pending::<()>().await;
     }

@@ -13,6 +13,7 @@ both_backends!(
     heartbeat_extends_and_reads_do_not,
     expired_sessions_are_gone_at_once_and_expire_exactly_once,
     ended_sessions_are_readable_then_purged,
+    the_reason_given_at_the_end_is_kept_and_carried_in_the_event,
     delete_removes_everything_but_not_the_current_session,
     json_values_round_trip_exactly,
 );
@@ -268,6 +269,37 @@ async fn ended_sessions_are_readable_then_purged(kind: Kind) {
         types(&app.outbox().await),
         ["session.created.v1", "session.ended.v1"]
     );
+}
+
+async fn the_reason_given_at_the_end_is_kept_and_carried_in_the_event(kind: Kind) {
+    // Proves: `reason` is kept on the ended session and in its `session.ended.v1` event; one
+    // longer than 1 024 characters is refused and changes nothing; without one there is none.
+    let app = TestApp::new(kind).await;
+    let id = app.create_id("u1", json!({})).await;
+    let too_long = "x".repeat(1025);
+    let res = app
+        .end(&id, json!({"performer_id": "u1", "reason": too_long}))
+        .await;
+    assert_eq!(
+        (res.status, res.code()),
+        (StatusCode::BAD_REQUEST, "validation_failed")
+    );
+    let res = app
+        .end(
+            &id,
+            json!({"performer_id": "u1", "reason": "customer resolved"}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(res.body["end_reason"], "customer resolved");
+    let read = app.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(read.body["end_reason"], "customer resolved");
+    let ended = app.outbox_of("session.ended.v1").await;
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].payload["end_reason"], "customer resolved");
+    let other = app.create_id("u2", json!({})).await;
+    let res = app.end(&other, json!({"performer_id": "u2"})).await;
+    assert!(res.body.get("end_reason").is_none(), "{}", res.body);
 }
 
 async fn delete_removes_everything_but_not_the_current_session(kind: Kind) {

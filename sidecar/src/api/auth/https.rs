@@ -19,7 +19,7 @@ const MAX_BODY_BYTES: usize = 1 << 20;
 ///
 /// # Errors
 /// When no CA can be loaded, in words.
-pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -59,7 +59,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
 ///
 /// # Errors
 /// In words: the URL, connecting, TLS verification, the status, or the body.
-pub async fn get_json(
+pub(crate) async fn get_json(
     tls: &Arc<rustls::ClientConfig>,
     url: &str,
 ) -> Result<serde_json::Value, String> {

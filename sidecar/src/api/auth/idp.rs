@@ -24,12 +24,12 @@ use crate::metrics::Metrics;
 
 /// Scheduled refresh of the key set (providers rotate keys over days, announcing new ones
 /// ahead of use).
-pub const REFRESH_EVERY: Duration = Duration::from_secs(300);
+pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(300);
 /// At most one refresh for an unknown `kid` per this interval (the default of
 /// [`IdpConfig::unknown_key_refresh_every`]).
-pub const UNKNOWN_KEY_REFRESH_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const UNKNOWN_KEY_REFRESH_EVERY: Duration = Duration::from_secs(10);
 /// The longest one fetch (discovery and key set together) may take; a slower one fails.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a request waits for the keys (a fetch in progress, then its own).
 pub const REQUEST_WAIT: Duration = Duration::from_millis(2_500);
 /// Failed fetches in a row that open the circuit, and how long it stays open.
@@ -56,7 +56,7 @@ pub struct IdpConfig {
 impl IdpConfig {
     /// A provider reached through discovery, with the system's roots.
     #[must_use]
-    pub fn new(issuer: String, audience: String) -> Self {
+    pub(crate) fn new(issuer: String, audience: String) -> Self {
         Self {
             issuer,
             audience,
@@ -115,7 +115,7 @@ impl IdentityProvider {
     }
 
     /// Refreshes the keys now and then every [`REFRESH_EVERY`], until the provider is dropped.
-    pub fn keep_fresh(self: &Arc<Self>) {
+    pub(crate) fn keep_fresh(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {

@@ -23,9 +23,9 @@ use crate::metrics::Metrics;
 use crate::sessions::Caller;
 
 /// The scope that lets a token act for every user.
-pub const SERVICE_SCOPE: &str = "sessions:service";
+pub(crate) const SERVICE_SCOPE: &str = "sessions:service";
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
-pub const LEEWAY_S: u64 = 30;
+pub(crate) const LEEWAY_S: u64 = 30;
 
 /// How callers are authenticated.
 #[derive(Clone)]
@@ -82,7 +82,7 @@ pub enum Denied {
 impl Denied {
     /// The stable problem code.
     #[must_use]
-    pub fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Denied::Missing => "unauthorized",
             Denied::Malformed => "token_malformed",
@@ -157,7 +157,7 @@ impl Auth {
     ///
     /// # Errors
     /// 401 with the reason when a token is required and missing or refused.
-    pub async fn caller(&self, headers: &HeaderMap) -> Result<Caller, Error> {
+    pub(crate) async fn caller(&self, headers: &HeaderMap) -> Result<Caller, Error> {
         let Auth::Jwt(verifier) = self else {
             return Ok(Caller::Trusted);
         };
