@@ -162,11 +162,11 @@ const GRANTS: &[Grant] = &[
         "zrevrangebyscore",
         &["zrevrangebyscore", ORG_KEY, "+inf", "-inf"],
     ),
-    both("zcount", &["zcount", SHARD_KEY, "-inf", "+inf"]),
     both("zscore", &["zscore", SHARD_KEY, "m"]),
     both("lrange", &["lrange", SHARD_KEY, "0", "-1"]),
     both("pttl", &["pttl", SHARD_KEY]),
     // commit.lua and probe.lua
+    both("zcount", &["zcount", SHARD_KEY, "-inf", "+inf"]),
     both("set", &["set", SHARD_KEY, "v", "px", "1"]),
     both("del", &["del", SHARD_KEY]),
     both("incr", &["incr", SHARD_KEY]),

@@ -220,10 +220,6 @@ impl Db {
                 Some(Value::ZSet(z)) => Reply::Scored(z.range(q)),
                 _ => Reply::Scored(Vec::new()),
             },
-            ReadOp::ZCountAbove(k, min) => match self.live(k) {
-                Some(Value::ZSet(z)) => Reply::Int(z.count_above(*min)),
-                _ => Reply::Int(0),
-            },
             ReadOp::ZScore(k, m) => match self.live(k) {
                 Some(Value::ZSet(z)) => z
                     .scores
@@ -509,16 +505,6 @@ impl ZSet {
         }
     }
 
-    fn count_above(&self, min: Score) -> i64 {
-        let n = self
-            .by_score
-            .iter()
-            .rev()
-            .take_while(|(s, _)| s.0 > min)
-            .count();
-        i64::try_from(n).unwrap_or(i64::MAX)
-    }
-
     fn range(&self, q: &ZRange) -> Vec<(String, Score)> {
         let within = |s: Score| above(s, q.min) && below(s, q.max);
         let items: Box<dyn Iterator<Item = &(Ordered, String)>> = if q.rev {
@@ -652,7 +638,6 @@ mod tests {
         let names = |v: Vec<(String, Score)>| v.into_iter().map(|(m, _)| m).collect::<Vec<_>>();
         assert_eq!(names(z.range(&q(false))), ["z", "a", "b"]);
         assert_eq!(names(z.range(&q(true))), ["b", "a", "z"]);
-        assert_eq!(z.count_above(1.0), 2);
     }
 
     #[tokio::test]

@@ -46,8 +46,6 @@ pub enum ReadOp {
     HGet(String, String),
     /// `ZRANGEBYSCORE` (or `ZREVRANGEBYSCORE` when `rev`) with scores, `LIMIT offset count`.
     ZRange(ZRange),
-    /// `ZCOUNT key min max` with `min` exclusive (the only form we need: "later than now").
-    ZCountAbove(String, Score),
     /// `ZSCORE key member`.
     ZScore(String, String),
     /// `LRANGE key start stop` (0-based, inclusive, like Redis).

@@ -33,9 +33,6 @@ while i <= #ARGV do
     else
       out[#out + 1] = redis.call('ZRANGEBYSCORE', key, min, max, 'WITHSCORES', 'LIMIT', offset, count)
     end
-  elseif op == 'ZCOUNTABOVE' then
-    out[#out + 1] = { redis.call('ZCOUNT', key, '(' .. ARGV[i], '+inf') }
-    i = i + 1
   elseif op == 'ZSCORE' then
     local v = redis.call('ZSCORE', key, ARGV[i])
     i = i + 1

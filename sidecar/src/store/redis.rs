@@ -418,9 +418,6 @@ fn encode_reads(ops: &[ReadOp]) -> (KeyTable, Vec<String>) {
                 q.offset.to_string(),
                 q.count.to_string(),
             ]),
-            ReadOp::ZCountAbove(k, min) => {
-                argv.extend(["ZCOUNTABOVE".to_owned(), keys.add(k), min.to_string()]);
-            }
             ReadOp::ZScore(k, m) => argv.extend(["ZSCORE".to_owned(), keys.add(k), m.clone()]),
             ReadOp::LRange(k, a, b) => {
                 argv.extend([
@@ -696,9 +693,7 @@ fn decode(op: &ReadOp, v: Value) -> Result<Reply, BackendError> {
         ReadOp::Get(_) | ReadOp::HGet(..) | ReadOp::ZScore(..) | ReadOp::GetAt(..) => {
             wrapped_scalar(v)?.map_or(Reply::Nil, Reply::Str)
         }
-        ReadOp::ZCountAbove(..) | ReadOp::PTtl(_) => {
-            Reply::Int(wrapped_scalar(v)?.and_then(|s| s.parse().ok()).unwrap_or(0))
-        }
+        ReadOp::PTtl(_) => Reply::Int(wrapped_scalar(v)?.and_then(|s| s.parse().ok()).unwrap_or(0)),
         ReadOp::HGetAll(_) | ReadOp::HGetAllAt(..) => Reply::Pairs(pairs(v)?),
         ReadOp::ZRange(_) => Reply::Scored(
             pairs(v)?
