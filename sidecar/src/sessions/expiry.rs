@@ -59,9 +59,7 @@ impl Sessions {
         let user = first.user_id.as_str();
         let ctx = Ctx::system();
         self.retry(|| async {
-            let snapshot = self
-                .removal_snapshot(shard, id, user, first.title.as_ref())
-                .await?;
+            let snapshot = self.removal_snapshot(shard, id, user).await?;
             let now = self.now();
             let Some(mut record) = snapshot.record.filter(|r| r.expires_ms <= now) else {
                 return Ok(Step::Done(false)); // gone already, or a heartbeat moved it

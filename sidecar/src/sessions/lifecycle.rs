@@ -180,9 +180,7 @@ impl Sessions {
         let (shard, first) = self.owned(ctx, id, None).await?;
         let user = first.user_id.as_str();
         self.retry(|| async {
-            let snapshot = self
-                .removal_snapshot(shard, id, user, first.title.as_ref())
-                .await?;
+            let snapshot = self.removal_snapshot(shard, id, user).await?;
             let record = self.still_live(snapshot.record)?;
             if snapshot.is_current {
                 return Err(Error::CurrentSessionDelete);

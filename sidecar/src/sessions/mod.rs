@@ -359,24 +359,23 @@ pub(crate) struct Removal {
 }
 
 impl Sessions {
-    /// Reads a session with its user's version, current session and the owner of `title` (the
-    /// title read before: the index is keyed by it) in one snapshot.
+    /// Reads a session with its user's version, current session and the holder of its title in
+    /// one snapshot. The title index is looked up by the title the document has in that same
+    /// snapshot: one renamed since an earlier read still has its new title's entry removed.
     pub(crate) async fn removal_snapshot(
         &self,
         shard: u32,
         id: &str,
         user: &str,
-        title: Option<&String>,
     ) -> Result<Removal> {
         let mut reads = Reads::new();
         let current = reads.get(self.keys.current(shard, user));
-        let title_owner = reads.hget(
+        let title_holder = reads.hget_named(
             self.keys.titles(shard, user),
-            title.cloned().unwrap_or_default(),
+            NamedBy::Field(self.keys.session(shard, id), "title".to_owned()),
         );
         let (version, record, mut r) = self.snapshot_of(shard, id, user, reads).await?;
-        let owns_title = record.as_ref().is_some_and(|r| r.title.is_some())
-            && r.take(title_owner).as_deref() == Some(id);
+        let owns_title = r.take(title_holder).as_deref() == Some(id);
         Ok(Removal {
             version,
             record,

@@ -244,6 +244,10 @@ impl Db {
                 Some(name) => self.read(&ReadOp::HGetAll(format!("{prefix}{name}"))),
                 None => Reply::Pairs(Vec::new()),
             },
+            ReadOp::HGetNamed(key, name) => match self.name(name) {
+                Some(field) => self.read(&ReadOp::HGet(key.clone(), field)),
+                None => Reply::Nil,
+            },
         }
     }
 

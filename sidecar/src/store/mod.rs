@@ -59,6 +59,9 @@ pub enum ReadOp {
     /// `HGETALL <prefix><name>`, the name read first in the same snapshot (no pairs without a
     /// name).
     HGetAllAt(String, NamedBy),
+    /// `HGET key <name>`: a field named by another read in the same snapshot (nil without a
+    /// name).
+    HGetNamed(String, NamedBy),
 }
 
 /// Where a read finds the end of the name of the key it reads: one snapshot can then read a

@@ -3,6 +3,7 @@
 -- does not cut the reply array short: {} for nil, {value} otherwise, flat arrays as they come.
 -- GETAT and HGETALLAT read a key whose name ends in what another read returns (`V key`: its
 -- value, `F key field`: a hash field), in the same snapshot; KEYS holds the name's prefix.
+-- HGETNAMED reads the field of a hash that another read names.
 local out = {}
 local i = 1
 local function name()
@@ -53,6 +54,10 @@ while i <= #ARGV do
   elseif op == 'HGETALLAT' then
     local n = name()
     out[#out + 1] = n and redis.call('HGETALL', key .. n) or {}
+  elseif op == 'HGETNAMED' then
+    local n = name()
+    local v = n and redis.call('HGET', key, n)
+    out[#out + 1] = v and { v } or {}
   else
     return redis.error_reply('BADOP unknown read op ' .. tostring(op))
   end

@@ -124,6 +124,11 @@ impl Reads {
         self.push(ReadOp::HGetAllAt(prefix, name))
     }
 
+    /// `HGET` of the field of `key` that the value `name` reads names, in the same snapshot.
+    pub(crate) fn hget_named(&mut self, key: String, name: NamedBy) -> Slot<Option<String>> {
+        self.push(ReadOp::HGetNamed(key, name))
+    }
+
     /// Reads the batch from `backend`, atomically.
     ///
     /// # Errors

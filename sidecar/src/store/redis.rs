@@ -442,6 +442,10 @@ fn encode_reads(ops: &[ReadOp]) -> (KeyTable, Vec<String>) {
                 argv.extend(["HGETALLAT".to_owned(), keys.add(prefix)]);
                 encode_name(&mut keys, &mut argv, name);
             }
+            ReadOp::HGetNamed(key, name) => {
+                argv.extend(["HGETNAMED".to_owned(), keys.add(key)]);
+                encode_name(&mut keys, &mut argv, name);
+            }
         }
     }
     (keys, argv)
@@ -690,9 +694,11 @@ fn decode(op: &ReadOp, v: Value) -> Result<Reply, BackendError> {
         array(v)?.into_iter().next().map(text).transpose()
     };
     Ok(match op {
-        ReadOp::Get(_) | ReadOp::HGet(..) | ReadOp::ZScore(..) | ReadOp::GetAt(..) => {
-            wrapped_scalar(v)?.map_or(Reply::Nil, Reply::Str)
-        }
+        ReadOp::Get(_)
+        | ReadOp::HGet(..)
+        | ReadOp::ZScore(..)
+        | ReadOp::GetAt(..)
+        | ReadOp::HGetNamed(..) => wrapped_scalar(v)?.map_or(Reply::Nil, Reply::Str),
         ReadOp::PTtl(_) => Reply::Int(wrapped_scalar(v)?.and_then(|s| s.parse().ok()).unwrap_or(0)),
         ReadOp::HGetAll(_) | ReadOp::HGetAllAt(..) => Reply::Pairs(pairs(v)?),
         ReadOp::ZRange(_) => Reply::Scored(

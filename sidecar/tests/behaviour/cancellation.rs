@@ -19,6 +19,7 @@ use crate::concurrency::{CAP, check_invariants};
 use crate::harness::{Kind, TestApp};
 
 both_backends!(
+    a_rename_between_the_reads_of_a_delete_leaves_no_title_behind,
     writes_dropped_at_any_await_break_no_invariant,
     a_relay_dropped_at_any_await_leaves_no_lease_and_loses_no_event,
     a_consumer_dropped_at_any_await_applies_every_event_once,
@@ -111,6 +112,36 @@ impl Backend for Stalling {
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
+}
+
+async fn a_rename_between_the_reads_of_a_delete_leaves_no_title_behind(kind: Kind) {
+    // Proves: a delete that read the session, then waits while the session is renamed, removes
+    // the new title's index entry (it used to look the index up by the title it read first and
+    // left the new one pointing at the deleted session).
+    let app = TestApp::new(kind).await;
+    let id = app.create_id("u1", json!({"title": "first"})).await;
+    app.create_id("u1", json!({})).await; // so that `id` is not current and may be deleted
+    let path = format!("/v1/sessions/{id}");
+    // The delete's first read is answered; its second waits until the rename is done.
+    let store = Arc::new(Stalling::new(app.backend.clone(), 1, Stall::Before));
+    let stalling = app.through(|_| store.clone()).await;
+    let rename_meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let renamed = app.patch(&path, json!({"title": "second"})).await;
+        assert_eq!(renamed.status, axum::http::StatusCode::OK);
+        store.recover();
+    };
+    let (deleted, ()) = tokio::join!(stalling.delete(&path), rename_meanwhile);
+    assert_eq!(deleted.status, axum::http::StatusCode::NO_CONTENT);
+    let shard = session_sidecar::ids::parse_session_id(&id, app.sessions.policy().shard_count)
+        .expect("a session id of this deployment");
+    let titles = app.sessions.keys().titles(shard, "u1");
+    let left = app
+        .backend
+        .read(vec![ReadOp::HGetAll(titles)])
+        .await
+        .unwrap();
+    assert_eq!(left, [Reply::Pairs(Vec::new())], "no title entry is left");
 }
 
 /// Store calls any single operation below makes, at most (a create reads, checks the rate
