@@ -2,11 +2,13 @@
 # Instructions per request of a cache hit, beside a bare hyper server answering the same bytes,
 # counted by callgrind: deterministic where wall-clock figures on this noisy two-core machine
 # are not. Each server runs under valgrind with one worker thread; after a warm-up the counters
-# are zeroed, N keep-alive GETs are sent, and the counters dumped: instructions / N. Not part
-# of CI (about 2 minutes after the release build).
+# are zeroed, N keep-alive GETs are sent, and the counters dumped: instructions / N. Then both
+# run natively, one worker thread each, and the project's load generator measures each one's
+# closed-loop requests per second, alternating, ROUNDS times: the hit's throughput as a share
+# of the bare server's. Not part of CI (about 3 minutes after the release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${N:-5000} WARMUP=${WARMUP:-500}
+N=${N:-5000} WARMUP=${WARMUP:-500} ROUNDS=${ROUNDS:-3} SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)"; exit 1; }
 cargo build --release -q -p session-sidecar -p session-bench
 bin=target/release
@@ -86,4 +88,29 @@ print(f"instructions per request (callgrind, {n} keep-alive GETs of a {size}-byt
 print(f"  bare hyper server   {bare / n:>10.0f}")
 print(f"  sidecar cache hit   {hit / n:>10.0f}")
 print(f"  ratio               {hit / bare:>10.2f}x")
+PY
+
+# Throughput, natively: the same two servers, one worker thread each, measured in turns.
+hit=$(free_port)
+RUST_LOG=warn "$bin/session-sidecar" --listen "127.0.0.1:$hit" --redis-url "redis://127.0.0.1:$redis_port" --worker-threads 1 &
+pids+=($!)
+bare=$(free_port)
+"$bin/session-bench" bare --listen "127.0.0.1:$bare" --body-file "$work/body.json" &
+pids+=($!)
+wait_port "$hit"; wait_port "$bare"
+get_loop "$hit" "/v1/sessions/$id" 100 >/dev/null # fills the cache
+hits=() bares=()
+for _ in $(seq 1 "$ROUNDS"); do
+  bares+=("$("$bin/session-bench" throughput --addr "127.0.0.1:$bare" --path "/v1/sessions/$id" --seconds "$SECONDS_PER_RUN")")
+  hits+=("$("$bin/session-bench" throughput --addr "127.0.0.1:$hit" --path "/v1/sessions/$id" --seconds "$SECONDS_PER_RUN")")
+done
+python3 - "${bares[*]}" "${hits[*]}" <<'PY'
+import sys
+bare = [float(x) for x in sys.argv[1].split()]
+hit = [float(x) for x in sys.argv[2].split()]
+print("requests per second (closed loop, 64 connections, one worker thread each; rounds in turn)")
+print("  bare hyper server   " + "  ".join(f"{b:>8.0f}" for b in bare))
+print("  sidecar cache hit   " + "  ".join(f"{h:>8.0f}" for h in hit))
+print("  hit / bare          " + "  ".join(f"{h / b:>7.0%} " for h, b in zip(hit, bare))
+      + f"  (of the sums: {sum(hit) / sum(bare):.0%})")
 PY

@@ -29,6 +29,17 @@ enum Command {
     },
     /// The whole comparison; prints one table.
     Suite(suite::Args),
+    /// Closed-loop requests per second of `GET path` on one HTTP server.
+    Throughput {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        path: String,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+    },
     /// The write section of the suite alone.
     Writes(writes::Args),
     /// A bounded steady load with latency and memory over time.
@@ -48,6 +59,21 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Suite(args) => suite::run(args).await,
             Command::Writes(args) => writes::run(args).await,
+            Command::Throughput {
+                addr,
+                path,
+                seconds,
+                connections,
+            } => {
+                let target = load::Target::Http {
+                    addr,
+                    paths: std::sync::Arc::new(vec![path]),
+                };
+                let duration = std::time::Duration::from_secs(seconds);
+                let rps = load::max_throughput(&target, duration, connections).await?;
+                println!("{rps:.0}");
+                Ok(())
+            }
             Command::Soak(args) => soak::run(args).await,
         }
     })
