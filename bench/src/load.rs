@@ -94,7 +94,7 @@ pub struct Latency {
 
 /// 1 µs to 60 s with 3 significant digits.
 #[allow(clippy::expect_used)] // constant, valid bounds
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
+use crate::load::histogram;
 use crate::suite::{Client, ms};
 
 /// Settings of `session-bench writes` (Redis and the sidecar are started by `bench/run.sh writes`).
@@ -169,12 +170,6 @@ impl Write {
             ),
         })
     }
-}
-
-/// 1 µs to 60 s with 3 significant digits.
-#[allow(clippy::expect_used)] // constant, valid bounds
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 fn micros(since: Instant) -> u64 {
