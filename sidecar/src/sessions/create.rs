@@ -118,7 +118,7 @@ impl Sessions {
             .map(|_| reads.members_above(k.user_active(shard, user), now as f64, MAX_ACTIVE_SCAN));
         let mut r = self.read(reads).await?;
         let version = r.take(version);
-        let current = decode_record(r.take(current))?;
+        let current_doc = decode_record(r.take(current))?;
         let title_owner = match title_owner {
             Some(slot) => decode_record(r.take(slot))?,
             None => None,
@@ -157,11 +157,10 @@ impl Sessions {
             };
             docs = active_docs;
         }
-        let current = current.map(|doc| {
-            let id = doc.session_id.clone();
-            docs.insert(id.clone(), doc);
-            id
-        });
+        let current = current_doc.as_ref().map(|doc| doc.session_id.clone());
+        if let Some(doc) = current_doc {
+            docs.insert(doc.session_id.clone(), doc);
+        }
 
         let mut plan = Plan::for_user(self, shard, user, version.as_ref());
         let corr = ctx.correlation_id.as_deref();

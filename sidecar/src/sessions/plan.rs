@@ -103,12 +103,8 @@ impl Plan {
             .into_iter()
             .filter(|field| before.contains_key(field))
             .collect();
-        if !changed.is_empty() {
-            self.write(WriteOp::HSet(key.clone(), changed));
-        }
-        if !gone.is_empty() {
-            self.write(WriteOp::HDel(key, gone));
-        }
+        self.write(WriteOp::HSet(key.clone(), changed));
+        self.write(WriteOp::HDel(key, gone));
     }
 
     /// Indexes a new session: per user, active set, expiry queue, title, case.

@@ -369,6 +369,8 @@ impl Db {
             WriteOp::Del(k) => {
                 self.entries.remove(&k);
             }
+            // No fields change nothing, as the Redis backend sends nothing for them.
+            WriteOp::HSet(_, fields) if fields.is_empty() => {}
             WriteOp::HSet(k, fields) => {
                 if let Value::Hash(h) = self.slot(k, || Value::Hash(BTreeMap::new())) {
                     h.extend(fields);
