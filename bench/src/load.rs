@@ -92,6 +92,13 @@ pub struct Latency {
     pub errors: u64,
 }
 
+/// Whole microseconds since `since`, at least 1 (the histograms' lowest value).
+pub(crate) fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 /// 1 µs to 60 s with 3 significant digits.
 #[allow(clippy::expect_used)] // constant, valid bounds
 pub(crate) fn histogram() -> Histogram<u64> {
@@ -131,10 +138,7 @@ pub async fn fixed_rate(
                 let ok = conn.send(i).await.unwrap_or(false);
                 let since = if backlogged { due } else { sent };
                 if due >= measure_from {
-                    let us = u64::try_from(since.elapsed().as_micros())
-                        .unwrap_or(u64::MAX)
-                        .max(1);
-                    let _ = hist.record(us);
+                    let _ = hist.record(micros(since));
                     errors += u64::from(!ok);
                 }
             }

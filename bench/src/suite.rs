@@ -341,11 +341,7 @@ async fn invalidation(args: &Args) -> anyhow::Result<(u64, u64, u64, u64)> {
                 "no invalidation within 5 s"
             );
         }
-        hist.record(
-            u64::try_from(started.elapsed().as_micros())
-                .unwrap_or(u64::MAX)
-                .max(1),
-        )?;
+        hist.record(crate::load::micros(started))?;
         for _ in 0..10 {
             if reader.call("GET", &path, None).await?.0 != 404 {
                 stale += 1;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::load::histogram;
+use crate::load::{histogram, micros};
 use crate::suite::{Client, ms};
 
 /// Settings of `session-bench writes` (Redis and the sidecar are started by `bench/run.sh writes`).
@@ -66,6 +66,16 @@ pub struct Row {
     pub cpu_us: f64,
 }
 
+/// The commands that run a script, as `INFO commandstats` names them.
+const SCRIPT_COMMANDS: [&str; 6] = [
+    "evalsha",
+    "evalsha_ro",
+    "eval",
+    "eval_ro",
+    "fcall",
+    "fcall_ro",
+];
+
 /// The counters read from `INFO` before and after a phase.
 #[derive(Default, Clone, Copy)]
 struct Counters {
@@ -84,16 +94,8 @@ async fn counters(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Resu
     let (mut main_thread, mut whole) = (0.0, 0.0);
     for line in info.lines() {
         if let Some((name, stats)) = line.split_once(':') {
-            let script = [
-                "evalsha",
-                "evalsha_ro",
-                "eval",
-                "eval_ro",
-                "fcall",
-                "fcall_ro",
-            ];
             if let Some(command) = name.strip_prefix("cmdstat_")
-                && script.contains(&command)
+                && SCRIPT_COMMANDS.contains(&command)
             {
                 for field in stats.split(',') {
                     match field.split_once('=') {
@@ -170,12 +172,6 @@ impl Write {
             ),
         })
     }
-}
-
-fn micros(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_micros())
-        .unwrap_or(u64::MAX)
-        .max(1)
 }
 
 /// What the workers of one phase measured.
