@@ -6,9 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
+use session_operator::cli::render::{self, Secrets};
 use session_operator::crd::SessionService;
-use session_operator::resources::Secrets;
-use session_operator::{render, yaml};
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller (in-cluster configuration, or `KUBECONFIG`), with leader election.
-    Run(Box<session_operator::controller::Options>),
+    Run(Box<session_operator::cli::run::Options>),
     /// Print the SessionService CustomResourceDefinition as YAML.
     Crd,
     /// Print every object the operator would apply for the SessionServices in a file, as
@@ -53,10 +52,10 @@ enum Command {
     /// What a person on call needs about SessionServices, in one screen: conditions with their
     /// ages, the Redis topology, replicas, the webhook certificate and (with `--prometheus`)
     /// the SLIs and burn rates. Installed as `kubectl-sessions`, it is `kubectl sessions status`.
-    Status(session_operator::status_report::Options),
+    Status(session_operator::cli::status::Options),
     /// The inbound events a session service set aside: list, show, replay (one or all) and
     /// discard them through its API. As a kubectl plugin: `kubectl sessions dead-letters`.
-    DeadLetters(session_operator::dead_letters::Options),
+    DeadLetters(session_operator::cli::dead_letters::Options),
     /// Write the Grafana dashboards as JSON files into a directory: the operator's own
     /// (`session-operator.json`, what the chart ships) and those of each SessionService in the
     /// given files (`<name>-slo.json`, `<name>-hot-path.json`, `<name>-redis.json`).
@@ -74,13 +73,10 @@ enum Command {
 
 /// Writes the operator's dashboard and those of the SessionServices in `files` into `out`.
 fn write_dashboards(out: &Path, files: &[PathBuf], namespace: &str) -> anyhow::Result<()> {
-    let mut dashboards = vec![(
-        "session-operator.json".to_owned(),
-        session_operator::dashboards::for_operator(),
-    )];
+    let mut dashboards = vec![("session-operator.json".to_owned(), render::for_operator())];
     for file in files {
         for ss in render::parse(&read(file)?, namespace)? {
-            dashboards.extend(session_operator::dashboards::for_service(&ss));
+            dashboards.extend(render::for_service(&ss));
         }
     }
     std::fs::create_dir_all(out)
@@ -111,8 +107,8 @@ async fn kube_client() -> anyhow::Result<kube::Client> {
     })
 }
 
-async fn status(options: &session_operator::status_report::Options) -> anyhow::Result<()> {
-    use session_operator::status_report::{Output, gather, text};
+async fn status(options: &session_operator::cli::status::Options) -> anyhow::Result<()> {
+    use session_operator::cli::status::{Output, gather, text};
     let client = kube_client().await?;
     let report = gather(&client, options).await?;
     match options.output {
@@ -136,13 +132,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(options) => {
-            session_operator::telemetry::init_logging();
+            session_operator::cli::run::init_logging();
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
                 .and_then(|runtime| {
-                    let result = runtime.block_on(session_operator::controller::run(*options));
+                    let result = runtime.block_on(session_operator::cli::run::run(*options));
                     // A blocking call still running (a DNS lookup) must not hold up the exit.
                     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
                     result
@@ -153,13 +149,13 @@ fn main() -> ExitCode {
             files,
             namespace,
         } => write_dashboards(&out, &files, &namespace),
-        Command::Crd => yaml::to_yaml(&SessionService::crd()).map(|text| print!("{text}")),
+        Command::Crd => render::to_yaml(&SessionService::crd()).map(|text| print!("{text}")),
         Command::Render { file, namespace } => read(&file).and_then(|text| {
             let mut objects = Vec::new();
             for ss in render::parse(&text, &namespace)? {
                 objects.extend(render::objects(&ss, &Secrets::generate())?);
             }
-            print!("{}", yaml::to_yaml_documents(&objects)?);
+            print!("{}", render::to_yaml_documents(&objects)?);
             Ok(())
         }),
         Command::Inject {
@@ -168,13 +164,10 @@ fn main() -> ExitCode {
             session_service_file,
         } => read(&file).and_then(|text| {
             let ss = session_service(&name, session_service_file.as_ref())?;
-            let documents = yaml::from_yaml_documents(&text)?;
-            let injected = session_operator::inject::inject_documents(
-                documents,
-                &ss,
-                &session_operator::capabilities::Capabilities::latest(),
-            )?;
-            print!("{}", yaml::to_yaml_documents(&injected)?);
+            let documents = render::from_yaml_documents(&text)?;
+            let injected =
+                render::inject_documents(documents, &ss, &render::Capabilities::latest())?;
+            print!("{}", render::to_yaml_documents(&injected)?);
             Ok(())
         }),
         Command::Status(options) => tokio::runtime::Builder::new_current_thread()
@@ -191,7 +184,7 @@ fn main() -> ExitCode {
                     let client = kube_client().await?;
                     print!(
                         "{}",
-                        session_operator::dead_letters::run(&client, &options).await?
+                        session_operator::cli::dead_letters::run(&client, &options).await?
                     );
                     Ok(())
                 })

@@ -32,7 +32,7 @@ fn render_prints_every_object_with_fresh_passwords() {
         String::from_utf8_lossy(&first.stderr)
     );
     let text = String::from_utf8(first.stdout).unwrap();
-    let documents = session_operator::yaml::from_yaml_documents(&text).unwrap();
+    let documents = session_operator::testing::yaml::from_yaml_documents(&text).unwrap();
     assert_eq!(
         documents.len(),
         19,

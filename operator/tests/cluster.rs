@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::redis_cluster::{Cluster, SHARDS, access, assert_cluster_ok, heal, ready, roll, shape};
-use session_operator::cluster::{Phase, converge_once};
+use session_operator::testing::cluster::{Phase, converge_once};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_balances_data_slots_and_a_second_pass_changes_nothing() {

@@ -24,7 +24,7 @@ use hyper::body::Bytes;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use session_operator::cluster::{Phase, converge_once};
+use session_operator::testing::cluster::{Phase, converge_once};
 use tokio::net::TcpStream;
 
 /// Requests per second the load aims at (over both sidecars).

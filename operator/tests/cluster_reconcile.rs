@@ -18,7 +18,7 @@ use apiserver::FakeApiServer;
 use common::redis_cluster::{Cluster, SHARDS};
 use serde_json::json;
 use session_operator::crd::SessionService;
-use session_operator::reconcile;
+use session_operator::testing::reconcile;
 
 const NS: &str = "platform";
 const SS_PATH: &str = "/apis/sessions.io/v1alpha1/namespaces/platform/sessionservices/sessions-ha";

@@ -11,7 +11,7 @@ use session_operator::crd::SessionService;
 
 #[test]
 fn the_checked_in_crd_is_the_generated_one() {
-    let generated = session_operator::yaml::to_yaml(&SessionService::crd()).unwrap();
+    let generated = session_operator::testing::yaml::to_yaml(&SessionService::crd()).unwrap();
     let checked_in = std::fs::read_to_string(repo_root().join("crds/sessionservice.yaml")).unwrap();
     assert!(
         generated == checked_in,
@@ -83,7 +83,7 @@ fn the_latency_rule_lists_exactly_the_sidecars_buckets() {
         .split(',')
         .map(|b| b.trim().parse().unwrap())
         .collect();
-    assert_eq!(bounds, session_sidecar::metrics::REQUEST_BUCKETS);
+    assert_eq!(bounds, session_sidecar::testing::REQUEST_BUCKETS);
 }
 
 #[test]
@@ -246,10 +246,11 @@ fn immutable_fields_cannot_change_and_the_cluster_may_be_resized() {
             .err()
             .map(|e| e.to_string())
             .or_else(|| {
-                session_operator::render::parse(
-                    &session_operator::yaml::to_yaml_documents(&[
-                        serde_json::to_value(&changed).unwrap()
-                    ])
+                session_operator::testing::render::parse(
+                    &session_operator::testing::yaml::to_yaml_documents(&[serde_json::to_value(
+                        &changed,
+                    )
+                    .unwrap()])
                     .unwrap(),
                     "default",
                 )

@@ -22,9 +22,9 @@ use common::prometheus::{Prometheus, Sidecar, encode, free_port, http};
 use common::redis_server::RedisServer;
 use kube::ResourceExt;
 use serde_json::{Value, json};
-use session_operator::capabilities::Capabilities;
 use session_operator::crd::{RedisClusterStatus, RedisMasterStatus, SessionService};
-use session_operator::{dashboards, reconcile, webhook};
+use session_operator::testing::capabilities::Capabilities;
+use session_operator::testing::{dashboards, reconcile, webhook};
 
 /// The operator at work while Prometheus scrapes, on its metrics endpoint as the controller
 /// serves it: real reconciles of a SessionService against the fake API server (failing with
@@ -160,7 +160,7 @@ async fn every_panel_query_returns_series_from_a_real_prometheus() {
     let dir = tempfile::tempdir().unwrap();
     let prometheus = Prometheus::start(
         dir.path(),
-        &session_operator::slo::rule_groups(&ss),
+        &session_operator::testing::slo::rule_groups(&ss),
         &[sidecar.admin, operator],
     );
     let from = SystemTime::now()
@@ -206,7 +206,7 @@ async fn every_panel_query_returns_series_from_a_real_prometheus() {
                     Some(json!({"performer_id": user})),
                 );
             }
-            let unknown = session_sidecar::ids::new_session_id(0);
+            let unknown = session_sidecar::testing::new_session_id(0);
             http(api, "GET", &format!("/v1/sessions/{unknown}"), None);
             std::thread::sleep(Duration::from_millis(40));
         }

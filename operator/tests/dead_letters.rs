@@ -17,8 +17,8 @@ use common::prometheus::Sidecar;
 use common::redis_server::RedisServer;
 use kube::ResourceExt;
 use serde_json::{Value, json};
-use session_operator::dead_letters::{self, Action, Options};
-use session_operator::status_report::{self, Output};
+use session_operator::testing::dead_letters::{self, Action, Options};
+use session_operator::testing::status_report::{self, Output};
 
 const SECRET: &str = "a-test-signing-key-of-32-bytes!!";
 

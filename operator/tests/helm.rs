@@ -36,7 +36,7 @@ fn template(extra: &[&str]) -> Vec<Value> {
     args.extend(extra);
     let (ok, out) = run_tool("helm", &args);
     assert!(ok, "helm template {extra:?}:\n{out}");
-    session_operator::yaml::from_yaml_documents(&out).unwrap()
+    session_operator::testing::yaml::from_yaml_documents(&out).unwrap()
 }
 
 #[test]
@@ -208,7 +208,7 @@ fn the_chart_matches_the_operator() {
     );
     // Every environment variable the chart sets is one `session-operator run` reads.
     use clap::{Args, Command};
-    let command = session_operator::controller::Options::augment_args(Command::new("run"));
+    let command = session_operator::testing::controller::Options::augment_args(Command::new("run"));
     let known: Vec<String> = command
         .get_arguments()
         .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))

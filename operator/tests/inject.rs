@@ -10,10 +10,10 @@ mod common;
 
 use common::example;
 use serde_json::{Value, json};
-use session_operator::capabilities::Capabilities;
 use session_operator::crd::SessionService;
-use session_operator::inject::{self, CONTAINER};
-use session_operator::webhook::{self, certs};
+use session_operator::testing::capabilities::Capabilities;
+use session_operator::testing::inject::{self, CONTAINER};
+use session_operator::testing::webhook::{self, certs};
 
 fn pod(labels: Value) -> Value {
     json!({
@@ -313,7 +313,7 @@ async fn without_native_sidecars_a_plain_container_is_appended_and_tls_mounts_th
 fn example_app() -> Vec<Value> {
     let text =
         std::fs::read_to_string(common::repo_root().join("examples/app-deployment.yaml")).unwrap();
-    session_operator::yaml::from_yaml_documents(&text).unwrap()
+    session_operator::testing::yaml::from_yaml_documents(&text).unwrap()
 }
 
 #[test]
@@ -454,7 +454,7 @@ async fn the_webhook_answers_over_tls_looking_the_session_service_up_in_the_api(
         webhook_exclude_namespaces: vec!["kube-system".into()],
     };
     let api = Arc::new(std::sync::RwLock::new(Capabilities::latest()));
-    let metrics = session_operator::telemetry::Metrics::new().unwrap();
+    let metrics = session_operator::testing::telemetry::Metrics::new().unwrap();
     tokio::spawn(webhook::serve(
         client,
         options,

@@ -18,7 +18,7 @@ async fn prometheus_scrapes_a_sidecar_and_evaluates_the_generated_slo_rules() {
     let dir = tempfile::tempdir().unwrap();
     let prometheus = Prometheus::start(
         dir.path(),
-        &session_operator::slo::rule_groups(&ss),
+        &session_operator::testing::slo::rule_groups(&ss),
         &[sidecar.admin],
     );
     let api = sidecar.api;
@@ -40,7 +40,7 @@ async fn prometheus_scrapes_a_sidecar_and_evaluates_the_generated_slo_rules() {
                     .to_owned();
                 assert_eq!(http(api, "GET", &format!("/v1/sessions/{id}"), None).0, 200);
             }
-            let unknown = session_sidecar::ids::new_session_id(0);
+            let unknown = session_sidecar::testing::new_session_id(0);
             assert_eq!(
                 http(api, "GET", &format!("/v1/sessions/{unknown}"), None).0,
                 404
@@ -82,7 +82,7 @@ async fn prometheus_scrapes_a_sidecar_and_evaluates_the_generated_slo_rules() {
     }
     // What `session-operator status --prometheus` shows: the SLIs of every window with data,
     // and their burn rates.
-    let slis = session_operator::status_report::slis(&prometheus.url(), &ss)
+    let slis = session_operator::testing::status_report::slis(&prometheus.url(), &ss)
         .await
         .unwrap();
     let short = &slis[0];
@@ -92,7 +92,8 @@ async fn prometheus_scrapes_a_sidecar_and_evaluates_the_generated_slo_rules() {
     let latency = short.latency.expect("latency SLI over 5m");
     assert!((0.0..=1.0).contains(&latency), "{short:?}");
     assert!(short.latency_burn.is_some_and(|b| b >= 0.0));
-    let refused = session_operator::status_report::query(&prometheus.url(), "not a query(").await;
+    let refused =
+        session_operator::testing::status_report::query(&prometheus.url(), "not a query(").await;
     assert!(
         refused.is_err_and(|e| e.to_string().contains("refused the query")),
         "a bad query is reported in words"

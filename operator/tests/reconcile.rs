@@ -14,9 +14,9 @@ use std::time::Duration;
 use apiserver::FakeApiServer;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
-use session_operator::capabilities::Capabilities;
 use session_operator::crd::SessionService;
-use session_operator::reconcile::{self, Context, Error};
+use session_operator::testing::capabilities::Capabilities;
+use session_operator::testing::reconcile::{self, Context, Error};
 
 const STS_PATH: &str = "/apis/apps/v1/namespaces/shop/statefulsets/sessions-redis";
 const DEPLOY_PATH: &str = "/apis/apps/v1/namespaces/shop/deployments/sessions";

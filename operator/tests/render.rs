@@ -8,7 +8,7 @@ mod common;
 
 use common::{EXAMPLES, example, rendered, test_secrets};
 use serde_json::{Value, json};
-use session_operator::resources;
+use session_operator::testing::resources;
 
 fn kinds(objects: &[Value]) -> Vec<String> {
     objects
@@ -48,7 +48,7 @@ fn snapshots_of_every_example() {
                 }
             }
         }
-        let yaml = session_operator::yaml::to_yaml_documents(&objects).unwrap();
+        let yaml = session_operator::testing::yaml::to_yaml_documents(&objects).unwrap();
         insta::assert_snapshot!(name.trim_end_matches(".yaml"), yaml);
     }
 }
@@ -57,7 +57,7 @@ fn snapshots_of_every_example() {
 fn every_rendered_object_passes_the_official_schemas_of_two_kubernetes_versions() {
     let crd_text =
         std::fs::read_to_string(common::repo_root().join("crds/sessionservice.yaml")).unwrap();
-    let crd = session_operator::yaml::from_yaml_documents(&crd_text).unwrap();
+    let crd = session_operator::testing::yaml::from_yaml_documents(&crd_text).unwrap();
     for name in EXAMPLES {
         let mut objects = rendered(name);
         objects.extend(crd.clone());
@@ -169,7 +169,7 @@ fn a_cluster_of_every_size_renders_and_validates() {
         ss.spec.redis.replicas_per_shard = replicas;
         ss.spec.sessions.shard_count = Some(1024);
         ss.validate_cel().unwrap();
-        let objects = session_operator::render::objects(&ss, &test_secrets()).unwrap();
+        let objects = session_operator::testing::render::objects(&ss, &test_secrets()).unwrap();
         assert_eq!(
             find(&objects, "StatefulSet")["spec"]["replicas"],
             shards * (1 + replicas)
@@ -273,7 +273,7 @@ fn the_network_policy_admits_only_this_session_services_pods() {
 fn objects_are_owned_by_the_session_service_when_it_has_a_uid() {
     let mut ss = example("sessionservice-standalone.yaml");
     ss.metadata.uid = Some("0b9b3c4e-1111-2222-3333-444455556666".to_owned());
-    for object in session_operator::render::objects(&ss, &test_secrets()).unwrap() {
+    for object in session_operator::testing::render::objects(&ss, &test_secrets()).unwrap() {
         let owner = &object["metadata"]["ownerReferences"][0];
         assert_eq!(owner["kind"], "SessionService");
         assert_eq!(owner["controller"], true);
@@ -338,7 +338,7 @@ fn the_session_service_environment_is_one_the_sidecar_accepts() {
 
 #[test]
 fn volumes_are_deleted_with_the_statefulset_only_where_the_server_can_and_was_asked() {
-    use session_operator::capabilities::Capabilities;
+    use session_operator::testing::capabilities::Capabilities;
     let mut ss = example("sessionservice-standalone.yaml");
     ss.spec.redis.persistence.retain_on_delete = false;
     let policy = |api: Capabilities| {
@@ -393,7 +393,7 @@ fn an_identity_provider_is_wired_into_the_session_service() {
         "apiVersion: sessions.io/v1alpha1\nkind: SessionService\nmetadata: {name: sessions, namespace: shop}\nspec:\n  server:\n    oidc: {issuer: 'https://login.example.com/realms/shop', audience: session-service, jwksUrl: 'https://login.example.com/realms/shop/certs', caConfigMap: idp-ca}\n",
     )
     .unwrap();
-    let objects = session_operator::render::objects(&ss, &test_secrets()).unwrap();
+    let objects = session_operator::testing::render::objects(&ss, &test_secrets()).unwrap();
     let pod = &find(&objects, "Deployment")["spec"]["template"]["spec"];
     let env = pod["containers"][0]["env"].as_array().unwrap();
     let value = |name: &str| {

@@ -24,7 +24,7 @@ use common::redis_node::RedisNode;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use session_operator::crd::SessionService;
-use session_operator::reconcile;
+use session_operator::testing::reconcile;
 
 const NS: &str = "shop";
 const IP: &str = "127.43.0.1";
@@ -259,7 +259,7 @@ async fn rotating_every_password_and_the_jwt_key_under_load_fails_no_request() {
     let mut ss = common::example("sessionservice-standalone.yaml");
     // Tokens of the old key are accepted 1 s after issuers got the new one.
     ss.spec.server.jwt_rotation_grace_seconds = 1;
-    let objects = session_operator::render::objects(&ss, &common::test_secrets()).unwrap();
+    let objects = session_operator::testing::render::objects(&ss, &common::test_secrets()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let _redis = RedisNode::start(&objects, dir.path(), IP, 6379, "sessions-redis-0");
     let (client, fake) = FakeApiServer::start();
@@ -305,7 +305,7 @@ async fn rotating_every_password_and_the_jwt_key_under_load_fails_no_request() {
     };
     // The application's pod as the webhook injected it.
     pods.app["spec"] =
-        json!({"containers": [session_operator::inject::sidecar_container(&ss, false)]});
+        json!({"containers": [session_operator::testing::inject::sidecar_container(&ss, false)]});
     pods.publish(&fake);
 
     let mut server = start_server(&fake).await;

@@ -8,7 +8,7 @@ mod common;
 use common::{example, run_tool};
 use serde_json::{Value, json};
 use session_operator::crd::SessionService;
-use session_operator::slo::{alert_name, rule_groups};
+use session_operator::testing::slo::{alert_name, rule_groups};
 
 /// Requests per minute in every scenario.
 const RATE: f64 = 10_000.0;

@@ -9,7 +9,7 @@ mod apiserver;
 
 use apiserver::FakeApiServer;
 use serde_json::json;
-use session_operator::webhook::certs::{self, Placement};
+use session_operator::testing::webhook::certs::{self, Placement};
 
 const SECRET: &str = "/api/v1/namespaces/session-system/secrets/session-operator-webhook-tls";
 const CONFIG: &str =

@@ -1,10 +1,8 @@
 //! Server-authoritative time, in Unix milliseconds.
 //!
 //! Every timestamp the service writes comes from one [`Clock`]; clients never supply one. Tests
-//! use [`ManualClock`] to move time without sleeping (against real Redis too, since the engine,
+//! use `testing::ManualClock` to move time without sleeping (against real Redis too, since the engine,
 //! not Redis, decides what has expired).
-
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -21,29 +19,6 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
         Utc::now().timestamp_millis()
-    }
-}
-
-/// A clock that only moves when told to.
-#[derive(Debug)]
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    /// A clock standing at `ms`.
-    #[must_use]
-    pub fn new(ms: i64) -> Self {
-        Self(AtomicI64::new(ms))
-    }
-
-    /// Moves the clock forward.
-    pub fn advance_ms(&self, ms: i64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
     }
 }
 

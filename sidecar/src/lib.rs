@@ -1,38 +1,55 @@
 //! `session-sidecar`: the session API, served from an embedded store or from Redis.
 //!
 //! One binary, two modes: `sidecar` on 127.0.0.1 beside an application, and
-//! `server`, the session service with auth and background work. Items are `pub` only where the
-//! binary, the operator or the integration tests use them; the rest is `pub(crate)`. The modules:
+//! `server`, the session service with auth and background work.
 //!
-//! - [`config`] — flags and environment variables, validated all at once.
-//! - [`api`] — HTTP handlers, problem responses, auth (the shared secret, or an OIDC identity
+//! Public are only [`run`] and [`config`] (the binary), [`contract`] (the Redis key layout and
+//! users the operator provisions) and [`testing`] (what the integration tests drive directly).
+//! Every other module is private; inside them `pub` marks what those three re-export. The
+//! modules:
+//!
+//! - `config` — flags and environment variables, validated all at once.
+//! - `api` — HTTP handlers, problem responses, auth (the shared secret, or an OIDC identity
 //!   provider's published keys), the generated OpenAPI document; the hot path: `api::lookup`
 //!   (the one read path of `GET /v1/sessions/{id}`: cache, fill from the store, response) and
 //!   `api::hot` (cache hits answered in front of the router).
-//! - [`sessions`] — the session engine: every domain rule, once.
-//! - [`store`] — the storage contract, typed reads on it (`store::reads`), its two backends
+//! - `sessions` — the session engine: every domain rule, once.
+//! - `store` — the storage contract, typed reads on it (`store::reads`), its two backends
 //!   (Redis and embedded), the circuit breaker, the Redis ACL rules of each role
 //!   (`store::acl`, checked at connect), and the Redis URL, reread from a file
 //!   (`store::redis_url`).
-//! - [`circuit`] — the circuit-breaker state machine, shared by Redis and the identity provider.
-//! - [`cache`] — the hot path's local cache and its coherence with Redis (client tracking).
-//! - [`metrics`] — Prometheus metrics.
-//! - [`events`] — outbox relay, expiry sweeper, inbound consumer.
-//! - [`model`] — the session, message and event types and input validation.
-//! - [`ids`], [`clock`], [`error`] — session ids and shards, time, the error type.
+//! - `circuit` — the circuit-breaker state machine, shared by Redis and the identity provider.
+//! - `cache` — the hot path's local cache and its coherence with Redis (client tracking).
+//! - `metrics` — Prometheus metrics.
+//! - `events` — outbox relay, expiry sweeper, inbound consumer.
+//! - `model` — the session, message and event types and input validation.
+//! - `ids`, `clock`, `error` — session ids and shards, time, the error type.
 
-pub mod api;
-pub mod cache;
-pub mod circuit;
-pub mod clock;
+// Keeps the rule above checked: a `pub` item nothing re-exports is a warning.
+#![warn(unreachable_pub)]
+
+mod api;
+mod cache;
+mod circuit;
+mod clock;
 pub mod config;
-pub mod error;
-pub mod events;
-pub mod ids;
-pub mod metrics;
-pub mod model;
-pub mod sessions;
-pub mod store;
+mod error;
+mod events;
+mod ids;
+mod metrics;
+mod model;
+mod sessions;
+mod store;
+pub mod testing;
+
+/// What the operator provisions Redis for, defined here next to the commands that need it: the
+/// key layout, the Redis users with their ACL rules, and how often a mounted Redis URL file is
+/// reread (the operator waits that long before it drops a rotated password).
+pub mod contract {
+    pub use crate::store::Keys;
+    pub use crate::store::acl;
+    pub use crate::store::redis_url::RELOAD_INTERVAL;
+}
 
 use std::sync::Arc;
 

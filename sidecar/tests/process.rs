@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{RedisServer, free_port, redis_cli, wait_for_port};
 use serde_json::{Value, json};
-use session_sidecar::store::acl::Role;
+use session_sidecar::contract::acl::Role;
 
 const BIN: &str = env!("CARGO_BIN_EXE_session-sidecar");
 /// The binary's default key prefix, which the test servers' users are limited to.

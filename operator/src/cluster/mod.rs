@@ -15,9 +15,9 @@
 //! - [`node`]: connections and commands.
 
 pub(crate) mod node;
-pub mod placement;
+pub(crate) mod placement;
 pub(crate) mod plan;
-pub mod topology;
+pub(crate) mod topology;
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,8 @@ use futures::future::join_all;
 use node::{MIGRATE_BATCH, Node, NodeError};
 
 use crate::crd::{RedisClusterStatus, RedisMasterStatus};
-pub use plan::{Action, Phase, Plan, Shape};
+pub(crate) use plan::{Action, Plan};
+pub use plan::{Phase, Shape};
 
 /// A Redis pod with an address.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -131,7 +131,7 @@ fn key(ss: &SessionService) -> String {
     format!("{}/{}", ss.namespace().unwrap_or_default(), ss.name_any())
 }
 
-/// The controller's reconcile function: times and counts [`reconcile_once`].
+/// The controller's reconcile function: times and counts `reconcile_once`.
 pub async fn reconcile(ss: Arc<SessionService>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_once(&ss, &ctx).await;

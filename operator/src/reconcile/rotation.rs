@@ -31,7 +31,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
-use session_sidecar::store::acl::password_hash;
+use session_sidecar::contract::acl::password_hash;
 
 use super::Context;
 use crate::INJECT_LABEL;
@@ -40,7 +40,7 @@ use crate::crd::{RedisMode, SessionService};
 use crate::resources::redis::{self, RedisUser};
 use crate::resources::server::{REDIS_URL_FILE_ENV, redis_credentials_digest};
 use crate::resources::{Names, RedisPasswords, Rotated, Secrets, random_token, selector_query};
-use session_sidecar::store::redis_url::RELOAD_INTERVAL;
+use session_sidecar::contract::RELOAD_INTERVAL;
 
 /// The annotation that asks for a rotation; a value different from the last rotation's asks
 /// for another.

@@ -194,7 +194,7 @@ impl Secrets {
     }
 }
 
-/// The password of each Redis user the operator creates (see [`redis::RedisUser`]).
+/// The password of each Redis user the operator creates (see `redis::RedisUser`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RedisPasswords {
     pub admin: String,

@@ -4,7 +4,7 @@
 //!
 //! Least privilege: Redis loads an ACL file (from a Secret only the Redis pods mount, holding
 //! password hashes) with the `default` user off and one user per role, whose rules the
-//! sidecar crate defines next to the commands it sends (`session_sidecar::store::acl`). Each
+//! sidecar crate defines next to the commands it sends (`session_sidecar::contract::acl`). Each
 //! client user has a Secret of its own: `admin` for the operator, `server` for the session
 //! service, `sidecar` for injected sidecars, which so never hold a password with every right.
 
@@ -31,8 +31,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use session_sidecar::config::DEFAULT_KEY_PREFIX;
-use session_sidecar::store::Keys;
-use session_sidecar::store::acl::{self, ADMIN_USER, Passwords, REPLICATION_USER, Role};
+use session_sidecar::contract::Keys;
+use session_sidecar::contract::acl::{self, ADMIN_USER, Passwords, REPLICATION_USER, Role};
 
 use super::{
     BuildError, Desired, INSTANCE_LABEL, Names, Part, RedisPasswords, Runtime, Secrets,

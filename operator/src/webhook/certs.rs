@@ -58,7 +58,7 @@ impl Placement {
     }
 }
 
-/// A new CA and a leaf for `names`, valid from now for [`VALIDITY`].
+/// A new CA and a leaf for `names`, valid from now for `VALIDITY` (a year).
 pub fn generate(names: Vec<String>, now: OffsetDateTime) -> anyhow::Result<ServingCert> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.distinguished_name

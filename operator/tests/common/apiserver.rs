@@ -15,10 +15,10 @@ use serde_json::{Value, json};
 
 /// A reconcile context over `client` (a fake's), as `session-operator run` builds it, for a
 /// current API server.
-pub fn reconcile_context(client: Client) -> Arc<session_operator::reconcile::Context> {
+pub fn reconcile_context(client: Client) -> Arc<session_operator::testing::reconcile::Context> {
     reconcile_context_for(
         client,
-        session_operator::capabilities::Capabilities::latest(),
+        session_operator::testing::capabilities::Capabilities::latest(),
     )
 }
 
@@ -27,7 +27,7 @@ pub fn reconcile_context(client: Client) -> Arc<session_operator::reconcile::Con
 pub fn reconcile_context_settling(
     client: Client,
     settle: std::time::Duration,
-) -> Arc<session_operator::reconcile::Context> {
+) -> Arc<session_operator::testing::reconcile::Context> {
     let ctx = reconcile_context(client);
     let ctx = Arc::try_unwrap(ctx).unwrap_or_else(|_| unreachable!("just made"));
     Arc::new(ctx.with_secret_volume_settle(settle))
@@ -36,8 +36,8 @@ pub fn reconcile_context_settling(
 /// A reconcile context for an API server with the capabilities `api`.
 pub fn reconcile_context_for(
     client: Client,
-    api: session_operator::capabilities::Capabilities,
-) -> Arc<session_operator::reconcile::Context> {
+    api: session_operator::testing::capabilities::Capabilities,
+) -> Arc<session_operator::testing::reconcile::Context> {
     use kube::runtime::events::{Recorder, Reporter};
     let recorder = Recorder::new(
         client.clone(),
@@ -46,10 +46,10 @@ pub fn reconcile_context_for(
             instance: None,
         },
     );
-    Arc::new(session_operator::reconcile::Context::new(
+    Arc::new(session_operator::testing::reconcile::Context::new(
         client,
         recorder,
-        session_operator::telemetry::Metrics::new().unwrap(),
+        session_operator::testing::telemetry::Metrics::new().unwrap(),
         "session-system".to_owned(),
         Arc::new(std::sync::RwLock::new(api)),
     ))

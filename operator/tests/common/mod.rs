@@ -11,8 +11,8 @@ use std::process::Command;
 
 use serde_json::Value;
 use session_operator::crd::SessionService;
-use session_operator::render;
-use session_operator::resources::{RedisPasswords, Secrets};
+use session_operator::testing::render;
+use session_operator::testing::resources::{RedisPasswords, Secrets};
 
 /// The admin user's password in [`test_secrets`] (the operator's own Redis work).
 pub const ADMIN_PASSWORD: &str = "test-admin-password";
@@ -81,7 +81,7 @@ pub fn kubernetes_validate(name: &str, documents: &[Value]) {
     let path = dir.path().join(name);
     std::fs::write(
         &path,
-        session_operator::yaml::to_yaml_documents(documents).unwrap(),
+        session_operator::testing::yaml::to_yaml_documents(documents).unwrap(),
     )
     .unwrap();
     let third_party = |api: &str| THIRD_PARTY.iter().any(|g| api.starts_with(g));

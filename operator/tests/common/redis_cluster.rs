@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use session_operator::cluster::placement::{data_slots, key_slot};
-use session_operator::cluster::topology::{NodeLine, parse_nodes};
-use session_operator::cluster::{Access, Member, Phase, Report, Shape, converge, converge_once};
+use session_operator::testing::cluster::{
+    Access, Member, Phase, Report, Shape, converge, converge_once,
+};
+use session_operator::testing::cluster::{NodeLine, parse_nodes};
+use session_operator::testing::cluster::{data_slots, key_slot};
 
 use super::redis_node::{RedisNode, free_port};
 
@@ -32,7 +34,7 @@ pub fn rendered_cluster() -> Vec<Value> {
     ss.spec.redis.tls.enabled = false;
     ss.spec.redis.tls.secret_name = None;
     ss.spec.sessions.shard_count = Some(i32::try_from(SHARDS).unwrap());
-    session_operator::render::objects(&ss, &super::test_secrets()).unwrap()
+    session_operator::testing::render::objects(&ss, &super::test_secrets()).unwrap()
 }
 
 impl Cluster {

@@ -1,8 +1,8 @@
 //! The HTTP API (v1, JSON): routes, the OpenAPI 3.1 document generated from the same
 //! handlers (so the two cannot drift apart), probes, limits and correlation ids.
 
-pub mod asyncapi;
-pub mod auth;
+pub(crate) mod asyncapi;
+pub(crate) mod auth;
 mod dead_letters;
 mod events;
 pub(crate) mod extract;
@@ -10,7 +10,7 @@ mod health;
 pub(crate) mod hot;
 mod lookup;
 mod messages;
-pub mod server;
+pub(crate) mod server;
 mod sessions;
 mod users;
 
@@ -36,7 +36,7 @@ use crate::sessions::Sessions;
 use auth::Auth;
 use extract::CorrelationId;
 
-/// What every handler shares. Handlers see it as [`Shared`], an `Arc`, so that the per-request
+/// What every handler shares. Handlers see it as `Shared`, an `Arc`, so that the per-request
 /// clones axum makes of the state cost one atomic increment (the profile showed cloning the
 /// struct itself costing more than routing).
 #[derive(Debug)]

@@ -10,7 +10,7 @@
 //!   removes the placeholder, so the stale read can no longer be inserted. Flushes bump an epoch
 //!   that fills check too. While the invalidation connection is down nothing new is cached.
 
-pub mod tracking;
+pub(crate) mod tracking;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -106,7 +106,7 @@ pub(crate) struct Fill<'a> {
 const TYPICAL_ENTRY_BYTES: u64 = 1024;
 
 impl SessionCache {
-    /// A cache that starts untracked (see [`SessionCache::set_tracked`]).
+    /// A cache that starts untracked (see `SessionCache::set_tracked`).
     #[must_use]
     pub fn new(
         config: CacheConfig,
@@ -266,7 +266,7 @@ impl ChangeListener for SessionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::testing::ManualClock;
 
     fn cache(tracked: bool) -> (SessionCache, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::new(1_000_000));

@@ -8,7 +8,7 @@
 //! another replica fails its guard and is skipped).
 
 mod consumer;
-pub mod dead_letters;
+pub(crate) mod dead_letters;
 mod lease;
 mod relay;
 

@@ -9,7 +9,7 @@ pub(crate) const SOURCE: &str = "session-service";
 
 /// Event types we publish and consume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventType {
+pub(crate) enum EventType {
     Created,
     Updated,
     Ended,

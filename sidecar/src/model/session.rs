@@ -48,7 +48,7 @@ pub struct Record {
     pub end_reason: Option<String>,
     pub performer_id: Option<String>,
     pub version: u64,
-    /// Messages per role, in [`Role::ALL`] order.
+    /// Messages per role, in `Role::ALL` order.
     pub messages_by_role: [u64; 4],
     pub tokens_total: u64,
     pub cost_micros: u64,
@@ -232,7 +232,7 @@ pub(crate) fn micros_to_cost(micros: u64) -> f64 {
 
 /// A session as the API returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct SessionView {
+pub(crate) struct SessionView {
     /// `sess_<shard>_<128-bit base32>`.
     #[schema(example = "sess_3_4k2v7dxq5m3p2wz6yq7n4c5b2a")]
     pub session_id: String,

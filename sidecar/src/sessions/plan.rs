@@ -11,7 +11,7 @@ use crate::store::{Append, Commit, Guard, Keys, WriteOp};
 use super::next_version;
 
 /// A commit under construction for one user on one shard.
-pub struct Plan {
+pub(crate) struct Plan {
     keys: Keys,
     shard: u32,
     user_id: String,

@@ -18,14 +18,14 @@
 //! "atomic recording" rule of the source documents).
 
 pub mod acl;
-pub mod breaker;
-pub mod cluster;
+pub(crate) mod breaker;
+pub(crate) mod cluster;
 pub(crate) mod connecting;
 pub(crate) mod keys;
-pub mod memory;
+pub(crate) mod memory;
 pub(crate) mod reads;
-pub mod redis;
-pub mod redis_url;
+pub(crate) mod redis;
+pub(crate) mod redis_url;
 
 use async_trait::async_trait;
 

@@ -194,7 +194,7 @@ impl<C> std::fmt::Debug for RedisBackend<C> {
 /// comma-separated URLs as seed nodes.
 ///
 /// # Errors
-/// When the URL is invalid or Redis cannot be reached within [`CONNECT_TIMEOUT`].
+/// When the URL is invalid or Redis cannot be reached within `CONNECT_TIMEOUT` (2 s).
 pub async fn connect(url: &str, cluster: bool) -> Result<Box<dyn Backend>, BackendError> {
     connect_with(url, cluster, None, None).await
 }

@@ -1,8 +1,8 @@
 //! The AsyncAPI document describes the events we really publish and consume.
 
 use serde_json::{Value, json};
-use session_sidecar::api::asyncapi::document;
-use session_sidecar::store::ReadOp;
+use session_sidecar::testing::ReadOp;
+use session_sidecar::testing::document;
 
 use crate::both_backends;
 use crate::harness::{Kind, TestApp};
@@ -54,7 +54,7 @@ async fn every_relayed_event_matches_the_asyncapi_document(kind: Kind) {
     app.create_id("u2", json!({})).await;
     app.delete(&format!("/v1/sessions/{c}")).await;
     app.clock.advance_ms(1_000);
-    session_sidecar::events::sweep_once(&app.background)
+    session_sidecar::testing::sweep_once(&app.background)
         .await
         .unwrap();
     app.relay().await;

@@ -236,7 +236,7 @@ async fn active_cap_ends_the_oldest(kind: Kind) {
     // Proves: with end-oldest, a start at the cap ends the oldest active session as "system".
     let app = TestApp::with(kind, |p| {
         p.max_active_per_user = Some(2);
-        p.cap_policy = session_sidecar::sessions::CapPolicy::EndOldest;
+        p.cap_policy = session_sidecar::testing::CapPolicy::EndOldest;
     })
     .await;
     let first = app.create_id("u1", json!({})).await;

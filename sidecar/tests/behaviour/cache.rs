@@ -109,7 +109,10 @@ async fn cached_entries_never_outlive_the_session_or_the_max_age(kind: Kind) {
 async fn unknown_ids_are_cached_briefly(kind: Kind) {
     // Proves: a 404 is remembered for the negative TTL, as a proper problem response.
     let app = TestApp::new(kind).await;
-    let path = format!("/v1/sessions/{}", session_sidecar::ids::new_session_id(1));
+    let path = format!(
+        "/v1/sessions/{}",
+        session_sidecar::testing::new_session_id(1)
+    );
     for _ in 0..3 {
         let res = app.get(&path).await;
         assert_eq!(

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
-use session_sidecar::events::{consume_once, relay_once};
-use session_sidecar::store::{Backend, BackendError, Commit, CommitOutcome, Probe, ReadOp, Reply};
+use session_sidecar::testing::{
+    Backend, BackendError, Commit, CommitOutcome, Probe, ReadOp, Reply,
+};
+use session_sidecar::testing::{consume_once, relay_once};
 use tokio::sync::watch;
 
 use crate::both_backends;
@@ -133,7 +135,7 @@ async fn a_rename_between_the_reads_of_a_delete_leaves_no_title_behind(kind: Kin
     };
     let (deleted, ()) = tokio::join!(stalling.delete(&path), rename_meanwhile);
     assert_eq!(deleted.status, axum::http::StatusCode::NO_CONTENT);
-    let shard = session_sidecar::ids::parse_session_id(&id, app.sessions.policy().shard_count)
+    let shard = session_sidecar::testing::parse_session_id(&id, app.sessions.policy().shard_count)
         .expect("a session id of this deployment");
     let titles = app.sessions.keys().titles(shard, "u1");
     let left = app
@@ -245,7 +247,7 @@ async fn writes_dropped_at_any_await_break_no_invariant(kind: Kind) {
 
 async fn a_relay_dropped_at_any_await_leaves_no_lease_and_loses_no_event(kind: Kind) {
     let app = TestApp::of_service(kind).await;
-    let user_shard = session_sidecar::ids::shard_of("u1", app.sessions.policy().shard_count);
+    let user_shard = session_sidecar::testing::shard_of("u1", app.sessions.policy().shard_count);
     app.create_id("u1", json!({})).await;
     at_every_await(
         &app,

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use serde_json::json;
-use session_sidecar::model::Envelope;
+use session_sidecar::testing::Envelope;
 
 use crate::harness::{RedisCluster, TestApp, types};
 
@@ -64,7 +64,7 @@ async fn the_session_api_works_on_a_redis_cluster() {
     }
     let shards: std::collections::HashSet<u32> = ids
         .iter()
-        .map(|(_, s, _)| session_sidecar::ids::parse_session_id(s, 4).unwrap())
+        .map(|(_, s, _)| session_sidecar::testing::parse_session_id(s, 4).unwrap())
         .collect();
     assert_eq!(shards.len(), 4, "the users cover every shard");
 
@@ -105,7 +105,7 @@ async fn the_session_api_works_on_a_redis_cluster() {
         payload: json!({"user_id": "user-3"}),
     };
     a.publish(&gone).await;
-    session_sidecar::events::consume_once(&a.background, &a.metrics, "w")
+    session_sidecar::testing::consume_once(&a.background, &a.metrics, "w")
         .await
         .unwrap();
     assert_eq!(
@@ -117,8 +117,8 @@ async fn the_session_api_works_on_a_redis_cluster() {
     a.clock.advance_ms(3_600_000);
     let (x, y) = (a.background.clone(), b.background.clone());
     let (r1, r2) = tokio::join!(
-        session_sidecar::events::sweep_once(&x),
-        session_sidecar::events::sweep_once(&y)
+        session_sidecar::testing::sweep_once(&x),
+        session_sidecar::testing::sweep_once(&y)
     );
     assert_eq!(
         r1.unwrap() + r2.unwrap(),
@@ -145,7 +145,7 @@ async fn a_master_failover_is_survived_without_a_restart() {
     app.settle().await;
     let path = format!("/v1/sessions/{id}");
     assert_eq!(app.get(&path).await.status, StatusCode::OK);
-    let shard = session_sidecar::ids::parse_session_id(&id, 4).unwrap();
+    let shard = session_sidecar::testing::parse_session_id(&id, 4).unwrap();
     let key = app.sessions.keys().session(shard, &id);
     let master = cluster.master_of(&key);
     cluster.wait_replicated(master, &key);
@@ -200,7 +200,7 @@ async fn a_master_failover_is_survived_without_a_restart() {
 async fn the_replica_wait_is_routed_to_the_writes_master() {
     // Proves: on a cluster, WAIT after a write goes to the master of the write's slot and
     // sees its replica acknowledge; writes through a backend that waits succeed.
-    use session_sidecar::store::redis::{ReplicaWait, Topology, connect_with};
+    use session_sidecar::testing::{ReplicaWait, Topology, connect_with};
     let cluster = RedisCluster::start();
     let wait = ReplicaWait {
         replicas: 1,
@@ -208,7 +208,7 @@ async fn the_replica_wait_is_routed_to_the_writes_master() {
     };
     let client =
         ::redis::cluster::ClusterClient::new(cluster.url.split(',').collect::<Vec<_>>()).unwrap();
-    let mut conn = session_sidecar::store::cluster::ClusterHandle::connect(client)
+    let mut conn = session_sidecar::testing::ClusterHandle::connect(client)
         .await
         .unwrap();
     for shard in 0..4 {
@@ -228,20 +228,20 @@ async fn the_replica_wait_is_routed_to_the_writes_master() {
     let backend = connect_with(&cluster.url, true, Some(wait), None)
         .await
         .unwrap();
-    let clock = std::sync::Arc::new(session_sidecar::clock::SystemClock);
-    let sessions = session_sidecar::sessions::Sessions::new(
+    let clock = std::sync::Arc::new(session_sidecar::testing::SystemClock);
+    let sessions = session_sidecar::testing::Sessions::new(
         std::sync::Arc::from(backend),
         "t",
         clock,
         crate::harness::test_policy(),
     );
     for i in 0..20 {
-        let input = session_sidecar::model::input::CreateSession {
+        let input = session_sidecar::testing::CreateSession {
             user_id: Some(format!("u{i}")),
             ..Default::default()
         };
         sessions
-            .create(&session_sidecar::sessions::Ctx::system(), input)
+            .create(&session_sidecar::testing::Ctx::system(), input)
             .await
             .unwrap();
     }
@@ -252,39 +252,39 @@ async fn idle_background_passes_cost_one_call_per_master_not_per_shard() {
     // Proves: with 64 shards on 3 masters, an idle relay pass and an idle sweep make one script
     // call per master each (not 64), and a shard with work is still found and served.
     let cluster = RedisCluster::start();
-    let backend = session_sidecar::store::redis::connect(
-        &cluster.url_as(session_sidecar::store::acl::Role::Server),
+    let backend = session_sidecar::testing::connect(
+        &cluster.url_as(session_sidecar::contract::acl::Role::Server),
         true,
     )
     .await
     .unwrap();
-    let clock = std::sync::Arc::new(session_sidecar::clock::SystemClock);
-    let policy = session_sidecar::sessions::Policy {
+    let clock = std::sync::Arc::new(session_sidecar::testing::SystemClock);
+    let policy = session_sidecar::testing::Policy {
         shard_count: 64,
         ..crate::harness::test_policy()
     };
-    let sessions = session_sidecar::sessions::Sessions::new(
+    let sessions = session_sidecar::testing::Sessions::new(
         std::sync::Arc::from(backend),
         crate::harness::TEST_PREFIX,
         clock,
         policy,
     );
     // Warm the connections and load the script on every master.
-    session_sidecar::events::relay_once(&sessions, "w")
+    session_sidecar::testing::relay_once(&sessions, "w")
         .await
         .unwrap();
-    session_sidecar::events::sweep_once(&sessions)
+    session_sidecar::testing::sweep_once(&sessions)
         .await
         .unwrap();
     let before = cluster.script_calls();
     assert_eq!(
-        session_sidecar::events::relay_once(&sessions, "w")
+        session_sidecar::testing::relay_once(&sessions, "w")
             .await
             .unwrap(),
         0
     );
     assert_eq!(
-        session_sidecar::events::sweep_once(&sessions)
+        session_sidecar::testing::sweep_once(&sessions)
             .await
             .unwrap(),
         0
@@ -297,16 +297,16 @@ async fn idle_background_passes_cost_one_call_per_master_not_per_shard() {
         (6..12).contains(&idle),
         "one probe per master and pass, got {idle}"
     );
-    let input = session_sidecar::model::input::CreateSession {
+    let input = session_sidecar::testing::CreateSession {
         user_id: Some("busy".to_owned()),
         ..Default::default()
     };
     sessions
-        .create(&session_sidecar::sessions::Ctx::system(), input)
+        .create(&session_sidecar::testing::Ctx::system(), input)
         .await
         .unwrap();
     assert_eq!(
-        session_sidecar::events::relay_once(&sessions, "w")
+        session_sidecar::testing::relay_once(&sessions, "w")
             .await
             .unwrap(),
         1,

@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use axum::http::StatusCode;
 use serde_json::json;
-use session_sidecar::model::{Record, Status};
-use session_sidecar::store::{ReadOp, Reply};
+use session_sidecar::testing::{ReadOp, Reply};
+use session_sidecar::testing::{Record, Status};
 
 use crate::both_backends;
 use crate::harness::{Kind, TestApp, send, types};
@@ -113,7 +113,7 @@ fn all(key: String) -> ReadOp {
 /// Reads the raw state of user `racer` and checks every invariant.
 pub(crate) async fn check_invariants(app: &TestApp) {
     let (k, user) = (app.sessions.keys(), "racer");
-    let shard = session_sidecar::ids::shard_of(user, app.sessions.policy().shard_count);
+    let shard = session_sidecar::testing::shard_of(user, app.sessions.policy().shard_count);
     let r = app
         .backend
         .read(vec![

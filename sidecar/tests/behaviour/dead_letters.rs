@@ -4,9 +4,9 @@
 
 use axum::http::StatusCode;
 use serde_json::json;
-use session_sidecar::events::consume_once;
-use session_sidecar::events::dead_letters::{FAIL_ATTEMPTS, FAIL_FOR_MS};
-use session_sidecar::store::{Append, Commit};
+use session_sidecar::testing::consume_once;
+use session_sidecar::testing::{Append, Commit};
+use session_sidecar::testing::{FAIL_ATTEMPTS, FAIL_FOR_MS};
 
 use crate::both_backends;
 use crate::events::inbound;

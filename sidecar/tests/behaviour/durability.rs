@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::json;
-use session_sidecar::model::Record;
-use session_sidecar::store::ReadOp;
+use session_sidecar::testing::ReadOp;
+use session_sidecar::testing::Record;
 
 use crate::harness::{RedisServer, TestApp, send};
 
@@ -66,7 +66,8 @@ async fn acknowledged_writes_survive_kill_9() {
     let mut lost = Vec::new();
     for (id, messages) in &acked {
         let shard =
-            session_sidecar::ids::parse_session_id(id, app.sessions.policy().shard_count).unwrap();
+            session_sidecar::testing::parse_session_id(id, app.sessions.policy().shard_count)
+                .unwrap();
         let reply = loop {
             match app
                 .backend
@@ -94,9 +95,9 @@ async fn acknowledged_writes_survive_kill_9() {
 async fn waiting_for_a_replica_puts_every_acknowledged_write_on_it() {
     // Proves: with the replica wait on, every session is on the replica the moment its creation
     // is acknowledged; and measures what that costs per write.
-    use session_sidecar::model::input::CreateSession;
-    use session_sidecar::sessions::{Ctx, Sessions};
-    use session_sidecar::store::redis::{ReplicaWait, connect_with};
+    use session_sidecar::testing::CreateSession;
+    use session_sidecar::testing::{Ctx, Sessions};
+    use session_sidecar::testing::{ReplicaWait, connect_with};
     let master = RedisServer::start();
     let replica = RedisServer::start_replica_of(&master);
     let mut on_replica = ::redis::Client::open(replica.url.as_str())
@@ -104,7 +105,7 @@ async fn waiting_for_a_replica_puts_every_acknowledged_write_on_it() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let clock = std::sync::Arc::new(session_sidecar::clock::SystemClock);
+    let clock = std::sync::Arc::new(session_sidecar::testing::SystemClock);
     let mut report = Vec::new();
     for wait in [
         None,
@@ -128,7 +129,7 @@ async fn waiting_for_a_replica_puts_every_acknowledged_write_on_it() {
                 ..CreateSession::default()
             };
             let record = sessions.create(&Ctx::system(), input).await.unwrap();
-            let shard = session_sidecar::ids::parse_session_id(&record.session_id, 4).unwrap();
+            let shard = session_sidecar::testing::parse_session_id(&record.session_id, 4).unwrap();
             let fields: Vec<(String, String)> = ::redis::cmd("HGETALL")
                 .arg(sessions.keys().session(shard, &record.session_id))
                 .query_async(&mut on_replica)

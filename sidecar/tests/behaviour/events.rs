@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use session_sidecar::model::Envelope;
+use session_sidecar::testing::Envelope;
 
 use crate::both_backends;
 use crate::harness::{Kind, TestApp, types};
@@ -161,7 +161,7 @@ async fn inbound_events_from_the_stream_are_applied_once(kind: Kind) {
     app.publish(&event).await;
     app.publish(&inbound("auth.user.deleted.v1", json!({})))
         .await; // malformed: skipped, not blocking
-    let passed = session_sidecar::events::consume_once(&app.background, &app.metrics, "w1")
+    let passed = session_sidecar::testing::consume_once(&app.background, &app.metrics, "w1")
         .await
         .unwrap();
     assert_eq!(passed, 4);
@@ -170,7 +170,7 @@ async fn inbound_events_from_the_stream_are_applied_once(kind: Kind) {
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        session_sidecar::events::consume_once(&app.background, &app.metrics, "w1")
+        session_sidecar::testing::consume_once(&app.background, &app.metrics, "w1")
             .await
             .unwrap(),
         0
@@ -207,8 +207,8 @@ async fn two_sweepers_expire_each_session_exactly_once(kind: Kind) {
     app.clock.advance_ms(5_000);
     let (a, b) = (app.background.clone(), app.replica().await);
     let (ra, rb) = tokio::join!(
-        tokio::spawn(async move { session_sidecar::events::sweep_once(&a).await.unwrap() }),
-        tokio::spawn(async move { session_sidecar::events::sweep_once(&b).await.unwrap() }),
+        tokio::spawn(async move { session_sidecar::testing::sweep_once(&a).await.unwrap() }),
+        tokio::spawn(async move { session_sidecar::testing::sweep_once(&b).await.unwrap() }),
     );
     assert_eq!(ra.unwrap() + rb.unwrap(), 30);
     let expired = app.outbox_of("session.expired.v1").await;

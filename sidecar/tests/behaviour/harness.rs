@@ -14,18 +14,18 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use session_sidecar::api::auth::Auth;
-use session_sidecar::api::{App, AppState, app};
-use session_sidecar::cache::tracking::Tracking;
-use session_sidecar::cache::{CacheConfig, SessionCache};
-use session_sidecar::clock::{Clock, ManualClock, SystemClock};
-use session_sidecar::metrics::Metrics;
-use session_sidecar::model::Envelope;
-use session_sidecar::sessions::{CapPolicy, Policy, Sessions};
-use session_sidecar::store::acl::Role;
-use session_sidecar::store::breaker::Breaker;
-use session_sidecar::store::memory::MemoryBackend;
-use session_sidecar::store::{Backend, Commit, ReadOp, Reply, WriteOp};
+use session_sidecar::contract::acl::Role;
+use session_sidecar::testing::Auth;
+use session_sidecar::testing::Breaker;
+use session_sidecar::testing::Envelope;
+use session_sidecar::testing::MemoryBackend;
+use session_sidecar::testing::Metrics;
+use session_sidecar::testing::Tracking;
+use session_sidecar::testing::{App, AppState, app};
+use session_sidecar::testing::{Backend, Commit, ReadOp, Reply, WriteOp};
+use session_sidecar::testing::{CacheConfig, SessionCache};
+use session_sidecar::testing::{CapPolicy, Policy, Sessions};
+use session_sidecar::testing::{Clock, ManualClock, SystemClock};
 use tower::ServiceExt;
 
 pub use crate::common::{RedisCluster, RedisServer, TEST_PREFIX};
@@ -349,7 +349,7 @@ impl TestApp {
         if let Some(target) = target.clone() {
             let keys = sessions.keys().clone();
             let tracking = Tracking {
-                url: session_sidecar::store::redis_url::fixed(target.url()),
+                url: session_sidecar::testing::fixed(target.url()),
                 cluster: target.cluster,
                 keys,
                 shard_count: sessions.policy().shard_count,
@@ -519,7 +519,7 @@ impl TestApp {
 
     /// Publishes an event on the global stream, as another service would.
     pub async fn publish(&self, event: &Envelope) {
-        let append = session_sidecar::store::Append {
+        let append = session_sidecar::testing::Append {
             stream: self.sessions.keys().events(),
             fields: event.to_stream_fields(),
             max_len: None,
@@ -549,7 +549,8 @@ impl TestApp {
     /// The raw hash of a session document (empty when absent).
     pub async fn raw_doc(&self, id: &str) -> Vec<(String, String)> {
         let shard =
-            session_sidecar::ids::parse_session_id(id, self.sessions.policy().shard_count).unwrap();
+            session_sidecar::testing::parse_session_id(id, self.sessions.policy().shard_count)
+                .unwrap();
         let r = self
             .backend
             .read(vec![ReadOp::HGetAll(
@@ -562,13 +563,13 @@ impl TestApp {
 
     /// Sets `event` aside as a dead letter, as the consumer does after it kept failing.
     pub async fn set_aside(&self, event: &Envelope) {
-        let entry = session_sidecar::store::StreamEntry {
+        let entry = session_sidecar::testing::StreamEntry {
             id: "1-0".into(),
             fields: event.to_stream_fields(),
         };
-        let verdict = session_sidecar::events::dead_letters::Verdict {
+        let verdict = session_sidecar::testing::Verdict {
             entry: &entry,
-            reason: session_sidecar::events::dead_letters::Reason::Failed,
+            reason: session_sidecar::testing::Reason::Failed,
             error: "the event outbox is full; the relay is not keeping up".into(),
             attempts: 10,
         };
@@ -586,7 +587,7 @@ impl TestApp {
     pub async fn consume(&self) -> usize {
         let mut passed = 0;
         loop {
-            match session_sidecar::events::consume_once(&self.background, &self.metrics, "test")
+            match session_sidecar::testing::consume_once(&self.background, &self.metrics, "test")
                 .await
             {
                 Ok(0) => return passed,
@@ -597,7 +598,7 @@ impl TestApp {
     }
 
     pub async fn relay(&self) -> usize {
-        session_sidecar::events::relay_once(&self.background, "test")
+        session_sidecar::testing::relay_once(&self.background, "test")
             .await
             .unwrap()
     }
@@ -636,8 +637,8 @@ pub fn types(events: &[Envelope]) -> Vec<&str> {
 /// A connection to `target` as `role`'s user, checked to hold the role's rules (as the
 /// service checks at start).
 async fn connect(target: &Target, role: Role) -> Box<dyn Backend> {
-    let keys = session_sidecar::store::Keys::new(TEST_PREFIX);
-    session_sidecar::store::redis::connect_with(
+    let keys = session_sidecar::contract::Keys::new(TEST_PREFIX);
+    session_sidecar::testing::connect_with(
         &target.url_as(role),
         target.cluster,
         None,

@@ -15,8 +15,8 @@ use axum::http::{Method, StatusCode};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use session_sidecar::api::auth::{Auth, IdentityProvider, IdpConfig};
-use session_sidecar::metrics::Metrics;
+use session_sidecar::testing::Metrics;
+use session_sidecar::testing::{Auth, IdentityProvider, IdpConfig};
 
 use crate::harness::{Kind, TestApp};
 
@@ -463,7 +463,7 @@ async fn a_provider_that_never_answers_delays_a_request_by_the_bound_at_most_and
         tokio::time::sleep(Duration::from_millis(350)).await;
     }
     println!("requests waiting on a silent provider: {waits:?}");
-    let bound = session_sidecar::api::auth::idp::REQUEST_WAIT + Duration::from_millis(500);
+    let bound = session_sidecar::testing::REQUEST_WAIT + Duration::from_millis(500);
     assert!(waits.iter().all(|w| *w < bound), "{waits:?}");
     assert!(
         waits[0] >= Duration::from_millis(1900),

@@ -36,7 +36,7 @@ async fn create_returns_server_fields(kind: Kind) {
         res.headers["location"],
         format!("/v1/sessions/{id}").as_str()
     );
-    assert!(session_sidecar::ids::parse_session_id(id, 4).is_some());
+    assert!(session_sidecar::testing::parse_session_id(id, 4).is_some());
     assert_eq!(
         (
             s["status"].as_str(),
@@ -67,7 +67,7 @@ async fn get_finds_sessions_and_rejects_bad_ids(kind: Kind) {
     let id = created["session_id"].as_str().unwrap();
     let res = app.get(&format!("/v1/sessions/{id}")).await;
     assert_eq!((res.status, &res.body), (StatusCode::OK, &created));
-    let unknown = session_sidecar::ids::new_session_id(1);
+    let unknown = session_sidecar::testing::new_session_id(1);
     let res = app.get(&format!("/v1/sessions/{unknown}")).await;
     assert_eq!(
         (res.status, res.code()),
@@ -191,7 +191,10 @@ async fn heartbeat_extends_and_reads_do_not(kind: Kind) {
     );
     assert_eq!(
         app.sessions
-            .expire_due(session_sidecar::ids::parse_session_id(id, 4).unwrap(), 10)
+            .expire_due(
+                session_sidecar::testing::parse_session_id(id, 4).unwrap(),
+                10
+            )
             .await
             .unwrap(),
         0
@@ -220,13 +223,13 @@ async fn expired_sessions_are_gone_at_once_and_expire_exactly_once(kind: Kind) {
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        session_sidecar::events::sweep_once(&app.background)
+        session_sidecar::testing::sweep_once(&app.background)
             .await
             .unwrap(),
         1
     );
     assert_eq!(
-        session_sidecar::events::sweep_once(&app.background)
+        session_sidecar::testing::sweep_once(&app.background)
             .await
             .unwrap(),
         0
@@ -258,7 +261,7 @@ async fn ended_sessions_are_readable_then_purged(kind: Kind) {
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        session_sidecar::events::sweep_once(&app.background)
+        session_sidecar::testing::sweep_once(&app.background)
             .await
             .unwrap(),
         0,
@@ -332,21 +335,21 @@ async fn delete_removes_everything_but_not_the_current_session(kind: Kind) {
         app.delete(&format!("/v1/sessions/{old}")).await.status,
         StatusCode::NOT_FOUND
     );
-    let shard = session_sidecar::ids::parse_session_id(&old, 4).unwrap();
+    let shard = session_sidecar::testing::parse_session_id(&old, 4).unwrap();
     let k = app.sessions.keys();
     let r = app
         .backend
         .read(vec![
-            session_sidecar::store::ReadOp::LRange(k.messages(shard, &old), 0, -1),
-            session_sidecar::store::ReadOp::Get(k.memory(shard, &old)),
+            session_sidecar::testing::ReadOp::LRange(k.messages(shard, &old), 0, -1),
+            session_sidecar::testing::ReadOp::Get(k.memory(shard, &old)),
         ])
         .await
         .unwrap();
     assert_eq!(
         r,
         vec![
-            session_sidecar::store::Reply::List(vec![]),
-            session_sidecar::store::Reply::Nil
+            session_sidecar::testing::Reply::List(vec![]),
+            session_sidecar::testing::Reply::Nil
         ]
     );
     assert_eq!(

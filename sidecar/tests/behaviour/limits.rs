@@ -5,19 +5,30 @@
 //! are gone.
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{Method, Request, StatusCode};
 use serde_json::json;
-use session_sidecar::api::server::{MAX_IN_FLIGHT, REQUEST_TIMEOUT};
+use session_sidecar::testing::{MAX_IN_FLIGHT, REQUEST_TIMEOUT};
 use tower::ServiceExt;
 
 use crate::harness::{Kind, TestApp};
 
-/// A create whose client announced a body and never sends it.
-fn stalled_create() -> Request<Body> {
-    let never = futures::stream::pending::<Result<Bytes, Infallible>>();
+/// A create whose client announced a body and never sends it; `entered` counts the stalled
+/// requests that got past the limits (their handler asked for the body).
+fn stalled_create(entered: &Arc<AtomicUsize>) -> Request<Body> {
+    let (entered, mut counted) = (entered.clone(), false);
+    let never = futures::stream::poll_fn(move |_| {
+        if !counted {
+            counted = true;
+            entered.fetch_add(1, Ordering::SeqCst);
+        }
+        Poll::<Option<Result<Bytes, Infallible>>>::Pending
+    });
     Request::builder()
         .method(Method::POST)
         .uri("/v1/sessions")
@@ -45,23 +56,32 @@ async fn requests_beyond_the_limit_are_shed_and_stalled_ones_time_out() {
     );
 
     let started = Instant::now();
+    let entered = Arc::new(AtomicUsize::new(0));
     let stalled: Vec<_> = (0..MAX_IN_FLIGHT)
-        .map(|_| tokio::spawn(app.router.clone().oneshot(stalled_create())))
+        .map(|_| tokio::spawn(app.router.clone().oneshot(stalled_create(&entered))))
         .collect();
     // Once every slot is taken, the next routed request is shed at once.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let shed = loop {
-        let res = app.get("/v1/users/u1/sessions").await;
-        if res.status == StatusCode::SERVICE_UNAVAILABLE {
-            break res;
-        }
+    while entered.load(Ordering::SeqCst) < MAX_IN_FLIGHT {
         assert!(
-            Instant::now() < deadline,
-            "no request was shed: {}",
-            res.status
+            started.elapsed() < REQUEST_TIMEOUT,
+            "only {} of {MAX_IN_FLIGHT} stalled requests took a slot before the first could time out",
+            entered.load(Ordering::SeqCst)
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let all_in = started.elapsed();
+    let shed = app.get("/v1/users/u1/sessions").await;
+    assert_eq!(
+        refused(&app, "timeout"),
+        0,
+        "a stalled request timed out before the shed one was sent: the check proves nothing"
+    );
+    assert_eq!(
+        shed.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        shed.body
+    );
     assert_eq!(shed.code(), "overloaded", "{}", shed.body);
     assert_eq!(shed.headers["retry-after"], "1");
     assert!(refused(&app, "overloaded") >= 1);
@@ -88,13 +108,13 @@ async fn requests_beyond_the_limit_are_shed_and_stalled_ones_time_out() {
     }
     let took = started.elapsed();
     assert!(
-        took >= REQUEST_TIMEOUT && took < REQUEST_TIMEOUT + Duration::from_secs(3),
-        "timed out after {took:?}"
+        took >= REQUEST_TIMEOUT && took < all_in + REQUEST_TIMEOUT + Duration::from_secs(3),
+        "timed out after {took:?}, every slot taken after {all_in:?}"
     );
     assert_eq!(refused(&app, "timeout"), MAX_IN_FLIGHT as u64);
     // Capacity is back: a new stalled request waits (and times out) instead of being shed,
     // and a normal request succeeds at once.
-    let late = app.raw(stalled_create()).await;
+    let late = app.raw(stalled_create(&entered)).await;
     assert_eq!(late.code(), "request_timeout", "{}", late.body);
     app.create_id("u2", json!({})).await;
 }

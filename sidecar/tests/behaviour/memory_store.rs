@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use session_sidecar::clock::{Clock, ManualClock, SystemClock};
-use session_sidecar::events::{relay_once, sweep_once};
-use session_sidecar::store::memory::MemoryBackend;
+use session_sidecar::testing::MemoryBackend;
+use session_sidecar::testing::{Clock, ManualClock, SystemClock};
+use session_sidecar::testing::{relay_once, sweep_once};
 
 use crate::harness::TestApp;
 

@@ -17,7 +17,7 @@ async fn metrics_expose_requests_latency_cache_and_store(kind: Kind) {
     app.get(&format!("/v1/sessions/{id}")).await;
     app.get(&format!(
         "/v1/sessions/{}",
-        session_sidecar::ids::new_session_id(0)
+        session_sidecar::testing::new_session_id(0)
     ))
     .await;
     let res = app.get("/metrics").await;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
-use session_sidecar::api::{AppState, auth::Auth, router_and_doc};
+use session_sidecar::testing::{AppState, Auth, router_and_doc};
 
 use crate::both_backends;
 use crate::harness::{Kind, Res, TestApp};
@@ -205,7 +205,7 @@ async fn document_and_server_agree(kind: Kind) {
         ("get", "/healthz".into(), None),
         ("get", "/readyz".into(), None),
     ];
-    let unknown = session_sidecar::ids::new_session_id(0);
+    let unknown = session_sidecar::testing::new_session_id(0);
     let invalid: Vec<(&str, String, Option<Value>)> = vec![
         (
             "post",

@@ -39,7 +39,10 @@ async fn a_redis_outage_keeps_hits_fails_the_rest_fast_and_recovers() {
             "cached hit {i} during the outage"
         );
         slowest = slowest.max(t);
-        let unknown = format!("/v1/sessions/{}", session_sidecar::ids::new_session_id(0));
+        let unknown = format!(
+            "/v1/sessions/{}",
+            session_sidecar::testing::new_session_id(0)
+        );
         let (miss, t) = timed(app.get(&unknown)).await;
         assert_eq!(
             (miss.status, miss.code()),

@@ -4,7 +4,7 @@
 
 use axum::http::StatusCode;
 use serde_json::json;
-use session_sidecar::store::acl::Role;
+use session_sidecar::contract::acl::Role;
 
 use crate::common::{RedisCluster, RedisServer};
 use crate::harness::{Kind, TestApp};
@@ -172,7 +172,7 @@ fn the_readme_gives_the_rules_the_code_checks() {
     // code defines and checks at connect (for the default key prefix).
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let keys = session_sidecar::store::Keys::new(session_sidecar::config::DEFAULT_KEY_PREFIX);
+    let keys = session_sidecar::contract::Keys::new(session_sidecar::config::DEFAULT_KEY_PREFIX);
     for role in [Role::Sidecar, Role::Server] {
         let line = format!(
             "ACL SETUSER {} on >PASSWORD {}",

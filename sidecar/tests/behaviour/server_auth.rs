@@ -3,7 +3,7 @@
 use axum::http::{Method, StatusCode};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::json;
-use session_sidecar::api::auth::Auth;
+use session_sidecar::testing::Auth;
 
 use crate::both_backends;
 use crate::harness::{Kind, TestApp};

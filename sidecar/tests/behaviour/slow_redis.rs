@@ -67,7 +67,12 @@ async fn a_slow_redis_slows_misses_only_and_a_stuck_one_fails_fast() {
     app.settle().await;
     let hit = format!("/v1/sessions/{cached}");
     assert_eq!(app.get(&hit).await.status, StatusCode::OK);
-    let miss = || format!("/v1/sessions/{}", session_sidecar::ids::new_session_id(0));
+    let miss = || {
+        format!(
+            "/v1/sessions/{}",
+            session_sidecar::testing::new_session_id(0)
+        )
+    };
 
     delay.store(20, Ordering::Relaxed);
     let (status, slow_miss) = timed_get(&app, &miss()).await;

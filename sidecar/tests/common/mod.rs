@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use session_sidecar::store::Keys;
-use session_sidecar::store::acl::{ADMIN_USER, Passwords, REPLICATION_USER, Role, acl_file};
+use session_sidecar::contract::Keys;
+use session_sidecar::contract::acl::{ADMIN_USER, Passwords, REPLICATION_USER, Role, acl_file};
 
 #[path = "../../../tests/support/test_certs.rs"]
 mod test_certs;

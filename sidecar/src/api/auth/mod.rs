@@ -7,7 +7,7 @@
 //! Every refusal is a 401 with a stable code saying why ([`Denied`]).
 
 mod https;
-pub mod idp;
+pub(crate) mod idp;
 
 use std::sync::Arc;
 

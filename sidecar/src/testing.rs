@@ -1,0 +1,57 @@
+//! What the integration tests drive directly and nothing else outside this crate uses: the
+//! engine and its store contract without HTTP, the background work one pass at a time, the
+//! router without a socket, a clock that moves only when told to, and the limits the tests
+//! check against. Every other module is private; the binary needs only [`crate::run`] and
+//! [`crate::config`], the operator only [`crate::contract`].
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+pub use crate::api::asyncapi::document;
+pub use crate::api::auth::idp::REQUEST_WAIT;
+pub use crate::api::auth::{Auth, IdentityProvider, IdpConfig};
+pub use crate::api::server::{MAX_IN_FLIGHT, REQUEST_TIMEOUT};
+pub use crate::api::{App, AppState, app, router_and_doc};
+pub use crate::cache::tracking::Tracking;
+pub use crate::cache::{CacheConfig, SessionCache};
+pub use crate::clock::{Clock, SystemClock};
+pub use crate::events::dead_letters::{FAIL_ATTEMPTS, FAIL_FOR_MS, Reason, Verdict};
+pub use crate::events::{consume_once, relay_once, sweep_once};
+pub use crate::ids::{new_session_id, parse_session_id, shard_of};
+pub use crate::metrics::{Metrics, REQUEST_BUCKETS};
+pub use crate::model::event::Envelope;
+pub use crate::model::input::CreateSession;
+pub use crate::model::session::{Record, Status};
+pub use crate::sessions::{CapPolicy, Ctx, Policy, Sessions};
+pub use crate::store::breaker::Breaker;
+pub use crate::store::cluster::ClusterHandle;
+pub use crate::store::memory::MemoryBackend;
+pub use crate::store::redis::{ReplicaWait, Topology, connect, connect_with};
+pub use crate::store::redis_url::fixed;
+pub use crate::store::{
+    Append, Backend, BackendError, Commit, CommitOutcome, Probe, ReadOp, Reply, StreamEntry,
+    WriteOp,
+};
+
+/// A clock that only moves when told to: tests move time without sleeping (against real Redis
+/// too, since the engine, not Redis, decides what has expired).
+#[derive(Debug)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    /// A clock standing at `ms`.
+    #[must_use]
+    pub fn new(ms: i64) -> Self {
+        Self(AtomicI64::new(ms))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance_ms(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
