@@ -4,6 +4,8 @@
 //! use `testing::ManualClock` to move time without sleeping (against real Redis too, since the engine,
 //! not Redis, decides what has expired).
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use chrono::{DateTime, SecondsFormat, Utc};
 
 /// A source of the current time.
@@ -17,8 +19,13 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    /// Read straight from the system time: `chrono`'s `Utc::now()` converts to a calendar
+    /// date and back, about 100 instructions more on every cache hit (callgrind).
     fn now_ms(&self) -> i64 {
-        Utc::now().timestamp_millis()
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
     }
 }
 

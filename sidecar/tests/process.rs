@@ -26,8 +26,13 @@ struct Sidecar {
 
 impl Sidecar {
     fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_on("127.0.0.1", args, env)
+    }
+
+    /// A sidecar listening on `ip` (reached on 127.0.0.1 all the same).
+    fn start_on(ip: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
+        let listen = format!("{ip}:{port}");
         let child = Command::new(BIN)
             .args(["--listen", &listen])
             .args(args)
@@ -397,9 +402,10 @@ fn oversized_headers_are_refused_with_431() {
 
 #[test]
 fn a_client_that_never_finishes_its_headers_is_disconnected() {
-    // Proves: the header read timeout (10 s) closes a connection whose headers never end
-    // (slowloris), and the process keeps serving others meanwhile.
-    let sidecar = Sidecar::start(&[], &[]);
+    // Proves: on a listener that is not loopback-only, the header read timeout (10 s) closes a
+    // connection whose headers never end (slowloris), and the process keeps serving others
+    // meanwhile. (A loopback listener's clients are the pod's own containers: no timer there.)
+    let sidecar = Sidecar::start_on("0.0.0.0", &["--allow-non-loopback"], &[]);
     let mut slow = TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
 use serde_json::json;
 
 use crate::both_backends;
@@ -15,6 +16,31 @@ both_backends!(
     cached_entries_never_outlive_the_session_or_the_max_age,
     unknown_ids_are_cached_briefly,
 );
+
+#[tokio::test]
+async fn a_cached_lookup_with_a_correlation_id_goes_through_the_router() {
+    // Proves: the hot path answers a plain cached lookup itself (no correlation id made up for
+    // a read), and leaves one that carries `x-correlation-id` (in any letter case) to the
+    // router, which echoes it; both bodies are the cached session.
+    let app = TestApp::new(Kind::Memory).await;
+    let path = format!("/v1/sessions/{}", app.create_id("u1", json!({})).await);
+    let filled = app.get(&path).await;
+    let plain = app.get(&path).await;
+    assert_eq!(plain.body, filled.body);
+    assert!(!plain.headers.contains_key("x-correlation-id"), "{:?}", plain.headers);
+    let traced = app
+        .raw(
+            Request::get(&path)
+                .header("X-Correlation-ID", "lookup-42")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(traced.status, StatusCode::OK);
+    assert_eq!(traced.body, filled.body);
+    assert_eq!(traced.headers["x-correlation-id"], "lookup-42");
+    assert_eq!(app.metrics.cache_hits.get(), 2, "both answered from the cache");
+}
 
 async fn lookups_are_cached_and_local_writes_invalidate(kind: Kind) {
     // Proves: a second lookup is a hit; this process's own writes are visible at once.
