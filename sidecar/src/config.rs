@@ -329,6 +329,7 @@ impl Config {
             create_rate_window_ms: self.create_rate_window_seconds.saturating_mul(1000),
             outbox_max_len: self.outbox_max_len,
             events_max_len: self.events_max_len,
+            write_hints: true,
         }
     }
 

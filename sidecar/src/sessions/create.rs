@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::ids::{new_session_id, shard_of};
 use crate::model::input::{CreateSession, check_id, check_object_size, check_title};
 use crate::model::{EventType, Record, Status};
-use crate::store::{NamedBy, Reads, WriteOp};
+use crate::store::{Guard, NamedBy, Reads, WriteOp};
 
 use super::plan::Plan;
 use super::{Caller, CapPolicy, Ctx, Sessions, Step, decode_record};
@@ -95,6 +95,9 @@ impl Sessions {
     }
 
     async fn try_create(&self, ctx: &Ctx, new: &NewSession) -> Result<Step<Record>> {
+        if let Some(step) = self.try_create_from_hints(ctx, new).await {
+            return step;
+        }
         let (k, shard, user) = (&self.keys, new.shard, new.user_id.as_str());
         let now = self.now();
         let mut reads = Reads::new();
@@ -196,21 +199,71 @@ impl Sessions {
             plan.put(&stored[&prev.session_id], &prev);
         }
 
+        let record = self.start(&mut plan, new, now, corr);
+        self.commit_or_retry(plan, record).await
+    }
+
+    /// A create in one script call, when this process knows the user's current session as it
+    /// last wrote it (the hints): the commit itself checks what the snapshot would have —
+    /// that session unchanged and still current, the title free, the active cap and the rate
+    /// limit not reached. `None` without hints; a failed check is a conflict (the hints are
+    /// dropped and the create runs again on a snapshot, which also decides any error).
+    async fn try_create_from_hints(
+        &self,
+        ctx: &Ctx,
+        new: &NewSession,
+    ) -> Option<Result<Step<Record>>> {
+        let (k, shard, user) = (&self.keys, new.shard, new.user_id.as_str());
+        let recent = self.recent.as_ref()?;
+        let current = recent.current(shard, user)?;
+        let stored = recent.doc(&current)?;
+        let now = self.now();
+        let mut plan = Plan::unversioned(self, shard, user);
+        plan.guard(Guard::Eq(k.current(shard, user), Some(current.clone())));
+        plan.guard(Guard::HEq(
+            k.session(shard, &current),
+            "version".to_owned(),
+            Some(stored.version.to_string()),
+        ));
+        if let Some(title) = &new.input.title {
+            plan.guard(Guard::HEq(k.titles(shard, user), title.clone(), None));
+        }
+        if let Some(cap) = self.policy.max_active_per_user {
+            #[allow(clippy::cast_precision_loss)]
+            let now_score = now as f64;
+            plan.guard(Guard::ZCountBelow(
+                k.user_active(shard, user),
+                now_score,
+                u64::from(cap),
+            ));
+        }
+        if let Some(limit) = self.policy.create_rate_limit {
+            plan.guard(Guard::IntBelow(k.rate(shard, user), u64::from(limit)));
+        }
+        let mut previous = Record::clone(&stored);
+        previous.current = false;
+        previous.version += 1;
+        plan.put(&stored, &previous);
+        let record = self.start(&mut plan, new, now, ctx.correlation_id.as_deref());
+        Some(self.commit_or_retry(plan, record).await)
+    }
+
+    /// Adds the new session to `plan`: its event, its document and indexes, the current
+    /// pointer and the rate counter.
+    fn start(&self, plan: &mut Plan, new: &NewSession, now: i64, corr: Option<&str>) -> Record {
+        let (k, shard, user) = (&self.keys, new.shard, new.user_id.as_str());
         let record = self.new_record(new, now);
         plan.event(EventType::Created, &record, Some(&new.performer), corr);
         plan.insert(&record);
         plan.index_new(&record);
-        plan.write(WriteOp::Set(
-            k.current(shard, user),
-            record.session_id.clone(),
-        ));
+        plan.set_current(&record.session_id);
         if self.policy.create_rate_limit.is_some() {
             plan.write(WriteOp::IncrWindow(
                 k.rate(shard, user),
                 self.policy.create_rate_window_ms,
             ));
         }
-        self.commit_or_retry(plan, record).await
+        record
     }
 
     fn new_record(&self, new: &NewSession, now: i64) -> Record {

@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::ids::shard_of;
 use crate::model::input::{SwitchCurrent, check_id};
 use crate::model::{EventType, Record, Status};
-use crate::store::{Reads, WriteOp};
+use crate::store::Reads;
 
 use super::lifecycle::caller_name;
 use super::plan::Plan;
@@ -114,7 +114,7 @@ impl Sessions {
             ctx.correlation_id.as_deref(),
         );
         plan.put(&stored, &record);
-        plan.write(WriteOp::Set(k.current(shard, user), id));
+        plan.set_current(&id);
         self.commit_or_retry(plan, record).await
     }
 }

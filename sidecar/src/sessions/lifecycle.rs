@@ -117,17 +117,13 @@ impl Sessions {
     pub(crate) async fn heartbeat(&self, ctx: &Ctx, id: &str, input: Heartbeat) -> Result<Record> {
         let ttl_ms = self.ttl_ms(input.ttl_seconds)?;
         self.retry(|| async {
-            let owned = self
-                .owned_snapshot(ctx, id, input.user_id.as_ref(), Reads::new())
-                .await?;
+            let (shard, stored) = self.changing(ctx, id, input.user_id.as_ref()).await?;
             let now = self.now();
-            let stored = self.still_active(Some(owned.record))?;
             let mut record = stored.clone();
             record.expires_ms = now + ttl_ms;
             record.updated_ms = now;
             record.version += 1;
-            let mut plan =
-                Plan::for_user(self, owned.shard, &record.user_id, owned.version.as_ref());
+            let mut plan = Plan::for_session(self, shard, &stored);
             plan.put(&stored, &record);
             plan.reschedule(&record);
             self.commit_or_retry(plan, record).await
@@ -154,12 +150,8 @@ impl Sessions {
             return Err(Error::SessionIdMismatch);
         }
         self.retry(|| async {
-            let owned = self
-                .owned_snapshot(ctx, id, input.user_id.as_ref(), Reads::new())
-                .await?;
-            let stored = self.still_active(Some(owned.record))?;
-            let mut plan =
-                Plan::for_user(self, owned.shard, &stored.user_id, owned.version.as_ref());
+            let (shard, stored) = self.changing(ctx, id, input.user_id.as_ref()).await?;
+            let mut plan = Plan::for_session(self, shard, &stored);
             let ended = plan.end(
                 &stored,
                 stored.clone(),

@@ -6,7 +6,7 @@ use crate::model::Message;
 use crate::model::input::NewMessage;
 use crate::model::message::{MessagesByRole, Summary};
 use crate::model::session::micros_to_cost;
-use crate::store::{Reads, WriteOp};
+use crate::store::WriteOp;
 
 use super::listing::{Page, page_size};
 use super::plan::Plan;
@@ -26,10 +26,8 @@ impl Sessions {
         let cost_micros = input.validate()?;
         let message_id = uuid::Uuid::new_v4().to_string();
         self.retry(|| async {
-            let owned = self.owned_snapshot(ctx, id, None, Reads::new()).await?;
-            let (shard, version) = (owned.shard, owned.version);
+            let (shard, stored) = self.changing(ctx, id, None).await?;
             let now = self.now();
-            let stored = self.still_active(Some(owned.record))?;
             let mut record = stored.clone();
             let message = Message {
                 message_id: message_id.clone(),
@@ -47,7 +45,7 @@ impl Sessions {
             record.last_message_ms = Some(now);
             record.updated_ms = now;
             record.version += 1;
-            let mut plan = Plan::for_user(self, shard, &record.user_id, version.as_ref());
+            let mut plan = Plan::for_session(self, shard, &stored);
             plan.put(&stored, &record);
             let json =
                 serde_json::to_string(&message).map_err(|e| Error::Corrupt(e.to_string()))?;

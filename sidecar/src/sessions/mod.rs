@@ -15,6 +15,7 @@ mod listing;
 mod memory;
 mod messages;
 mod plan;
+mod recent;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -56,6 +57,10 @@ pub struct Policy {
     pub outbox_max_len: u64,
     /// The global events stream is trimmed to about this many entries.
     pub events_max_len: u64,
+    /// Whether a change may start from what this process wrote last instead of a snapshot
+    /// read (one script call instead of two; see `sessions::recent`). Off only in the tests
+    /// that compare the two ways of deciding.
+    pub write_hints: bool,
 }
 
 /// Who is calling, as established by the API layer.
@@ -125,6 +130,8 @@ pub struct Sessions {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) policy: Arc<Policy>,
     listener: Option<Arc<dyn ChangeListener>>,
+    /// What this process wrote last (`None`: every change reads a snapshot first).
+    recent: Option<Arc<recent::Recent>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -148,6 +155,7 @@ impl Sessions {
             backend,
             keys: Keys::new(prefix),
             clock,
+            recent: policy.write_hints.then(|| Arc::new(recent::Recent::new())),
             policy: Arc::new(policy),
             listener: None,
         }
@@ -233,18 +241,63 @@ impl Sessions {
 
     /// Commits `plan`: done with `value` when it applied, [`Step::Retry`] on a conflict (the
     /// use case runs again on a fresh snapshot), an error for a full outbox or a failed store.
+    /// The hints learn what an applied commit wrote and forget what a conflicting one assumed.
     pub(crate) async fn commit_or_retry<T>(&self, plan: plan::Plan, value: T) -> Result<Step<T>> {
-        let (commit, touched) = plan.into_parts();
-        match self.backend.commit(commit).await? {
+        let (commit, effects) = plan.into_parts();
+        let outcome = self.backend.commit(commit).await?;
+        if let Some(recent) = &self.recent {
+            effects.touched.iter().for_each(|id| recent.forget(id));
+            match (outcome, effects.current) {
+                (CommitOutcome::Applied, current) => {
+                    for (record, bytes) in effects.written {
+                        recent.remember(record, bytes);
+                    }
+                    if let Some(current) = current {
+                        recent.set_current(effects.shard, &effects.user_id, current);
+                    }
+                }
+                (CommitOutcome::Conflict, _) => {
+                    recent.set_current(effects.shard, &effects.user_id, None);
+                }
+                (CommitOutcome::OutboxFull, _) => {}
+            }
+        }
+        match outcome {
             CommitOutcome::Applied => {
                 if let Some(listener) = &self.listener {
-                    touched.iter().for_each(|id| listener.changed(id));
+                    effects.touched.iter().for_each(|id| listener.changed(id));
                 }
                 Ok(Step::Done(value))
             }
             CommitOutcome::Conflict => Ok(Step::Retry),
             CommitOutcome::OutboxFull => Err(Error::OutboxFull),
         }
+    }
+
+    /// An active session about to change, with the caller's right to change it checked, and
+    /// its shard: as this process last wrote it when it knows that (the plan's guard on its
+    /// version then checks nobody changed it since: [`plan::Plan::for_session`]), else as
+    /// read. Anything but an active session the caller owns is read, so that every error is
+    /// decided on a snapshot.
+    pub(crate) async fn changing(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        claimed_user: Option<&String>,
+    ) -> Result<(u32, Record)> {
+        let shard = self.shard_of_session(id)?;
+        let hint = self.recent.as_ref().and_then(|recent| recent.doc(id));
+        if let Some(record) = hint.filter(|r| {
+            r.is_active(self.now())
+                && ctx.caller.check_owner(&r.user_id).is_ok()
+                && claimed_user.is_none_or(|u| *u == r.user_id)
+        }) {
+            return Ok((shard, Record::clone(&record)));
+        }
+        let owned = self
+            .owned_snapshot(ctx, id, claimed_user, Reads::new())
+            .await?;
+        Ok((owned.shard, self.still_active(Some(owned.record))?))
     }
 
     /// Looks a session up by id: the hot path. Expired sessions are gone at once.

@@ -17,28 +17,69 @@ pub(crate) struct Plan {
     user_id: String,
     now_ms: i64,
     commit: Commit,
+    effects: Effects,
+}
+
+/// What a plan changes, for this process's own bookkeeping once the commit is decided.
+pub(crate) struct Effects {
+    pub shard: u32,
+    pub user_id: String,
     /// Sessions whose document this plan writes or removes (for cache invalidation).
-    touched: Vec<String>,
+    pub touched: Vec<String>,
+    /// Documents as the commit writes them, with the bytes of their fields.
+    pub written: Vec<(Record, u64)>,
+    /// The user's current session as the commit sets it (`Some(None)`: removed).
+    pub current: Option<Option<String>>,
 }
 
 impl Plan {
     /// A plan guarded by the user's version as read (`None`: the user has no version yet), which
-    /// bumps that version and refuses to grow a full outbox.
+    /// bumps that version and refuses to grow a full outbox: a change decided on the state of
+    /// several of the user's sessions.
     pub(crate) fn for_user(
         sessions: &super::Sessions,
         shard: u32,
         user_id: &str,
         version: Option<&String>,
     ) -> Self {
+        let uv = sessions.keys.user_version(shard, user_id);
+        let mut plan = Self::new(sessions, shard, user_id);
+        plan.guard(Guard::Eq(uv.clone(), version.cloned()));
+        plan.write(WriteOp::Set(uv, next_version(version)));
+        plan
+    }
+
+    /// A plan guarded by one session's version (`stored`, as read or as this process last wrote
+    /// it): a change decided on that session alone. It still bumps the user's version, so that
+    /// a change decided on several sessions and racing this one is refused.
+    pub(crate) fn for_session(sessions: &super::Sessions, shard: u32, stored: &Record) -> Self {
+        let mut plan = Self::unversioned(sessions, shard, &stored.user_id);
+        plan.guard(Guard::HEq(
+            sessions.keys.session(shard, &stored.session_id),
+            "version".to_owned(),
+            Some(stored.version.to_string()),
+        ));
+        plan
+    }
+
+    /// A plan that bumps the user's version without reading it: its caller adds the guards
+    /// its decision rests on.
+    pub(crate) fn unversioned(sessions: &super::Sessions, shard: u32, user_id: &str) -> Self {
+        let mut plan = Self::new(sessions, shard, user_id);
+        plan.write(WriteOp::Incr(sessions.keys.user_version(shard, user_id)));
+        plan
+    }
+
+    /// No guard but the outbox's room, no write yet.
+    fn new(sessions: &super::Sessions, shard: u32, user_id: &str) -> Self {
         let keys = sessions.keys.clone();
-        let uv = keys.user_version(shard, user_id);
         let commit = Commit {
-            guards: vec![
-                Guard::Eq(uv.clone(), version.cloned()),
-                Guard::StreamBelow(keys.outbox(shard), sessions.policy.outbox_max_len),
-            ],
+            guards: vec![Guard::StreamBelow(
+                keys.outbox(shard),
+                sessions.policy.outbox_max_len,
+            )],
             appends: Vec::new(),
-            writes: vec![WriteOp::Set(uv, next_version(version))],
+            writes: Vec::new(),
         };
         Self {
             keys,
@@ -46,8 +87,27 @@ impl Plan {
             user_id: user_id.to_owned(),
             now_ms: sessions.now(),
             commit,
-            touched: Vec::new(),
+            effects: Effects {
+                shard,
+                user_id: user_id.to_owned(),
+                touched: Vec::new(),
+                written: Vec::new(),
+                current: None,
+            },
         }
+    }
+
+    pub(crate) fn guard(&mut self, guard: Guard) {
+        self.commit.guards.push(guard);
+    }
+
+    /// Makes `id` the user's current session.
+    pub(crate) fn set_current(&mut self, id: &str) {
+        self.write(WriteOp::Set(
+            self.keys.current(self.shard, &self.user_id),
+            id.to_owned(),
+        ));
+        self.effects.current = Some(Some(id.to_owned()));
     }
 
     pub(crate) fn write(&mut self, op: WriteOp) {
@@ -80,9 +140,18 @@ impl Plan {
 
     /// Writes a new document, every field.
     pub(crate) fn insert(&mut self, record: &Record) {
-        self.touched.push(record.session_id.clone());
+        let fields = record.to_fields();
+        self.wrote(record, &fields);
         let key = self.keys.session(self.shard, &record.session_id);
-        self.write(WriteOp::HSet(key, record.to_fields()));
+        self.write(WriteOp::HSet(key, fields));
+    }
+
+    fn wrote(&mut self, record: &Record, fields: &[(String, String)]) {
+        let bytes = fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>();
+        self.effects.touched.push(record.session_id.clone());
+        self.effects
+            .written
+            .push((record.clone(), u64::try_from(bytes).unwrap_or(u64::MAX)));
     }
 
     /// Writes what changed in a document since `stored`, its state as read under this plan's
@@ -90,11 +159,11 @@ impl Plan {
     /// optional fields it no longer has. A message append then rewrites a few counters, not the
     /// session's data.
     pub(crate) fn put(&mut self, stored: &Record, record: &Record) {
-        self.touched.push(record.session_id.clone());
         let key = self.keys.session(self.shard, &record.session_id);
         let before: HashMap<String, String> = stored.to_fields().into_iter().collect();
-        let changed: Vec<(String, String)> = record
-            .to_fields()
+        let fields = record.to_fields();
+        self.wrote(record, &fields);
+        let changed: Vec<(String, String)> = fields
             .into_iter()
             .filter(|(field, value)| before.get(field) != Some(value))
             .collect();
@@ -176,7 +245,10 @@ impl Plan {
     /// whether the title index and the current pointer still point at it (read in the snapshot),
     /// so that a newer session's entries are never removed.
     pub(crate) fn remove(&mut self, record: &Record, title_owned: bool, is_current: bool) {
-        self.touched.push(record.session_id.clone());
+        self.effects.touched.push(record.session_id.clone());
+        if is_current {
+            self.effects.current = Some(None);
+        }
         let (k, s, u, id) = (
             &self.keys,
             self.shard,
@@ -203,8 +275,8 @@ impl Plan {
         self.commit.writes.extend(ops);
     }
 
-    /// The commit, and the sessions it changes.
-    pub(crate) fn into_parts(self) -> (Commit, Vec<String>) {
-        (self.commit, self.touched)
+    /// The commit, and what it changes.
+    pub(crate) fn into_parts(self) -> (Commit, Effects) {
+        (self.commit, self.effects)
     }
 }

@@ -150,7 +150,7 @@ const GRANTS: &[Grant] = &[
     // The read script, read-only: so the sidecar may read org listings it may not write.
     both("eval_ro", &["eval_ro", "return 1", "1", ORG_KEY]),
     both("evalsha_ro", &["evalsha_ro", "0000", "1", ORG_KEY]),
-    // read.lua
+    // read.lua, and commit.lua's guards
     both("get", &["get", SHARD_KEY]),
     both("hget", &["hget", SHARD_KEY, "f"]),
     both("hgetall", &["hgetall", SHARD_KEY]),

@@ -18,6 +18,20 @@ for _ = 1, tonumber(arg()) do
     elseif actual then
       return 'CONFLICT'
     end
+  elseif kind == 'HEQ' then
+    local field, present, expected = arg(), arg(), arg()
+    local actual = redis.call('HGET', k, field)
+    if present == '1' then
+      if actual ~= expected then return 'CONFLICT' end
+    elseif actual then
+      return 'CONFLICT'
+    end
+  elseif kind == 'INTBELOW' then
+    local limit = tonumber(arg())
+    if (tonumber(redis.call('GET', k)) or 0) >= limit then return 'CONFLICT' end
+  elseif kind == 'ZCOUNTBELOW' then
+    local above = arg()
+    if redis.call('ZCOUNT', k, '(' .. above, '+inf') >= tonumber(arg()) then return 'CONFLICT' end
   elseif kind == 'STREAMBELOW' then
     local len = redis.pcall('XLEN', k)
     if type(len) == 'table' and len.err then
@@ -71,6 +85,8 @@ while i <= nargs do
     redis.call('ZREMRANGEBYSCORE', k, '-inf', arg())
   elseif op == 'RPUSH' then
     redis.call('RPUSH', k, arg())
+  elseif op == 'INCR' then
+    redis.call('INCR', k)
   elseif op == 'INCRWINDOW' then
     local ttl = arg()
     if redis.call('INCR', k) == 1 then redis.call('PEXPIRE', k, ttl) end

@@ -283,6 +283,40 @@ impl Db {
                         return Ok(CommitOutcome::Conflict);
                     }
                 }
+                Guard::HEq(key, field, expected) => {
+                    let actual = match self.live(key) {
+                        Some(Value::Hash(h)) => h.get(field).cloned(),
+                        Some(_) => return Err(wrong_type(key)),
+                        None => None,
+                    };
+                    if &actual != expected {
+                        return Ok(CommitOutcome::Conflict);
+                    }
+                }
+                Guard::IntBelow(key, limit) => {
+                    let count = match self.live(key) {
+                        Some(Value::Str(s)) => s.parse::<u64>().unwrap_or(0),
+                        Some(_) => return Err(wrong_type(key)),
+                        None => 0,
+                    };
+                    if count >= *limit {
+                        return Ok(CommitOutcome::Conflict);
+                    }
+                }
+                Guard::ZCountBelow(key, above, limit) => {
+                    let count = match self.live(key) {
+                        Some(Value::ZSet(z)) => z
+                            .by_score
+                            .iter()
+                            .filter(|(score, _)| score.0 > *above)
+                            .count(),
+                        Some(_) => return Err(wrong_type(key)),
+                        None => 0,
+                    };
+                    if count as u64 >= *limit {
+                        return Ok(CommitOutcome::Conflict);
+                    }
+                }
                 Guard::StreamBelow(key, max) => {
                     let len = match self.live(key) {
                         Some(Value::Stream(s)) => s.entries.len() as u64,
@@ -420,6 +454,12 @@ impl Db {
                     l.push(v);
                 }
             }
+            WriteOp::Incr(k) => {
+                let value = self.slot(k, || Value::Str("0".to_owned()));
+                if let Value::Str(s) = value {
+                    *s = (s.parse::<i64>().unwrap_or(0) + 1).to_string();
+                }
+            }
             WriteOp::IncrWindow(k, ttl_ms) => {
                 let created = self.live(&k).is_none();
                 let value = self.slot(k.clone(), || Value::Str("0".to_owned()));
@@ -448,7 +488,7 @@ fn wrong_type(key: &str) -> BackendError {
 fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
     Some(match op {
         WriteOp::Set(..) | WriteOp::SetPx(..) | WriteOp::Del(_) => return None,
-        WriteOp::IncrWindow(k, _) => (k, Kind::Str),
+        WriteOp::Incr(k) | WriteOp::IncrWindow(k, _) => (k, Kind::Str),
         WriteOp::HSet(k, _) | WriteOp::HDel(k, _) => (k, Kind::Hash),
         WriteOp::ZAdd(k, _, _) | WriteOp::ZRem(k, _) | WriteOp::ZRemBelow(k, _) => (k, Kind::ZSet),
         WriteOp::RPush(k, _) => (k, Kind::List),

@@ -131,10 +131,23 @@ pub struct StreamEntry {
 }
 
 /// A precondition of a commit. A failed guard means the snapshot is stale or a limit is hit.
+///
+/// `Eq` guards a decision taken on a snapshot (a version read with it). The three after it let
+/// a write skip the snapshot when it knows what it needs (a session's document as this process
+/// last wrote it, the user's current session): the store checks, in the same atomic step, what
+/// the snapshot would have shown. All four fail as `Conflict`, and the engine then decides again
+/// on a snapshot, so the answer to a request never rests on an unchecked guess.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Guard {
     /// `GET key` must equal the value (`None`: the key must not exist). Fails as `Conflict`.
     Eq(String, Option<String>),
+    /// `HGET key field` must equal the value (`None`: the field must not exist).
+    HEq(String, String, Option<String>),
+    /// The integer at `key` (0 when missing) must be below `limit`.
+    IntBelow(String, u64),
+    /// Fewer than `limit` members of the sorted set may score above `above` (`ZCOUNT key
+    /// (above +inf`).
+    ZCountBelow(String, Score, u64),
     /// The stream must hold fewer than `max` entries. Fails as `OutboxFull`.
     StreamBelow(String, u64),
 }
@@ -162,6 +175,8 @@ pub enum WriteOp {
     /// `ZREMRANGEBYSCORE key -inf max`.
     ZRemBelow(String, Score),
     RPush(String, String),
+    /// `INCR key`.
+    Incr(String),
     /// `INCR key`, and `PEXPIRE key ttl_ms` when the counter was just created.
     IncrWindow(String, u64),
     XDel(String, Vec<String>),
@@ -180,7 +195,7 @@ pub struct Commit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {
     Applied,
-    /// An `Eq` guard failed: somebody changed the state; re-read and retry.
+    /// A guard other than `StreamBelow` failed: somebody changed the state; re-read and retry.
     Conflict,
     /// A `StreamBelow` guard failed: the outbox is full (the relay is not draining it).
     OutboxFull,

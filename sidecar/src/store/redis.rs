@@ -470,6 +470,22 @@ fn encode_commit(commit: &Commit) -> (KeyTable, Vec<String>) {
                 if expected.is_some() { "1" } else { "0" }.to_owned(),
                 expected.clone().unwrap_or_default(),
             ]),
+            Guard::HEq(k, field, expected) => argv.extend([
+                "HEQ".to_owned(),
+                keys.add(k),
+                field.clone(),
+                if expected.is_some() { "1" } else { "0" }.to_owned(),
+                expected.clone().unwrap_or_default(),
+            ]),
+            Guard::IntBelow(k, limit) => {
+                argv.extend(["INTBELOW".to_owned(), keys.add(k), limit.to_string()]);
+            }
+            Guard::ZCountBelow(k, above, limit) => argv.extend([
+                "ZCOUNTBELOW".to_owned(),
+                keys.add(k),
+                above.to_string(),
+                limit.to_string(),
+            ]),
             Guard::StreamBelow(k, max) => {
                 argv.extend(["STREAMBELOW".to_owned(), keys.add(k), max.to_string()]);
             }
@@ -516,6 +532,7 @@ fn encode_write(write: &WriteOp, keys: &mut KeyTable, argv: &mut Vec<String>) {
         WriteOp::ZRem(k, m) => op("ZREM", k, vec![m.clone()]),
         WriteOp::ZRemBelow(k, max) => op("ZREMBELOW", k, vec![max.to_string()]),
         WriteOp::RPush(k, v) => op("RPUSH", k, vec![v.clone()]),
+        WriteOp::Incr(k) => op("INCR", k, vec![]),
         WriteOp::IncrWindow(k, ttl) => op("INCRWINDOW", k, vec![ttl.to_string()]),
         WriteOp::XDel(k, ids) if !ids.is_empty() => {
             let mut args = vec![ids.len().to_string()];

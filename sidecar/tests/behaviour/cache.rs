@@ -27,7 +27,11 @@ async fn a_cached_lookup_with_a_correlation_id_goes_through_the_router() {
     let filled = app.get(&path).await;
     let plain = app.get(&path).await;
     assert_eq!(plain.body, filled.body);
-    assert!(!plain.headers.contains_key("x-correlation-id"), "{:?}", plain.headers);
+    assert!(
+        !plain.headers.contains_key("x-correlation-id"),
+        "{:?}",
+        plain.headers
+    );
     let traced = app
         .raw(
             Request::get(&path)
@@ -39,7 +43,11 @@ async fn a_cached_lookup_with_a_correlation_id_goes_through_the_router() {
     assert_eq!(traced.status, StatusCode::OK);
     assert_eq!(traced.body, filled.body);
     assert_eq!(traced.headers["x-correlation-id"], "lookup-42");
-    assert_eq!(app.metrics.cache_hits.get(), 2, "both answered from the cache");
+    assert_eq!(
+        app.metrics.cache_hits.get(),
+        2,
+        "both answered from the cache"
+    );
 }
 
 async fn lookups_are_cached_and_local_writes_invalidate(kind: Kind) {

@@ -16,6 +16,7 @@ mod dead_letters;
 mod durability;
 mod events;
 mod fuzz;
+mod hints;
 mod hostile_input;
 mod identity_provider;
 mod lifecycle;

@@ -1,0 +1,138 @@
+//! One script call per write: a change starts from what this process wrote last (its hints),
+//! guarded by what it assumed; a hint that another sidecar made stale is refused by the guard,
+//! and the change is decided again on a snapshot, as if there had been no hint.
+
+use serde_json::json;
+
+use crate::harness::{Kind, TestApp};
+
+/// Script calls Redis has run so far (`INFO commandstats`).
+async fn script_calls(app: &TestApp) -> u64 {
+    let mut conn = ::redis::Client::open(app.admin_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|l| {
+            ["evalsha", "evalsha_ro", "eval", "eval_ro"]
+                .iter()
+                .any(|c| l.starts_with(&format!("cmdstat_{c}:")))
+        })
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn writes_from_hints_take_one_script_call_each() {
+    // Proves: once a process has written a user's current session, its next create for that
+    // user, and a message, a heartbeat and an end on a session it wrote, each take one script
+    // call; the first create of a user, with nothing known, reads a snapshot first (two).
+    let app = TestApp::new(Kind::Redis).await;
+    app.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
+    let before = script_calls(&app).await;
+    let first = app.create_id("u1", json!({"title": "one"})).await;
+    assert_eq!(
+        script_calls(&app).await - before,
+        2,
+        "a create with nothing known"
+    );
+    let writes = [
+        (
+            "POST",
+            "/v1/sessions".to_owned(),
+            json!({"user_id": "u1", "title": "two"}),
+            201,
+        ),
+        (
+            "POST",
+            format!("/v1/sessions/{first}/messages"),
+            json!({"role": "user", "content": "hello"}),
+            201,
+        ),
+        (
+            "PUT",
+            format!("/v1/sessions/{first}/heartbeat"),
+            json!({}),
+            200,
+        ),
+        (
+            "POST",
+            format!("/v1/sessions/{first}/end"),
+            json!({"performer_id": "u1"}),
+            200,
+        ),
+    ];
+    for (method, path, body, status) in writes {
+        let before = script_calls(&app).await;
+        let res = app.call(method.parse().unwrap(), &path, Some(body)).await;
+        assert_eq!(res.status.as_u16(), status, "{method} {path}: {}", res.body);
+        assert_eq!(script_calls(&app).await - before, 1, "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn a_hint_another_sidecar_made_stale_is_refused_and_the_write_decided_again() {
+    // Proves: sidecar `a` wrote a session and its user's current pointer; sidecar `b` then
+    // changes both. `a`'s next writes start from its stale hints, are refused by their guards
+    // and are decided again on what Redis holds: no message counted twice or lost, the right
+    // session stops being current, and an end of a session `b` ended is refused with 409.
+    let a = TestApp::new(Kind::Redis).await;
+    let b = a.beside().await;
+    let first = a.create_id("u1", json!({"title": "first"})).await;
+    let messages = format!("/v1/sessions/{first}/messages");
+    let hello = json!({"role": "user", "content": "hello"});
+    assert_eq!(b.post(&messages, hello.clone()).await.body["seq"], 1);
+    let from_a = a.post(&messages, hello).await;
+    assert_eq!(from_a.status.as_u16(), 201, "{}", from_a.body);
+    assert_eq!(
+        from_a.body["seq"], 2,
+        "decided again on the message b added"
+    );
+    assert_eq!(
+        b.get(&format!("/v1/sessions/{first}")).await.body["message_count"],
+        2
+    );
+
+    // `b` creates a session for u1: the current pointer moves away from what `a` knows.
+    let second = b.create_id("u1", json!({})).await;
+    let third = a.create_id("u1", json!({})).await;
+    a.settle().await;
+    let current = |id: String| {
+        let a = &a;
+        async move { a.get(&format!("/v1/sessions/{id}")).await.body["current"].clone() }
+    };
+    assert_eq!(current(first.clone()).await, false);
+    assert_eq!(
+        current(second).await,
+        false,
+        "the session b made current stops being so"
+    );
+    assert_eq!(current(third.clone()).await, true);
+    let listed = a.get("/v1/users/u1/current-session").await;
+    assert_eq!(listed.body["session_id"], third.as_str());
+
+    // `b` ends the first session; `a` still remembers it active.
+    assert_eq!(
+        b.end(&first, json!({"performer_id": "b"}))
+            .await
+            .status
+            .as_u16(),
+        200
+    );
+    let again = a.end(&first, json!({"performer_id": "a"})).await;
+    assert_eq!(again.status.as_u16(), 409, "{}", again.body);
+    assert_eq!(again.code(), "session_ended");
+}
