@@ -6,7 +6,8 @@
 # sidecar holding 100 000 cached sessions; then writes (creates, message appends, ends) per
 # second with the script calls and Redis CPU each costs, beside Redis's EVALSHA of a trivial
 # script. Prints the tables.
-# `bench/run.sh writes` runs the write section alone (about a minute).
+# `bench/run.sh writes` runs the write section alone, with the default write hints and with
+# hints that hold every session it touches (about two minutes).
 # Everything runs on loopback ports and stops when the script ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,12 +32,23 @@ sidecar() { # sidecar <port> <extra args...>
   RUST_LOG=warn "$bin/session-sidecar" --listen "127.0.0.1:$port" --redis-url "$url" --create-rate-limit 0 "$@" &
   pids+=($!)
 }
-writer=$(free_port); sidecar "$writer" --outbox-max-len 100000000
 if [ "${1:-}" = writes ]; then
-  sleep 1
-  "$bin/session-bench" writes --redis-url "$url" --writer "127.0.0.1:$writer" --seconds "$SECONDS_PER_RUN"
+  # Twice, each on a Redis and a writer sidecar of its own: with the default write hints
+  # (16 MiB, about 16 000 sessions: the phases touch over 100 000, so most appends and ends
+  # read first), then with hints that hold every session the phases touch.
+  for hints in 16777216 268435456; do
+    redis_port=$(free_port)
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --logfile /dev/null &
+    pids+=($!)
+    url="redis://127.0.0.1:$redis_port"
+    writer=$(free_port); sidecar "$writer" --outbox-max-len 100000000 --write-hints-max-bytes "$hints"
+    sleep 1
+    echo "== write hints: $hints bytes"
+    "$bin/session-bench" writes --redis-url "$url" --writer "127.0.0.1:$writer" --seconds "$SECONDS_PER_RUN"
+  done
   exit
 fi
+writer=$(free_port); sidecar "$writer" --outbox-max-len 100000000
 hit=$(free_port); sidecar "$hit" --cache-max-bytes 268435456
 miss=$(free_port); sidecar "$miss" --cache-max-bytes 0
 other=$(free_port); sidecar "$other" --cache-max-bytes 268435456

@@ -36,6 +36,8 @@ pub(crate) const DEFAULT_EVENTS_MAX_LEN: u64 = 1_000_000;
 
 /// Local cache size: 64 MiB holds about 50 000 typical sessions.
 pub(crate) const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Bytes of write hints by default: about 16 000 session documents of a few hundred bytes.
+pub(crate) const DEFAULT_WRITE_HINTS_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// Hard maximum age of a cached session. Invalidations normally arrive within milliseconds;
 /// this bounds staleness only when they cannot (Redis unreachable), and is how long cached
 /// sessions keep being served through a Redis outage.
@@ -163,6 +165,11 @@ pub struct Config {
     /// Bytes of the local session cache; 0 turns the cache off.
     #[arg(long, env = "SESSION_CACHE_MAX_BYTES", default_value_t = DEFAULT_CACHE_MAX_BYTES)]
     pub cache_max_bytes: u64,
+    /// Bytes of write hints: the session documents and current sessions this process wrote
+    /// last, from which its next write to them commits in one script call instead of two;
+    /// 0 makes every write read a snapshot first.
+    #[arg(long, env = "SESSION_WRITE_HINTS_MAX_BYTES", default_value_t = DEFAULT_WRITE_HINTS_MAX_BYTES)]
+    pub write_hints_max_bytes: u64,
     /// Hard maximum age of a cached session, in milliseconds.
     #[arg(long, env = "SESSION_CACHE_MAX_AGE_MS", default_value_t = DEFAULT_CACHE_MAX_AGE_MS)]
     pub cache_max_age_ms: u64,
@@ -329,7 +336,7 @@ impl Config {
             create_rate_window_ms: self.create_rate_window_seconds.saturating_mul(1000),
             outbox_max_len: self.outbox_max_len,
             events_max_len: self.events_max_len,
-            write_hints: true,
+            write_hints_max_bytes: self.write_hints_max_bytes,
         }
     }
 

@@ -196,7 +196,7 @@ impl Sessions {
         if let Some(prev) =
             previous.filter(|p| !victims.iter().any(|v| v.session_id == p.session_id))
         {
-            plan.put(&stored[&prev.session_id], &prev);
+            plan.put_former_current(&stored[&prev.session_id], &prev);
         }
 
         let record = self.start(&mut plan, new, now, corr);
@@ -243,7 +243,7 @@ impl Sessions {
         let mut previous = Record::clone(&stored);
         previous.current = false;
         previous.version += 1;
-        plan.put(&stored, &previous);
+        plan.put_former_current(&stored, &previous);
         let record = self.start(&mut plan, new, now, ctx.correlation_id.as_deref());
         Some(self.commit_or_retry(plan, record).await)
     }

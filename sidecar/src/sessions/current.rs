@@ -101,7 +101,7 @@ impl Sessions {
             let mut previous = before.clone();
             previous.current = false;
             previous.version += 1;
-            plan.put(&before, &previous);
+            plan.put_former_current(&before, &previous);
         }
         let mut record = stored.clone();
         record.current = true;

@@ -57,10 +57,10 @@ pub struct Policy {
     pub outbox_max_len: u64,
     /// The global events stream is trimmed to about this many entries.
     pub events_max_len: u64,
-    /// Whether a change may start from what this process wrote last instead of a snapshot
-    /// read (one script call instead of two; see `sessions::recent`). Off only in the tests
-    /// that compare the two ways of deciding.
-    pub write_hints: bool,
+    /// Bytes of what this process wrote last, from which a change may start instead of a
+    /// snapshot read (one script call instead of two; see `sessions::recent`); 0 turns that
+    /// off (the tests' reference).
+    pub write_hints_max_bytes: u64,
 }
 
 /// Who is calling, as established by the API layer.
@@ -155,7 +155,8 @@ impl Sessions {
             backend,
             keys: Keys::new(prefix),
             clock,
-            recent: policy.write_hints.then(|| Arc::new(recent::Recent::new())),
+            recent: (policy.write_hints_max_bytes > 0)
+                .then(|| Arc::new(recent::Recent::new(policy.write_hints_max_bytes))),
             policy: Arc::new(policy),
             listener: None,
         }

@@ -154,18 +154,31 @@ impl Plan {
             .push((record.clone(), u64::try_from(bytes).unwrap_or(u64::MAX)));
     }
 
-    /// Writes what changed in a document since `stored`, its state as read under this plan's
-    /// version (so nobody changed it since): the fields whose value changed, and the removal of
+    /// Writes what changed in a document since `stored`, its state as read (or as this process
+    /// last wrote it) under this plan's guards (so nobody changed it since): the fields whose value changed, and the removal of
     /// optional fields it no longer has. A message append then rewrites a few counters, not the
     /// session's data.
     pub(crate) fn put(&mut self, stored: &Record, record: &Record) {
+        let fields = self.put_fields(stored, record);
+        self.wrote(record, &fields);
+    }
+
+    /// [`Plan::put`] for a session that only stops being current: kept out of the write hints,
+    /// whose room goes to the sessions written next (the new current one).
+    pub(crate) fn put_former_current(&mut self, stored: &Record, record: &Record) {
+        self.put_fields(stored, record);
+        self.effects.touched.push(record.session_id.clone());
+    }
+
+    /// Writes the changes; returns every field of `record`.
+    fn put_fields(&mut self, stored: &Record, record: &Record) -> Vec<(String, String)> {
         let key = self.keys.session(self.shard, &record.session_id);
         let before: HashMap<String, String> = stored.to_fields().into_iter().collect();
         let fields = record.to_fields();
-        self.wrote(record, &fields);
         let changed: Vec<(String, String)> = fields
-            .into_iter()
+            .iter()
             .filter(|(field, value)| before.get(field) != Some(value))
+            .cloned()
             .collect();
         let gone: Vec<String> = record
             .absent_optional_fields()
@@ -174,6 +187,7 @@ impl Plan {
             .collect();
         self.write(WriteOp::HSet(key.clone(), changed));
         self.write(WriteOp::HDel(key, gone));
+        fields
     }
 
     /// Indexes a new session: per user, active set, expiry queue, title, case.

@@ -5,8 +5,8 @@
 //! Only a hint: a guard that fails (another process changed the session, or this one raced
 //! itself) reports a conflict, the hint is forgotten, and the change runs again on a snapshot.
 //! Reads never answer from here, and an error is never decided on a hint (see
-//! [`super::Sessions::changing`]). Bounded by bytes ([`MAX_BYTES`]): an evicted hint only costs
-//! the snapshot read it would have saved.
+//! [`super::Sessions::changing`]). Bounded by bytes (`--write-hints-max-bytes`): an evicted hint
+//! only costs the snapshot read it would have saved.
 
 use std::sync::Arc;
 
@@ -15,10 +15,8 @@ use quick_cache::sync::Cache;
 
 use crate::model::Record;
 
-/// Bytes of documents kept (their field bytes as written, plus [`ENTRY_OVERHEAD_BYTES`] each).
-pub(crate) const MAX_BYTES: u64 = 8 << 20;
-/// Users whose current session is kept.
-const MAX_USERS: usize = 65_536;
+/// Bytes counted per user whose current session is kept (its key and the id).
+const USER_BYTES: u64 = 128;
 /// Bytes counted per document beyond its fields: the record's own structs and the map's slot.
 const ENTRY_OVERHEAD_BYTES: u64 = 400;
 
@@ -46,11 +44,15 @@ pub(crate) struct Recent {
 }
 
 impl Recent {
-    pub(crate) fn new() -> Self {
-        let docs_expected = usize::try_from(MAX_BYTES / 2_000).unwrap_or(4_096);
+    /// Hints within about `max_bytes`: nine tenths for documents (each counted by its field
+    /// bytes as written plus [`ENTRY_OVERHEAD_BYTES`]), a tenth for current sessions.
+    pub(crate) fn new(max_bytes: u64) -> Self {
+        let users = usize::try_from(max_bytes / 10 / USER_BYTES).unwrap_or(usize::MAX);
+        let docs_bytes = max_bytes - max_bytes / 10;
+        let docs_expected = usize::try_from(docs_bytes / 1_000).unwrap_or(usize::MAX);
         Self {
-            docs: Cache::with_weighter(docs_expected, MAX_BYTES, DocWeighter),
-            current: Cache::new(MAX_USERS),
+            docs: Cache::with_weighter(docs_expected.max(1), docs_bytes, DocWeighter),
+            current: Cache::new(users.max(1)),
         }
     }
 

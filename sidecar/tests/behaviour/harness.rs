@@ -63,7 +63,7 @@ pub fn test_policy() -> Policy {
         create_rate_window_ms: 60_000,
         outbox_max_len: 100_000,
         events_max_len: 100_000,
-        write_hints: true,
+        write_hints_max_bytes: 1 << 20,
     }
 }
 

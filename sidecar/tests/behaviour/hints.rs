@@ -38,49 +38,60 @@ async fn script_calls(app: &TestApp) -> u64 {
 #[tokio::test]
 async fn writes_from_hints_take_one_script_call_each() {
     // Proves: once a process has written a user's current session, its next create for that
-    // user, and a message, a heartbeat and an end on a session it wrote, each take one script
-    // call; the first create of a user, with nothing known, reads a snapshot first (two).
+    // user, and a message, a heartbeat and an end on the session it created, each take one
+    // script call. The first create of a user, with nothing known, reads a snapshot first (two
+    // calls), and so does a write to a session that only stopped being current (its room in
+    // the hints goes to the new current session).
     let app = TestApp::new(Kind::Redis).await;
     app.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
-    let before = script_calls(&app).await;
-    let first = app.create_id("u1", json!({"title": "one"})).await;
-    assert_eq!(
-        script_calls(&app).await - before,
-        2,
-        "a create with nothing known"
-    );
-    let writes = [
-        (
+    let calls_of = |method: &'static str, path: String, body| {
+        let app = &app;
+        async move {
+            let before = script_calls(app).await;
+            let res = app.call(method.parse().unwrap(), &path, Some(body)).await;
+            assert!(res.status.is_success(), "{method} {path}: {}", res.body);
+            (script_calls(app).await - before, res.body)
+        }
+    };
+    let create = |title: &str| {
+        calls_of(
             "POST",
             "/v1/sessions".to_owned(),
-            json!({"user_id": "u1", "title": "two"}),
-            201,
-        ),
+            json!({"user_id": "u1", "title": title}),
+        )
+    };
+    let (calls, first) = create("one").await;
+    assert_eq!(calls, 2, "a create with nothing known");
+    let (calls, second) = create("two").await;
+    assert_eq!(calls, 1, "a create from the hints");
+    let (first, second) = (&first["session_id"], second["session_id"].as_str().unwrap());
+    let hello = json!({"role": "user", "content": "hello"});
+    for (method, path, body) in [
         (
             "POST",
-            format!("/v1/sessions/{first}/messages"),
-            json!({"role": "user", "content": "hello"}),
-            201,
+            format!("/v1/sessions/{second}/messages"),
+            hello.clone(),
         ),
-        (
-            "PUT",
-            format!("/v1/sessions/{first}/heartbeat"),
-            json!({}),
-            200,
-        ),
+        ("PUT", format!("/v1/sessions/{second}/heartbeat"), json!({})),
         (
             "POST",
-            format!("/v1/sessions/{first}/end"),
+            format!("/v1/sessions/{second}/end"),
             json!({"performer_id": "u1"}),
-            200,
         ),
-    ];
-    for (method, path, body, status) in writes {
-        let before = script_calls(&app).await;
-        let res = app.call(method.parse().unwrap(), &path, Some(body)).await;
-        assert_eq!(res.status.as_u16(), status, "{method} {path}: {}", res.body);
-        assert_eq!(script_calls(&app).await - before, 1, "{method} {path}");
+    ] {
+        let (calls, _) = calls_of(method, path.clone(), body).await;
+        assert_eq!(calls, 1, "{method} {path}");
     }
+    let (calls, _) = calls_of(
+        "POST",
+        format!("/v1/sessions/{}/messages", first.as_str().unwrap()),
+        hello,
+    )
+    .await;
+    assert_eq!(
+        calls, 2,
+        "a message to the session that stopped being current"
+    );
 }
 
 #[tokio::test]

@@ -209,7 +209,7 @@ fn tune(end_oldest: bool, write_hints: bool) -> impl FnOnce(&mut Policy) {
         } else {
             CapPolicy::Reject
         };
-        p.write_hints = write_hints;
+        p.write_hints_max_bytes = if write_hints { 1 << 20 } else { 0 };
     }
 }
 
