@@ -13,7 +13,8 @@
 //!   provider's published keys), the generated OpenAPI document; the hot path: `api::lookup`
 //!   (the one read path of `GET /v1/sessions/{id}`: cache, fill from the store, response) and
 //!   `api::hot` (cache hits answered in front of the router).
-//! - `sessions` — the session engine: every domain rule, once.
+//! - `sessions` — the session engine: every domain rule, once; and its write hints
+//!   (`sessions::recent`: what this process wrote last, so a write commits in one call).
 //! - `store` — the storage contract, typed reads on it (`store::reads`), its two backends
 //!   (Redis and embedded), the circuit breaker, the Redis ACL rules of each role
 //!   (`store::acl`, checked at connect), and the Redis URL, reread from a file
