@@ -10,7 +10,7 @@ use crate::model::{EventType, Record};
 use crate::store::{NamedBy, Reads, WriteOp};
 
 use super::plan::Plan;
-use super::{Caller, Ctx, Sessions, Step, decode_record};
+use super::{Caller, Changing, Ctx, Sessions, Step, decode_record};
 
 impl Sessions {
     /// Applies a merge patch to the mutable fields.
@@ -33,35 +33,51 @@ impl Sessions {
     }
 
     async fn try_update(&self, ctx: &Ctx, id: &str, patch: &UpdateSession) -> Result<Step<Record>> {
-        let owned = self
-            .owned_snapshot(ctx, id, patch.user_id.as_ref(), Reads::new())
-            .await?;
-        let (shard, version) = (owned.shard, owned.version);
+        let claimed = patch.user_id.as_ref();
+        // A patch that leaves the title alone is decided on the session alone (from the write
+        // hints when this process wrote it last); one that sets or removes a title also on the
+        // user's title index, under the user's version.
+        let (session, mut plan) = if patch.title.is_none() {
+            let session = self.changing(ctx, id, claimed).await?;
+            let plan = Plan::for_session(self, session.shard, &session.record);
+            (session, plan)
+        } else {
+            let owned = self.owned_snapshot(ctx, id, claimed, Reads::new()).await?;
+            let (shard, version) = (owned.shard, owned.version);
+            let stored = self.still_active(Some(owned.record))?;
+            let user = stored.user_id.clone();
+            if let Some(Some(title)) = &patch.title
+                && stored.title.as_ref() != Some(title)
+            {
+                // The title index is the user's: a second snapshot, under the same version.
+                let mut reads = Reads::new();
+                let now_version = reads.get(self.keys.user_version(shard, &user));
+                let holder = reads.hgetall_at(
+                    self.keys.session(shard, ""),
+                    NamedBy::Field(self.keys.titles(shard, &user), title.clone()),
+                );
+                let mut r = self.read(reads).await?;
+                if r.take(now_version) != version {
+                    return Ok(Step::Retry);
+                }
+                let holder = decode_record(r.take(holder))?;
+                if holder.is_some_and(|d| d.session_id != id && d.is_live(self.now())) {
+                    return Err(Error::TitleTaken);
+                }
+            }
+            let plan = Plan::for_user(self, shard, &user, version.as_ref());
+            let session = Changing {
+                shard,
+                record: stored,
+                hinted: false,
+            };
+            (session, plan)
+        };
+        let (shard, stored) = (session.shard, &session.record);
         let now = self.now();
-        let stored = self.still_active(Some(owned.record))?;
         let mut record = stored.clone();
         let user = record.user_id.clone();
-        if let Some(Some(title)) = &patch.title
-            && record.title.as_ref() != Some(title)
-        {
-            // The title index is the user's: a second snapshot, under the same version.
-            let mut reads = Reads::new();
-            let now_version = reads.get(self.keys.user_version(shard, &user));
-            let holder = reads.hgetall_at(
-                self.keys.session(shard, ""),
-                NamedBy::Field(self.keys.titles(shard, &user), title.clone()),
-            );
-            let mut r = self.read(reads).await?;
-            if r.take(now_version) != version {
-                return Ok(Step::Retry);
-            }
-            let holder = decode_record(r.take(holder))?;
-            if holder.is_some_and(|d| d.session_id != id && d.is_live(now)) {
-                return Err(Error::TitleTaken);
-            }
-        }
-        let mut plan = Plan::for_user(self, shard, &user, version.as_ref());
-        let (k, old) = (&self.keys, &stored);
+        let (k, old) = (&self.keys, stored);
         if let Some(title) = &patch.title {
             if let Some(old_title) = &old.title {
                 plan.write(WriteOp::HDel(
@@ -91,11 +107,14 @@ impl Sessions {
         }
         if let Some(m) = &patch.metadata {
             record.metadata = merge(&record.metadata, m);
-            check_object_size("metadata", &record.metadata)?;
         }
         if let Some(d) = &patch.data {
             record.data = merge(&record.data, d);
-            check_object_size("data", &record.data)?;
+        }
+        let merged = check_object_size("metadata", &record.metadata)
+            .and_then(|()| check_object_size("data", &record.data));
+        if let Err(error) = merged {
+            return self.decide_on_snapshot(&session, error);
         }
         record.updated_ms = now;
         record.version += 1;
@@ -106,7 +125,7 @@ impl Sessions {
             performer.as_deref(),
             ctx.correlation_id.as_deref(),
         );
-        plan.put(&stored, &record);
+        plan.put(stored, &record);
         self.commit_or_retry(plan, record).await
     }
 
@@ -117,7 +136,11 @@ impl Sessions {
     pub(crate) async fn heartbeat(&self, ctx: &Ctx, id: &str, input: Heartbeat) -> Result<Record> {
         let ttl_ms = self.ttl_ms(input.ttl_seconds)?;
         self.retry(|| async {
-            let (shard, stored) = self.changing(ctx, id, input.user_id.as_ref()).await?;
+            let Changing {
+                shard,
+                record: stored,
+                ..
+            } = self.changing(ctx, id, input.user_id.as_ref()).await?;
             let now = self.now();
             let mut record = stored.clone();
             record.expires_ms = now + ttl_ms;
@@ -150,7 +173,11 @@ impl Sessions {
             return Err(Error::SessionIdMismatch);
         }
         self.retry(|| async {
-            let (shard, stored) = self.changing(ctx, id, input.user_id.as_ref()).await?;
+            let Changing {
+                shard,
+                record: stored,
+                ..
+            } = self.changing(ctx, id, input.user_id.as_ref()).await?;
             let mut plan = Plan::for_session(self, shard, &stored);
             let ended = plan.end(
                 &stored,

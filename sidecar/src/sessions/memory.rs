@@ -69,17 +69,28 @@ impl Sessions {
         let shard = self.shard_of_session(id)?;
         let key = self.keys.memory(shard, id);
         self.retry(|| async {
-            let mut reads = Reads::new();
-            let stored = reads.get(key.clone());
-            let mut owned = self.owned_snapshot(ctx, id, None, reads).await?;
-            let stored = owned.replies.take(stored);
-            let record = self.still_active(Some(owned.record))?;
-            let memory = match how {
-                MemoryWrite::Replace => body.clone(),
-                MemoryWrite::Merge => merge(&decode(stored)?, &body),
+            // A replacement rests on the session alone (from the write hints when this process
+            // wrote it last); a merge also on the memory it reads, under the user's version.
+            let (memory, mut plan) = match how {
+                MemoryWrite::Replace => {
+                    let session = self.changing(ctx, id, None).await?;
+                    (
+                        body.clone(),
+                        Plan::for_session(self, shard, &session.record),
+                    )
+                }
+                MemoryWrite::Merge => {
+                    let mut reads = Reads::new();
+                    let stored = reads.get(key.clone());
+                    let mut owned = self.owned_snapshot(ctx, id, None, reads).await?;
+                    let stored = owned.replies.take(stored);
+                    let record = self.still_active(Some(owned.record))?;
+                    let memory = merge(&decode(stored)?, &body);
+                    check_object_size("memory", &memory)?;
+                    let plan = Plan::for_user(self, shard, &record.user_id, owned.version.as_ref());
+                    (memory, plan)
+                }
             };
-            check_object_size("memory", &memory)?;
-            let mut plan = Plan::for_user(self, shard, &record.user_id, owned.version.as_ref());
             plan.write(WriteOp::Set(
                 key.clone(),
                 Value::Object(memory.clone()).to_string(),

@@ -10,7 +10,7 @@ use crate::store::WriteOp;
 
 use super::listing::{Page, page_size};
 use super::plan::Plan;
-use super::{Ctx, Sessions};
+use super::{Changing, Ctx, Sessions};
 
 impl Sessions {
     /// Appends a message to an active session and adds it to the session's counters.
@@ -26,7 +26,11 @@ impl Sessions {
         let cost_micros = input.validate()?;
         let message_id = uuid::Uuid::new_v4().to_string();
         self.retry(|| async {
-            let (shard, stored) = self.changing(ctx, id, None).await?;
+            let Changing {
+                shard,
+                record: stored,
+                ..
+            } = self.changing(ctx, id, None).await?;
             let now = self.now();
             let mut record = stored.clone();
             let message = Message {

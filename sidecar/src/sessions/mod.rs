@@ -275,17 +275,18 @@ impl Sessions {
         }
     }
 
-    /// An active session about to change, with the caller's right to change it checked, and
-    /// its shard: as this process last wrote it when it knows that (the plan's guard on its
-    /// version then checks nobody changed it since: [`plan::Plan::for_session`]), else as
-    /// read. Anything but an active session the caller owns is read, so that every error is
-    /// decided on a snapshot.
+    /// An active session about to change, with the caller's right to change it checked: as
+    /// this process last wrote it when it knows that (`hinted`; the plan's guard on its version
+    /// then checks nobody changed it since: [`plan::Plan::for_session`]), else as read. Anything
+    /// but an active session the caller owns is read, so that those errors are decided on a
+    /// snapshot; a caller that finds another error on a hinted session asks for a snapshot with
+    /// [`Sessions::decide_on_snapshot`].
     pub(crate) async fn changing(
         &self,
         ctx: &Ctx,
         id: &str,
         claimed_user: Option<&String>,
-    ) -> Result<(u32, Record)> {
+    ) -> Result<Changing> {
         let shard = self.shard_of_session(id)?;
         let hint = self.recent.as_ref().and_then(|recent| recent.doc(id));
         if let Some(record) = hint.filter(|r| {
@@ -293,12 +294,37 @@ impl Sessions {
                 && ctx.caller.check_owner(&r.user_id).is_ok()
                 && claimed_user.is_none_or(|u| *u == r.user_id)
         }) {
-            return Ok((shard, Record::clone(&record)));
+            let record = Record::clone(&record);
+            return Ok(Changing {
+                shard,
+                record,
+                hinted: true,
+            });
         }
         let owned = self
             .owned_snapshot(ctx, id, claimed_user, Reads::new())
             .await?;
-        Ok((owned.shard, self.still_active(Some(owned.record))?))
+        Ok(Changing {
+            shard,
+            record: self.still_active(Some(owned.record))?,
+            hinted: false,
+        })
+    }
+
+    /// An error found on `session`: final when it was read, else the hint is dropped and the
+    /// change runs again on a snapshot (a hint may be stale; an answer never rests on one).
+    pub(crate) fn decide_on_snapshot<T>(
+        &self,
+        session: &Changing,
+        error: Error,
+    ) -> Result<Step<T>> {
+        match &self.recent {
+            Some(recent) if session.hinted => {
+                recent.forget(&session.record.session_id);
+                Ok(Step::Retry)
+            }
+            _ => Err(error),
+        }
     }
 
     /// Looks a session up by id: the hot path. Expired sessions are gone at once.
@@ -391,6 +417,14 @@ impl Sessions {
         let record = decode_record(replies.take(doc))?;
         Ok((version, record, replies))
     }
+}
+
+/// An active session about to change (see [`Sessions::changing`]).
+pub(crate) struct Changing {
+    pub shard: u32,
+    pub record: Record,
+    /// Taken from the write hints, not read.
+    pub hinted: bool,
 }
 
 /// A live session the caller may act on, with its user's version as read in the same snapshot.

@@ -38,8 +38,8 @@ async fn script_calls(app: &TestApp) -> u64 {
 #[tokio::test]
 async fn writes_from_hints_take_one_script_call_each() {
     // Proves: once a process has written a user's current session, its next create for that
-    // user, and a message, a heartbeat and an end on the session it created, each take one
-    // script call. The first create of a user, with nothing known, reads a snapshot first (two
+    // user, and a message, a heartbeat, a patch leaving the title alone, a memory replacement
+    // and an end on the session it created, each take one script call. The first create of a user, with nothing known, reads a snapshot first (two
     // calls), and so does a write to a session that only stopped being current (its room in
     // the hints goes to the new current session).
     let app = TestApp::new(Kind::Redis).await;
@@ -73,6 +73,16 @@ async fn writes_from_hints_take_one_script_call_each() {
             hello.clone(),
         ),
         ("PUT", format!("/v1/sessions/{second}/heartbeat"), json!({})),
+        (
+            "PATCH",
+            format!("/v1/sessions/{second}"),
+            json!({"data": {"n": 1}}),
+        ),
+        (
+            "PUT",
+            format!("/v1/sessions/{second}/memory"),
+            json!({"summary": "hello"}),
+        ),
         (
             "POST",
             format!("/v1/sessions/{second}/end"),
@@ -146,4 +156,25 @@ async fn a_hint_another_sidecar_made_stale_is_refused_and_the_write_decided_agai
     let again = a.end(&first, json!({"performer_id": "a"})).await;
     assert_eq!(again.status.as_u16(), 409, "{}", again.body);
     assert_eq!(again.code(), "session_ended");
+}
+
+#[tokio::test]
+async fn an_error_found_on_a_stale_hint_is_decided_again_on_what_redis_holds() {
+    // Proves: `a` remembers a session whose data is near the 64 KiB limit; `b` then empties
+    // it. `a`'s patch would exceed the limit merged with what `a` remembers, but not with what
+    // Redis holds: it is applied (200), not refused with 400 on the stale hint. A patch too
+    // large for what Redis holds is still refused.
+    let a = TestApp::new(Kind::Redis).await;
+    let b = a.beside().await;
+    let big = "x".repeat(60_000);
+    let id = a.create_id("u1", json!({"data": {"big": big}})).await;
+    let path = format!("/v1/sessions/{id}");
+    let emptied = b.patch(&path, json!({"data": {"big": null}})).await;
+    assert_eq!(emptied.status.as_u16(), 200, "{}", emptied.body);
+    let more = a.patch(&path, json!({"data": {"more": "y".repeat(10_000)}})).await;
+    assert_eq!(more.status.as_u16(), 200, "{}", more.body);
+    assert_eq!(more.body["data"]["more"].as_str().map(str::len), Some(10_000));
+    assert!(more.body["data"].get("big").is_none());
+    let too_much = a.patch(&path, json!({"data": {"big": big}})).await;
+    assert_eq!(too_much.status.as_u16(), 400, "{}", too_much.body);
 }

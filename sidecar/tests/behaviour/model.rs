@@ -59,6 +59,17 @@ enum Op {
     Messages {
         session: u8,
     },
+    /// A patch of `data` only (the title left alone).
+    Patch {
+        session: u8,
+        n: u8,
+    },
+    /// The session's memory replaced (`merge: false`) or merged into, then read.
+    Remember {
+        session: u8,
+        n: u8,
+        merge: bool,
+    },
     /// Time passes on both stores' clocks (sessions expire, rate windows roll).
     Wait {
         minutes: u8,
@@ -80,6 +91,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (user, session).prop_map(|(user, session)| Op::Switch { user, session }),
         2 => (session, any::<u8>()).prop_map(|(session, text)| Op::Append { session, text }),
         1 => session.prop_map(|session| Op::Messages { session }),
+        2 => (session, any::<u8>()).prop_map(|(session, n)| Op::Patch { session, n }),
+        2 => (session, any::<u8>(), any::<bool>()).prop_map(|(session, n, merge)| Op::Remember { session, n, merge }),
         1 => (1u8..90).prop_map(|minutes| Op::Wait { minutes }),
     ]
 }
@@ -139,6 +152,18 @@ impl Subject {
                 .await
             }
             Op::Messages { session } => app.get(&format!("/v1/sessions/{}/messages", self.session(*session))).await,
+            Op::Patch { session, n } => {
+                app.patch(&format!("/v1/sessions/{}", self.session(*session)), json!({"data": {"n": n}})).await
+            }
+            Op::Remember { session, n, merge } => {
+                let path = format!("/v1/sessions/{}/memory", self.session(*session));
+                let body = json!({format!("k{}", n % 4): n});
+                let written = if *merge { app.patch(&path, body).await } else { app.put(&path, body).await };
+                if !written.status.is_success() {
+                    return written;
+                }
+                app.get(&path).await
+            }
             Op::Wait { minutes } => {
                 app.clock.advance_ms(i64::from(*minutes) * 60_000);
                 return Res {
