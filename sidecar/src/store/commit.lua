@@ -7,25 +7,20 @@
 local i = 1
 local function arg() local v = ARGV[i]; i = i + 1; return v end
 local function key() return KEYS[tonumber(arg())] end
+-- Whether a value read (false for nil) differs from the expected one (`present` '0': none).
+local function differs(actual, present, expected)
+  if present == '1' then return actual ~= expected end
+  return actual ~= false
+end
 
 for _ = 1, tonumber(arg()) do
   local kind, k = arg(), key()
   if kind == 'EQ' then
     local present, expected = arg(), arg()
-    local actual = redis.call('GET', k)
-    if present == '1' then
-      if actual ~= expected then return 'CONFLICT' end
-    elseif actual then
-      return 'CONFLICT'
-    end
+    if differs(redis.call('GET', k), present, expected) then return 'CONFLICT' end
   elseif kind == 'HEQ' then
     local field, present, expected = arg(), arg(), arg()
-    local actual = redis.call('HGET', k, field)
-    if present == '1' then
-      if actual ~= expected then return 'CONFLICT' end
-    elseif actual then
-      return 'CONFLICT'
-    end
+    if differs(redis.call('HGET', k, field), present, expected) then return 'CONFLICT' end
   elseif kind == 'INTBELOW' then
     local limit = tonumber(arg())
     if (tonumber(redis.call('GET', k)) or 0) >= limit then return 'CONFLICT' end

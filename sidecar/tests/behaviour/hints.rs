@@ -18,21 +18,7 @@ async fn script_calls(app: &TestApp) -> u64 {
         .query_async(&mut conn)
         .await
         .unwrap();
-    info.lines()
-        .filter(|l| {
-            ["evalsha", "evalsha_ro", "eval", "eval_ro"]
-                .iter()
-                .any(|c| l.starts_with(&format!("cmdstat_{c}:")))
-        })
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    crate::common::script_calls(&info)
 }
 
 #[tokio::test]
@@ -171,9 +157,14 @@ async fn an_error_found_on_a_stale_hint_is_decided_again_on_what_redis_holds() {
     let path = format!("/v1/sessions/{id}");
     let emptied = b.patch(&path, json!({"data": {"big": null}})).await;
     assert_eq!(emptied.status.as_u16(), 200, "{}", emptied.body);
-    let more = a.patch(&path, json!({"data": {"more": "y".repeat(10_000)}})).await;
+    let more = a
+        .patch(&path, json!({"data": {"more": "y".repeat(10_000)}}))
+        .await;
     assert_eq!(more.status.as_u16(), 200, "{}", more.body);
-    assert_eq!(more.body["data"]["more"].as_str().map(str::len), Some(10_000));
+    assert_eq!(
+        more.body["data"]["more"].as_str().map(str::len),
+        Some(10_000)
+    );
     assert!(more.body["data"].get("big").is_none());
     let too_much = a.patch(&path, json!({"data": {"big": big}})).await;
     assert_eq!(too_much.status.as_u16(), 400, "{}", too_much.body);

@@ -13,6 +13,25 @@ use session_sidecar::contract::acl::{ADMIN_USER, Passwords, REPLICATION_USER, Ro
 mod test_certs;
 use test_certs::make_test_certs;
 
+/// Script calls (`EVAL`, `EVALSHA` and their read-only forms) in an `INFO commandstats` reply.
+pub fn script_calls(info: &str) -> u64 {
+    info.lines()
+        .filter(|l| {
+            ["eval", "evalsha", "eval_ro", "evalsha_ro"]
+                .iter()
+                .any(|c| l.starts_with(&format!("cmdstat_{c}:")))
+        })
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// A free loopback port (bound and released; good enough for tests started one by one).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -387,24 +406,12 @@ impl RedisCluster {
             .collect()
     }
 
-    /// Script calls (`EVALSHA` and `EVAL`) served by all nodes so far.
+    /// Script calls served by all nodes so far (see [`script_calls`]).
     pub fn script_calls(&self) -> u64 {
         self.ports()
             .into_iter()
             .filter_map(|port| Self::cli(port, &["info", "commandstats"]))
-            .flat_map(|info| {
-                info.lines()
-                    .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-                    .filter_map(|l| {
-                        l.split("calls=")
-                            .nth(1)?
-                            .split(',')
-                            .next()?
-                            .parse::<u64>()
-                            .ok()
-                    })
-                    .collect::<Vec<_>>()
-            })
+            .map(|info| script_calls(&info))
             .sum()
     }
 
