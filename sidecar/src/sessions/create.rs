@@ -214,12 +214,11 @@ impl Sessions {
         new: &NewSession,
     ) -> Option<Result<Step<Record>>> {
         let (k, shard, user) = (&self.keys, new.shard, new.user_id.as_str());
-        let recent = self.recent.as_ref()?;
-        let current = recent.current(shard, user)?;
-        let stored = recent.doc(&current)?;
+        let stored = self.hinted_current(shard, user)?;
+        let current = stored.session_id.clone();
         let now = self.now();
         let mut plan = Plan::unversioned(self, shard, user);
-        plan.guard(Guard::Eq(k.current(shard, user), Some(current.clone())));
+        plan.assume_current(&current);
         plan.guard(Guard::HEq(
             k.session(shard, &current),
             "version".to_owned(),

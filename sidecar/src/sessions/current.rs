@@ -4,11 +4,11 @@ use crate::error::{Error, Result};
 use crate::ids::shard_of;
 use crate::model::input::{SwitchCurrent, check_id};
 use crate::model::{EventType, Record, Status};
-use crate::store::Reads;
+use crate::store::{Guard, Reads};
 
 use super::lifecycle::caller_name;
 use super::plan::Plan;
-use super::{Ctx, Sessions, Step};
+use super::{Changing, Ctx, Sessions, Step};
 
 impl Sessions {
     /// The user's current session.
@@ -64,6 +64,9 @@ impl Sessions {
         user: &str,
         target: &SwitchCurrent,
     ) -> Result<Step<Record>> {
+        if let Some(step) = self.switch_from_hints(ctx, shard, user, target).await? {
+            return Ok(step);
+        }
         let k = &self.keys;
         let mut reads = Reads::new();
         let version = reads.get(k.user_version(shard, user));
@@ -97,15 +100,62 @@ impl Sessions {
             return Ok(Step::Done(stored));
         }
         let mut plan = Plan::for_user(self, shard, user, version.as_ref());
-        if let Some(before) = current.and_then(|c| docs.remove(&c)) {
+        let before = current.and_then(|c| docs.remove(&c));
+        let record = self.plan_switch(&mut plan, ctx, before.as_ref(), &stored);
+        self.commit_or_retry(plan, record).await
+    }
+
+    /// A switch by id in one script call, when this process wrote the target and the user's
+    /// current session (another one) last: the commit checks both unchanged and the current
+    /// pointer still on the latter. `None` when the hints do not cover it.
+    async fn switch_from_hints(
+        &self,
+        ctx: &Ctx,
+        shard: u32,
+        user: &str,
+        target: &SwitchCurrent,
+    ) -> Result<Option<Step<Record>>> {
+        let Some(id) = &target.session_id else {
+            return Ok(None);
+        };
+        let claimed = user.to_owned();
+        let Some(Changing { record: stored, .. }) = self.hinted(ctx, id, Some(&claimed))? else {
+            return Ok(None);
+        };
+        let Some(before) = self
+            .hinted_current(shard, user)
+            .filter(|c| c.session_id != *id)
+        else {
+            return Ok(None);
+        };
+        let mut plan = Plan::for_session(self, shard, &stored);
+        plan.assume_current(&before.session_id);
+        plan.guard(Guard::HEq(
+            self.keys.session(shard, &before.session_id),
+            "version".to_owned(),
+            Some(before.version.to_string()),
+        ));
+        let record = self.plan_switch(&mut plan, ctx, Some(&before), &stored);
+        Ok(Some(self.commit_or_retry(plan, record).await?))
+    }
+
+    /// `stored` becomes current, `before` (the current session as read) stops being so.
+    fn plan_switch(
+        &self,
+        plan: &mut Plan,
+        ctx: &Ctx,
+        before: Option<&Record>,
+        stored: &Record,
+    ) -> Record {
+        if let Some(before) = before {
             let mut previous = before.clone();
             previous.current = false;
             previous.version += 1;
-            plan.put_former_current(&before, &previous);
+            plan.put_former_current(before, &previous);
         }
         let mut record = stored.clone();
         record.current = true;
-        record.updated_ms = now;
+        record.updated_ms = self.now();
         record.version += 1;
         plan.event(
             EventType::Updated,
@@ -113,8 +163,8 @@ impl Sessions {
             caller_name(ctx).as_deref(),
             ctx.correlation_id.as_deref(),
         );
-        plan.put(&stored, &record);
-        plan.set_current(&id);
-        self.commit_or_retry(plan, record).await
+        plan.put(stored, &record);
+        plan.set_current(&record.session_id);
+        record
     }
 }

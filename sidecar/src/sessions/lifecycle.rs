@@ -7,7 +7,7 @@ use crate::model::input::{
     EndSession, Heartbeat, UpdateSession, check_id, check_object_size, check_reason, check_title,
 };
 use crate::model::{EventType, Record};
-use crate::store::{NamedBy, Reads, WriteOp};
+use crate::store::{Guard, NamedBy, Reads, WriteOp};
 
 use super::plan::Plan;
 use super::{Caller, Changing, Ctx, Sessions, Step, decode_record};
@@ -35,9 +35,21 @@ impl Sessions {
     async fn try_update(&self, ctx: &Ctx, id: &str, patch: &UpdateSession) -> Result<Step<Record>> {
         let claimed = patch.user_id.as_ref();
         // A patch that leaves the title alone is decided on the session alone (from the write
-        // hints when this process wrote it last); one that sets or removes a title also on the
-        // user's title index, under the user's version.
-        let (session, mut plan) = if patch.title.is_none() {
+        // hints when this process wrote it last). One that sets a new title also on the user's
+        // title index: from the hints, the commit checks that no entry holds it (an entry of
+        // a session gone stale meanwhile is a conflict, then read); else under the user's
+        // version, with the holder read.
+        let hinted = self.hinted(ctx, id, claimed)?;
+        let (session, mut plan) = if let Some(session) = hinted {
+            let mut plan = Plan::for_session(self, session.shard, &session.record);
+            if let Some(Some(title)) = &patch.title
+                && session.record.title.as_ref() != Some(title)
+            {
+                let titles = self.keys.titles(session.shard, &session.record.user_id);
+                plan.guard(Guard::HEq(titles, title.clone(), None));
+            }
+            (session, plan)
+        } else if patch.title.is_none() {
             let session = self.changing(ctx, id, claimed).await?;
             let plan = Plan::for_session(self, session.shard, &session.record);
             (session, plan)
@@ -196,6 +208,9 @@ impl Sessions {
     /// # Errors
     /// 400 for the current session, 403, 404, 503.
     pub(crate) async fn delete(&self, ctx: &Ctx, id: &str) -> Result<()> {
+        if let Some(step) = self.delete_from_hints(ctx, id).await? {
+            return Ok(step);
+        }
         let (shard, first) = self.owned(ctx, id, None).await?;
         let user = first.user_id.as_str();
         self.retry(|| async {
@@ -205,16 +220,52 @@ impl Sessions {
                 return Err(Error::CurrentSessionDelete);
             }
             let mut plan = Plan::for_user(self, shard, user, snapshot.version.as_ref());
-            plan.event(
-                EventType::Deleted,
-                &record,
-                caller_name(ctx).as_deref(),
-                ctx.correlation_id.as_deref(),
-            );
-            plan.remove(&record, snapshot.owns_title, false);
+            self.plan_delete(&mut plan, ctx, &record, snapshot.owns_title);
             self.commit_or_retry(plan, ()).await
         })
         .await
+    }
+
+    /// A delete in one script call, when this process wrote the session and the user's
+    /// current session (another one) last: the commit checks that both are unchanged and that
+    /// the title's entry is the session's. `None` when the hints do not cover it, or when the
+    /// commit found them stale (they are dropped; the delete then reads).
+    async fn delete_from_hints(&self, ctx: &Ctx, id: &str) -> Result<Option<()>> {
+        let Some(Changing { shard, record, .. }) = self.hinted(ctx, id, None)? else {
+            return Ok(None);
+        };
+        let user = record.user_id.as_str();
+        let Some(current) = self.hinted_current(shard, user) else {
+            return Ok(None);
+        };
+        if current.session_id == id {
+            return Ok(None); // refused: decided on a snapshot
+        }
+        let k = &self.keys;
+        let mut plan = Plan::for_session(self, shard, &record);
+        plan.assume_current(&current.session_id);
+        if let Some(title) = &record.title {
+            plan.guard(Guard::HEq(
+                k.titles(shard, user),
+                title.clone(),
+                Some(id.to_owned()),
+            ));
+        }
+        self.plan_delete(&mut plan, ctx, &record, true);
+        Ok(match self.commit_or_retry(plan, ()).await? {
+            Step::Done(()) => Some(()),
+            Step::Retry => None,
+        })
+    }
+
+    fn plan_delete(&self, plan: &mut Plan, ctx: &Ctx, record: &Record, owns_title: bool) {
+        plan.event(
+            EventType::Deleted,
+            record,
+            caller_name(ctx).as_deref(),
+            ctx.correlation_id.as_deref(),
+        );
+        plan.remove(record, owns_title, false);
     }
 }
 

@@ -242,7 +242,8 @@ impl Sessions {
 
     /// Commits `plan`: done with `value` when it applied, [`Step::Retry`] on a conflict (the
     /// use case runs again on a fresh snapshot), an error for a full outbox or a failed store.
-    /// The hints learn what an applied commit wrote and forget what a conflicting one assumed.
+    /// The hints learn what an applied commit wrote and forget what a conflicting one assumed
+    /// (the sessions it wrote, and the current session when it rested on it).
     pub(crate) async fn commit_or_retry<T>(&self, plan: plan::Plan, value: T) -> Result<Step<T>> {
         let (commit, effects) = plan.into_parts();
         let outcome = self.backend.commit(commit).await?;
@@ -257,9 +258,10 @@ impl Sessions {
                         recent.set_current(effects.shard, &effects.user_id, current);
                     }
                 }
-                (CommitOutcome::Conflict, _) => {
+                (CommitOutcome::Conflict, _) if effects.rests_on_current => {
                     recent.set_current(effects.shard, &effects.user_id, None);
                 }
+                (CommitOutcome::Conflict, _) => {}
                 (CommitOutcome::OutboxFull, _) => {}
             }
         }
@@ -287,28 +289,46 @@ impl Sessions {
         id: &str,
         claimed_user: Option<&String>,
     ) -> Result<Changing> {
-        let shard = self.shard_of_session(id)?;
-        let hint = self.recent.as_ref().and_then(|recent| recent.doc(id));
-        if let Some(record) = hint.filter(|r| {
-            r.is_active(self.now())
-                && ctx.caller.check_owner(&r.user_id).is_ok()
-                && claimed_user.is_none_or(|u| *u == r.user_id)
-        }) {
-            let record = Record::clone(&record);
-            return Ok(Changing {
-                shard,
-                record,
-                hinted: true,
-            });
+        if let Some(session) = self.hinted(ctx, id, claimed_user)? {
+            return Ok(session);
         }
         let owned = self
             .owned_snapshot(ctx, id, claimed_user, Reads::new())
             .await?;
         Ok(Changing {
-            shard,
+            shard: owned.shard,
             record: self.still_active(Some(owned.record))?,
             hinted: false,
         })
+    }
+
+    /// The session as this process last wrote it, when it knows it and that is an active
+    /// session the caller owns (see [`Sessions::changing`]); the id must be well formed.
+    pub(crate) fn hinted(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        claimed_user: Option<&String>,
+    ) -> Result<Option<Changing>> {
+        let shard = self.shard_of_session(id)?;
+        let hint = self.recent.as_ref().and_then(|recent| recent.doc(id));
+        Ok(hint
+            .filter(|r| {
+                r.is_active(self.now())
+                    && ctx.caller.check_owner(&r.user_id).is_ok()
+                    && claimed_user.is_none_or(|u| *u == r.user_id)
+            })
+            .map(|record| Changing {
+                shard,
+                record: Record::clone(&record),
+                hinted: true,
+            }))
+    }
+
+    /// The user's current session as this process last set it, with its document as written.
+    pub(crate) fn hinted_current(&self, shard: u32, user: &str) -> Option<Arc<Record>> {
+        let recent = self.recent.as_ref()?;
+        recent.doc(&recent.current(shard, user)?)
     }
 
     /// An error found on `session`: final when it was read, else the hint is dropped and the

@@ -30,6 +30,9 @@ pub(crate) struct Effects {
     pub written: Vec<(Record, u64)>,
     /// The user's current session as the commit sets it (`Some(None)`: removed).
     pub current: Option<Option<String>>,
+    /// The plan rests on the user's current session (it checks or sets it): a conflict makes
+    /// that hint doubtful too.
+    pub rests_on_current: bool,
 }
 
 impl Plan {
@@ -93,6 +96,7 @@ impl Plan {
                 touched: Vec::new(),
                 written: Vec::new(),
                 current: None,
+                rests_on_current: false,
             },
         }
     }
@@ -108,6 +112,16 @@ impl Plan {
             id.to_owned(),
         ));
         self.effects.current = Some(Some(id.to_owned()));
+        self.effects.rests_on_current = true;
+    }
+
+    /// Commits only while `id` is the user's current session.
+    pub(crate) fn assume_current(&mut self, id: &str) {
+        self.guard(Guard::Eq(
+            self.keys.current(self.shard, &self.user_id),
+            Some(id.to_owned()),
+        ));
+        self.effects.rests_on_current = true;
     }
 
     pub(crate) fn write(&mut self, op: WriteOp) {
@@ -262,6 +276,7 @@ impl Plan {
         self.effects.touched.push(record.session_id.clone());
         if is_current {
             self.effects.current = Some(None);
+            self.effects.rests_on_current = true;
         }
         let (k, s, u, id) = (
             &self.keys,

@@ -23,9 +23,10 @@ async fn script_calls(app: &TestApp) -> u64 {
 
 #[tokio::test]
 async fn writes_from_hints_take_one_script_call_each() {
-    // Proves: once a process has written a user's current session, its next create for that
-    // user, and a message, a heartbeat, a patch leaving the title alone, a memory replacement
-    // and an end on the session it created, each take one script call. The first create of a user, with nothing known, reads a snapshot first (two
+    // Proves: once a process has written a session (and its user's current session), each of
+    // its next writes there takes one script call: a create for that user; a message, a
+    // heartbeat, a patch, a new title, a memory replacement, a switch to it, a delete and an
+    // end of it. The first create of a user, with nothing known, reads a snapshot first (two
     // calls), and so does a write to a session that only stopped being current (its room in
     // the hints goes to the new current session).
     let app = TestApp::new(Kind::Redis).await;
@@ -34,7 +35,7 @@ async fn writes_from_hints_take_one_script_call_each() {
         let app = &app;
         async move {
             let before = script_calls(app).await;
-            let res = app.call(method.parse().unwrap(), &path, Some(body)).await;
+            let res = app.call(method.parse().unwrap(), &path, body).await;
             assert!(res.status.is_success(), "{method} {path}: {}", res.body);
             (script_calls(app).await - before, res.body)
         }
@@ -43,51 +44,98 @@ async fn writes_from_hints_take_one_script_call_each() {
         calls_of(
             "POST",
             "/v1/sessions".to_owned(),
-            json!({"user_id": "u1", "title": title}),
+            Some(json!({"user_id": "u1", "title": title})),
         )
     };
     let (calls, first) = create("one").await;
     assert_eq!(calls, 2, "a create with nothing known");
     let (calls, second) = create("two").await;
     assert_eq!(calls, 1, "a create from the hints");
-    let (first, second) = (&first["session_id"], second["session_id"].as_str().unwrap());
-    let hello = json!({"role": "user", "content": "hello"});
-    for (method, path, body) in [
+    let first = first["session_id"].as_str().unwrap().to_owned();
+    let second = second["session_id"].as_str().unwrap().to_owned();
+    let message = |id: &str| {
         (
             "POST",
-            format!("/v1/sessions/{second}/messages"),
-            hello.clone(),
-        ),
-        ("PUT", format!("/v1/sessions/{second}/heartbeat"), json!({})),
+            format!("/v1/sessions/{id}/messages"),
+            Some(json!({"role": "user", "content": "hello"})),
+        )
+    };
+    let steps = [
+        (message(&second), 1, "a message"),
         (
-            "PATCH",
-            format!("/v1/sessions/{second}"),
-            json!({"data": {"n": 1}}),
+            (
+                "PUT",
+                format!("/v1/sessions/{second}/heartbeat"),
+                Some(json!({})),
+            ),
+            1,
+            "a heartbeat",
         ),
         (
-            "PUT",
-            format!("/v1/sessions/{second}/memory"),
-            json!({"summary": "hello"}),
+            (
+                "PATCH",
+                format!("/v1/sessions/{second}"),
+                Some(json!({"data": {"n": 1}})),
+            ),
+            1,
+            "a patch",
         ),
         (
-            "POST",
-            format!("/v1/sessions/{second}/end"),
-            json!({"performer_id": "u1"}),
+            (
+                "PATCH",
+                format!("/v1/sessions/{second}"),
+                Some(json!({"title": "two-b"})),
+            ),
+            1,
+            "a new title",
         ),
-    ] {
-        let (calls, _) = calls_of(method, path.clone(), body).await;
-        assert_eq!(calls, 1, "{method} {path}");
+        (
+            (
+                "PUT",
+                format!("/v1/sessions/{second}/memory"),
+                Some(json!({"summary": "hi"})),
+            ),
+            1,
+            "a memory replacement",
+        ),
+        (
+            message(&first),
+            2,
+            "a message to the session that stopped being current",
+        ),
+        (
+            (
+                "PUT",
+                "/v1/users/u1/current-session".to_owned(),
+                Some(json!({"session_id": first})),
+            ),
+            1,
+            "a switch",
+        ),
+        (
+            message(&second),
+            2,
+            "a message to the session that stopped being current",
+        ),
+        (
+            ("DELETE", format!("/v1/sessions/{second}"), None),
+            1,
+            "a delete",
+        ),
+        (
+            (
+                "POST",
+                format!("/v1/sessions/{first}/end"),
+                Some(json!({"performer_id": "u1"})),
+            ),
+            1,
+            "an end",
+        ),
+    ];
+    for ((method, path, body), expected, what) in steps {
+        let (calls, _) = calls_of(method, path, body).await;
+        assert_eq!(calls, expected, "{what}");
     }
-    let (calls, _) = calls_of(
-        "POST",
-        format!("/v1/sessions/{}/messages", first.as_str().unwrap()),
-        hello,
-    )
-    .await;
-    assert_eq!(
-        calls, 2,
-        "a message to the session that stopped being current"
-    );
 }
 
 #[tokio::test]
@@ -123,13 +171,40 @@ async fn a_hint_another_sidecar_made_stale_is_refused_and_the_write_decided_agai
     };
     assert_eq!(current(first.clone()).await, false);
     assert_eq!(
-        current(second).await,
+        current(second.clone()).await,
         false,
         "the session b made current stops being so"
     );
     assert_eq!(current(third.clone()).await, true);
     let listed = a.get("/v1/users/u1/current-session").await;
     assert_eq!(listed.body["session_id"], third.as_str());
+
+    // `b` makes the second session current; `a`, still knowing the third as current, switches
+    // to the first (which it just wrote): refused, decided again: the second (not the third)
+    // stops being current.
+    let beat = a
+        .put(&format!("/v1/sessions/{first}/heartbeat"), json!({}))
+        .await;
+    assert_eq!(
+        beat.status.as_u16(),
+        200,
+        "`a` knows the first session again"
+    );
+    let to_second = b
+        .put(
+            "/v1/users/u1/current-session",
+            json!({"session_id": second}),
+        )
+        .await;
+    assert_eq!(to_second.status.as_u16(), 200, "{}", to_second.body);
+    let to_first = a
+        .put("/v1/users/u1/current-session", json!({"session_id": first}))
+        .await;
+    assert_eq!(to_first.status.as_u16(), 200, "{}", to_first.body);
+    a.settle().await;
+    assert_eq!(current(second.clone()).await, false);
+    assert_eq!(current(third.clone()).await, false);
+    assert_eq!(current(first.clone()).await, true);
 
     // `b` ends the first session; `a` still remembers it active.
     assert_eq!(
