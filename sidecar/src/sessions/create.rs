@@ -168,13 +168,11 @@ impl Sessions {
         let mut plan = Plan::for_user(self, shard, user, version.as_ref());
         let corr = ctx.correlation_id.as_deref();
         let stored = docs.clone();
-        let previous = current.as_ref().and_then(|id| {
-            docs.get_mut(id).map(|d| {
-                d.current = false;
-                d.version += 1;
-                d.clone()
-            })
-        });
+        // The current session loses its flag, also when it is a victim ended below.
+        if let Some(doc) = current.as_ref().and_then(|id| docs.get_mut(id)) {
+            doc.current = false;
+            doc.version += 1;
+        }
         let mut victims: Vec<Record> = active
             .iter()
             .filter_map(|id| docs.remove(id))
@@ -193,10 +191,11 @@ impl Sessions {
                 corr,
             );
         }
-        if let Some(prev) =
-            previous.filter(|p| !victims.iter().any(|v| v.session_id == p.session_id))
+        if let Some(before) = current
+            .and_then(|id| stored.get(&id))
+            .filter(|before| !victims.iter().any(|v| v.session_id == before.session_id))
         {
-            plan.put_former_current(&stored[&prev.session_id], &prev);
+            plan.put_former_current(before);
         }
 
         let record = self.start(&mut plan, new, now, corr);
@@ -219,11 +218,7 @@ impl Sessions {
         let now = self.now();
         let mut plan = Plan::unversioned(self, shard, user);
         plan.assume_current(&current);
-        plan.guard(Guard::HEq(
-            k.session(shard, &current),
-            "version".to_owned(),
-            Some(stored.version.to_string()),
-        ));
+        plan.assume_unchanged(&stored);
         if let Some(title) = &new.input.title {
             plan.guard(Guard::HEq(k.titles(shard, user), title.clone(), None));
         }
@@ -239,10 +234,7 @@ impl Sessions {
         if let Some(limit) = self.policy.create_rate_limit {
             plan.guard(Guard::IntBelow(k.rate(shard, user), u64::from(limit)));
         }
-        let mut previous = Record::clone(&stored);
-        previous.current = false;
-        previous.version += 1;
-        plan.put_former_current(&stored, &previous);
+        plan.put_former_current(&stored);
         let record = self.start(&mut plan, new, now, ctx.correlation_id.as_deref());
         Some(self.commit_or_retry(plan, record).await)
     }

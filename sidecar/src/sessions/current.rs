@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::ids::shard_of;
 use crate::model::input::{SwitchCurrent, check_id};
 use crate::model::{EventType, Record, Status};
-use crate::store::{Guard, Reads};
+use crate::store::Reads;
 
 use super::lifecycle::caller_name;
 use super::plan::Plan;
@@ -130,11 +130,7 @@ impl Sessions {
         };
         let mut plan = Plan::for_session(self, shard, &stored);
         plan.assume_current(&before.session_id);
-        plan.guard(Guard::HEq(
-            self.keys.session(shard, &before.session_id),
-            "version".to_owned(),
-            Some(before.version.to_string()),
-        ));
+        plan.assume_unchanged(&before);
         let record = self.plan_switch(&mut plan, ctx, Some(&before), &stored);
         Ok(Some(self.commit_or_retry(plan, record).await?))
     }
@@ -148,10 +144,7 @@ impl Sessions {
         stored: &Record,
     ) -> Record {
         if let Some(before) = before {
-            let mut previous = before.clone();
-            previous.current = false;
-            previous.version += 1;
-            plan.put_former_current(before, &previous);
+            plan.put_former_current(before);
         }
         let mut record = stored.clone();
         record.current = true;

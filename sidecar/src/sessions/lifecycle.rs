@@ -50,7 +50,7 @@ impl Sessions {
             }
             (session, plan)
         } else if patch.title.is_none() {
-            let session = self.changing(ctx, id, claimed).await?;
+            let session = self.read_for_change(ctx, id, claimed).await?;
             let plan = Plan::for_session(self, session.shard, &session.record);
             (session, plan)
         } else {
@@ -117,16 +117,16 @@ impl Sessions {
             }
             record.case_id.clone_from(case);
         }
-        if let Some(m) = &patch.metadata {
-            record.metadata = merge(&record.metadata, m);
-        }
-        if let Some(d) = &patch.data {
-            record.data = merge(&record.data, d);
-        }
-        let merged = check_object_size("metadata", &record.metadata)
-            .and_then(|()| check_object_size("data", &record.data));
-        if let Err(error) = merged {
-            return self.decide_on_snapshot(&session, error);
+        for (field, patched, object) in [
+            ("metadata", &patch.metadata, &mut record.metadata),
+            ("data", &patch.data, &mut record.data),
+        ] {
+            if let Some(patched) = patched {
+                *object = merge(object, patched);
+                if let Err(error) = check_object_size(field, object) {
+                    return self.decide_on_snapshot(&session, error);
+                }
+            }
         }
         record.updated_ms = now;
         record.version += 1;

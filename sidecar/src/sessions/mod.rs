@@ -249,20 +249,19 @@ impl Sessions {
         let outcome = self.backend.commit(commit).await?;
         if let Some(recent) = &self.recent {
             effects.touched.iter().for_each(|id| recent.forget(id));
-            match (outcome, effects.current) {
-                (CommitOutcome::Applied, current) => {
+            match outcome {
+                CommitOutcome::Applied => {
                     for (record, bytes) in effects.written {
                         recent.remember(record, bytes);
                     }
-                    if let Some(current) = current {
+                    if let Some(current) = effects.current {
                         recent.set_current(effects.shard, &effects.user_id, current);
                     }
                 }
-                (CommitOutcome::Conflict, _) if effects.rests_on_current => {
+                CommitOutcome::Conflict if effects.rests_on_current => {
                     recent.set_current(effects.shard, &effects.user_id, None);
                 }
-                (CommitOutcome::Conflict, _) => {}
-                (CommitOutcome::OutboxFull, _) => {}
+                CommitOutcome::Conflict | CommitOutcome::OutboxFull => {}
             }
         }
         match outcome {
@@ -289,9 +288,19 @@ impl Sessions {
         id: &str,
         claimed_user: Option<&String>,
     ) -> Result<Changing> {
-        if let Some(session) = self.hinted(ctx, id, claimed_user)? {
-            return Ok(session);
+        match self.hinted(ctx, id, claimed_user)? {
+            Some(session) => Ok(session),
+            None => self.read_for_change(ctx, id, claimed_user).await,
         }
+    }
+
+    /// [`Sessions::changing`] without the hints: the session as read.
+    pub(crate) async fn read_for_change(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        claimed_user: Option<&String>,
+    ) -> Result<Changing> {
         let owned = self
             .owned_snapshot(ctx, id, claimed_user, Reads::new())
             .await?;

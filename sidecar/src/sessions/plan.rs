@@ -10,11 +10,9 @@ use crate::store::{Append, Commit, Guard, Keys, WriteOp};
 
 use super::next_version;
 
-/// A commit under construction for one user on one shard.
+/// A commit under construction for one user on one shard (kept in its [`Effects`]).
 pub(crate) struct Plan {
     keys: Keys,
-    shard: u32,
-    user_id: String,
     now_ms: i64,
     commit: Commit,
     effects: Effects,
@@ -22,6 +20,7 @@ pub(crate) struct Plan {
 
 /// What a plan changes, for this process's own bookkeeping once the commit is decided.
 pub(crate) struct Effects {
+    /// The shard and the user the plan is for.
     pub shard: u32,
     pub user_id: String,
     /// Sessions whose document this plan writes or removes (for cache invalidation).
@@ -57,11 +56,7 @@ impl Plan {
     /// a change decided on several sessions and racing this one is refused.
     pub(crate) fn for_session(sessions: &super::Sessions, shard: u32, stored: &Record) -> Self {
         let mut plan = Self::unversioned(sessions, shard, &stored.user_id);
-        plan.guard(Guard::HEq(
-            sessions.keys.session(shard, &stored.session_id),
-            "version".to_owned(),
-            Some(stored.version.to_string()),
-        ));
+        plan.assume_unchanged(stored);
         plan
     }
 
@@ -86,8 +81,6 @@ impl Plan {
         };
         Self {
             keys,
-            shard,
-            user_id: user_id.to_owned(),
             now_ms: sessions.now(),
             commit,
             effects: Effects {
@@ -101,6 +94,10 @@ impl Plan {
         }
     }
 
+    fn shard(&self) -> u32 {
+        self.effects.shard
+    }
+
     pub(crate) fn guard(&mut self, guard: Guard) {
         self.commit.guards.push(guard);
     }
@@ -108,17 +105,26 @@ impl Plan {
     /// Makes `id` the user's current session.
     pub(crate) fn set_current(&mut self, id: &str) {
         self.write(WriteOp::Set(
-            self.keys.current(self.shard, &self.user_id),
+            self.keys.current(self.shard(), &self.effects.user_id),
             id.to_owned(),
         ));
         self.effects.current = Some(Some(id.to_owned()));
         self.effects.rests_on_current = true;
     }
 
+    /// Commits only while the document of `stored` is at its version (nobody changed it).
+    pub(crate) fn assume_unchanged(&mut self, stored: &Record) {
+        self.guard(Guard::HEq(
+            self.keys.session(self.shard(), &stored.session_id),
+            "version".to_owned(),
+            Some(stored.version.to_string()),
+        ));
+    }
+
     /// Commits only while `id` is the user's current session.
     pub(crate) fn assume_current(&mut self, id: &str) {
         self.guard(Guard::Eq(
-            self.keys.current(self.shard, &self.user_id),
+            self.keys.current(self.shard(), &self.effects.user_id),
             Some(id.to_owned()),
         ));
         self.effects.rests_on_current = true;
@@ -146,7 +152,7 @@ impl Plan {
             payload: serde_json::to_value(record.view()).unwrap_or_default(),
         };
         self.commit.appends.push(Append {
-            stream: self.keys.outbox(self.shard),
+            stream: self.keys.outbox(self.shard()),
             fields: envelope.to_stream_fields(),
             max_len: None,
         });
@@ -156,7 +162,7 @@ impl Plan {
     pub(crate) fn insert(&mut self, record: &Record) {
         let fields = record.to_fields();
         self.wrote(record, &fields);
-        let key = self.keys.session(self.shard, &record.session_id);
+        let key = self.keys.session(self.shard(), &record.session_id);
         self.write(WriteOp::HSet(key, fields));
     }
 
@@ -169,24 +175,27 @@ impl Plan {
     }
 
     /// Writes what changed in a document since `stored`, its state as read (or as this process
-    /// last wrote it) under this plan's guards (so nobody changed it since): the fields whose value changed, and the removal of
-    /// optional fields it no longer has. A message append then rewrites a few counters, not the
-    /// session's data.
+    /// last wrote it) under this plan's guards (so nobody changed it since): the fields whose
+    /// value changed, and the removal of optional fields it no longer has. A message append
+    /// then rewrites a few counters, not the session's data.
     pub(crate) fn put(&mut self, stored: &Record, record: &Record) {
         let fields = self.put_fields(stored, record);
         self.wrote(record, &fields);
     }
 
-    /// [`Plan::put`] for a session that only stops being current: kept out of the write hints,
+    /// The session of `stored` (as read) stops being current. Kept out of the write hints,
     /// whose room goes to the sessions written next (the new current one).
-    pub(crate) fn put_former_current(&mut self, stored: &Record, record: &Record) {
-        self.put_fields(stored, record);
-        self.effects.touched.push(record.session_id.clone());
+    pub(crate) fn put_former_current(&mut self, stored: &Record) {
+        let mut record = stored.clone();
+        record.current = false;
+        record.version += 1;
+        self.put_fields(stored, &record);
+        self.effects.touched.push(record.session_id);
     }
 
     /// Writes the changes; returns every field of `record`.
     fn put_fields(&mut self, stored: &Record, record: &Record) -> Vec<(String, String)> {
-        let key = self.keys.session(self.shard, &record.session_id);
+        let key = self.keys.session(self.shard(), &record.session_id);
         let before: HashMap<String, String> = stored.to_fields().into_iter().collect();
         let fields = record.to_fields();
         let changed: Vec<(String, String)> = fields
@@ -206,7 +215,12 @@ impl Plan {
 
     /// Indexes a new session: per user, active set, expiry queue, title, case.
     pub(crate) fn index_new(&mut self, record: &Record) {
-        let (k, s, u, id) = (&self.keys, self.shard, &self.user_id, &record.session_id);
+        let (k, s, u, id) = (
+            &self.keys,
+            self.shard(),
+            &self.effects.user_id,
+            &record.session_id,
+        );
         #[allow(clippy::cast_precision_loss)] // whole milliseconds are exact in f64
         let (created, expires) = (record.created_ms as f64, record.expires_ms as f64);
         let mut ops = vec![
@@ -230,8 +244,8 @@ impl Plan {
     pub(crate) fn reschedule(&mut self, record: &Record) {
         let (k, s, u, id) = (
             &self.keys,
-            self.shard,
-            &self.user_id,
+            self.shard(),
+            &self.effects.user_id,
             record.session_id.clone(),
         );
         #[allow(clippy::cast_precision_loss)]
@@ -280,8 +294,8 @@ impl Plan {
         }
         let (k, s, u, id) = (
             &self.keys,
-            self.shard,
-            &self.user_id,
+            self.shard(),
+            &self.effects.user_id,
             record.session_id.clone(),
         );
         let mut ops = vec![
