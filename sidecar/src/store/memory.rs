@@ -305,11 +305,7 @@ impl Db {
                 }
                 Guard::ZCountBelow(key, above, limit) => {
                     let count = match self.live(key) {
-                        Some(Value::ZSet(z)) => z
-                            .by_score
-                            .iter()
-                            .filter(|(score, _)| score.0 > *above)
-                            .count(),
+                        Some(Value::ZSet(z)) => z.count_above(*above),
                         Some(_) => return Err(wrong_type(key)),
                         None => 0,
                     };
@@ -377,6 +373,13 @@ impl Db {
                 expires: None,
             })
             .value
+    }
+
+    /// `INCR`: the counter at `k` (0 when missing) plus one.
+    fn incr(&mut self, k: String) {
+        if let Value::Str(s) = self.slot(k, || Value::Str("0".to_owned())) {
+            *s = (s.parse::<i64>().unwrap_or(0) + 1).to_string();
+        }
     }
 
     fn write(&mut self, op: WriteOp) {
@@ -454,18 +457,10 @@ impl Db {
                     l.push(v);
                 }
             }
-            WriteOp::Incr(k) => {
-                let value = self.slot(k, || Value::Str("0".to_owned()));
-                if let Value::Str(s) = value {
-                    *s = (s.parse::<i64>().unwrap_or(0) + 1).to_string();
-                }
-            }
+            WriteOp::Incr(k) => self.incr(k),
             WriteOp::IncrWindow(k, ttl_ms) => {
                 let created = self.live(&k).is_none();
-                let value = self.slot(k.clone(), || Value::Str("0".to_owned()));
-                if let Value::Str(s) = value {
-                    *s = (s.parse::<i64>().unwrap_or(0) + 1).to_string();
-                }
+                self.incr(k.clone());
                 if created {
                     self.expire_in(&k, ttl_ms);
                 }
@@ -549,6 +544,15 @@ impl ZSet {
         if let Some(old) = self.scores.remove(member) {
             self.by_score.remove(&(Ordered(old), member.to_owned()));
         }
+    }
+
+    /// Members scored above `min` (from the highest down, so it stops at the first below).
+    fn count_above(&self, min: Score) -> usize {
+        self.by_score
+            .iter()
+            .rev()
+            .take_while(|(s, _)| s.0 > min)
+            .count()
     }
 
     fn range(&self, q: &ZRange) -> Vec<(String, Score)> {
@@ -684,6 +688,7 @@ mod tests {
         let names = |v: Vec<(String, Score)>| v.into_iter().map(|(m, _)| m).collect::<Vec<_>>();
         assert_eq!(names(z.range(&q(false))), ["z", "a", "b"]);
         assert_eq!(names(z.range(&q(true))), ["b", "a", "z"]);
+        assert_eq!(z.count_above(1.0), 2);
     }
 
     #[tokio::test]
