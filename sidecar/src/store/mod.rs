@@ -26,6 +26,7 @@ pub(crate) mod memory;
 pub(crate) mod reads;
 pub(crate) mod redis;
 pub(crate) mod redis_url;
+mod script_args;
 
 use async_trait::async_trait;
 

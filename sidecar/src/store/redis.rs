@@ -5,7 +5,6 @@
 //! of one call share a hash slot (checked here before sending), so the cluster client routes the
 //! call to the slot's master.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,10 +12,9 @@ use redis::aio::ConnectionLike;
 use redis::{Script, Value};
 
 use super::acl::{self, Role};
-use super::keys::hash_tag;
 use super::{
-    Backend, BackendError, Bound, Commit, CommitOutcome, Guard, Keys, NamedBy, Probe, ReadOp,
-    Reply, StreamEntry, WriteOp,
+    Backend, BackendError, Commit, CommitOutcome, Keys, Probe, ReadOp, Reply, StreamEntry,
+    script_args,
 };
 
 /// How long one Redis call may take before the request fails instead of hanging. A session
@@ -137,7 +135,7 @@ impl Lua {
         &self,
         conn: &mut C,
         keys: &[String],
-        argv: &[String],
+        argv: &(impl redis::ToRedisArgs + Sync),
         route: Option<&str>,
     ) -> redis::RedisResult<T>
     where
@@ -362,188 +360,6 @@ impl<C> RedisBackend<C> {
     }
 }
 
-/// Collects the keys of one call, each once, and hands out their 1-based `KEYS` index.
-#[derive(Default)]
-struct KeyTable {
-    keys: Vec<String>,
-    index: HashMap<String, usize>,
-}
-
-impl KeyTable {
-    fn add(&mut self, key: &str) -> String {
-        let next = self.keys.len() + 1;
-        let idx = *self.index.entry(key.to_owned()).or_insert_with(|| {
-            self.keys.push(key.to_owned());
-            next
-        });
-        idx.to_string()
-    }
-
-    fn check_one_slot(&self) -> Result<(), BackendError> {
-        let mut tags = self.keys.iter().map(|k| hash_tag(k));
-        if let Some(first) = tags.next()
-            && let Some(other) = tags.find(|t| *t != first)
-        {
-            return Err(BackendError::Protocol(format!(
-                "keys of one call span hash tags {first} and {other}"
-            )));
-        }
-        Ok(())
-    }
-}
-
-fn bound(b: Bound) -> String {
-    match b {
-        Bound::NegInf => "-inf".to_owned(),
-        Bound::PosInf => "+inf".to_owned(),
-        Bound::Incl(s) => s.to_string(),
-        Bound::Excl(s) => format!("({s}"),
-    }
-}
-
-fn encode_reads(ops: &[ReadOp]) -> (KeyTable, Vec<String>) {
-    let mut keys = KeyTable::default();
-    let mut argv = Vec::new();
-    for op in ops {
-        match op {
-            ReadOp::Get(k) => argv.extend(["GET".to_owned(), keys.add(k)]),
-            ReadOp::HGetAll(k) => argv.extend(["HGETALL".to_owned(), keys.add(k)]),
-            ReadOp::HGet(k, f) => argv.extend(["HGET".to_owned(), keys.add(k), f.clone()]),
-            ReadOp::ZRange(q) => argv.extend([
-                "ZRANGE".to_owned(),
-                keys.add(&q.key),
-                bound(q.min),
-                bound(q.max),
-                if q.rev { "1" } else { "0" }.to_owned(),
-                q.offset.to_string(),
-                q.count.to_string(),
-            ]),
-            ReadOp::ZScore(k, m) => argv.extend(["ZSCORE".to_owned(), keys.add(k), m.clone()]),
-            ReadOp::LRange(k, a, b) => {
-                argv.extend([
-                    "LRANGE".to_owned(),
-                    keys.add(k),
-                    a.to_string(),
-                    b.to_string(),
-                ]);
-            }
-            ReadOp::PTtl(k) => argv.extend(["PTTL".to_owned(), keys.add(k)]),
-            ReadOp::XRange(k, after, count) => argv.extend([
-                "XRANGE".to_owned(),
-                keys.add(k),
-                after.clone().unwrap_or_default(),
-                count.to_string(),
-            ]),
-            ReadOp::GetAt(prefix, name) => {
-                argv.extend(["GETAT".to_owned(), keys.add(prefix)]);
-                encode_name(&mut keys, &mut argv, name);
-            }
-            ReadOp::HGetAllAt(prefix, name) => {
-                argv.extend(["HGETALLAT".to_owned(), keys.add(prefix)]);
-                encode_name(&mut keys, &mut argv, name);
-            }
-            ReadOp::HGetNamed(key, name) => {
-                argv.extend(["HGETNAMED".to_owned(), keys.add(key)]);
-                encode_name(&mut keys, &mut argv, name);
-            }
-        }
-    }
-    (keys, argv)
-}
-
-/// A [`NamedBy`] as `read.lua` takes it: `V key` or `F key field`.
-fn encode_name(keys: &mut KeyTable, argv: &mut Vec<String>, name: &NamedBy) {
-    match name {
-        NamedBy::Value(k) => argv.extend(["V".to_owned(), keys.add(k)]),
-        NamedBy::Field(k, f) => argv.extend(["F".to_owned(), keys.add(k), f.clone()]),
-    }
-}
-
-fn encode_commit(commit: &Commit) -> (KeyTable, Vec<String>) {
-    let mut keys = KeyTable::default();
-    let mut argv = vec![commit.guards.len().to_string()];
-    for guard in &commit.guards {
-        match guard {
-            Guard::Eq(k, expected) => argv.extend([
-                "EQ".to_owned(),
-                keys.add(k),
-                if expected.is_some() { "1" } else { "0" }.to_owned(),
-                expected.clone().unwrap_or_default(),
-            ]),
-            Guard::HEq(k, field, expected) => argv.extend([
-                "HEQ".to_owned(),
-                keys.add(k),
-                field.clone(),
-                if expected.is_some() { "1" } else { "0" }.to_owned(),
-                expected.clone().unwrap_or_default(),
-            ]),
-            Guard::IntBelow(k, limit) => {
-                argv.extend(["INTBELOW".to_owned(), keys.add(k), limit.to_string()]);
-            }
-            Guard::ZCountBelow(k, above, limit) => argv.extend([
-                "ZCOUNTBELOW".to_owned(),
-                keys.add(k),
-                above.to_string(),
-                limit.to_string(),
-            ]),
-            Guard::StreamBelow(k, max) => {
-                argv.extend(["STREAMBELOW".to_owned(), keys.add(k), max.to_string()]);
-            }
-        }
-    }
-    argv.push(commit.appends.len().to_string());
-    for append in &commit.appends {
-        argv.push(keys.add(&append.stream));
-        argv.push(append.max_len.map(|m| m.to_string()).unwrap_or_default());
-        argv.push(append.fields.len().to_string());
-        for (f, v) in &append.fields {
-            argv.extend([f.clone(), v.clone()]);
-        }
-    }
-    for write in &commit.writes {
-        encode_write(write, &mut keys, &mut argv);
-    }
-    (keys, argv)
-}
-
-fn encode_write(write: &WriteOp, keys: &mut KeyTable, argv: &mut Vec<String>) {
-    let mut op = |name: &str, key: &str, args: Vec<String>| {
-        argv.push(name.to_owned());
-        argv.push(keys.add(key));
-        argv.extend(args);
-    };
-    match write {
-        WriteOp::Set(k, v) => op("SET", k, vec![v.clone()]),
-        WriteOp::SetPx(k, v, ms) => op("SETPX", k, vec![v.clone(), ms.to_string()]),
-        WriteOp::Del(k) => op("DEL", k, vec![]),
-        WriteOp::HSet(k, fields) if !fields.is_empty() => {
-            let mut args = vec![fields.len().to_string()];
-            for (f, v) in fields {
-                args.extend([f.clone(), v.clone()]);
-            }
-            op("HSET", k, args);
-        }
-        WriteOp::HDel(k, fields) if !fields.is_empty() => {
-            let mut args = vec![fields.len().to_string()];
-            args.extend(fields.iter().cloned());
-            op("HDEL", k, args);
-        }
-        WriteOp::ZAdd(k, score, m) => op("ZADD", k, vec![score.to_string(), m.clone()]),
-        WriteOp::ZRem(k, m) => op("ZREM", k, vec![m.clone()]),
-        WriteOp::ZRemBelow(k, max) => op("ZREMBELOW", k, vec![max.to_string()]),
-        WriteOp::RPush(k, v) => op("RPUSH", k, vec![v.clone()]),
-        WriteOp::Incr(k) => op("INCR", k, vec![]),
-        WriteOp::IncrWindow(k, ttl) => op("INCRWINDOW", k, vec![ttl.to_string()]),
-        WriteOp::XDel(k, ids) if !ids.is_empty() => {
-            let mut args = vec![ids.len().to_string()];
-            args.extend(ids.iter().cloned());
-            op("XDEL", k, args);
-        }
-        // Empty field lists change nothing; Redis would reject them, so they are not sent.
-        WriteOp::HSet(..) | WriteOp::HDel(..) | WriteOp::XDel(..) => {}
-    }
-}
-
 #[async_trait]
 impl<C> Backend for RedisBackend<C>
 where
@@ -553,7 +369,7 @@ where
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let (keys, argv) = encode_reads(&ops);
+        let (keys, argv) = script_args::encode_reads(&ops);
         keys.check_one_slot()?;
         let mut conn = self.conn.clone();
         let value: Value = self
@@ -573,13 +389,18 @@ where
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, BackendError> {
-        let (keys, argv) = encode_commit(&commit);
-        keys.check_one_slot()?;
-        let first_key = keys.keys.first().cloned();
+        let call = script_args::encode_commit(&commit)?;
+        call.keys.check_one_slot()?;
+        let first_key = call.keys.keys.first().cloned();
         let mut conn = self.conn.clone();
         match self
             .commit
-            .run::<_, String>(&mut conn, &keys.keys, &argv, None)
+            .run::<_, String>(
+                &mut conn,
+                &call.keys.keys,
+                &(call.program, call.operands),
+                None,
+            )
             .await
         {
             Ok(s) if s == "OK" => {
