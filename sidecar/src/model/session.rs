@@ -75,7 +75,9 @@ impl Record {
         self.messages_by_role.iter().sum()
     }
 
-    /// The hash fields that store this record.
+    /// The hash fields that store this record. Counters at zero are left out (a missing
+    /// counter reads as 0, and counters only grow): a new session is 11 fields instead of 17,
+    /// and every field is a Redis argument and a listpack entry the create pays for.
     #[must_use]
     pub(crate) fn to_fields(&self) -> Vec<(String, String)> {
         let mut f = vec![
@@ -89,12 +91,23 @@ impl Record {
             ("updated_ms", self.updated_ms.to_string()),
             ("expires_ms", self.expires_ms.to_string()),
             ("version", self.version.to_string()),
-            ("tokens_total", self.tokens_total.to_string()),
-            ("cost_micros", self.cost_micros.to_string()),
         ];
-        for (role, n) in Role::ALL.iter().zip(self.messages_by_role) {
-            f.push((role.count_field(), n.to_string()));
-        }
+        let counters = [
+            ("tokens_total", self.tokens_total),
+            ("cost_micros", self.cost_micros),
+        ]
+        .into_iter()
+        .chain(
+            Role::ALL
+                .iter()
+                .map(|role| role.count_field())
+                .zip(self.messages_by_role),
+        );
+        f.extend(
+            counters
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| (k, n.to_string())),
+        );
         let optional = [
             ("org_id", self.org_id.clone()),
             ("title", self.title.clone()),
@@ -266,4 +279,54 @@ pub(crate) struct SessionView {
     pub message_count: u64,
     pub total_tokens: u64,
     pub total_cost: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            session_id: "sess_1_a".into(),
+            user_id: "u1".into(),
+            org_id: None,
+            title: Some("t".into()),
+            case_id: None,
+            status: Status::Active,
+            current: true,
+            metadata: Map::new(),
+            data: Map::new(),
+            created_ms: 1,
+            updated_ms: 1,
+            expires_ms: 2,
+            ended_ms: None,
+            end_reason: None,
+            performer_id: None,
+            version: 1,
+            messages_by_role: [0; 4],
+            tokens_total: 0,
+            cost_micros: 0,
+            last_message_ms: None,
+        }
+    }
+
+    #[test]
+    fn counters_at_zero_are_not_stored_and_read_back_as_zero() {
+        let new = record();
+        let fields = new.to_fields();
+        assert_eq!(fields.len(), 11, "{fields:?}");
+        assert!(!fields.iter().any(|(f, _)| f == "tokens_total" || f == "n_user"));
+        assert_eq!(Record::from_fields(fields).unwrap(), Some(new));
+
+        let mut counted = record();
+        counted.messages_by_role = [2, 1, 0, 0];
+        counted.tokens_total = 30;
+        counted.cost_micros = 5;
+        let fields = counted.to_fields();
+        for (field, value) in [("n_user", "2"), ("n_assistant", "1"), ("tokens_total", "30")] {
+            assert!(fields.contains(&(field.to_owned(), value.to_owned())), "{field}");
+        }
+        assert!(!fields.iter().any(|(f, _)| f == "n_system"));
+        assert_eq!(Record::from_fields(fields).unwrap(), Some(counted));
+    }
 }
