@@ -369,6 +369,13 @@ where
         if ops.is_empty() {
             return Ok(Vec::new());
         }
+        if let [op] = ops.as_slice()
+            && let Some(cmd) = one_command(op)
+        {
+            let mut conn = self.conn.clone();
+            let value: Value = cmd.query_async(&mut conn).await.map_err(unavailable)?;
+            return Ok(vec![decode(op, as_from_script(op, value))?]);
+        }
         let (keys, argv) = script_args::encode_reads(&ops);
         keys.check_one_slot()?;
         let mut conn = self.conn.clone();
@@ -487,6 +494,31 @@ impl<C: Topology> RedisBackend<C> {
             ),
             Err(error) => tracing::warn!(%error, "WAIT failed"),
         }
+    }
+}
+
+/// A read alone that is one Redis command goes as that command: it is atomic by itself, and a
+/// script costs Redis about five times as much as the `HGETALL` of a cache miss (6.7 µs against
+/// 1.4 µs, `redis-benchmark`), its reply turned into Lua strings and back.
+fn one_command(op: &ReadOp) -> Option<redis::Cmd> {
+    let (name, key, field) = match op {
+        ReadOp::Get(k) => ("GET", k, None),
+        ReadOp::HGet(k, f) => ("HGET", k, Some(f)),
+        ReadOp::HGetAll(k) => ("HGETALL", k, None),
+        _ => return None,
+    };
+    let mut cmd = redis::cmd(name);
+    cmd.arg(key).arg(field);
+    Some(cmd)
+}
+
+/// A command's reply in the shape `read.lua` gives it: a scalar wrapped in an array, empty for
+/// nil (a hash's pairs come as they are).
+fn as_from_script(op: &ReadOp, value: Value) -> Value {
+    match (op, value) {
+        (ReadOp::HGetAll(_), pairs) => pairs,
+        (_, Value::Nil) => Value::Array(Vec::new()),
+        (_, scalar) => Value::Array(vec![scalar]),
     }
 }
 
