@@ -315,7 +315,11 @@ mod tests {
         let new = record();
         let fields = new.to_fields();
         assert_eq!(fields.len(), 11, "{fields:?}");
-        assert!(!fields.iter().any(|(f, _)| f == "tokens_total" || f == "n_user"));
+        assert!(
+            !fields
+                .iter()
+                .any(|(f, _)| f == "tokens_total" || f == "n_user")
+        );
         assert_eq!(Record::from_fields(fields).unwrap(), Some(new));
 
         let mut counted = record();
@@ -323,8 +327,15 @@ mod tests {
         counted.tokens_total = 30;
         counted.cost_micros = 5;
         let fields = counted.to_fields();
-        for (field, value) in [("n_user", "2"), ("n_assistant", "1"), ("tokens_total", "30")] {
-            assert!(fields.contains(&(field.to_owned(), value.to_owned())), "{field}");
+        for (field, value) in [
+            ("n_user", "2"),
+            ("n_assistant", "1"),
+            ("tokens_total", "30"),
+        ] {
+            assert!(
+                fields.contains(&(field.to_owned(), value.to_owned())),
+                "{field}"
+            );
         }
         assert!(!fields.iter().any(|(f, _)| f == "n_system"));
         assert_eq!(Record::from_fields(fields).unwrap(), Some(counted));

@@ -301,12 +301,10 @@ impl Sessions {
         id: &str,
         claimed_user: Option<&String>,
     ) -> Result<Changing> {
-        let owned = self
-            .owned_snapshot(ctx, id, claimed_user, Reads::new())
-            .await?;
+        let (shard, record) = self.owned(ctx, id, claimed_user).await?;
         Ok(Changing {
-            shard: owned.shard,
-            record: self.still_active(Some(owned.record))?,
+            shard,
+            record: self.still_active(Some(record))?,
             hinted: false,
         })
     }
@@ -369,22 +367,25 @@ impl Sessions {
     }
 
     /// Finds a live session and checks that the caller may act on it (and, when the request
-    /// names a user, that it is theirs); returns its shard too.
+    /// names a user, that it is theirs); returns its shard too. One read of the document alone
+    /// (what a change of that one session decides on: its plan is guarded by its version).
     pub(crate) async fn owned(
         &self,
         ctx: &Ctx,
         id: &str,
         claimed_user: Option<&String>,
     ) -> Result<(u32, Record)> {
-        let owned = self
-            .owned_snapshot(ctx, id, claimed_user, Reads::new())
+        let shard = self.shard_of_session(id)?;
+        let doc = self
+            .read_one(|r| r.hgetall(self.keys.session(shard, id)))
             .await?;
-        Ok((owned.shard, owned.record))
+        let record = self.owned_by(ctx, claimed_user, decode_record(doc)?)?;
+        Ok((shard, record))
     }
 
     /// [`Self::owned`], read in one snapshot with the user's version (found through the
     /// document's `user_id`) and the caller's `extra` reads, whose slots take their replies
-    /// from the replies returned: what a change of one session decides on, in one round trip.
+    /// from the replies returned: what a change decided on the user's state too rests on.
     pub(crate) async fn owned_snapshot(
         &self,
         ctx: &Ctx,
@@ -400,17 +401,28 @@ impl Sessions {
         );
         let doc = extra.hgetall(doc_key);
         let mut replies = self.read(extra).await?;
-        let record = self.still_live(decode_record(replies.take(doc))?)?;
-        ctx.caller.check_owner(&record.user_id)?;
-        if claimed_user.is_some_and(|u| *u != record.user_id) {
-            return Err(Error::UserMismatch);
-        }
+        let record = self.owned_by(ctx, claimed_user, decode_record(replies.take(doc))?)?;
         Ok(Owned {
             shard,
             version: replies.take(version),
             record,
             replies,
         })
+    }
+
+    /// The live session read, when the caller may act on it and it is the claimed user's.
+    fn owned_by(
+        &self,
+        ctx: &Ctx,
+        claimed_user: Option<&String>,
+        record: Option<Record>,
+    ) -> Result<Record> {
+        let record = self.still_live(record)?;
+        ctx.caller.check_owner(&record.user_id)?;
+        if claimed_user.is_some_and(|u| *u != record.user_id) {
+            return Err(Error::UserMismatch);
+        }
+        Ok(record)
     }
 
     /// The session of a snapshot, if it is still there (404 otherwise).

@@ -192,9 +192,9 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
             Guard::Eq(k, None) => {
                 call.op(EQ_NONE, k)?;
             }
-            Guard::HEq(k, field, Some(expected)) => call
-                .op(HEQ, k)?
-                .extend([field.clone(), expected.clone()]),
+            Guard::HEq(k, field, Some(expected)) => {
+                call.op(HEQ, k)?.extend([field.clone(), expected.clone()])
+            }
             Guard::HEq(k, field, None) => call.op(HEQ_NONE, k)?.push(field.clone()),
             Guard::IntBelow(k, limit) => call.op(INT_BELOW, k)?.push(limit.to_string()),
             Guard::ZCountBelow(k, above, limit) => call
@@ -240,7 +240,8 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
             }
             WriteOp::IncrWindow(k, ttl) => call.op(INCR_WINDOW, k)?.push(ttl.to_string()),
             WriteOp::XDel(k, ids) if !ids.is_empty() => {
-                call.counted(XDEL, k, ids.len())?.extend(ids.iter().cloned());
+                call.counted(XDEL, k, ids.len())?
+                    .extend(ids.iter().cloned());
             }
             // Empty field lists change nothing; Redis would reject them, so they are not sent.
             WriteOp::HSet(..) | WriteOp::HDel(..) | WriteOp::XDel(..) => {}
@@ -273,7 +274,10 @@ mod tests {
             ],
         };
         let call = encode_commit(&commit).unwrap();
-        assert_eq!(call.keys.keys, ["{1}:outbox", "{1}:t", "{1}:s:a", "{1}:exp"]);
+        assert_eq!(
+            call.keys.keys,
+            ["{1}:outbox", "{1}:t", "{1}:s:a", "{1}:exp"]
+        );
         assert_eq!(
             call.program,
             [
