@@ -4,7 +4,7 @@
 # each at the same fixed request rate (open loop, latency from when each request was due) and at
 # its closed-loop maximum; then the invalidation delay between two sidecars and the memory of a
 # sidecar holding 100 000 cached sessions; then writes (creates, message appends, ends) per
-# second with the script calls and Redis CPU each costs, beside Redis's EVALSHA of a trivial
+# second with the calls to Redis and Redis CPU each costs, beside Redis's EVALSHA of a trivial
 # script. Prints the tables.
 # `bench/run.sh writes` runs the write section alone, with the default write hints and with
 # hints that hold every session it touches (about two minutes).

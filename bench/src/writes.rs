@@ -1,6 +1,7 @@
 //! The write section: creates, message appends and ends per second over many users, and what
-//! each costs Redis: script calls per write (from `INFO commandstats`), the scripts' own
-//! microseconds per write, and the Redis main thread's CPU per write (from `INFO cpu`). Beside
+//! each costs Redis: calls to Redis per write (reads and commits, from the sidecar's own
+//! `session_redis_command_duration_seconds` counts), the scripts' microseconds per write (from
+//! `INFO commandstats`), and the Redis main thread's CPU per write (from `INFO cpu`). Beside
 //! them, Redis's own `EVALSHA` of a trivial script on as many connections: the ceiling of any
 //! design that makes one script call per write.
 //!
@@ -58,8 +59,9 @@ pub struct Row {
     pub per_second: f64,
     pub p50_us: u64,
     pub p99_us: u64,
-    /// Script calls (`EVAL*`, `EVALSHA*`, `FCALL*`) per write.
-    pub script_calls: f64,
+    /// Calls to Redis per write: the sidecar's reads and commits (for the trivial script, its
+    /// script calls).
+    pub calls: f64,
     /// Microseconds Redis spent inside those calls, per write.
     pub script_us: f64,
     /// Microseconds of the Redis main thread's CPU (user + system), per write.
@@ -76,21 +78,33 @@ const SCRIPT_COMMANDS: [&str; 6] = [
     "fcall_ro",
 ];
 
-/// The counters read from `INFO` before and after a phase.
+/// The counters read before and after a phase.
 #[derive(Default, Clone, Copy)]
 struct Counters {
+    /// The sidecar's reads and commits (0 without a sidecar).
+    sidecar_calls: u64,
     script_calls: u64,
     script_usec: u64,
     cpu_us: f64,
 }
 
-async fn counters(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<Counters> {
+async fn counters(
+    redis: &mut redis::aio::MultiplexedConnection,
+    sidecar: Option<SocketAddr>,
+) -> anyhow::Result<Counters> {
+    let sidecar_calls = match sidecar {
+        Some(addr) => calls_to_redis(addr).await?,
+        None => 0,
+    };
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .arg("cpu")
         .query_async(redis)
         .await?;
-    let mut out = Counters::default();
+    let mut out = Counters {
+        sidecar_calls,
+        ..Counters::default()
+    };
     let (mut main_thread, mut whole) = (0.0, 0.0);
     for line in info.lines() {
         if let Some((name, stats)) = line.split_once(':') {
@@ -121,6 +135,22 @@ async fn counters(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Resu
         whole
     };
     Ok(out)
+}
+
+/// The reads and commits the sidecar at `addr` has sent to Redis, each one call, from its
+/// metrics (the count of `session_redis_command_duration_seconds` by `op`).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+async fn calls_to_redis(addr: SocketAddr) -> anyhow::Result<u64> {
+    let (status, body) = Client::new(addr).await?.call("GET", "/metrics", None).await?;
+    anyhow::ensure!(status == 200, "GET /metrics answered {status}");
+    let text = String::from_utf8(body.to_vec())?;
+    let calls = text
+        .lines()
+        .filter(|l| l.starts_with("session_redis_command_duration_seconds_count{"))
+        .filter(|l| l.contains("op=\"read\"") || l.contains("op=\"commit\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    Ok(calls as u64)
 }
 
 /// What each request of a phase sends.
@@ -292,7 +322,11 @@ fn row(name: &'static str, m: &Measured, before: Counters, after: Counters) -> R
         per_second: writes as f64 / m.elapsed.as_secs_f64(),
         p50_us: m.hist.value_at_quantile(0.5),
         p99_us: m.hist.value_at_quantile(0.99),
-        script_calls: per((after.script_calls - before.script_calls) as f64),
+        calls: per(if after.sidecar_calls > 0 {
+            (after.sidecar_calls - before.sidecar_calls) as f64
+        } else {
+            (after.script_calls - before.script_calls) as f64
+        }),
         script_us: per((after.script_usec - before.script_usec) as f64),
         cpu_us: per(after.cpu_us - before.cpu_us),
     }
@@ -318,7 +352,7 @@ pub async fn measure(
             write.name(),
             duration.as_secs()
         );
-        let before = counters(&mut redis).await?;
+        let before = counters(&mut redis, Some(addr)).await?;
         let m = http_phase(
             addr,
             write,
@@ -328,7 +362,7 @@ pub async fn measure(
             duration,
         )
         .await?;
-        let after = counters(&mut redis).await?;
+        let after = counters(&mut redis, Some(addr)).await?;
         rows.push(row(write.name(), &m, before, after));
         if let Write::Create { .. } = write {
             let all = created.lock().map(|ids| ids.clone()).unwrap_or_default();
@@ -340,9 +374,9 @@ pub async fn measure(
         "measuring Redis EVALSHA of a trivial script for {} s",
         duration.as_secs()
     );
-    let before = counters(&mut redis).await?;
+    let before = counters(&mut redis, None).await?;
     let m = trivial_script_phase(url, connections, duration).await?;
-    let after = counters(&mut redis).await?;
+    let after = counters(&mut redis, None).await?;
     rows.push(row("Redis EVALSHA `return 1`", &m, before, after));
     Ok(rows)
 }
@@ -354,7 +388,7 @@ pub fn print(rows: &[Row], connections: usize, users: usize) {
         "\nWrites, closed loop on {connections} connections (creates over {users} users; Redis CPU is its main thread's):"
     );
     println!(
-        "| write | per second | p50 ms | p99 ms | writes | errors | script calls / write | script µs / write | Redis CPU µs / write |"
+        "| write | per second | p50 ms | p99 ms | writes | errors | calls to Redis / write | script µs / write | Redis CPU µs / write |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
@@ -366,7 +400,7 @@ pub fn print(rows: &[Row], connections: usize, users: usize) {
             ms(r.p99_us),
             r.writes,
             r.errors,
-            r.script_calls,
+            r.calls,
             r.script_us,
             r.cpu_us
         );
