@@ -32,13 +32,22 @@ pub fn script_calls(info: &str) -> u64 {
         .sum()
 }
 
-/// A free loopback port (bound and released; good enough for tests started one by one).
+/// A free loopback port (bound and released), never the same one twice in this test process.
+/// Tests run in parallel threads: two of them given the same port would start two servers on
+/// it, the second would fail to bind, and its test would talk to the first test's server.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A free loopback port for a cluster node whose bus port (the port plus 10 000) is free too:
