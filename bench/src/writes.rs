@@ -141,7 +141,10 @@ async fn counters(
 /// metrics (the count of `session_redis_command_duration_seconds` by `op`).
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 async fn calls_to_redis(addr: SocketAddr) -> anyhow::Result<u64> {
-    let (status, body) = Client::new(addr).await?.call("GET", "/metrics", None).await?;
+    let (status, body) = Client::new(addr)
+        .await?
+        .call("GET", "/metrics", None)
+        .await?;
     anyhow::ensure!(status == 200, "GET /metrics answered {status}");
     let text = String::from_utf8(body.to_vec())?;
     let calls = text

@@ -134,6 +134,7 @@ pub(crate) async fn build(config: &Config) -> anyhow::Result<Service> {
             cluster: config.redis_cluster,
             keys: sessions.keys().clone(),
             shard_count: config.shard_count,
+            hints: sessions.write_hints(),
         }),
         _ => None,
     };

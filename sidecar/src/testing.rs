@@ -21,7 +21,7 @@ pub use crate::metrics::{Metrics, REQUEST_BUCKETS};
 pub use crate::model::event::Envelope;
 pub use crate::model::input::CreateSession;
 pub use crate::model::session::{Record, Status};
-pub use crate::sessions::{CapPolicy, Ctx, Policy, Sessions};
+pub use crate::sessions::{CapPolicy, Ctx, Policy, Sessions, WriteHints};
 pub use crate::store::breaker::Breaker;
 pub use crate::store::cluster::ClusterHandle;
 pub use crate::store::memory::MemoryBackend;

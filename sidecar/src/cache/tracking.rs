@@ -32,6 +32,7 @@ use redis::{
 use tokio::sync::{mpsc, watch};
 
 use super::SessionCache;
+use crate::sessions::WriteHints;
 use crate::store::Keys;
 use crate::store::redis_url::{self, RedisUrl};
 
@@ -43,7 +44,7 @@ pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Where to track.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Tracking {
     /// The Redis URL(s) (comma-separated seeds in cluster mode); a new one (new credentials)
     /// restarts tracking with it.
@@ -51,6 +52,9 @@ pub struct Tracking {
     pub cluster: bool,
     pub keys: Keys,
     pub shard_count: u32,
+    /// The engine's write hints, told of every change too (a hint another process made stale
+    /// is dropped before it is used).
+    pub hints: Option<WriteHints>,
 }
 
 /// The session id in a session-document key `P:{S}:s:<id>`.
@@ -61,7 +65,7 @@ fn session_id_of(key: &[u8]) -> Option<&str> {
 }
 
 /// Applies one push from Redis; returns `false` when the connection is gone.
-fn apply_push(cache: &SessionCache, push: &PushInfo) -> bool {
+fn apply_push(cache: &SessionCache, hints: Option<&WriteHints>, push: &PushInfo) -> bool {
     match push.kind {
         PushKind::Invalidate => {
             match push.data.first() {
@@ -71,6 +75,9 @@ fn apply_push(cache: &SessionCache, push: &PushInfo) -> bool {
                             && let Some(id) = session_id_of(k)
                         {
                             cache.invalidate(id);
+                            if let Some(hints) = hints {
+                                hints.changed_elsewhere(id);
+                            }
                         }
                     }
                 }
@@ -190,9 +197,9 @@ impl Tracking {
         let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<()>();
         let mut connections: Vec<MultiplexedConnection> = Vec::new();
         for (node, shards) in &nodes {
-            let (cache, lost) = (Arc::clone(cache), lost_tx.clone());
+            let (cache, hints, lost) = (Arc::clone(cache), self.hints.clone(), lost_tx.clone());
             let sender = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
-                if !apply_push(&cache, &push) {
+                if !apply_push(&cache, hints.as_ref(), &push) {
                     let _ = lost.send(());
                 }
                 Ok(())

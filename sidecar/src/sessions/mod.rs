@@ -30,6 +30,7 @@ use crate::store::{Backend, CommitOutcome, FromReply, Keys, NamedBy, Reads, Repl
 pub(crate) use inbound::InboundOutcome;
 pub(crate) use listing::{Page, page_size};
 pub(crate) use memory::{MemoryView, MemoryWrite};
+pub use recent::WriteHints;
 
 /// What to do when a user at `max_active_per_user` starts another session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -160,6 +161,13 @@ impl Sessions {
             policy: Arc::new(policy),
             listener: None,
         }
+    }
+
+    /// Its write hints (none when they are off), for the invalidation connection to report the
+    /// changes Redis pushes to.
+    #[must_use]
+    pub fn write_hints(&self) -> Option<WriteHints> {
+        self.recent.clone().map(WriteHints)
     }
 
     /// The same engine, reporting every change it commits to `listener`.

@@ -4,11 +4,15 @@
 //!
 //! Only a hint: a guard that fails (another process changed the session, or this one raced
 //! itself) reports a conflict, the hint is forgotten, and the change runs again on a snapshot.
+//! So that another process's write costs one read and not a refused commit as well, the cache's
+//! invalidation connection reports every change Redis pushes ([`WriteHints::changed_elsewhere`]):
+//! the hint of a document changed by somebody else is dropped before it is used.
 //! Reads never answer from here, and an error is never decided on a hint (see
 //! [`super::Sessions::changing`]). Bounded by bytes (`--write-hints-max-bytes`): an evicted hint
 //! only costs the snapshot read it would have saved.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
@@ -20,11 +24,19 @@ const USER_BYTES: u64 = 128;
 /// Bytes counted per document beyond its fields: the record's own structs and the map's slot.
 const ENTRY_OVERHEAD_BYTES: u64 = 400;
 
-/// A document as committed, with its weight.
+/// How late Redis's report of this process's own commit may come and still be taken for it.
+/// Redis pushes it in the same event-loop turn as the commit's reply, so it arrives within about
+/// a millisecond; a report later than this is another process's write. Either mistake is safe:
+/// an echo taken for another's write costs one read, another's write taken for an echo (it came
+/// this soon after ours: real contention) costs a refused commit.
+const OWN_ECHO: Duration = Duration::from_millis(250);
+
+/// A document as committed, with its weight and when it was learned.
 #[derive(Clone)]
 struct Doc {
     record: Arc<Record>,
     bytes: u64,
+    learned: Instant,
 }
 
 #[derive(Clone, Copy)]
@@ -70,12 +82,20 @@ impl Recent {
             Doc {
                 record: Arc::new(record),
                 bytes,
+                learned: Instant::now(),
             },
         );
     }
 
     pub(crate) fn forget(&self, id: &str) {
         self.docs.remove(id);
+    }
+
+    /// Redis reported a change of the document of `id`: unless it is the echo of this
+    /// process's own commit (see [`OWN_ECHO`]), the hint is stale and dropped.
+    fn changed_elsewhere(&self, id: &str) {
+        self.docs
+            .remove_if(id, |doc| doc.learned.elapsed() > OWN_ECHO);
     }
 
     /// The user's current session as this process last set it.
@@ -93,6 +113,64 @@ impl Recent {
     }
 }
 
+/// The write hints of an engine, for the invalidation connection to report changes to.
+#[derive(Clone)]
+pub struct WriteHints(pub(super) Arc<Recent>);
+
+impl WriteHints {
+    /// Redis reported that the document of `session_id` changed (written by this process or
+    /// by another one).
+    pub fn changed_elsewhere(&self, session_id: &str) {
+        self.0.changed_elsewhere(session_id);
+    }
+}
+
 fn user_key(shard: u32, user: &str) -> String {
     format!("{shard}/{user}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Status;
+
+    fn record(id: &str) -> Record {
+        Record {
+            session_id: id.into(),
+            user_id: "u1".into(),
+            org_id: None,
+            title: None,
+            case_id: None,
+            status: Status::Active,
+            current: true,
+            metadata: serde_json::Map::new(),
+            data: serde_json::Map::new(),
+            created_ms: 1,
+            updated_ms: 1,
+            expires_ms: 2,
+            ended_ms: None,
+            end_reason: None,
+            performer_id: None,
+            version: 1,
+            messages_by_role: [0; 4],
+            tokens_total: 0,
+            cost_micros: 0,
+            last_message_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_change_reported_soon_after_the_hint_is_its_echo_and_a_later_one_drops_it() {
+        let hints = WriteHints(Arc::new(Recent::new(1 << 20)));
+        hints.0.remember(record("a"), 100);
+        hints.changed_elsewhere("a");
+        assert!(
+            hints.0.doc("a").is_some(),
+            "the echo of this process's own commit"
+        );
+        std::thread::sleep(OWN_ECHO + Duration::from_millis(50));
+        hints.changed_elsewhere("a");
+        assert!(hints.0.doc("a").is_none(), "another process's write");
+        hints.changed_elsewhere("never-written");
+    }
 }

@@ -241,10 +241,25 @@ impl TestApp {
         policy: Policy,
         auth: Auth,
     ) -> Self {
+        Self::on_redis_reporting(target, server, clock, policy, auth, true).await
+    }
+
+    /// [`Self::on_redis`]; `report_to_hints`: whether the changes Redis reports reach the
+    /// engine's write hints too (else a hint another process made stale is used, and its
+    /// guard refuses the commit).
+    async fn on_redis_reporting(
+        target: Target,
+        server: Option<RedisServer>,
+        clock: Arc<ManualClock>,
+        policy: Policy,
+        auth: Auth,
+        report_to_hints: bool,
+    ) -> Self {
         let metrics = Metrics::new("test");
         let backend = connect(&target, target.role).await;
         let backend = Arc::new(Breaker::new(backend, metrics.clone()));
-        Self::assemble(backend, Some(target), server, clock, policy, auth, metrics).await
+        let target = Some((target, report_to_hints));
+        Self::assemble(backend, target, server, clock, policy, auth, metrics).await
     }
 
     /// Waits until Redis has pushed the invalidations of the writes made so far (on loopback
@@ -293,6 +308,22 @@ impl TestApp {
         Self::on_redis(target, None, self.clock.clone(), policy, Auth::TrustPod).await
     }
 
+    /// [`Self::beside`], whose write hints are not told of the changes Redis reports: a hint
+    /// another sidecar made stale is used, and refused by its guard.
+    pub async fn beside_with_unreported_hints(&self) -> TestApp {
+        let target = self.target.clone().expect("a Redis app");
+        let policy = self.sessions.policy().clone();
+        Self::on_redis_reporting(
+            target,
+            None,
+            self.clock.clone(),
+            policy,
+            Auth::TrustPod,
+            false,
+        )
+        .await
+    }
+
     /// A second app on this app's store seen through `wrap` (for example a backend that
     /// stalls), with the same clock and policy and a cache of its own.
     pub async fn through(
@@ -311,16 +342,22 @@ impl TestApp {
         .await
     }
 
+    /// An app on `backend`; on Redis (`target`) with tracking, whose reports reach the write
+    /// hints too when the flag says so.
     #[allow(clippy::too_many_arguments)]
     async fn assemble(
         backend: Arc<dyn Backend>,
-        target: Option<Target>,
+        target: Option<(Target, bool)>,
         redis: Option<RedisServer>,
         clock: Arc<ManualClock>,
         policy: Policy,
         auth: Auth,
         metrics: Metrics,
     ) -> Self {
+        let (target, report_to_hints) = match target {
+            Some((target, report)) => (Some(target), report),
+            None => (None, false),
+        };
         let embedded = target.is_none();
         let config = CacheConfig {
             max_bytes: 1 << 20,
@@ -354,6 +391,7 @@ impl TestApp {
                 cluster: target.cluster,
                 keys,
                 shard_count: sessions.policy().shard_count,
+                hints: sessions.write_hints().filter(|_| report_to_hints),
             };
             tokio::spawn(tracking.run(cache.clone(), stopped));
             let deadline = Instant::now() + Duration::from_secs(5);

@@ -198,13 +198,48 @@ async fn writes_from_hints_take_one_call_to_redis_each() {
 }
 
 #[tokio::test]
-async fn a_hint_another_sidecar_made_stale_is_refused_and_the_write_decided_again() {
-    // Proves: sidecar `a` wrote a session and its user's current pointer; sidecar `b` then
-    // changes both. `a`'s next writes start from its stale hints, are refused by their guards
-    // and are decided again on what Redis holds: no message counted twice or lost, the right
-    // session stops being current, and an end of a session `b` ended is refused with 409.
+async fn a_hint_redis_reports_changed_by_another_sidecar_is_dropped_before_it_is_used() {
+    // Proves: `a` wrote a session; `b` writes it later (beyond the quarter second in which a
+    // report is taken for the echo of `a`'s own commit). Redis reports the change on `a`'s
+    // invalidation connection, `a` drops its hint, and its next message reads the session and
+    // commits: two calls to Redis, not a refused commit and then those two. Redis's report of
+    // `a`'s own write leaves the hint in place: `a`'s next message is one call.
     let a = TestApp::new(Kind::Redis).await;
     let b = a.beside().await;
+    let mut calls = Calls::new(&a).await;
+    let id = a.create_id("u1", json!({})).await;
+    let messages = format!("/v1/sessions/{id}/messages");
+    let hello = json!({"role": "user", "content": "hello"});
+    a.settle().await;
+    let (n, res) = calls.during(a.post(&messages, hello.clone())).await;
+    assert_eq!(
+        (n, res.status.as_u16()),
+        (1, 201),
+        "a's own write keeps its hint"
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(b.post(&messages, hello.clone()).await.status.as_u16(), 201);
+    a.settle().await;
+    let (n, res) = calls.during(a.post(&messages, hello)).await;
+    assert_eq!(res.status.as_u16(), 201, "{}", res.body);
+    assert_eq!(res.body["seq"], 3);
+    assert_eq!(n, 2, "the document read, then the commit");
+}
+
+#[tokio::test]
+async fn a_hint_another_sidecar_made_stale_is_refused_and_the_write_decided_again() {
+    // Proves: sidecar `a` wrote a session and its user's current pointer; sidecar `b` then
+    // changes both (and `a`'s hints are not told: as when Redis's report comes so soon after
+    // `a`'s own write that it is taken for its echo, or the invalidation connection is down).
+    // `a`'s next writes start from its stale hints, are refused by their guards and are
+    // decided again on what Redis holds: no message counted twice or lost, the right
+    // session stops being current, and an end of a session `b` ended is refused with 409.
+    let origin = TestApp::new(Kind::Redis).await;
+    let (a, b) = (
+        origin.beside_with_unreported_hints().await,
+        origin.beside().await,
+    );
     let first = a.create_id("u1", json!({"title": "first"})).await;
     let messages = format!("/v1/sessions/{first}/messages");
     let hello = json!({"role": "user", "content": "hello"});
@@ -283,9 +318,12 @@ async fn an_error_found_on_a_stale_hint_is_decided_again_on_what_redis_holds() {
     // Proves: `a` remembers a session whose data is near the 64 KiB limit; `b` then empties
     // it. `a`'s patch would exceed the limit merged with what `a` remembers, but not with what
     // Redis holds: it is applied (200), not refused with 400 on the stale hint. A patch too
-    // large for what Redis holds is still refused.
-    let a = TestApp::new(Kind::Redis).await;
-    let b = a.beside().await;
+    // large for what Redis holds is still refused. (`a`'s hints are not told of `b`'s change.)
+    let origin = TestApp::new(Kind::Redis).await;
+    let (a, b) = (
+        origin.beside_with_unreported_hints().await,
+        origin.beside().await,
+    );
     let big = "x".repeat(60_000);
     let id = a.create_id("u1", json!({"data": {"big": big}})).await;
     let path = format!("/v1/sessions/{id}");
