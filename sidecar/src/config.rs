@@ -165,9 +165,9 @@ pub struct Config {
     /// Bytes of the local session cache; 0 turns the cache off.
     #[arg(long, env = "SESSION_CACHE_MAX_BYTES", default_value_t = DEFAULT_CACHE_MAX_BYTES)]
     pub cache_max_bytes: u64,
-    /// Bytes of write hints: the session documents and current sessions this process wrote
-    /// last, from which its next write to them commits in one script call instead of two;
-    /// 0 makes every write read a snapshot first.
+    /// Bytes of write hints: the session documents this process wrote or read last and the
+    /// current sessions it set, from which its next write to them commits in one call to
+    /// Redis instead of a read and a commit; 0 makes every write read first.
     #[arg(long, env = "SESSION_WRITE_HINTS_MAX_BYTES", default_value_t = DEFAULT_WRITE_HINTS_MAX_BYTES)]
     pub write_hints_max_bytes: u64,
     /// Hard maximum age of a cached session, in milliseconds.

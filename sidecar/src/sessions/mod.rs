@@ -30,6 +30,7 @@ use crate::store::{Backend, CommitOutcome, FromReply, Keys, NamedBy, Reads, Repl
 pub(crate) use inbound::InboundOutcome;
 pub(crate) use listing::{Page, page_size};
 pub(crate) use memory::{MemoryView, MemoryWrite};
+use recent::Learned;
 pub use recent::WriteHints;
 
 /// What to do when a user at `max_active_per_user` starts another session.
@@ -58,9 +59,9 @@ pub struct Policy {
     pub outbox_max_len: u64,
     /// The global events stream is trimmed to about this many entries.
     pub events_max_len: u64,
-    /// Bytes of what this process wrote last, from which a change may start instead of a
-    /// snapshot read (one script call instead of two; see `sessions::recent`); 0 turns that
-    /// off (the tests' reference).
+    /// Bytes of what this process wrote or read last, from which a change may start instead
+    /// of a snapshot read (one call instead of two; see `sessions::recent`); 0 turns that off
+    /// (the tests' reference).
     pub write_hints_max_bytes: u64,
 }
 
@@ -131,7 +132,7 @@ pub struct Sessions {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) policy: Arc<Policy>,
     listener: Option<Arc<dyn ChangeListener>>,
-    /// What this process wrote last (`None`: every change reads a snapshot first).
+    /// What this process wrote or read last (`None`: every change reads a snapshot first).
     recent: Option<Arc<recent::Recent>>,
 }
 
@@ -260,7 +261,7 @@ impl Sessions {
             match outcome {
                 CommitOutcome::Applied => {
                     for (record, bytes) in effects.written {
-                        recent.remember(record, bytes);
+                        recent.remember(record, bytes, Learned::Committed);
                     }
                     if let Some(current) = effects.current {
                         recent.set_current(effects.shard, &effects.user_id, current);
@@ -285,7 +286,7 @@ impl Sessions {
     }
 
     /// An active session about to change, with the caller's right to change it checked: as
-    /// this process last wrote it when it knows that (`hinted`; the plan's guard on its version
+    /// this process last wrote or read it when it knows that (`hinted`; the plan's guard on its version
     /// then checks nobody changed it since: [`plan::Plan::for_session`]), else as read. Anything
     /// but an active session the caller owns is read, so that those errors are decided on a
     /// snapshot; a caller that finds another error on a hinted session asks for a snapshot with
@@ -317,7 +318,7 @@ impl Sessions {
         })
     }
 
-    /// The session as this process last wrote it, when it knows it and that is an active
+    /// The session as this process last wrote or read it, when it knows it and that is an active
     /// session the caller owns (see [`Sessions::changing`]); the id must be well formed.
     pub(crate) fn hinted(
         &self,
@@ -368,10 +369,24 @@ impl Sessions {
     /// `invalid_session_id` for a malformed id, `not_found`, or a store failure.
     pub(crate) async fn get(&self, id: &str) -> Result<Record> {
         let shard = self.shard_of_session(id)?;
-        let doc = self
+        self.still_live(self.read_doc(shard, id).await?)
+    }
+
+    /// The document of `id` as stored. The write hints learn an active one: a write that
+    /// follows a lookup commits in one call.
+    async fn read_doc(&self, shard: u32, id: &str) -> Result<Option<Record>> {
+        let fields = self
             .read_one(|r| r.hgetall(self.keys.session(shard, id)))
             .await?;
-        self.still_live(decode_record(doc)?)
+        let bytes = fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>();
+        let record = decode_record(fields)?;
+        if let (Some(recent), Some(record)) = (&self.recent, &record)
+            && record.is_active(self.now())
+        {
+            let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+            recent.remember(record.clone(), bytes, Learned::Read);
+        }
+        Ok(record)
     }
 
     /// Finds a live session and checks that the caller may act on it (and, when the request
@@ -384,10 +399,7 @@ impl Sessions {
         claimed_user: Option<&String>,
     ) -> Result<(u32, Record)> {
         let shard = self.shard_of_session(id)?;
-        let doc = self
-            .read_one(|r| r.hgetall(self.keys.session(shard, id)))
-            .await?;
-        let record = self.owned_by(ctx, claimed_user, decode_record(doc)?)?;
+        let record = self.owned_by(ctx, claimed_user, self.read_doc(shard, id).await?)?;
         Ok((shard, record))
     }
 

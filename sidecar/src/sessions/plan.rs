@@ -51,8 +51,8 @@ impl Plan {
         plan
     }
 
-    /// A plan guarded by one session's version (`stored`, as read or as this process last wrote
-    /// it): a change decided on that session alone. It still bumps the user's version, so that
+    /// A plan guarded by one session's version (`stored`, as read now or known from the write
+    /// hints): a change decided on that session alone. It still bumps the user's version, so that
     /// a change decided on several sessions and racing this one is refused.
     pub(crate) fn for_session(sessions: &super::Sessions, shard: u32, stored: &Record) -> Self {
         let mut plan = Self::unversioned(sessions, shard, &stored.user_id);
@@ -174,8 +174,8 @@ impl Plan {
             .push((record.clone(), u64::try_from(bytes).unwrap_or(u64::MAX)));
     }
 
-    /// Writes what changed in a document since `stored`, its state as read (or as this process
-    /// last wrote it) under this plan's guards (so nobody changed it since): the fields whose
+    /// Writes what changed in a document since `stored`, its state as read (or known from the
+    /// write hints) under this plan's guards (so nobody changed it since): the fields whose
     /// value changed, and the removal of optional fields it no longer has. A message append
     /// then rewrites a few counters, not the session's data.
     pub(crate) fn put(&mut self, stored: &Record, record: &Record) {

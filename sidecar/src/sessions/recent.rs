@@ -1,6 +1,8 @@
-//! What this process wrote last: each session document as it was committed, and each user's
-//! current session. A change then skips its snapshot read and commits at once, guarded by what
-//! it assumed (the document's version, the user's current session), in one script call.
+//! What this process wrote or read last: each session document as it committed or read it,
+//! and each user's current session as it set it. A change then skips its snapshot read and
+//! commits at once, guarded by what it assumed (the document's version, the user's current
+//! session), in one script call: an application that looks a session up and then writes to it
+//! (a message after a lookup) makes one call for the write.
 //!
 //! Only a hint: a guard that fails (another process changed the session, or this one raced
 //! itself) reports a conflict, the hint is forgotten, and the change runs again on a snapshot.
@@ -31,12 +33,21 @@ const ENTRY_OVERHEAD_BYTES: u64 = 400;
 /// this soon after ours: real contention) costs a refused commit.
 const OWN_ECHO: Duration = Duration::from_millis(250);
 
-/// A document as committed, with its weight and when it was learned.
+/// A document as committed or read, with its weight.
 #[derive(Clone)]
 struct Doc {
     record: Arc<Record>,
     bytes: u64,
-    learned: Instant,
+    /// Until when a report of a change is taken for the echo of this process's own commit
+    /// (`None` for a document read: any report is somebody's change).
+    echo_until: Option<Instant>,
+}
+
+/// How a document came to be known.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Learned {
+    Committed,
+    Read,
 }
 
 #[derive(Clone, Copy)]
@@ -73,16 +84,17 @@ impl Recent {
         self.docs.get(id).map(|doc| doc.record)
     }
 
-    /// Remembers `record` as committed; `field_bytes` is the size of its fields as written.
-    pub(crate) fn remember(&self, record: Record, field_bytes: u64) {
+    /// Remembers `record` as committed or read; `field_bytes` is the size of its fields.
+    pub(crate) fn remember(&self, record: Record, field_bytes: u64, how: Learned) {
         let id = record.session_id.clone();
         let bytes = field_bytes + ENTRY_OVERHEAD_BYTES;
+        let echo_until = (how == Learned::Committed).then(|| Instant::now() + OWN_ECHO);
         self.docs.insert(
             id,
             Doc {
                 record: Arc::new(record),
                 bytes,
-                learned: Instant::now(),
+                echo_until,
             },
         );
     }
@@ -94,8 +106,9 @@ impl Recent {
     /// Redis reported a change of the document of `id`: unless it is the echo of this
     /// process's own commit (see [`OWN_ECHO`]), the hint is stale and dropped.
     fn changed_elsewhere(&self, id: &str) {
+        let now = Instant::now();
         self.docs
-            .remove_if(id, |doc| doc.learned.elapsed() > OWN_ECHO);
+            .remove_if(id, |doc| doc.echo_until.is_none_or(|until| now > until));
     }
 
     /// The user's current session as this process last set it.
@@ -162,7 +175,7 @@ mod tests {
     #[test]
     fn a_change_reported_soon_after_the_hint_is_its_echo_and_a_later_one_drops_it() {
         let hints = WriteHints(Arc::new(Recent::new(1 << 20)));
-        hints.0.remember(record("a"), 100);
+        hints.0.remember(record("a"), 100, Learned::Committed);
         hints.changed_elsewhere("a");
         assert!(
             hints.0.doc("a").is_some(),
@@ -172,5 +185,12 @@ mod tests {
         hints.changed_elsewhere("a");
         assert!(hints.0.doc("a").is_none(), "another process's write");
         hints.changed_elsewhere("never-written");
+
+        hints.0.remember(record("b"), 100, Learned::Read);
+        hints.changed_elsewhere("b");
+        assert!(
+            hints.0.doc("b").is_none(),
+            "a document read has no echo to wait for"
+        );
     }
 }

@@ -198,6 +198,37 @@ async fn writes_from_hints_take_one_call_to_redis_each() {
 }
 
 #[tokio::test]
+async fn a_write_after_a_lookup_takes_one_call_to_redis() {
+    // Proves: `a` looks up a session `b` created (a cache miss, read from Redis); `a`'s message
+    // to it then starts from the document it read: one call. When `b` changes a session `a`
+    // has looked up, Redis's report drops what `a` read at once (there is no echo of a commit
+    // of `a`'s to wait for), and `a`'s message reads first: two calls.
+    let a = TestApp::new(Kind::Redis).await;
+    let b = a.beside().await;
+    let mut calls = Calls::new(&a).await;
+    let hello = json!({"role": "user", "content": "hello"});
+    let lookup = |id: String| {
+        let a = &a;
+        async move { a.get(&format!("/v1/sessions/{id}")).await }
+    };
+
+    let id = b.create_id("u1", json!({})).await;
+    let (n, res) = calls.during(lookup(id.clone())).await;
+    assert_eq!((n, res.status.as_u16()), (1, 200), "the lookup reads Redis");
+    let messages = format!("/v1/sessions/{id}/messages");
+    let (n, res) = calls.during(a.post(&messages, hello.clone())).await;
+    assert_eq!((n, res.status.as_u16()), (1, 201), "{}", res.body);
+
+    let other = b.create_id("u2", json!({})).await;
+    assert_eq!(lookup(other.clone()).await.status.as_u16(), 200);
+    let messages = format!("/v1/sessions/{other}/messages");
+    assert_eq!(b.post(&messages, hello.clone()).await.status.as_u16(), 201);
+    a.settle().await;
+    let (n, res) = calls.during(a.post(&messages, hello)).await;
+    assert_eq!((n, res.body["seq"].as_u64()), (2, Some(2)), "{}", res.body);
+}
+
+#[tokio::test]
 async fn a_hint_redis_reports_changed_by_another_sidecar_is_dropped_before_it_is_used() {
     // Proves: `a` wrote a session; `b` writes it later (beyond the quarter second in which a
     // report is taken for the echo of `a`'s own commit). Redis reports the change on `a`'s
