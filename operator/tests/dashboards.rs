@@ -18,7 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use std::sync::Arc;
 
 use apiserver::FakeApiServer;
-use common::prometheus::{Prometheus, Sidecar, encode, free_port, http};
+use common::free_port;
+use common::prometheus::{Prometheus, Sidecar, encode, http};
 use common::redis_server::RedisServer;
 use kube::ResourceExt;
 use serde_json::{Value, json};

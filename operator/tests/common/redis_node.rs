@@ -9,14 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A port whose cluster-bus neighbour (+10000) is free too.
+/// A free port ([`super::free_port`]) whose cluster-bus neighbour (+10000) is free too.
 pub fn free_port() -> u16 {
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
             return port;
         }

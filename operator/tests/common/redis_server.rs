@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::prometheus::free_port;
+use super::free_port;
 
 pub struct RedisServer {
     pub port: u16,
