@@ -105,9 +105,11 @@ impl Sessions {
         self.commit_or_retry(plan, record).await
     }
 
-    /// A switch by id in one script call, when this process wrote the target and the user's
-    /// current session (another one) last: the commit checks both unchanged and the current
-    /// pointer still on the latter. `None` when the hints do not cover it.
+    /// A switch in one script call, when this process knows the target (by id, or by title
+    /// among the sessions it knows) and the user's current session (another one) from the
+    /// hints: the commit checks both unchanged (the target's title with it: titles are unique
+    /// among live sessions) and the current pointer still on the latter. `None` when the hints
+    /// do not cover it.
     async fn switch_from_hints(
         &self,
         ctx: &Ctx,
@@ -115,16 +117,21 @@ impl Sessions {
         user: &str,
         target: &SwitchCurrent,
     ) -> Result<Option<Step<Record>>> {
-        let Some(id) = &target.session_id else {
-            return Ok(None);
+        let id = match (&target.session_id, &target.title) {
+            (Some(id), _) => id.clone(),
+            (None, Some(title)) => match self.hinted_titled(user, title) {
+                Some(id) => id,
+                None => return Ok(None),
+            },
+            (None, None) => return Ok(None),
         };
         let claimed = user.to_owned();
-        let Some(Changing { record: stored, .. }) = self.hinted(ctx, id, Some(&claimed))? else {
+        let Some(Changing { record: stored, .. }) = self.hinted(ctx, &id, Some(&claimed))? else {
             return Ok(None);
         };
         let Some(before) = self
             .hinted_current(shard, user)
-            .filter(|c| c.session_id != *id)
+            .filter(|c| c.session_id != id)
         else {
             return Ok(None);
         };

@@ -341,6 +341,12 @@ impl Sessions {
             }))
     }
 
+    /// The id of the user's active session titled `title`, from the hints.
+    pub(crate) fn hinted_titled(&self, user: &str, title: &str) -> Option<String> {
+        let recent = self.recent.as_ref()?;
+        recent.titled(user, title).map(|doc| doc.session_id.clone())
+    }
+
     /// The user's current session as this process last set it, with its document as written.
     pub(crate) fn hinted_current(&self, shard: u32, user: &str) -> Option<Arc<Record>> {
         let recent = self.recent.as_ref()?;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
-use crate::model::Record;
+use crate::model::{Record, Status};
 
 /// Bytes counted per user whose current session is kept (its key and the id).
 const USER_BYTES: u64 = 128;
@@ -64,24 +64,36 @@ pub(crate) struct Recent {
     docs: Cache<String, Doc, DocWeighter>,
     /// `<shard>/<user>` → the id of the user's current session.
     current: Cache<String, String>,
+    /// `<user>/<title>` → the id of the user's active session of that title, among the
+    /// documents kept (checked against the document when used).
+    titles: Cache<String, String>,
 }
 
 impl Recent {
     /// Hints within about `max_bytes`: nine tenths for documents (each counted by its field
-    /// bytes as written plus [`ENTRY_OVERHEAD_BYTES`]), a tenth for current sessions.
+    /// bytes as written plus [`ENTRY_OVERHEAD_BYTES`]), a tenth for current sessions and
+    /// titles.
     pub(crate) fn new(max_bytes: u64) -> Self {
-        let users = usize::try_from(max_bytes / 10 / USER_BYTES).unwrap_or(usize::MAX);
+        let users = usize::try_from(max_bytes / 20 / USER_BYTES).unwrap_or(usize::MAX);
         let docs_bytes = max_bytes - max_bytes / 10;
         let docs_expected = usize::try_from(docs_bytes / 1_000).unwrap_or(usize::MAX);
         Self {
             docs: Cache::with_weighter(docs_expected.max(1), docs_bytes, DocWeighter),
             current: Cache::new(users.max(1)),
+            titles: Cache::new(users.max(1)),
         }
     }
 
-    /// The document of `id` as this process last committed it.
+    /// The document of `id` as this process last committed or read it.
     pub(crate) fn doc(&self, id: &str) -> Option<Arc<Record>> {
         self.docs.get(id).map(|doc| doc.record)
+    }
+
+    /// The kept document of the user's active session titled `title`.
+    pub(crate) fn titled(&self, user: &str, title: &str) -> Option<Arc<Record>> {
+        let id = self.titles.get(&title_key(user, title))?;
+        self.doc(&id)
+            .filter(|doc| doc.user_id == user && doc.title.as_deref() == Some(title))
     }
 
     /// Remembers `record` as committed or read; `field_bytes` is the size of its fields.
@@ -89,6 +101,10 @@ impl Recent {
         let id = record.session_id.clone();
         let bytes = field_bytes + ENTRY_OVERHEAD_BYTES;
         let echo_until = (how == Learned::Committed).then(|| Instant::now() + OWN_ECHO);
+        if let (Some(title), Status::Active) = (&record.title, record.status) {
+            self.titles
+                .insert(title_key(&record.user_id, title), id.clone());
+        }
         self.docs.insert(
             id,
             Doc {
@@ -138,6 +154,10 @@ impl WriteHints {
     }
 }
 
+fn title_key(user: &str, title: &str) -> String {
+    format!("{user}/{title}")
+}
+
 fn user_key(shard: u32, user: &str) -> String {
     format!("{shard}/{user}")
 }
@@ -145,7 +165,6 @@ fn user_key(shard: u32, user: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Status;
 
     fn record(id: &str) -> Record {
         Record {

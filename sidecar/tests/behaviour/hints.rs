@@ -198,6 +198,46 @@ async fn writes_from_hints_take_one_call_to_redis_each() {
 }
 
 #[tokio::test]
+async fn a_switch_by_title_takes_one_call_to_redis_and_a_stale_title_is_decided_again() {
+    // Proves: a switch by the title of a session this process knows is one call; when another
+    // sidecar renamed that session meanwhile (and `a`'s hints were not told), the switch by
+    // the old title is refused by the guard on the session's version and decided again: 404,
+    // and the current session stays where it was.
+    let a = TestApp::new(Kind::Redis).await;
+    let mut calls = Calls::new(&a).await;
+    let hello = json!({"role": "user", "content": "hello"});
+    let one = a.create_id("u1", json!({"title": "one"})).await;
+    a.create_id("u1", json!({"title": "two"})).await;
+    let to_one = json!({"title": "one"});
+    a.post(&format!("/v1/sessions/{one}/messages"), hello.clone())
+        .await;
+    let (n, res) = calls
+        .during(a.put("/v1/users/u1/current-session", to_one))
+        .await;
+    assert_eq!((n, res.status.as_u16()), (1, 200), "{}", res.body);
+    assert_eq!(res.body["session_id"], one.as_str());
+
+    let origin = TestApp::new(Kind::Redis).await;
+    let (a, b) = (
+        origin.beside_with_unreported_hints().await,
+        origin.beside().await,
+    );
+    let one = a.create_id("u1", json!({"title": "one"})).await;
+    let two = a.create_id("u1", json!({"title": "two"})).await;
+    a.post(&format!("/v1/sessions/{one}/messages"), hello).await;
+    let renamed = b
+        .patch(&format!("/v1/sessions/{one}"), json!({"title": "uno"}))
+        .await;
+    assert_eq!(renamed.status.as_u16(), 200, "{}", renamed.body);
+    let res = a
+        .put("/v1/users/u1/current-session", json!({"title": "one"}))
+        .await;
+    assert_eq!(res.status.as_u16(), 404, "{}", res.body);
+    let current = b.get("/v1/users/u1/current-session").await;
+    assert_eq!(current.body["session_id"], two.as_str());
+}
+
+#[tokio::test]
 async fn a_write_after_a_lookup_takes_one_call_to_redis() {
     // Proves: `a` looks up a session `b` created (a cache miss, read from Redis); `a`'s message
     // to it then starts from the document it read: one call. When `b` changes a session `a`

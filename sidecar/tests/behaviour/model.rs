@@ -52,6 +52,10 @@ enum Op {
         user: u8,
         session: u8,
     },
+    SwitchByTitle {
+        user: u8,
+        title: u8,
+    },
     Append {
         session: u8,
         text: u8,
@@ -88,7 +92,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => session.prop_map(|session| Op::Delete { session }),
         2 => user.clone().prop_map(|user| Op::List { user }),
         1 => user.clone().prop_map(|user| Op::Current { user }),
-        1 => (user, session).prop_map(|(user, session)| Op::Switch { user, session }),
+        1 => (user.clone(), session).prop_map(|(user, session)| Op::Switch { user, session }),
+        1 => (user, 0u8..4).prop_map(|(user, title)| Op::SwitchByTitle { user, title }),
         2 => (session, any::<u8>()).prop_map(|(session, text)| Op::Append { session, text }),
         1 => session.prop_map(|session| Op::Messages { session }),
         2 => (session, any::<u8>()).prop_map(|(session, n)| Op::Patch { session, n }),
@@ -143,6 +148,9 @@ impl Subject {
             Op::Switch { user, session } => {
                 app.put(&format!("/v1/users/u{user}/current-session"), json!({"session_id": self.session(*session)}))
                     .await
+            }
+            Op::SwitchByTitle { user, title } => {
+                app.put(&format!("/v1/users/u{user}/current-session"), json!({"title": format!("t{title}")})).await
             }
             Op::Append { session, text } => {
                 app.post(
