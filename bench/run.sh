@@ -34,7 +34,7 @@ sidecar() { # sidecar <port> <extra args...>
 }
 if [ "${1:-}" = writes ]; then
   # Twice, each on a Redis and a writer sidecar of its own: with the default write hints
-  # (16 MiB, about 15 000 sessions: the phases touch over 100 000, so most appends and ends
+  # (16 MiB, about 13 000 sessions: the phases touch over 100 000, so most appends and ends
   # read first), then with hints that hold every session the phases touch.
   for hints in 16777216 268435456; do
     redis_port=$(free_port)

@@ -36,7 +36,7 @@ pub(crate) const DEFAULT_EVENTS_MAX_LEN: u64 = 1_000_000;
 
 /// Local cache size: 64 MiB holds about 50 000 typical sessions.
 pub(crate) const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
-/// Bytes of write hints by default: about 15 000 session documents of a few hundred bytes.
+/// Bytes of write hints by default: about 13 000 session documents of a few hundred bytes.
 pub(crate) const DEFAULT_WRITE_HINTS_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// Hard maximum age of a cached session. Invalidations normally arrive within milliseconds;
 /// this bounds staleness only when they cannot (Redis unreachable), and is how long cached

@@ -282,15 +282,14 @@ pub(crate) struct SessionView {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record() -> Record {
-        Record {
-            session_id: "sess_1_a".into(),
+impl Record {
+    /// An active, current session of `u1` with nothing in it yet, for unit tests.
+    pub(crate) fn for_test(session_id: &str) -> Self {
+        Self {
+            session_id: session_id.into(),
             user_id: "u1".into(),
             org_id: None,
-            title: Some("t".into()),
+            title: None,
             case_id: None,
             status: Status::Active,
             current: true,
@@ -307,6 +306,18 @@ mod tests {
             tokens_total: 0,
             cost_micros: 0,
             last_message_ms: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            title: Some("t".into()),
+            ..Record::for_test("sess_1_a")
         }
     }
 
