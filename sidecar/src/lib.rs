@@ -14,11 +14,12 @@
 //!   (the one read path of `GET /v1/sessions/{id}`: cache, fill from the store, response) and
 //!   `api::hot` (cache hits answered in front of the router).
 //! - `sessions` — the session engine: every domain rule, once; and its write hints
-//!   (`sessions::recent`: what this process wrote last, so a write commits in one call).
+//!   (`sessions::recent`: what this process wrote or read last, so a write commits in one
+//!   call).
 //! - `store` — the storage contract, typed reads on it (`store::reads`), its two backends
-//!   (Redis and embedded), the circuit breaker, the Redis ACL rules of each role
-//!   (`store::acl`, checked at connect), and the Redis URL, reread from a file
-//!   (`store::redis_url`).
+//!   (Redis, with its scripts' arguments encoded in `store::script_args`, and embedded), the
+//!   circuit breaker, the Redis ACL rules of each role (`store::acl`, checked at connect), and
+//!   the Redis URL, reread from a file (`store::redis_url`).
 //! - `circuit` — the circuit-breaker state machine, shared by Redis and the identity provider.
 //! - `cache` — the hot path's local cache and its coherence with Redis (client tracking).
 //! - `metrics` — Prometheus metrics.

@@ -27,8 +27,9 @@ const USER_BYTES: u64 = 128;
 const ENTRY_OVERHEAD_BYTES: u64 = 400;
 
 /// How late Redis's report of this process's own commit may come and still be taken for it.
-/// Redis pushes it in the same event-loop turn as the commit's reply, so it arrives within about
-/// a millisecond; a report later than this is another process's write. Either mistake is safe:
+/// Redis pushes it in the same event-loop turn as the commit's reply, just before it: it mostly
+/// arrives before the hint is learned, else within about a millisecond after; a report later
+/// than this is another process's write. Either mistake is safe:
 /// an echo taken for another's write costs one read, another's write taken for an echo (it came
 /// this soon after ours: real contention) costs a refused commit.
 const OWN_ECHO: Duration = Duration::from_millis(250);

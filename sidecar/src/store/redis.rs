@@ -1,4 +1,5 @@
-//! The Redis backend: the two generic Lua scripts `read.lua` and `commit.lua`.
+//! The Redis backend: the two generic Lua scripts `read.lua` and `commit.lua` (their arguments
+//! are encoded in `script_args`), and a read of one key alone sent as the command itself.
 //!
 //! Works the same on a standalone server (through a reconnecting `ConnectionManager`) and on
 //! Redis Cluster (through the cluster client): every script declares all its keys, and all keys
