@@ -129,6 +129,9 @@ impl Sessions {
         let created_in_window = r.take(created_in_window);
         let window_left_ms = r.take(window_left_ms);
         let active: Vec<String> = active.map(|slot| r.take(slot).0).unwrap_or_default();
+        if let (Some(recent), Some(cap)) = (&self.recent, self.policy.max_active_per_user) {
+            recent.set_at_cap(shard, user, active.len() >= cap as usize);
+        }
 
         if let Some(limit) = self.policy.create_rate_limit
             && created_in_window >= i64::from(limit)
@@ -213,6 +216,10 @@ impl Sessions {
         new: &NewSession,
     ) -> Option<Result<Step<Record>>> {
         let (k, shard, user) = (&self.keys, new.shard, new.user_id.as_str());
+        let recent = self.recent.as_ref()?;
+        if recent.at_cap(shard, user) {
+            return None;
+        }
         let stored = self.hinted_current(shard, user)?;
         let current = stored.session_id.clone();
         let now = self.now();

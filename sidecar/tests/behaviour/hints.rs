@@ -4,6 +4,8 @@
 
 use serde_json::json;
 
+use session_sidecar::testing::CapPolicy;
+
 use crate::harness::{Kind, TestApp};
 
 /// Counts the calls clients make to Redis, as `MONITOR` shows them in the order Redis ran
@@ -235,6 +237,55 @@ async fn a_switch_by_title_takes_one_call_to_redis_and_a_stale_title_is_decided_
     assert_eq!(res.status.as_u16(), 404, "{}", res.body);
     let current = b.get("/v1/users/u1/current-session").await;
     assert_eq!(current.body["session_id"], two.as_str());
+}
+
+#[tokio::test]
+async fn a_user_found_at_the_active_cap_reads_first_instead_of_trying_the_hints() {
+    // Proves: with a cap of 3 active sessions (end-oldest), a create past the cap is decided
+    // on a snapshot; once a create found the user at the cap, the next one reads first instead
+    // of trying the hints (whose cap guard would refuse it): three calls (the user's state,
+    // the active sessions, the commit), not four. Below the cap again, the next create's
+    // snapshot clears the mark, and the one after is one call.
+    let app = TestApp::with(Kind::Redis, |p| {
+        p.max_active_per_user = Some(3);
+        p.cap_policy = CapPolicy::EndOldest;
+    })
+    .await;
+    app.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
+    let mut calls = Calls::new(&app).await;
+    let mut ids = Vec::new();
+    for (expected, what) in [
+        (2, "nothing known"),
+        (1, "from the hints"),
+        (1, "from the hints, reaching the cap"),
+        (4, "refused by the cap guard, decided again"),
+        (3, "known to be at the cap: read first"),
+    ] {
+        app.clock.advance_ms(1); // the oldest ended at the cap is the first created
+        let create = app.post("/v1/sessions", json!({"user_id": "u1"}));
+        let (n, res) = calls.during(create).await;
+        assert_eq!(
+            (n, res.status.as_u16()),
+            (expected, 201),
+            "{what}: {}",
+            res.body
+        );
+        ids.push(res.body["session_id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids[2..4] {
+        let ended = app.end(id, json!({"performer_id": "u1"})).await;
+        assert_eq!(ended.status.as_u16(), 200, "{}", ended.body);
+    }
+    for (expected, what) in [(2, "the snapshot finds room"), (1, "from the hints again")] {
+        let create = app.post("/v1/sessions", json!({"user_id": "u1"}));
+        let (n, res) = calls.during(create).await;
+        assert_eq!(
+            (n, res.status.as_u16()),
+            (expected, 201),
+            "{what}: {}",
+            res.body
+        );
+    }
 }
 
 #[tokio::test]
