@@ -205,11 +205,12 @@ impl Sessions {
         self.commit_or_retry(plan, record).await
     }
 
-    /// A create in one script call, when this process knows the user's current session as it
-    /// last wrote it (the hints): the commit itself checks what the snapshot would have —
-    /// that session unchanged and still current, the title free, the active cap and the rate
-    /// limit not reached. `None` without hints; a failed check is a conflict (the hints are
-    /// dropped and the create runs again on a snapshot, which also decides any error).
+    /// A create in one script call, when this process knows the user's current session from
+    /// the hints: the commit itself checks what the snapshot would have — that session
+    /// unchanged and still current, the title free, the active cap and the rate limit not
+    /// reached. `None` without hints, or for a user the last create found at the cap; a failed
+    /// check is a conflict (the hints are dropped and the create runs again on a snapshot,
+    /// which also decides any error).
     async fn try_create_from_hints(
         &self,
         ctx: &Ctx,
@@ -217,7 +218,7 @@ impl Sessions {
     ) -> Option<Result<Step<Record>>> {
         let (k, shard, user) = (&self.keys, new.shard, new.user_id.as_str());
         let recent = self.recent.as_ref()?;
-        if recent.at_cap(shard, user) {
+        if self.policy.max_active_per_user.is_some() && recent.at_cap(shard, user) {
             return None;
         }
         let stored = self.hinted_current(shard, user)?;
