@@ -228,7 +228,7 @@ impl Sessions {
         plan.assume_current(&current);
         plan.assume_unchanged(&stored);
         if let Some(title) = &new.input.title {
-            plan.guard(Guard::HEq(k.titles(shard, user), title.clone(), None));
+            plan.assume_title(title, None);
         }
         if let Some(cap) = self.policy.max_active_per_user {
             #[allow(clippy::cast_precision_loss)]

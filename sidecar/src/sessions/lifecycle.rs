@@ -7,7 +7,7 @@ use crate::model::input::{
     EndSession, Heartbeat, UpdateSession, check_id, check_object_size, check_reason, check_title,
 };
 use crate::model::{EventType, Record};
-use crate::store::{Guard, NamedBy, Reads, WriteOp};
+use crate::store::{NamedBy, Reads, WriteOp};
 
 use super::plan::Plan;
 use super::{Caller, Changing, Ctx, Sessions, Step, decode_record};
@@ -45,8 +45,7 @@ impl Sessions {
             if let Some(Some(title)) = &patch.title
                 && session.record.title.as_ref() != Some(title)
             {
-                let titles = self.keys.titles(session.shard, &session.record.user_id);
-                plan.guard(Guard::HEq(titles, title.clone(), None));
+                plan.assume_title(title, None);
             }
             (session, plan)
         } else if patch.title.is_none() {
@@ -241,15 +240,10 @@ impl Sessions {
         if current.session_id == id {
             return Ok(None); // refused: decided on a snapshot
         }
-        let k = &self.keys;
         let mut plan = Plan::for_session(self, shard, &record);
         plan.assume_current(&current.session_id);
         if let Some(title) = &record.title {
-            plan.guard(Guard::HEq(
-                k.titles(shard, user),
-                title.clone(),
-                Some(id.to_owned()),
-            ));
+            plan.assume_title(title, Some(id));
         }
         self.plan_delete(&mut plan, ctx, &record, true);
         Ok(match self.commit_or_retry(plan, ()).await? {

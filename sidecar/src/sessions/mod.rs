@@ -286,11 +286,11 @@ impl Sessions {
     }
 
     /// An active session about to change, with the caller's right to change it checked: as
-    /// this process last wrote or read it when it knows that (`hinted`; the plan's guard on its version
-    /// then checks nobody changed it since: [`plan::Plan::for_session`]), else as read. Anything
-    /// but an active session the caller owns is read, so that those errors are decided on a
-    /// snapshot; a caller that finds another error on a hinted session asks for a snapshot with
-    /// [`Sessions::decide_on_snapshot`].
+    /// this process last wrote or read it when it knows that (`hinted`; the plan's guard on its
+    /// version then checks nobody changed it since: [`plan::Plan::for_session`]), else as read.
+    /// Anything but an active session the caller owns is read, so that those errors are decided
+    /// on a snapshot; a caller that finds another error on a hinted session asks for a snapshot
+    /// with [`Sessions::decide_on_snapshot`].
     pub(crate) async fn changing(
         &self,
         ctx: &Ctx,
@@ -318,8 +318,8 @@ impl Sessions {
         })
     }
 
-    /// The session as this process last wrote or read it, when it knows it and that is an active
-    /// session the caller owns (see [`Sessions::changing`]); the id must be well formed.
+    /// The session as this process last wrote or read it, when it knows it and that is an
+    /// active session the caller owns (see [`Sessions::changing`]); the id must be well formed.
     pub(crate) fn hinted(
         &self,
         ctx: &Ctx,

@@ -121,6 +121,16 @@ impl Plan {
         ));
     }
 
+    /// Commits only while the user's title index gives `title` to `owner` (`None`: to nobody,
+    /// the title is free).
+    pub(crate) fn assume_title(&mut self, title: &str, owner: Option<&str>) {
+        self.guard(Guard::HEq(
+            self.keys.titles(self.shard(), &self.effects.user_id),
+            title.to_owned(),
+            owner.map(str::to_owned),
+        ));
+    }
+
     /// Commits only while `id` is the user's current session.
     pub(crate) fn assume_current(&mut self, id: &str) {
         self.guard(Guard::Eq(
