@@ -78,6 +78,18 @@ impl Calls {
     }
 }
 
+/// Two sidecars on one Redis: `a`, whose hints are not told of the changes Redis reports (so
+/// a hint `b` made stale is used and refused by its guard), and `b`; first the app that owns
+/// the Redis server, to keep alive.
+async fn a_stale_pair() -> (TestApp, TestApp, TestApp) {
+    let origin = TestApp::new(Kind::Redis).await;
+    let (a, b) = (
+        origin.beside_with_unreported_hints().await,
+        origin.beside().await,
+    );
+    (origin, a, b)
+}
+
 #[tokio::test]
 async fn writes_from_hints_take_one_call_to_redis_each() {
     // Proves: once a process has written a session (and its user's current session), each of
@@ -219,11 +231,7 @@ async fn a_switch_by_title_takes_one_call_to_redis_and_a_stale_title_is_decided_
     assert_eq!((n, res.status.as_u16()), (1, 200), "{}", res.body);
     assert_eq!(res.body["session_id"], one.as_str());
 
-    let origin = TestApp::new(Kind::Redis).await;
-    let (a, b) = (
-        origin.beside_with_unreported_hints().await,
-        origin.beside().await,
-    );
+    let (_origin, a, b) = a_stale_pair().await;
     let one = a.create_id("u1", json!({"title": "one"})).await;
     let two = a.create_id("u1", json!({"title": "two"})).await;
     a.post(&format!("/v1/sessions/{one}/messages"), hello).await;
@@ -357,11 +365,7 @@ async fn a_hint_another_sidecar_made_stale_is_refused_and_the_write_decided_agai
     // `a`'s next writes start from its stale hints, are refused by their guards and are
     // decided again on what Redis holds: no message counted twice or lost, the right
     // session stops being current, and an end of a session `b` ended is refused with 409.
-    let origin = TestApp::new(Kind::Redis).await;
-    let (a, b) = (
-        origin.beside_with_unreported_hints().await,
-        origin.beside().await,
-    );
+    let (_origin, a, b) = a_stale_pair().await;
     let first = a.create_id("u1", json!({"title": "first"})).await;
     let messages = format!("/v1/sessions/{first}/messages");
     let hello = json!({"role": "user", "content": "hello"});
@@ -441,11 +445,7 @@ async fn an_error_found_on_a_stale_hint_is_decided_again_on_what_redis_holds() {
     // it. `a`'s patch would exceed the limit merged with what `a` remembers, but not with what
     // Redis holds: it is applied (200), not refused with 400 on the stale hint. A patch too
     // large for what Redis holds is still refused. (`a`'s hints are not told of `b`'s change.)
-    let origin = TestApp::new(Kind::Redis).await;
-    let (a, b) = (
-        origin.beside_with_unreported_hints().await,
-        origin.beside().await,
-    );
+    let (_origin, a, b) = a_stale_pair().await;
     let big = "x".repeat(60_000);
     let id = a.create_id("u1", json!({"data": {"big": big}})).await;
     let path = format!("/v1/sessions/{id}");
