@@ -1,4 +1,4 @@
--- Atomic guarded commit (store/mod.rs, Commit; encoded by store/program.rs).
+-- Atomic guarded commit (store/mod.rs, Commit; encoded by store/script_args.rs).
 -- KEYS: every key touched, one hash slot.
 -- ARGV[1]: the program, one instruction per guard, append and write, in that order: an opcode
 --   byte, the key's index in KEYS (2 bytes, big-endian), and for HSET, HDEL, XDEL and XADD a
