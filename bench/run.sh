@@ -6,8 +6,9 @@
 # sidecar holding 100 000 cached sessions; then writes (creates, message appends, ends) per
 # second with the calls to Redis and Redis CPU each costs, beside Redis's EVALSHA of a trivial
 # script. Prints the tables.
-# `bench/run.sh writes` runs the write section alone, with the default write hints and with
-# hints that hold every session it touches (about two minutes).
+# `bench/run.sh writes` runs the write section alone, with the default write hints, with hints
+# that hold every session it touches, and with the default hints beside 16 other sidecars that
+# only track (what Redis pays to tell every sidecar of every change; about three minutes).
 # Everything runs on loopback ports and stops when the script ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,17 +34,21 @@ sidecar() { # sidecar <port> <extra args...>
   pids+=($!)
 }
 if [ "${1:-}" = writes ]; then
-  # Twice, each on a Redis and a writer sidecar of its own: with the default write hints
+  # Three times, each on a Redis and a writer sidecar of its own: with the default write hints
   # (16 MiB, about 13 000 sessions: the phases touch over 100 000, so most appends and ends
-  # read first), then with hints that hold every session the phases touch.
-  for hints in 16777216 268435456; do
+  # read first), with hints that hold every session the phases touch, and with the default
+  # hints while 16 other sidecars track the same Redis (each is told of every change of a
+  # session document, as the sidecars of a fleet are).
+  for setup in "16777216 0" "268435456 0" "16777216 16"; do
+    read -r hints others <<< "$setup"
     redis_port=$(free_port)
     redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --logfile /dev/null &
     pids+=($!)
     url="redis://127.0.0.1:$redis_port"
     writer=$(free_port); sidecar "$writer" --outbox-max-len 100000000 --write-hints-max-bytes "$hints"
+    for _ in $(seq 1 "$others"); do sidecar "$(free_port)"; done
     sleep 1
-    echo "== write hints: $hints bytes"
+    echo "== write hints: $hints bytes; other sidecars tracking: $others"
     "$bin/session-bench" writes --redis-url "$url" --writer "127.0.0.1:$writer" --seconds "$SECONDS_PER_RUN"
   done
   exit
