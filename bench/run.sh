@@ -8,7 +8,7 @@
 # script. Prints the tables.
 # `bench/run.sh writes` runs the write section alone, with the default write hints, with hints
 # that hold every session it touches, and with the default hints beside 16 other sidecars that
-# only track (what Redis pays to tell every sidecar of every change; about three minutes).
+# track the same Redis (what a fleet costs each write; about three minutes).
 # Everything runs on loopback ports and stops when the script ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,8 +37,8 @@ if [ "${1:-}" = writes ]; then
   # Three times, each on a Redis and a writer sidecar of its own: with the default write hints
   # (16 MiB, about 13 000 sessions: the phases touch over 100 000, so most appends and ends
   # read first), with hints that hold every session the phases touch, and with the default
-  # hints while 16 other sidecars track the same Redis (each is told of every change of a
-  # session document, as the sidecars of a fleet are).
+  # hints while 16 other sidecars track the same Redis, as the sidecars of a fleet do (Redis
+  # tells a sidecar of the changes of the documents it read, so these cost the writes nothing).
   for setup in "16777216 0" "268435456 0" "16777216 16"; do
     read -r hints others <<< "$setup"
     redis_port=$(free_port)

@@ -126,7 +126,8 @@ pub struct RedisSpec {
     #[serde(default = "default_redis_image")]
     pub image: String,
     /// Redis `maxmemory` (Redis units: `b`, `kb`, `mb`, `gb`). Keep it near 75% of the memory
-    /// limit so fork-based persistence has headroom.
+    /// limit so fork-based persistence has headroom. A tenth of it bounds what Redis remembers
+    /// for the sidecars' cache invalidations (`tracking-table-max-keys`).
     #[serde(default = "default_maxmemory")]
     #[schemars(regex(pattern = r"^[0-9]+(b|kb|mb|gb)?$"))]
     pub maxmemory: String,
@@ -259,8 +260,7 @@ pub struct SessionPolicy {
     pub create_rate_window_seconds: i64,
     /// Shards of the key space; each lives in one Redis Cluster hash slot, so this is also the
     /// most masters a cluster can use. Unset: 64 on a Redis Cluster (it can grow to 64 masters
-    /// with its data evenly spread), 16 on a single Redis, where every shard costs each write
-    /// a prefix check of the sidecars' invalidation tracking and more buy nothing. Immutable,
+    /// with its data evenly spread), 16 on a single Redis, where more buy nothing. Immutable,
     /// set or not: session ids carry their shard (objects created with an older default keep
     /// theirs, stored at creation).
     #[serde(default, skip_serializing_if = "Option::is_none")]

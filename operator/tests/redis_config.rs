@@ -72,6 +72,15 @@ fn standalone_redis_runs_with_the_rendered_configuration() {
         cli(port, None, password, &["config", "get", "maxmemory"]),
         format!("maxmemory\n{}", 768 * 1024 * 1024)
     );
+    assert_eq!(
+        cli(
+            port,
+            None,
+            password,
+            &["config", "get", "tracking-table-max-keys"]
+        ),
+        "tracking-table-max-keys\n536870"
+    );
 }
 
 #[test]

@@ -61,7 +61,7 @@ use tokio::sync::watch;
 use crate::api::AppState;
 use crate::api::auth::{Auth, IdentityProvider};
 use crate::cache::SessionCache;
-use crate::cache::tracking::Tracking;
+use crate::cache::tracking::{TrackedConnections, Tracking};
 use crate::clock::SystemClock;
 use crate::config::{Config, Mode};
 use crate::metrics::Metrics;
@@ -130,13 +130,18 @@ pub(crate) async fn build(config: &Config) -> anyhow::Result<Service> {
         sessions = sessions.with_listener(cache.clone());
     }
     let tracking = match (url, &cache) {
-        (Some(url), Some(_)) => Some(Tracking {
-            url,
-            cluster: config.redis_cluster,
-            keys: sessions.keys().clone(),
-            shard_count: config.shard_count,
-            hints: sessions.write_hints(),
-        }),
+        (Some(url), Some(cache)) => {
+            let reads = TrackedConnections::new(cache.clone(), metrics.clone());
+            sessions = sessions.with_tracked_reads(reads.clone());
+            Some(Tracking {
+                url,
+                cluster: config.redis_cluster,
+                keys: sessions.keys().clone(),
+                shard_count: config.shard_count,
+                hints: sessions.write_hints(),
+                reads,
+            })
+        }
         _ => None,
     };
     let auth = match config.mode {

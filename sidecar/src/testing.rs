@@ -11,7 +11,7 @@ pub use crate::api::auth::idp::REQUEST_WAIT;
 pub use crate::api::auth::{Auth, IdentityProvider, IdpConfig};
 pub use crate::api::server::{MAX_IN_FLIGHT, REQUEST_TIMEOUT};
 pub use crate::api::{App, AppState, app, router_and_doc};
-pub use crate::cache::tracking::Tracking;
+pub use crate::cache::tracking::{TrackedConnections, Tracking};
 pub use crate::cache::{CacheConfig, SessionCache};
 pub use crate::clock::{Clock, SystemClock};
 pub use crate::events::dead_letters::{FAIL_ATTEMPTS, FAIL_FOR_MS, Reason, Verdict};

@@ -693,7 +693,9 @@ fn a_new_password_in_the_url_file_is_used_without_a_restart_and_no_request_fails
     );
 
     // Every connection cut: what reconnects must use the new password, as the old is refused.
-    // Tracking is back when the cache flushes (what it does on recovering tracking).
+    // Tracking is back when the cache flushes (what it does on recovering tracking); lookups
+    // read on its connections, so a create proves the store's connection is back too (its first
+    // call after the cut may fail: it reconnects on that call).
     let flushes = metric(port, "session_cache_flushes_total");
     assert!(
         redis
@@ -707,6 +709,15 @@ fn a_new_password_in_the_url_file_is_used_without_a_restart_and_no_request_fails
     while metric(port, "session_cache_flushes_total") <= flushes
         || metric(port, "session_cache_tracking_connected") < 1.0
         || sidecar.http("GET", &path, None, None).0 != 200
+        || sidecar
+            .http(
+                "POST",
+                "/v1/sessions",
+                None,
+                Some(json!({"user_id": "bob"})),
+            )
+            .0
+            != 201
     {
         assert!(
             cut.elapsed() < Duration::from_secs(10),
@@ -714,8 +725,6 @@ fn a_new_password_in_the_url_file_is_used_without_a_restart_and_no_request_fails
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let body = Some(json!({"user_id": "bob"}));
-    assert_eq!(sidecar.http("POST", "/v1/sessions", None, body).0, 201);
     let refused = redis_cli()
         .args([
             "-p",

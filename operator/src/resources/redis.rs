@@ -196,6 +196,10 @@ pub(crate) fn redis_conf(ss: &SessionService) -> String {
         "dir /data".to_owned(),
         format!("maxmemory {}", redis.maxmemory),
         format!("maxmemory-policy {}", redis.maxmemory_policy.as_str()),
+        format!(
+            "tracking-table-max-keys {}",
+            tracking_table_max_keys(&redis.maxmemory)
+        ),
         "tcp-keepalive 60".to_owned(),
         "timeout 0".to_owned(),
         // RDB snapshots off: the AOF (when enabled) is the durable copy.
@@ -241,6 +245,30 @@ pub(crate) fn redis_conf(ss: &SessionService) -> String {
         }
     }
     lines.join("\n") + "\n"
+}
+
+/// About what Redis spends per session document a sidecar read (its tracking table: the key, and
+/// the sidecars that read it), measured on Redis 7.0 at 100 bytes for one sidecar and 50 more
+/// per other one.
+const TRACKED_KEY_BYTES: u64 = 150;
+
+/// The documents Redis remembers for the sidecars' cache invalidations: a tenth of `maxmemory`
+/// (which the table counts toward, so that it never pushes a `noeviction` Redis into refusing
+/// writes); beyond it Redis reports the oldest documents to their sidecars and forgets them.
+/// Redis's own default (a million) when `maxmemory` is 0 (no limit).
+fn tracking_table_max_keys(maxmemory: &str) -> u64 {
+    let digits = maxmemory.find(|c: char| !c.is_ascii_digit());
+    let (number, unit) = maxmemory.split_at(digits.unwrap_or(maxmemory.len()));
+    let scale: u64 = match unit {
+        "kb" => 1 << 10,
+        "mb" => 1 << 20,
+        "gb" => 1 << 30,
+        _ => 1,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if n > 0 => (n.saturating_mul(scale) / 10 / TRACKED_KEY_BYTES).max(1_000),
+        _ => 1_000_000,
+    }
 }
 
 fn config_map(ss: &SessionService, names: &Names, conf: &str) -> ConfigMap {
@@ -804,5 +832,27 @@ fn operator_peer(namespace: &str) -> NetworkPolicyPeer {
         namespace_selector: Some(labels("kubernetes.io/metadata.name", namespace)),
         pod_selector: Some(labels("app.kubernetes.io/name", "session-operator")),
         ..NetworkPolicyPeer::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tracking_table_max_keys;
+
+    #[test]
+    fn the_tracking_table_takes_at_most_a_tenth_of_maxmemory() {
+        assert_eq!(tracking_table_max_keys("768mb"), 536_870);
+        assert_eq!(tracking_table_max_keys("1gb"), 715_827);
+        assert_eq!(tracking_table_max_keys("2000000"), 1_333);
+        assert_eq!(
+            tracking_table_max_keys("100kb"),
+            1_000,
+            "never fewer than a thousand"
+        );
+        assert_eq!(
+            tracking_table_max_keys("0"),
+            1_000_000,
+            "no maxmemory: Redis's default"
+        );
     }
 }

@@ -1,28 +1,33 @@
-//! Coherence across sidecars: Redis server-assisted client-side caching.
+//! Coherence across sidecars: Redis server-assisted client-side caching, per key.
 //!
-//! A dedicated RESP3 connection per Redis master runs `CLIENT TRACKING ON BCAST` with one
-//! prefix per shard's session documents (`P:{S}:s:`) — on each master only the prefixes of the
-//! shards it serves — so Redis pushes an `invalidate` for every change of any session document
-//! (by any process, by a Lua script, by expiry) and we drop that id from the cache. BCAST needs
-//! no read on the tracking connection itself.
+//! A dedicated RESP3 connection per Redis master runs `CLIENT TRACKING ON` (Redis's default
+//! mode), and this process reads session documents on it ([`TrackedConnections`], the engine's
+//! [`TrackedReads`]): Redis remembers each document this process read there and pushes an
+//! `invalidate` on the same connection at its next change (by any process, by a Lua script, by
+//! expiry), which drops that id from the cache and from the write hints. A push comes after the
+//! reply of the read it concerns, on the same connection, so a fill can never miss the report of
+//! a change made after its read.
 //!
-//! Only the master's own shards, because Redis checks every written key against every BCAST
-//! prefix registered on it, one by one: measured with `redis-benchmark` (pipelined `SET`), 16
-//! prefixes cost 4 % of a master's write throughput, 64 cost half of it and 1 024 cost 95 %. A
-//! master serving ⌈shards / masters⌉ shards pays for those only. When a slot moves, the map
-//! changes and tracking restarts (with a flush, below) within [`CHECK_INTERVAL`]; changes made
-//! on the new master during the move itself reach this cache by then, and never later than the
-//! entries' maximum age.
+//! Per key rather than `BCAST` prefixes, because of what each write costs Redis: with `BCAST`,
+//! Redis compares every written key with every registered prefix (16 shards: 17 % of a create's
+//! instructions) and sends every change of any document to every sidecar (16 sidecars tracking
+//! made a create cost 72.8 µs of Redis CPU against 43.5 alone). Per key, a write costs a lookup
+//! in Redis's tracking table and a push to each sidecar that read the document since its last
+//! change. What Redis keeps instead is about 100 bytes per document a sidecar read, until the
+//! document changes or `tracking-table-max-keys` makes Redis report (and forget) the oldest.
+//! Redis forgets a key once it reports it: a document this process wrote is reported once (to
+//! this process too, if it had read it) and then no more until it is read again.
 //!
-//! When a tracking connection is lost (the client library reports a disconnection, a ping fails,
-//! or the cluster's masters change) the cache stops keeping new fills, reconnects everything and
-//! flushes once tracking is back on: nothing cached before can have missed an invalidation
-//! after that. In the meantime entries keep being served within their maximum age, so a Redis
-//! outage does not take cached sessions down with it.
+//! When a tracking connection is lost (the client library reports a disconnection, a ping or a
+//! read fails, or the cluster's masters change) the cache stops keeping new fills, reconnects
+//! everything and flushes once tracking is back on: nothing cached before can have missed an
+//! invalidation after that. In the meantime documents are read from the store and entries keep
+//! being served within their maximum age, so a Redis outage does not take cached sessions down
+//! with it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{
@@ -32,9 +37,10 @@ use redis::{
 use tokio::sync::{mpsc, watch};
 
 use super::SessionCache;
-use crate::sessions::WriteHints;
-use crate::store::Keys;
+use crate::metrics::Metrics;
+use crate::sessions::{TrackedReads, WriteHints};
 use crate::store::redis_url::{self, RedisUrl};
+use crate::store::{BackendError, Keys};
 
 /// How often the connections are pinged and the cluster's masters re-read.
 pub(crate) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -52,9 +58,111 @@ pub struct Tracking {
     pub cluster: bool,
     pub keys: Keys,
     pub shard_count: u32,
-    /// The engine's write hints, told of every change too (a hint another process made stale
-    /// is dropped before it is used).
+    /// The engine's write hints, told of the changes Redis reports too (the hint of a document
+    /// read here that another process changed is dropped before it is used).
     pub hints: Option<WriteHints>,
+    /// Where the engine reads documents on these connections.
+    pub reads: Arc<TrackedConnections>,
+}
+
+/// The tracking connections while tracking is on, for the engine's reads of documents.
+pub struct TrackedConnections {
+    live: RwLock<Option<Live>>,
+    cache: Arc<SessionCache>,
+    metrics: Metrics,
+}
+
+/// The connections of one tracking session.
+struct Live {
+    /// The connection of each shard's master, by shard.
+    by_shard: Vec<Option<MultiplexedConnection>>,
+    /// Tells the tracking loop that a connection failed.
+    lost: mpsc::UnboundedSender<()>,
+}
+
+impl TrackedConnections {
+    /// Connections to read on once `cache`'s tracking is on.
+    #[must_use]
+    pub fn new(cache: Arc<SessionCache>, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            live: RwLock::new(None),
+            cache,
+            metrics,
+        })
+    }
+
+    fn set(&self, live: Option<Live>) {
+        *self
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = live;
+    }
+
+    /// A read failed: nothing read from now on may be cached until tracking is back on.
+    fn lose(&self, error: &redis::RedisError) {
+        self.cache.set_tracked(false);
+        let live = self
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(live) = live {
+            tracing::warn!(
+                %error,
+                "reading a session on a cache invalidation connection failed; the cache keeps \
+                 nothing new until its connections are back (reconnecting now)"
+            );
+            let _ = live.lost.send(());
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl TrackedReads for TrackedConnections {
+    async fn document(
+        &self,
+        shard: u32,
+        key: &str,
+    ) -> Result<Option<Vec<(String, String)>>, BackendError> {
+        let connection = {
+            let live = self
+                .live
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            live.as_ref().and_then(|live| {
+                let shard = usize::try_from(shard).ok()?;
+                live.by_shard.get(shard)?.clone()
+            })
+        };
+        let Some(mut conn) = connection else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let result = redis::cmd("HGETALL")
+            .arg(key)
+            .query_async::<std::collections::HashMap<String, String>>(&mut conn)
+            .await;
+        self.metrics
+            .redis_duration
+            .with_label_values(&["read"])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(fields) => Ok(Some(fields.into_iter().collect())),
+            Err(error) => {
+                self.metrics.redis_errors.with_label_values(&["read"]).inc();
+                self.lose(&error);
+                // A Redis that does not answer here would keep the store's read waiting too;
+                // anything else (a lost connection, a slot being moved) is read from the store.
+                if error.is_timeout() {
+                    Err(BackendError::Unavailable(format!(
+                        "Redis did not answer a read of {key} in time: {error}"
+                    )))
+                } else {
+                    Ok(None)
+                }
+            }
+        }
+    }
 }
 
 /// The session id in a session-document key `P:{S}:s:<id>`.
@@ -121,10 +229,6 @@ fn at(info: &ConnectionInfo, host: &str, port: u16) -> ConnectionInfo {
 type Nodes = Vec<(ConnectionInfo, Vec<u32>)>;
 
 impl Tracking {
-    fn prefixes(&self, shards: &[u32]) -> Vec<String> {
-        shards.iter().map(|&s| self.keys.session(s, "")).collect()
-    }
-
     fn seeds(url: &str) -> redis::RedisResult<Vec<ConnectionInfo>> {
         url.split(',')
             .map(|u| u.trim().into_connection_info().map(resp3))
@@ -176,6 +280,7 @@ impl Tracking {
                 Ok(()) => backoff = Duration::from_millis(50),
                 Err(error) => tracing::warn!(%error, "cache invalidation connection failed"),
             }
+            self.reads.set(None);
             cache.set_tracked(false);
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
@@ -196,6 +301,7 @@ impl Tracking {
         let nodes = self.nodes(&current).await?;
         let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<()>();
         let mut connections: Vec<MultiplexedConnection> = Vec::new();
+        let mut by_shard = vec![None; usize::try_from(self.shard_count).unwrap_or(0)];
         for (node, shards) in &nodes {
             let (cache, hints, lost) = (Arc::clone(cache), self.hints.clone(), lost_tx.clone());
             let sender = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
@@ -211,15 +317,26 @@ impl Tracking {
             let mut conn = redis::Client::open(node.clone())?
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;
-            let mut cmd = redis::cmd("CLIENT");
-            cmd.arg("TRACKING").arg("ON").arg("BCAST");
-            for prefix in self.prefixes(shards) {
-                cmd.arg("PREFIX").arg(prefix);
+            redis::cmd("CLIENT")
+                .arg("TRACKING")
+                .arg("ON")
+                .query_async::<()>(&mut conn)
+                .await?;
+            for &shard in shards {
+                if let Some(slot) = usize::try_from(shard)
+                    .ok()
+                    .and_then(|s| by_shard.get_mut(s))
+                {
+                    *slot = Some(conn.clone());
+                }
             }
-            cmd.query_async::<()>(&mut conn).await?;
             connections.push(conn);
         }
         let topology = self.topology(&nodes);
+        self.reads.set(Some(Live {
+            by_shard,
+            lost: lost_tx.clone(),
+        }));
         cache.set_tracked(true);
         tracing::info!(nodes = nodes.len(), "cache invalidation tracking on");
         loop {

@@ -114,6 +114,24 @@ pub trait ChangeListener: Send + Sync {
     fn changed(&self, session_id: &str);
 }
 
+/// Reads of session documents on the cache's invalidation connections: Redis remembers that
+/// this process read the document and reports its next change there (per-key tracking), so a
+/// document read this way may be cached and its report drops it.
+#[async_trait::async_trait]
+pub trait TrackedReads: Send + Sync {
+    /// The fields of the document at `key` (on shard `shard`), or `None` when no invalidation
+    /// connection can read it now: the caller reads it from the store, and the cache then keeps
+    /// nothing new until tracking is back on.
+    ///
+    /// # Errors
+    /// Redis did not answer in time (it would not answer the store's connection either).
+    async fn document(
+        &self,
+        shard: u32,
+        key: &str,
+    ) -> std::result::Result<Option<Vec<(String, String)>>, crate::store::BackendError>;
+}
+
 /// Retry bound for optimistic commits. 32 attempts with growing jittered pauses (up to ~64 ms
 /// each) ride out heavy contention on one user for about a second before answering 503.
 const MAX_ATTEMPTS: u32 = 32;
@@ -132,6 +150,8 @@ pub struct Sessions {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) policy: Arc<Policy>,
     listener: Option<Arc<dyn ChangeListener>>,
+    /// Where documents are read so that Redis reports their changes (the cache's tracking).
+    tracked: Option<Arc<dyn TrackedReads>>,
     /// What this process wrote or read last (`None`: every change reads a snapshot first).
     recent: Option<Arc<recent::Recent>>,
 }
@@ -161,6 +181,7 @@ impl Sessions {
                 .then(|| Arc::new(recent::Recent::new(policy.write_hints_max_bytes))),
             policy: Arc::new(policy),
             listener: None,
+            tracked: None,
         }
     }
 
@@ -175,6 +196,13 @@ impl Sessions {
     #[must_use]
     pub fn with_listener(mut self, listener: Arc<dyn ChangeListener>) -> Self {
         self.listener = Some(listener);
+        self
+    }
+
+    /// The same engine, reading session documents through `tracked` when it can.
+    #[must_use]
+    pub fn with_tracked_reads(mut self, tracked: Arc<dyn TrackedReads>) -> Self {
+        self.tracked = Some(tracked);
         self
     }
 
@@ -378,12 +406,18 @@ impl Sessions {
         self.still_live(self.read_doc(shard, id).await?)
     }
 
-    /// The document of `id` as stored. The write hints learn an active one: a write that
-    /// follows a lookup commits in one call.
+    /// The document of `id` as stored, read where Redis reports its next change when it can.
+    /// The write hints learn an active one: a write that follows a lookup commits in one call.
     async fn read_doc(&self, shard: u32, id: &str) -> Result<Option<Record>> {
-        let fields = self
-            .read_one(|r| r.hgetall(self.keys.session(shard, id)))
-            .await?;
+        let key = self.keys.session(shard, id);
+        let tracked = match &self.tracked {
+            Some(tracked) => tracked.document(shard, &key).await?,
+            None => None,
+        };
+        let fields = match tracked {
+            Some(fields) => fields,
+            None => self.read_one(|r| r.hgetall(key)).await?,
+        };
         let bytes = fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>();
         let record = decode_record(fields)?;
         if let (Some(recent), Some(record)) = (&self.recent, &record)

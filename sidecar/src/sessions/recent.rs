@@ -6,15 +6,17 @@
 //!
 //! Only a hint: a guard that fails (another process changed the session, or this one raced
 //! itself) reports a conflict, the hint is forgotten, and the change runs again on a snapshot.
-//! So that another process's write costs one read and not a refused commit as well, the cache's
-//! invalidation connection reports every change Redis pushes ([`WriteHints::changed_elsewhere`]):
-//! the hint of a document changed by somebody else is dropped before it is used.
+//! So that another process's write to a document this process read costs one read and not a
+//! refused commit as well, the cache's invalidation connection reports the changes Redis pushes
+//! ([`WriteHints::changed_elsewhere`]): the hint of a document read here and changed since is
+//! dropped before it is used. Redis reports a document once per read (it forgets the key when
+//! it reports it), so a document this process committed is not reported again: a report of it
+//! is the echo of that commit, and another process's later change is caught by the guard.
 //! Reads never answer from here, and an error is never decided on a hint (see
 //! [`super::Sessions::changing`]). Bounded by bytes (`--write-hints-max-bytes`): an evicted hint
 //! only costs the snapshot read it would have saved.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
@@ -26,22 +28,12 @@ const USER_BYTES: u64 = 128;
 /// Bytes counted per document beyond its fields: the record's own structs and the map's slot.
 const ENTRY_OVERHEAD_BYTES: u64 = 400;
 
-/// How late Redis's report of this process's own commit may come and still be taken for it.
-/// Redis pushes it in the same event-loop turn as the commit's reply, just before it: it mostly
-/// arrives before the hint is learned, else within about a millisecond after; a report later
-/// than this is another process's write. Either mistake is safe:
-/// an echo taken for another's write costs one read, another's write taken for an echo (it came
-/// this soon after ours: real contention) costs a refused commit.
-const OWN_ECHO: Duration = Duration::from_millis(250);
-
 /// A document as committed or read, with its weight.
 #[derive(Clone)]
 struct Doc {
     record: Arc<Record>,
     bytes: u64,
-    /// Until when a report of a change is taken for the echo of this process's own commit
-    /// (`None` for a document read: any report is somebody's change).
-    echo_until: Option<Instant>,
+    learned: Learned,
 }
 
 /// How a document came to be known.
@@ -106,7 +98,6 @@ impl Recent {
     pub(crate) fn remember(&self, record: Record, field_bytes: u64, how: Learned) {
         let id = record.session_id.clone();
         let bytes = field_bytes + ENTRY_OVERHEAD_BYTES;
-        let echo_until = (how == Learned::Committed).then(|| Instant::now() + OWN_ECHO);
         if let (Some(title), Status::Active) = (&record.title, record.status) {
             self.titles
                 .insert(title_key(&record.user_id, title), id.clone());
@@ -116,7 +107,7 @@ impl Recent {
             Doc {
                 record: Arc::new(record),
                 bytes,
-                echo_until,
+                learned: how,
             },
         );
     }
@@ -125,12 +116,10 @@ impl Recent {
         self.docs.remove(id);
     }
 
-    /// Redis reported a change of the document of `id`: unless it is the echo of this
-    /// process's own commit (see [`OWN_ECHO`]), the hint is stale and dropped.
+    /// Redis reported a change of the document of `id`: a document read here is stale and
+    /// dropped; for one this process committed last, the report is that commit's echo.
     fn changed_elsewhere(&self, id: &str) {
-        let now = Instant::now();
-        self.docs
-            .remove_if(id, |doc| doc.echo_until.is_none_or(|until| now > until));
+        self.docs.remove_if(id, |doc| doc.learned == Learned::Read);
     }
 
     /// The user's current session as this process last set it.
@@ -186,7 +175,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_change_reported_soon_after_the_hint_is_its_echo_and_a_later_one_drops_it() {
+    fn a_report_drops_a_document_read_and_is_the_echo_of_one_committed() {
         let hints = WriteHints(Arc::new(Recent::new(1 << 20)));
         hints
             .0
@@ -196,9 +185,6 @@ mod tests {
             hints.0.doc("a").is_some(),
             "the echo of this process's own commit"
         );
-        std::thread::sleep(OWN_ECHO + Duration::from_millis(50));
-        hints.changed_elsewhere("a");
-        assert!(hints.0.doc("a").is_none(), "another process's write");
         hints.changed_elsewhere("never-written");
 
         hints.0.remember(Record::for_test("b"), 100, Learned::Read);

@@ -91,7 +91,6 @@ impl Role {
                     .iter()
                     .map(|part| match *part {
                         SHARD_KEY => shard.clone(),
-                        SHARD_PREFIX => keys.session(0, ""),
                         ORG_KEY => org.clone(),
                         EVENTS_KEY => events.clone(),
                         other => other.to_owned(),
@@ -112,7 +111,6 @@ struct Grant {
 }
 
 const SHARD_KEY: &str = "<shard key>";
-const SHARD_PREFIX: &str = "<shard prefix>";
 const ORG_KEY: &str = "<org key>";
 const EVENTS_KEY: &str = "<events key>";
 
@@ -138,10 +136,7 @@ const fn server(command: &'static str, example: &'static [&'static str]) -> Gran
 /// (an ACL file naming it would not load), and the client library ignores its refusal.
 const GRANTS: &[Grant] = &[
     both("ping", &["ping"]),
-    both(
-        "client|tracking",
-        &["client", "tracking", "on", "bcast", "prefix", SHARD_PREFIX],
-    ),
+    both("client|tracking", &["client", "tracking", "on"]),
     both("cluster|slots", &["cluster", "slots"]),
     both("asking", &["asking"]),
     both("wait", &["wait", "0", "0"]),

@@ -210,6 +210,55 @@ async fn changes_by_another_sidecar_reach_this_cache() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_reports_a_change_only_to_the_sidecars_that_read_the_session() {
+    // Proves: tracking is per key. Sidecar `b` is told of no change of a session it never read,
+    // so a write does not cost Redis a report to every sidecar of the fleet. Once `b` has read
+    // the session, `a`'s next change reaches `b` and drops its entry; Redis then forgets that
+    // `b` read it, so `a`'s change after that is not reported until `b` reads it again.
+    let a = TestApp::new(Kind::Redis).await;
+    let b = a.beside().await;
+    let id = a.create_id("u1", json!({})).await;
+    let (path, messages) = (
+        format!("/v1/sessions/{id}"),
+        format!("/v1/sessions/{id}/messages"),
+    );
+    let hello = json!({"role": "user", "content": "hello"});
+    assert_eq!(
+        a.post(&messages, hello.clone()).await.status,
+        StatusCode::CREATED
+    );
+    b.settle().await;
+    assert_eq!(b.metrics.cache_invalidations.get(), 0, "b never read it");
+
+    assert_eq!(b.get(&path).await.body["message_count"], 1);
+    assert_eq!(
+        a.post(&messages, hello.clone()).await.status,
+        StatusCode::CREATED
+    );
+    within(Duration::from_secs(2), async || {
+        b.metrics.cache_invalidations.get() == 1
+    })
+    .await;
+    assert_eq!(
+        a.post(&messages, hello.clone()).await.status,
+        StatusCode::CREATED
+    );
+    b.settle().await;
+    assert_eq!(
+        b.metrics.cache_invalidations.get(),
+        1,
+        "reported once per read"
+    );
+
+    assert_eq!(b.get(&path).await.body["message_count"], 3);
+    assert_eq!(a.post(&messages, hello).await.status, StatusCode::CREATED);
+    within(Duration::from_secs(2), async || {
+        b.metrics.cache_invalidations.get() == 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_invalidation_connection_flushes_the_cache() {
     // Proves: when the tracking connection is killed, the sidecar reconnects, re-enables
     // tracking and flushes, so nothing cached before the loss survives it.

@@ -20,12 +20,12 @@ use session_sidecar::testing::Breaker;
 use session_sidecar::testing::Envelope;
 use session_sidecar::testing::MemoryBackend;
 use session_sidecar::testing::Metrics;
-use session_sidecar::testing::Tracking;
 use session_sidecar::testing::{App, AppState, app};
 use session_sidecar::testing::{Backend, Commit, ReadOp, Reply, WriteOp};
 use session_sidecar::testing::{CacheConfig, SessionCache};
 use session_sidecar::testing::{CapPolicy, Policy, Sessions};
 use session_sidecar::testing::{Clock, ManualClock, SystemClock};
+use session_sidecar::testing::{TrackedConnections, Tracking};
 use tower::ServiceExt;
 
 pub use crate::common::{RedisCluster, RedisServer, TEST_PREFIX};
@@ -381,10 +381,12 @@ impl TestApp {
             None => Sessions::new(backend.clone(), TEST_PREFIX, clock.clone(), policy.clone())
                 .with_listener(cache.clone()),
         };
-        let sessions = Sessions::new(backend.clone(), TEST_PREFIX, clock.clone(), policy)
+        let mut sessions = Sessions::new(backend.clone(), TEST_PREFIX, clock.clone(), policy)
             .with_listener(cache.clone());
         let (stop, stopped) = watch::channel(false);
         if let Some(target) = target.clone() {
+            let reads = TrackedConnections::new(cache.clone(), metrics.clone());
+            sessions = sessions.with_tracked_reads(reads.clone());
             let keys = sessions.keys().clone();
             let tracking = Tracking {
                 url: session_sidecar::testing::fixed(target.url()),
@@ -392,6 +394,7 @@ impl TestApp {
                 keys,
                 shard_count: sessions.policy().shard_count,
                 hints: sessions.write_hints().filter(|_| report_to_hints),
+                reads,
             };
             tokio::spawn(tracking.run(cache.clone(), stopped));
             let deadline = Instant::now() + Duration::from_secs(5);
