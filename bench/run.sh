@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark (not part of CI; about 4 minutes after the release build):
+# Side-by-side benchmark (not part of CI; about 3 minutes after the release build):
 #   bare hyper server · sidecar cache hit · sidecar miss (reads Redis) · Redis GET itself,
 # each at the same fixed request rate (open loop, latency from when each request was due) and at
 # its closed-loop maximum; then the invalidation delay between two sidecars and the memory of a

@@ -99,7 +99,7 @@ impl TrackedConnections {
     }
 
     /// A read failed: nothing read from now on may be cached until tracking is back on.
-    fn lose(&self, error: &redis::RedisError) {
+    fn lose(&self, error: &dyn std::fmt::Display) {
         self.cache.set_tracked(false);
         let live = self
             .live
@@ -129,12 +129,15 @@ impl TrackedReads for TrackedConnections {
                 .live
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            live.as_ref().and_then(|live| {
-                let shard = usize::try_from(shard).ok()?;
-                live.by_shard.get(shard)?.clone()
-            })
+            let Some(live) = live.as_ref() else {
+                return Ok(None);
+            };
+            let index = usize::try_from(shard).unwrap_or(usize::MAX);
+            live.by_shard.get(index).cloned().flatten()
         };
         let Some(mut conn) = connection else {
+            // The cluster's map changed under the tracking (a master left): track again.
+            self.lose(&format!("no tracked master serves shard {shard}"));
             return Ok(None);
         };
         let started = Instant::now();
