@@ -158,7 +158,7 @@ impl TrackedReads for TrackedConnections {
                 // anything else (a lost connection, a slot being moved) is read from the store.
                 if error.is_timeout() {
                     Err(BackendError::Unavailable(format!(
-                        "Redis did not answer a read of {key} in time: {error}"
+                        "Redis did not answer a read of a session in time: {error}"
                     )))
                 } else {
                     Ok(None)
