@@ -254,7 +254,8 @@ const TRACKED_KEY_BYTES: u64 = 150;
 
 /// The documents Redis remembers for the sidecars' cache invalidations: a tenth of `maxmemory`
 /// (which the table counts toward, so that it never pushes a `noeviction` Redis into refusing
-/// writes); beyond it Redis reports the oldest documents to their sidecars and forgets them.
+/// writes); beyond it Redis reports documents picked at random to their sidecars and forgets
+/// them.
 /// Redis's own default (a million) when `maxmemory` is 0 (no limit).
 fn tracking_table_max_keys(maxmemory: &str) -> u64 {
     let digits = maxmemory.find(|c: char| !c.is_ascii_digit());

@@ -14,7 +14,7 @@
 //! made a create cost 72.8 µs of Redis CPU against 43.5 alone). Per key, a write costs a lookup
 //! in Redis's tracking table and a push to each sidecar that read the document since its last
 //! change. What Redis keeps instead is about 100 bytes per document a sidecar read, until the
-//! document changes or `tracking-table-max-keys` makes Redis report (and forget) the oldest.
+//! document changes or `tracking-table-max-keys` makes Redis report (and forget) some at random.
 //! Redis forgets a key once it reports it: a document this process wrote is reported once (to
 //! this process too, if it had read it) and then no more until it is read again.
 //!
