@@ -270,30 +270,28 @@ async fn a_user_found_at_the_active_cap_reads_first_instead_of_trying_the_hints(
         (3, "known to be at the cap: read first"),
     ] {
         app.clock.advance_ms(1); // the oldest ended at the cap is the first created
-        let create = app.post("/v1/sessions", json!({"user_id": "u1"}));
-        let (n, res) = calls.during(create).await;
-        assert_eq!(
-            (n, res.status.as_u16()),
-            (expected, 201),
-            "{what}: {}",
-            res.body
-        );
-        ids.push(res.body["session_id"].as_str().unwrap().to_owned());
+        ids.push(create_counted(&app, &mut calls, expected, what).await);
     }
     for id in &ids[2..4] {
         let ended = app.end(id, json!({"performer_id": "u1"})).await;
         assert_eq!(ended.status.as_u16(), 200, "{}", ended.body);
     }
     for (expected, what) in [(2, "the snapshot finds room"), (1, "from the hints again")] {
-        let create = app.post("/v1/sessions", json!({"user_id": "u1"}));
-        let (n, res) = calls.during(create).await;
-        assert_eq!(
-            (n, res.status.as_u16()),
-            (expected, 201),
-            "{what}: {}",
-            res.body
-        );
+        create_counted(&app, &mut calls, expected, what).await;
     }
+}
+
+/// Creates a session of `u1`, checking it made `expected` calls to Redis; its id.
+async fn create_counted(app: &TestApp, calls: &mut Calls, expected: u64, what: &str) -> String {
+    let create = app.post("/v1/sessions", json!({"user_id": "u1"}));
+    let (n, res) = calls.during(create).await;
+    assert_eq!(
+        (n, res.status.as_u16()),
+        (expected, 201),
+        "{what}: {}",
+        res.body
+    );
+    res.body["session_id"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
