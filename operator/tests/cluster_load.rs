@@ -373,7 +373,7 @@ async fn sidecars_keep_serving_through_scaling_rolling_restarts_and_a_full_resta
 
     let sidecars: Vec<Sidecar> = (0..2)
         .map(|i| {
-            let port = common::redis_node::free_port();
+            let port = common::free_cluster_port();
             Sidecar::start(
                 &cluster,
                 &hosts,

@@ -440,11 +440,7 @@ async fn the_webhook_answers_over_tls_looking_the_session_service_up_in_the_api(
     let cert = certs::generate(vec!["localhost".into()], time::OffsetDateTime::now_utc()).unwrap();
     std::fs::write(dir.path().join("tls.crt"), &cert.cert).unwrap();
     std::fs::write(dir.path().join("tls.key"), &cert.key).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let options = webhook::Options {
         webhook_listen: Some(([127, 0, 0, 1], port).into()),
         webhook_cert_dir: Some(dir.path().to_owned()),

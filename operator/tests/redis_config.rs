@@ -11,7 +11,8 @@ use test_certs::make_test_certs;
 
 use std::process::Command;
 
-use common::redis_node::{RedisNode, free_port};
+use common::free_cluster_port;
+use common::redis_node::RedisNode;
 use serde_json::Value;
 
 fn start(objects: &[Value], dir: &std::path::Path, port: u16) -> RedisNode {
@@ -43,7 +44,7 @@ fn cli(
 fn standalone_redis_runs_with_the_rendered_configuration() {
     let objects = common::rendered("sessionservice-standalone.yaml");
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = free_cluster_port();
     let _redis = start(&objects, dir.path(), port);
     assert!(
         cli(port, None, None, &["ping"]).contains("NOAUTH"),
@@ -88,7 +89,7 @@ fn a_cluster_node_runs_over_tls_announcing_its_hostname() {
     let objects = common::rendered("sessionservice-cluster.yaml");
     let dir = tempfile::tempdir().unwrap();
     make_test_certs(dir.path());
-    let port = free_port();
+    let port = free_cluster_port();
     let _redis = start(&objects, dir.path(), port);
     let password = Some(("admin", common::ADMIN_PASSWORD));
     let tls = Some(dir.path());

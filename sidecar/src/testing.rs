@@ -1,9 +1,13 @@
 //! What the integration tests drive directly and nothing else outside this crate uses: the
 //! engine and its store contract without HTTP, the background work one pass at a time, the
 //! router without a socket, a clock that moves only when told to, and the limits the tests
-//! check against. Every other module is private; the binary needs only [`crate::run`] and
-//! [`crate::config`], the operator only [`crate::contract`].
+//! check against, and free ports for the test servers (the operator's tests use those too).
+//! Every other module is private; the binary needs only [`crate::run`] and [`crate::config`],
+//! the operator only [`crate::contract`].
 
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 pub use crate::api::asyncapi::document;
@@ -53,5 +57,42 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A free loopback port (bound and released), never the same one twice in this test process.
+/// Tests run in parallel threads: two of them given the same port would start two servers on
+/// it, the second would fail to bind, and its test would talk to the first test's server.
+///
+/// # Panics
+/// When no loopback port can be bound at all.
+#[must_use]
+#[allow(clippy::expect_used)] // test support: without a loopback port no test can run
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        if GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(port)
+        {
+            return port;
+        }
+    }
+}
+
+/// A free loopback port for a Redis Cluster node whose bus port (the port plus 10 000) is free
+/// too: a port above 55 535 has no bus port, and Redis refuses to start on it.
+#[must_use]
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
     }
 }

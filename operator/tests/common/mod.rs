@@ -6,7 +6,6 @@ pub mod redis_cluster;
 pub mod redis_node;
 pub mod redis_server;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -26,23 +25,7 @@ pub const EXAMPLES: &[&str] = &[
     "sessionservice-external.yaml",
 ];
 
-/// A free loopback port (bound and released), never the same one twice in this test process:
-/// tests run in parallel threads, and two given one port would start two servers on it, the
-/// second failing to bind and its test talking to the first test's server.
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
-            return port;
-        }
-    }
-}
+pub use session_sidecar::testing::{free_cluster_port, free_port};
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

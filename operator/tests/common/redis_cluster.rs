@@ -12,7 +12,8 @@ use session_operator::testing::cluster::{
 use session_operator::testing::cluster::{NodeLine, parse_nodes};
 use session_operator::testing::cluster::{data_slots, key_slot};
 
-use super::redis_node::{RedisNode, free_port};
+use super::free_cluster_port;
+use super::redis_node::RedisNode;
 
 pub use super::ADMIN_PASSWORD as PASSWORD;
 pub const SHARDS: u32 = 16;
@@ -39,7 +40,7 @@ pub fn rendered_cluster() -> Vec<Value> {
 
 impl Cluster {
     pub fn start(subnet: u8, count: usize) -> Self {
-        Self::start_on_port(subnet, count, free_port())
+        Self::start_on_port(subnet, count, free_cluster_port())
     }
 
     /// The same on a given port (6379 where the operator itself connects, as to a pod).

@@ -2,22 +2,11 @@
 //! only the addressing changed: each node on its own loopback address (127.0.0.0/8 is all
 //! loopback on Linux), as each pod has its own IP, and all on one free port instead of 6379.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-/// A free port ([`super::free_port`]) whose cluster-bus neighbour (+10000) is free too.
-pub fn free_port() -> u16 {
-    loop {
-        let port = super::free_port();
-        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
-    }
-}
 
 /// The decoded value of `key` in the rendered Secret whose name ends with `suffix`.
 pub fn secret_value(objects: &[Value], suffix: &str, key: &str) -> String {

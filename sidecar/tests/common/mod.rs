@@ -1,7 +1,6 @@
 //! Shared by the test binaries: real servers on free loopback ports.
 #![allow(dead_code)] // shared by several test binaries; each uses a part
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,34 +31,7 @@ pub fn script_calls(info: &str) -> u64 {
         .sum()
 }
 
-/// A free loopback port (bound and released), never the same one twice in this test process.
-/// Tests run in parallel threads: two of them given the same port would start two servers on
-/// it, the second would fail to bind, and its test would talk to the first test's server.
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
-            return port;
-        }
-    }
-}
-
-/// A free loopback port for a cluster node whose bus port (the port plus 10 000) is free too:
-/// a port above 55 535 has no bus port and Redis refuses to start on it.
-pub fn free_cluster_port() -> u16 {
-    loop {
-        let port = free_port();
-        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
-    }
-}
+pub use session_sidecar::testing::{free_cluster_port, free_port};
 
 /// Waits until something accepts connections on the loopback port.
 pub fn wait_for_port(port: u16, what: &str) {
