@@ -60,38 +60,61 @@ impl Clock for ManualClock {
     }
 }
 
-/// A free loopback port (bound and released), never the same one twice in this test process.
+/// Ports this test process has handed out, cluster bus ports included.
+static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// Claims every port in `ports` for this test process, or none of them when one is taken.
+fn claim(ports: &[u16]) -> bool {
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if ports.iter().any(|port| given.contains(port)) {
+        return false;
+    }
+    given.extend(ports);
+    true
+}
+
+/// A loopback port the kernel calls free right now (bound and released).
+#[allow(clippy::expect_used)] // test support: without a loopback port no test can run
+fn unbound_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A free loopback port (bound and released), never one this test process handed out before.
 /// Tests run in parallel threads: two of them given the same port would start two servers on
 /// it, the second would fail to bind, and its test would talk to the first test's server.
 ///
 /// # Panics
 /// When no loopback port can be bound at all.
 #[must_use]
-#[allow(clippy::expect_used)] // test support: without a loopback port no test can run
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free loopback port")
-            .port();
-        if GIVEN
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(port)
-        {
+        let port = unbound_port();
+        if claim(&[port]) {
             return port;
         }
     }
 }
 
 /// A free loopback port for a Redis Cluster node whose bus port (the port plus 10 000) is free
-/// too: a port above 55 535 has no bus port, and Redis refuses to start on it.
+/// too: a port above 55 535 has no bus port, and Redis refuses to start on it. Both ports are
+/// claimed, so no other test is given the bus port (a standalone Redis started there would
+/// find it taken, and its test would talk to this node's bus).
+///
+/// # Panics
+/// When no loopback port can be bound at all.
 #[must_use]
 pub fn free_cluster_port() -> u16 {
     loop {
-        let port = free_port();
-        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+        let port = unbound_port();
+        if port <= 55_535
+            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+            && claim(&[port, port + 10_000])
+        {
             return port;
         }
     }

@@ -91,7 +91,7 @@ impl RedisNode {
                     .replace("$(POD_NAME)", &self.pod)
             })
             .collect();
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(&args)
             .args(["--bind", &self.ip])
             // Distinct loopback addresses share one interface, so a node must say which is its
@@ -109,6 +109,13 @@ impl RedisNode {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Whatever answered must be this node, not another server already on the port.
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "redis-server exited: {}:{} was taken by another process",
+            self.ip,
+            self.port
+        );
         self.child = Some(child);
     }
 
