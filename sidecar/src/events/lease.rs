@@ -41,7 +41,7 @@ impl Lease {
             writes: vec![WriteOp::SetPx(lease.key.clone(), lease.token.clone(), ms)],
             ..Commit::default()
         };
-        if backend.commit(take).await? == CommitOutcome::Applied {
+        if matches!(backend.commit(take).await?, CommitOutcome::Applied(_)) {
             Ok(Some(lease))
         } else {
             lease.held = false;

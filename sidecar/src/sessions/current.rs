@@ -6,7 +6,6 @@ use crate::model::input::{SwitchCurrent, check_id};
 use crate::model::{EventType, Record, Status};
 use crate::store::Reads;
 
-use super::lifecycle::caller_name;
 use super::plan::Plan;
 use super::{Changing, Ctx, Sessions, Step};
 
@@ -160,7 +159,7 @@ impl Sessions {
         plan.event(
             EventType::Updated,
             &record,
-            caller_name(ctx).as_deref(),
+            ctx.caller.user(),
             ctx.correlation_id.as_deref(),
         );
         plan.put(stored, &record);

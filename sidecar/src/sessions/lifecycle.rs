@@ -10,7 +10,7 @@ use crate::model::{EventType, Record};
 use crate::store::{NamedBy, Reads, WriteOp};
 
 use super::plan::Plan;
-use super::{Caller, Changing, Ctx, Sessions, Step, decode_record};
+use super::{Changing, Ctx, Sessions, Step, decode_record};
 
 impl Sessions {
     /// Applies a merge patch to the mutable fields.
@@ -129,7 +129,10 @@ impl Sessions {
         }
         record.updated_ms = now;
         record.version += 1;
-        let performer = patch.performer_id.clone().or_else(|| caller_name(ctx));
+        let performer = patch
+            .performer_id
+            .clone()
+            .or_else(|| ctx.caller.user().map(str::to_owned));
         plan.event(
             EventType::Updated,
             &record,
@@ -256,18 +259,10 @@ impl Sessions {
         plan.event(
             EventType::Deleted,
             record,
-            caller_name(ctx).as_deref(),
+            ctx.caller.user(),
             ctx.correlation_id.as_deref(),
         );
         plan.remove(record, owns_title, false);
-    }
-}
-
-/// The performer recorded for a change that names none: the user behind a user token.
-pub(crate) fn caller_name(ctx: &Ctx) -> Option<String> {
-    match &ctx.caller {
-        Caller::User(u) => Some(u.clone()),
-        Caller::Trusted => None,
     }
 }
 

@@ -10,10 +10,15 @@ use crate::store::WriteOp;
 
 use super::listing::{Page, page_size};
 use super::plan::Plan;
-use super::{Changing, Ctx, Sessions};
+use super::{Ctx, Sessions, Step};
 
 impl Sessions {
-    /// Appends a message to an active session and adds it to the session's counters.
+    /// Appends a message to an active session and adds it to the session's counters, in one
+    /// call to the store: the counters are added to where they are stored (appends racing on
+    /// one session all land), and the message's number is the length of the list it ends.
+    /// When this process knows the session, its plan rests on that version, and the hints
+    /// learn the result; otherwise the store checks the session itself, and only a refused
+    /// append reads it, to answer why.
     ///
     /// # Errors
     /// 400 invalid message, 403, 404, 409 ended session, 503.
@@ -24,37 +29,83 @@ impl Sessions {
         input: NewMessage,
     ) -> Result<Message> {
         let cost_micros = input.validate()?;
-        let message_id = uuid::Uuid::new_v4().to_string();
+        let shard = self.shard_of_session(id)?;
+        let template = Message {
+            message_id: uuid::Uuid::new_v4().to_string(),
+            seq: 0,
+            role: input.role,
+            content: input.content,
+            tokens: input.tokens,
+            cost: micros_to_cost(cost_micros),
+            metadata: input.metadata,
+            created_at: String::new(),
+        };
         self.retry(|| async {
-            let Changing {
-                shard,
-                record: stored,
-                ..
-            } = self.changing(ctx, id, None).await?;
+            let hinted = self.hinted(ctx, id, None)?;
             let now = self.now();
-            let mut record = stored.clone();
             let message = Message {
-                message_id: message_id.clone(),
-                seq: record.message_count() + 1,
-                role: input.role,
-                content: input.content.clone(),
-                tokens: input.tokens,
-                cost: micros_to_cost(cost_micros),
-                metadata: input.metadata.clone(),
                 created_at: rfc3339(now),
+                ..template.clone()
             };
-            record.messages_by_role[input.role.index()] += 1;
-            record.tokens_total = record.tokens_total.saturating_add(input.tokens);
-            record.cost_micros = record.cost_micros.saturating_add(cost_micros);
-            record.last_message_ms = Some(now);
-            record.updated_ms = now;
-            record.version += 1;
-            let mut plan = Plan::for_session(self, shard, &stored);
-            plan.put(&stored, &record);
-            let json =
-                serde_json::to_string(&message).map_err(|e| Error::Corrupt(e.to_string()))?;
-            plan.write(WriteOp::RPush(self.keys.messages(shard, id), json));
-            self.commit_or_retry(plan, message).await
+            let mut plan = match &hinted {
+                Some(session) => {
+                    let mut record = session.record.clone();
+                    record.messages_by_role[message.role.index()] += 1;
+                    record.tokens_total = added(record.tokens_total, message.tokens);
+                    record.cost_micros = added(record.cost_micros, cost_micros);
+                    record.last_message_ms = Some(now);
+                    record.updated_ms = now;
+                    record.version += 1;
+                    let mut plan = Plan::for_session(self, shard, &session.record);
+                    plan.leaves(&record);
+                    plan
+                }
+                None => Plan::for_unread_session(self, shard, id, ctx.caller.user()),
+            };
+            let doc = self.keys.session(shard, id);
+            let add = |field: &str, by: u64| {
+                WriteOp::HIncrBy(doc.clone(), field.to_owned(), added(0, by).cast_signed())
+            };
+            plan.write(add(message.role.count_field(), 1));
+            for (field, by) in [
+                ("tokens_total", message.tokens),
+                ("cost_micros", cost_micros),
+            ] {
+                if by > 0 {
+                    plan.write(add(field, by));
+                }
+            }
+            plan.write(add("version", 1));
+            plan.write(WriteOp::HSet(
+                doc.clone(),
+                vec![
+                    ("updated_ms".to_owned(), now.to_string()),
+                    ("last_message_ms".to_owned(), now.to_string()),
+                ],
+            ));
+            let (head, tail) = numbered(&message)?;
+            plan.write(WriteOp::RPushNumbered(
+                self.keys.messages(shard, id),
+                head,
+                tail,
+            ));
+            if hinted.is_none() && self.recent.is_some() {
+                // The hints learn the document, so that a next change of it is one call too.
+                plan.write(WriteOp::ReadBack(doc));
+            }
+            match self.commit_plan(plan).await? {
+                Step::Done(applied) => Ok(Step::Done(Message {
+                    seq: applied.list_len.unwrap_or_default(),
+                    ..message
+                })),
+                Step::Retry if hinted.is_none() => {
+                    // Refused: the session is not an active one of this caller's (the read
+                    // says which error), or it changed between the check and the read.
+                    self.read_for_change(ctx, id, None).await?;
+                    Ok(Step::Retry)
+                }
+                Step::Retry => Ok(Step::Retry),
+            }
         })
         .await
     }
@@ -123,4 +174,25 @@ impl Sessions {
             duration_seconds,
         })
     }
+}
+
+/// `total + by` as the store adds it: at most `i64::MAX`, the largest integer Redis keeps.
+fn added(total: u64, by: u64) -> u64 {
+    total.saturating_add(by).min(i64::MAX.cast_unsigned())
+}
+
+/// The message's JSON around its `seq`, which the store writes in between: the message's
+/// position in the list, known only when it is pushed there.
+fn numbered(message: &Message) -> Result<(String, String)> {
+    const SEQ: &str = r#","seq":0,"#;
+    let json = serde_json::to_string(&Message {
+        seq: 0,
+        ..message.clone()
+    })
+    .map_err(|e| Error::Corrupt(e.to_string()))?;
+    // `seq` follows `message_id`, a UUID: the first match is the field.
+    let (head, tail) = json
+        .split_once(SEQ)
+        .ok_or_else(|| Error::Corrupt("a message serialized without seq".into()))?;
+    Ok((format!(r#"{head},"seq":"#), format!(",{tail}")))
 }

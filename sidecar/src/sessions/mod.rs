@@ -25,7 +25,9 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::ids::parse_session_id;
 use crate::model::{Record, Status};
-use crate::store::{Backend, CommitOutcome, FromReply, Keys, NamedBy, Reads, Replies, Slot};
+use crate::store::{
+    Applied, Backend, CommitOutcome, FromReply, Keys, NamedBy, Reads, Replies, Slot,
+};
 
 pub(crate) use inbound::InboundOutcome;
 pub(crate) use listing::{Page, page_size};
@@ -75,6 +77,15 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// The user behind a user token (the performer of a change that names none); `None` for
+    /// a trusted caller, who may act for anyone.
+    pub(crate) fn user(&self) -> Option<&str> {
+        match self {
+            Caller::User(u) => Some(u),
+            Caller::Trusted => None,
+        }
+    }
+
     /// Refuses a user acting on another user's data.
     ///
     /// # Errors
@@ -282,13 +293,27 @@ impl Sessions {
     /// The hints learn what an applied commit wrote and forget what a conflicting one assumed
     /// (the sessions it wrote, and the current session when it rested on it).
     pub(crate) async fn commit_or_retry<T>(&self, plan: plan::Plan, value: T) -> Result<Step<T>> {
+        Ok(match self.commit_plan(plan).await? {
+            Step::Done(_) => Step::Done(value),
+            Step::Retry => Step::Retry,
+        })
+    }
+
+    /// [`Sessions::commit_or_retry`], done with what the commit's writes report (a message's
+    /// sequence number). A document the commit reads back is learned like one it wrote.
+    pub(crate) async fn commit_plan(&self, plan: plan::Plan) -> Result<Step<Applied>> {
         let (commit, effects) = plan.into_parts();
         let outcome = self.backend.commit(commit).await?;
         if let Some(recent) = &self.recent {
             effects.touched.iter().for_each(|id| recent.forget(id));
-            match outcome {
-                CommitOutcome::Applied => {
-                    for (record, bytes) in effects.written {
+            match &outcome {
+                CommitOutcome::Applied(applied) => {
+                    // A document that does not decode is not learned (a read will say why).
+                    let read_back = applied.read_back.as_ref().and_then(|fields| {
+                        let record = Record::from_fields(fields.clone()).ok()??;
+                        Some((record, fields_bytes(fields)))
+                    });
+                    for (record, bytes) in effects.written.into_iter().chain(read_back) {
                         recent.remember(record, bytes, Learned::Committed);
                     }
                     if let Some(current) = effects.current {
@@ -302,11 +327,11 @@ impl Sessions {
             }
         }
         match outcome {
-            CommitOutcome::Applied => {
+            CommitOutcome::Applied(applied) => {
                 if let Some(listener) = &self.listener {
                     effects.touched.iter().for_each(|id| listener.changed(id));
                 }
-                Ok(Step::Done(value))
+                Ok(Step::Done(applied))
             }
             CommitOutcome::Conflict => Ok(Step::Retry),
             CommitOutcome::OutboxFull => Err(Error::OutboxFull),
@@ -418,12 +443,11 @@ impl Sessions {
             Some(fields) => fields,
             None => self.read_one(|r| r.hgetall(key)).await?,
         };
-        let bytes = fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>();
+        let bytes = fields_bytes(&fields);
         let record = decode_record(fields)?;
         if let (Some(recent), Some(record)) = (&self.recent, &record)
             && record.is_active(self.now())
         {
-            let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
             recent.remember(record.clone(), bytes, Learned::Read);
         }
         Ok(record)
@@ -577,6 +601,12 @@ impl Sessions {
 /// Decodes a session document's fields (an `HGETALL`) into a record.
 pub(crate) fn decode_record(fields: Vec<(String, String)>) -> Result<Option<Record>> {
     Record::from_fields(fields).map_err(Error::Corrupt)
+}
+
+/// The bytes of a document's fields and values: its weight in the write hints.
+pub(crate) fn fields_bytes(fields: &[(String, String)]) -> u64 {
+    let bytes = fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>();
+    u64::try_from(bytes).unwrap_or(u64::MAX)
 }
 
 /// The next value of a version counter.

@@ -6,7 +6,7 @@ use crate::clock::rfc3339;
 use crate::ids::new_event_id;
 use crate::model::event::SOURCE;
 use crate::model::{Envelope, EventType, Record, Status};
-use crate::store::{Append, Commit, Guard, Keys, WriteOp};
+use crate::store::{Append, Commit, Guard, Keys, NamedBy, WriteOp};
 
 use super::next_version;
 
@@ -57,6 +57,42 @@ impl Plan {
     pub(crate) fn for_session(sessions: &super::Sessions, shard: u32, stored: &Record) -> Self {
         let mut plan = Self::unversioned(sessions, shard, &stored.user_id);
         plan.assume_unchanged(stored);
+        plan
+    }
+
+    /// A plan for a change that needs only a few fields of session `id`, which this process
+    /// has not read: the store checks in the same step that the session is active and
+    /// unexpired (and `owner`'s, when given), and bumps its user's version, named by the
+    /// document's `user_id`. A failed check is a conflict; the caller then reads the session
+    /// to say what is wrong with it.
+    pub(crate) fn for_unread_session(
+        sessions: &super::Sessions,
+        shard: u32,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Self {
+        let doc = sessions.keys.session(shard, id);
+        // The user is known only to the store; nothing in this plan is keyed by it.
+        let mut plan = Self::new(sessions, shard, owner.unwrap_or_default());
+        let field = |value: &str| Some(value.to_owned());
+        plan.guard(Guard::HEq(
+            doc.clone(),
+            "status".to_owned(),
+            field(Status::Active.as_str()),
+        ));
+        plan.guard(Guard::HIntAbove(
+            doc.clone(),
+            "expires_ms".to_owned(),
+            plan.now_ms,
+        ));
+        if let Some(owner) = owner {
+            plan.guard(Guard::HEq(doc.clone(), "user_id".to_owned(), field(owner)));
+        }
+        plan.write(WriteOp::IncrAt(
+            sessions.keys.user_version(shard, ""),
+            NamedBy::Field(doc, "user_id".to_owned()),
+        ));
+        plan.effects.touched.push(id.to_owned());
         plan
     }
 
@@ -176,12 +212,16 @@ impl Plan {
         self.write(WriteOp::HSet(key, fields));
     }
 
+    /// Records that this plan's own writes leave the document as `record` (for the hints).
+    pub(crate) fn leaves(&mut self, record: &Record) {
+        self.wrote(record, &record.to_fields());
+    }
+
     fn wrote(&mut self, record: &Record, fields: &[(String, String)]) {
-        let bytes = fields.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>();
         self.effects.touched.push(record.session_id.clone());
         self.effects
             .written
-            .push((record.clone(), u64::try_from(bytes).unwrap_or(u64::MAX)));
+            .push((record.clone(), super::fields_bytes(fields)));
     }
 
     /// Writes what changed in a document since `stored`, its state as read (or known from the

@@ -175,6 +175,8 @@ const GRANTS: &[Grant] = &[
         &["zremrangebyscore", SHARD_KEY, "-inf", "1"],
     ),
     both("rpush", &["rpush", SHARD_KEY, "v"]),
+    both("llen", &["llen", SHARD_KEY]),
+    both("hincrby", &["hincrby", SHARD_KEY, "f", "1"]),
     both("xadd", &["xadd", SHARD_KEY, "*", "f", "v"]),
     both("xlen", &["xlen", SHARD_KEY]),
     // The outbox relay, the inbound consumer and dead letters (server only).

@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use crate::clock::{Clock, SystemClock};
 
 use super::{
-    Append, Backend, BackendError, Bound, Commit, CommitOutcome, Guard, NamedBy, Probe, ReadOp,
-    Reply, Score, StreamEntry, WriteOp, ZRange,
+    Append, Applied, Backend, BackendError, Bound, Commit, CommitOutcome, Guard, NamedBy, Probe,
+    ReadOp, Reply, Score, StreamEntry, WriteOp, ZRange,
 };
 
 /// The in-process store.
@@ -313,6 +313,16 @@ impl Db {
                         return Ok(CommitOutcome::Conflict);
                     }
                 }
+                Guard::HIntAbove(key, field, floor) => {
+                    let value = match self.live(key) {
+                        Some(Value::Hash(h)) => h.get(field).and_then(|v| v.parse::<i64>().ok()),
+                        Some(_) => return Err(wrong_type(key)),
+                        None => None,
+                    };
+                    if value.is_none_or(|v| v <= *floor) {
+                        return Ok(CommitOutcome::Conflict);
+                    }
+                }
                 Guard::StreamBelow(key, max) => {
                     let len = match self.live(key) {
                         Some(Value::Stream(s)) => s.entries.len() as u64,
@@ -347,10 +357,11 @@ impl Db {
         for append in commit.appends {
             self.append(append);
         }
+        let mut applied = Applied::default();
         for write in commit.writes {
-            self.write(write);
+            self.write(write, &mut applied);
         }
-        Ok(CommitOutcome::Applied)
+        Ok(CommitOutcome::Applied(applied))
     }
 
     fn append(&mut self, append: Append) {
@@ -382,7 +393,8 @@ impl Db {
         }
     }
 
-    fn write(&mut self, op: WriteOp) {
+    /// Applies one write, noting in `applied` what it reports.
+    fn write(&mut self, op: WriteOp, applied: &mut Applied) {
         match op {
             WriteOp::Set(k, v) => {
                 self.entries.insert(
@@ -452,12 +464,29 @@ impl Db {
                     }
                 }
             }
-            WriteOp::RPush(k, v) => {
+            WriteOp::RPushNumbered(k, head, tail) => {
                 if let Value::List(l) = self.slot(k, || Value::List(Vec::new())) {
-                    l.push(v);
+                    let n = l.len() as u64 + 1;
+                    l.push(format!("{head}{n}{tail}"));
+                    applied.list_len = Some(n);
                 }
             }
             WriteOp::Incr(k) => self.incr(k),
+            WriteOp::IncrAt(prefix, name) => {
+                if let Some(name) = self.name(&name) {
+                    self.incr(format!("{prefix}{name}"));
+                }
+            }
+            WriteOp::HIncrBy(k, field, by) => {
+                if let Value::Hash(h) = self.slot(k, || Value::Hash(BTreeMap::new())) {
+                    let value = h.entry(field).or_insert_with(|| "0".to_owned());
+                    *value = value
+                        .parse::<i64>()
+                        .unwrap_or(0)
+                        .saturating_add(by)
+                        .to_string();
+                }
+            }
             WriteOp::IncrWindow(k, ttl_ms) => {
                 let created = self.live(&k).is_none();
                 self.incr(k.clone());
@@ -469,6 +498,11 @@ impl Db {
                 if let Some(Value::Stream(s)) = self.live(&k) {
                     s.entries.retain(|e| !ids.contains(&e.id.to_string()));
                 }
+            }
+            WriteOp::ReadBack(k) => {
+                // As Redis answers it: no fields, no report.
+                let fields = self.read(&ReadOp::HGetAll(k)).into_pairs();
+                applied.read_back = (!fields.is_empty()).then_some(fields);
             }
         }
     }
@@ -482,11 +516,16 @@ fn wrong_type(key: &str) -> BackendError {
 /// a key of any type (as in Redis).
 fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
     Some(match op {
-        WriteOp::Set(..) | WriteOp::SetPx(..) | WriteOp::Del(_) => return None,
+        // `IncrAt`'s key is named inside the step, so it cannot be checked before it.
+        WriteOp::Set(..)
+        | WriteOp::SetPx(..)
+        | WriteOp::Del(_)
+        | WriteOp::IncrAt(..)
+        | WriteOp::ReadBack(_) => return None,
         WriteOp::Incr(k) | WriteOp::IncrWindow(k, _) => (k, Kind::Str),
-        WriteOp::HSet(k, _) | WriteOp::HDel(k, _) => (k, Kind::Hash),
+        WriteOp::HSet(k, _) | WriteOp::HDel(k, _) | WriteOp::HIncrBy(k, _, _) => (k, Kind::Hash),
         WriteOp::ZAdd(k, _, _) | WriteOp::ZRem(k, _) | WriteOp::ZRemBelow(k, _) => (k, Kind::ZSet),
-        WriteOp::RPush(k, _) => (k, Kind::List),
+        WriteOp::RPushNumbered(k, _, _) => (k, Kind::List),
         WriteOp::XDel(k, _) => (k, Kind::Stream),
     })
 }

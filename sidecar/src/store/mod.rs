@@ -133,10 +133,11 @@ pub struct StreamEntry {
 
 /// A precondition of a commit. A failed guard means the snapshot is stale or a limit is hit.
 ///
-/// `Eq` guards a decision taken on a snapshot (a version read with it). The three after it let
+/// `Eq` guards a decision taken on a snapshot (a version read with it). The four after it let
 /// a write skip the snapshot when it knows what it needs (a session's document as this process
-/// last wrote it, the user's current session): the store checks, in the same atomic step, what
-/// the snapshot would have shown. All four fail as `Conflict`, and the engine then decides again
+/// last wrote it, the user's current session) or needs only a few of its fields (a message
+/// appended to an active session): the store checks, in the same atomic step, what the
+/// snapshot would have shown. All five fail as `Conflict`, and the engine then decides again
 /// on a snapshot, so the answer to a request never rests on an unchecked guess.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Guard {
@@ -149,6 +150,8 @@ pub enum Guard {
     /// Fewer than `limit` members of the sorted set may score above `above` (`ZCOUNT key
     /// (above +inf`).
     ZCountBelow(String, Score, u64),
+    /// `HGET key field` must be an integer above `floor` (a missing field fails).
+    HIntAbove(String, String, i64),
     /// The stream must hold fewer than `max` entries. Fails as `OutboxFull`.
     StreamBelow(String, u64),
 }
@@ -175,12 +178,23 @@ pub enum WriteOp {
     ZRem(String, String),
     /// `ZREMRANGEBYSCORE key -inf max`.
     ZRemBelow(String, Score),
-    RPush(String, String),
+    /// `RPUSH key <head><n><tail>`, `n` the list's length after it (the item's position from
+    /// 1): an item that carries its own number, as a message its `seq`.
+    RPushNumbered(String, String, String),
     /// `INCR key`.
     Incr(String),
+    /// `INCR <prefix><name>`, the name read in the same step (nothing without a name): bumps
+    /// the version of a session's user knowing only the session.
+    IncrAt(String, NamedBy),
+    /// `HINCRBY key field by`, saturating at `i64::MAX` (Redis refuses to overflow): a
+    /// counter of a document changed without reading it.
+    HIncrBy(String, String, i64),
     /// `INCR key`, and `PEXPIRE key ttl_ms` when the counter was just created.
     IncrWindow(String, u64),
     XDel(String, Vec<String>),
+    /// Reports the hash's fields as the writes before it left them: a document changed
+    /// without reading it, for this process to know it after all.
+    ReadBack(String),
 }
 
 /// A guarded, atomic change. All keys of one commit share one hash slot (checked by the Redis
@@ -193,13 +207,23 @@ pub struct Commit {
 }
 
 /// What became of a commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitOutcome {
-    Applied,
+    /// Done, with what its writes report.
+    Applied(Applied),
     /// A guard other than `StreamBelow` failed: somebody changed the state; re-read and retry.
     Conflict,
     /// A `StreamBelow` guard failed: the outbox is full (the relay is not draining it).
     OutboxFull,
+}
+
+/// What an applied commit's writes report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The length of the list the last `RPushNumbered` left (the item's number).
+    pub list_len: Option<u64>,
+    /// The fields the last `ReadBack` found.
+    pub read_back: Option<Vec<(String, String)>>,
 }
 
 /// Why a backend could not answer.

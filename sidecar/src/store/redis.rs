@@ -14,7 +14,7 @@ use redis::{Script, Value};
 
 use super::acl::{self, Role};
 use super::{
-    Backend, BackendError, Commit, CommitOutcome, Keys, Probe, ReadOp, Reply, StreamEntry,
+    Applied, Backend, BackendError, Commit, CommitOutcome, Keys, Probe, ReadOp, Reply, StreamEntry,
     script_args,
 };
 
@@ -328,6 +328,31 @@ fn addresses(url: &str) -> String {
         .join(", ")
 }
 
+/// What `commit.lua` answered: `OK`, or what its writes report, when applied; else the guard
+/// that failed.
+fn commit_outcome(reply: Value) -> Result<CommitOutcome, BackendError> {
+    if let Value::Array(parts) = reply {
+        let mut parts = parts.into_iter();
+        let list_len = match parts.next() {
+            Some(Value::Int(len)) => u64::try_from(len).ok(),
+            _ => None,
+        };
+        let fields = pairs(parts.next().unwrap_or(Value::Nil))?;
+        return Ok(CommitOutcome::Applied(Applied {
+            list_len,
+            read_back: (!fields.is_empty()).then_some(fields),
+        }));
+    }
+    match text(reply)?.as_str() {
+        "OK" => Ok(CommitOutcome::Applied(Applied::default())),
+        "CONFLICT" => Ok(CommitOutcome::Conflict),
+        "OUTBOX_FULL" => Ok(CommitOutcome::OutboxFull),
+        other => Err(BackendError::Protocol(format!(
+            "commit script returned {other}"
+        ))),
+    }
+}
+
 /// Whether Redis refused a command to this user: `NOPERM`, also inside the commit script's
 /// `APPEND_FAILED` error, or, from a script on Redis 7.0, "The user executing the script
 /// can't ...".
@@ -403,7 +428,7 @@ where
         let mut conn = self.conn.clone();
         match self
             .commit
-            .run::<_, String>(
+            .run::<_, Value>(
                 &mut conn,
                 &call.keys.keys,
                 &(call.program, call.operands),
@@ -411,17 +436,15 @@ where
             )
             .await
         {
-            Ok(s) if s == "OK" => {
-                if let (Some(wait), Some(key)) = (self.wait, first_key) {
+            Ok(reply) => {
+                let outcome = commit_outcome(reply)?;
+                if let (CommitOutcome::Applied(_), Some(wait), Some(key)) =
+                    (&outcome, self.wait, first_key)
+                {
                     self.await_replicas(&mut conn, &key, wait).await;
                 }
-                Ok(CommitOutcome::Applied)
+                Ok(outcome)
             }
-            Ok(s) if s == "CONFLICT" => Ok(CommitOutcome::Conflict),
-            Ok(s) if s == "OUTBOX_FULL" => Ok(CommitOutcome::OutboxFull),
-            Ok(other) => Err(BackendError::Protocol(format!(
-                "commit script returned {other}"
-            ))),
             Err(e) if refused(&e) => Err(BackendError::NoPermission(e.to_string())),
             Err(e) if e.to_string().contains("APPEND_FAILED") => {
                 Err(BackendError::AppendFailed(e.to_string()))

@@ -123,6 +123,7 @@ mod opcode {
     pub(super) const HEQ_NONE: u8 = b'h';
     pub(super) const INT_BELOW: u8 = b'I';
     pub(super) const ZCOUNT_BELOW: u8 = b'C';
+    pub(super) const HINT_ABOVE: u8 = b'G';
     pub(super) const STREAM_BELOW: u8 = b'L';
     pub(super) const XADD: u8 = b'a';
     pub(super) const XADD_TRIM: u8 = b'A';
@@ -134,10 +135,13 @@ mod opcode {
     pub(super) const ZADD: u8 = b'z';
     pub(super) const ZREM: u8 = b'r';
     pub(super) const ZREM_BELOW: u8 = b'b';
-    pub(super) const RPUSH: u8 = b'R';
+    pub(super) const RPUSH_NUMBERED: u8 = b'R';
     pub(super) const INCR: u8 = b'+';
     pub(super) const INCR_WINDOW: u8 = b'i';
+    pub(super) const INCR_AT: u8 = b'N';
+    pub(super) const HINCRBY: u8 = b'n';
     pub(super) const XDEL: u8 = b'X';
+    pub(super) const READ_BACK: u8 = b'B';
 }
 
 /// The arguments of `commit.lua`: its keys, the program, the operands.
@@ -200,6 +204,9 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
             Guard::ZCountBelow(k, above, limit) => call
                 .op(ZCOUNT_BELOW, k)?
                 .extend([above.to_string(), limit.to_string()]),
+            Guard::HIntAbove(k, field, floor) => call
+                .op(HINT_ABOVE, k)?
+                .extend([field.clone(), floor.to_string()]),
             Guard::StreamBelow(k, max) => call.op(STREAM_BELOW, k)?.push(max.to_string()),
         }
     }
@@ -234,14 +241,33 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
             WriteOp::ZAdd(k, score, m) => call.op(ZADD, k)?.extend([score.to_string(), m.clone()]),
             WriteOp::ZRem(k, m) => call.op(ZREM, k)?.push(m.clone()),
             WriteOp::ZRemBelow(k, max) => call.op(ZREM_BELOW, k)?.push(max.to_string()),
-            WriteOp::RPush(k, v) => call.op(RPUSH, k)?.push(v.clone()),
+            WriteOp::RPushNumbered(k, head, tail) => {
+                call.op(RPUSH_NUMBERED, k)?
+                    .extend([head.clone(), tail.clone()]);
+            }
             WriteOp::Incr(k) => {
                 call.op(INCR, k)?;
             }
             WriteOp::IncrWindow(k, ttl) => call.op(INCR_WINDOW, k)?.push(ttl.to_string()),
+            WriteOp::IncrAt(prefix, name) => {
+                call.op(INCR_AT, prefix)?;
+                let (named, operands) = match name {
+                    NamedBy::Value(k) => (k, vec!["V".to_owned()]),
+                    NamedBy::Field(k, field) => (k, vec!["F".to_owned(), field.clone()]),
+                };
+                let index = call.keys.index(named);
+                call.number(index, "keys")?;
+                call.operands.extend(operands);
+            }
+            WriteOp::HIncrBy(k, field, by) => {
+                call.op(HINCRBY, k)?.extend([field.clone(), by.to_string()]);
+            }
             WriteOp::XDel(k, ids) if !ids.is_empty() => {
                 call.counted(XDEL, k, ids.len())?
                     .extend(ids.iter().cloned());
+            }
+            WriteOp::ReadBack(k) => {
+                call.op(READ_BACK, k)?;
             }
             // Empty field lists change nothing; Redis would reject them, so they are not sent.
             WriteOp::HSet(..) | WriteOp::HDel(..) | WriteOp::XDel(..) => {}
@@ -291,6 +317,48 @@ mod tests {
         assert_eq!(
             call.operands,
             ["100", "title", "event_id", "e1", "f", "v", "5", "a"]
+        );
+    }
+
+    #[test]
+    fn a_counter_named_by_a_document_field_takes_the_index_of_that_document_too() {
+        let commit = Commit {
+            guards: vec![Guard::HIntAbove("{1}:s:a".into(), "expires_ms".into(), 7)],
+            writes: vec![
+                WriteOp::IncrAt(
+                    "{1}:uv:".into(),
+                    NamedBy::Field("{1}:s:a".into(), "user_id".into()),
+                ),
+                WriteOp::HIncrBy("{1}:s:a".into(), "version".into(), 1),
+                WriteOp::RPushNumbered("{1}:m:a".into(), "{\"seq\":".into(), "}".into()),
+                WriteOp::ReadBack("{1}:s:a".into()),
+            ],
+            ..Commit::default()
+        };
+        let call = encode_commit(&commit).unwrap();
+        assert_eq!(call.keys.keys, ["{1}:s:a", "{1}:uv:", "{1}:m:a"]);
+        assert_eq!(
+            call.program,
+            [
+                b'G', 0, 1, //
+                b'N', 0, 2, 0, 1, //
+                b'n', 0, 1, //
+                b'R', 0, 3, //
+                b'B', 0, 1,
+            ]
+        );
+        assert_eq!(
+            call.operands,
+            [
+                "expires_ms",
+                "7",
+                "F",
+                "user_id",
+                "version",
+                "1",
+                "{\"seq\":",
+                "}"
+            ]
         );
     }
 

@@ -10,6 +10,8 @@ both_backends!(
     messages_append_and_paginate,
     summary_counts_and_totals,
     invalid_messages_are_refused,
+    messages_to_a_session_that_is_gone_are_refused,
+    token_totals_stop_at_the_largest_integer_redis_keeps,
     memory_is_replaced_and_merged
 );
 
@@ -119,6 +121,69 @@ async fn invalid_messages_are_refused(kind: Kind) {
         app.get(&format!("/v1/sessions/{id}")).await.body["message_count"],
         0
     );
+}
+
+async fn messages_to_a_session_that_is_gone_are_refused(kind: Kind) {
+    // Proves: a message to an unknown session, or to one whose TTL has passed (the sweeper
+    // has not run), is 404 and stores nothing; the next session's messages start at 1.
+    let app = TestApp::new(kind).await;
+    let hello = json!({"role": "user", "content": "hello"});
+    let unknown = "sess_1_aaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let id = app.create_id("u1", json!({"ttl_seconds": 1})).await;
+    app.clock.advance_ms(1_000);
+    for id in [unknown, id.as_str()] {
+        let res = app
+            .post(&format!("/v1/sessions/{id}/messages"), hello.clone())
+            .await;
+        assert_eq!(
+            (res.status, res.code()),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{id}: {}",
+            res.body
+        );
+    }
+    let next = app.create_id("u1", json!({})).await;
+    let res = app
+        .post(&format!("/v1/sessions/{next}/messages"), hello)
+        .await;
+    assert_eq!(
+        (res.status, res.body["seq"].as_u64()),
+        (StatusCode::CREATED, Some(1))
+    );
+    let listed = app.get(&format!("/v1/sessions/{id}/messages")).await;
+    assert_eq!(listed.status, StatusCode::NOT_FOUND, "{}", listed.body);
+}
+
+async fn token_totals_stop_at_the_largest_integer_redis_keeps(kind: Kind) {
+    // Proves: a total beyond 2^63 - 1 stays there (Redis refuses to add past it) instead of
+    // failing the message or counting it in part: both messages land, and the session as read
+    // back and as this process knew it say the same.
+    let app = TestApp::new(kind).await;
+    let id = app.create_id("u1", json!({})).await;
+    let huge = json!({"role": "user", "content": "x", "tokens": u64::MAX});
+    for seq in [1, 2] {
+        let res = app
+            .post(&format!("/v1/sessions/{id}/messages"), huge.clone())
+            .await;
+        assert_eq!(
+            (res.status, res.body["seq"].as_u64()),
+            (StatusCode::CREATED, Some(seq)),
+            "{}",
+            res.body
+        );
+    }
+    let patched = app
+        .patch(&format!("/v1/sessions/{id}"), json!({"data": {"a": 1}}))
+        .await;
+    let read = app.get(&format!("/v1/sessions/{id}")).await.body;
+    for session in [&patched.body, &read] {
+        assert_eq!(
+            session["total_tokens"].as_u64(),
+            Some(i64::MAX.cast_unsigned()),
+            "{session}"
+        );
+        assert_eq!(session["message_count"], 2);
+    }
 }
 
 async fn memory_is_replaced_and_merged(kind: Kind) {

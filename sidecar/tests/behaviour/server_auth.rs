@@ -99,6 +99,11 @@ async fn tokens_are_required_and_scope_users(kind: Kind) {
         ),
         (Method::DELETE, format!("/v1/sessions/{id}"), None),
         (Method::GET, format!("/v1/sessions/{id}/messages"), None),
+        (
+            Method::POST,
+            format!("/v1/sessions/{id}/messages"),
+            Some(json!({"role": "user", "content": "x"})),
+        ),
         (Method::GET, "/v1/users/alice/sessions".to_owned(), None),
         (
             Method::GET,
