@@ -2,10 +2,10 @@
 
 use crate::clock::rfc3339;
 use crate::error::{Error, Result};
-use crate::model::Message;
 use crate::model::input::NewMessage;
 use crate::model::message::{MessagesByRole, Summary};
 use crate::model::session::micros_to_cost;
+use crate::model::{Message, Record};
 use crate::store::WriteOp;
 
 use super::listing::{Page, page_size};
@@ -14,11 +14,12 @@ use super::{Ctx, Sessions, Step};
 
 impl Sessions {
     /// Appends a message to an active session and adds it to the session's counters, in one
-    /// call to the store: the counters are added to where they are stored (appends racing on
-    /// one session all land), and the message's number is the length of the list it ends.
-    /// When this process knows the session, its plan rests on that version, and the hints
-    /// learn the result; otherwise the store checks the session itself, and only a refused
-    /// append reads it, to answer why.
+    /// call to the store; the message's number is the length of the list it ends (taken in
+    /// the same step). When this process knows the session, the plan writes the counters as
+    /// they follow from that version, guarded by it. Otherwise the store checks the session
+    /// itself and adds the counters where they are stored (appends racing there all land),
+    /// then answers with the document, which the hints learn; only a refused append reads the
+    /// session, to say why.
     ///
     /// # Errors
     /// 400 invalid message, 403, 404, 409 ended session, 503.
@@ -47,42 +48,26 @@ impl Sessions {
                 created_at: rfc3339(now),
                 ..template.clone()
             };
-            let mut plan = match &hinted {
-                Some(session) => {
-                    let mut record = session.record.clone();
-                    record.messages_by_role[message.role.index()] += 1;
-                    record.tokens_total = added(record.tokens_total, message.tokens);
-                    record.cost_micros = added(record.cost_micros, cost_micros);
-                    record.last_message_ms = Some(now);
-                    record.updated_ms = now;
-                    record.version += 1;
-                    let mut plan = Plan::for_session(self, shard, &session.record);
-                    plan.leaves(&record);
-                    plan
-                }
-                None => Plan::for_unread_session(self, shard, id, ctx.caller.user()),
+            let counted = Counted {
+                message: &message,
+                cost_micros,
+                now,
             };
             let doc = self.keys.session(shard, id);
-            let add = |field: &str, by: u64| {
-                WriteOp::HIncrBy(doc.clone(), field.to_owned(), added(0, by).cast_signed())
-            };
-            plan.write(add(message.role.count_field(), 1));
-            for (field, by) in [
-                ("tokens_total", message.tokens),
-                ("cost_micros", cost_micros),
-            ] {
-                if by > 0 {
-                    plan.write(add(field, by));
+            let mut plan = match &hinted {
+                Some(session) => {
+                    let mut plan = Plan::for_session(self, shard, &session.record);
+                    plan.put(&session.record, &counted.applied_to(&session.record));
+                    plan
                 }
-            }
-            plan.write(add("version", 1));
-            plan.write(WriteOp::HSet(
-                doc.clone(),
-                vec![
-                    ("updated_ms".to_owned(), now.to_string()),
-                    ("last_message_ms".to_owned(), now.to_string()),
-                ],
-            ));
+                None => {
+                    let mut plan = Plan::for_unread_session(self, shard, id, ctx.caller.user());
+                    for write in counted.store_writes(&doc) {
+                        plan.write(write);
+                    }
+                    plan
+                }
+            };
             let (head, tail) = numbered(&message)?;
             plan.write(WriteOp::RPushNumbered(
                 self.keys.messages(shard, id),
@@ -90,7 +75,6 @@ impl Sessions {
                 tail,
             ));
             if hinted.is_none() && self.recent.is_some() {
-                // The hints learn the document, so that a next change of it is one call too.
                 plan.write(WriteOp::ReadBack(doc));
             }
             match self.commit_plan(plan).await? {
@@ -173,6 +157,54 @@ impl Sessions {
             last_message_at: r.last_message_ms.map(rfc3339),
             duration_seconds,
         })
+    }
+}
+
+/// What a message changes in its session's document, written two ways that must agree: as
+/// the document after it (from a known version) and as the store's additions (to a document
+/// not read). The model test compares both against a reference.
+struct Counted<'a> {
+    message: &'a Message,
+    cost_micros: u64,
+    now: i64,
+}
+
+impl Counted<'_> {
+    /// The document `stored` with the message counted.
+    fn applied_to(&self, stored: &Record) -> Record {
+        let mut record = stored.clone();
+        record.messages_by_role[self.message.role.index()] += 1;
+        record.tokens_total = added(record.tokens_total, self.message.tokens);
+        record.cost_micros = added(record.cost_micros, self.cost_micros);
+        record.last_message_ms = Some(self.now);
+        record.updated_ms = self.now;
+        record.version += 1;
+        record
+    }
+
+    /// The writes that count the message in the document at `doc`, whatever it holds.
+    fn store_writes(&self, doc: &str) -> Vec<WriteOp> {
+        let add = |field: &str, by: u64| {
+            WriteOp::HIncrBy(doc.to_owned(), field.to_owned(), added(0, by).cast_signed())
+        };
+        let mut writes = vec![add(self.message.role.count_field(), 1), add("version", 1)];
+        for (field, by) in [
+            ("tokens_total", self.message.tokens),
+            ("cost_micros", self.cost_micros),
+        ] {
+            if by > 0 {
+                writes.push(add(field, by));
+            }
+        }
+        let now = self.now.to_string();
+        writes.push(WriteOp::HSet(
+            doc.to_owned(),
+            vec![
+                ("updated_ms".to_owned(), now.clone()),
+                ("last_message_ms".to_owned(), now),
+            ],
+        ));
+        writes
     }
 }
 

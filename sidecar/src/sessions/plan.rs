@@ -212,11 +212,6 @@ impl Plan {
         self.write(WriteOp::HSet(key, fields));
     }
 
-    /// Records that this plan's own writes leave the document as `record` (for the hints).
-    pub(crate) fn leaves(&mut self, record: &Record) {
-        self.wrote(record, &record.to_fields());
-    }
-
     fn wrote(&mut self, record: &Record, fields: &[(String, String)]) {
         self.effects.touched.push(record.session_id.clone());
         self.effects
