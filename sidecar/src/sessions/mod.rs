@@ -5,6 +5,11 @@
 //! counter, decide on it (checking every invariant), and commit guarded by that version. A
 //! concurrent change to the same user makes the commit report a conflict; the use case then runs
 //! again on a fresh snapshot ([`Sessions::retry`]). Only changes to the *same user* ever retry.
+//!
+//! Most writes skip the snapshot when this process knows what it would show (`recent`: the
+//! documents it wrote or read last, guarded by their versions), and a message append needs no
+//! snapshot at all: the store checks the session's own fields and adds the message's counts
+//! where they are stored (`messages`). Either way a write is then one call to the store.
 
 mod create;
 mod current;
