@@ -7,6 +7,9 @@
 //!
 //! Each phase is a closed loop (every connection sends its next write when the last one is
 //! answered), so the rate is the sustained maximum and the latency is that of a saturated server.
+//! Message appends run twice: to each user's current session (written by this sidecar, so known
+//! to its hints: an application writing to its own session), then round-robin over every
+//! session created (mostly unknown: another pod's sessions).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -161,6 +164,9 @@ async fn calls_to_redis(addr: SocketAddr) -> anyhow::Result<u64> {
 enum Write {
     /// A new session of one of `users` users (each user's previous one stops being current).
     Create { users: usize },
+    /// A message appended to the session each user created last, still current: this sidecar
+    /// wrote it, so its hints know it (what an application writing to its own session does).
+    MessageToCurrent,
     /// A message appended to a session created before.
     Message,
     /// A session created before is ended.
@@ -171,6 +177,7 @@ impl Write {
     fn name(self) -> &'static str {
         match self {
             Write::Create { .. } => "create",
+            Write::MessageToCurrent => "message append, current session",
             Write::Message => "message append",
             Write::End => "end",
         }
@@ -191,7 +198,7 @@ impl Write {
                        "metadata": {"client": "bench"}, "data": {"step": 1}}),
                 201,
             ),
-            Write::Message => (
+            Write::Message | Write::MessageToCurrent => (
                 "POST",
                 format!("/v1/sessions/{}/messages", ids.get(i % ids.len().max(1))?),
                 json!({"role": "user", "content": "How do I reset my password?", "tokens": 9, "cost": 0.0001}),
@@ -215,12 +222,12 @@ struct Measured {
 }
 
 /// Runs `write` on `connections` keep-alive connections for `duration` (or until it runs out of
-/// sessions); created session ids are added to `created`.
+/// sessions); created session ids are added to `created`, each with its request's number.
 async fn http_phase(
     addr: SocketAddr,
     write: Write,
     ids: Arc<Vec<String>>,
-    created: Arc<Mutex<Vec<String>>>,
+    created: Arc<Mutex<Vec<(usize, String)>>>,
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<Measured> {
@@ -247,7 +254,7 @@ async fn http_phase(
                 }
                 if let Write::Create { .. } = write {
                     let doc: serde_json::Value = serde_json::from_slice(&bytes)?;
-                    mine.push(doc["session_id"].as_str().unwrap_or_default().to_owned());
+                    mine.push((i, doc["session_id"].as_str().unwrap_or_default().to_owned()));
                 }
             }
             if let Ok(mut all) = created.lock() {
@@ -348,29 +355,35 @@ pub async fn measure(
         .await?;
     let created = Arc::new(Mutex::new(Vec::new()));
     let mut rows = Vec::new();
-    let mut ids = Arc::new(Vec::new());
-    for write in [Write::Create { users }, Write::Message, Write::End] {
+    let (mut all, mut current) = (Arc::new(Vec::new()), Arc::new(Vec::new()));
+    let phases = [
+        Write::Create { users },
+        Write::MessageToCurrent,
+        Write::Message,
+        Write::End,
+    ];
+    for write in phases {
         println!(
             "measuring writes: {} for {} s",
             write.name(),
             duration.as_secs()
         );
+        let ids = match write {
+            Write::MessageToCurrent => current.clone(),
+            _ => all.clone(),
+        };
         let before = counters(&mut redis, Some(addr)).await?;
-        let m = http_phase(
-            addr,
-            write,
-            ids.clone(),
-            created.clone(),
-            connections,
-            duration,
-        )
-        .await?;
+        let m = http_phase(addr, write, ids, created.clone(), connections, duration).await?;
         let after = counters(&mut redis, Some(addr)).await?;
         rows.push(row(write.name(), &m, before, after));
         if let Write::Create { .. } = write {
-            let all = created.lock().map(|ids| ids.clone()).unwrap_or_default();
-            anyhow::ensure!(!all.is_empty(), "no session was created");
-            ids = Arc::new(all);
+            let mut numbered = created.lock().map(|ids| ids.clone()).unwrap_or_default();
+            anyhow::ensure!(!numbered.is_empty(), "no session was created");
+            numbered.sort_unstable();
+            let ids: Vec<String> = numbered.into_iter().map(|(_, id)| id).collect();
+            // Creates cycle through the users, so the last `users` are each user's last one.
+            current = Arc::new(ids[ids.len().saturating_sub(users)..].to_vec());
+            all = Arc::new(ids);
         }
     }
     println!(

@@ -61,19 +61,20 @@ impl Sessions {
         self.retry(|| async {
             let snapshot = self.removal_snapshot(shard, id, user).await?;
             let now = self.now();
-            let Some(mut record) = snapshot.record.filter(|r| r.expires_ms <= now) else {
+            let Some(record) = snapshot.record.filter(|r| r.expires_ms <= now) else {
                 return Ok(Step::Done(false)); // gone already, or a heartbeat moved it
             };
             let mut plan = Plan::for_user(self, shard, user, snapshot.version.as_ref());
             let expiring = record.status == Status::Active;
             if expiring {
-                record.status = Status::Expired;
-                record.current = false;
-                record.updated_ms = now;
-                record.version += 1;
+                let mut expired = record.clone();
+                expired.status = Status::Expired;
+                expired.current = false;
+                expired.updated_ms = now;
+                expired.version += 1;
                 plan.event(
                     EventType::Expired,
-                    &record,
+                    &expired,
                     Some("system"),
                     ctx.correlation_id.as_deref(),
                 );

@@ -6,7 +6,7 @@ use crate::clock::rfc3339;
 use crate::ids::new_event_id;
 use crate::model::event::SOURCE;
 use crate::model::{Envelope, EventType, Record, Status};
-use crate::store::{Append, Commit, Guard, Keys, NamedBy, WriteOp};
+use crate::store::{Append, Commit, Guard, Keys, WriteOp};
 
 use super::next_version;
 
@@ -16,6 +16,9 @@ pub(crate) struct Plan {
     now_ms: i64,
     commit: Commit,
     effects: Effects,
+    /// Every document written or removed is guarded by its version as read (see
+    /// [`Plan::for_user`]).
+    guards_documents: bool,
 }
 
 /// What a plan changes, for this process's own bookkeeping once the commit is decided.
@@ -37,7 +40,9 @@ pub(crate) struct Effects {
 impl Plan {
     /// A plan guarded by the user's version as read (`None`: the user has no version yet), which
     /// bumps that version and refuses to grow a full outbox: a change decided on the state of
-    /// several of the user's sessions.
+    /// several of the user's sessions. Each document it writes or removes is guarded by its own
+    /// version as read too: a message appended meanwhile changes a document without the user's
+    /// version ([`Plan::for_unread_session`]).
     pub(crate) fn for_user(
         sessions: &super::Sessions,
         shard: u32,
@@ -48,6 +53,7 @@ impl Plan {
         let mut plan = Self::new(sessions, shard, user_id);
         plan.guard(Guard::Eq(uv.clone(), version.cloned()));
         plan.write(WriteOp::Set(uv, next_version(version)));
+        plan.guards_documents = true;
         plan
     }
 
@@ -62,9 +68,10 @@ impl Plan {
 
     /// A plan for a change that needs only a few fields of session `id`, which this process
     /// has not read: the store checks in the same step that the session is active and
-    /// unexpired (and `owner`'s, when given), and bumps its user's version, named by the
-    /// document's `user_id`. A failed check is a conflict; the caller then reads the session
-    /// to say what is wrong with it.
+    /// unexpired (and `owner`'s, when given). A failed check is a conflict; the caller then
+    /// reads the session to say what is wrong with it. It leaves the user's version alone (the
+    /// user is not known here): it may change only the document's own fields, which a plan
+    /// decided on several sessions guards by the document's version.
     pub(crate) fn for_unread_session(
         sessions: &super::Sessions,
         shard: u32,
@@ -86,12 +93,8 @@ impl Plan {
             plan.now_ms,
         ));
         if let Some(owner) = owner {
-            plan.guard(Guard::HEq(doc.clone(), "user_id".to_owned(), field(owner)));
+            plan.guard(Guard::HEq(doc, "user_id".to_owned(), field(owner)));
         }
-        plan.write(WriteOp::IncrAt(
-            sessions.keys.user_version(shard, ""),
-            NamedBy::Field(doc, "user_id".to_owned()),
-        ));
         plan.effects.touched.push(id.to_owned());
         plan
     }
@@ -127,6 +130,7 @@ impl Plan {
                 current: None,
                 rests_on_current: false,
             },
+            guards_documents: false,
         }
     }
 
@@ -174,6 +178,13 @@ impl Plan {
             Some(id.to_owned()),
         ));
         self.effects.rests_on_current = true;
+    }
+
+    /// In a plan decided on several sessions, the document of `stored` must be at that version.
+    fn guard_document(&mut self, stored: &Record) {
+        if self.guards_documents {
+            self.assume_unchanged(stored);
+        }
     }
 
     pub(crate) fn write(&mut self, op: WriteOp) {
@@ -240,6 +251,7 @@ impl Plan {
 
     /// Writes the changes; returns every field of `record`.
     fn put_fields(&mut self, stored: &Record, record: &Record) -> Vec<(String, String)> {
+        self.guard_document(stored);
         let key = self.keys.session(self.shard(), &record.session_id);
         let before: HashMap<String, String> = stored.to_fields().into_iter().collect();
         let fields = record.to_fields();
@@ -332,6 +344,7 @@ impl Plan {
     /// whether the title index and the current pointer still point at it (read in the snapshot),
     /// so that a newer session's entries are never removed.
     pub(crate) fn remove(&mut self, record: &Record, title_owned: bool, is_current: bool) {
+        self.guard_document(record);
         self.effects.touched.push(record.session_id.clone());
         if is_current {
             self.effects.current = Some(None);

@@ -2,7 +2,7 @@
 -- KEYS: every key touched, one hash slot.
 -- ARGV[1]: the program, one instruction per guard, append and write, in that order: an opcode
 --   byte, the key's index in KEYS (2 bytes, big-endian), and for HSET, HDEL, XDEL and XADD a
---   count (2 bytes: fields, or field-value pairs), for INCR_AT the index of the key naming it.
+--   count (2 bytes: fields, or field-value pairs).
 -- ARGV[2..]: the operands of the instructions (values, fields, scores, limits), in order.
 -- Guards are checked first, then events are appended, then state is written. An append that
 -- fails returns before any write, so state changes only if its event is recorded.
@@ -22,8 +22,7 @@ local INT_BELOW, ZCOUNT_BELOW, HINT_ABOVE, STREAM_BELOW = byte('I'), byte('C'), 
 local XADD, XADD_TRIM = byte('a'), byte('A')
 local SET, SETPX, DEL, HSET, HDEL = byte('s'), byte('p'), byte('d'), byte('w'), byte('x')
 local ZADD, ZREM, ZREM_BELOW, RPUSH_NUMBERED = byte('z'), byte('r'), byte('b'), byte('R')
-local INCR, INCR_WINDOW, INCR_AT, HINCRBY, XDEL = byte('+'), byte('i'), byte('N'), byte('n'), byte('X')
-local READ_BACK = byte('B')
+local INCR, INCR_WINDOW, HINCRBY, XDEL, READ_BACK = byte('+'), byte('i'), byte('n'), byte('X'), byte('B')
 
 local function failed_append(reply)
   return type(reply) == 'table' and reply.err
@@ -118,16 +117,6 @@ while pc <= len do
   elseif op == INCR_WINDOW then
     if call('INCR', k) == 1 then call('PEXPIRE', k, ARGV[a]) end
     a = a + 1
-  elseif op == INCR_AT then
-    local named, name = KEYS[count()], nil
-    if ARGV[a] == 'F' then
-      name = call('HGET', named, ARGV[a + 1])
-      a = a + 2
-    else
-      name = call('GET', named)
-      a = a + 1
-    end
-    if name then call('INCR', k .. name) end
   elseif op == HINCRBY then
     -- Saturating: Redis refuses a sum beyond 64 bits, and then changes nothing.
     local reply = pcall('HINCRBY', k, ARGV[a], ARGV[a + 1])

@@ -472,11 +472,6 @@ impl Db {
                 }
             }
             WriteOp::Incr(k) => self.incr(k),
-            WriteOp::IncrAt(prefix, name) => {
-                if let Some(name) = self.name(&name) {
-                    self.incr(format!("{prefix}{name}"));
-                }
-            }
             WriteOp::HIncrBy(k, field, by) => {
                 if let Value::Hash(h) = self.slot(k, || Value::Hash(BTreeMap::new())) {
                     let value = h.entry(field).or_insert_with(|| "0".to_owned());
@@ -516,12 +511,9 @@ fn wrong_type(key: &str) -> BackendError {
 /// a key of any type (as in Redis).
 fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
     Some(match op {
-        // `IncrAt`'s key is named inside the step, so it cannot be checked before it.
-        WriteOp::Set(..)
-        | WriteOp::SetPx(..)
-        | WriteOp::Del(_)
-        | WriteOp::IncrAt(..)
-        | WriteOp::ReadBack(_) => return None,
+        WriteOp::Set(..) | WriteOp::SetPx(..) | WriteOp::Del(_) | WriteOp::ReadBack(_) => {
+            return None;
+        }
         WriteOp::Incr(k) | WriteOp::IncrWindow(k, _) => (k, Kind::Str),
         WriteOp::HSet(k, _) | WriteOp::HDel(k, _) | WriteOp::HIncrBy(k, _, _) => (k, Kind::Hash),
         WriteOp::ZAdd(k, _, _) | WriteOp::ZRem(k, _) | WriteOp::ZRemBelow(k, _) => (k, Kind::ZSet),

@@ -183,9 +183,6 @@ pub enum WriteOp {
     RPushNumbered(String, String, String),
     /// `INCR key`.
     Incr(String),
-    /// `INCR <prefix><name>`, the name read in the same step (nothing without a name): bumps
-    /// the version of a session's user knowing only the session.
-    IncrAt(String, NamedBy),
     /// `HINCRBY key field by`, saturating at `i64::MAX` (Redis refuses to overflow): a
     /// counter of a document changed without reading it.
     HIncrBy(String, String, i64),

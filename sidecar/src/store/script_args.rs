@@ -138,7 +138,6 @@ mod opcode {
     pub(super) const RPUSH_NUMBERED: u8 = b'R';
     pub(super) const INCR: u8 = b'+';
     pub(super) const INCR_WINDOW: u8 = b'i';
-    pub(super) const INCR_AT: u8 = b'N';
     pub(super) const HINCRBY: u8 = b'n';
     pub(super) const XDEL: u8 = b'X';
     pub(super) const READ_BACK: u8 = b'B';
@@ -249,16 +248,6 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
                 call.op(INCR, k)?;
             }
             WriteOp::IncrWindow(k, ttl) => call.op(INCR_WINDOW, k)?.push(ttl.to_string()),
-            WriteOp::IncrAt(prefix, name) => {
-                call.op(INCR_AT, prefix)?;
-                let (named, operands) = match name {
-                    NamedBy::Value(k) => (k, vec!["V".to_owned()]),
-                    NamedBy::Field(k, field) => (k, vec!["F".to_owned(), field.clone()]),
-                };
-                let index = call.keys.index(named);
-                call.number(index, "keys")?;
-                call.operands.extend(operands);
-            }
             WriteOp::HIncrBy(k, field, by) => {
                 call.op(HINCRBY, k)?.extend([field.clone(), by.to_string()]);
             }
@@ -321,14 +310,10 @@ mod tests {
     }
 
     #[test]
-    fn a_counter_named_by_a_document_field_takes_the_index_of_that_document_too() {
+    fn a_message_counted_without_reading_its_session_is_four_instructions() {
         let commit = Commit {
             guards: vec![Guard::HIntAbove("{1}:s:a".into(), "expires_ms".into(), 7)],
             writes: vec![
-                WriteOp::IncrAt(
-                    "{1}:uv:".into(),
-                    NamedBy::Field("{1}:s:a".into(), "user_id".into()),
-                ),
                 WriteOp::HIncrBy("{1}:s:a".into(), "version".into(), 1),
                 WriteOp::RPushNumbered("{1}:m:a".into(), "{\"seq\":".into(), "}".into()),
                 WriteOp::ReadBack("{1}:s:a".into()),
@@ -336,29 +321,19 @@ mod tests {
             ..Commit::default()
         };
         let call = encode_commit(&commit).unwrap();
-        assert_eq!(call.keys.keys, ["{1}:s:a", "{1}:uv:", "{1}:m:a"]);
+        assert_eq!(call.keys.keys, ["{1}:s:a", "{1}:m:a"]);
         assert_eq!(
             call.program,
             [
                 b'G', 0, 1, //
-                b'N', 0, 2, 0, 1, //
                 b'n', 0, 1, //
-                b'R', 0, 3, //
+                b'R', 0, 2, //
                 b'B', 0, 1,
             ]
         );
         assert_eq!(
             call.operands,
-            [
-                "expires_ms",
-                "7",
-                "F",
-                "user_id",
-                "version",
-                "1",
-                "{\"seq\":",
-                "}"
-            ]
+            ["expires_ms", "7", "version", "1", "{\"seq\":", "}"]
         );
     }
 

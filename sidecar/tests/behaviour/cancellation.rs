@@ -22,6 +22,7 @@ use crate::harness::{Kind, TestApp};
 
 both_backends!(
     a_rename_between_the_reads_of_a_delete_leaves_no_title_behind,
+    a_message_between_the_reads_and_the_commit_of_an_eviction_is_in_its_event,
     writes_dropped_at_any_await_break_no_invariant,
     a_relay_dropped_at_any_await_leaves_no_lease_and_loses_no_event,
     a_consumer_dropped_at_any_await_applies_every_event_once,
@@ -144,6 +145,56 @@ async fn a_rename_between_the_reads_of_a_delete_leaves_no_title_behind(kind: Kin
         .await
         .unwrap();
     assert_eq!(left, [Reply::Pairs(Vec::new())], "no title entry is left");
+}
+
+async fn a_message_between_the_reads_and_the_commit_of_an_eviction_is_in_its_event(kind: Kind) {
+    // Proves: with a cap of one active session (end the oldest), a create reads the user's
+    // state and the session it will end, then waits while another process, which never read
+    // that session, appends a message to it (one call: the store counts it where it is). The
+    // create's commit must not end the session as it read it: it is refused and decided again,
+    // and the `session.ended.v1` event and the session both count the message.
+    let app = TestApp::with(kind, |p| {
+        p.max_active_per_user = Some(1);
+        p.cap_policy = session_sidecar::testing::CapPolicy::EndOldest;
+    })
+    .await;
+    let oldest = app.create_id("u1", json!({})).await;
+    let other = app.through(|store| store).await;
+    // The create's two reads are answered; its commit waits until the message is in.
+    let store = Arc::new(Stalling::new(app.backend.clone(), 2, Stall::Before));
+    let stalling = app.through(|_| store.clone()).await;
+    let message_meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let hello = json!({"role": "user", "content": "hello"});
+        let res = other
+            .post(&format!("/v1/sessions/{oldest}/messages"), hello)
+            .await;
+        assert_eq!(res.status, axum::http::StatusCode::CREATED, "{}", res.body);
+        store.recover();
+    };
+    let (created, ()) = tokio::join!(
+        stalling.post("/v1/sessions", json!({"user_id": "u1"})),
+        message_meanwhile
+    );
+    assert_eq!(
+        created.status,
+        axum::http::StatusCode::CREATED,
+        "{}",
+        created.body
+    );
+    let ended = app.outbox_of("session.ended.v1").await;
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].payload["session_id"], oldest.as_str());
+    assert_eq!(ended[0].payload["message_count"], 1, "{}", ended[0].payload);
+    let session = app.get(&format!("/v1/sessions/{oldest}")).await.body;
+    assert_eq!(
+        (
+            session["status"].as_str(),
+            session["message_count"].as_u64()
+        ),
+        (Some("ended"), Some(1))
+    );
+    assert_eq!(session["version"], ended[0].payload["version"]);
 }
 
 /// Store calls any single operation below makes, at most (a create reads, checks the rate
