@@ -216,15 +216,11 @@ fn added(total: u64, by: u64) -> u64 {
 /// The message's JSON around its `seq`, which the store writes in between: the message's
 /// position in the list, known only when it is pushed there.
 fn numbered(message: &Message) -> Result<(String, String)> {
-    const SEQ: &str = r#","seq":0,"#;
-    let json = serde_json::to_string(&Message {
-        seq: 0,
-        ..message.clone()
-    })
-    .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let json = serde_json::to_string(message).map_err(|e| Error::Corrupt(e.to_string()))?;
     // `seq` follows `message_id`, a UUID: the first match is the field.
+    let seq = format!(r#","seq":{},"#, message.seq);
     let (head, tail) = json
-        .split_once(SEQ)
+        .split_once(&seq)
         .ok_or_else(|| Error::Corrupt("a message serialized without seq".into()))?;
     Ok((format!(r#"{head},"seq":"#), format!(",{tail}")))
 }

@@ -305,18 +305,19 @@ impl Sessions {
     }
 
     /// [`Sessions::commit_or_retry`], done with what the commit's writes report (a message's
-    /// sequence number). A document the commit reads back is learned like one it wrote.
+    /// sequence number). A document the commit reads back is taken by the hints, which learn it
+    /// like one it wrote.
     pub(crate) async fn commit_plan(&self, plan: plan::Plan) -> Result<Step<Applied>> {
         let (commit, effects) = plan.into_parts();
-        let outcome = self.backend.commit(commit).await?;
+        let mut outcome = self.backend.commit(commit).await?;
         if let Some(recent) = &self.recent {
             effects.touched.iter().for_each(|id| recent.forget(id));
-            match &outcome {
+            match &mut outcome {
                 CommitOutcome::Applied(applied) => {
                     // A document that does not decode is not learned (a read will say why).
-                    let read_back = applied.read_back.as_ref().and_then(|fields| {
-                        let record = Record::from_fields(fields.clone()).ok()??;
-                        Some((record, fields_bytes(fields)))
+                    let read_back = applied.read_back.take().and_then(|fields| {
+                        let bytes = fields_bytes(&fields);
+                        Some((Record::from_fields(fields).ok()??, bytes))
                     });
                     for (record, bytes) in effects.written.into_iter().chain(read_back) {
                         recent.remember(record, bytes, Learned::Committed);
