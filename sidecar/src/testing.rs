@@ -32,9 +32,21 @@ pub use crate::store::memory::MemoryBackend;
 pub use crate::store::redis::{ReplicaWait, Topology, connect, connect_with};
 pub use crate::store::redis_url::fixed;
 pub use crate::store::{
-    Append, Backend, BackendError, Commit, CommitOutcome, Probe, ReadOp, Reply, StreamEntry,
-    WriteOp,
+    Append, Backend, BackendError, Commit, CommitOutcome, KeyAt, Probe, ReadOp, Reply,
+    SessionEvent, StreamEntry, WriteOp,
 };
+
+/// The hash fields that store `record`.
+#[must_use]
+pub fn stored_fields(record: &Record) -> Vec<(String, String)> {
+    record.to_fields()
+}
+
+/// `record` as the API shows it (and as events carry it).
+#[must_use]
+pub fn api_form(record: &Record) -> serde_json::Value {
+    serde_json::to_value(record.view()).unwrap_or_default()
+}
 
 /// A clock that only moves when told to: tests move time without sleeping (against real Redis
 /// too, since the engine, not Redis, decides what has expired).

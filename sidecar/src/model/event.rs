@@ -87,10 +87,55 @@ impl Envelope {
         ]
     }
 
+    /// The stream fields of this event without its payload, which the store fills in: the
+    /// last value stops where the payload goes, and the text returned goes after it.
+    #[must_use]
+    pub fn into_stream_fields_around_payload(mut self) -> (Vec<(String, String)>, String) {
+        self.payload = Value::Null;
+        let mut fields = self.to_stream_fields();
+        // The payload is the envelope's last member: `…,"payload":null}`.
+        let tail = fields
+            .last_mut()
+            .and_then(|(_, envelope)| {
+                let at = envelope.rfind("null")?;
+                let tail = envelope[at + "null".len()..].to_owned();
+                envelope.truncate(at);
+                Some(tail)
+            })
+            .unwrap_or_default();
+        (fields, tail)
+    }
+
     /// Reads an event back from stream fields.
     #[must_use]
     pub fn from_stream_fields(fields: &[(String, String)]) -> Option<Self> {
         let raw = fields.iter().find(|(k, _)| k == "envelope")?;
         serde_json::from_str(&raw.1).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::Envelope;
+
+    #[test]
+    fn a_payload_filled_in_between_the_fields_and_the_tail_makes_the_whole_event() {
+        let event = Envelope {
+            event_id: "e1".into(),
+            event_type: "session.ended.v1".into(),
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+            source: "session-service".into(),
+            correlation_id: Some("null".into()),
+            performer_id: None,
+            payload: json!({"session_id": "s", "note": null}),
+        };
+        let (mut fields, tail) = event.clone().into_stream_fields_around_payload();
+        if let Some((_, head)) = fields.last_mut() {
+            head.push_str(&event.payload.to_string());
+            head.push_str(&tail);
+        }
+        assert_eq!(fields, event.to_stream_fields());
     }
 }

@@ -149,12 +149,19 @@ impl Sessions {
     /// 400 invalid TTL, 403, 404, 409 ended session, 503.
     pub(crate) async fn heartbeat(&self, ctx: &Ctx, id: &str, input: Heartbeat) -> Result<Record> {
         let ttl_ms = self.ttl_ms(input.ttl_seconds)?;
+        let claimed = input.user_id.as_ref();
         self.retry(|| async {
-            let Changing {
+            let Some(Changing {
                 shard,
                 record: stored,
                 ..
-            } = self.changing(ctx, id, input.user_id.as_ref()).await?;
+            }) = self.hinted(ctx, id, claimed)?
+            else {
+                let expires_ms = self.now() + ttl_ms;
+                return self
+                    .change_unread(ctx, id, claimed, |plan| plan.extend_unread(id, expires_ms))
+                    .await;
+            };
             let now = self.now();
             let mut record = stored.clone();
             record.expires_ms = now + ttl_ms;
@@ -186,23 +193,53 @@ impl Sessions {
         if input.session_id.as_deref().is_some_and(|s| s != id) {
             return Err(Error::SessionIdMismatch);
         }
+        let claimed = input.user_id.as_ref();
+        let (ending, retention_ms) = (
+            (performer.as_str(), input.reason.as_deref()),
+            self.policy.ended_retention_ms,
+        );
+        let correlation = ctx.correlation_id.as_deref();
         self.retry(|| async {
-            let Changing {
+            let Some(Changing {
                 shard,
                 record: stored,
                 ..
-            } = self.changing(ctx, id, input.user_id.as_ref()).await?;
+            }) = self.hinted(ctx, id, claimed)?
+            else {
+                return self
+                    .change_unread(ctx, id, claimed, |plan| {
+                        plan.end_unread(id, ending, retention_ms, correlation);
+                    })
+                    .await;
+            };
             let mut plan = Plan::for_session(self, shard, &stored);
-            let ended = plan.end(
-                &stored,
-                stored.clone(),
-                (&performer, input.reason.as_deref()),
-                self.policy.ended_retention_ms,
-                ctx.correlation_id.as_deref(),
-            );
+            let ended = plan.end(&stored, stored.clone(), ending, retention_ms, correlation);
             self.commit_or_retry(plan, ended).await
         })
         .await
+    }
+
+    /// A change of session `id`, which this process does not know (see
+    /// [`Plan::for_unread_session`]), in one call to the store: `change` adds its writes, and
+    /// the store answers with the session as they leave it, which the hints learn.
+    async fn change_unread(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        claimed: Option<&String>,
+        change: impl FnOnce(&mut Plan),
+    ) -> Result<Step<Record>> {
+        let shard = self.shard_of_session(id)?;
+        let owners = [ctx.caller.user(), claimed.map(String::as_str)];
+        let mut plan = Plan::for_unread_session(self, shard, id, owners);
+        change(&mut plan);
+        plan.write(WriteOp::ReadBack(self.keys.session(shard, id)));
+        Ok(match self.commit_unread(plan, ctx, id, claimed).await? {
+            Step::Done(committed) => Step::Done(committed.read_back.ok_or_else(|| {
+                Error::Corrupt(format!("session {id} does not decode after its change"))
+            })?),
+            Step::Retry => Step::Retry,
+        })
     }
 
     /// Deletes a session with its messages and memory. The current session cannot be deleted.

@@ -61,7 +61,7 @@ impl Sessions {
                     plan
                 }
                 None => {
-                    let mut plan = Plan::for_unread_session(self, shard, id, ctx.caller.user());
+                    let mut plan = Plan::for_unread_session(self, shard, id, [ctx.caller.user()]);
                     for write in counted.store_writes(&doc) {
                         plan.write(write);
                     }
@@ -77,19 +77,17 @@ impl Sessions {
             if hinted.is_none() && self.recent.is_some() {
                 plan.write(WriteOp::ReadBack(doc));
             }
-            match self.commit_plan(plan).await? {
-                Step::Done(applied) => Ok(Step::Done(Message {
-                    seq: applied.list_len.unwrap_or_default(),
+            let step = match hinted {
+                Some(_) => self.commit_plan(plan).await?,
+                None => self.commit_unread(plan, ctx, id, None).await?,
+            };
+            Ok(match step {
+                Step::Done(committed) => Step::Done(Message {
+                    seq: committed.list_len.unwrap_or_default(),
                     ..message
-                })),
-                Step::Retry if hinted.is_none() => {
-                    // Refused: the session is not an active one of this caller's (the read
-                    // says which error), or it changed between the check and the read.
-                    self.read_for_change(ctx, id, None).await?;
-                    Ok(Step::Retry)
-                }
-                Step::Retry => Ok(Step::Retry),
-            }
+                }),
+                Step::Retry => Step::Retry,
+            })
         })
         .await
     }

@@ -30,9 +30,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::ids::parse_session_id;
 use crate::model::{Record, Status};
-use crate::store::{
-    Applied, Backend, CommitOutcome, FromReply, Keys, NamedBy, Reads, Replies, Slot,
-};
+use crate::store::{Backend, CommitOutcome, FromReply, Keys, NamedBy, Reads, Replies, Slot};
 
 pub(crate) use inbound::InboundOutcome;
 pub(crate) use listing::{Page, page_size};
@@ -305,43 +303,62 @@ impl Sessions {
     }
 
     /// [`Sessions::commit_or_retry`], done with what the commit's writes report (a message's
-    /// sequence number). A document the commit reads back is taken by the hints, which learn it
-    /// like one it wrote.
-    pub(crate) async fn commit_plan(&self, plan: plan::Plan) -> Result<Step<Applied>> {
+    /// sequence number, the document read back). The hints learn a document read back like
+    /// one the commit wrote.
+    pub(crate) async fn commit_plan(&self, plan: plan::Plan) -> Result<Step<Committed>> {
         let (commit, effects) = plan.into_parts();
-        let mut outcome = self.backend.commit(commit).await?;
+        let outcome = self.backend.commit(commit).await?;
         if let Some(recent) = &self.recent {
             effects.touched.iter().for_each(|id| recent.forget(id));
-            match &mut outcome {
-                CommitOutcome::Applied(applied) => {
-                    // A document that does not decode is not learned (a read will say why).
-                    let read_back = applied.read_back.take().and_then(|fields| {
-                        let bytes = fields_bytes(&fields);
-                        Some((Record::from_fields(fields).ok()??, bytes))
-                    });
-                    for (record, bytes) in effects.written.into_iter().chain(read_back) {
-                        recent.remember(record, bytes, Learned::Committed);
-                    }
-                    if let Some(current) = effects.current {
-                        recent.set_current(effects.shard, &effects.user_id, current);
-                    }
-                }
-                CommitOutcome::Conflict if effects.rests_on_current => {
-                    recent.set_current(effects.shard, &effects.user_id, None);
-                }
-                CommitOutcome::Conflict | CommitOutcome::OutboxFull => {}
+            if outcome == CommitOutcome::Conflict && effects.rests_on_current {
+                recent.set_current(effects.shard, &effects.user_id, None);
             }
         }
-        match outcome {
-            CommitOutcome::Applied(applied) => {
-                if let Some(listener) = &self.listener {
-                    effects.touched.iter().for_each(|id| listener.changed(id));
-                }
-                Ok(Step::Done(applied))
+        let applied = match outcome {
+            CommitOutcome::Applied(applied) => applied,
+            CommitOutcome::Conflict => return Ok(Step::Retry),
+            CommitOutcome::OutboxFull => return Err(Error::OutboxFull),
+        };
+        // A document that does not decode is not learned (a read will say why).
+        let read_back = applied.read_back.and_then(|fields| {
+            let bytes = fields_bytes(&fields);
+            Some((Record::from_fields(fields).ok()??, bytes))
+        });
+        if let Some(recent) = &self.recent {
+            let learned = read_back
+                .iter()
+                .map(|(record, bytes)| (record.clone(), *bytes));
+            for (record, bytes) in effects.written.into_iter().chain(learned) {
+                recent.remember(record, bytes, Learned::Committed);
             }
-            CommitOutcome::Conflict => Ok(Step::Retry),
-            CommitOutcome::OutboxFull => Err(Error::OutboxFull),
+            if let Some(current) = effects.current {
+                recent.set_current(effects.shard, &effects.user_id, current);
+            }
         }
+        if let Some(listener) = &self.listener {
+            effects.touched.iter().for_each(|id| listener.changed(id));
+        }
+        Ok(Step::Done(Committed {
+            list_len: applied.list_len,
+            read_back: read_back.map(|(record, _)| record),
+        }))
+    }
+
+    /// Commits a plan for session `id` unread ([`plan::Plan::for_unread_session`]). A refused
+    /// one reads the session, which says what is wrong with it (404, 409 `session_ended`,
+    /// 403), or else lets the change run again, knowing the session now.
+    pub(crate) async fn commit_unread(
+        &self,
+        plan: plan::Plan,
+        ctx: &Ctx,
+        id: &str,
+        claimed_user: Option<&String>,
+    ) -> Result<Step<Committed>> {
+        let step = self.commit_plan(plan).await?;
+        if let Step::Retry = step {
+            self.read_for_change(ctx, id, claimed_user).await?;
+        }
+        Ok(step)
     }
 
     /// An active session about to change, with the caller's right to change it checked: as
@@ -548,6 +565,14 @@ impl Sessions {
         let record = decode_record(replies.take(doc))?;
         Ok((version, record, replies))
     }
+}
+
+/// What an applied commit reports (see [`Sessions::commit_plan`]).
+pub(crate) struct Committed {
+    /// The number of the item its `RPushNumbered` added (a message's `seq`).
+    pub list_len: Option<u64>,
+    /// The document its `ReadBack` found, decoded.
+    pub read_back: Option<Record>,
 }
 
 /// An active session about to change (see [`Sessions::changing`]).

@@ -2,11 +2,13 @@
 
 use std::collections::HashMap;
 
+use serde_json::Value;
+
 use crate::clock::rfc3339;
 use crate::ids::new_event_id;
 use crate::model::event::SOURCE;
 use crate::model::{Envelope, EventType, Record, Status};
-use crate::store::{Append, Commit, Guard, Keys, WriteOp};
+use crate::store::{Append, Commit, Guard, KeyAt, Keys, SessionEvent, WriteOp};
 
 use super::next_version;
 
@@ -68,19 +70,19 @@ impl Plan {
 
     /// A plan for a change that needs only a few fields of session `id`, which this process
     /// has not read: the store checks in the same step that the session is active and
-    /// unexpired (and `owner`'s, when given). A failed check is a conflict; the caller then
+    /// unexpired (and each given owner's). A failed check is a conflict; the caller then
     /// reads the session to say what is wrong with it. It leaves the user's version alone (the
     /// user is not known here): it may change only the document's own fields, which a plan
     /// decided on several sessions guards by the document's version.
-    pub(crate) fn for_unread_session(
+    pub(crate) fn for_unread_session<'a>(
         sessions: &super::Sessions,
         shard: u32,
         id: &str,
-        owner: Option<&str>,
+        owners: impl IntoIterator<Item = Option<&'a str>>,
     ) -> Self {
         let doc = sessions.keys.session(shard, id);
-        // The user is known only to the store; nothing in this plan is keyed by it.
-        let mut plan = Self::new(sessions, shard, owner.unwrap_or_default());
+        // The user is known only to the store: its keys are named by the document's field.
+        let mut plan = Self::new(sessions, shard, "");
         let field = |value: &str| Some(value.to_owned());
         plan.guard(Guard::HEq(
             doc.clone(),
@@ -92,8 +94,8 @@ impl Plan {
             "expires_ms".to_owned(),
             plan.now_ms,
         ));
-        if let Some(owner) = owner {
-            plan.guard(Guard::HEq(doc, "user_id".to_owned(), field(owner)));
+        for owner in owners.into_iter().flatten() {
+            plan.guard(Guard::HEq(doc.clone(), "user_id".to_owned(), field(owner)));
         }
         plan.effects.touched.push(id.to_owned());
         plan
@@ -199,20 +201,50 @@ impl Plan {
         performer: Option<&str>,
         correlation: Option<&str>,
     ) {
-        let envelope = Envelope {
+        let payload = serde_json::to_value(record.view()).unwrap_or_default();
+        let envelope = self.envelope(kind, performer, correlation, payload);
+        self.commit.appends.push(Append {
+            stream: self.keys.outbox(self.shard()),
+            fields: envelope.to_stream_fields(),
+            max_len: None,
+        });
+    }
+
+    /// Appends an event about session `id`, which this plan has not read: the store fills in
+    /// the session as the writes before it leave it. So it must be the plan's last write.
+    fn event_of_unread(
+        &mut self,
+        kind: EventType,
+        id: &str,
+        performer: Option<&str>,
+        correlation: Option<&str>,
+    ) {
+        let envelope = self.envelope(kind, performer, correlation, Value::Null);
+        let (fields, tail) = envelope.into_stream_fields_around_payload();
+        self.write(WriteOp::AppendSessionEvent(SessionEvent {
+            stream: self.keys.outbox(self.shard()),
+            fields,
+            session: self.keys.session(self.shard(), id),
+            tail,
+        }));
+    }
+
+    fn envelope(
+        &self,
+        kind: EventType,
+        performer: Option<&str>,
+        correlation: Option<&str>,
+        payload: Value,
+    ) -> Envelope {
+        Envelope {
             event_id: new_event_id(),
             event_type: kind.as_str().to_owned(),
             timestamp: rfc3339(self.now_ms),
             source: SOURCE.to_owned(),
             correlation_id: correlation.map(str::to_owned),
             performer_id: performer.map(str::to_owned),
-            payload: serde_json::to_value(record.view()).unwrap_or_default(),
-        };
-        self.commit.appends.push(Append {
-            stream: self.keys.outbox(self.shard()),
-            fields: envelope.to_stream_fields(),
-            max_len: None,
-        });
+            payload,
+        }
     }
 
     /// Writes a new document, every field.
@@ -338,6 +370,68 @@ impl Plan {
         self.put(stored, &record);
         self.reschedule(&record);
         record
+    }
+
+    /// [`Plan::end`] of session `id` in a plan for it unread ([`Plan::for_unread_session`]):
+    /// the end's fields are set where the document is stored, and its event carries the
+    /// session as the store leaves it.
+    pub(crate) fn end_unread(
+        &mut self,
+        id: &str,
+        (performer, reason): (&str, Option<&str>),
+        retention_ms: i64,
+        correlation: Option<&str>,
+    ) {
+        let now = self.now_ms;
+        let expires = now + retention_ms;
+        let mut fields = vec![
+            ("status", Status::Ended.as_str().to_owned()),
+            ("ended_ms", now.to_string()),
+            ("performer_id", performer.to_owned()),
+        ];
+        fields.extend(reason.map(|reason| ("end_reason", reason.to_owned())));
+        self.change_unread(id, fields, expires);
+        let active = self.active_of_unread(id);
+        self.write(WriteOp::ZRemAt(active, id.to_owned()));
+        self.event_of_unread(EventType::Ended, id, Some(performer), correlation);
+    }
+
+    /// A heartbeat of session `id` in a plan for it unread: its expiry moves to `expires_ms`.
+    pub(crate) fn extend_unread(&mut self, id: &str, expires_ms: i64) {
+        self.change_unread(id, Vec::new(), expires_ms);
+        #[allow(clippy::cast_precision_loss)]
+        let expires = expires_ms as f64;
+        let active = self.active_of_unread(id);
+        self.write(WriteOp::ZAddAt(active, expires, id.to_owned()));
+    }
+
+    /// Sets `fields` of the unread document `id` with its new expiry and the time of the
+    /// change, counts the change in its version and moves it in the sweeper's queue.
+    fn change_unread(&mut self, id: &str, mut fields: Vec<(&str, String)>, expires_ms: i64) {
+        let doc = self.keys.session(self.shard(), id);
+        fields.extend([
+            ("updated_ms", self.now_ms.to_string()),
+            ("expires_ms", expires_ms.to_string()),
+        ]);
+        let fields = fields.into_iter().map(|(f, v)| (f.to_owned(), v)).collect();
+        self.write(WriteOp::HSet(doc.clone(), fields));
+        self.write(WriteOp::HIncrBy(doc, "version".to_owned(), 1));
+        #[allow(clippy::cast_precision_loss)]
+        let expires = expires_ms as f64;
+        self.write(WriteOp::ZAdd(
+            self.keys.expiry(self.shard()),
+            expires,
+            id.to_owned(),
+        ));
+    }
+
+    /// The active sessions of the user of the unread document `id`.
+    fn active_of_unread(&self, id: &str) -> KeyAt {
+        KeyAt {
+            prefix: self.keys.user_active(self.shard(), ""),
+            hash: self.keys.session(self.shard(), id),
+            field: "user_id".to_owned(),
+        }
     }
 
     /// Removes a session and everything that hangs off it. `title_owned` and `is_current` say

@@ -1,11 +1,16 @@
 -- Atomic guarded commit (store/mod.rs, Commit; encoded by store/script_args.rs).
 -- KEYS: every key touched, one hash slot.
 -- ARGV[1]: the program, one instruction per guard, append and write, in that order: an opcode
---   byte, the key's index in KEYS (2 bytes, big-endian), and for HSET, HDEL, XDEL and XADD a
---   count (2 bytes: fields, or field-value pairs).
+--   byte, the key's index in KEYS (2 bytes, big-endian), and for HSET, HDEL, XDEL, XADD and
+--   XADD_SESSION a count (2 bytes: fields, or field-value pairs); ZADD_AT and ZREM_AT (the key
+--   is KEYS[index] .. a field of a hash) and XADD_SESSION (the payload is a session document)
+--   then give that hash's index in KEYS (2 bytes).
 -- ARGV[2..]: the operands of the instructions (values, fields, scores, limits), in order.
 -- Guards are checked first, then events are appended, then state is written. An append that
--- fails returns before any write, so state changes only if its event is recorded.
+-- fails returns before any write, so state changes only if its event is recorded. The one
+-- append after the writes, XADD_SESSION, cannot fail there: the commit's STREAM_BELOW guard on
+-- the same stream has proven its type, and a script that has written may go on writing at
+-- Redis's memory limit.
 -- Returns OK; or, when a write reports something, {the length of the list the last
 -- RPUSH_NUMBERED left (-1: none), the fields READ_BACK found (empty: none)}; CONFLICT or
 -- OUTBOX_FULL when a guard fails.
@@ -23,6 +28,71 @@ local XADD, XADD_TRIM = byte('a'), byte('A')
 local SET, SETPX, DEL, HSET, HDEL = byte('s'), byte('p'), byte('d'), byte('w'), byte('x')
 local ZADD, ZREM, ZREM_BELOW, RPUSH_NUMBERED = byte('z'), byte('r'), byte('b'), byte('R')
 local INCR, INCR_WINDOW, HINCRBY, XDEL, READ_BACK = byte('+'), byte('i'), byte('n'), byte('X'), byte('B')
+local ZADD_AT, ZREM_AT, XADD_SESSION = byte('Z'), byte('Q'), byte('V')
+
+-- The API form of a session document as JSON (model/session.rs, Record::view): the payload of
+-- the event of a change made without reading the session. A test holds the two to each other
+-- over random documents.
+local encode, floor, format, concat = cjson.encode, math.floor, string.format, table.concat
+local ROLE_COUNTS = { 'n_user', 'n_assistant', 'n_system', 'n_tool' }
+
+-- RFC 3339 UTC with milliseconds, from milliseconds since the epoch (civil date from days:
+-- Howard Hinnant's algorithm).
+local function timestamp(ms)
+  ms = tonumber(ms)
+  local secs = floor(ms / 1000)
+  local days = floor(secs / 86400)
+  local sod = secs - days * 86400
+  local era = floor((days + 719468) / 146097)
+  local doe = days + 719468 - era * 146097
+  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+  local mp = floor((5 * doy + 2) / 153)
+  local month = mp < 10 and mp + 3 or mp - 9
+  return format('"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ"',
+    yoe + era * 400 + (month <= 2 and 1 or 0), month, doy - floor((153 * mp + 2) / 5) + 1,
+    floor(sod / 3600), floor(sod % 3600 / 60), sod % 60, ms - secs * 1000)
+end
+
+-- Micro-units as a decimal amount, in the fewest digits that read back as the same double
+-- (what Rust writes): the exact digits while a double holds them all.
+local function amount(micros)
+  if #micros > 15 then
+    local value = tonumber(micros) / 1e6
+    for digits = 15, 17 do
+      local text = format('%.' .. digits .. 'g', value)
+      if tonumber(text) == value then
+        return text:find('[.e]') and text or text .. '.0' -- a float, as Rust writes it
+      end
+    end
+  end
+  local digits = string.rep('0', 7 - #micros) .. micros
+  local fraction = digits:sub(-6):gsub('0+$', '')
+  return digits:sub(1, -7) .. '.' .. (fraction == '' and '0' or fraction)
+end
+
+local function session_view(fields)
+  local doc, out = {}, {}
+  for i = 1, #fields, 2 do doc[fields[i]] = fields[i + 1] end
+  local function add(name, json) out[#out + 1] = '"' .. name .. '":' .. json end
+  local function text(name) if doc[name] then add(name, encode(doc[name])) end end
+  text('session_id'); text('user_id'); text('org_id'); text('title'); text('case_id')
+  text('status')
+  add('current', doc.current == '1' and 'true' or 'false')
+  add('metadata', doc.metadata); add('data', doc.data)
+  add('created_at', timestamp(doc.created_ms))
+  add('updated_at', timestamp(doc.updated_ms))
+  add('expires_at', timestamp(doc.expires_ms))
+  if doc.ended_ms then add('ended_at', timestamp(doc.ended_ms)) end
+  text('end_reason'); text('performer_id')
+  add('version', doc.version)
+  local messages = 0
+  for _, field in ipairs(ROLE_COUNTS) do messages = messages + (tonumber(doc[field]) or 0) end
+  add('message_count', format('%.0f', messages))
+  add('total_tokens', doc.tokens_total or '0')
+  add('total_cost', amount(doc.cost_micros or '0'))
+  return '{' .. concat(out, ',') .. '}'
+end
 
 local function failed_append(reply)
   return type(reply) == 'table' and reply.err
@@ -131,6 +201,22 @@ while pc <= len do
     a = a + n
   elseif op == READ_BACK then
     read_back = call('HGETALL', k)
+  elseif op == ZADD_AT or op == ZREM_AT then
+    local name = call('HGET', KEYS[count()], ARGV[a])
+    if op == ZADD_AT then
+      if name then call('ZADD', k .. name, ARGV[a + 1], ARGV[a + 2]) end
+      a = a + 3
+    else
+      if name then call('ZREM', k .. name, ARGV[a + 1]) end
+      a = a + 2
+    end
+  elseif op == XADD_SESSION then
+    local n = count()
+    local session = KEYS[count()]
+    local entry = { k, '*', unpack(ARGV, a, a + 2 * n - 2) }
+    entry[#entry + 1] = ARGV[a + 2 * n - 1] .. session_view(call('HGETALL', session)) .. ARGV[a + 2 * n]
+    call('XADD', unpack(entry))
+    a = a + 2 * n + 1
   else
     return redis.error_reply('BADOP unknown opcode ' .. tostring(op))
   end

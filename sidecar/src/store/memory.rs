@@ -21,9 +21,10 @@ use async_trait::async_trait;
 use crate::clock::{Clock, SystemClock};
 
 use super::{
-    Append, Applied, Backend, BackendError, Bound, Commit, CommitOutcome, Guard, NamedBy, Probe,
-    ReadOp, Reply, Score, StreamEntry, WriteOp, ZRange,
+    Append, Applied, Backend, BackendError, Bound, Commit, CommitOutcome, Guard, KeyAt, NamedBy,
+    Probe, ReadOp, Reply, Score, StreamEntry, WriteOp, ZRange,
 };
+use crate::model::Record;
 
 /// The in-process store.
 #[derive(Debug)]
@@ -499,7 +500,41 @@ impl Db {
                 let fields = self.read(&ReadOp::HGetAll(k)).into_pairs();
                 applied.read_back = (!fields.is_empty()).then_some(fields);
             }
+            WriteOp::ZAddAt(at, score, member) => {
+                if let Some(key) = self.key_at(&at) {
+                    self.write(WriteOp::ZAdd(key, score, member), applied);
+                }
+            }
+            WriteOp::ZRemAt(at, member) => {
+                if let Some(key) = self.key_at(&at) {
+                    self.write(WriteOp::ZRem(key, member), applied);
+                }
+            }
+            WriteOp::AppendSessionEvent(event) => {
+                let fields = self.read(&ReadOp::HGetAll(event.session)).into_pairs();
+                let payload = Record::from_fields(fields)
+                    .ok()
+                    .flatten()
+                    .and_then(|record| serde_json::to_string(&record.view()).ok())
+                    .unwrap_or_else(|| "null".to_owned());
+                let mut fields = event.fields;
+                if let Some((_, head)) = fields.last_mut() {
+                    head.push_str(&payload);
+                    head.push_str(&event.tail);
+                }
+                self.append(Append {
+                    stream: event.stream,
+                    fields,
+                    max_len: None,
+                });
+            }
         }
+    }
+
+    /// The name of the key `at` names, when its field is there.
+    fn key_at(&mut self, at: &KeyAt) -> Option<String> {
+        let name = self.name(&NamedBy::Field(at.hash.clone(), at.field.clone()))?;
+        Some(format!("{}{name}", at.prefix))
     }
 }
 
@@ -511,7 +546,14 @@ fn wrong_type(key: &str) -> BackendError {
 /// a key of any type (as in Redis).
 fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
     Some(match op {
-        WriteOp::Set(..) | WriteOp::SetPx(..) | WriteOp::Del(_) | WriteOp::ReadBack(_) => {
+        // A key named by a field is known only as the writes run (Redis would fail there on
+        // a key of another type; no use case names one).
+        WriteOp::Set(..)
+        | WriteOp::SetPx(..)
+        | WriteOp::Del(_)
+        | WriteOp::ReadBack(_)
+        | WriteOp::ZAddAt(..)
+        | WriteOp::ZRemAt(..) => {
             return None;
         }
         WriteOp::Incr(k) | WriteOp::IncrWindow(k, _) => (k, Kind::Str),
@@ -519,6 +561,7 @@ fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
         WriteOp::ZAdd(k, _, _) | WriteOp::ZRem(k, _) | WriteOp::ZRemBelow(k, _) => (k, Kind::ZSet),
         WriteOp::RPushNumbered(k, _, _) => (k, Kind::List),
         WriteOp::XDel(k, _) => (k, Kind::Stream),
+        WriteOp::AppendSessionEvent(event) => (&event.stream, Kind::Stream),
     })
 }
 

@@ -192,6 +192,42 @@ pub enum WriteOp {
     /// Reports the hash's fields as the writes before it left them: a document changed
     /// without reading it, for this process to know it after all.
     ReadBack(String),
+    /// `ZADD <key> score member`, the key named by a hash field (a session's user, for its
+    /// user's index); nothing when the field is missing.
+    ZAddAt(KeyAt, Score, String),
+    /// `ZREM <key> member`, the key named as for [`WriteOp::ZAddAt`].
+    ZRemAt(KeyAt, String),
+    /// Appends an event about a session that carries the session as the writes before it
+    /// left it (see [`SessionEvent`]).
+    AppendSessionEvent(SessionEvent),
+}
+
+/// A key whose name ends with a field of a hash, read in the same atomic step: one commit can
+/// then change the index of a session's user knowing only the session id. The prefix carries
+/// the hash tag, so the key shares the hash's slot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyAt {
+    pub prefix: String,
+    pub hash: String,
+    pub field: String,
+}
+
+/// An event whose payload is a session document in its API form, as the writes of the same
+/// commit left it: the event of a change made without reading the session first (its state
+/// after the change is known only to the store).
+///
+/// Unlike an [`Append`], it comes after the writes. That is still all or nothing: the commit's
+/// `StreamBelow` guard on the same stream has already proven that the stream can take it, and a
+/// script that has written may go on writing even at Redis's memory limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionEvent {
+    pub stream: String,
+    /// The entry's fields; the last value is the start of the envelope, which goes on with the
+    /// payload and then `tail`.
+    pub fields: Vec<(String, String)>,
+    /// The session document's key.
+    pub session: String,
+    pub tail: String,
 }
 
 /// A guarded, atomic change. All keys of one commit share one hash slot (checked by the Redis

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use super::keys::hash_tag;
-use super::{BackendError, Bound, Commit, Guard, NamedBy, ReadOp, WriteOp};
+use super::{BackendError, Bound, Commit, Guard, KeyAt, NamedBy, ReadOp, WriteOp};
 
 /// Collects the keys of one call, each once, and hands out their 1-based `KEYS` index.
 #[derive(Default)]
@@ -141,6 +141,9 @@ mod opcode {
     pub(super) const HINCRBY: u8 = b'n';
     pub(super) const XDEL: u8 = b'X';
     pub(super) const READ_BACK: u8 = b'B';
+    pub(super) const ZADD_AT: u8 = b'Z';
+    pub(super) const ZREM_AT: u8 = b'Q';
+    pub(super) const XADD_SESSION: u8 = b'V';
 }
 
 /// The arguments of `commit.lua`: its keys, the program, the operands.
@@ -169,6 +172,16 @@ impl CommitArgs {
     ) -> Result<&mut Vec<String>, BackendError> {
         self.op(opcode, key)?;
         self.number(count, "fields in one command")?;
+        Ok(&mut self.operands)
+    }
+
+    /// An instruction on the key named by `at`: the prefix's index, then the hash's; the
+    /// field first among the operands.
+    fn at(&mut self, opcode: u8, at: &KeyAt) -> Result<&mut Vec<String>, BackendError> {
+        self.op(opcode, &at.prefix)?;
+        let hash = self.keys.index(&at.hash);
+        self.number(hash, "keys")?;
+        self.operands.push(at.field.clone());
         Ok(&mut self.operands)
     }
 
@@ -258,6 +271,19 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
             WriteOp::ReadBack(k) => {
                 call.op(READ_BACK, k)?;
             }
+            WriteOp::ZAddAt(at, score, m) => {
+                call.at(ZADD_AT, at)?.extend([score.to_string(), m.clone()]);
+            }
+            WriteOp::ZRemAt(at, m) => call.at(ZREM_AT, at)?.push(m.clone()),
+            WriteOp::AppendSessionEvent(event) => {
+                call.counted(XADD_SESSION, &event.stream, event.fields.len())?;
+                let session = call.keys.index(&event.session);
+                call.number(session, "keys")?;
+                for (f, v) in &event.fields {
+                    call.operands.extend([f.clone(), v.clone()]);
+                }
+                call.operands.push(event.tail.clone());
+            }
             // Empty field lists change nothing; Redis would reject them, so they are not sent.
             WriteOp::HSet(..) | WriteOp::HDel(..) | WriteOp::XDel(..) => {}
         }
@@ -334,6 +360,56 @@ mod tests {
         assert_eq!(
             call.operands,
             ["expires_ms", "7", "version", "1", "{\"seq\":", "}"]
+        );
+    }
+
+    #[test]
+    fn an_end_without_reading_its_session_names_the_users_index_by_a_field_and_appends_last() {
+        let at = KeyAt {
+            prefix: "{1}:ua:".into(),
+            hash: "{1}:s:a".into(),
+            field: "user_id".into(),
+        };
+        let commit = Commit {
+            writes: vec![
+                WriteOp::ZRemAt(at.clone(), "a".into()),
+                WriteOp::ZAddAt(at, 9.0, "a".into()),
+                WriteOp::AppendSessionEvent(crate::store::SessionEvent {
+                    stream: "{1}:outbox".into(),
+                    fields: vec![
+                        ("event_id".into(), "e1".into()),
+                        ("envelope".into(), "{\"payload\":".into()),
+                    ],
+                    session: "{1}:s:a".into(),
+                    tail: "}".into(),
+                }),
+            ],
+            ..Commit::default()
+        };
+        let call = encode_commit(&commit).unwrap();
+        assert_eq!(call.keys.keys, ["{1}:ua:", "{1}:s:a", "{1}:outbox"]);
+        assert_eq!(
+            call.program,
+            [
+                b'Q', 0, 1, 0, 2, //
+                b'Z', 0, 1, 0, 2, //
+                b'V', 0, 3, 0, 2, 0, 2,
+            ]
+        );
+        assert_eq!(
+            call.operands,
+            [
+                "user_id",
+                "a",
+                "user_id",
+                "9",
+                "a",
+                "event_id",
+                "e1",
+                "envelope",
+                "{\"payload\":",
+                "}"
+            ]
         );
     }
 

@@ -68,12 +68,23 @@ async fn the_session_api_works_on_a_redis_cluster() {
         .collect();
     assert_eq!(shards.len(), 4, "the users cover every shard");
 
-    // Another sidecar's change reaches this one's cache.
+    // Another sidecar's change reaches this one's cache. That sidecar knows nothing of the
+    // sessions it changes: the script finds the user's index through the session, and writes
+    // the end's event with the session in it.
     let (_, first, _) = &ids[0];
     let path = format!("/v1/sessions/{first}");
-    b.settle().await;
+    let c = a.beside().await;
+    c.settle().await;
     assert_eq!(a.get(&path).await.body["status"], "active");
-    b.end(first, json!({"performer_id": "system"})).await;
+    let beat = c
+        .put(
+            &format!("/v1/sessions/{}/heartbeat", ids[1].1),
+            json!({"ttl_seconds": 60}),
+        )
+        .await;
+    assert_eq!(beat.status, StatusCode::OK, "{}", beat.body);
+    let ended = c.end(first, json!({"performer_id": "system"})).await;
+    assert_eq!(ended.status, StatusCode::OK, "{}", ended.body);
     let started = Instant::now();
     while a.get(&path).await.body["status"] != "ended" {
         assert!(
@@ -89,7 +100,15 @@ async fn the_session_api_works_on_a_redis_cluster() {
 
     // Events: relayed from every shard outbox, the org index, inbound events.
     assert_eq!(a.relay().await, 12 * 2 + 1);
-    assert_eq!(a.events().await.len(), 25);
+    let events = a.events().await;
+    assert_eq!(events.len(), 25);
+    assert_eq!(
+        events
+            .iter()
+            .find(|e| e.event_type == "session.ended.v1")
+            .map(|e| &e.payload),
+        Some(&ended.body)
+    );
     let page = a.get("/v1/orgs/acme/sessions?limit=100").await.body;
     assert_eq!(page["items"].as_array().unwrap().len(), 24);
     let case = json!({"event_id": uuid::Uuid::new_v4().to_string(), "event_type": "case.deleted.v1", "timestamp": "2026-01-01T00:00:00.000Z", "source": "case-service", "payload": {"case_id": "case-1"}});

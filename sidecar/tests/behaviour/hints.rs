@@ -213,6 +213,73 @@ async fn writes_from_hints_take_one_call_to_redis_each() {
 }
 
 #[tokio::test]
+async fn heartbeats_and_ends_of_sessions_another_sidecar_wrote_take_one_call_each() {
+    // Proves: a heartbeat and an end of sessions this sidecar never wrote nor read are one
+    // call each: the store checks the session and writes the change, its user's index and
+    // (for the end) the event carrying the session as the change left it, which is the
+    // session as both sidecars then read it. The user's index follows: with a cap of one
+    // active session, the end frees the user's room. A refused end (already ended) reads to
+    // say why: 409, two calls.
+    let a = TestApp::with(Kind::Redis, |p| p.max_active_per_user = Some(1)).await;
+    let b = a.beside().await;
+    let (one, two) = (
+        a.create_id("u1", json!({"title": "one", "data": {"n": 1}}))
+            .await,
+        a.create_id("u2", json!({})).await,
+    );
+    b.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
+    let mut calls = Calls::new(&a).await;
+    let (n, res) = calls
+        .during(b.put(
+            &format!("/v1/sessions/{two}/heartbeat"),
+            json!({"ttl_seconds": 7200}),
+        ))
+        .await;
+    assert_eq!(
+        (n, res.status.as_u16()),
+        (1, 200),
+        "a heartbeat: {}",
+        res.body
+    );
+    assert_eq!(res.body, a.get(&format!("/v1/sessions/{two}")).await.body);
+
+    let end = json!({"performer_id": "agent-7", "reason": "resolved"});
+    let (n, res) = calls.during(b.end(&one, end.clone())).await;
+    assert_eq!((n, res.status.as_u16()), (1, 200), "an end: {}", res.body);
+    let read = a.get(&format!("/v1/sessions/{one}")).await.body;
+    assert_eq!(res.body, read);
+    assert_eq!(
+        (
+            read["status"].as_str(),
+            read["end_reason"].as_str(),
+            read["version"].as_u64()
+        ),
+        (Some("ended"), Some("resolved"), Some(2))
+    );
+    let ended = b.outbox_of("session.ended.v1").await;
+    assert_eq!(ended.len(), 1);
+    assert_eq!(
+        ended[0].payload, read,
+        "the event carries the session as ended"
+    );
+    assert_eq!(ended[0].performer_id.as_deref(), Some("agent-7"));
+    let again = a.create("u1", json!({"title": "again"})).await;
+    assert_eq!(
+        again["status"], "active",
+        "the ended session left the user's active index"
+    );
+
+    let (n, res) = calls.during(b.end(&one, end)).await;
+    assert_eq!(
+        (n, res.status.as_u16()),
+        (2, 409),
+        "a refused end: {}",
+        res.body
+    );
+    assert_eq!(b.outbox_of("session.ended.v1").await.len(), 1);
+}
+
+#[tokio::test]
 async fn a_switch_by_title_takes_one_call_to_redis_and_a_stale_title_is_decided_again() {
     // Proves: a switch by the title of a session this process knows is one call; when another
     // sidecar renamed that session meanwhile (and `a`'s hints were not told), the switch by

@@ -31,4 +31,5 @@ mod openapi;
 mod outage;
 mod redis_users;
 mod server_auth;
+mod session_view;
 mod slow_redis;
