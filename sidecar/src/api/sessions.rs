@@ -139,5 +139,5 @@ pub(crate) async fn end(
     PathParam(id): PathParam,
     Body(input): Body<EndSession>,
 ) -> Result<Json<SessionView>, Error> {
-    Ok(Json(state.sessions.end(&ctx, &id, input).await?.view()))
+    Ok(Json(state.sessions.end(&ctx, &id, input).await?))
 }

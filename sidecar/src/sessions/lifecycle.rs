@@ -6,11 +6,11 @@ use crate::error::{Error, Result};
 use crate::model::input::{
     EndSession, Heartbeat, UpdateSession, check_id, check_object_size, check_reason, check_title,
 };
-use crate::model::{EventType, Record};
+use crate::model::{EventType, Record, SessionView};
 use crate::store::{NamedBy, Reads, WriteOp};
 
 use super::plan::Plan;
-use super::{Changing, Ctx, Sessions, Step, decode_record};
+use super::{Changing, Committed, Ctx, Sessions, Step, decode_record};
 
 impl Sessions {
     /// Applies a merge patch to the mutable fields.
@@ -158,9 +158,13 @@ impl Sessions {
             }) = self.hinted(ctx, id, claimed)?
             else {
                 let expires_ms = self.now() + ttl_ms;
-                return self
-                    .change_unread(ctx, id, claimed, |plan| plan.extend_unread(id, expires_ms))
-                    .await;
+                let extend = |plan: &mut Plan| plan.extend_unread(id, expires_ms);
+                return Ok(match self.change_unread(ctx, id, claimed, extend).await? {
+                    Step::Done(committed) => Step::Done(committed.read_back.ok_or_else(|| {
+                        Error::Corrupt(format!("session {id} does not decode after its heartbeat"))
+                    })?),
+                    Step::Retry => Step::Retry,
+                });
             };
             let now = self.now();
             let mut record = stored.clone();
@@ -180,7 +184,7 @@ impl Sessions {
     /// # Errors
     /// 400 without `performer_id` or with a mismatched `session_id`, 403 another user's session,
     /// 404, 409 already ended, 503.
-    pub(crate) async fn end(&self, ctx: &Ctx, id: &str, input: EndSession) -> Result<Record> {
+    pub(crate) async fn end(&self, ctx: &Ctx, id: &str, input: EndSession) -> Result<SessionView> {
         let performer = input
             .performer_id
             .clone()
@@ -206,40 +210,39 @@ impl Sessions {
                 ..
             }) = self.hinted(ctx, id, claimed)?
             else {
-                return self
-                    .change_unread(ctx, id, claimed, |plan| {
-                        plan.end_unread(id, ending, retention_ms, correlation);
-                    })
-                    .await;
+                let end = |plan: &mut Plan| plan.end_unread(id, ending, retention_ms, correlation);
+                return Ok(match self.change_unread(ctx, id, claimed, end).await? {
+                    Step::Done(committed) => {
+                        let ended = committed.session.unwrap_or_default();
+                        Step::Done(serde_json::from_str(&ended).map_err(|e| {
+                            Error::Corrupt(format!("session {id} as ended does not decode: {e}"))
+                        })?)
+                    }
+                    Step::Retry => Step::Retry,
+                });
             };
             let mut plan = Plan::for_session(self, shard, &stored);
             let ended = plan.end(&stored, stored.clone(), ending, retention_ms, correlation);
-            self.commit_or_retry(plan, ended).await
+            self.commit_or_retry(plan, ended.view()).await
         })
         .await
     }
 
     /// A change of session `id`, which this process does not know (see
-    /// [`Plan::for_unread_session`]), in one call to the store: `change` adds its writes, and
-    /// the store answers with the session as they leave it, which the hints learn.
+    /// [`Plan::for_unread_session`]), in one call to the store: `change` adds its writes,
+    /// which report the session as they leave it.
     async fn change_unread(
         &self,
         ctx: &Ctx,
         id: &str,
         claimed: Option<&String>,
         change: impl FnOnce(&mut Plan),
-    ) -> Result<Step<Record>> {
+    ) -> Result<Step<Committed>> {
         let shard = self.shard_of_session(id)?;
         let owners = [ctx.caller.user(), claimed.map(String::as_str)];
         let mut plan = Plan::for_unread_session(self, shard, id, owners);
         change(&mut plan);
-        plan.write(WriteOp::ReadBack(self.keys.session(shard, id)));
-        Ok(match self.commit_unread(plan, ctx, id, claimed).await? {
-            Step::Done(committed) => Step::Done(committed.read_back.ok_or_else(|| {
-                Error::Corrupt(format!("session {id} does not decode after its change"))
-            })?),
-            Step::Retry => Step::Retry,
-        })
+        self.commit_unread(plan, ctx, id, claimed).await
     }
 
     /// Deletes a session with its messages and memory. The current session cannot be deleted.

@@ -341,6 +341,7 @@ impl Sessions {
         Ok(Step::Done(Committed {
             list_len: applied.list_len,
             read_back: read_back.map(|(record, _)| record),
+            session: applied.session,
         }))
     }
 
@@ -573,6 +574,8 @@ pub(crate) struct Committed {
     pub list_len: Option<u64>,
     /// The document its `ReadBack` found, decoded.
     pub read_back: Option<Record>,
+    /// The session its `AppendSessionEvent` carried, in its API form (JSON).
+    pub session: Option<String>,
 }
 
 /// An active session about to change (see [`Sessions::changing`]).

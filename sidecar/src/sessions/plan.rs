@@ -374,7 +374,7 @@ impl Plan {
 
     /// [`Plan::end`] of session `id` in a plan for it unread ([`Plan::for_unread_session`]):
     /// the end's fields are set where the document is stored, and its event carries the
-    /// session as the store leaves it.
+    /// session as the store leaves it (which the commit reports, the end's answer).
     pub(crate) fn end_unread(
         &mut self,
         id: &str,
@@ -396,13 +396,15 @@ impl Plan {
         self.event_of_unread(EventType::Ended, id, Some(performer), correlation);
     }
 
-    /// A heartbeat of session `id` in a plan for it unread: its expiry moves to `expires_ms`.
+    /// A heartbeat of session `id` in a plan for it unread: its expiry moves to `expires_ms`,
+    /// and the store reads the session back (a heartbeat answers with it; the hints learn it).
     pub(crate) fn extend_unread(&mut self, id: &str, expires_ms: i64) {
         self.change_unread(id, Vec::new(), expires_ms);
         #[allow(clippy::cast_precision_loss)]
         let expires = expires_ms as f64;
         let active = self.active_of_unread(id);
         self.write(WriteOp::ZAddAt(active, expires, id.to_owned()));
+        self.write(WriteOp::ReadBack(self.keys.session(self.shard(), id)));
     }
 
     /// Sets `fields` of the unread document `id` with its new expiry and the time of the

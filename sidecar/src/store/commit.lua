@@ -12,8 +12,8 @@
 -- the same stream has proven its type, and a script that has written may go on writing at
 -- Redis's memory limit.
 -- Returns OK; or, when a write reports something, {the length of the list the last
--- RPUSH_NUMBERED left (-1: none), the fields READ_BACK found (empty: none)}; CONFLICT or
--- OUTBOX_FULL when a guard fails.
+-- RPUSH_NUMBERED left (-1: none), the fields READ_BACK found (empty: none), the session the
+-- last XADD_SESSION carried (empty: none)}; CONFLICT or OUTBOX_FULL when a guard fails.
 -- Why a byte program: a create is about a hundred arguments, and Redis turns each into a Lua
 -- string; op names, key indexes and counts as separate arguments, each walked through a
 -- function call and `tonumber`, were a fifth of a create's instructions (callgrind of Redis).
@@ -36,22 +36,30 @@ local ZADD_AT, ZREM_AT, XADD_SESSION = byte('Z'), byte('Q'), byte('V')
 local encode, floor, format, concat = cjson.encode, math.floor, string.format, table.concat
 local ROLE_COUNTS = { 'n_user', 'n_assistant', 'n_system', 'n_tool' }
 
--- RFC 3339 UTC with milliseconds, from milliseconds since the epoch (civil date from days:
--- Howard Hinnant's algorithm).
+-- RFC 3339 UTC with milliseconds, from milliseconds since the epoch. Written out without
+-- string.format, and each day's date once (civil date from days: Howard Hinnant's algorithm).
+local dates = {}
+local function two(n) return n < 10 and '0' .. n or '' .. n end
 local function timestamp(ms)
   ms = tonumber(ms)
   local secs = floor(ms / 1000)
   local days = floor(secs / 86400)
-  local sod = secs - days * 86400
-  local era = floor((days + 719468) / 146097)
-  local doe = days + 719468 - era * 146097
-  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
-  local mp = floor((5 * doy + 2) / 153)
-  local month = mp < 10 and mp + 3 or mp - 9
-  return format('"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ"',
-    yoe + era * 400 + (month <= 2 and 1 or 0), month, doy - floor((153 * mp + 2) / 5) + 1,
-    floor(sod / 3600), floor(sod % 3600 / 60), sod % 60, ms - secs * 1000)
+  local date = dates[days]
+  if not date then
+    local era = floor((days + 719468) / 146097)
+    local doe = days + 719468 - era * 146097
+    local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+    local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+    local mp = floor((5 * doy + 2) / 153)
+    local month = mp < 10 and mp + 3 or mp - 9
+    local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+    date = format('%04d-%02d-', year, month) .. two(doy - floor((153 * mp + 2) / 5) + 1)
+    dates[days] = date
+  end
+  local sod, milli = secs - days * 86400, ms - secs * 1000
+  return '"' .. date .. 'T' .. two(floor(sod / 3600)) .. ':' .. two(floor(sod % 3600 / 60))
+    .. ':' .. two(sod % 60) .. '.' .. (milli < 10 and '00' or milli < 100 and '0' or '')
+    .. milli .. 'Z"'
 end
 
 -- Micro-units as a decimal amount, in the fewest digits that read back as the same double
@@ -71,27 +79,32 @@ local function amount(micros)
   return digits:sub(1, -7) .. '.' .. (fraction == '' and '0' or fraction)
 end
 
+-- Written as pieces joined once: each concatenation would make a string of its own.
 local function session_view(fields)
-  local doc, out = {}, {}
+  local doc = {}
   for i = 1, #fields, 2 do doc[fields[i]] = fields[i + 1] end
-  local function add(name, json) out[#out + 1] = '"' .. name .. '":' .. json end
-  local function text(name) if doc[name] then add(name, encode(doc[name])) end end
-  text('session_id'); text('user_id'); text('org_id'); text('title'); text('case_id')
-  text('status')
-  add('current', doc.current == '1' and 'true' or 'false')
-  add('metadata', doc.metadata); add('data', doc.data)
-  add('created_at', timestamp(doc.created_ms))
-  add('updated_at', timestamp(doc.updated_ms))
-  add('expires_at', timestamp(doc.expires_ms))
-  if doc.ended_ms then add('ended_at', timestamp(doc.ended_ms)) end
-  text('end_reason'); text('performer_id')
-  add('version', doc.version)
+  local out, n = {}, 0
+  local function put(name, json) out[n + 1], out[n + 2], n = name, json, n + 2 end
+  local function text(name, field) if doc[field] then put(name, encode(doc[field])) end end
+  put('{"session_id":', encode(doc.session_id))
+  put(',"user_id":', encode(doc.user_id))
+  text(',"org_id":', 'org_id'); text(',"title":', 'title'); text(',"case_id":', 'case_id')
+  put(',"status":', encode(doc.status))
+  put(',"current":', doc.current == '1' and 'true' or 'false')
+  put(',"metadata":', doc.metadata); put(',"data":', doc.data)
+  put(',"created_at":', timestamp(doc.created_ms))
+  put(',"updated_at":', timestamp(doc.updated_ms))
+  put(',"expires_at":', timestamp(doc.expires_ms))
+  if doc.ended_ms then put(',"ended_at":', timestamp(doc.ended_ms)) end
+  text(',"end_reason":', 'end_reason'); text(',"performer_id":', 'performer_id')
+  put(',"version":', doc.version)
   local messages = 0
   for _, field in ipairs(ROLE_COUNTS) do messages = messages + (tonumber(doc[field]) or 0) end
-  add('message_count', format('%.0f', messages))
-  add('total_tokens', doc.tokens_total or '0')
-  add('total_cost', amount(doc.cost_micros or '0'))
-  return '{' .. concat(out, ',') .. '}'
+  put(',"message_count":', format('%.0f', messages))
+  put(',"total_tokens":', doc.tokens_total or '0')
+  put(',"total_cost":', amount(doc.cost_micros or '0'))
+  put('}', '')
+  return concat(out)
 end
 
 local function failed_append(reply)
@@ -99,7 +112,8 @@ local function failed_append(reply)
 end
 
 local pc, a = 1, 2 -- the next byte of the program, the next operand in ARGV
-local list_len, read_back -- what the last RPUSH_NUMBERED left, what READ_BACK found
+-- What the last RPUSH_NUMBERED left, what READ_BACK found, what XADD_SESSION carried.
+local list_len, read_back, session
 -- The count following an opcode and its key.
 local function count()
   local n1, n2 = byte(program, pc, pc + 1)
@@ -212,14 +226,16 @@ while pc <= len do
     end
   elseif op == XADD_SESSION then
     local n = count()
-    local session = KEYS[count()]
+    session = session_view(call('HGETALL', KEYS[count()]))
     local entry = { k, '*', unpack(ARGV, a, a + 2 * n - 2) }
-    entry[#entry + 1] = ARGV[a + 2 * n - 1] .. session_view(call('HGETALL', session)) .. ARGV[a + 2 * n]
+    entry[#entry + 1] = ARGV[a + 2 * n - 1] .. session .. ARGV[a + 2 * n]
     call('XADD', unpack(entry))
     a = a + 2 * n + 1
   else
     return redis.error_reply('BADOP unknown opcode ' .. tostring(op))
   end
 end
-if list_len or read_back then return { list_len or -1, read_back or {} } end
+if list_len or read_back or session then
+  return { list_len or -1, read_back or {}, session or '' }
+end
 return 'OK'

@@ -522,6 +522,7 @@ impl Db {
                     head.push_str(&payload);
                     head.push_str(&event.tail);
                 }
+                applied.session = Some(payload);
                 self.append(Append {
                     stream: event.stream,
                     fields,

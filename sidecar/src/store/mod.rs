@@ -257,6 +257,8 @@ pub struct Applied {
     pub list_len: Option<u64>,
     /// The fields the last `ReadBack` found.
     pub read_back: Option<Vec<(String, String)>>,
+    /// The session the last `AppendSessionEvent` carried, in its API form (JSON).
+    pub session: Option<String>,
 }
 
 /// Why a backend could not answer.

@@ -338,9 +338,14 @@ fn commit_outcome(reply: Value) -> Result<CommitOutcome, BackendError> {
             _ => None,
         };
         let fields = pairs(parts.next().unwrap_or(Value::Nil))?;
+        let session = match parts.next() {
+            Some(reply @ Value::BulkString(_)) => Some(text(reply)?).filter(|s| !s.is_empty()),
+            _ => None,
+        };
         return Ok(CommitOutcome::Applied(Applied {
             list_len,
             read_back: (!fields.is_empty()).then_some(fields),
+            session,
         }));
     }
     match text(reply)?.as_str() {
