@@ -22,89 +22,93 @@ local ARGV, KEYS, tonumber, unpack, type = ARGV, KEYS, tonumber, unpack, type
 local call, pcall, byte = redis.call, redis.pcall, string.byte
 local program = ARGV[1]
 
-local EQ, EQ_NONE, HEQ, HEQ_NONE = byte('E'), byte('e'), byte('H'), byte('h')
-local INT_BELOW, ZCOUNT_BELOW, HINT_ABOVE, STREAM_BELOW = byte('I'), byte('C'), byte('G'), byte('L')
-local XADD, XADD_TRIM = byte('a'), byte('A')
-local SET, SETPX, DEL, HSET, HDEL = byte('s'), byte('p'), byte('d'), byte('w'), byte('x')
-local ZADD, ZREM, ZREM_BELOW, RPUSH_NUMBERED = byte('z'), byte('r'), byte('b'), byte('R')
-local INCR, INCR_WINDOW, HINCRBY, XDEL, READ_BACK = byte('+'), byte('i'), byte('n'), byte('X'), byte('B')
-local ZADD_AT, ZREM_AT, XADD_SESSION = byte('Z'), byte('Q'), byte('V')
+-- The opcodes, as numbers (their letters after them): this top level runs on every call.
+local EQ, EQ_NONE, HEQ, HEQ_NONE = 69, 101, 72, 104 -- E e H h
+local INT_BELOW, ZCOUNT_BELOW, HINT_ABOVE, STREAM_BELOW = 73, 67, 71, 76 -- I C G L
+local XADD, XADD_TRIM = 97, 65 -- a A
+local SET, SETPX, DEL, HSET, HDEL = 115, 112, 100, 119, 120 -- s p d w x
+local ZADD, ZREM, ZREM_BELOW, RPUSH_NUMBERED = 122, 114, 98, 82 -- z r b R
+local INCR, INCR_WINDOW, HINCRBY, XDEL, READ_BACK = 43, 105, 110, 88, 66 -- + i n X B
+local ZADD_AT, ZREM_AT, XADD_SESSION = 90, 81, 86 -- Z Q V
 
--- The API form of a session document as JSON (model/session.rs, Record::view): the payload of
--- the event of a change made without reading the session. A test holds the two to each other
--- over random documents.
-local encode, floor, format, concat = cjson.encode, math.floor, string.format, table.concat
-local ROLE_COUNTS = { 'n_user', 'n_assistant', 'n_system', 'n_tool' }
+-- Writes the API form of a session document as JSON (model/session.rs, Record::view): the
+-- payload of the event of a change made without reading the session. A test holds the two to
+-- each other over random documents. Made by the one instruction that needs it, as the script's
+-- top level runs on every call.
+local function session_view_writer()
+  local encode, floor, format, concat = cjson.encode, math.floor, string.format, table.concat
+  local ROLE_COUNTS = { 'n_user', 'n_assistant', 'n_system', 'n_tool' }
 
--- RFC 3339 UTC with milliseconds, from milliseconds since the epoch. Written out without
--- string.format, and each day's date once (civil date from days: Howard Hinnant's algorithm).
-local dates = {}
-local function two(n) return n < 10 and '0' .. n or '' .. n end
-local function timestamp(ms)
-  ms = tonumber(ms)
-  local secs = floor(ms / 1000)
-  local days = floor(secs / 86400)
-  local date = dates[days]
-  if not date then
-    local era = floor((days + 719468) / 146097)
-    local doe = days + 719468 - era * 146097
-    local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
-    local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
-    local mp = floor((5 * doy + 2) / 153)
-    local month = mp < 10 and mp + 3 or mp - 9
-    local year = yoe + era * 400 + (month <= 2 and 1 or 0)
-    date = format('%04d-%02d-', year, month) .. two(doy - floor((153 * mp + 2) / 5) + 1)
-    dates[days] = date
+  -- RFC 3339 UTC with milliseconds, from milliseconds since the epoch. Written out without
+  -- string.format, and each day's date once (civil date from days: Howard Hinnant's algorithm).
+  local dates = {}
+  local function two(n) return n < 10 and '0' .. n or '' .. n end
+  local function timestamp(ms)
+    ms = tonumber(ms)
+    local secs = floor(ms / 1000)
+    local days = floor(secs / 86400)
+    local date = dates[days]
+    if not date then
+      local era = floor((days + 719468) / 146097)
+      local doe = days + 719468 - era * 146097
+      local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+      local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+      local mp = floor((5 * doy + 2) / 153)
+      local month = mp < 10 and mp + 3 or mp - 9
+      local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+      date = format('%04d-%02d-', year, month) .. two(doy - floor((153 * mp + 2) / 5) + 1)
+      dates[days] = date
+    end
+    local sod, milli = secs - days * 86400, ms - secs * 1000
+    return '"' .. date .. 'T' .. two(floor(sod / 3600)) .. ':' .. two(floor(sod % 3600 / 60))
+      .. ':' .. two(sod % 60) .. '.' .. (milli < 10 and '00' or milli < 100 and '0' or '')
+      .. milli .. 'Z"'
   end
-  local sod, milli = secs - days * 86400, ms - secs * 1000
-  return '"' .. date .. 'T' .. two(floor(sod / 3600)) .. ':' .. two(floor(sod % 3600 / 60))
-    .. ':' .. two(sod % 60) .. '.' .. (milli < 10 and '00' or milli < 100 and '0' or '')
-    .. milli .. 'Z"'
-end
 
--- Micro-units as a decimal amount, in the fewest digits that read back as the same double
--- (what Rust writes): the exact digits while a double holds them all.
-local function amount(micros)
-  if #micros > 15 then
-    local value = tonumber(micros) / 1e6
-    for digits = 15, 17 do
-      local text = format('%.' .. digits .. 'g', value)
-      if tonumber(text) == value then
-        return text:find('[.e]') and text or text .. '.0' -- a float, as Rust writes it
+  -- Micro-units as a decimal amount, in the fewest digits that read back as the same double
+  -- (what Rust writes): the exact digits while a double holds them all.
+  local function amount(micros)
+    if #micros > 15 then
+      local value = tonumber(micros) / 1e6
+      for digits = 15, 17 do
+        local text = format('%.' .. digits .. 'g', value)
+        if tonumber(text) == value then
+          return text:find('[.e]') and text or text .. '.0' -- a float, as Rust writes it
+        end
       end
     end
+    local digits = string.rep('0', 7 - #micros) .. micros
+    local fraction = digits:sub(-6):gsub('0+$', '')
+    return digits:sub(1, -7) .. '.' .. (fraction == '' and '0' or fraction)
   end
-  local digits = string.rep('0', 7 - #micros) .. micros
-  local fraction = digits:sub(-6):gsub('0+$', '')
-  return digits:sub(1, -7) .. '.' .. (fraction == '' and '0' or fraction)
-end
 
--- Written as pieces joined once: each concatenation would make a string of its own.
-local function session_view(fields)
-  local doc = {}
-  for i = 1, #fields, 2 do doc[fields[i]] = fields[i + 1] end
-  local out, n = {}, 0
-  local function put(name, json) out[n + 1], out[n + 2], n = name, json, n + 2 end
-  local function text(name, field) if doc[field] then put(name, encode(doc[field])) end end
-  put('{"session_id":', encode(doc.session_id))
-  put(',"user_id":', encode(doc.user_id))
-  text(',"org_id":', 'org_id'); text(',"title":', 'title'); text(',"case_id":', 'case_id')
-  put(',"status":', encode(doc.status))
-  put(',"current":', doc.current == '1' and 'true' or 'false')
-  put(',"metadata":', doc.metadata); put(',"data":', doc.data)
-  put(',"created_at":', timestamp(doc.created_ms))
-  put(',"updated_at":', timestamp(doc.updated_ms))
-  put(',"expires_at":', timestamp(doc.expires_ms))
-  if doc.ended_ms then put(',"ended_at":', timestamp(doc.ended_ms)) end
-  text(',"end_reason":', 'end_reason'); text(',"performer_id":', 'performer_id')
-  put(',"version":', doc.version)
-  local messages = 0
-  for _, field in ipairs(ROLE_COUNTS) do messages = messages + (tonumber(doc[field]) or 0) end
-  put(',"message_count":', format('%.0f', messages))
-  put(',"total_tokens":', doc.tokens_total or '0')
-  put(',"total_cost":', amount(doc.cost_micros or '0'))
-  put('}', '')
-  return concat(out)
+  -- Written as pieces joined once: each concatenation would make a string of its own.
+  return function(fields)
+    local doc = {}
+    for i = 1, #fields, 2 do doc[fields[i]] = fields[i + 1] end
+    local out, n = {}, 0
+    local function put(name, json) out[n + 1], out[n + 2], n = name, json, n + 2 end
+    local function text(name, field) if doc[field] then put(name, encode(doc[field])) end end
+    put('{"session_id":', encode(doc.session_id))
+    put(',"user_id":', encode(doc.user_id))
+    text(',"org_id":', 'org_id'); text(',"title":', 'title'); text(',"case_id":', 'case_id')
+    put(',"status":', encode(doc.status))
+    put(',"current":', doc.current == '1' and 'true' or 'false')
+    put(',"metadata":', doc.metadata); put(',"data":', doc.data)
+    put(',"created_at":', timestamp(doc.created_ms))
+    put(',"updated_at":', timestamp(doc.updated_ms))
+    put(',"expires_at":', timestamp(doc.expires_ms))
+    if doc.ended_ms then put(',"ended_at":', timestamp(doc.ended_ms)) end
+    text(',"end_reason":', 'end_reason'); text(',"performer_id":', 'performer_id')
+    put(',"version":', doc.version)
+    local messages = 0
+    for _, field in ipairs(ROLE_COUNTS) do messages = messages + (tonumber(doc[field]) or 0) end
+    put(',"message_count":', format('%.0f', messages))
+    put(',"total_tokens":', doc.tokens_total or '0')
+    put(',"total_cost":', amount(doc.cost_micros or '0'))
+    put('}', '')
+    return concat(out)
+  end
 end
 
 local function failed_append(reply)
@@ -226,7 +230,7 @@ while pc <= len do
     end
   elseif op == XADD_SESSION then
     local n = count()
-    session = session_view(call('HGETALL', KEYS[count()]))
+    session = session_view_writer()(call('HGETALL', KEYS[count()]))
     local entry = { k, '*', unpack(ARGV, a, a + 2 * n - 2) }
     entry[#entry + 1] = ARGV[a + 2 * n - 1] .. session .. ARGV[a + 2 * n]
     call('XADD', unpack(entry))
