@@ -71,9 +71,11 @@ impl Plan {
     /// A plan for a change that needs only a few fields of session `id`, which this process
     /// has not read: the store checks in the same step that the session is active and
     /// unexpired (and each given owner's). A failed check is a conflict; the caller then
-    /// reads the session to say what is wrong with it. It leaves the user's version alone (the
-    /// user is not known here): it may change only the document's own fields, which a plan
-    /// decided on several sessions guards by the document's version.
+    /// reads the session to say what is wrong with it. The user is known only to the store,
+    /// which names the user's keys by the document's `user_id`. The user's version moves only
+    /// for a change of the user's set of active sessions ([`Plan::end_unread`]): any other
+    /// change is of the document's own fields, which a plan decided on several sessions guards
+    /// by the document's version.
     pub(crate) fn for_unread_session<'a>(
         sessions: &super::Sessions,
         shard: u32,
@@ -391,8 +393,12 @@ impl Plan {
         ];
         fields.extend(reason.map(|reason| ("end_reason", reason.to_owned())));
         self.change_unread(id, fields, expires);
-        let active = self.active_of_unread(id);
+        let active = self.user_key_of_unread(id, self.keys.user_active(self.shard(), ""));
         self.write(WriteOp::ZRemAt(active, id.to_owned()));
+        // A create at the cap decides how many sessions to end on a snapshot of the active
+        // ones, under the user's version: an end changes that set, so it moves the version.
+        let version = self.user_key_of_unread(id, self.keys.user_version(self.shard(), ""));
+        self.write(WriteOp::IncrAt(version));
         self.event_of_unread(EventType::Ended, id, Some(performer), correlation);
     }
 
@@ -402,7 +408,9 @@ impl Plan {
         self.change_unread(id, Vec::new(), expires_ms);
         #[allow(clippy::cast_precision_loss)]
         let expires = expires_ms as f64;
-        let active = self.active_of_unread(id);
+        // An active session stays in the set (it only moves within it): nothing decided on a
+        // snapshot of it changes, so the user's version stays.
+        let active = self.user_key_of_unread(id, self.keys.user_active(self.shard(), ""));
         self.write(WriteOp::ZAddAt(active, expires, id.to_owned()));
         self.write(WriteOp::ReadBack(self.keys.session(self.shard(), id)));
     }
@@ -427,10 +435,10 @@ impl Plan {
         ));
     }
 
-    /// The active sessions of the user of the unread document `id`.
-    fn active_of_unread(&self, id: &str) -> KeyAt {
+    /// The key of the user of the unread document `id` that starts with `prefix`.
+    fn user_key_of_unread(&self, id: &str, prefix: String) -> KeyAt {
         KeyAt {
-            prefix: self.keys.user_active(self.shard(), ""),
+            prefix,
             hash: self.keys.session(self.shard(), id),
             field: "user_id".to_owned(),
         }

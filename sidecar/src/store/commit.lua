@@ -2,9 +2,9 @@
 -- KEYS: every key touched, one hash slot.
 -- ARGV[1]: the program, one instruction per guard, append and write, in that order: an opcode
 --   byte, the key's index in KEYS (2 bytes, big-endian), and for HSET, HDEL, XDEL, XADD and
---   XADD_SESSION a count (2 bytes: fields, or field-value pairs); ZADD_AT and ZREM_AT (the key
---   is KEYS[index] .. a field of a hash) and XADD_SESSION (the payload is a session document)
---   then give that hash's index in KEYS (2 bytes).
+--   XADD_SESSION a count (2 bytes: fields, or field-value pairs); ZADD_AT, ZREM_AT and INCR_AT
+--   (the key is KEYS[index] .. a field of a hash) and XADD_SESSION (the payload is a session
+--   document) then give that hash's index in KEYS (2 bytes).
 -- ARGV[2..]: the operands of the instructions (values, fields, scores, limits), in order.
 -- Guards are checked first, then events are appended, then state is written. An append that
 -- fails returns before any write, so state changes only if its event is recorded. The one
@@ -29,7 +29,7 @@ local XADD, XADD_TRIM = 97, 65 -- a A
 local SET, SETPX, DEL, HSET, HDEL = 115, 112, 100, 119, 120 -- s p d w x
 local ZADD, ZREM, ZREM_BELOW, RPUSH_NUMBERED = 122, 114, 98, 82 -- z r b R
 local INCR, INCR_WINDOW, HINCRBY, XDEL, READ_BACK = 43, 105, 110, 88, 66 -- + i n X B
-local ZADD_AT, ZREM_AT, XADD_SESSION = 90, 81, 86 -- Z Q V
+local ZADD_AT, ZREM_AT, INCR_AT, XADD_SESSION = 90, 81, 74, 86 -- Z Q J V
 
 -- Writes the API form of a session document as JSON (model/session.rs, Record::view): the
 -- payload of the event of a change made without reading the session. A test holds the two to
@@ -219,14 +219,17 @@ while pc <= len do
     a = a + n
   elseif op == READ_BACK then
     read_back = call('HGETALL', k)
-  elseif op == ZADD_AT or op == ZREM_AT then
+  elseif op == ZADD_AT or op == ZREM_AT or op == INCR_AT then
     local name = call('HGET', KEYS[count()], ARGV[a])
     if op == ZADD_AT then
       if name then call('ZADD', k .. name, ARGV[a + 1], ARGV[a + 2]) end
       a = a + 3
-    else
+    elseif op == ZREM_AT then
       if name then call('ZREM', k .. name, ARGV[a + 1]) end
       a = a + 2
+    else
+      if name then call('INCR', k .. name) end
+      a = a + 1
     end
   elseif op == XADD_SESSION then
     local n = count()

@@ -510,6 +510,11 @@ impl Db {
                     self.write(WriteOp::ZRem(key, member), applied);
                 }
             }
+            WriteOp::IncrAt(at) => {
+                if let Some(key) = self.key_at(&at) {
+                    self.incr(key);
+                }
+            }
             WriteOp::AppendSessionEvent(event) => {
                 let fields = self.read(&ReadOp::HGetAll(event.session)).into_pairs();
                 let payload = Record::from_fields(fields)
@@ -554,7 +559,8 @@ fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
         | WriteOp::Del(_)
         | WriteOp::ReadBack(_)
         | WriteOp::ZAddAt(..)
-        | WriteOp::ZRemAt(..) => {
+        | WriteOp::ZRemAt(..)
+        | WriteOp::IncrAt(_) => {
             return None;
         }
         WriteOp::Incr(k) | WriteOp::IncrWindow(k, _) => (k, Kind::Str),

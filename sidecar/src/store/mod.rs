@@ -197,6 +197,8 @@ pub enum WriteOp {
     ZAddAt(KeyAt, Score, String),
     /// `ZREM <key> member`, the key named as for [`WriteOp::ZAddAt`].
     ZRemAt(KeyAt, String),
+    /// `INCR <key>`, the key named as for [`WriteOp::ZAddAt`].
+    IncrAt(KeyAt),
     /// Appends an event about a session that carries the session as the writes before it
     /// left it (see [`SessionEvent`]).
     AppendSessionEvent(SessionEvent),

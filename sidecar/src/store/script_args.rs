@@ -144,6 +144,7 @@ mod opcode {
     pub(super) const ZADD_AT: u8 = b'Z';
     pub(super) const ZREM_AT: u8 = b'Q';
     pub(super) const XADD_SESSION: u8 = b'V';
+    pub(super) const INCR_AT: u8 = b'J';
 }
 
 /// The arguments of `commit.lua`: its keys, the program, the operands.
@@ -275,6 +276,9 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
                 call.at(ZADD_AT, at)?.extend([score.to_string(), m.clone()]);
             }
             WriteOp::ZRemAt(at, m) => call.at(ZREM_AT, at)?.push(m.clone()),
+            WriteOp::IncrAt(at) => {
+                call.at(INCR_AT, at)?;
+            }
             WriteOp::AppendSessionEvent(event) => {
                 call.counted(XADD_SESSION, &event.stream, event.fields.len())?;
                 let session = call.keys.index(&event.session);
@@ -373,7 +377,11 @@ mod tests {
         let commit = Commit {
             writes: vec![
                 WriteOp::ZRemAt(at.clone(), "a".into()),
-                WriteOp::ZAddAt(at, 9.0, "a".into()),
+                WriteOp::ZAddAt(at.clone(), 9.0, "a".into()),
+                WriteOp::IncrAt(KeyAt {
+                    prefix: "{1}:uv:".into(),
+                    ..at
+                }),
                 WriteOp::AppendSessionEvent(crate::store::SessionEvent {
                     stream: "{1}:outbox".into(),
                     fields: vec![
@@ -387,13 +395,17 @@ mod tests {
             ..Commit::default()
         };
         let call = encode_commit(&commit).unwrap();
-        assert_eq!(call.keys.keys, ["{1}:ua:", "{1}:s:a", "{1}:outbox"]);
+        assert_eq!(
+            call.keys.keys,
+            ["{1}:ua:", "{1}:s:a", "{1}:uv:", "{1}:outbox"]
+        );
         assert_eq!(
             call.program,
             [
                 b'Q', 0, 1, 0, 2, //
                 b'Z', 0, 1, 0, 2, //
-                b'V', 0, 3, 0, 2, 0, 2,
+                b'J', 0, 3, 0, 2, //
+                b'V', 0, 4, 0, 2, 0, 2,
             ]
         );
         assert_eq!(
@@ -404,6 +416,7 @@ mod tests {
                 "user_id",
                 "9",
                 "a",
+                "user_id",
                 "event_id",
                 "e1",
                 "envelope",

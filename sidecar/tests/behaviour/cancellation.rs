@@ -23,6 +23,7 @@ use crate::harness::{Kind, TestApp};
 both_backends!(
     a_rename_between_the_reads_of_a_delete_leaves_no_title_behind,
     a_message_between_the_reads_and_the_commit_of_an_eviction_is_in_its_event,
+    an_end_between_the_reads_and_the_commit_of_an_eviction_saves_the_session_it_would_end,
     writes_dropped_at_any_await_break_no_invariant,
     a_relay_dropped_at_any_await_leaves_no_lease_and_loses_no_event,
     a_consumer_dropped_at_any_await_applies_every_event_once,
@@ -195,6 +196,54 @@ async fn a_message_between_the_reads_and_the_commit_of_an_eviction_is_in_its_eve
         (Some("ended"), Some(1))
     );
     assert_eq!(session["version"], ended[0].payload["version"]);
+}
+
+async fn an_end_between_the_reads_and_the_commit_of_an_eviction_saves_the_session_it_would_end(
+    kind: Kind,
+) {
+    // Proves: with a cap of three active sessions (end the oldest), a create reads the user's
+    // three active sessions and decides to end the oldest, then waits while another process,
+    // which never read them, ends the middle one (one call; neither the create's victim nor
+    // the current session, whose documents the create's commit checks). That end moves the
+    // user's version, so the create's commit is refused and decided again: there is room
+    // now, and the oldest session stays active.
+    let app = TestApp::with(kind, |p| {
+        p.max_active_per_user = Some(3);
+        p.cap_policy = session_sidecar::testing::CapPolicy::EndOldest;
+    })
+    .await;
+    let oldest = app.create_id("u1", json!({})).await;
+    let middle = app.create_id("u1", json!({})).await;
+    app.create_id("u1", json!({})).await;
+    let other = app.through(|store| store).await;
+    // The create's two reads are answered; its commit waits until the end is in.
+    let store = Arc::new(Stalling::new(app.backend.clone(), 2, Stall::Before));
+    let stalling = app.through(|_| store.clone()).await;
+    let end_meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let res = other.end(&middle, json!({"performer_id": "u1"})).await;
+        assert_eq!(res.status, axum::http::StatusCode::OK, "{}", res.body);
+        store.recover();
+    };
+    let (created, ()) = tokio::join!(
+        stalling.post("/v1/sessions", json!({"user_id": "u1"})),
+        end_meanwhile
+    );
+    assert_eq!(
+        created.status,
+        axum::http::StatusCode::CREATED,
+        "{}",
+        created.body
+    );
+    let ended: Vec<_> = app
+        .outbox_of("session.ended.v1")
+        .await
+        .into_iter()
+        .map(|e| e.payload["session_id"].clone())
+        .collect();
+    assert_eq!(ended, [json!(middle)], "only the session ended by hand");
+    let session = app.get(&format!("/v1/sessions/{oldest}")).await.body;
+    assert_eq!(session["status"], "active", "{session}");
 }
 
 /// Store calls any single operation below makes, at most (a create reads, checks the rate
