@@ -32,6 +32,9 @@ impl Sessions {
     /// the active cap, 429 past the creation rate, 503 when the store fails.
     pub async fn create(&self, ctx: &Ctx, input: CreateSession) -> Result<Record> {
         let new = self.validate_create(ctx, input)?;
+        if let Some(record) = self.create_unknowing(ctx, &new).await? {
+            return Ok(record);
+        }
         self.retry(|| self.try_create(ctx, &new)).await
     }
 
@@ -205,28 +208,38 @@ impl Sessions {
         self.commit_or_retry(plan, record).await
     }
 
-    /// A create in one script call, when this process knows the user's current session from
-    /// the hints: the commit itself checks what the snapshot would have — that session
-    /// unchanged and still current, the title free, the active cap and the rate limit not
-    /// reached. `None` without hints, or for a user the last create found at the cap; a failed
-    /// check is a conflict (the hints are dropped and the create runs again on a snapshot,
-    /// which also decides any error).
-    async fn try_create_from_hints(
-        &self,
-        ctx: &Ctx,
-        new: &NewSession,
-    ) -> Option<Result<Step<Record>>> {
-        let (k, shard, user) = (&self.keys, new.shard, new.user_id.as_str());
-        let recent = self.recent.as_ref()?;
-        if self.policy.max_active_per_user.is_some() && recent.at_cap(shard, user) {
-            return None;
+    /// A create in one script call for a user whose current session this process does not
+    /// know (its first create here, say): the commit checks the limits as
+    /// [`Sessions::try_create_from_hints`] does, and turns off the flag of whichever session
+    /// the user's pointer names. `None` when the hints know the current session (a create
+    /// from them checks more), for a user the last create found at the cap, without hints,
+    /// and when the commit is refused: the create is then decided on a snapshot, which also
+    /// decides any error.
+    async fn create_unknowing(&self, ctx: &Ctx, new: &NewSession) -> Result<Option<Record>> {
+        let (shard, user) = (new.shard, new.user_id.as_str());
+        let Some(recent) = &self.recent else {
+            return Ok(None);
+        };
+        if (self.policy.max_active_per_user.is_some() && recent.at_cap(shard, user))
+            || self.hinted_current(shard, user).is_some()
+        {
+            return Ok(None);
         }
-        let stored = self.hinted_current(shard, user)?;
-        let current = stored.session_id.clone();
         let now = self.now();
         let mut plan = Plan::unversioned(self, shard, user);
-        plan.assume_current(&current);
-        plan.assume_unchanged(&stored);
+        self.guard_limits(&mut plan, new, now);
+        plan.put_unknown_former_current();
+        let record = self.start(&mut plan, new, now, ctx.correlation_id.as_deref());
+        Ok(match self.commit_or_retry(plan, record).await? {
+            Step::Done(record) => Some(record),
+            Step::Retry => None,
+        })
+    }
+
+    /// The title free, the active cap and the rate limit not reached: what a create checks in
+    /// its commit when it does not decide on a snapshot.
+    fn guard_limits(&self, plan: &mut Plan, new: &NewSession, now: i64) {
+        let (k, shard, user) = (&self.keys, new.shard, new.user_id.as_str());
         if let Some(title) = &new.input.title {
             plan.assume_title(title, None);
         }
@@ -242,6 +255,30 @@ impl Sessions {
         if let Some(limit) = self.policy.create_rate_limit {
             plan.guard(Guard::IntBelow(k.rate(shard, user), u64::from(limit)));
         }
+    }
+
+    /// A create in one script call, when this process knows the user's current session from
+    /// the hints: the commit itself checks what the snapshot would have — that session
+    /// unchanged and still current, the title free, the active cap and the rate limit not
+    /// reached. `None` without hints, or for a user the last create found at the cap; a failed
+    /// check is a conflict (the hints are dropped and the create runs again on a snapshot,
+    /// which also decides any error).
+    async fn try_create_from_hints(
+        &self,
+        ctx: &Ctx,
+        new: &NewSession,
+    ) -> Option<Result<Step<Record>>> {
+        let (shard, user) = (new.shard, new.user_id.as_str());
+        let recent = self.recent.as_ref()?;
+        if self.policy.max_active_per_user.is_some() && recent.at_cap(shard, user) {
+            return None;
+        }
+        let stored = self.hinted_current(shard, user)?;
+        let now = self.now();
+        let mut plan = Plan::unversioned(self, shard, user);
+        plan.assume_current(&stored.session_id);
+        plan.assume_unchanged(&stored);
+        self.guard_limits(&mut plan, new, now);
         plan.put_former_current(&stored);
         let record = self.start(&mut plan, new, now, ctx.correlation_id.as_deref());
         Some(self.commit_or_retry(plan, record).await)

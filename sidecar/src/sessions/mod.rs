@@ -319,6 +319,16 @@ impl Sessions {
             CommitOutcome::Conflict => return Ok(Step::Retry),
             CommitOutcome::OutboxFull => return Err(Error::OutboxFull),
         };
+        // A session changed through a pointer ([`plan::Plan::put_unknown_former_current`]) is
+        // known only now.
+        if let Some(id) = &applied.reported {
+            if let Some(recent) = &self.recent {
+                recent.forget(id);
+            }
+            if let Some(listener) = &self.listener {
+                listener.changed(id);
+            }
+        }
         // A document that does not decode is not learned (a read will say why).
         let read_back = applied.read_back.and_then(|fields| {
             let bytes = fields_bytes(&fields);

@@ -8,7 +8,7 @@ use crate::clock::rfc3339;
 use crate::ids::new_event_id;
 use crate::model::event::SOURCE;
 use crate::model::{Envelope, EventType, Record, Status};
-use crate::store::{Append, Commit, Guard, KeyAt, Keys, SessionEvent, WriteOp};
+use crate::store::{Append, Commit, Guard, KeyAt, Keys, NamedBy, SessionEvent, WriteOp};
 
 use super::next_version;
 
@@ -283,6 +283,25 @@ impl Plan {
         self.effects.touched.push(record.session_id);
     }
 
+    /// The user's current session, whichever it is, stops being current: a create by a process
+    /// that does not know it. Its document, when there is one, is changed through the pointer,
+    /// as [`Plan::put_former_current`] would; the commit reports its id, which this process
+    /// then forgets (and drops from its cache). Before [`Plan::set_current`].
+    pub(crate) fn put_unknown_former_current(&mut self) {
+        let current = self.keys.current(self.shard(), &self.effects.user_id);
+        let document = KeyAt {
+            prefix: self.keys.session(self.shard(), ""),
+            name: NamedBy::Value(current.clone()),
+        };
+        self.write(WriteOp::HSetAt(
+            document.clone(),
+            "current".to_owned(),
+            "0".to_owned(),
+        ));
+        self.write(WriteOp::HIncrByAt(document, "version".to_owned(), 1));
+        self.write(WriteOp::Report(current));
+    }
+
     /// Writes the changes; returns every field of `record`.
     fn put_fields(&mut self, stored: &Record, record: &Record) -> Vec<(String, String)> {
         self.guard_document(stored);
@@ -439,8 +458,7 @@ impl Plan {
     fn user_key_of_unread(&self, id: &str, prefix: String) -> KeyAt {
         KeyAt {
             prefix,
-            hash: self.keys.session(self.shard(), id),
-            field: "user_id".to_owned(),
+            name: NamedBy::Field(self.keys.session(self.shard(), id), "user_id".to_owned()),
         }
     }
 

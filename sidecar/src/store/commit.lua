@@ -2,9 +2,9 @@
 -- KEYS: every key touched, one hash slot.
 -- ARGV[1]: the program, one instruction per guard, append and write, in that order: an opcode
 --   byte, the key's index in KEYS (2 bytes, big-endian), and for HSET, HDEL, XDEL, XADD and
---   XADD_SESSION a count (2 bytes: fields, or field-value pairs); ZADD_AT, ZREM_AT and INCR_AT
---   (the key is KEYS[index] .. a field of a hash) and XADD_SESSION (the payload is a session
---   document) then give that hash's index in KEYS (2 bytes).
+--   XADD_SESSION a count (2 bytes: fields, or field-value pairs); the *_AT instructions (the
+--   key is KEYS[index] .. what another key holds) and XADD_SESSION (the payload is a session
+--   document) then give that other key's index in KEYS (2 bytes).
 -- ARGV[2..]: the operands of the instructions (values, fields, scores, limits), in order.
 -- Guards are checked first, then events are appended, then state is written. An append that
 -- fails returns before any write, so state changes only if its event is recorded. The one
@@ -13,7 +13,8 @@
 -- Redis's memory limit.
 -- Returns OK; or, when a write reports something, {the length of the list the last
 -- RPUSH_NUMBERED left (-1: none), the fields READ_BACK found (empty: none), the session the
--- last XADD_SESSION carried (empty: none)}; CONFLICT or OUTBOX_FULL when a guard fails.
+-- last XADD_SESSION carried (empty: none), the string REPORT found (empty: none)}; CONFLICT or
+-- OUTBOX_FULL when a guard fails.
 -- Why a byte program: a create is about a hundred arguments, and Redis turns each into a Lua
 -- string; op names, key indexes and counts as separate arguments, each walked through a
 -- function call and `tonumber`, were a fifth of a create's instructions (callgrind of Redis).
@@ -29,7 +30,8 @@ local XADD, XADD_TRIM = 97, 65 -- a A
 local SET, SETPX, DEL, HSET, HDEL = 115, 112, 100, 119, 120 -- s p d w x
 local ZADD, ZREM, ZREM_BELOW, RPUSH_NUMBERED = 122, 114, 98, 82 -- z r b R
 local INCR, INCR_WINDOW, HINCRBY, XDEL, READ_BACK = 43, 105, 110, 88, 66 -- + i n X B
-local ZADD_AT, ZREM_AT, INCR_AT, XADD_SESSION = 90, 81, 74, 86 -- Z Q J V
+local ZADD_AT, ZREM_AT, INCR_AT, HSET_AT, HINCRBY_AT = 90, 81, 74, 87, 78 -- Z Q J W N
+local XADD_SESSION, REPORT = 86, 80 -- V P
 
 -- Writes the API form of a session document as JSON (model/session.rs, Record::view): the
 -- payload of the event of a change made without reading the session. A test holds the two to
@@ -116,8 +118,8 @@ local function failed_append(reply)
 end
 
 local pc, a = 1, 2 -- the next byte of the program, the next operand in ARGV
--- What the last RPUSH_NUMBERED left, what READ_BACK found, what XADD_SESSION carried.
-local list_len, read_back, session
+-- What the last RPUSH_NUMBERED left, READ_BACK found, XADD_SESSION carried, REPORT found.
+local list_len, read_back, session, reported
 -- The count following an opcode and its key.
 local function count()
   local n1, n2 = byte(program, pc, pc + 1)
@@ -219,18 +221,29 @@ while pc <= len do
     a = a + n
   elseif op == READ_BACK then
     read_back = call('HGETALL', k)
-  elseif op == ZADD_AT or op == ZREM_AT or op == INCR_AT then
-    local name = call('HGET', KEYS[count()], ARGV[a])
+  elseif op == ZADD_AT or op == ZREM_AT or op == INCR_AT or op == HSET_AT or op == HINCRBY_AT then
+    -- The key is k .. what the naming key holds: a hash field, or (no field) its value.
+    local naming, field = KEYS[count()], ARGV[a]
+    local name
+    if field == '' then name = call('GET', naming) else name = call('HGET', naming, field) end
+    local key = name and k .. name
     if op == ZADD_AT then
-      if name then call('ZADD', k .. name, ARGV[a + 1], ARGV[a + 2]) end
+      if key then call('ZADD', key, ARGV[a + 1], ARGV[a + 2]) end
       a = a + 3
     elseif op == ZREM_AT then
-      if name then call('ZREM', k .. name, ARGV[a + 1]) end
+      if key then call('ZREM', key, ARGV[a + 1]) end
       a = a + 2
-    else
-      if name then call('INCR', k .. name) end
+    elseif op == INCR_AT then
+      if key then call('INCR', key) end
       a = a + 1
+    else -- on a hash that has the field already
+      if key and call('HGET', key, ARGV[a + 1]) then
+        call(op == HSET_AT and 'HSET' or 'HINCRBY', key, ARGV[a + 1], ARGV[a + 2])
+      end
+      a = a + 3
     end
+  elseif op == REPORT then
+    reported = call('GET', k) or ''
   elseif op == XADD_SESSION then
     local n = count()
     session = session_view_writer()(call('HGETALL', KEYS[count()]))
@@ -242,7 +255,7 @@ while pc <= len do
     return redis.error_reply('BADOP unknown opcode ' .. tostring(op))
   end
 end
-if list_len or read_back or session then
-  return { list_len or -1, read_back or {}, session or '' }
+if list_len or read_back or session or reported then
+  return { list_len or -1, read_back or {}, session or '', reported or '' }
 end
 return 'OK'

@@ -515,6 +515,27 @@ impl Db {
                     self.incr(key);
                 }
             }
+            WriteOp::HSetAt(at, field, value) => {
+                if let Some(Value::Hash(h)) = self.key_at(&at).and_then(|key| self.live(&key))
+                    && let Some(stored) = h.get_mut(&field)
+                {
+                    *stored = value;
+                }
+            }
+            WriteOp::HIncrByAt(at, field, by) => {
+                if let Some(Value::Hash(h)) = self.key_at(&at).and_then(|key| self.live(&key))
+                    && let Some(stored) = h.get_mut(&field)
+                {
+                    *stored = stored
+                        .parse::<i64>()
+                        .unwrap_or(0)
+                        .saturating_add(by)
+                        .to_string();
+                }
+            }
+            WriteOp::Report(k) => {
+                applied.reported = self.read(&ReadOp::Get(k)).into_opt_string();
+            }
             WriteOp::AppendSessionEvent(event) => {
                 let fields = self.read(&ReadOp::HGetAll(event.session)).into_pairs();
                 let payload = Record::from_fields(fields)
@@ -539,7 +560,7 @@ impl Db {
 
     /// The name of the key `at` names, when its field is there.
     fn key_at(&mut self, at: &KeyAt) -> Option<String> {
-        let name = self.name(&NamedBy::Field(at.hash.clone(), at.field.clone()))?;
+        let name = self.name(&at.name)?;
         Some(format!("{}{name}", at.prefix))
     }
 }
@@ -560,7 +581,10 @@ fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
         | WriteOp::ReadBack(_)
         | WriteOp::ZAddAt(..)
         | WriteOp::ZRemAt(..)
-        | WriteOp::IncrAt(_) => {
+        | WriteOp::IncrAt(_)
+        | WriteOp::HSetAt(..)
+        | WriteOp::HIncrByAt(..)
+        | WriteOp::Report(_) => {
             return None;
         }
         WriteOp::Incr(k) | WriteOp::IncrWindow(k, _) => (k, Kind::Str),

@@ -192,26 +192,36 @@ pub enum WriteOp {
     /// Reports the hash's fields as the writes before it left them: a document changed
     /// without reading it, for this process to know it after all.
     ReadBack(String),
-    /// `ZADD <key> score member`, the key named by a hash field (a session's user, for its
-    /// user's index); nothing when the field is missing.
+    /// `ZADD <key> score member`, the key named by what another key holds (see [`KeyAt`]);
+    /// nothing without a name.
     ZAddAt(KeyAt, Score, String),
     /// `ZREM <key> member`, the key named as for [`WriteOp::ZAddAt`].
     ZRemAt(KeyAt, String),
     /// `INCR <key>`, the key named as for [`WriteOp::ZAddAt`].
     IncrAt(KeyAt),
+    /// `HSET <key> field value`, the key named as for [`WriteOp::ZAddAt`], where the hash has
+    /// that field already (a document another key points at, when it is there).
+    HSetAt(KeyAt, String, String),
+    /// `HINCRBY <key> field by`, the key named and the field required as for
+    /// [`WriteOp::HSetAt`].
+    HIncrByAt(KeyAt, String, i64),
+    /// Reports the string at the key as the writes before it left it: the session a pointer
+    /// held, which the commit changed through it ([`WriteOp::HSetAt`]) without this process
+    /// knowing which.
+    Report(String),
     /// Appends an event about a session that carries the session as the writes before it
     /// left it (see [`SessionEvent`]).
     AppendSessionEvent(SessionEvent),
 }
 
-/// A key whose name ends with a field of a hash, read in the same atomic step: one commit can
-/// then change the index of a session's user knowing only the session id. The prefix carries
-/// the hash tag, so the key shares the hash's slot.
+/// A key whose name ends with what another key holds, read in the same atomic step: one
+/// commit can then change the index of a session's user knowing only the session id
+/// ([`NamedBy::Field`]), or the user's current session knowing only the user
+/// ([`NamedBy::Value`]). The prefix carries the hash tag, so the key shares the slot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyAt {
     pub prefix: String,
-    pub hash: String,
-    pub field: String,
+    pub name: NamedBy,
 }
 
 /// An event whose payload is a session document in its API form, as the writes of the same
@@ -261,6 +271,8 @@ pub struct Applied {
     pub read_back: Option<Vec<(String, String)>>,
     /// The session the last `AppendSessionEvent` carried, in its API form (JSON).
     pub session: Option<String>,
+    /// What the last `Report` found.
+    pub reported: Option<String>,
 }
 
 /// Why a backend could not answer.

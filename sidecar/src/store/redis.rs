@@ -338,14 +338,18 @@ fn commit_outcome(reply: Value) -> Result<CommitOutcome, BackendError> {
             _ => None,
         };
         let fields = pairs(parts.next().unwrap_or(Value::Nil))?;
-        let session = match parts.next() {
-            Some(reply @ Value::BulkString(_)) => Some(text(reply)?).filter(|s| !s.is_empty()),
-            _ => None,
+        let mut text_or_none = || match parts.next() {
+            Some(reply @ Value::BulkString(_)) => {
+                text(reply).map(|s| Some(s).filter(|s| !s.is_empty()))
+            }
+            _ => Ok(None),
         };
+        let (session, reported) = (text_or_none()?, text_or_none()?);
         return Ok(CommitOutcome::Applied(Applied {
             list_len,
             read_back: (!fields.is_empty()).then_some(fields),
             session,
+            reported,
         }));
     }
     match text(reply)?.as_str() {

@@ -145,6 +145,9 @@ mod opcode {
     pub(super) const ZREM_AT: u8 = b'Q';
     pub(super) const XADD_SESSION: u8 = b'V';
     pub(super) const INCR_AT: u8 = b'J';
+    pub(super) const HSET_AT: u8 = b'W';
+    pub(super) const HINCRBY_AT: u8 = b'N';
+    pub(super) const REPORT: u8 = b'P';
 }
 
 /// The arguments of `commit.lua`: its keys, the program, the operands.
@@ -176,13 +179,17 @@ impl CommitArgs {
         Ok(&mut self.operands)
     }
 
-    /// An instruction on the key named by `at`: the prefix's index, then the hash's; the
-    /// field first among the operands.
+    /// An instruction on the key named by `at`: the prefix's index, then the naming key's;
+    /// first among the operands the naming field (empty: the naming key's value).
     fn at(&mut self, opcode: u8, at: &KeyAt) -> Result<&mut Vec<String>, BackendError> {
         self.op(opcode, &at.prefix)?;
-        let hash = self.keys.index(&at.hash);
-        self.number(hash, "keys")?;
-        self.operands.push(at.field.clone());
+        let (key, field) = match &at.name {
+            NamedBy::Value(key) => (key, String::new()),
+            NamedBy::Field(key, field) => (key, field.clone()),
+        };
+        let key = self.keys.index(key);
+        self.number(key, "keys")?;
+        self.operands.push(field);
         Ok(&mut self.operands)
     }
 
@@ -279,6 +286,16 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
             WriteOp::IncrAt(at) => {
                 call.at(INCR_AT, at)?;
             }
+            WriteOp::HSetAt(at, field, value) => {
+                call.at(HSET_AT, at)?.extend([field.clone(), value.clone()]);
+            }
+            WriteOp::HIncrByAt(at, field, by) => {
+                call.at(HINCRBY_AT, at)?
+                    .extend([field.clone(), by.to_string()]);
+            }
+            WriteOp::Report(k) => {
+                call.op(REPORT, k)?;
+            }
             WriteOp::AppendSessionEvent(event) => {
                 call.counted(XADD_SESSION, &event.stream, event.fields.len())?;
                 let session = call.keys.index(&event.session);
@@ -371,8 +388,7 @@ mod tests {
     fn an_end_without_reading_its_session_names_the_users_index_by_a_field_and_appends_last() {
         let at = KeyAt {
             prefix: "{1}:ua:".into(),
-            hash: "{1}:s:a".into(),
-            field: "user_id".into(),
+            name: NamedBy::Field("{1}:s:a".into(), "user_id".into()),
         };
         let commit = Commit {
             writes: vec![
@@ -424,6 +440,33 @@ mod tests {
                 "}"
             ]
         );
+    }
+
+    #[test]
+    fn a_create_without_knowing_the_current_session_names_it_by_the_pointer() {
+        let at = KeyAt {
+            prefix: "{1}:s:".into(),
+            name: NamedBy::Value("{1}:cur:u".into()),
+        };
+        let commit = Commit {
+            writes: vec![
+                WriteOp::HSetAt(at.clone(), "current".into(), "0".into()),
+                WriteOp::HIncrByAt(at, "version".into(), 1),
+                WriteOp::Report("{1}:cur:u".into()),
+            ],
+            ..Commit::default()
+        };
+        let call = encode_commit(&commit).unwrap();
+        assert_eq!(call.keys.keys, ["{1}:s:", "{1}:cur:u"]);
+        assert_eq!(
+            call.program,
+            [
+                b'W', 0, 1, 0, 2, //
+                b'N', 0, 1, 0, 2, //
+                b'P', 0, 2,
+            ]
+        );
+        assert_eq!(call.operands, ["", "current", "0", "", "version", "1"]);
     }
 
     #[test]

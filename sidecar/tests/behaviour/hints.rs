@@ -95,8 +95,8 @@ async fn writes_from_hints_take_one_call_to_redis_each() {
     // Proves: once a process has written a session (and its user's current session), each of
     // its next writes there takes one call to Redis (the commit script): a create for that user; a message, a
     // heartbeat, a patch, a new title, a memory replacement, a switch to it, a delete and an
-    // end of it. The first create of a user, with nothing known, reads a snapshot first (two
-    // calls). A message to a session that only stopped being current (its room in the hints
+    // end of it. The first create of a user, with nothing known, is one call too (the commit
+    // turns off the flag of whichever session the user's pointer names). A message to a session that only stopped being current (its room in the hints
     // went to the new current session) is one call too: the store checks the session itself
     // and answers with the document as the message left it, which the next writes start from.
     let app = TestApp::new(Kind::Redis).await;
@@ -122,7 +122,7 @@ async fn writes_from_hints_take_one_call_to_redis_each() {
         )
     };
     let (calls, first) = create("one").await;
-    assert_eq!(calls, 2, "a create with nothing known");
+    assert_eq!(calls, 1, "a create with nothing known");
     let (calls, second) = create("two").await;
     assert_eq!(calls, 1, "a create from the hints");
     let first = first["session_id"].as_str().unwrap().to_owned();
@@ -210,6 +210,40 @@ async fn writes_from_hints_take_one_call_to_redis_each() {
         let (calls, _) = calls_of(method, path, body).await;
         assert_eq!(calls, expected, "{what}");
     }
+}
+
+#[tokio::test]
+async fn a_create_for_a_user_another_sidecar_served_takes_one_call() {
+    // Proves: a sidecar that knows nothing of a user (the user's current session came from
+    // another sidecar) creates in one call: the commit turns off the flag of whichever session
+    // the user's pointer names, and reports which, so that this sidecar drops the copy it had
+    // cached. A title held by another live session is refused, decided on a snapshot.
+    let a = TestApp::new(Kind::Redis).await;
+    let b = a.beside().await;
+    let before = a.create_id("u1", json!({"title": "taken"})).await;
+    b.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
+    let path = format!("/v1/sessions/{before}");
+    assert_eq!(b.get(&path).await.body["current"], true); // now in b's cache
+    let mut calls = Calls::new(&a).await;
+    let (n, res) = calls
+        .during(b.post("/v1/sessions", json!({"user_id": "u1"})))
+        .await;
+    assert_eq!((n, res.status.as_u16()), (1, 201), "{}", res.body);
+    let now_current = res.body["session_id"].as_str().unwrap().to_owned();
+    for app in [&a, &b] {
+        let former = app.get(&path).await.body;
+        assert_eq!(
+            (former["current"].as_bool(), former["version"].as_u64()),
+            (Some(false), Some(2))
+        );
+        let current = app.get("/v1/users/u1/current-session").await.body;
+        assert_eq!(current["session_id"], now_current.as_str());
+    }
+    let c = a.beside().await;
+    let res = c
+        .post("/v1/sessions", json!({"user_id": "u1", "title": "taken"}))
+        .await;
+    assert_eq!(res.code(), "title_conflict", "{}", res.body);
 }
 
 #[tokio::test]
@@ -325,11 +359,13 @@ async fn a_user_found_at_the_active_cap_reads_first_instead_of_trying_the_hints(
         p.cap_policy = CapPolicy::EndOldest;
     })
     .await;
-    app.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
+    // Loads the scripts (NOSCRIPT, then EVAL): the commit's, and the read's (a snapshot).
+    app.create_id("warm-up", json!({})).await;
+    app.get("/v1/users/warm-up/sessions").await;
     let mut calls = Calls::new(&app).await;
     let mut ids = Vec::new();
     for (expected, what) in [
-        (2, "nothing known"),
+        (1, "nothing known: the commit checks the cap"),
         (1, "from the hints"),
         (1, "from the hints, reaching the cap"),
         (4, "refused by the cap guard, decided again"),
