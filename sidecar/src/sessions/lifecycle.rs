@@ -159,12 +159,16 @@ impl Sessions {
             else {
                 let expires_ms = self.now() + ttl_ms;
                 let extend = |plan: &mut Plan| plan.extend_unread(id, expires_ms);
-                return Ok(match self.change_unread(ctx, id, claimed, extend).await? {
-                    Step::Done(committed) => Step::Done(committed.read_back.ok_or_else(|| {
-                        Error::Corrupt(format!("session {id} does not decode after its heartbeat"))
-                    })?),
-                    Step::Retry => Step::Retry,
-                });
+                return self
+                    .change_unread(ctx, id, claimed, extend)
+                    .await?
+                    .try_map(|committed| {
+                        committed.read_back.ok_or_else(|| {
+                            Error::Corrupt(format!(
+                                "session {id} does not decode after its heartbeat"
+                            ))
+                        })
+                    });
             };
             let now = self.now();
             let mut record = stored.clone();
@@ -211,15 +215,15 @@ impl Sessions {
             }) = self.hinted(ctx, id, claimed)?
             else {
                 let end = |plan: &mut Plan| plan.end_unread(id, ending, retention_ms, correlation);
-                return Ok(match self.change_unread(ctx, id, claimed, end).await? {
-                    Step::Done(committed) => {
+                return self
+                    .change_unread(ctx, id, claimed, end)
+                    .await?
+                    .try_map(|committed| {
                         let ended = committed.session.unwrap_or_default();
-                        Step::Done(serde_json::from_str(&ended).map_err(|e| {
+                        serde_json::from_str(&ended).map_err(|e| {
                             Error::Corrupt(format!("session {id} as ended does not decode: {e}"))
-                        })?)
-                    }
-                    Step::Retry => Step::Retry,
-                });
+                        })
+                    });
             };
             let mut plan = Plan::for_session(self, shard, &stored);
             let ended = plan.end(&stored, stored.clone(), ending, retention_ms, correlation);

@@ -10,7 +10,7 @@ use crate::store::WriteOp;
 
 use super::listing::{Page, page_size};
 use super::plan::Plan;
-use super::{Ctx, Sessions, Step};
+use super::{Ctx, Sessions};
 
 impl Sessions {
     /// Appends a message to an active session and adds it to the session's counters, in one
@@ -81,12 +81,11 @@ impl Sessions {
                 Some(_) => self.commit_plan(plan).await?,
                 None => self.commit_unread(plan, ctx, id, None).await?,
             };
-            Ok(match step {
-                Step::Done(committed) => Step::Done(Message {
+            step.try_map(|committed| {
+                Ok(Message {
                     seq: committed.list_len.unwrap_or_default(),
                     ..message
-                }),
-                Step::Retry => Step::Retry,
+                })
             })
         })
         .await

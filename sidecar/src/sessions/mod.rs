@@ -156,6 +156,16 @@ pub(crate) enum Step<T> {
     Retry,
 }
 
+impl<T> Step<T> {
+    /// A done step's value turned into what the caller answers (`f` may fail); a retry stays.
+    pub(crate) fn try_map<U>(self, f: impl FnOnce(T) -> Result<U>) -> Result<Step<U>> {
+        Ok(match self {
+            Step::Done(value) => Step::Done(f(value)?),
+            Step::Retry => Step::Retry,
+        })
+    }
+}
+
 /// The engine: a cheap handle (clone it freely).
 #[derive(Clone)]
 pub struct Sessions {
@@ -296,10 +306,7 @@ impl Sessions {
     /// The hints learn what an applied commit wrote and forget what a conflicting one assumed
     /// (the sessions it wrote, and the current session when it rested on it).
     pub(crate) async fn commit_or_retry<T>(&self, plan: plan::Plan, value: T) -> Result<Step<T>> {
-        Ok(match self.commit_plan(plan).await? {
-            Step::Done(_) => Step::Done(value),
-            Step::Retry => Step::Retry,
-        })
+        self.commit_plan(plan).await?.try_map(|_| Ok(value))
     }
 
     /// [`Sessions::commit_or_retry`], done with what the commit's writes report (a message's
@@ -319,22 +326,15 @@ impl Sessions {
             CommitOutcome::Conflict => return Ok(Step::Retry),
             CommitOutcome::OutboxFull => return Err(Error::OutboxFull),
         };
-        // A session changed through a pointer ([`plan::Plan::put_unknown_former_current`]) is
-        // known only now.
-        if let Some(id) = &applied.reported {
-            if let Some(recent) = &self.recent {
-                recent.forget(id);
-            }
-            if let Some(listener) = &self.listener {
-                listener.changed(id);
-            }
-        }
         // A document that does not decode is not learned (a read will say why).
         let read_back = applied.read_back.and_then(|fields| {
             let bytes = fields_bytes(&fields);
             Some((Record::from_fields(fields).ok()??, bytes))
         });
         if let Some(recent) = &self.recent {
+            // A session changed through a pointer
+            // ([`plan::Plan::put_unknown_former_current`]) is known only now.
+            applied.reported.iter().for_each(|id| recent.forget(id));
             let learned = read_back
                 .iter()
                 .map(|(record, bytes)| (record.clone(), *bytes));
@@ -346,7 +346,8 @@ impl Sessions {
             }
         }
         if let Some(listener) = &self.listener {
-            effects.touched.iter().for_each(|id| listener.changed(id));
+            let touched = effects.touched.iter().chain(&applied.reported);
+            touched.for_each(|id| listener.changed(id));
         }
         Ok(Step::Done(Committed {
             list_len: applied.list_len,

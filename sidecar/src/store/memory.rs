@@ -512,25 +512,17 @@ impl Db {
             }
             WriteOp::IncrAt(at) => {
                 if let Some(key) = self.key_at(&at) {
-                    self.incr(key);
+                    self.write(WriteOp::Incr(key), applied);
                 }
             }
             WriteOp::HSetAt(at, field, value) => {
-                if let Some(Value::Hash(h)) = self.key_at(&at).and_then(|key| self.live(&key))
-                    && let Some(stored) = h.get_mut(&field)
-                {
-                    *stored = value;
+                if let Some(key) = self.hash_at_with(&at, &field) {
+                    self.write(WriteOp::HSet(key, vec![(field, value)]), applied);
                 }
             }
             WriteOp::HIncrByAt(at, field, by) => {
-                if let Some(Value::Hash(h)) = self.key_at(&at).and_then(|key| self.live(&key))
-                    && let Some(stored) = h.get_mut(&field)
-                {
-                    *stored = stored
-                        .parse::<i64>()
-                        .unwrap_or(0)
-                        .saturating_add(by)
-                        .to_string();
+                if let Some(key) = self.hash_at_with(&at, &field) {
+                    self.write(WriteOp::HIncrBy(key, field, by), applied);
                 }
             }
             WriteOp::Report(k) => {
@@ -558,10 +550,18 @@ impl Db {
         }
     }
 
-    /// The name of the key `at` names, when its field is there.
+    /// The key `at` names, when what names it is there.
     fn key_at(&mut self, at: &KeyAt) -> Option<String> {
         let name = self.name(&at.name)?;
         Some(format!("{}{name}", at.prefix))
+    }
+
+    /// The key `at` names, when it is a hash that has `field` already (as `commit.lua` checks
+    /// it, with `HGET`).
+    fn hash_at_with(&mut self, at: &KeyAt, field: &str) -> Option<String> {
+        let key = self.key_at(at)?;
+        let read = ReadOp::HGet(key.clone(), field.to_owned());
+        self.read(&read).into_opt_string().map(|_| key)
     }
 }
 
@@ -573,8 +573,8 @@ fn wrong_type(key: &str) -> BackendError {
 /// a key of any type (as in Redis).
 fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
     Some(match op {
-        // A key named by a field is known only as the writes run (Redis would fail there on
-        // a key of another type; no use case names one).
+        // A key named by another key is known only as the writes run (Redis would fail there
+        // on a key of another type; no use case names one).
         WriteOp::Set(..)
         | WriteOp::SetPx(..)
         | WriteOp::Del(_)

@@ -161,28 +161,14 @@ async fn a_message_between_the_reads_and_the_commit_of_an_eviction_is_in_its_eve
     .await;
     let oldest = app.create_id("u1", json!({})).await;
     let other = app.through(|store| store).await;
-    // The create's two reads are answered; its commit waits until the message is in.
-    let store = Arc::new(Stalling::new(app.backend.clone(), 2, Stall::Before));
-    let stalling = app.through(|_| store.clone()).await;
-    let message_meanwhile = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    create_around(&app, async {
         let hello = json!({"role": "user", "content": "hello"});
         let res = other
             .post(&format!("/v1/sessions/{oldest}/messages"), hello)
             .await;
         assert_eq!(res.status, axum::http::StatusCode::CREATED, "{}", res.body);
-        store.recover();
-    };
-    let (created, ()) = tokio::join!(
-        stalling.post("/v1/sessions", json!({"user_id": "u1"})),
-        message_meanwhile
-    );
-    assert_eq!(
-        created.status,
-        axum::http::StatusCode::CREATED,
-        "{}",
-        created.body
-    );
+    })
+    .await;
     let ended = app.outbox_of("session.ended.v1").await;
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].payload["session_id"], oldest.as_str());
@@ -196,6 +182,28 @@ async fn a_message_between_the_reads_and_the_commit_of_an_eviction_is_in_its_eve
         (Some("ended"), Some(1))
     );
     assert_eq!(session["version"], ended[0].payload["version"]);
+}
+
+/// A create for `u1` on `app` whose two reads are answered and whose commit waits until
+/// `meanwhile` (another process's write) is done; it must succeed.
+async fn create_around(app: &TestApp, meanwhile: impl std::future::Future<Output = ()>) {
+    let store = Arc::new(Stalling::new(app.backend.clone(), 2, Stall::Before));
+    let stalling = app.through(|_| store.clone()).await;
+    let meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        meanwhile.await;
+        store.recover();
+    };
+    let (created, ()) = tokio::join!(
+        stalling.post("/v1/sessions", json!({"user_id": "u1"})),
+        meanwhile
+    );
+    assert_eq!(
+        created.status,
+        axum::http::StatusCode::CREATED,
+        "{}",
+        created.body
+    );
 }
 
 async fn an_end_between_the_reads_and_the_commit_of_an_eviction_saves_the_session_it_would_end(
@@ -216,25 +224,11 @@ async fn an_end_between_the_reads_and_the_commit_of_an_eviction_saves_the_sessio
     let middle = app.create_id("u1", json!({})).await;
     app.create_id("u1", json!({})).await;
     let other = app.through(|store| store).await;
-    // The create's two reads are answered; its commit waits until the end is in.
-    let store = Arc::new(Stalling::new(app.backend.clone(), 2, Stall::Before));
-    let stalling = app.through(|_| store.clone()).await;
-    let end_meanwhile = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    create_around(&app, async {
         let res = other.end(&middle, json!({"performer_id": "u1"})).await;
         assert_eq!(res.status, axum::http::StatusCode::OK, "{}", res.body);
-        store.recover();
-    };
-    let (created, ()) = tokio::join!(
-        stalling.post("/v1/sessions", json!({"user_id": "u1"})),
-        end_meanwhile
-    );
-    assert_eq!(
-        created.status,
-        axum::http::StatusCode::CREATED,
-        "{}",
-        created.body
-    );
+    })
+    .await;
     let ended: Vec<_> = app
         .outbox_of("session.ended.v1")
         .await
