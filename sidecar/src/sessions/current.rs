@@ -52,8 +52,51 @@ impl Sessions {
         {
             return Err(Error::NotFound("the user has no such session"));
         }
+        if let Some(record) = self.switch_unread(ctx, shard, user, &target).await? {
+            return Ok(record);
+        }
         self.retry(|| self.try_switch(ctx, shard, user, &target))
             .await
+    }
+
+    /// A switch in one script call that the hints do not cover (see
+    /// [`Sessions::switch_from_hints`]), to a session named by id or by a title the hints
+    /// know: the store checks the session active, unexpired, the user's, still so titled and
+    /// not current already, and changes the current session before it through the user's
+    /// pointer ([`Plan::switch_to_unread`]). `None` when the hints cover the switch, or when
+    /// the store refused it (it is then decided on a snapshot, which says why).
+    async fn switch_unread(
+        &self,
+        ctx: &Ctx,
+        shard: u32,
+        user: &str,
+        target: &SwitchCurrent,
+    ) -> Result<Option<Record>> {
+        let id = match (&target.session_id, &target.title) {
+            (Some(id), _) => id.clone(),
+            (None, Some(title)) => match self.hinted_titled(user, title) {
+                Some(id) => id,
+                None => return Ok(None),
+            },
+            (None, None) => return Ok(None),
+        };
+        let claimed = user.to_owned();
+        if self.hinted_current(shard, user).is_some()
+            && self.hinted(ctx, &id, Some(&claimed))?.is_some()
+        {
+            return Ok(None);
+        }
+        let mut plan = Plan::for_unread_session_of(self, shard, &id, user);
+        if let Some(title) = &target.title {
+            plan.assume_field(&id, "title", title);
+        }
+        plan.switch_to_unread(&id, ctx.caller.user(), ctx.correlation_id.as_deref());
+        match self.commit_plan(plan).await? {
+            Step::Done(committed) => committed.read_back.map(Some).ok_or_else(|| {
+                Error::Corrupt(format!("session {id} does not decode after the switch"))
+            }),
+            Step::Retry => Ok(None),
+        }
     }
 
     async fn try_switch(

@@ -254,8 +254,14 @@ impl Sessions {
     /// # Errors
     /// 400 for the current session, 403, 404, 503.
     pub(crate) async fn delete(&self, ctx: &Ctx, id: &str) -> Result<()> {
-        if let Some(step) = self.delete_from_hints(ctx, id).await? {
-            return Ok(step);
+        match self.delete_from_hints(ctx, id).await? {
+            Some(Step::Done(())) => return Ok(()),
+            Some(Step::Retry) => {}
+            None => {
+                if self.delete_unread(ctx, id).await? {
+                    return Ok(());
+                }
+            }
         }
         let (shard, first) = self.owned(ctx, id, None).await?;
         let user = first.user_id.as_str();
@@ -274,9 +280,10 @@ impl Sessions {
 
     /// A delete in one script call, when this process wrote the session and the user's
     /// current session (another one) last: the commit checks that both are unchanged and that
-    /// the title's entry is the session's. `None` when the hints do not cover it, or when the
-    /// commit found them stale (they are dropped; the delete then reads).
-    async fn delete_from_hints(&self, ctx: &Ctx, id: &str) -> Result<Option<()>> {
+    /// the title's entry is the session's. `None` when the hints do not cover it; a retry when
+    /// they show the session current (refused) or the commit found them stale (they are
+    /// dropped): the delete is then decided on a snapshot.
+    async fn delete_from_hints(&self, ctx: &Ctx, id: &str) -> Result<Option<Step<()>>> {
         let Some(Changing { shard, record, .. }) = self.hinted(ctx, id, None)? else {
             return Ok(None);
         };
@@ -285,7 +292,7 @@ impl Sessions {
             return Ok(None);
         };
         if current.session_id == id {
-            return Ok(None); // refused: decided on a snapshot
+            return Ok(Some(Step::Retry));
         }
         let mut plan = Plan::for_session(self, shard, &record);
         plan.assume_current(&current.session_id);
@@ -293,10 +300,18 @@ impl Sessions {
             plan.assume_title(title, Some(id));
         }
         self.plan_delete(&mut plan, ctx, &record, true);
-        Ok(match self.commit_or_retry(plan, ()).await? {
-            Step::Done(()) => Some(()),
-            Step::Retry => None,
-        })
+        Ok(Some(self.commit_or_retry(plan, ()).await?))
+    }
+
+    /// A delete in one script call that the hints do not cover: the store checks the session
+    /// live (an ended one too), the caller's and not the user's current session
+    /// ([`Plan::remove_unread`]). `false` when it refused: the delete is then decided on a
+    /// snapshot, which says why.
+    async fn delete_unread(&self, ctx: &Ctx, id: &str) -> Result<bool> {
+        let shard = self.shard_of_session(id)?;
+        let mut plan = Plan::for_unread_live_session(self, shard, id, [ctx.caller.user()]);
+        plan.remove_unread(id, ctx.caller.user(), ctx.correlation_id.as_deref());
+        Ok(matches!(self.commit_plan(plan).await?, Step::Done(_)))
     }
 
     fn plan_delete(&self, plan: &mut Plan, ctx: &Ctx, record: &Record, owns_title: bool) {

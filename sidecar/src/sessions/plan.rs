@@ -82,25 +82,50 @@ impl Plan {
         id: &str,
         owners: impl IntoIterator<Item = Option<&'a str>>,
     ) -> Self {
-        let doc = sessions.keys.session(shard, id);
+        let mut plan = Self::for_unread_live_session(sessions, shard, id, owners);
+        plan.assume_field(id, "status", Status::Active.as_str());
+        plan
+    }
+
+    /// [`Plan::for_unread_session`] of a session that may also have ended (and is kept for
+    /// its retention): one to delete.
+    pub(crate) fn for_unread_live_session<'a>(
+        sessions: &super::Sessions,
+        shard: u32,
+        id: &str,
+        owners: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> Self {
         // The user is known only to the store: its keys are named by the document's field.
         let mut plan = Self::new(sessions, shard, "");
-        let field = |value: &str| Some(value.to_owned());
-        plan.guard(Guard::HEq(
-            doc.clone(),
-            "status".to_owned(),
-            field(Status::Active.as_str()),
-        ));
-        plan.guard(Guard::HIntAbove(
-            doc.clone(),
-            "expires_ms".to_owned(),
-            plan.now_ms,
-        ));
+        let doc = plan.keys.session(shard, id);
+        plan.guard(Guard::HIntAbove(doc, "expires_ms".to_owned(), plan.now_ms));
         for owner in owners.into_iter().flatten() {
-            plan.guard(Guard::HEq(doc.clone(), "user_id".to_owned(), field(owner)));
+            plan.assume_field(id, "user_id", owner);
         }
         plan.effects.touched.push(id.to_owned());
         plan
+    }
+
+    /// [`Plan::for_unread_session`] of the session `id` of `user`, whose own keys the plan then
+    /// names (a change by the user's path, as a switch of the current session).
+    pub(crate) fn for_unread_session_of(
+        sessions: &super::Sessions,
+        shard: u32,
+        id: &str,
+        user: &str,
+    ) -> Self {
+        let mut plan = Self::for_unread_session(sessions, shard, id, [Some(user)]);
+        plan.effects.user_id = user.to_owned();
+        plan
+    }
+
+    /// Commits only while the document of session `id` has `field` at `value`.
+    pub(crate) fn assume_field(&mut self, id: &str, field: &str, value: &str) {
+        self.guard(Guard::HEq(
+            self.keys.session(self.shard(), id),
+            field.to_owned(),
+            Some(value.to_owned()),
+        ));
     }
 
     /// A plan that bumps the user's version without reading it: its caller adds the guards
@@ -213,7 +238,8 @@ impl Plan {
     }
 
     /// Appends an event about session `id`, which this plan has not read: the store fills in
-    /// the session as the writes before it leave it. So it must be the plan's last write.
+    /// the session as the writes before it leave it. So it comes after the writes that change
+    /// the session (before the one that deletes it).
     fn event_of_unread(
         &mut self,
         kind: EventType,
@@ -452,6 +478,75 @@ impl Plan {
             expires,
             id.to_owned(),
         ));
+    }
+
+    /// Makes the unread session `id` its user's current one ([`Plan::for_unread_session_of`])
+    /// and the current session before it, whichever it is, no longer so (as
+    /// [`Plan::put_unknown_former_current`]). The store reads the session back (the switch's
+    /// answer) and its event carries it. A session that is current already is refused (then
+    /// decided on a snapshot, where it changes nothing).
+    pub(crate) fn switch_to_unread(
+        &mut self,
+        id: &str,
+        performer: Option<&str>,
+        correlation: Option<&str>,
+    ) {
+        self.assume_field(id, "current", "0");
+        // A create decided on a snapshot rests on the current session: the user's version moves.
+        self.write(WriteOp::Incr(
+            self.keys.user_version(self.shard(), &self.effects.user_id),
+        ));
+        self.put_unknown_former_current();
+        let doc = self.keys.session(self.shard(), id);
+        let fields = [
+            ("current", "1".to_owned()),
+            ("updated_ms", self.now_ms.to_string()),
+        ];
+        let fields = fields.map(|(f, v)| (f.to_owned(), v)).to_vec();
+        self.write(WriteOp::HSet(doc.clone(), fields));
+        self.write(WriteOp::HIncrBy(doc.clone(), "version".to_owned(), 1));
+        self.set_current(id);
+        self.write(WriteOp::ReadBack(doc));
+        self.event_of_unread(EventType::Updated, id, performer, correlation);
+    }
+
+    /// Removes the unread session `id` ([`Plan::for_unread_live_session`]) and everything that
+    /// hangs off it, as [`Plan::remove`] does: the user's indexes, title entry (where it is
+    /// still this session's) and case index are named by the document's fields. Its
+    /// `deleted` event carries the session as it was. The user's current session is refused
+    /// (it cannot be deleted): the store checks the document's `current` flag, which every
+    /// commit sets and clears together with the user's pointer.
+    pub(crate) fn remove_unread(
+        &mut self,
+        id: &str,
+        performer: Option<&str>,
+        correlation: Option<&str>,
+    ) {
+        self.assume_field(id, "current", "0");
+        self.event_of_unread(EventType::Deleted, id, performer, correlation);
+        let (k, s) = (self.keys.clone(), self.shard());
+        let doc = k.session(s, id);
+        for prefix in [k.user_sessions(s, ""), k.user_active(s, "")] {
+            self.write(WriteOp::ZRemAt(
+                self.user_key_of_unread(id, prefix),
+                id.to_owned(),
+            ));
+        }
+        let version = self.user_key_of_unread(id, k.user_version(s, ""));
+        self.write(WriteOp::IncrAt(version));
+        let titles = self.user_key_of_unread(id, k.titles(s, ""));
+        let title = NamedBy::Field(doc.clone(), "title".to_owned());
+        self.write(WriteOp::HDelIfAt(titles, title, id.to_owned()));
+        let case = KeyAt {
+            prefix: k.case_sessions(s, ""),
+            name: NamedBy::Field(doc.clone(), "case_id".to_owned()),
+        };
+        self.write(WriteOp::ZRemAt(case, id.to_owned()));
+        // The document last: the writes above are named by its fields.
+        for key in [k.messages(s, id), k.memory(s, id), doc] {
+            self.write(WriteOp::Del(key));
+        }
+        self.write(WriteOp::ZRem(k.expiry(s), id.to_owned()));
     }
 
     /// The key of the user of the unread document `id` that starts with `prefix`.

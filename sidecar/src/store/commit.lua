@@ -4,7 +4,8 @@
 --   byte, the key's index in KEYS (2 bytes, big-endian), and for HSET, HDEL, XDEL, XADD and
 --   XADD_SESSION a count (2 bytes: fields, or field-value pairs); the *_AT instructions (the
 --   key is KEYS[index] .. what another key holds) and XADD_SESSION (the payload is a session
---   document) then give that other key's index in KEYS (2 bytes).
+--   document) then give that other key's index in KEYS (2 bytes); HDEL_IF_AT (its field too
+--   is what another key holds) then a second one.
 -- ARGV[2..]: the operands of the instructions (values, fields, scores, limits), in order.
 -- Guards are checked first, then events are appended, then state is written. An append that
 -- fails returns before any write, so state changes only if its event is recorded. The one
@@ -31,7 +32,7 @@ local SET, SETPX, DEL, HSET, HDEL = 115, 112, 100, 119, 120 -- s p d w x
 local ZADD, ZREM, ZREM_BELOW, RPUSH_NUMBERED = 122, 114, 98, 82 -- z r b R
 local INCR, INCR_WINDOW, HINCRBY, XDEL, READ_BACK = 43, 105, 110, 88, 66 -- + i n X B
 local ZADD_AT, ZREM_AT, INCR_AT, HSET_AT, HINCRBY_AT = 90, 81, 74, 87, 78 -- Z Q J W N
-local XADD_SESSION, REPORT = 86, 80 -- V P
+local XADD_SESSION, REPORT, HDEL_IF_AT = 86, 80, 84 -- V P T
 
 -- Writes the API form of a session document as JSON (model/session.rs, Record::view): the
 -- payload of the event of a change made without reading the session. A test holds the two to
@@ -115,6 +116,12 @@ end
 
 local function failed_append(reply)
   return type(reply) == 'table' and reply.err
+end
+
+-- What another key holds: a field of a hash, or (field empty) a string's value; false for none.
+local function named(key, field)
+  if field == '' then return call('GET', key) end
+  return call('HGET', key, field)
 end
 
 local pc, a = 1, 2 -- the next byte of the program, the next operand in ARGV
@@ -222,10 +229,8 @@ while pc <= len do
   elseif op == READ_BACK then
     read_back = call('HGETALL', k)
   elseif op == ZADD_AT or op == ZREM_AT or op == INCR_AT or op == HSET_AT or op == HINCRBY_AT then
-    -- The key is k .. what the naming key holds: a hash field, or (no field) its value.
-    local naming, field = KEYS[count()], ARGV[a]
-    local name
-    if field == '' then name = call('GET', naming) else name = call('HGET', naming, field) end
+    -- The key is k .. what the naming key holds.
+    local name = named(KEYS[count()], ARGV[a])
     local key = name and k .. name
     if op == ZADD_AT then
       if key then call('ZADD', key, ARGV[a + 1], ARGV[a + 2]) end
@@ -242,6 +247,14 @@ while pc <= len do
       end
       a = a + 3
     end
+  elseif op == HDEL_IF_AT then
+    -- The key named as above, the field by a third key; removed only where it holds the value.
+    local name = named(KEYS[count()], ARGV[a])
+    local field = named(KEYS[count()], ARGV[a + 1])
+    if name and field and call('HGET', k .. name, field) == ARGV[a + 2] then
+      call('HDEL', k .. name, field)
+    end
+    a = a + 3
   elseif op == REPORT then
     reported = call('GET', k) or ''
   elseif op == XADD_SESSION then

@@ -525,6 +525,14 @@ impl Db {
                     self.write(WriteOp::HIncrBy(key, field, by), applied);
                 }
             }
+            WriteOp::HDelIfAt(at, field, value) => {
+                if let (Some(key), Some(field)) = (self.key_at(&at), self.name(&field)) {
+                    let read = ReadOp::HGet(key.clone(), field.clone());
+                    if self.read(&read).into_opt_string() == Some(value) {
+                        self.write(WriteOp::HDel(key, vec![field]), applied);
+                    }
+                }
+            }
             WriteOp::Report(k) => {
                 applied.reported = self.read(&ReadOp::Get(k)).into_opt_string();
             }
@@ -584,6 +592,7 @@ fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
         | WriteOp::IncrAt(_)
         | WriteOp::HSetAt(..)
         | WriteOp::HIncrByAt(..)
+        | WriteOp::HDelIfAt(..)
         | WriteOp::Report(_) => {
             return None;
         }

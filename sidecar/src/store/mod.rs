@@ -205,6 +205,11 @@ pub enum WriteOp {
     /// `HINCRBY <key> field by`, the key named and the field required as for
     /// [`WriteOp::HSetAt`].
     HIncrByAt(KeyAt, String, i64),
+    /// `HDEL <key> <field>` where that field holds the value: an index entry of a session
+    /// removed without reading it, left alone when it is another session's. The key is named
+    /// as for [`WriteOp::ZAddAt`], the field by what a third key holds; nothing without
+    /// either name.
+    HDelIfAt(KeyAt, NamedBy, String),
     /// Reports the string at the key as the writes before it left it: the session a pointer
     /// held, which the commit changed through it ([`WriteOp::HSetAt`]) without this process
     /// knowing which.

@@ -148,6 +148,7 @@ mod opcode {
     pub(super) const HSET_AT: u8 = b'W';
     pub(super) const HINCRBY_AT: u8 = b'N';
     pub(super) const REPORT: u8 = b'P';
+    pub(super) const HDEL_IF_AT: u8 = b'T';
 }
 
 /// The arguments of `commit.lua`: its keys, the program, the operands.
@@ -183,14 +184,21 @@ impl CommitArgs {
     /// first among the operands the naming field (empty: the naming key's value).
     fn at(&mut self, opcode: u8, at: &KeyAt) -> Result<&mut Vec<String>, BackendError> {
         self.op(opcode, &at.prefix)?;
-        let (key, field) = match &at.name {
+        self.name(&at.name)?;
+        Ok(&mut self.operands)
+    }
+
+    /// What names a key or a field: the naming key's index, and among the operands the naming
+    /// field (empty: the naming key's value).
+    fn name(&mut self, name: &NamedBy) -> Result<(), BackendError> {
+        let (key, field) = match name {
             NamedBy::Value(key) => (key, String::new()),
             NamedBy::Field(key, field) => (key, field.clone()),
         };
         let key = self.keys.index(key);
         self.number(key, "keys")?;
         self.operands.push(field);
-        Ok(&mut self.operands)
+        Ok(())
     }
 
     fn number(&mut self, n: usize, what: &str) -> Result<(), BackendError> {
@@ -295,6 +303,11 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
             }
             WriteOp::Report(k) => {
                 call.op(REPORT, k)?;
+            }
+            WriteOp::HDelIfAt(at, field, value) => {
+                call.at(HDEL_IF_AT, at)?;
+                call.name(field)?;
+                call.operands.push(value.clone());
             }
             WriteOp::AppendSessionEvent(event) => {
                 call.counted(XADD_SESSION, &event.stream, event.fields.len())?;
@@ -440,6 +453,26 @@ mod tests {
                 "}"
             ]
         );
+    }
+
+    #[test]
+    fn a_title_entry_is_named_by_two_fields_of_the_document() {
+        let doc = "{1}:s:a".to_owned();
+        let commit = Commit {
+            writes: vec![WriteOp::HDelIfAt(
+                KeyAt {
+                    prefix: "{1}:t:".into(),
+                    name: NamedBy::Field(doc.clone(), "user_id".into()),
+                },
+                NamedBy::Field(doc, "title".into()),
+                "a".into(),
+            )],
+            ..Commit::default()
+        };
+        let call = encode_commit(&commit).unwrap();
+        assert_eq!(call.keys.keys, ["{1}:t:", "{1}:s:a"]);
+        assert_eq!(call.program, [b'T', 0, 1, 0, 2, 0, 2]);
+        assert_eq!(call.operands, ["user_id", "title", "a"]);
     }
 
     #[test]

@@ -124,15 +124,17 @@ async fn a_rename_between_the_reads_of_a_delete_leaves_no_title_behind(kind: Kin
     // left the new one pointing at the deleted session).
     let app = TestApp::new(kind).await;
     let id = app.create_id("u1", json!({"title": "first"})).await;
-    app.create_id("u1", json!({})).await; // so that `id` is not current and may be deleted
     let path = format!("/v1/sessions/{id}");
-    // The delete's first read is answered; its second waits until the rename is done.
-    let store = Arc::new(Stalling::new(app.backend.clone(), 1, Stall::Before));
+    // The session is current, so the delete's one-call try is refused (call 1) and it reads:
+    // its first read is answered, its second waits until the session is renamed and another
+    // one is current (then it may be deleted).
+    let store = Arc::new(Stalling::new(app.backend.clone(), 2, Stall::Before));
     let stalling = app.through(|_| store.clone()).await;
     let rename_meanwhile = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let renamed = app.patch(&path, json!({"title": "second"})).await;
         assert_eq!(renamed.status, axum::http::StatusCode::OK);
+        app.create_id("u1", json!({})).await;
         store.recover();
     };
     let (deleted, ()) = tokio::join!(stalling.delete(&path), rename_meanwhile);

@@ -314,6 +314,129 @@ async fn heartbeats_and_ends_of_sessions_another_sidecar_wrote_take_one_call_eac
 }
 
 #[tokio::test]
+async fn switches_and_deletes_of_sessions_another_sidecar_wrote_take_one_call_each() {
+    // Proves: a switch of the current session and a delete, of sessions this sidecar never
+    // wrote nor read, are one call each. The switch turns off the flag of whichever session
+    // the user's pointer names and answers with the session as its event carries it; the
+    // delete removes every key and index entry of the session (named by its document's user,
+    // title and case) and frees its title. Refused ones are decided on a snapshot: a switch to
+    // the current session changes nothing; the current session cannot be deleted (400).
+    let a = TestApp::new(Kind::Redis).await;
+    let b = a.beside().await;
+    let one = a.create_id("u1", json!({"title": "one"})).await;
+    let two = a
+        .create_id("u1", json!({"title": "two", "case_id": "c1"}))
+        .await;
+    a.post(
+        &format!("/v1/sessions/{two}/messages"),
+        json!({"role": "user", "content": "hi"}),
+    )
+    .await;
+    a.put(&format!("/v1/sessions/{two}/memory"), json!({"k": 1}))
+        .await;
+    b.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
+    let mut calls = Calls::new(&a).await;
+
+    let to_one = json!({"session_id": one});
+    let (n, res) = calls
+        .during(b.put("/v1/users/u1/current-session", to_one.clone()))
+        .await;
+    assert_eq!((n, res.status.as_u16()), (1, 200), "a switch: {}", res.body);
+    assert_eq!(
+        (res.body["current"].as_bool(), res.body["version"].as_u64()),
+        (Some(true), Some(3))
+    );
+    assert_eq!(res.body, a.get(&format!("/v1/sessions/{one}")).await.body);
+    let updated = b.outbox_of("session.updated.v1").await;
+    assert_eq!(updated.last().map(|e| &e.payload), Some(&res.body));
+    let former = a.get(&format!("/v1/sessions/{two}")).await.body;
+    assert_eq!(
+        (former["current"].as_bool(), former["version"].as_u64()),
+        (Some(false), Some(3)),
+        "created, a message, no longer current (the memory is not in the document)"
+    );
+    let (_, again) = calls
+        .during(b.put("/v1/users/u1/current-session", to_one))
+        .await;
+    assert_eq!((again.status.as_u16(), &again.body), (200, &res.body));
+    assert_eq!(b.outbox_of("session.updated.v1").await.len(), updated.len());
+
+    let (n, res) = calls.during(b.delete(&format!("/v1/sessions/{two}"))).await;
+    assert_eq!((n, res.status.as_u16()), (1, 204), "a delete: {}", res.body);
+    let deleted = b.outbox_of("session.deleted.v1").await;
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(
+        deleted[0].payload, former,
+        "the event carries the session as it was"
+    );
+    assert_eq!(mentions(&a, &two).await, Vec::<String>::new());
+    let retitled = a
+        .post("/v1/sessions", json!({"user_id": "u1", "title": "two"}))
+        .await;
+    assert_eq!(retitled.status.as_u16(), 201, "{}", retitled.body);
+
+    let current = format!(
+        "/v1/sessions/{}",
+        retitled.body["session_id"].as_str().unwrap()
+    );
+    let (n, res) = calls.during(b.delete(&current)).await;
+    assert_eq!(res.code(), "current_session_delete", "{}", res.body);
+    assert!(n > 1, "decided on a snapshot after the refused call: {n}");
+    assert_eq!(a.get(&current).await.status.as_u16(), 200);
+}
+
+/// The keys of `app`'s Redis that name or hold `id`, but for event streams.
+async fn mentions(app: &TestApp, id: &str) -> Vec<String> {
+    let client = ::redis::Client::open(app.admin_url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mut found = Vec::new();
+    for key in keys {
+        let kind: String = ::redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let holds = match kind.as_str() {
+            "zset" => {
+                let score: Option<f64> = ::redis::cmd("ZSCORE")
+                    .arg(&key)
+                    .arg(id)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                score.is_some()
+            }
+            "hash" => {
+                let values: Vec<String> = ::redis::cmd("HVALS")
+                    .arg(&key)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                values.iter().any(|v| v == id)
+            }
+            "string" => {
+                let value: String = ::redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                value == id
+            }
+            _ => false,
+        };
+        if key.contains(id) && kind != "stream" || holds {
+            found.push(key);
+        }
+    }
+    found
+}
+
+#[tokio::test]
 async fn a_switch_by_title_takes_one_call_to_redis_and_a_stale_title_is_decided_again() {
     // Proves: a switch by the title of a session this process knows is one call; when another
     // sidecar renamed that session meanwhile (and `a`'s hints were not told), the switch by
