@@ -32,9 +32,18 @@ pub use crate::store::memory::MemoryBackend;
 pub use crate::store::redis::{ReplicaWait, Topology, connect, connect_with};
 pub use crate::store::redis_url::fixed;
 pub use crate::store::{
-    Append, Backend, BackendError, Commit, CommitOutcome, KeyAt, Probe, ReadOp, Reply,
-    SessionEvent, StreamEntry, WriteOp,
+    Append, Backend, BackendError, Commit, CommitOutcome, Guard, KeyAt, NamedBy, Probe, ReadOp,
+    Reply, SessionEvent, StreamEntry, WriteOp,
 };
+
+/// The engine's RFC 7386 merge of `patch` into `target`, as it writes it.
+#[must_use]
+pub fn merged(
+    target: &serde_json::Map<String, serde_json::Value>,
+    patch: &serde_json::Map<String, serde_json::Value>,
+) -> String {
+    serde_json::Value::Object(crate::sessions::merge(target, patch)).to_string()
+}
 
 /// The hash fields that store `record`.
 #[must_use]

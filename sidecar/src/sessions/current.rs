@@ -92,9 +92,7 @@ impl Sessions {
         }
         plan.switch_to_unread(&id, ctx.caller.user(), ctx.correlation_id.as_deref());
         match self.commit_plan(plan).await? {
-            Step::Done(committed) => committed.read_back.map(Some).ok_or_else(|| {
-                Error::Corrupt(format!("session {id} does not decode after the switch"))
-            }),
+            Step::Done(committed) => committed.read_back_of(&id, "switch").map(Some),
             Step::Retry => Ok(None),
         }
     }

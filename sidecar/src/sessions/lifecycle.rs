@@ -29,7 +29,34 @@ impl Sessions {
                 check_id(field, &v)?;
             }
         }
+        if let Some(record) = self.update_unread(ctx, id, &patch).await? {
+            return Ok(record);
+        }
         self.retry(|| self.try_update(ctx, id, &patch)).await
+    }
+
+    /// A patch in one script call that the hints do not cover and that leaves the title alone
+    /// ([`Plan::patch_unread`]). `None` when the hints cover it or it sets a title, or when the
+    /// store refused it (an object merged past the size limit too): it is then decided on a
+    /// snapshot, which says why.
+    async fn update_unread(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        patch: &UpdateSession,
+    ) -> Result<Option<Record>> {
+        if patch.title.is_some() || self.hinted(ctx, id, patch.user_id.as_ref())?.is_some() {
+            return Ok(None);
+        }
+        let shard = self.shard_of_session(id)?;
+        let owners = [ctx.caller.user(), patch.user_id.as_deref()];
+        let mut plan = Plan::for_unread_session(self, shard, id, owners);
+        let performer = patch.performer_id.as_deref().or(ctx.caller.user());
+        plan.patch_unread(id, patch, performer, ctx.correlation_id.as_deref());
+        match self.commit_plan(plan).await? {
+            Step::Done(committed) => committed.read_back_of(id, "patch").map(Some),
+            Step::Retry => Ok(None),
+        }
     }
 
     async fn try_update(&self, ctx: &Ctx, id: &str, patch: &UpdateSession) -> Result<Step<Record>> {
@@ -162,13 +189,7 @@ impl Sessions {
                 return self
                     .change_unread(ctx, id, claimed, extend)
                     .await?
-                    .try_map(|committed| {
-                        committed.read_back.ok_or_else(|| {
-                            Error::Corrupt(format!(
-                                "session {id} does not decode after its heartbeat"
-                            ))
-                        })
-                    });
+                    .try_map(|committed| committed.read_back_of(id, "heartbeat"));
             };
             let now = self.now();
             let mut record = stored.clone();

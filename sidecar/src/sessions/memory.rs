@@ -6,11 +6,11 @@ use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
 use crate::model::input::check_object_size;
-use crate::store::{Reads, WriteOp};
+use crate::store::{NamedBy, Reads, WriteOp};
 
-use super::lifecycle::merge;
+use super::merge;
 use super::plan::Plan;
-use super::{Ctx, Sessions};
+use super::{Ctx, Sessions, Step};
 
 /// A session's memory.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -68,9 +68,17 @@ impl Sessions {
         check_object_size("memory", &body)?;
         let shard = self.shard_of_session(id)?;
         let key = self.keys.memory(shard, id);
+        let hinted = self.hinted(ctx, id, None)?.is_some();
+        if matches!(how, MemoryWrite::Merge) || !hinted {
+            let view = self.write_memory_unread(ctx, shard, id, how, &body).await?;
+            if let Some(view) = view {
+                return Ok(view);
+            }
+        }
         self.retry(|| async {
-            // A replacement rests on the session alone (from the write hints when this process
-            // wrote it last); a merge also on the memory it reads, under the user's version.
+            // Decided on a snapshot (or on the hints, for a replacement of a session this
+            // process wrote last). A replacement rests on the session alone; a merge also on
+            // the memory it reads, under the user's version.
             let (memory, mut plan) = match how {
                 MemoryWrite::Replace => {
                     let session = self.changing(ctx, id, None).await?;
@@ -105,5 +113,37 @@ impl Sessions {
             .await
         })
         .await
+    }
+
+    /// A memory write in one script call, the session unread ([`Plan::for_unread_memory`]): a
+    /// merge is made in the store, which refuses a result past the size limit. `None` when the
+    /// store refused: the write is then decided on a snapshot, which says why.
+    async fn write_memory_unread(
+        &self,
+        ctx: &Ctx,
+        shard: u32,
+        id: &str,
+        how: MemoryWrite,
+        body: &Map<String, Value>,
+    ) -> Result<Option<MemoryView>> {
+        let key = self.keys.memory(shard, id);
+        let mut plan = Plan::for_unread_memory(self, shard, id, ctx.caller.user());
+        match how {
+            MemoryWrite::Replace => {
+                plan.write(WriteOp::Set(key, Value::Object(body.clone()).to_string()));
+            }
+            MemoryWrite::Merge => plan.merge_unread(NamedBy::Value(key), body),
+        }
+        let Step::Done(committed) = self.commit_plan(plan).await? else {
+            return Ok(None);
+        };
+        let memory = match how {
+            MemoryWrite::Replace => body.clone(),
+            MemoryWrite::Merge => decode(committed.merged)?,
+        };
+        Ok(Some(MemoryView {
+            session_id: id.to_owned(),
+            memory,
+        }))
     }
 }

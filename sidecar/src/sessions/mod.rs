@@ -33,6 +33,7 @@ use crate::model::{Record, Status};
 use crate::store::{Backend, CommitOutcome, FromReply, Keys, NamedBy, Reads, Replies, Slot};
 
 pub(crate) use inbound::InboundOutcome;
+pub(crate) use lifecycle::merge;
 pub(crate) use listing::{Page, page_size};
 pub(crate) use memory::{MemoryView, MemoryWrite};
 use recent::Learned;
@@ -353,6 +354,7 @@ impl Sessions {
             list_len: applied.list_len,
             read_back: read_back.map(|(record, _)| record),
             session: applied.session,
+            merged: applied.merged,
         }))
     }
 
@@ -587,6 +589,18 @@ pub(crate) struct Committed {
     pub read_back: Option<Record>,
     /// The session its `AppendSessionEvent` carried, in its API form (JSON).
     pub session: Option<String>,
+    /// The object its `MergeJson` wrote.
+    pub merged: Option<String>,
+}
+
+impl Committed {
+    /// The document read back: the answer to a `change` of session `id` made without reading
+    /// it.
+    pub(crate) fn read_back_of(self, id: &str, change: &str) -> Result<Record> {
+        self.read_back.ok_or_else(|| {
+            Error::Corrupt(format!("session {id} does not decode after its {change}"))
+        })
+    }
 }
 
 /// An active session about to change (see [`Sessions::changing`]).

@@ -2,11 +2,12 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::clock::rfc3339;
 use crate::ids::new_event_id;
 use crate::model::event::SOURCE;
+use crate::model::input::{MAX_OBJECT_BYTES, UpdateSession};
 use crate::model::{Envelope, EventType, Record, Status};
 use crate::store::{Append, Commit, Guard, KeyAt, Keys, NamedBy, SessionEvent, WriteOp};
 
@@ -82,14 +83,43 @@ impl Plan {
         id: &str,
         owners: impl IntoIterator<Item = Option<&'a str>>,
     ) -> Self {
-        let mut plan = Self::for_unread_live_session(sessions, shard, id, owners);
+        let mut plan = Self::unread(sessions, shard, id, owners);
         plan.assume_field(id, "status", Status::Active.as_str());
+        plan.effects.touched.push(id.to_owned());
         plan
     }
 
     /// [`Plan::for_unread_session`] of a session that may also have ended (and is kept for
     /// its retention): one to delete.
     pub(crate) fn for_unread_live_session<'a>(
+        sessions: &super::Sessions,
+        shard: u32,
+        id: &str,
+        owners: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> Self {
+        let mut plan = Self::unread(sessions, shard, id, owners);
+        plan.effects.touched.push(id.to_owned());
+        plan
+    }
+
+    /// A plan for a write of the memory of the active session `id`, unread (its document
+    /// stays as it is). The user's version moves: a merge decided on a snapshot read the
+    /// memory under it.
+    pub(crate) fn for_unread_memory(
+        sessions: &super::Sessions,
+        shard: u32,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Self {
+        let mut plan = Self::unread(sessions, shard, id, [owner]);
+        plan.assume_field(id, "status", Status::Active.as_str());
+        let version = plan.user_key_of_unread(id, plan.keys.user_version(shard, ""));
+        plan.write(WriteOp::IncrAt(version));
+        plan
+    }
+
+    /// The guards every plan for an unread session has: unexpired, and each given owner's.
+    fn unread<'a>(
         sessions: &super::Sessions,
         shard: u32,
         id: &str,
@@ -102,7 +132,6 @@ impl Plan {
         for owner in owners.into_iter().flatten() {
             plan.assume_field(id, "user_id", owner);
         }
-        plan.effects.touched.push(id.to_owned());
         plan
     }
 
@@ -547,6 +576,59 @@ impl Plan {
             self.write(WriteOp::Del(key));
         }
         self.write(WriteOp::ZRem(k.expiry(s), id.to_owned()));
+    }
+
+    /// Merges `patch` into the JSON object the store holds at `at` (a session's `metadata` or
+    /// `data`, its memory) without reading it; refused when the result would be larger than
+    /// an object may be. The commit reports the merged object.
+    pub(crate) fn merge_unread(&mut self, at: NamedBy, patch: &Map<String, Value>) {
+        let patch = Value::Object(patch.clone()).to_string();
+        let max = u64::try_from(MAX_OBJECT_BYTES).unwrap_or(u64::MAX);
+        self.guard(Guard::MergedWithin(at.clone(), patch.clone(), max));
+        self.write(WriteOp::MergeJson(at, patch));
+    }
+
+    /// A patch of the unread session `id` that leaves its title alone (a new title is checked
+    /// against the user's title index, which is read first): its objects merged in the store,
+    /// its case moved between the case indexes (the former one named by the document), its
+    /// time and version moved. The user's version moves too (an inbound event about a case
+    /// decides on a snapshot of the case's sessions under it). The store reads the session
+    /// back (the patch's answer) and its event carries it.
+    pub(crate) fn patch_unread(
+        &mut self,
+        id: &str,
+        patch: &UpdateSession,
+        performer: Option<&str>,
+        correlation: Option<&str>,
+    ) {
+        let (k, s) = (self.keys.clone(), self.shard());
+        let doc = k.session(s, id);
+        for (field, object) in [("metadata", &patch.metadata), ("data", &patch.data)] {
+            if let Some(object) = object {
+                self.merge_unread(NamedBy::Field(doc.clone(), field.to_owned()), object);
+            }
+        }
+        if let Some(case) = &patch.case_id {
+            let former = KeyAt {
+                prefix: k.case_sessions(s, ""),
+                name: NamedBy::Field(doc.clone(), "case_id".to_owned()),
+            };
+            self.write(WriteOp::ZRemAt(former, id.to_owned()));
+            if let Some(case) = case {
+                self.write(WriteOp::ZAdd(k.case_sessions(s, case), 0.0, id.to_owned()));
+                let field = vec![("case_id".to_owned(), case.clone())];
+                self.write(WriteOp::HSet(doc.clone(), field));
+            } else {
+                self.write(WriteOp::HDel(doc.clone(), vec!["case_id".to_owned()]));
+            }
+        }
+        let updated = vec![("updated_ms".to_owned(), self.now_ms.to_string())];
+        self.write(WriteOp::HSet(doc.clone(), updated));
+        self.write(WriteOp::HIncrBy(doc.clone(), "version".to_owned(), 1));
+        let version = self.user_key_of_unread(id, k.user_version(s, ""));
+        self.write(WriteOp::IncrAt(version));
+        self.write(WriteOp::ReadBack(doc));
+        self.event_of_unread(EventType::Updated, id, performer, correlation);
     }
 
     /// The key of the user of the unread document `id` that starts with `prefix`.

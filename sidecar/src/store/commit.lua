@@ -5,7 +5,8 @@
 --   XADD_SESSION a count (2 bytes: fields, or field-value pairs); the *_AT instructions (the
 --   key is KEYS[index] .. what another key holds) and XADD_SESSION (the payload is a session
 --   document) then give that other key's index in KEYS (2 bytes); HDEL_IF_AT (its field too
---   is what another key holds) then a second one.
+--   is what another key holds) then a second one. MERGED_WITHIN and MERGE_JSON act on what their
+--   key holds: its value, or the hash field that is their first operand (empty: the value).
 -- ARGV[2..]: the operands of the instructions (values, fields, scores, limits), in order.
 -- Guards are checked first, then events are appended, then state is written. An append that
 -- fails returns before any write, so state changes only if its event is recorded. The one
@@ -14,8 +15,8 @@
 -- Redis's memory limit.
 -- Returns OK; or, when a write reports something, {the length of the list the last
 -- RPUSH_NUMBERED left (-1: none), the fields READ_BACK found (empty: none), the session the
--- last XADD_SESSION carried (empty: none), the string REPORT found (empty: none)}; CONFLICT or
--- OUTBOX_FULL when a guard fails.
+-- last XADD_SESSION carried (empty: none), the string REPORT found (empty: none), the object
+-- the last MERGE_JSON wrote (empty: none)}; CONFLICT or OUTBOX_FULL when a guard fails.
 -- Why a byte program: a create is about a hundred arguments, and Redis turns each into a Lua
 -- string; op names, key indexes and counts as separate arguments, each walked through a
 -- function call and `tonumber`, were a fifth of a create's instructions (callgrind of Redis).
@@ -33,6 +34,7 @@ local ZADD, ZREM, ZREM_BELOW, RPUSH_NUMBERED = 122, 114, 98, 82 -- z r b R
 local INCR, INCR_WINDOW, HINCRBY, XDEL, READ_BACK = 43, 105, 110, 88, 66 -- + i n X B
 local ZADD_AT, ZREM_AT, INCR_AT, HSET_AT, HINCRBY_AT = 90, 81, 74, 87, 78 -- Z Q J W N
 local XADD_SESSION, REPORT, HDEL_IF_AT = 86, 80, 84 -- V P T
+local MERGED_WITHIN, MERGE_JSON = 77, 109 -- M m
 
 -- Writes the API form of a session document as JSON (model/session.rs, Record::view): the
 -- payload of the event of a change made without reading the session. A test holds the two to
@@ -114,6 +116,95 @@ local function session_view_writer()
   end
 end
 
+-- An RFC 7386 merge patch of one JSON object by another, on their text, as the engine writes
+-- it (`merge` in sessions/lifecycle.rs: json_patch::merge, then serde_json): compact, members in
+-- the byte order of their keys, every other value kept as its text (numbers exactly). Both
+-- texts come from serde_json, so they are compact with members in that order, and one key is
+-- always escaped alike. A test holds the two to each other. Made by the instructions that
+-- need it, as session_view_writer is.
+local function json_merger()
+  local find, sub, concat, decode, min = string.find, string.sub, table.concat, cjson.decode, math.min
+
+  -- Where the value that starts at i ends.
+  local function value_end(text, i)
+    local c = byte(text, i)
+    if c == 34 then -- a string: to the quote no backslash escapes
+      local j = i + 1
+      while true do
+        local q = find(text, '["\\]', j)
+        if byte(text, q) == 34 then return q end
+        j = q + 2
+      end
+    elseif c == 123 or c == 91 then -- an object or an array: to the bracket that closes it
+      local depth, j = 0, i
+      while true do
+        local q = find(text, '[][{}"]', j)
+        local d = byte(text, q)
+        if d == 34 then
+          j = value_end(text, q) + 1
+        else
+          depth = depth + ((d == 123 or d == 91) and 1 or -1)
+          if depth == 0 then return q end
+          j = q + 1
+        end
+      end
+    end
+    return (find(text, '[,}%]]', i) or #text + 1) - 1 -- a number, true, false or null
+  end
+
+  -- An object's members: {key as written, value as written}, in order.
+  local function members(text)
+    local list, i = {}, 2
+    if byte(text, 2) == 125 then return list end
+    while true do
+      local key_end = value_end(text, i)
+      local value_start = key_end + 2
+      local e = value_end(text, value_start)
+      list[#list + 1] = { sub(text, i, key_end), sub(text, value_start, e) }
+      if byte(text, e + 1) == 125 then return list end
+      i = e + 2
+    end
+  end
+
+  local function name(key)
+    if find(key, '\\', 1, true) then return decode(key) end
+    return sub(key, 2, -2)
+  end
+
+  -- Byte order, as Rust orders strings (Lua's `<` follows the locale).
+  local function before(a, b)
+    for i = 1, min(#a, #b) do
+      local x, y = byte(a, i), byte(b, i)
+      if x ~= y then return x < y end
+    end
+    return #a < #b
+  end
+
+  local merge
+  merge = function(target, patch)
+    if byte(patch, 1) ~= 123 then return patch end
+    local t = (target and byte(target, 1) == 123) and members(target) or {}
+    local p = members(patch)
+    local out, i, j = {}, 1, 1
+    while t[i] or p[j] do
+      local tm, pm = t[i], p[j]
+      local same = tm and pm and tm[1] == pm[1]
+      if not pm or (tm and not same and before(name(tm[1]), name(pm[1]))) then
+        out[#out + 1] = tm[1] .. ':' .. tm[2]
+        i = i + 1
+      else
+        if pm[2] ~= 'null' then
+          out[#out + 1] = pm[1] .. ':' .. merge(same and tm[2] or nil, pm[2])
+        end
+        if same then i = i + 1 end
+        j = j + 1
+      end
+    end
+    return '{' .. concat(out, ',') .. '}'
+  end
+  return merge
+end
+
 local function failed_append(reply)
   return type(reply) == 'table' and reply.err
 end
@@ -125,8 +216,10 @@ local function named(key, field)
 end
 
 local pc, a = 1, 2 -- the next byte of the program, the next operand in ARGV
--- What the last RPUSH_NUMBERED left, READ_BACK found, XADD_SESSION carried, REPORT found.
-local list_len, read_back, session, reported
+-- What the last RPUSH_NUMBERED left, READ_BACK found, XADD_SESSION carried, REPORT found,
+-- MERGE_JSON wrote.
+local list_len, read_back, session, reported, merged
+local merge_json -- json_merger(), once made
 -- The count following an opcode and its key.
 local function count()
   local n1, n2 = byte(program, pc, pc + 1)
@@ -163,6 +256,14 @@ while pc <= len do
     local value = tonumber(call('HGET', k, ARGV[a]))
     if not value or value <= tonumber(ARGV[a + 1]) then return 'CONFLICT' end
     a = a + 2
+  elseif op == MERGED_WITHIN then
+    -- Also refused where something else than an object is held: decided on a read (corrupt).
+    local held = named(k, ARGV[a]) or '{}'
+    merge_json = merge_json or json_merger()
+    if byte(held, 1) ~= 123 or #merge_json(held, ARGV[a + 1]) > tonumber(ARGV[a + 2]) then
+      return 'CONFLICT'
+    end
+    a = a + 3
   elseif op == STREAM_BELOW then
     local length = pcall('XLEN', k)
     if failed_append(length) then return redis.error_reply('APPEND_FAILED ' .. length.err) end
@@ -255,6 +356,12 @@ while pc <= len do
       call('HDEL', k .. name, field)
     end
     a = a + 3
+  elseif op == MERGE_JSON then
+    merge_json = merge_json or json_merger()
+    local field = ARGV[a]
+    merged = merge_json(named(k, field) or '{}', ARGV[a + 1])
+    if field == '' then call('SET', k, merged) else call('HSET', k, field, merged) end
+    a = a + 2
   elseif op == REPORT then
     reported = call('GET', k) or ''
   elseif op == XADD_SESSION then
@@ -268,7 +375,7 @@ while pc <= len do
     return redis.error_reply('BADOP unknown opcode ' .. tostring(op))
   end
 end
-if list_len or read_back or session or reported then
-  return { list_len or -1, read_back or {}, session or '', reported or '' }
+if list_len or read_back or session or reported or merged then
+  return { list_len or -1, read_back or {}, session or '', reported or '', merged or '' }
 end
 return 'OK'

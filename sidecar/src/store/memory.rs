@@ -324,6 +324,14 @@ impl Db {
                         return Ok(CommitOutcome::Conflict);
                     }
                 }
+                Guard::MergedWithin(at, patch, max) => {
+                    let held = self.name(at).unwrap_or_else(|| "{}".to_owned());
+                    let object = serde_json::from_str::<serde_json::Value>(&held)
+                        .is_ok_and(|held| held.is_object());
+                    if !object || self.merged_json(at, patch).len() as u64 > *max {
+                        return Ok(CommitOutcome::Conflict);
+                    }
+                }
                 Guard::StreamBelow(key, max) => {
                     let len = match self.live(key) {
                         Some(Value::Stream(s)) => s.entries.len() as u64,
@@ -525,6 +533,15 @@ impl Db {
                     self.write(WriteOp::HIncrBy(key, field, by), applied);
                 }
             }
+            WriteOp::MergeJson(at, patch) => {
+                let merged = self.merged_json(&at, &patch);
+                let write = match at {
+                    NamedBy::Value(key) => WriteOp::Set(key, merged.clone()),
+                    NamedBy::Field(key, field) => WriteOp::HSet(key, vec![(field, merged.clone())]),
+                };
+                self.write(write, applied);
+                applied.merged = Some(merged);
+            }
             WriteOp::HDelIfAt(at, field, value) => {
                 if let (Some(key), Some(field)) = (self.key_at(&at), self.name(&field)) {
                     let read = ReadOp::HGet(key.clone(), field.clone());
@@ -556,6 +573,14 @@ impl Db {
                 });
             }
         }
+    }
+
+    /// The object held at `at` (`{}` when missing) merged with `patch`, as the engine merges.
+    fn merged_json(&mut self, at: &NamedBy, patch: &str) -> String {
+        let parse = |text: &str| serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+        let mut object = parse(&self.name(at).unwrap_or_else(|| "{}".to_owned()));
+        json_patch::merge(&mut object, &parse(patch));
+        object.to_string()
     }
 
     /// The key `at` names, when what names it is there.
@@ -593,6 +618,7 @@ fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
         | WriteOp::HSetAt(..)
         | WriteOp::HIncrByAt(..)
         | WriteOp::HDelIfAt(..)
+        | WriteOp::MergeJson(..)
         | WriteOp::Report(_) => {
             return None;
         }

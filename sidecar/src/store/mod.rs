@@ -76,6 +76,16 @@ pub enum NamedBy {
     Field(String, String),
 }
 
+impl NamedBy {
+    /// The key, and the hash field (empty: the key's value), as the scripts take them.
+    pub(crate) fn key_and_field(&self) -> (&str, &str) {
+        match self {
+            NamedBy::Value(key) => (key, ""),
+            NamedBy::Field(key, field) => (key, field),
+        }
+    }
+}
+
 impl ReadOp {
     /// Up to `count` members of a sorted set, lowest score first.
     #[must_use]
@@ -154,6 +164,10 @@ pub enum Guard {
     HIntAbove(String, String, i64),
     /// The stream must hold fewer than `max` entries. Fails as `OutboxFull`.
     StreamBelow(String, u64),
+    /// What [`NamedBy`] points at (a string's value or a hash field) must be a JSON object
+    /// or missing (`{}`), and merged with the patch as [`WriteOp::MergeJson`] would, at most
+    /// `max` bytes.
+    MergedWithin(NamedBy, String, u64),
 }
 
 /// An event to append to a stream before any write of the commit.
@@ -217,6 +231,12 @@ pub enum WriteOp {
     /// Appends an event about a session that carries the session as the writes before it
     /// left it (see [`SessionEvent`]).
     AppendSessionEvent(SessionEvent),
+    /// Merges an RFC 7386 merge patch (JSON text of an object) into the JSON object held where
+    /// [`NamedBy`] points (`{}` when missing), in the store: a session's `metadata` or `data`
+    /// field or its memory changed without reading it. The result is what the engine would
+    /// write (`json_patch::merge`, then `serde_json`: compact, members in key order, numbers
+    /// as their text); a test holds the two to each other. Reports the merged object.
+    MergeJson(NamedBy, String),
 }
 
 /// A key whose name ends with what another key holds, read in the same atomic step: one
@@ -278,6 +298,8 @@ pub struct Applied {
     pub session: Option<String>,
     /// What the last `Report` found.
     pub reported: Option<String>,
+    /// The object the last `MergeJson` wrote.
+    pub merged: Option<String>,
 }
 
 /// Why a backend could not answer.

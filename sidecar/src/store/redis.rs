@@ -344,12 +344,13 @@ fn commit_outcome(reply: Value) -> Result<CommitOutcome, BackendError> {
             }
             _ => Ok(None),
         };
-        let (session, reported) = (text_or_none()?, text_or_none()?);
+        let (session, reported, merged) = (text_or_none()?, text_or_none()?, text_or_none()?);
         return Ok(CommitOutcome::Applied(Applied {
             list_len,
             read_back: (!fields.is_empty()).then_some(fields),
             session,
             reported,
+            merged,
         }));
     }
     match text(reply)?.as_str() {

@@ -149,6 +149,8 @@ mod opcode {
     pub(super) const HINCRBY_AT: u8 = b'N';
     pub(super) const REPORT: u8 = b'P';
     pub(super) const HDEL_IF_AT: u8 = b'T';
+    pub(super) const MERGED_WITHIN: u8 = b'M';
+    pub(super) const MERGE_JSON: u8 = b'm';
 }
 
 /// The arguments of `commit.lua`: its keys, the program, the operands.
@@ -191,14 +193,19 @@ impl CommitArgs {
     /// What names a key or a field: the naming key's index, and among the operands the naming
     /// field (empty: the naming key's value).
     fn name(&mut self, name: &NamedBy) -> Result<(), BackendError> {
-        let (key, field) = match name {
-            NamedBy::Value(key) => (key, String::new()),
-            NamedBy::Field(key, field) => (key, field.clone()),
-        };
+        let (key, field) = name.key_and_field();
         let key = self.keys.index(key);
         self.number(key, "keys")?;
-        self.operands.push(field);
+        self.operands.push(field.to_owned());
         Ok(())
+    }
+
+    /// An instruction on what a key holds: the key's index; first among the operands the
+    /// hash field (empty: the key's value).
+    fn held(&mut self, opcode: u8, at: &NamedBy) -> Result<&mut Vec<String>, BackendError> {
+        let (key, field) = at.key_and_field();
+        self.op(opcode, key)?.push(field.to_owned());
+        Ok(&mut self.operands)
     }
 
     fn number(&mut self, n: usize, what: &str) -> Result<(), BackendError> {
@@ -236,6 +243,10 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
                 .op(HINT_ABOVE, k)?
                 .extend([field.clone(), floor.to_string()]),
             Guard::StreamBelow(k, max) => call.op(STREAM_BELOW, k)?.push(max.to_string()),
+            Guard::MergedWithin(at, patch, max) => {
+                call.held(MERGED_WITHIN, at)?
+                    .extend([patch.clone(), max.to_string()]);
+            }
         }
     }
     for append in &commit.appends {
@@ -304,6 +315,7 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
             WriteOp::Report(k) => {
                 call.op(REPORT, k)?;
             }
+            WriteOp::MergeJson(at, patch) => call.held(MERGE_JSON, at)?.push(patch.clone()),
             WriteOp::HDelIfAt(at, field, value) => {
                 call.at(HDEL_IF_AT, at)?;
                 call.name(field)?;
@@ -452,6 +464,27 @@ mod tests {
                 "{\"payload\":",
                 "}"
             ]
+        );
+    }
+
+    #[test]
+    fn a_merge_acts_on_a_value_or_a_hash_field() {
+        let memory = NamedBy::Value("{1}:mem:a".into());
+        let data = NamedBy::Field("{1}:s:a".into(), "data".into());
+        let commit = Commit {
+            guards: vec![Guard::MergedWithin(memory.clone(), "{}".into(), 9)],
+            writes: vec![
+                WriteOp::MergeJson(memory, "{}".into()),
+                WriteOp::MergeJson(data, "{\"d\":1}".into()),
+            ],
+            ..Commit::default()
+        };
+        let call = encode_commit(&commit).unwrap();
+        assert_eq!(call.keys.keys, ["{1}:mem:a", "{1}:s:a"]);
+        assert_eq!(call.program, [b'M', 0, 1, b'm', 0, 1, b'm', 0, 2]);
+        assert_eq!(
+            call.operands,
+            ["", "{}", "9", "", "{}", "data", "{\"d\":1}"]
         );
     }
 

@@ -385,6 +385,98 @@ async fn switches_and_deletes_of_sessions_another_sidecar_wrote_take_one_call_ea
     assert_eq!(a.get(&current).await.status.as_u16(), 200);
 }
 
+#[tokio::test]
+async fn patches_and_memory_writes_of_sessions_another_sidecar_wrote_take_one_call_each() {
+    // Proves: a patch that leaves the title alone, a memory replacement and a memory merge,
+    // of a session this sidecar never wrote nor read, are one call each: the store merges the
+    // objects (RFC 7386: `null` removes, objects merge member by member), moves the session
+    // between case indexes and answers with the session as its event carries it. A merge past
+    // the size limit is refused by the store and decided on a snapshot: 400, nothing changed.
+    let a = TestApp::new(Kind::Redis).await;
+    let b = a.beside().await;
+    let metadata = json!({"a": 1, "keep": {"x": 1}, "n": 1.50});
+    let one = a
+        .create_id("u1", json!({"metadata": metadata, "case_id": "c1"}))
+        .await;
+    let path = format!("/v1/sessions/{one}");
+    b.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
+    let mut calls = Calls::new(&a).await;
+
+    let patch = json!({
+        "metadata": {"a": null, "keep": {"y": [1, null]}, "new": "é"},
+        "data": {"d": true},
+        "case_id": "c2",
+        "performer_id": "agent-7",
+    });
+    let (n, res) = calls.during(b.patch(&path, patch)).await;
+    assert_eq!((n, res.status.as_u16()), (1, 200), "a patch: {}", res.body);
+    assert_eq!(
+        (
+            &res.body["metadata"],
+            &res.body["data"],
+            &res.body["case_id"]
+        ),
+        (
+            &json!({"keep": {"x": 1, "y": [1, null]}, "n": 1.50, "new": "é"}),
+            &json!({"d": true}),
+            &json!("c2")
+        )
+    );
+    assert_eq!(res.body["version"], 2);
+    assert_eq!(res.body, a.get(&path).await.body);
+    let updated = b.outbox_of("session.updated.v1").await;
+    let event = updated.last().expect("an updated event");
+    assert_eq!(
+        (&event.payload, event.performer_id.as_deref()),
+        (&res.body, Some("agent-7"))
+    );
+    let indexes = mentions(&a, &one).await;
+    assert!(
+        indexes.iter().any(|k| k.ends_with(":c:c2"))
+            && !indexes.iter().any(|k| k.ends_with(":c:c1")),
+        "the session moved from case c1 to c2: {indexes:?}"
+    );
+
+    // A third sidecar: `b` knows the session now (its patch read it back).
+    let c = a.beside().await;
+    c.create_id("warm-up-c", json!({})).await;
+    let memory = format!("{path}/memory");
+    let (n, res) = calls
+        .during(c.put(&memory, json!({"m": 1, "o": {"p": 1}})))
+        .await;
+    assert_eq!(
+        (n, res.status.as_u16()),
+        (1, 200),
+        "a replacement: {}",
+        res.body
+    );
+    let (n, res) = calls
+        .during(c.patch(&memory, json!({"m": null, "o": {"q": 2}})))
+        .await;
+    assert_eq!((n, res.status.as_u16()), (1, 200), "a merge: {}", res.body);
+    assert_eq!(res.body["memory"], json!({"o": {"p": 1, "q": 2}}));
+    assert_eq!(res.body, a.get(&memory).await.body);
+
+    let big = "x".repeat(40 * 1024);
+    let (n, res) = calls.during(c.patch(&memory, json!({"big": big}))).await;
+    assert_eq!((n, res.status.as_u16()), (1, 200), "{}", res.body);
+    let (n, res) = calls.during(c.patch(&memory, json!({"bigger": big}))).await;
+    assert_eq!(res.code(), "validation_failed", "{}", res.body);
+    assert!(n > 1, "decided on a snapshot after the refused call: {n}");
+    let res = a.patch(&path, json!({"data": {"big": big}})).await;
+    assert_eq!(res.status.as_u16(), 200, "{}", res.body);
+    let (n, res) = calls
+        .during(c.patch(&path, json!({"data": {"bigger": big}})))
+        .await;
+    assert_eq!(res.code(), "validation_failed", "{}", res.body);
+    assert!(n > 1, "decided on a snapshot after the refused call: {n}");
+    let stored = a.get(&path).await.body;
+    assert_eq!(
+        (stored["version"].as_u64(), stored["data"].get("bigger")),
+        (Some(3), None)
+    );
+}
+
 /// The keys of `app`'s Redis that name or hold `id`, but for event streams.
 async fn mentions(app: &TestApp, id: &str) -> Vec<String> {
     let client = ::redis::Client::open(app.admin_url()).unwrap();

@@ -19,6 +19,7 @@ mod fuzz;
 mod hints;
 mod hostile_input;
 mod identity_provider;
+mod json_merge;
 mod lifecycle;
 mod limits;
 mod listing;
