@@ -60,11 +60,12 @@ impl Sessions {
     }
 
     /// A switch in one script call that the hints do not cover (see
-    /// [`Sessions::switch_from_hints`]), to a session named by id or by a title the hints
-    /// know: the store checks the session active, unexpired, the user's, still so titled and
-    /// not current already, and changes the current session before it through the user's
-    /// pointer ([`Plan::switch_to_unread`]). `None` when the hints cover the switch, or when
-    /// the store refused it (it is then decided on a snapshot, which says why).
+    /// [`Sessions::switch_from_hints`]), to a session named by id or by title (one the hints do
+    /// not know is looked up in the user's title index first: two calls): the store checks the
+    /// session active, unexpired, the user's, still so titled and not current already, and
+    /// changes the current session before it through the user's pointer
+    /// ([`Plan::switch_to_unread`]). `None` when the hints cover the switch, or when the store
+    /// refused it (it is then decided on a snapshot, which says why).
     async fn switch_unread(
         &self,
         ctx: &Ctx,
@@ -76,7 +77,10 @@ impl Sessions {
             (Some(id), _) => id.clone(),
             (None, Some(title)) => match self.hinted_titled(user, title) {
                 Some(id) => id,
-                None => return Ok(None),
+                None => self
+                    .read_one(|r| r.hget(self.keys.titles(shard, user), title.clone()))
+                    .await?
+                    .ok_or(Error::NotFound("the user has no session with this title"))?,
             },
             (None, None) => return Ok(None),
         };
@@ -161,7 +165,10 @@ impl Sessions {
             (Some(id), _) => id.clone(),
             (None, Some(title)) => match self.hinted_titled(user, title) {
                 Some(id) => id,
-                None => return Ok(None),
+                None => self
+                    .read_one(|r| r.hget(self.keys.titles(shard, user), title.clone()))
+                    .await?
+                    .ok_or(Error::NotFound("the user has no session with this title"))?,
             },
             (None, None) => return Ok(None),
         };

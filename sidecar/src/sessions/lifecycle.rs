@@ -35,24 +35,28 @@ impl Sessions {
         self.retry(|| self.try_update(ctx, id, &patch)).await
     }
 
-    /// A patch in one script call that the hints do not cover and that leaves the title alone
-    /// ([`Plan::patch_unread`]). `None` when the hints cover it or it sets a title, or when the
-    /// store refused it (an object merged past the size limit too): it is then decided on a
-    /// snapshot, which says why.
+    /// A patch in one script call that the hints do not cover ([`Plan::patch_unread`]). `None`
+    /// when the hints cover it, when it sets a title and neither the caller's token nor the
+    /// patch names the user, or when the store refused it (an object merged past the size
+    /// limit too): it is then decided on a snapshot, which says why.
     async fn update_unread(
         &self,
         ctx: &Ctx,
         id: &str,
         patch: &UpdateSession,
     ) -> Result<Option<Record>> {
-        if patch.title.is_some() || self.hinted(ctx, id, patch.user_id.as_ref())?.is_some() {
+        let user = patch.user_id.as_deref().or(ctx.caller.user());
+        if (patch.title.is_some() && user.is_none())
+            || self.hinted(ctx, id, patch.user_id.as_ref())?.is_some()
+        {
             return Ok(None);
         }
         let shard = self.shard_of_session(id)?;
         let owners = [ctx.caller.user(), patch.user_id.as_deref()];
         let mut plan = Plan::for_unread_session(self, shard, id, owners);
         let performer = patch.performer_id.as_deref().or(ctx.caller.user());
-        plan.patch_unread(id, patch, performer, ctx.correlation_id.as_deref());
+        let correlation = ctx.correlation_id.as_deref();
+        plan.patch_unread(id, patch, user, performer, correlation);
         match self.commit_plan(plan).await? {
             Step::Done(committed) => committed.read_back_of(id, "patch").map(Some),
             Step::Retry => Ok(None),

@@ -588,21 +588,44 @@ impl Plan {
         self.write(WriteOp::MergeJson(at, patch));
     }
 
-    /// A patch of the unread session `id` that leaves its title alone (a new title is checked
-    /// against the user's title index, which is read first): its objects merged in the store,
-    /// its case moved between the case indexes (the former one named by the document), its
-    /// time and version moved. The user's version moves too (an inbound event about a case
-    /// decides on a snapshot of the case's sessions under it). The store reads the session
-    /// back (the patch's answer) and its event carries it.
+    /// A patch of the unread session `id`: its objects merged in the store, its case moved
+    /// between the case indexes (the former one named by the document), its time and version
+    /// moved. A new title needs the session's `user` (who else holds it is asked of the user's
+    /// title index): the commit requires that nobody does (the session itself neither: a title
+    /// it has already is decided on a snapshot, where it changes nothing), and moves the
+    /// session's entry. The user's version moves too (an inbound event about a case decides on
+    /// a snapshot of the case's sessions under it, a create on one of the title index). The
+    /// store reads the session back (the patch's answer) and its event carries it.
     pub(crate) fn patch_unread(
         &mut self,
         id: &str,
         patch: &UpdateSession,
+        user: Option<&str>,
         performer: Option<&str>,
         correlation: Option<&str>,
     ) {
+        debug_assert!(
+            patch.title.is_none() || user.is_some(),
+            "a new title needs the user"
+        );
         let (k, s) = (self.keys.clone(), self.shard());
         let doc = k.session(s, id);
+        if let (Some(title), Some(user)) = (&patch.title, user) {
+            let titles = k.titles(s, user);
+            if let Some(title) = title {
+                self.guard(Guard::HEq(titles.clone(), title.clone(), None));
+            }
+            let former = self.user_key_of_unread(id, k.titles(s, ""));
+            let field = NamedBy::Field(doc.clone(), "title".to_owned());
+            self.write(WriteOp::HDelIfAt(former, field, id.to_owned()));
+            if let Some(title) = title {
+                self.write(WriteOp::HSet(titles, vec![(title.clone(), id.to_owned())]));
+                let field = vec![("title".to_owned(), title.clone())];
+                self.write(WriteOp::HSet(doc.clone(), field));
+            } else {
+                self.write(WriteOp::HDel(doc.clone(), vec!["title".to_owned()]));
+            }
+        }
         for (field, object) in [("metadata", &patch.metadata), ("data", &patch.data)] {
             if let Some(object) = object {
                 self.merge_unread(NamedBy::Field(doc.clone(), field.to_owned()), object);

@@ -320,7 +320,8 @@ async fn switches_and_deletes_of_sessions_another_sidecar_wrote_take_one_call_ea
     // the user's pointer names and answers with the session as its event carries it; the
     // delete removes every key and index entry of the session (named by its document's user,
     // title and case) and frees its title. Refused ones are decided on a snapshot: a switch to
-    // the current session changes nothing; the current session cannot be deleted (400).
+    // the current session changes nothing; the current session cannot be deleted (400). A
+    // switch by a title the sidecar does not know looks the title up first (two calls).
     let a = TestApp::new(Kind::Redis).await;
     let b = a.beside().await;
     let one = a.create_id("u1", json!({"title": "one"})).await;
@@ -383,6 +384,16 @@ async fn switches_and_deletes_of_sessions_another_sidecar_wrote_take_one_call_ea
     assert_eq!(res.code(), "current_session_delete", "{}", res.body);
     assert!(n > 1, "decided on a snapshot after the refused call: {n}");
     assert_eq!(a.get(&current).await.status.as_u16(), 200);
+
+    // A title this sidecar does not know is looked up first: two calls; a missing one, one.
+    let c = a.beside().await;
+    c.create_id("warm-up", json!({})).await;
+    let by_title = |title: &str| c.put("/v1/users/u1/current-session", json!({"title": title}));
+    let (n, res) = calls.during(by_title("one")).await;
+    assert_eq!((n, res.status.as_u16()), (2, 200), "by title: {}", res.body);
+    assert_eq!(res.body["session_id"], one.as_str());
+    let (n, res) = calls.during(by_title("missing")).await;
+    assert_eq!((n, res.code()), (1, "not_found"), "{}", res.body);
 }
 
 #[tokio::test]
@@ -474,6 +485,71 @@ async fn patches_and_memory_writes_of_sessions_another_sidecar_wrote_take_one_ca
     assert_eq!(
         (stored["version"].as_u64(), stored["data"].get("bigger")),
         (Some(3), None)
+    );
+}
+
+#[tokio::test]
+async fn a_new_title_for_a_session_another_sidecar_wrote_takes_one_call_when_the_user_is_named() {
+    // Proves: a patch that renames a session this sidecar does not know, naming the user, is
+    // one call: the commit requires the new title free in the user's index and moves the
+    // session's entry (the former title is free again, the new one taken). Removing the title
+    // frees it too. A title another session holds is refused and decided on a snapshot: 409.
+    let a = TestApp::new(Kind::Redis).await;
+    let one = a.create_id("u1", json!({"title": "first"})).await;
+    a.create_id("u1", json!({"title": "taken"})).await;
+    let path = format!("/v1/sessions/{one}");
+    let mut calls = Calls::new(&a).await;
+    let fresh = || async {
+        let sidecar = a.beside().await;
+        sidecar.create_id("warm-up", json!({})).await; // loads the scripts
+        sidecar
+    };
+
+    let rename = json!({"title": "second", "user_id": "u1"});
+    let (n, res) = calls.during(fresh().await.patch(&path, rename)).await;
+    assert_eq!((n, res.status.as_u16()), (1, 200), "a rename: {}", res.body);
+    assert_eq!(
+        (&res.body["title"], &res.body["version"]),
+        (&json!("second"), &json!(3))
+    );
+    let titled = |title: &str| json!({"user_id": "u1", "title": title});
+    assert_eq!(
+        a.post("/v1/sessions", titled("second")).await.code(),
+        "title_conflict"
+    );
+    let freed = a.post("/v1/sessions", titled("first")).await;
+    assert_eq!(
+        freed.status.as_u16(),
+        201,
+        "the former title is free: {}",
+        freed.body
+    );
+
+    let (n, res) = calls
+        .during(
+            fresh()
+                .await
+                .patch(&path, json!({"title": "taken", "user_id": "u1"})),
+        )
+        .await;
+    assert_eq!(res.code(), "title_conflict", "{}", res.body);
+    assert!(n > 1, "decided on a snapshot after the refused call: {n}");
+
+    let untitle = json!({"title": null, "user_id": "u1"});
+    let (n, res) = calls.during(fresh().await.patch(&path, untitle)).await;
+    assert_eq!(
+        (n, res.status.as_u16()),
+        (1, 200),
+        "a removal: {}",
+        res.body
+    );
+    assert_eq!(res.body.get("title"), None);
+    let freed = a.post("/v1/sessions", titled("second")).await;
+    assert_eq!(
+        freed.status.as_u16(),
+        201,
+        "the removed title is free: {}",
+        freed.body
     );
 }
 
