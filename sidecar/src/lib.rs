@@ -13,7 +13,9 @@
 //!   provider's published keys), the generated OpenAPI document; the hot path: `api::lookup`
 //!   (the one read path of `GET /v1/sessions/{id}`: cache, fill from the store, response) and
 //!   `api::hot` (cache hits answered in front of the router).
-//! - `sessions` — the session engine: every domain rule, once; and its write hints
+//! - `sessions` — the session engine: every domain rule, once; the guarded commits it builds
+//!   (`sessions::plan`; `sessions::plan::unread` for a change of a session this process has
+//!   not read, which the store checks and names itself); and its write hints
 //!   (`sessions::recent`: what this process wrote or read last, so a write commits in one
 //!   call).
 //! - `store` — the storage contract, typed reads on it (`store::reads`), its two backends

@@ -1,0 +1,350 @@
+//! Plans for a change of a session this process has not read (nor written): the store checks the
+//! session's own fields in the same atomic step (active or live, unexpired, its owner's), and
+//! names the keys of its user, title and case by what the document holds ([`KeyAt`]). Such a
+//! change is one call to the store whatever this process knows; a refused one is decided on a
+//! snapshot, which says why.
+
+use serde_json::{Map, Value};
+
+use crate::model::input::{MAX_OBJECT_BYTES, UpdateSession};
+use crate::model::{EventType, Status};
+use crate::sessions::Sessions;
+use crate::store::{Guard, KeyAt, NamedBy, SessionEvent, WriteOp};
+
+use super::Plan;
+
+impl Plan {
+    /// A plan for a change that needs only a few fields of session `id`, which this process
+    /// has not read: the store checks in the same step that the session is active and
+    /// unexpired (and each given owner's). A failed check is a conflict; the caller then
+    /// reads the session to say what is wrong with it. The user is known only to the store,
+    /// which names the user's keys by the document's `user_id`. The user's version moves only
+    /// for a change of the user's set of active sessions ([`Plan::end_unread`]): any other
+    /// change is of the document's own fields, which a plan decided on several sessions guards
+    /// by the document's version.
+    pub(crate) fn for_unread_session<'a>(
+        sessions: &Sessions,
+        shard: u32,
+        id: &str,
+        owners: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> Self {
+        let mut plan = Self::unread(sessions, shard, id, owners);
+        plan.assume_field(id, "status", Status::Active.as_str());
+        plan.effects.touched.push(id.to_owned());
+        plan
+    }
+
+    /// [`Plan::for_unread_session`] of a session that may also have ended (and is kept for
+    /// its retention): one to delete.
+    pub(crate) fn for_unread_live_session<'a>(
+        sessions: &Sessions,
+        shard: u32,
+        id: &str,
+        owners: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> Self {
+        let mut plan = Self::unread(sessions, shard, id, owners);
+        plan.effects.touched.push(id.to_owned());
+        plan
+    }
+
+    /// A plan for a write of the memory of the active session `id`, unread (its document
+    /// stays as it is). The user's version moves: a merge decided on a snapshot read the
+    /// memory under it.
+    pub(crate) fn for_unread_memory(
+        sessions: &Sessions,
+        shard: u32,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Self {
+        let mut plan = Self::unread(sessions, shard, id, [owner]);
+        plan.assume_field(id, "status", Status::Active.as_str());
+        plan.bump_user_version_of_unread(id);
+        plan
+    }
+
+    /// The guards every plan for an unread session has: unexpired, and each given owner's.
+    fn unread<'a>(
+        sessions: &Sessions,
+        shard: u32,
+        id: &str,
+        owners: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> Self {
+        // The user is known only to the store: its keys are named by the document's field.
+        let mut plan = Self::new(sessions, shard, "");
+        let doc = plan.keys.session(shard, id);
+        plan.guard(Guard::HIntAbove(doc, "expires_ms".to_owned(), plan.now_ms));
+        for owner in owners.into_iter().flatten() {
+            plan.assume_field(id, "user_id", owner);
+        }
+        plan
+    }
+
+    /// [`Plan::for_unread_session`] of the session `id` of `user`, whose own keys the plan then
+    /// names (a change by the user's path, as a switch of the current session).
+    pub(crate) fn for_unread_session_of(
+        sessions: &Sessions,
+        shard: u32,
+        id: &str,
+        user: &str,
+    ) -> Self {
+        let mut plan = Self::for_unread_session(sessions, shard, id, [Some(user)]);
+        plan.effects.user_id = user.to_owned();
+        plan
+    }
+
+    /// Appends an event about session `id`, which this plan has not read: the store fills in
+    /// the session as the writes before it leave it. So it comes after the writes that change
+    /// the session (before the one that deletes it).
+    fn event_of_unread(
+        &mut self,
+        kind: EventType,
+        id: &str,
+        performer: Option<&str>,
+        correlation: Option<&str>,
+    ) {
+        let envelope = self.envelope(kind, performer, correlation, Value::Null);
+        let (fields, tail) = envelope.into_stream_fields_around_payload();
+        self.write(WriteOp::AppendSessionEvent(SessionEvent {
+            stream: self.keys.outbox(self.shard()),
+            fields,
+            session: self.keys.session(self.shard(), id),
+            tail,
+        }));
+    }
+
+    /// The user's current session, whichever it is, stops being current: a create by a process
+    /// that does not know it. Its document, when there is one, is changed through the pointer,
+    /// as [`Plan::put_former_current`] would; the commit reports its id, which this process
+    /// then forgets (and drops from its cache). Before [`Plan::set_current`].
+    pub(crate) fn put_unknown_former_current(&mut self) {
+        let current = self.keys.current(self.shard(), &self.effects.user_id);
+        let document = KeyAt {
+            prefix: self.keys.session(self.shard(), ""),
+            name: NamedBy::Value(current.clone()),
+        };
+        self.write(WriteOp::HSetAt(
+            document.clone(),
+            "current".to_owned(),
+            "0".to_owned(),
+        ));
+        self.write(WriteOp::HIncrByAt(document, "version".to_owned(), 1));
+        self.write(WriteOp::Report(current));
+    }
+
+    /// [`Plan::end`] of session `id` in a plan for it unread ([`Plan::for_unread_session`]):
+    /// the end's fields are set where the document is stored, and its event carries the
+    /// session as the store leaves it (which the commit reports, the end's answer).
+    pub(crate) fn end_unread(
+        &mut self,
+        id: &str,
+        (performer, reason): (&str, Option<&str>),
+        retention_ms: i64,
+        correlation: Option<&str>,
+    ) {
+        let now = self.now_ms;
+        let expires = now + retention_ms;
+        let mut fields = vec![
+            ("status", Status::Ended.as_str().to_owned()),
+            ("ended_ms", now.to_string()),
+            ("performer_id", performer.to_owned()),
+        ];
+        fields.extend(reason.map(|reason| ("end_reason", reason.to_owned())));
+        self.change_unread(id, fields, expires);
+        let active = self.user_key_of_unread(id, self.keys.user_active(self.shard(), ""));
+        self.write(WriteOp::ZRemAt(active, id.to_owned()));
+        // A create at the cap decides how many sessions to end on a snapshot of the active
+        // ones, under the user's version: an end changes that set, so it moves the version.
+        self.bump_user_version_of_unread(id);
+        self.event_of_unread(EventType::Ended, id, Some(performer), correlation);
+    }
+
+    /// A heartbeat of session `id` in a plan for it unread: its expiry moves to `expires_ms`,
+    /// and the store reads the session back (a heartbeat answers with it; the hints learn it).
+    pub(crate) fn extend_unread(&mut self, id: &str, expires_ms: i64) {
+        self.change_unread(id, Vec::new(), expires_ms);
+        #[allow(clippy::cast_precision_loss)]
+        let expires = expires_ms as f64;
+        // An active session stays in the set (it only moves within it): nothing decided on a
+        // snapshot of it changes, so the user's version stays.
+        let active = self.user_key_of_unread(id, self.keys.user_active(self.shard(), ""));
+        self.write(WriteOp::ZAddAt(active, expires, id.to_owned()));
+        self.write(WriteOp::ReadBack(self.keys.session(self.shard(), id)));
+    }
+
+    /// Sets `fields` of the unread document `id` with its new expiry and the time of the
+    /// change, counts the change in its version and moves it in the sweeper's queue.
+    fn change_unread(&mut self, id: &str, mut fields: Vec<(&str, String)>, expires_ms: i64) {
+        let doc = self.keys.session(self.shard(), id);
+        fields.extend([
+            ("updated_ms", self.now_ms.to_string()),
+            ("expires_ms", expires_ms.to_string()),
+        ]);
+        let fields = fields.into_iter().map(|(f, v)| (f.to_owned(), v)).collect();
+        self.write(WriteOp::HSet(doc.clone(), fields));
+        self.write(WriteOp::HIncrBy(doc, "version".to_owned(), 1));
+        #[allow(clippy::cast_precision_loss)]
+        let expires = expires_ms as f64;
+        self.write(WriteOp::ZAdd(
+            self.keys.expiry(self.shard()),
+            expires,
+            id.to_owned(),
+        ));
+    }
+
+    /// Makes the unread session `id` its user's current one ([`Plan::for_unread_session_of`])
+    /// and the current session before it, whichever it is, no longer so (as
+    /// [`Plan::put_unknown_former_current`]). The store reads the session back (the switch's
+    /// answer) and its event carries it. A session that is current already is refused (then
+    /// decided on a snapshot, where it changes nothing).
+    pub(crate) fn switch_to_unread(
+        &mut self,
+        id: &str,
+        performer: Option<&str>,
+        correlation: Option<&str>,
+    ) {
+        self.assume_field(id, "current", "0");
+        // A create decided on a snapshot rests on the current session: the user's version moves.
+        self.write(WriteOp::Incr(
+            self.keys.user_version(self.shard(), &self.effects.user_id),
+        ));
+        self.put_unknown_former_current();
+        let doc = self.keys.session(self.shard(), id);
+        let fields = vec![
+            ("current".to_owned(), "1".to_owned()),
+            ("updated_ms".to_owned(), self.now_ms.to_string()),
+        ];
+        self.write(WriteOp::HSet(doc.clone(), fields));
+        self.write(WriteOp::HIncrBy(doc.clone(), "version".to_owned(), 1));
+        self.set_current(id);
+        self.write(WriteOp::ReadBack(doc));
+        self.event_of_unread(EventType::Updated, id, performer, correlation);
+    }
+
+    /// Removes the unread session `id` ([`Plan::for_unread_live_session`]) and everything that
+    /// hangs off it, as [`Plan::remove`] does: the user's indexes, title entry (where it is
+    /// still this session's) and case index are named by the document's fields. Its
+    /// `deleted` event carries the session as it was. The user's current session is refused
+    /// (it cannot be deleted): the store checks the document's `current` flag, which every
+    /// commit sets and clears together with the user's pointer.
+    pub(crate) fn remove_unread(
+        &mut self,
+        id: &str,
+        performer: Option<&str>,
+        correlation: Option<&str>,
+    ) {
+        self.assume_field(id, "current", "0");
+        self.event_of_unread(EventType::Deleted, id, performer, correlation);
+        let (k, s) = (self.keys.clone(), self.shard());
+        let doc = k.session(s, id);
+        for prefix in [k.user_sessions(s, ""), k.user_active(s, "")] {
+            self.write(WriteOp::ZRemAt(
+                self.user_key_of_unread(id, prefix),
+                id.to_owned(),
+            ));
+        }
+        self.bump_user_version_of_unread(id);
+        let titles = self.user_key_of_unread(id, k.titles(s, ""));
+        let title = NamedBy::Field(doc.clone(), "title".to_owned());
+        self.write(WriteOp::HDelIfAt(titles, title, id.to_owned()));
+        self.write(WriteOp::ZRemAt(self.case_key_of_unread(id), id.to_owned()));
+        // The document last: the writes above are named by its fields.
+        for key in [k.messages(s, id), k.memory(s, id), doc] {
+            self.write(WriteOp::Del(key));
+        }
+        self.write(WriteOp::ZRem(k.expiry(s), id.to_owned()));
+    }
+
+    /// Merges `patch` into the JSON object the store holds at `at` (a session's `metadata` or
+    /// `data`, its memory) without reading it; refused when the result would be larger than
+    /// an object may be. The commit reports the merged object.
+    pub(crate) fn merge_unread(&mut self, at: NamedBy, patch: &Map<String, Value>) {
+        let patch = Value::Object(patch.clone()).to_string();
+        let max = u64::try_from(MAX_OBJECT_BYTES).unwrap_or(u64::MAX);
+        self.guard(Guard::MergedWithin(at.clone(), patch.clone(), max));
+        self.write(WriteOp::MergeJson(at, patch));
+    }
+
+    /// A patch of the unread session `id`: its objects merged in the store, its case moved
+    /// between the case indexes (the former one named by the document), its time and version
+    /// moved. A new title needs the session's `user` (who else holds it is asked of the user's
+    /// title index): the commit requires that nobody does (the session itself neither: a title
+    /// it has already is decided on a snapshot, where it changes nothing), and moves the
+    /// session's entry. The user's version moves too (an inbound event about a case decides on
+    /// a snapshot of the case's sessions under it, a create on one of the title index). The
+    /// store reads the session back (the patch's answer) and its event carries it.
+    pub(crate) fn patch_unread(
+        &mut self,
+        id: &str,
+        patch: &UpdateSession,
+        user: Option<&str>,
+        performer: Option<&str>,
+        correlation: Option<&str>,
+    ) {
+        debug_assert!(
+            patch.title.is_none() || user.is_some(),
+            "a new title needs the user"
+        );
+        let (k, s) = (self.keys.clone(), self.shard());
+        let doc = k.session(s, id);
+        if let (Some(title), Some(user)) = (&patch.title, user) {
+            let titles = k.titles(s, user);
+            if let Some(title) = title {
+                self.guard(Guard::HEq(titles.clone(), title.clone(), None));
+            }
+            let former = self.user_key_of_unread(id, k.titles(s, ""));
+            let field = NamedBy::Field(doc.clone(), "title".to_owned());
+            self.write(WriteOp::HDelIfAt(former, field, id.to_owned()));
+            if let Some(title) = title {
+                self.write(WriteOp::HSet(titles, vec![(title.clone(), id.to_owned())]));
+                let field = vec![("title".to_owned(), title.clone())];
+                self.write(WriteOp::HSet(doc.clone(), field));
+            } else {
+                self.write(WriteOp::HDel(doc.clone(), vec!["title".to_owned()]));
+            }
+        }
+        for (field, object) in [("metadata", &patch.metadata), ("data", &patch.data)] {
+            if let Some(object) = object {
+                self.merge_unread(NamedBy::Field(doc.clone(), field.to_owned()), object);
+            }
+        }
+        if let Some(case) = &patch.case_id {
+            self.write(WriteOp::ZRemAt(self.case_key_of_unread(id), id.to_owned()));
+            if let Some(case) = case {
+                self.write(WriteOp::ZAdd(k.case_sessions(s, case), 0.0, id.to_owned()));
+                let field = vec![("case_id".to_owned(), case.clone())];
+                self.write(WriteOp::HSet(doc.clone(), field));
+            } else {
+                self.write(WriteOp::HDel(doc.clone(), vec!["case_id".to_owned()]));
+            }
+        }
+        let updated = vec![("updated_ms".to_owned(), self.now_ms.to_string())];
+        self.write(WriteOp::HSet(doc.clone(), updated));
+        self.write(WriteOp::HIncrBy(doc.clone(), "version".to_owned(), 1));
+        self.bump_user_version_of_unread(id);
+        self.write(WriteOp::ReadBack(doc));
+        self.event_of_unread(EventType::Updated, id, performer, correlation);
+    }
+
+    /// The key of the user of the unread document `id` that starts with `prefix`.
+    fn user_key_of_unread(&self, id: &str, prefix: String) -> KeyAt {
+        KeyAt {
+            prefix,
+            name: NamedBy::Field(self.keys.session(self.shard(), id), "user_id".to_owned()),
+        }
+    }
+
+    /// Adds 1 to the version of the user of the unread document `id`: a change that a
+    /// decision on a snapshot of the user's sessions rests on.
+    fn bump_user_version_of_unread(&mut self, id: &str) {
+        let version = self.user_key_of_unread(id, self.keys.user_version(self.shard(), ""));
+        self.write(WriteOp::IncrAt(version));
+    }
+
+    /// The index of the case of the unread document `id` (none without a case).
+    fn case_key_of_unread(&self, id: &str) -> KeyAt {
+        KeyAt {
+            prefix: self.keys.case_sessions(self.shard(), ""),
+            name: NamedBy::Field(self.keys.session(self.shard(), id), "case_id".to_owned()),
+        }
+    }
+}
