@@ -73,16 +73,14 @@ impl Sessions {
         user: &str,
         target: &SwitchCurrent,
     ) -> Result<Option<Record>> {
-        let id = match (&target.session_id, &target.title) {
-            (Some(id), _) => id.clone(),
-            (None, Some(title)) => match self.hinted_titled(user, title) {
-                Some(id) => id,
-                None => self
-                    .read_one(|r| r.hget(self.keys.titles(shard, user), title.clone()))
+        let id = match self.target_known(user, target) {
+            Some(id) => id,
+            None => {
+                let title = target.title.clone().unwrap_or_default();
+                self.read_one(|r| r.hget(self.keys.titles(shard, user), title))
                     .await?
-                    .ok_or(Error::NotFound("the user has no session with this title"))?,
-            },
-            (None, None) => return Ok(None),
+                    .ok_or(Error::NotFound("the user has no session with this title"))?
+            }
         };
         let claimed = user.to_owned();
         if self.hinted_current(shard, user).is_some()
@@ -161,16 +159,8 @@ impl Sessions {
         user: &str,
         target: &SwitchCurrent,
     ) -> Result<Option<Step<Record>>> {
-        let id = match (&target.session_id, &target.title) {
-            (Some(id), _) => id.clone(),
-            (None, Some(title)) => match self.hinted_titled(user, title) {
-                Some(id) => id,
-                None => self
-                    .read_one(|r| r.hget(self.keys.titles(shard, user), title.clone()))
-                    .await?
-                    .ok_or(Error::NotFound("the user has no session with this title"))?,
-            },
-            (None, None) => return Ok(None),
+        let Some(id) = self.target_known(user, target) else {
+            return Ok(None);
         };
         let claimed = user.to_owned();
         let Some(Changing { record: stored, .. }) = self.hinted(ctx, &id, Some(&claimed))? else {
@@ -187,6 +177,16 @@ impl Sessions {
         plan.assume_unchanged(&before);
         let record = self.plan_switch(&mut plan, ctx, Some(&before), &stored);
         Ok(Some(self.commit_or_retry(plan, record).await?))
+    }
+
+    /// The id of the switch's target: the one given, or the session the hints know by the
+    /// title given (`None`: they do not).
+    fn target_known(&self, user: &str, target: &SwitchCurrent) -> Option<String> {
+        match (&target.session_id, &target.title) {
+            (Some(id), _) => Some(id.clone()),
+            (None, Some(title)) => self.hinted_titled(user, title),
+            (None, None) => None,
+        }
     }
 
     /// `stored` becomes current, `before` (the current session as read) stops being so.
