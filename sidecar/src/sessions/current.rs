@@ -73,8 +73,9 @@ impl Sessions {
         user: &str,
         target: &SwitchCurrent,
     ) -> Result<Option<Record>> {
-        let id = match self.target_known(user, target) {
-            Some(id) => id,
+        let known = self.target_known(user, target);
+        let id = match &known {
+            Some(id) => id.clone(),
             None => {
                 let title = target.title.clone().unwrap_or_default();
                 self.read_one(|r| r.hget(self.keys.titles(shard, user), title))
@@ -82,8 +83,11 @@ impl Sessions {
                     .ok_or(Error::NotFound("the user has no session with this title"))?
             }
         };
+        // The hints cover a switch to a session they know by the id or title given, when they
+        // know the current session too.
         let claimed = user.to_owned();
-        if self.hinted_current(shard, user).is_some()
+        if known.is_some()
+            && self.hinted_current(shard, user).is_some()
             && self.hinted(ctx, &id, Some(&claimed))?.is_some()
         {
             return Ok(None);
@@ -93,10 +97,7 @@ impl Sessions {
             plan.assume_field(&id, "title", title);
         }
         plan.switch_to_unread(&id, ctx.caller.user(), ctx.correlation_id.as_deref());
-        match self.commit_plan(plan).await? {
-            Step::Done(committed) => committed.read_back_of(&id, "switch").map(Some),
-            Step::Retry => Ok(None),
-        }
+        self.commit_read_back(plan, &id, "switch").await
     }
 
     async fn try_switch(

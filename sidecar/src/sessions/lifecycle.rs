@@ -9,7 +9,7 @@ use crate::model::input::{
 use crate::model::{EventType, Record, SessionView};
 use crate::store::{NamedBy, Reads, WriteOp};
 
-use super::plan::Plan;
+use super::plan::{Plan, TitleChange};
 use super::{Changing, Committed, Ctx, Sessions, Step, decode_record};
 
 impl Sessions {
@@ -36,31 +36,35 @@ impl Sessions {
     }
 
     /// A patch in one script call that the hints do not cover ([`Plan::patch_unread`]). `None`
-    /// when the hints cover it, when it sets a title and neither the caller's token nor the
-    /// patch names the user, or when the store refused it (an object merged past the size
-    /// limit too): it is then decided on a snapshot, which says why.
+    /// when the hints cover it, when it sets a new title and neither the caller's token nor
+    /// the patch names the user (or they name two), or when the store refused it (an object
+    /// merged past the size limit too): it is then decided on a snapshot, which says why.
     async fn update_unread(
         &self,
         ctx: &Ctx,
         id: &str,
         patch: &UpdateSession,
     ) -> Result<Option<Record>> {
-        let user = patch.user_id.as_deref().or(ctx.caller.user());
-        if (patch.title.is_some() && user.is_none())
+        let (token, claimed) = (ctx.caller.user(), patch.user_id.as_deref());
+        if token
+            .zip(claimed)
+            .is_some_and(|(token, claimed)| token != claimed)
             || self.hinted(ctx, id, patch.user_id.as_ref())?.is_some()
         {
             return Ok(None);
         }
+        let title = match (&patch.title, claimed.or(token)) {
+            (None, _) => TitleChange::Keep,
+            (Some(None), _) => TitleChange::Remove,
+            (Some(Some(title)), Some(user)) => TitleChange::Set { user, title },
+            (Some(Some(_)), None) => return Ok(None),
+        };
         let shard = self.shard_of_session(id)?;
-        let owners = [ctx.caller.user(), patch.user_id.as_deref()];
-        let mut plan = Plan::for_unread_session(self, shard, id, owners);
-        let performer = patch.performer_id.as_deref().or(ctx.caller.user());
+        let mut plan = Plan::for_unread_session(self, shard, id, [token, claimed]);
+        let performer = patch.performer_id.as_deref().or(token);
         let correlation = ctx.correlation_id.as_deref();
-        plan.patch_unread(id, patch, user, performer, correlation);
-        match self.commit_plan(plan).await? {
-            Step::Done(committed) => committed.read_back_of(id, "patch").map(Some),
-            Step::Retry => Ok(None),
-        }
+        plan.patch_unread(id, patch, title, performer, correlation);
+        self.commit_read_back(plan, id, "patch").await
     }
 
     async fn try_update(&self, ctx: &Ctx, id: &str, patch: &UpdateSession) -> Result<Step<Record>> {

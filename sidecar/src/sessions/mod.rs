@@ -358,6 +358,20 @@ impl Sessions {
         }))
     }
 
+    /// Commits a plan for session `id` unread that reads the session back: the session as the
+    /// `change` left it, or `None` when the store refused it.
+    pub(crate) async fn commit_read_back(
+        &self,
+        plan: plan::Plan,
+        id: &str,
+        change: &str,
+    ) -> Result<Option<Record>> {
+        match self.commit_plan(plan).await? {
+            Step::Done(committed) => committed.read_back_of(id, change).map(Some),
+            Step::Retry => Ok(None),
+        }
+    }
+
     /// Commits a plan for session `id` unread ([`plan::Plan::for_unread_session`]). A refused
     /// one reads the session, which says what is wrong with it (404, 409 `session_ended`,
     /// 403), or else lets the change run again, knowing the session now.

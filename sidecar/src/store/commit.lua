@@ -220,6 +220,9 @@ local pc, a = 1, 2 -- the next byte of the program, the next operand in ARGV
 -- MERGE_JSON wrote.
 local list_len, read_back, session, reported, merged
 local merge_json -- json_merger(), once made
+-- The merges MERGED_WITHIN made, {patch, result} by key and field: the MERGE_JSON after it of
+-- the same patch there (nothing between them writes there) writes it without merging again.
+local merges = {}
 -- The count following an opcode and its key.
 local function count()
   local n1, n2 = byte(program, pc, pc + 1)
@@ -259,10 +262,11 @@ while pc <= len do
   elseif op == MERGED_WITHIN then
     -- Also refused where something else than an object is held: decided on a read (corrupt).
     local held = named(k, ARGV[a]) or '{}'
+    if byte(held, 1) ~= 123 then return 'CONFLICT' end
     merge_json = merge_json or json_merger()
-    if byte(held, 1) ~= 123 or #merge_json(held, ARGV[a + 1]) > tonumber(ARGV[a + 2]) then
-      return 'CONFLICT'
-    end
+    local result = merge_json(held, ARGV[a + 1])
+    if #result > tonumber(ARGV[a + 2]) then return 'CONFLICT' end
+    merges[k .. '\0' .. ARGV[a]] = { ARGV[a + 1], result }
     a = a + 3
   elseif op == STREAM_BELOW then
     local length = pcall('XLEN', k)
@@ -357,9 +361,14 @@ while pc <= len do
     end
     a = a + 3
   elseif op == MERGE_JSON then
-    merge_json = merge_json or json_merger()
     local field = ARGV[a]
-    merged = merge_json(named(k, field) or '{}', ARGV[a + 1])
+    local made = merges[k .. '\0' .. field]
+    if made and made[1] == ARGV[a + 1] then
+      merged = made[2]
+    else
+      merge_json = merge_json or json_merger()
+      merged = merge_json(named(k, field) or '{}', ARGV[a + 1])
+    end
     if field == '' then call('SET', k, merged) else call('HSET', k, field, merged) end
     a = a + 2
   elseif op == REPORT then

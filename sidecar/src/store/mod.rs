@@ -235,7 +235,8 @@ pub enum WriteOp {
     /// [`NamedBy`] points (`{}` when missing), in the store: a session's `metadata` or `data`
     /// field or its memory changed without reading it. The result is what the engine would
     /// write (`json_patch::merge`, then `serde_json`: compact, members in key order, numbers
-    /// as their text); a test holds the two to each other. Reports the merged object.
+    /// as their text); a test holds the two to each other. Reports the merged object. After its
+    /// [`Guard::MergedWithin`] (same place, same patch), Redis writes the merge the guard made.
     MergeJson(NamedBy, String),
 }
 

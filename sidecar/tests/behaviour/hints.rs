@@ -493,7 +493,7 @@ async fn a_new_title_for_a_session_another_sidecar_wrote_takes_one_call_when_the
     // Proves: a patch that renames a session this sidecar does not know, naming the user, is
     // one call: the commit requires the new title free in the user's index and moves the
     // session's entry (the former title is free again, the new one taken). Removing the title
-    // frees it too. A title another session holds is refused and decided on a snapshot: 409.
+    // frees it too, without naming the user. A title another session holds is refused and decided on a snapshot: 409.
     let a = TestApp::new(Kind::Redis).await;
     let one = a.create_id("u1", json!({"title": "first"})).await;
     a.create_id("u1", json!({"title": "taken"})).await;
@@ -535,7 +535,7 @@ async fn a_new_title_for_a_session_another_sidecar_wrote_takes_one_call_when_the
     assert_eq!(res.code(), "title_conflict", "{}", res.body);
     assert!(n > 1, "decided on a snapshot after the refused call: {n}");
 
-    let untitle = json!({"title": null, "user_id": "u1"});
+    let untitle = json!({"title": null}); // a removal needs no user
     let (n, res) = calls.during(fresh().await.patch(&path, untitle)).await;
     assert_eq!(
         (n, res.status.as_u16()),

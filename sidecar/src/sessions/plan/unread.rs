@@ -1,8 +1,8 @@
 //! Plans for a change of a session this process has not read (nor written): the store checks the
 //! session's own fields in the same atomic step (active or live, unexpired, its owner's), and
 //! names the keys of its user, title and case by what the document holds ([`KeyAt`]). Such a
-//! change is one call to the store whatever this process knows; a refused one is decided on a
-//! snapshot, which says why.
+//! change is one call to the store whatever this process knows (a switch by a title it does not
+//! know looks the title up first); a refused one is decided on a snapshot, which says why.
 
 use serde_json::{Map, Value};
 
@@ -13,15 +13,24 @@ use crate::store::{Guard, KeyAt, NamedBy, SessionEvent, WriteOp};
 
 use super::Plan;
 
+/// What a patch of an unread session does to its title. A new title is checked against its
+/// user's title index, so it needs the user (whose document the plan's owner guard checks).
+pub(crate) enum TitleChange<'a> {
+    Keep,
+    Remove,
+    Set { user: &'a str, title: &'a str },
+}
+
 impl Plan {
     /// A plan for a change that needs only a few fields of session `id`, which this process
     /// has not read: the store checks in the same step that the session is active and
     /// unexpired (and each given owner's). A failed check is a conflict; the caller then
     /// reads the session to say what is wrong with it. The user is known only to the store,
-    /// which names the user's keys by the document's `user_id`. The user's version moves only
-    /// for a change of the user's set of active sessions ([`Plan::end_unread`]): any other
-    /// change is of the document's own fields, which a plan decided on several sessions guards
-    /// by the document's version.
+    /// which names the user's keys by the document's `user_id`. The user's version moves for a
+    /// change that a decision on a snapshot of the user's sessions rests on (an end, a switch,
+    /// a patch, a delete, a memory write), not for a heartbeat or a message: those change only
+    /// the document's own fields, which a plan decided on several sessions guards by the
+    /// document's version.
     pub(crate) fn for_unread_session<'a>(
         sessions: &Sessions,
         shard: u32,
@@ -112,8 +121,8 @@ impl Plan {
         }));
     }
 
-    /// The user's current session, whichever it is, stops being current: a create by a process
-    /// that does not know it. Its document, when there is one, is changed through the pointer,
+    /// The user's current session, whichever it is, stops being current: a create or a switch
+    /// by a process that does not know it. Its document, when there is one, is changed through the pointer,
     /// as [`Plan::put_former_current`] would; the commit reports its id, which this process
     /// then forgets (and drops from its cache). Before [`Plan::set_current`].
     pub(crate) fn put_unknown_former_current(&mut self) {
@@ -265,41 +274,42 @@ impl Plan {
     }
 
     /// A patch of the unread session `id`: its objects merged in the store, its case moved
-    /// between the case indexes (the former one named by the document), its time and version
-    /// moved. A new title needs the session's `user` (who else holds it is asked of the user's
-    /// title index): the commit requires that nobody does (the session itself neither: a title
-    /// it has already is decided on a snapshot, where it changes nothing), and moves the
-    /// session's entry. The user's version moves too (an inbound event about a case decides on
+    /// between the case indexes (the former one named by the document), its title changed as
+    /// `title` says (not as the patch does), its time and version moved. The session's title
+    /// entry goes where it is still its own; a new one is set where no entry holds that title
+    /// (the session itself neither: a title it has already is decided on a snapshot, where it
+    /// changes nothing). The user's version moves too (an inbound event about a case decides on
     /// a snapshot of the case's sessions under it, a create on one of the title index). The
     /// store reads the session back (the patch's answer) and its event carries it.
     pub(crate) fn patch_unread(
         &mut self,
         id: &str,
         patch: &UpdateSession,
-        user: Option<&str>,
+        title: TitleChange<'_>,
         performer: Option<&str>,
         correlation: Option<&str>,
     ) {
-        debug_assert!(
-            patch.title.is_none() || user.is_some(),
-            "a new title needs the user"
-        );
         let (k, s) = (self.keys.clone(), self.shard());
         let doc = k.session(s, id);
-        if let (Some(title), Some(user)) = (&patch.title, user) {
-            let titles = k.titles(s, user);
-            if let Some(title) = title {
-                self.guard(Guard::HEq(titles.clone(), title.clone(), None));
-            }
+        if !matches!(title, TitleChange::Keep) {
             let former = self.user_key_of_unread(id, k.titles(s, ""));
             let field = NamedBy::Field(doc.clone(), "title".to_owned());
             self.write(WriteOp::HDelIfAt(former, field, id.to_owned()));
-            if let Some(title) = title {
-                self.write(WriteOp::HSet(titles, vec![(title.clone(), id.to_owned())]));
-                let field = vec![("title".to_owned(), title.clone())];
-                self.write(WriteOp::HSet(doc.clone(), field));
-            } else {
+        }
+        match title {
+            TitleChange::Keep => {}
+            TitleChange::Remove => {
                 self.write(WriteOp::HDel(doc.clone(), vec!["title".to_owned()]));
+            }
+            TitleChange::Set { user, title } => {
+                let titles = k.titles(s, user);
+                self.guard(Guard::HEq(titles.clone(), title.to_owned(), None));
+                self.write(WriteOp::HSet(
+                    titles,
+                    vec![(title.to_owned(), id.to_owned())],
+                ));
+                let field = vec![("title".to_owned(), title.to_owned())];
+                self.write(WriteOp::HSet(doc.clone(), field));
             }
         }
         for (field, object) in [("metadata", &patch.metadata), ("data", &patch.data)] {
