@@ -2,6 +2,7 @@
 //! (`memory::…`) and on a real `redis-server` (`redis::…`); both must behave identically.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+mod calls;
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
@@ -34,3 +35,4 @@ mod redis_users;
 mod server_auth;
 mod session_view;
 mod slow_redis;
+mod unread;

@@ -1,0 +1,401 @@
+//! One call to Redis per write also for a session this sidecar neither wrote nor read (another
+//! sidecar, another replica did): the store checks the session's own fields in the same step
+//! and names the keys of its user, title and case by what the document holds. A refused write
+//! is decided on a snapshot, which says why.
+
+use serde_json::json;
+
+use crate::calls::Calls;
+use crate::harness::{Kind, TestApp};
+
+#[tokio::test]
+async fn a_create_for_a_user_another_sidecar_served_takes_one_call() {
+    // Proves: a sidecar that knows nothing of a user (the user's current session came from
+    // another sidecar) creates in one call: the commit turns off the flag of whichever session
+    // the user's pointer names, and reports which, so that this sidecar drops the copy it had
+    // cached. A title held by another live session is refused, decided on a snapshot.
+    let a = TestApp::new(Kind::Redis).await;
+    let b = a.beside().await;
+    let before = a.create_id("u1", json!({"title": "taken"})).await;
+    b.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
+    let path = format!("/v1/sessions/{before}");
+    assert_eq!(b.get(&path).await.body["current"], true); // now in b's cache
+    let mut calls = Calls::new(&a).await;
+    let (n, res) = calls
+        .during(b.post("/v1/sessions", json!({"user_id": "u1"})))
+        .await;
+    assert_eq!((n, res.status.as_u16()), (1, 201), "{}", res.body);
+    let now_current = res.body["session_id"].as_str().unwrap().to_owned();
+    for app in [&a, &b] {
+        let former = app.get(&path).await.body;
+        assert_eq!(
+            (former["current"].as_bool(), former["version"].as_u64()),
+            (Some(false), Some(2))
+        );
+        let current = app.get("/v1/users/u1/current-session").await.body;
+        assert_eq!(current["session_id"], now_current.as_str());
+    }
+    let c = a.beside().await;
+    let res = c
+        .post("/v1/sessions", json!({"user_id": "u1", "title": "taken"}))
+        .await;
+    assert_eq!(res.code(), "title_conflict", "{}", res.body);
+}
+
+#[tokio::test]
+async fn heartbeats_and_ends_of_sessions_another_sidecar_wrote_take_one_call_each() {
+    // Proves: a heartbeat and an end of sessions this sidecar never wrote nor read are one
+    // call each: the store checks the session and writes the change, its user's index and
+    // (for the end) the event carrying the session as the change left it, which is the
+    // session as both sidecars then read it. The user's index follows: with a cap of one
+    // active session, the end frees the user's room. A refused end (already ended) reads to
+    // say why: 409, two calls.
+    let a = TestApp::with(Kind::Redis, |p| p.max_active_per_user = Some(1)).await;
+    let b = a.beside().await;
+    let (one, two) = (
+        a.create_id("u1", json!({"title": "one", "data": {"n": 1}}))
+            .await,
+        a.create_id("u2", json!({})).await,
+    );
+    b.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
+    let mut calls = Calls::new(&a).await;
+    let (n, res) = calls
+        .during(b.put(
+            &format!("/v1/sessions/{two}/heartbeat"),
+            json!({"ttl_seconds": 7200}),
+        ))
+        .await;
+    assert_eq!(
+        (n, res.status.as_u16()),
+        (1, 200),
+        "a heartbeat: {}",
+        res.body
+    );
+    assert_eq!(res.body, a.get(&format!("/v1/sessions/{two}")).await.body);
+
+    let end = json!({"performer_id": "agent-7", "reason": "resolved"});
+    let (n, res) = calls.during(b.end(&one, end.clone())).await;
+    assert_eq!((n, res.status.as_u16()), (1, 200), "an end: {}", res.body);
+    let read = a.get(&format!("/v1/sessions/{one}")).await.body;
+    assert_eq!(res.body, read);
+    assert_eq!(
+        (
+            read["status"].as_str(),
+            read["end_reason"].as_str(),
+            read["version"].as_u64()
+        ),
+        (Some("ended"), Some("resolved"), Some(2))
+    );
+    let ended = b.outbox_of("session.ended.v1").await;
+    assert_eq!(ended.len(), 1);
+    assert_eq!(
+        ended[0].payload, read,
+        "the event carries the session as ended"
+    );
+    assert_eq!(ended[0].performer_id.as_deref(), Some("agent-7"));
+    let again = a.create("u1", json!({"title": "again"})).await;
+    assert_eq!(
+        again["status"], "active",
+        "the ended session left the user's active index"
+    );
+
+    let (n, res) = calls.during(b.end(&one, end)).await;
+    assert_eq!(
+        (n, res.status.as_u16()),
+        (2, 409),
+        "a refused end: {}",
+        res.body
+    );
+    assert_eq!(b.outbox_of("session.ended.v1").await.len(), 1);
+}
+
+#[tokio::test]
+async fn switches_and_deletes_of_sessions_another_sidecar_wrote_take_one_call_each() {
+    // Proves: a switch of the current session and a delete, of sessions this sidecar never
+    // wrote nor read, are one call each. The switch turns off the flag of whichever session
+    // the user's pointer names and answers with the session as its event carries it; the
+    // delete removes every key and index entry of the session (named by its document's user,
+    // title and case) and frees its title. Refused ones are decided on a snapshot: a switch to
+    // the current session changes nothing; the current session cannot be deleted (400). A
+    // switch by a title the sidecar does not know looks the title up first (two calls).
+    let a = TestApp::new(Kind::Redis).await;
+    let b = a.beside().await;
+    let one = a.create_id("u1", json!({"title": "one"})).await;
+    let two = a
+        .create_id("u1", json!({"title": "two", "case_id": "c1"}))
+        .await;
+    a.post(
+        &format!("/v1/sessions/{two}/messages"),
+        json!({"role": "user", "content": "hi"}),
+    )
+    .await;
+    a.put(&format!("/v1/sessions/{two}/memory"), json!({"k": 1}))
+        .await;
+    b.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
+    let mut calls = Calls::new(&a).await;
+
+    let to_one = json!({"session_id": one});
+    let (n, res) = calls
+        .during(b.put("/v1/users/u1/current-session", to_one.clone()))
+        .await;
+    assert_eq!((n, res.status.as_u16()), (1, 200), "a switch: {}", res.body);
+    assert_eq!(
+        (res.body["current"].as_bool(), res.body["version"].as_u64()),
+        (Some(true), Some(3))
+    );
+    assert_eq!(res.body, a.get(&format!("/v1/sessions/{one}")).await.body);
+    let updated = b.outbox_of("session.updated.v1").await;
+    assert_eq!(updated.last().map(|e| &e.payload), Some(&res.body));
+    let former = a.get(&format!("/v1/sessions/{two}")).await.body;
+    assert_eq!(
+        (former["current"].as_bool(), former["version"].as_u64()),
+        (Some(false), Some(3)),
+        "created, a message, no longer current (the memory is not in the document)"
+    );
+    let (_, again) = calls
+        .during(b.put("/v1/users/u1/current-session", to_one))
+        .await;
+    assert_eq!((again.status.as_u16(), &again.body), (200, &res.body));
+    assert_eq!(b.outbox_of("session.updated.v1").await.len(), updated.len());
+
+    let (n, res) = calls.during(b.delete(&format!("/v1/sessions/{two}"))).await;
+    assert_eq!((n, res.status.as_u16()), (1, 204), "a delete: {}", res.body);
+    let deleted = b.outbox_of("session.deleted.v1").await;
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(
+        deleted[0].payload, former,
+        "the event carries the session as it was"
+    );
+    assert_eq!(mentions(&a, &two).await, Vec::<String>::new());
+    let retitled = a
+        .post("/v1/sessions", json!({"user_id": "u1", "title": "two"}))
+        .await;
+    assert_eq!(retitled.status.as_u16(), 201, "{}", retitled.body);
+
+    let current = format!(
+        "/v1/sessions/{}",
+        retitled.body["session_id"].as_str().unwrap()
+    );
+    let (n, res) = calls.during(b.delete(&current)).await;
+    assert_eq!(res.code(), "current_session_delete", "{}", res.body);
+    assert!(n > 1, "decided on a snapshot after the refused call: {n}");
+    assert_eq!(a.get(&current).await.status.as_u16(), 200);
+
+    // A title this sidecar does not know is looked up first: two calls; a missing one, one.
+    let c = a.beside().await;
+    c.create_id("warm-up", json!({})).await;
+    let by_title = |title: &str| c.put("/v1/users/u1/current-session", json!({"title": title}));
+    let (n, res) = calls.during(by_title("one")).await;
+    assert_eq!((n, res.status.as_u16()), (2, 200), "by title: {}", res.body);
+    assert_eq!(res.body["session_id"], one.as_str());
+    let (n, res) = calls.during(by_title("missing")).await;
+    assert_eq!((n, res.code()), (1, "not_found"), "{}", res.body);
+}
+
+#[tokio::test]
+async fn patches_and_memory_writes_of_sessions_another_sidecar_wrote_take_one_call_each() {
+    // Proves: a patch that leaves the title alone, a memory replacement and a memory merge,
+    // of a session this sidecar never wrote nor read, are one call each: the store merges the
+    // objects (RFC 7386: `null` removes, objects merge member by member), moves the session
+    // between case indexes and answers with the session as its event carries it. A merge past
+    // the size limit is refused by the store and decided on a snapshot: 400, nothing changed.
+    let a = TestApp::new(Kind::Redis).await;
+    let b = a.beside().await;
+    let metadata = json!({"a": 1, "keep": {"x": 1}, "n": 1.50});
+    let one = a
+        .create_id("u1", json!({"metadata": metadata, "case_id": "c1"}))
+        .await;
+    let path = format!("/v1/sessions/{one}");
+    b.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
+    let mut calls = Calls::new(&a).await;
+
+    let patch = json!({
+        "metadata": {"a": null, "keep": {"y": [1, null]}, "new": "é"},
+        "data": {"d": true},
+        "case_id": "c2",
+        "performer_id": "agent-7",
+    });
+    let (n, res) = calls.during(b.patch(&path, patch)).await;
+    assert_eq!((n, res.status.as_u16()), (1, 200), "a patch: {}", res.body);
+    assert_eq!(
+        (
+            &res.body["metadata"],
+            &res.body["data"],
+            &res.body["case_id"]
+        ),
+        (
+            &json!({"keep": {"x": 1, "y": [1, null]}, "n": 1.50, "new": "é"}),
+            &json!({"d": true}),
+            &json!("c2")
+        )
+    );
+    assert_eq!(res.body["version"], 2);
+    assert_eq!(res.body, a.get(&path).await.body);
+    let updated = b.outbox_of("session.updated.v1").await;
+    let event = updated.last().expect("an updated event");
+    assert_eq!(
+        (&event.payload, event.performer_id.as_deref()),
+        (&res.body, Some("agent-7"))
+    );
+    let indexes = mentions(&a, &one).await;
+    assert!(
+        indexes.iter().any(|k| k.ends_with(":c:c2"))
+            && !indexes.iter().any(|k| k.ends_with(":c:c1")),
+        "the session moved from case c1 to c2: {indexes:?}"
+    );
+
+    // A third sidecar: `b` knows the session now (its patch read it back).
+    let c = a.beside().await;
+    c.create_id("warm-up-c", json!({})).await;
+    let memory = format!("{path}/memory");
+    let (n, res) = calls
+        .during(c.put(&memory, json!({"m": 1, "o": {"p": 1}})))
+        .await;
+    assert_eq!(
+        (n, res.status.as_u16()),
+        (1, 200),
+        "a replacement: {}",
+        res.body
+    );
+    let (n, res) = calls
+        .during(c.patch(&memory, json!({"m": null, "o": {"q": 2}})))
+        .await;
+    assert_eq!((n, res.status.as_u16()), (1, 200), "a merge: {}", res.body);
+    assert_eq!(res.body["memory"], json!({"o": {"p": 1, "q": 2}}));
+    assert_eq!(res.body, a.get(&memory).await.body);
+
+    let big = "x".repeat(40 * 1024);
+    let (n, res) = calls.during(c.patch(&memory, json!({"big": big}))).await;
+    assert_eq!((n, res.status.as_u16()), (1, 200), "{}", res.body);
+    let (n, res) = calls.during(c.patch(&memory, json!({"bigger": big}))).await;
+    assert_eq!(res.code(), "validation_failed", "{}", res.body);
+    assert!(n > 1, "decided on a snapshot after the refused call: {n}");
+    let res = a.patch(&path, json!({"data": {"big": big}})).await;
+    assert_eq!(res.status.as_u16(), 200, "{}", res.body);
+    let (n, res) = calls
+        .during(c.patch(&path, json!({"data": {"bigger": big}})))
+        .await;
+    assert_eq!(res.code(), "validation_failed", "{}", res.body);
+    assert!(n > 1, "decided on a snapshot after the refused call: {n}");
+    let stored = a.get(&path).await.body;
+    assert_eq!(
+        (stored["version"].as_u64(), stored["data"].get("bigger")),
+        (Some(3), None)
+    );
+}
+
+#[tokio::test]
+async fn a_new_title_for_a_session_another_sidecar_wrote_takes_one_call_when_the_user_is_named() {
+    // Proves: a patch that renames a session this sidecar does not know, naming the user, is
+    // one call: the commit requires the new title free in the user's index and moves the
+    // session's entry (the former title is free again, the new one taken). Removing the title
+    // frees it too, without naming the user. A title another session holds is refused and decided on a snapshot: 409.
+    let a = TestApp::new(Kind::Redis).await;
+    let one = a.create_id("u1", json!({"title": "first"})).await;
+    a.create_id("u1", json!({"title": "taken"})).await;
+    let path = format!("/v1/sessions/{one}");
+    let mut calls = Calls::new(&a).await;
+    let fresh = || async {
+        let sidecar = a.beside().await;
+        sidecar.create_id("warm-up", json!({})).await; // loads the scripts
+        sidecar
+    };
+
+    let rename = json!({"title": "second", "user_id": "u1"});
+    let (n, res) = calls.during(fresh().await.patch(&path, rename)).await;
+    assert_eq!((n, res.status.as_u16()), (1, 200), "a rename: {}", res.body);
+    assert_eq!(
+        (&res.body["title"], &res.body["version"]),
+        (&json!("second"), &json!(3))
+    );
+    let titled = |title: &str| json!({"user_id": "u1", "title": title});
+    assert_eq!(
+        a.post("/v1/sessions", titled("second")).await.code(),
+        "title_conflict"
+    );
+    let freed = a.post("/v1/sessions", titled("first")).await;
+    assert_eq!(
+        freed.status.as_u16(),
+        201,
+        "the former title is free: {}",
+        freed.body
+    );
+
+    let (n, res) = calls
+        .during(
+            fresh()
+                .await
+                .patch(&path, json!({"title": "taken", "user_id": "u1"})),
+        )
+        .await;
+    assert_eq!(res.code(), "title_conflict", "{}", res.body);
+    assert!(n > 1, "decided on a snapshot after the refused call: {n}");
+
+    let untitle = json!({"title": null}); // a removal needs no user
+    let (n, res) = calls.during(fresh().await.patch(&path, untitle)).await;
+    assert_eq!(
+        (n, res.status.as_u16()),
+        (1, 200),
+        "a removal: {}",
+        res.body
+    );
+    assert_eq!(res.body.get("title"), None);
+    let freed = a.post("/v1/sessions", titled("second")).await;
+    assert_eq!(
+        freed.status.as_u16(),
+        201,
+        "the removed title is free: {}",
+        freed.body
+    );
+}
+
+/// The keys of `app`'s Redis that name or hold `id`, but for event streams.
+async fn mentions(app: &TestApp, id: &str) -> Vec<String> {
+    let client = ::redis::Client::open(app.admin_url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mut found = Vec::new();
+    for key in keys {
+        let kind: String = ::redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let holds = match kind.as_str() {
+            "zset" => {
+                let score: Option<f64> = ::redis::cmd("ZSCORE")
+                    .arg(&key)
+                    .arg(id)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                score.is_some()
+            }
+            "hash" => {
+                let values: Vec<String> = ::redis::cmd("HVALS")
+                    .arg(&key)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                values.iter().any(|v| v == id)
+            }
+            "string" => {
+                let value: String = ::redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                value == id
+            }
+            _ => false,
+        };
+        if key.contains(id) && kind != "stream" || holds {
+            found.push(key);
+        }
+    }
+    found
+}
