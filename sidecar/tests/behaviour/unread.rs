@@ -36,10 +36,16 @@ async fn a_create_for_a_user_another_sidecar_served_takes_one_call() {
         assert_eq!(current["session_id"], now_current.as_str());
     }
     let c = a.beside().await;
-    let res = c
-        .post("/v1/sessions", json!({"user_id": "u1", "title": "taken"}))
-        .await;
-    assert_eq!(res.code(), "title_conflict", "{}", res.body);
+    c.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
+    c.get("/v1/users/warm-up/sessions").await; // and the read script
+    let taken = json!({"user_id": "u1", "title": "taken"});
+    let (n, res) = calls.during(c.post("/v1/sessions", taken)).await;
+    assert_eq!(
+        (n, res.code()),
+        (2, "title_conflict"),
+        "the refused one-call try, then the snapshot that says why: {}",
+        res.body
+    );
 }
 
 #[tokio::test]
