@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::ids::{new_session_id, shard_of};
 use crate::model::input::{CreateSession, check_id, check_object_size, check_title};
 use crate::model::{EventType, Record, Status};
-use crate::store::{Guard, NamedBy, Reads, WriteOp};
+use crate::store::{Bound, Guard, NamedBy, Reads, WriteOp, ZRange};
 
 use super::plan::Plan;
 use super::{Caller, CapPolicy, Ctx, Sessions, Step, decode_record};
@@ -117,11 +117,30 @@ impl Sessions {
         });
         let created_in_window = reads.counter(k.rate(shard, user));
         let window_left_ms = reads.pttl(k.rate(shard, user));
+        // A user the hints saw at the cap: the documents of the active sessions come with the
+        // snapshot (the create ends the oldest of them), instead of in a second read.
+        let known_at_cap = self.policy.max_active_per_user.is_some()
+            && self.recent.as_ref().is_some_and(|r| r.at_cap(shard, user));
         #[allow(clippy::cast_precision_loss)]
-        let active = self
-            .policy
-            .max_active_per_user
-            .map(|_| reads.members_above(k.user_active(shard, user), now as f64, MAX_ACTIVE_SCAN));
+        let (ua, now_score) = (k.user_active(shard, user), now as f64);
+        let (active, active_docs) = match self.policy.max_active_per_user {
+            None => (None, None),
+            Some(_) if known_at_cap => {
+                let active = ZRange {
+                    key: ua,
+                    min: Bound::Excl(now_score),
+                    max: Bound::PosInf,
+                    rev: false,
+                    offset: 0,
+                    count: MAX_ACTIVE_SCAN,
+                };
+                (None, Some(reads.documents_of(k.session(shard, ""), active)))
+            }
+            Some(_) => (
+                Some(reads.members_above(ua, now_score, MAX_ACTIVE_SCAN)),
+                None,
+            ),
+        };
         let mut r = self.read(reads).await?;
         let version = r.take(version);
         let current_doc = decode_record(r.take(current))?;
@@ -131,7 +150,21 @@ impl Sessions {
         };
         let created_in_window = r.take(created_in_window);
         let window_left_ms = r.take(window_left_ms);
-        let active: Vec<String> = active.map(|slot| r.take(slot).0).unwrap_or_default();
+        let mut docs = HashMap::new();
+        let active: Vec<String> = match (active, active_docs) {
+            (Some(slot), _) => r.take(slot).0,
+            (None, Some(slot)) => {
+                let mut ids = Vec::new();
+                for (id, fields) in r.take(slot) {
+                    if let Some(doc) = decode_record(fields)? {
+                        docs.insert(id.clone(), doc);
+                    }
+                    ids.push(id);
+                }
+                ids
+            }
+            (None, None) => Vec::new(),
+        };
         if let (Some(recent), Some(cap)) = (&self.recent, self.policy.max_active_per_user) {
             recent.set_at_cap(shard, user, active.len() >= cap as usize);
         }
@@ -155,9 +188,9 @@ impl Sessions {
             return Err(Error::TitleTaken);
         }
 
-        // Only at the cap: a second snapshot, of the active sessions, under the same version.
-        let mut docs = HashMap::new();
-        if evict_count > 0 {
+        // At the cap, without their documents: a second snapshot, of the active sessions, under
+        // the same version.
+        if evict_count > 0 && active_docs.is_none() {
             let Some(active_docs) = self
                 .read_docs(shard, user, version.as_ref(), &active)
                 .await?

@@ -245,6 +245,15 @@ impl Db {
                 Some(name) => self.read(&ReadOp::HGetAll(format!("{prefix}{name}"))),
                 None => Reply::Pairs(Vec::new()),
             },
+            ReadOp::HGetAllOf(prefix, range) => {
+                let members = self.read(&ReadOp::ZRange(range.clone())).into_members();
+                let mut documents = Vec::new();
+                for member in members {
+                    let fields = self.read(&ReadOp::HGetAll(format!("{prefix}{member}")));
+                    documents.push((member, fields.into_pairs()));
+                }
+                Reply::Documents(documents)
+            }
             ReadOp::HGetNamed(key, name) => match self.name(name) {
                 Some(field) => self.read(&ReadOp::HGet(key.clone(), field)),
                 None => Reply::Nil,

@@ -63,6 +63,10 @@ pub enum ReadOp {
     /// `HGET key <name>`: a field named by another read in the same snapshot (nil without a
     /// name).
     HGetNamed(String, NamedBy),
+    /// The members of a sorted set in a range, in its order, each with `HGETALL
+    /// <prefix><member>` (no pairs: no document): the documents of a user's active sessions,
+    /// read with the rest of a snapshot.
+    HGetAllOf(String, ZRange),
 }
 
 /// Where a read finds the end of the name of the key it reads: one snapshot can then read a
@@ -132,6 +136,8 @@ pub enum Reply {
     Scored(Vec<(String, Score)>),
     List(Vec<String>),
     Entries(Vec<StreamEntry>),
+    /// Members with the field/value pairs of their documents.
+    Documents(Vec<(String, Vec<(String, String)>)>),
 }
 
 /// A stream entry: its id and its fields.
@@ -405,6 +411,15 @@ impl Reply {
     pub(crate) fn into_list(self) -> Vec<String> {
         match self {
             Reply::List(l) => l,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Members and their documents of an `HGetAllOf` reply.
+    #[must_use]
+    pub(crate) fn into_documents(self) -> Vec<(String, Vec<(String, String)>)> {
+        match self {
+            Reply::Documents(d) => d,
             _ => Vec::new(),
         }
     }

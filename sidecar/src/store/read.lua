@@ -4,6 +4,8 @@
 -- GETAT and HGETALLAT read a key whose name ends in what another read returns (`V key`: its
 -- value, `F key field`: a hash field), in the same snapshot; KEYS holds the name's prefix.
 -- HGETNAMED reads the field of a hash that another read names.
+-- HGETALLOF reads the members of a sorted set in a range (its key's index, then the range as
+-- ZRANGE takes it), each followed by the hash KEYS[index] .. member: {m1, {fields}, m2, …}.
 local out = {}
 local i = 1
 local function name()
@@ -13,6 +15,18 @@ local function name()
   local field = ARGV[i]
   i = i + 1
   return redis.call('HGET', k, field)
+end
+-- The members of a score range (`min max rev offset count` next in ARGV), with their scores when
+-- asked for.
+local function range(key, withscores)
+  local min, max, rev, offset, count = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  i = i + 5
+  local command, from, to = 'ZRANGEBYSCORE', min, max
+  if rev == '1' then command, from, to = 'ZREVRANGEBYSCORE', max, min end
+  if withscores then
+    return redis.call(command, key, from, to, 'WITHSCORES', 'LIMIT', offset, count)
+  end
+  return redis.call(command, key, from, to, 'LIMIT', offset, count)
 end
 while i <= #ARGV do
   local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
@@ -27,13 +41,16 @@ while i <= #ARGV do
     i = i + 1
     out[#out + 1] = v and { v } or {}
   elseif op == 'ZRANGE' then
-    local min, max, rev, offset, count = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-    i = i + 5
-    if rev == '1' then
-      out[#out + 1] = redis.call('ZREVRANGEBYSCORE', key, max, min, 'WITHSCORES', 'LIMIT', offset, count)
-    else
-      out[#out + 1] = redis.call('ZRANGEBYSCORE', key, min, max, 'WITHSCORES', 'LIMIT', offset, count)
+    out[#out + 1] = range(key, 'WITHSCORES')
+  elseif op == 'HGETALLOF' then
+    local set = KEYS[tonumber(ARGV[i])]
+    i = i + 1
+    local docs = {}
+    for _, member in ipairs(range(set)) do
+      docs[#docs + 1] = member
+      docs[#docs + 1] = redis.call('HGETALL', key .. member)
     end
+    out[#out + 1] = docs
   elseif op == 'ZSCORE' then
     local v = redis.call('ZSCORE', key, ARGV[i])
     i = i + 1

@@ -124,6 +124,12 @@ impl Reads {
         self.push(ReadOp::HGetAllAt(prefix, name))
     }
 
+    /// The members of a sorted set in `range` with their documents (`prefix` + member; no
+    /// pairs: no document), in the same snapshot.
+    pub(crate) fn documents_of(&mut self, prefix: String, range: ZRange) -> Slot<Documents> {
+        self.push(ReadOp::HGetAllOf(prefix, range))
+    }
+
     /// `HGET` of the field of `key` that the value `name` reads names, in the same snapshot.
     pub(crate) fn hget_named(&mut self, key: String, name: NamedBy) -> Slot<Option<String>> {
         self.push(ReadOp::HGetNamed(key, name))
@@ -150,6 +156,9 @@ pub(crate) async fn read_one<T: FromReply>(
     let slot = read(&mut reads);
     Ok(reads.run(backend).await?.take(slot))
 }
+
+/// Members of a sorted set, each with the field/value pairs of its document.
+pub(crate) type Documents = Vec<(String, Vec<(String, String)>)>;
 
 /// Members of a sorted set without their scores.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -216,6 +225,12 @@ impl FromReply for Members {
 impl FromReply for Vec<String> {
     fn from_reply(reply: Option<Reply>) -> Self {
         reply.map(Reply::into_list).unwrap_or_default()
+    }
+}
+
+impl FromReply for Documents {
+    fn from_reply(reply: Option<Reply>) -> Self {
+        reply.map(Reply::into_documents).unwrap_or_default()
     }
 }
 

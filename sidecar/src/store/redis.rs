@@ -615,6 +615,14 @@ fn decode(op: &ReadOp, v: Value) -> Result<Reply, BackendError> {
                 })
                 .collect::<Result<_, _>>()?,
         ),
+        ReadOp::HGetAllOf(..) => {
+            let mut items = array(v)?.into_iter();
+            let mut documents = Vec::new();
+            while let (Some(member), Some(fields)) = (items.next(), items.next()) {
+                documents.push((text(member)?, pairs(fields)?));
+            }
+            Reply::Documents(documents)
+        }
         ReadOp::LRange(..) => {
             Reply::List(array(v)?.into_iter().map(text).collect::<Result<_, _>>()?)
         }

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use super::keys::hash_tag;
-use super::{BackendError, Bound, Commit, Guard, KeyAt, NamedBy, ReadOp, WriteOp};
+use super::{BackendError, Bound, Commit, Guard, KeyAt, NamedBy, ReadOp, WriteOp, ZRange};
 
 /// Collects the keys of one call, each once, and hands out their 1-based `KEYS` index.
 #[derive(Default)]
@@ -65,15 +65,16 @@ pub(super) fn encode_reads(ops: &[ReadOp]) -> (KeyTable, Vec<String>) {
             ReadOp::Get(k) => argv.extend(["GET".to_owned(), keys.word(k)]),
             ReadOp::HGetAll(k) => argv.extend(["HGETALL".to_owned(), keys.word(k)]),
             ReadOp::HGet(k, f) => argv.extend(["HGET".to_owned(), keys.word(k), f.clone()]),
-            ReadOp::ZRange(q) => argv.extend([
-                "ZRANGE".to_owned(),
-                keys.word(&q.key),
-                bound(q.min),
-                bound(q.max),
-                if q.rev { "1" } else { "0" }.to_owned(),
-                q.offset.to_string(),
-                q.count.to_string(),
-            ]),
+            ReadOp::ZRange(q) => {
+                argv.extend(["ZRANGE".to_owned(), keys.word(&q.key)]);
+                encode_range(&mut argv, q);
+            }
+            ReadOp::HGetAllOf(prefix, q) => {
+                let words = [keys.word(prefix), keys.word(&q.key)];
+                argv.push("HGETALLOF".to_owned());
+                argv.extend(words);
+                encode_range(&mut argv, q);
+            }
             ReadOp::ZScore(k, m) => argv.extend(["ZSCORE".to_owned(), keys.word(k), m.clone()]),
             ReadOp::LRange(k, a, b) => {
                 argv.extend([
@@ -105,6 +106,17 @@ pub(super) fn encode_reads(ops: &[ReadOp]) -> (KeyTable, Vec<String>) {
         }
     }
     (keys, argv)
+}
+
+/// A score range as `read.lua` takes it: `min max rev offset count`.
+fn encode_range(argv: &mut Vec<String>, q: &ZRange) {
+    argv.extend([
+        bound(q.min),
+        bound(q.max),
+        if q.rev { "1" } else { "0" }.to_owned(),
+        q.offset.to_string(),
+        q.count.to_string(),
+    ]);
 }
 
 /// A [`NamedBy`] as `read.lua` takes it: `V key` or `F key field`.
@@ -465,6 +477,21 @@ mod tests {
                 "}"
             ]
         );
+    }
+
+    #[test]
+    fn the_documents_of_a_range_name_their_prefix_then_the_set() {
+        let active = ZRange {
+            key: "{1}:ua:u".into(),
+            min: Bound::Excl(5.0),
+            max: Bound::PosInf,
+            rev: false,
+            offset: 0,
+            count: 10,
+        };
+        let (keys, argv) = encode_reads(&[ReadOp::HGetAllOf("{1}:s:".into(), active)]);
+        assert_eq!(keys.keys, ["{1}:s:", "{1}:ua:u"]);
+        assert_eq!(argv, ["HGETALLOF", "1", "2", "(5", "+inf", "0", "0", "10"]);
     }
 
     #[test]

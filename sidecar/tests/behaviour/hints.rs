@@ -181,9 +181,10 @@ async fn a_switch_by_title_takes_one_call_to_redis_and_a_stale_title_is_decided_
 async fn a_user_found_at_the_active_cap_reads_first_instead_of_trying_the_hints() {
     // Proves: with a cap of 3 active sessions (end-oldest), a create past the cap is decided
     // on a snapshot; once a create found the user at the cap, the next one reads first instead
-    // of trying the hints (whose cap guard would refuse it): three calls (the user's state,
-    // the active sessions, the commit), not four. Below the cap again, the next create's
-    // snapshot clears the mark, and the one after is one call.
+    // of trying the hints (whose cap guard would refuse it), and reads the active sessions'
+    // documents with the user's state: two calls (the snapshot, the commit), not four. Below
+    // the cap again, the next create's snapshot clears the mark, and the one after is one
+    // call.
     let app = TestApp::with(Kind::Redis, |p| {
         p.max_active_per_user = Some(3);
         p.cap_policy = CapPolicy::EndOldest;
@@ -199,11 +200,21 @@ async fn a_user_found_at_the_active_cap_reads_first_instead_of_trying_the_hints(
         (1, "from the hints"),
         (1, "from the hints, reaching the cap"),
         (4, "refused by the cap guard, decided again"),
-        (3, "known to be at the cap: read first"),
+        (2, "known at the cap: read first, documents and all"),
     ] {
         app.clock.advance_ms(1); // the oldest ended at the cap is the first created
         ids.push(create_counted(&app, &mut calls, expected, what).await);
     }
+    let mut statuses = Vec::new();
+    for id in &ids {
+        let session = app.get(&format!("/v1/sessions/{id}")).await.body;
+        statuses.push(session["status"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(
+        statuses,
+        ["ended", "ended", "active", "active", "active"],
+        "each create past the cap ended the oldest active session"
+    );
     for id in &ids[2..4] {
         let ended = app.end(id, json!({"performer_id": "u1"})).await;
         assert_eq!(ended.status.as_u16(), 200, "{}", ended.body);
