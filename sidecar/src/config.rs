@@ -168,8 +168,8 @@ pub struct Config {
     /// Bytes of write hints: the session documents this process wrote or read last and the
     /// current sessions it set, from which its next write to them commits in one call to
     /// Redis instead of a read and a commit; 0 keeps nothing (most writes are one call without
-    /// hints too: all but creates, new titles that do not name the user, and switches by
-    /// title, which look the title up first).
+    /// hints too: all but new titles that do not name the user, and switches by title, which
+    /// look the title up first).
     #[arg(long, env = "SESSION_WRITE_HINTS_MAX_BYTES", default_value_t = DEFAULT_WRITE_HINTS_MAX_BYTES)]
     pub write_hints_max_bytes: u64,
     /// Hard maximum age of a cached session, in milliseconds.

@@ -119,8 +119,7 @@ impl Sessions {
         let window_left_ms = reads.pttl(k.rate(shard, user));
         // A user the hints saw at the cap: the documents of the active sessions come with the
         // snapshot (the create ends the oldest of them), instead of in a second read.
-        let known_at_cap = self.policy.max_active_per_user.is_some()
-            && self.recent.as_ref().is_some_and(|r| r.at_cap(shard, user));
+        let known_at_cap = self.known_at_cap(shard, user);
         #[allow(clippy::cast_precision_loss)]
         let (ua, now_score) = (k.user_active(shard, user), now as f64);
         let (active, active_docs) = match self.policy.max_active_per_user {
@@ -244,18 +243,13 @@ impl Sessions {
     /// A create in one script call for a user whose current session this process does not
     /// know (its first create here, say): the commit checks the limits as
     /// [`Sessions::try_create_from_hints`] does, and turns off the flag of whichever session
-    /// the user's pointer names. `None` when the hints know the current session (a create
-    /// from them checks more), for a user the last create found at the cap, without hints,
-    /// and when the commit is refused: the create is then decided on a snapshot, which also
-    /// decides any error.
+    /// the user's pointer names (also without hints: then every create is one). `None` when
+    /// the hints know the current session (a create from them checks more), for a user the
+    /// last create found at the cap, and when the commit is refused: the create is then
+    /// decided on a snapshot, which also decides any error.
     async fn create_unknowing(&self, ctx: &Ctx, new: &NewSession) -> Result<Option<Record>> {
         let (shard, user) = (new.shard, new.user_id.as_str());
-        let Some(recent) = &self.recent else {
-            return Ok(None);
-        };
-        if (self.policy.max_active_per_user.is_some() && recent.at_cap(shard, user))
-            || self.hinted_current(shard, user).is_some()
-        {
+        if self.known_at_cap(shard, user) || self.hinted_current(shard, user).is_some() {
             return Ok(None);
         }
         let now = self.now();
@@ -267,6 +261,12 @@ impl Sessions {
             Step::Done(record) => Some(record),
             Step::Retry => None,
         })
+    }
+
+    /// Whether the last create of the user found it at the active cap (the hints keep that).
+    fn known_at_cap(&self, shard: u32, user: &str) -> bool {
+        self.policy.max_active_per_user.is_some()
+            && self.recent.as_ref().is_some_and(|r| r.at_cap(shard, user))
     }
 
     /// The title free, the active cap and the rate limit not reached: what a create checks in
@@ -302,8 +302,7 @@ impl Sessions {
         new: &NewSession,
     ) -> Option<Result<Step<Record>>> {
         let (shard, user) = (new.shard, new.user_id.as_str());
-        let recent = self.recent.as_ref()?;
-        if self.policy.max_active_per_user.is_some() && recent.at_cap(shard, user) {
+        if self.known_at_cap(shard, user) {
             return None;
         }
         let stored = self.hinted_current(shard, user)?;

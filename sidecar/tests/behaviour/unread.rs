@@ -49,6 +49,28 @@ async fn a_create_for_a_user_another_sidecar_served_takes_one_call() {
 }
 
 #[tokio::test]
+async fn without_write_hints_every_create_is_one_call() {
+    // Proves: a sidecar that keeps no write hints creates in one call too (the commit checks
+    // the limits and turns off whichever session was current), the first create of a user and
+    // every one after it; the former current session shows it.
+    let app = TestApp::with(Kind::Redis, |p| p.write_hints_max_bytes = 0).await;
+    app.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
+    let mut calls = Calls::new(&app).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (n, res) = calls
+            .during(app.post("/v1/sessions", json!({"user_id": "u1"})))
+            .await;
+        assert_eq!((n, res.status.as_u16()), (1, 201), "{}", res.body);
+        ids.push(res.body["session_id"].as_str().unwrap().to_owned());
+    }
+    for (id, current) in ids.iter().zip([false, false, true]) {
+        let session = app.get(&format!("/v1/sessions/{id}")).await.body;
+        assert_eq!(session["current"], current, "{session}");
+    }
+}
+
+#[tokio::test]
 async fn heartbeats_and_ends_of_sessions_another_sidecar_wrote_take_one_call_each() {
     // Proves: a heartbeat and an end of sessions this sidecar never wrote nor read are one
     // call each: the store checks the session and writes the change, its user's index and
