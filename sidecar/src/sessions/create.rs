@@ -1,6 +1,7 @@
 //! Starting a session: title uniqueness, one current session, the active cap, the rate limit.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
 use crate::ids::{new_session_id, shard_of};
@@ -32,10 +33,13 @@ impl Sessions {
     /// the active cap, 429 past the creation rate, 503 when the store fails.
     pub async fn create(&self, ctx: &Ctx, input: CreateSession) -> Result<Record> {
         let new = self.validate_create(ctx, input)?;
-        if let Some(record) = self.create_unknowing(ctx, &new).await? {
-            return Ok(record);
-        }
-        self.retry(|| self.try_create(ctx, &new)).await
+        let refused = match self.create_unknowing(ctx, &new).await? {
+            Some(Step::Done(record)) => return Ok(record),
+            Some(Step::Retry) => true,
+            None => false,
+        };
+        let refused = AtomicBool::new(refused);
+        self.retry(|| self.try_create(ctx, &new, &refused)).await
     }
 
     fn validate_create(&self, ctx: &Ctx, input: CreateSession) -> Result<NewSession> {
@@ -97,8 +101,18 @@ impl Sessions {
         Ok(ms)
     }
 
-    async fn try_create(&self, ctx: &Ctx, new: &NewSession) -> Result<Step<Record>> {
+    /// A create decided on the hints or on a snapshot; `refused`: a one-call try was refused
+    /// (most likely at the cap: the snapshot then reads the active sessions' documents too).
+    async fn try_create(
+        &self,
+        ctx: &Ctx,
+        new: &NewSession,
+        refused: &AtomicBool,
+    ) -> Result<Step<Record>> {
         if let Some(step) = self.try_create_from_hints(ctx, new).await {
+            if matches!(step, Ok(Step::Retry)) {
+                refused.store(true, Ordering::Relaxed);
+            }
             return step;
         }
         let (k, shard, user) = (&self.keys, new.shard, new.user_id.as_str());
@@ -117,14 +131,15 @@ impl Sessions {
         });
         let created_in_window = reads.counter(k.rate(shard, user));
         let window_left_ms = reads.pttl(k.rate(shard, user));
-        // A user the hints saw at the cap: the documents of the active sessions come with the
-        // snapshot (the create ends the oldest of them), instead of in a second read.
-        let known_at_cap = self.known_at_cap(shard, user);
+        // A user the hints saw at the cap, or whose one-call create was refused: the documents
+        // of the active sessions come with the snapshot (a create at the cap ends the oldest of
+        // them), instead of in a second read.
+        let with_documents = refused.load(Ordering::Relaxed) || self.known_at_cap(shard, user);
         #[allow(clippy::cast_precision_loss)]
         let (ua, now_score) = (k.user_active(shard, user), now as f64);
         let (active, active_docs) = match self.policy.max_active_per_user {
             None => (None, None),
-            Some(_) if known_at_cap => {
+            Some(_) if with_documents => {
                 let active = ZRange {
                     key: ua,
                     min: Bound::Excl(now_score),
@@ -244,10 +259,10 @@ impl Sessions {
     /// know (its first create here, say): the commit checks the limits as
     /// [`Sessions::try_create_from_hints`] does, and turns off the flag of whichever session
     /// the user's pointer names (also without hints: then every create is one). `None` when
-    /// the hints know the current session (a create from them checks more), for a user the
-    /// last create found at the cap, and when the commit is refused: the create is then
+    /// the hints know the current session (a create from them checks more) or the user was
+    /// found at the cap last time; a retry when the commit is refused: the create is then
     /// decided on a snapshot, which also decides any error.
-    async fn create_unknowing(&self, ctx: &Ctx, new: &NewSession) -> Result<Option<Record>> {
+    async fn create_unknowing(&self, ctx: &Ctx, new: &NewSession) -> Result<Option<Step<Record>>> {
         let (shard, user) = (new.shard, new.user_id.as_str());
         if self.known_at_cap(shard, user) || self.hinted_current(shard, user).is_some() {
             return Ok(None);
@@ -257,10 +272,7 @@ impl Sessions {
         self.guard_limits(&mut plan, new, now);
         plan.put_unknown_former_current();
         let record = self.start(&mut plan, new, now, ctx.correlation_id.as_deref());
-        Ok(match self.commit_or_retry(plan, record).await? {
-            Step::Done(record) => Some(record),
-            Step::Retry => None,
-        })
+        Ok(Some(self.commit_or_retry(plan, record).await?))
     }
 
     /// Whether the last create of the user found it at the active cap (the hints keep that).

@@ -182,7 +182,8 @@ async fn a_user_found_at_the_active_cap_reads_first_instead_of_trying_the_hints(
     // Proves: with a cap of 3 active sessions (end-oldest), a create past the cap is decided
     // on a snapshot; once a create found the user at the cap, the next one reads first instead
     // of trying the hints (whose cap guard would refuse it), and reads the active sessions'
-    // documents with the user's state: two calls (the snapshot, the commit), not four. Below
+    // documents with the user's state (as the snapshot after a refused create does): two calls
+    // (the snapshot, the commit), not four. Below
     // the cap again, the next create's snapshot clears the mark, and the one after is one
     // call.
     let app = TestApp::with(Kind::Redis, |p| {
@@ -199,7 +200,10 @@ async fn a_user_found_at_the_active_cap_reads_first_instead_of_trying_the_hints(
         (1, "nothing known: the commit checks the cap"),
         (1, "from the hints"),
         (1, "from the hints, reaching the cap"),
-        (4, "refused by the cap guard, decided again"),
+        (
+            3,
+            "refused by the cap guard, decided again, documents and all",
+        ),
         (2, "known at the cap: read first, documents and all"),
     ] {
         app.clock.advance_ms(1); // the oldest ended at the cap is the first created
