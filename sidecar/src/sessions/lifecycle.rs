@@ -9,7 +9,7 @@ use crate::model::input::{
 use crate::model::{EventType, Record, SessionView};
 use crate::store::{NamedBy, Reads, WriteOp};
 
-use super::plan::{Plan, TitleChange};
+use super::plan::Plan;
 use super::{Changing, Committed, Ctx, Sessions, Step, decode_record};
 
 impl Sessions {
@@ -36,9 +36,9 @@ impl Sessions {
     }
 
     /// A patch in one script call that the hints do not cover ([`Plan::patch_unread`]). `None`
-    /// when the hints cover it, when it sets a new title and neither the caller's token nor
-    /// the patch names the user (or they name two), or when the store refused it (an object
-    /// merged past the size limit too): it is then decided on a snapshot, which says why.
+    /// when the hints cover it, when the caller's token and the patch name two users, or when
+    /// the store refused it (a title taken, an object merged past the size limit too): it is
+    /// then decided on a snapshot, which says why.
     async fn update_unread(
         &self,
         ctx: &Ctx,
@@ -53,17 +53,11 @@ impl Sessions {
         {
             return Ok(None);
         }
-        let title = match (&patch.title, claimed.or(token)) {
-            (None, _) => TitleChange::Keep,
-            (Some(None), _) => TitleChange::Remove,
-            (Some(Some(title)), Some(user)) => TitleChange::Set { user, title },
-            (Some(Some(_)), None) => return Ok(None),
-        };
         let shard = self.shard_of_session(id)?;
         let mut plan = Plan::for_unread_session(self, shard, id, [token, claimed]);
         let performer = patch.performer_id.as_deref().or(token);
         let correlation = ctx.correlation_id.as_deref();
-        plan.patch_unread(id, patch, title, performer, correlation);
+        plan.patch_unread(id, patch, performer, correlation);
         self.commit_read_back(plan, id, "patch").await
     }
 

@@ -34,7 +34,7 @@ local ZADD, ZREM, ZREM_BELOW, RPUSH_NUMBERED = 122, 114, 98, 82 -- z r b R
 local INCR, INCR_WINDOW, HINCRBY, XDEL, READ_BACK = 43, 105, 110, 88, 66 -- + i n X B
 local ZADD_AT, ZREM_AT, INCR_AT, HSET_AT, HINCRBY_AT = 90, 81, 74, 87, 78 -- Z Q J W N
 local XADD_SESSION, REPORT, HDEL_IF_AT = 86, 80, 84 -- V P T
-local MERGED_WITHIN, MERGE_JSON = 77, 109 -- M m
+local MERGED_WITHIN, MERGE_JSON, HABSENT_AT, HPUT_AT = 77, 109, 85, 79 -- M m U O
 
 -- Writes the API form of a session document as JSON (model/session.rs, Record::view): the
 -- payload of the event of a change made without reading the session. A test holds the two to
@@ -268,6 +268,11 @@ while pc <= len do
     if #result > tonumber(ARGV[a + 2]) then return 'CONFLICT' end
     merges[k .. '\0' .. ARGV[a]] = { ARGV[a + 1], result }
     a = a + 3
+  elseif op == HABSENT_AT then
+    -- The hash k .. what the naming key holds must be there by name and lack the field.
+    local name = named(KEYS[count()], ARGV[a])
+    if not name or call('HGET', k .. name, ARGV[a + 1]) then return 'CONFLICT' end
+    a = a + 2
   elseif op == STREAM_BELOW then
     local length = pcall('XLEN', k)
     if failed_append(length) then return redis.error_reply('APPEND_FAILED ' .. length.err) end
@@ -333,7 +338,8 @@ while pc <= len do
     a = a + n
   elseif op == READ_BACK then
     read_back = call('HGETALL', k)
-  elseif op == ZADD_AT or op == ZREM_AT or op == INCR_AT or op == HSET_AT or op == HINCRBY_AT then
+  elseif op == ZADD_AT or op == ZREM_AT or op == INCR_AT or op == HSET_AT or op == HINCRBY_AT
+      or op == HPUT_AT then
     -- The key is k .. what the naming key holds.
     local name = named(KEYS[count()], ARGV[a])
     local key = name and k .. name
@@ -346,6 +352,9 @@ while pc <= len do
     elseif op == INCR_AT then
       if key then call('INCR', key) end
       a = a + 1
+    elseif op == HPUT_AT then
+      if key then call('HSET', key, ARGV[a + 1], ARGV[a + 2]) end
+      a = a + 3
     else -- on a hash that has the field already
       if key and call('HGET', key, ARGV[a + 1]) then
         call(op == HSET_AT and 'HSET' or 'HINCRBY', key, ARGV[a + 1], ARGV[a + 2])

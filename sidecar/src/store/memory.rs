@@ -333,6 +333,17 @@ impl Db {
                         return Ok(CommitOutcome::Conflict);
                     }
                 }
+                Guard::HAbsentAt(at, field) => {
+                    let held = match self.key_at(at) {
+                        Some(key) => self
+                            .read(&ReadOp::HGet(key, field.clone()))
+                            .into_opt_string(),
+                        None => Some(String::new()), // no name: fails as Redis fails it
+                    };
+                    if held.is_some() {
+                        return Ok(CommitOutcome::Conflict);
+                    }
+                }
                 Guard::MergedWithin(at, patch, max) => {
                     let held = self.name(at).unwrap_or_else(|| "{}".to_owned());
                     let object = serde_json::from_str::<serde_json::Value>(&held)
@@ -537,6 +548,11 @@ impl Db {
                     self.write(WriteOp::HSet(key, vec![(field, value)]), applied);
                 }
             }
+            WriteOp::HPutAt(at, field, value) => {
+                if let Some(key) = self.key_at(&at) {
+                    self.write(WriteOp::HSet(key, vec![(field, value)]), applied);
+                }
+            }
             WriteOp::HIncrByAt(at, field, by) => {
                 if let Some(key) = self.hash_at_with(&at, &field) {
                     self.write(WriteOp::HIncrBy(key, field, by), applied);
@@ -626,6 +642,7 @@ fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
         | WriteOp::IncrAt(_)
         | WriteOp::HSetAt(..)
         | WriteOp::HIncrByAt(..)
+        | WriteOp::HPutAt(..)
         | WriteOp::HDelIfAt(..)
         | WriteOp::MergeJson(..)
         | WriteOp::Report(_) => {

@@ -174,6 +174,9 @@ pub enum Guard {
     /// or missing (`{}`), and merged with the patch as [`WriteOp::MergeJson`] would, at most
     /// `max` bytes.
     MergedWithin(NamedBy, String, u64),
+    /// The hash named as for [`WriteOp::ZAddAt`] must lack the field (`HGET` nil); a missing
+    /// name fails: a new title free in the index of the user an unread document names.
+    HAbsentAt(KeyAt, String),
 }
 
 /// An event to append to a stream before any write of the commit.
@@ -225,6 +228,9 @@ pub enum WriteOp {
     /// `HINCRBY <key> field by`, the key named and the field required as for
     /// [`WriteOp::HSetAt`].
     HIncrByAt(KeyAt, String, i64),
+    /// `HSET <key> field value`, the key named as for [`WriteOp::ZAddAt`], whatever the hash
+    /// holds (nothing without a name).
+    HPutAt(KeyAt, String, String),
     /// `HDEL <key> <field>` where that field holds the value: an index entry of a session
     /// removed without reading it, left alone when it is another session's. The key is named
     /// as for [`WriteOp::ZAddAt`], the field by what a third key holds; nothing without

@@ -163,6 +163,8 @@ mod opcode {
     pub(super) const HDEL_IF_AT: u8 = b'T';
     pub(super) const MERGED_WITHIN: u8 = b'M';
     pub(super) const MERGE_JSON: u8 = b'm';
+    pub(super) const HABSENT_AT: u8 = b'U';
+    pub(super) const HPUT_AT: u8 = b'O';
 }
 
 /// The arguments of `commit.lua`: its keys, the program, the operands.
@@ -255,6 +257,7 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
                 .op(HINT_ABOVE, k)?
                 .extend([field.clone(), floor.to_string()]),
             Guard::StreamBelow(k, max) => call.op(STREAM_BELOW, k)?.push(max.to_string()),
+            Guard::HAbsentAt(at, field) => call.at(HABSENT_AT, at)?.push(field.clone()),
             Guard::MergedWithin(at, patch, max) => {
                 call.held(MERGED_WITHIN, at)?
                     .extend([patch.clone(), max.to_string()]);
@@ -319,6 +322,9 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
             }
             WriteOp::HSetAt(at, field, value) => {
                 call.at(HSET_AT, at)?.extend([field.clone(), value.clone()]);
+            }
+            WriteOp::HPutAt(at, field, value) => {
+                call.at(HPUT_AT, at)?.extend([field.clone(), value.clone()]);
             }
             WriteOp::HIncrByAt(at, field, by) => {
                 call.at(HINCRBY_AT, at)?
@@ -533,6 +539,23 @@ mod tests {
         assert_eq!(call.keys.keys, ["{1}:t:", "{1}:s:a"]);
         assert_eq!(call.program, [b'T', 0, 1, 0, 2, 0, 2]);
         assert_eq!(call.operands, ["user_id", "title", "a"]);
+    }
+
+    #[test]
+    fn a_new_title_is_checked_and_set_in_the_index_the_document_names() {
+        let titles = KeyAt {
+            prefix: "{1}:t:".into(),
+            name: NamedBy::Field("{1}:s:a".into(), "user_id".into()),
+        };
+        let commit = Commit {
+            guards: vec![Guard::HAbsentAt(titles.clone(), "new".into())],
+            writes: vec![WriteOp::HPutAt(titles, "new".into(), "a".into())],
+            ..Commit::default()
+        };
+        let call = encode_commit(&commit).unwrap();
+        assert_eq!(call.keys.keys, ["{1}:t:", "{1}:s:a"]);
+        assert_eq!(call.program, [b'U', 0, 1, 0, 2, b'O', 0, 1, 0, 2]);
+        assert_eq!(call.operands, ["user_id", "new", "user_id", "new", "a"]);
     }
 
     #[test]

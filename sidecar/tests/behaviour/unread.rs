@@ -313,11 +313,11 @@ async fn patches_and_memory_writes_of_sessions_another_sidecar_wrote_take_one_ca
 }
 
 #[tokio::test]
-async fn a_new_title_for_a_session_another_sidecar_wrote_takes_one_call_when_the_user_is_named() {
-    // Proves: a patch that renames a session this sidecar does not know, naming the user, is
-    // one call: the commit requires the new title free in the user's index and moves the
-    // session's entry (the former title is free again, the new one taken). Removing the title
-    // frees it too, without naming the user. A title another session holds is refused and decided on a snapshot: 409.
+async fn a_new_title_for_a_session_another_sidecar_wrote_takes_one_call() {
+    // Proves: a patch that renames a session this sidecar does not know is one call, from a
+    // trusted caller that does not name the user too: the commit requires the new title free
+    // in the index of the user the document names and moves the session's entry (the former
+    // title is free again, the new one taken). Removing the title frees it too. A title another session holds is refused and decided on a snapshot: 409.
     let a = TestApp::new(Kind::Redis).await;
     let one = a.create_id("u1", json!({"title": "first"})).await;
     a.create_id("u1", json!({"title": "taken"})).await;
@@ -329,7 +329,7 @@ async fn a_new_title_for_a_session_another_sidecar_wrote_takes_one_call_when_the
         sidecar
     };
 
-    let rename = json!({"title": "second", "user_id": "u1"});
+    let rename = json!({"title": "second"});
     let (n, res) = calls.during(fresh().await.patch(&path, rename)).await;
     assert_eq!((n, res.status.as_u16()), (1, 200), "a rename: {}", res.body);
     assert_eq!(
@@ -350,11 +350,7 @@ async fn a_new_title_for_a_session_another_sidecar_wrote_takes_one_call_when_the
     );
 
     let (n, res) = calls
-        .during(
-            fresh()
-                .await
-                .patch(&path, json!({"title": "taken", "user_id": "u1"})),
-        )
+        .during(fresh().await.patch(&path, json!({"title": "taken"})))
         .await;
     assert_eq!(res.code(), "title_conflict", "{}", res.body);
     assert!(n > 1, "decided on a snapshot after the refused call: {n}");

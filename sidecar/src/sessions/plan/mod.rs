@@ -14,8 +14,6 @@ use super::next_version;
 
 mod unread;
 
-pub(crate) use unread::TitleChange;
-
 /// A commit under construction for one user on one shard (kept in its [`Effects`]).
 pub(crate) struct Plan {
     keys: Keys,

@@ -13,14 +13,6 @@ use crate::store::{Guard, KeyAt, NamedBy, SessionEvent, WriteOp};
 
 use super::Plan;
 
-/// What a patch of an unread session does to its title. A new title is checked against its
-/// user's title index, so it needs the user (whose document the plan's owner guard checks).
-pub(crate) enum TitleChange<'a> {
-    Keep,
-    Remove,
-    Set { user: &'a str, title: &'a str },
-}
-
 impl Plan {
     /// A plan for a change that needs only a few fields of session `id`, which this process
     /// has not read: the store checks in the same step that the session is active and
@@ -274,42 +266,33 @@ impl Plan {
     }
 
     /// A patch of the unread session `id`: its objects merged in the store, its case moved
-    /// between the case indexes (the former one named by the document), its title changed as
-    /// `title` says (not as the patch does), its time and version moved. The session's title
-    /// entry goes where it is still its own; a new one is set where no entry holds that title
-    /// (the session itself neither: a title it has already is decided on a snapshot, where it
-    /// changes nothing). The user's version moves too (an inbound event about a case decides on
+    /// between the case indexes (the former one named by the document), its title and the
+    /// title index of its user (named by the document) changed, its time and version moved.
+    /// The session's title entry goes where it is still its own; a new one is set where no
+    /// entry holds that title (the session itself neither: a title it has already is decided
+    /// on a snapshot, where it changes nothing). The user's version moves too (an inbound event about a case decides on
     /// a snapshot of the case's sessions under it, a create on one of the title index). The
     /// store reads the session back (the patch's answer) and its event carries it.
     pub(crate) fn patch_unread(
         &mut self,
         id: &str,
         patch: &UpdateSession,
-        title: TitleChange<'_>,
         performer: Option<&str>,
         correlation: Option<&str>,
     ) {
         let (k, s) = (self.keys.clone(), self.shard());
         let doc = k.session(s, id);
-        if !matches!(title, TitleChange::Keep) {
-            let former = self.user_key_of_unread(id, k.titles(s, ""));
+        if let Some(title) = &patch.title {
+            let titles = self.user_key_of_unread(id, k.titles(s, ""));
             let field = NamedBy::Field(doc.clone(), "title".to_owned());
-            self.write(WriteOp::HDelIfAt(former, field, id.to_owned()));
-        }
-        match title {
-            TitleChange::Keep => {}
-            TitleChange::Remove => {
-                self.write(WriteOp::HDel(doc.clone(), vec!["title".to_owned()]));
-            }
-            TitleChange::Set { user, title } => {
-                let titles = k.titles(s, user);
-                self.guard(Guard::HEq(titles.clone(), title.to_owned(), None));
-                self.write(WriteOp::HSet(
-                    titles,
-                    vec![(title.to_owned(), id.to_owned())],
-                ));
-                let field = vec![("title".to_owned(), title.to_owned())];
+            self.write(WriteOp::HDelIfAt(titles.clone(), field, id.to_owned()));
+            if let Some(title) = title {
+                self.guard(Guard::HAbsentAt(titles.clone(), title.clone()));
+                self.write(WriteOp::HPutAt(titles, title.clone(), id.to_owned()));
+                let field = vec![("title".to_owned(), title.clone())];
                 self.write(WriteOp::HSet(doc.clone(), field));
+            } else {
+                self.write(WriteOp::HDel(doc.clone(), vec!["title".to_owned()]));
             }
         }
         for (field, object) in [("metadata", &patch.metadata), ("data", &patch.data)] {
