@@ -244,9 +244,7 @@ impl Plan {
             ));
         }
         self.bump_user_version_of_unread(id);
-        let titles = self.user_key_of_unread(id, k.titles(s, ""));
-        let title = NamedBy::Field(doc.clone(), "title".to_owned());
-        self.write(WriteOp::HDelIfAt(titles, title, id.to_owned()));
+        self.drop_title_entry_of_unread(id);
         self.write(WriteOp::ZRemAt(self.case_key_of_unread(id), id.to_owned()));
         // The document last: the writes above are named by its fields.
         for key in [k.messages(s, id), k.memory(s, id), doc] {
@@ -283,9 +281,8 @@ impl Plan {
         let (k, s) = (self.keys.clone(), self.shard());
         let doc = k.session(s, id);
         if let Some(title) = &patch.title {
+            self.drop_title_entry_of_unread(id);
             let titles = self.user_key_of_unread(id, k.titles(s, ""));
-            let field = NamedBy::Field(doc.clone(), "title".to_owned());
-            self.write(WriteOp::HDelIfAt(titles.clone(), field, id.to_owned()));
             if let Some(title) = title {
                 self.guard(Guard::HAbsentAt(titles.clone(), title.clone()));
                 self.write(WriteOp::HPutAt(titles, title.clone(), id.to_owned()));
@@ -331,6 +328,14 @@ impl Plan {
     fn bump_user_version_of_unread(&mut self, id: &str) {
         let version = self.user_key_of_unread(id, self.keys.user_version(self.shard(), ""));
         self.write(WriteOp::IncrAt(version));
+    }
+
+    /// Removes the entry of the title of the unread document `id` from its user's title index,
+    /// where the entry is still the session's own.
+    fn drop_title_entry_of_unread(&mut self, id: &str) {
+        let titles = self.user_key_of_unread(id, self.keys.titles(self.shard(), ""));
+        let title = NamedBy::Field(self.keys.session(self.shard(), id), "title".to_owned());
+        self.write(WriteOp::HDelIfAt(titles, title, id.to_owned()));
     }
 
     /// The index of the case of the unread document `id` (none without a case).
