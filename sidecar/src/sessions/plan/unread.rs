@@ -282,8 +282,8 @@ impl Plan {
         let doc = k.session(s, id);
         if let Some(title) = &patch.title {
             self.drop_title_entry_of_unread(id);
-            let titles = self.user_key_of_unread(id, k.titles(s, ""));
             if let Some(title) = title {
+                let titles = self.user_key_of_unread(id, k.titles(s, ""));
                 self.guard(Guard::HAbsentAt(titles.clone(), title.clone()));
                 self.write(WriteOp::HPutAt(titles, title.clone(), id.to_owned()));
                 let field = vec![("title".to_owned(), title.clone())];
