@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::ids::{new_session_id, shard_of};
 use crate::model::input::{CreateSession, check_id, check_object_size, check_title};
 use crate::model::{EventType, Record, Status};
-use crate::store::{Bound, Guard, NamedBy, Reads, WriteOp, ZRange};
+use crate::store::{Guard, NamedBy, Reads, WriteOp, ZRange};
 
 use super::plan::Plan;
 use super::{Caller, CapPolicy, Ctx, Sessions, Step, decode_record};
@@ -140,14 +140,7 @@ impl Sessions {
         let (active, active_docs) = match self.policy.max_active_per_user {
             None => (None, None),
             Some(_) if with_documents => {
-                let active = ZRange {
-                    key: ua,
-                    min: Bound::Excl(now_score),
-                    max: Bound::PosInf,
-                    rev: false,
-                    offset: 0,
-                    count: MAX_ACTIVE_SCAN,
-                };
+                let active = ZRange::above(ua, now_score, MAX_ACTIVE_SCAN);
                 (None, Some(reads.documents_of(k.session(shard, ""), active)))
             }
             Some(_) => (

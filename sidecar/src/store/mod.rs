@@ -117,6 +117,21 @@ pub struct ZRange {
     pub count: usize,
 }
 
+impl ZRange {
+    /// Up to `count` members scored above `min`, lowest first.
+    #[must_use]
+    pub(crate) fn above(key: String, min: Score, count: usize) -> Self {
+        ZRange {
+            key,
+            min: Bound::Excl(min),
+            max: Bound::PosInf,
+            rev: false,
+            offset: 0,
+            count,
+        }
+    }
+}
+
 /// One end of a score range.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Bound {

@@ -5,7 +5,7 @@
 
 use std::marker::PhantomData;
 
-use super::{Backend, BackendError, Bound, NamedBy, ReadOp, Reply, Score, StreamEntry, ZRange};
+use super::{Backend, BackendError, NamedBy, ReadOp, Reply, Score, StreamEntry, ZRange};
 
 /// A batch of reads on keys of one hash slot, answered atomically.
 #[derive(Debug, Default)]
@@ -70,14 +70,7 @@ impl Reads {
 
     /// Members of a sorted set scored above `min`, lowest first, up to `count`.
     pub(crate) fn members_above(&mut self, key: String, min: Score, count: usize) -> Slot<Members> {
-        self.push(ReadOp::ZRange(ZRange {
-            key,
-            min: Bound::Excl(min),
-            max: Bound::PosInf,
-            rev: false,
-            offset: 0,
-            count,
-        }))
+        self.push(ReadOp::ZRange(ZRange::above(key, min, count)))
     }
 
     /// Up to `count` members of a sorted set, lowest score first.
