@@ -134,11 +134,8 @@ impl Plan {
 
     /// Commits only while the document of `stored` is at its version (nobody changed it).
     pub(crate) fn assume_unchanged(&mut self, stored: &Record) {
-        self.guard(Guard::HEq(
-            self.keys.session(self.shard(), &stored.session_id),
-            "version".to_owned(),
-            Some(stored.version.to_string()),
-        ));
+        let version = stored.version.to_string();
+        self.assume_field(&stored.session_id, "version", &version);
     }
 
     /// Commits only while the user's title index gives `title` to `owner` (`None`: to nobody,

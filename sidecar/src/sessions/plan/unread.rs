@@ -114,9 +114,10 @@ impl Plan {
     }
 
     /// The user's current session, whichever it is, stops being current: a create or a switch
-    /// by a process that does not know it. Its document, when there is one, is changed through the pointer,
-    /// as [`Plan::put_former_current`] would; the commit reports its id, which this process
-    /// then forgets (and drops from its cache). Before [`Plan::set_current`].
+    /// by a process that does not know it. Its document, when there is one, is changed
+    /// through the pointer, as [`Plan::put_former_current`] would; the commit reports its id,
+    /// which this process then forgets (and drops from its cache). Before
+    /// [`Plan::set_current`].
     pub(crate) fn put_unknown_former_current(&mut self) {
         let current = self.keys.current(self.shard(), &self.effects.user_id);
         let document = KeyAt {
@@ -172,17 +173,11 @@ impl Plan {
         self.write(WriteOp::ReadBack(self.keys.session(self.shard(), id)));
     }
 
-    /// Sets `fields` of the unread document `id` with its new expiry and the time of the
-    /// change, counts the change in its version and moves it in the sweeper's queue.
+    /// [`Plan::set_unread`] with the document's new expiry, and moves it in the sweeper's
+    /// queue.
     fn change_unread(&mut self, id: &str, mut fields: Vec<(&str, String)>, expires_ms: i64) {
-        let doc = self.keys.session(self.shard(), id);
-        fields.extend([
-            ("updated_ms", self.now_ms.to_string()),
-            ("expires_ms", expires_ms.to_string()),
-        ]);
-        let fields = fields.into_iter().map(|(f, v)| (f.to_owned(), v)).collect();
-        self.write(WriteOp::HSet(doc.clone(), fields));
-        self.write(WriteOp::HIncrBy(doc, "version".to_owned(), 1));
+        fields.push(("expires_ms", expires_ms.to_string()));
+        self.set_unread(id, fields);
         #[allow(clippy::cast_precision_loss)]
         let expires = expires_ms as f64;
         self.write(WriteOp::ZAdd(
@@ -209,15 +204,9 @@ impl Plan {
             self.keys.user_version(self.shard(), &self.effects.user_id),
         ));
         self.put_unknown_former_current();
-        let doc = self.keys.session(self.shard(), id);
-        let fields = vec![
-            ("current".to_owned(), "1".to_owned()),
-            ("updated_ms".to_owned(), self.now_ms.to_string()),
-        ];
-        self.write(WriteOp::HSet(doc.clone(), fields));
-        self.write(WriteOp::HIncrBy(doc.clone(), "version".to_owned(), 1));
+        self.set_unread(id, vec![("current", "1".to_owned())]);
         self.set_current(id);
-        self.write(WriteOp::ReadBack(doc));
+        self.write(WriteOp::ReadBack(self.keys.session(self.shard(), id)));
         self.event_of_unread(EventType::Updated, id, performer, correlation);
     }
 
@@ -268,9 +257,10 @@ impl Plan {
     /// title index of its user (named by the document) changed, its time and version moved.
     /// The session's title entry goes where it is still its own; a new one is set where no
     /// entry holds that title (the session itself neither: a title it has already is decided
-    /// on a snapshot, where it changes nothing). The user's version moves too (an inbound event about a case decides on
-    /// a snapshot of the case's sessions under it, a create on one of the title index). The
-    /// store reads the session back (the patch's answer) and its event carries it.
+    /// on a snapshot, where it changes nothing). The user's version moves too (an inbound
+    /// event about a case decides on a snapshot of the case's sessions under it, a create on
+    /// one of the title index). The store reads the session back (the patch's answer) and its
+    /// event carries it.
     pub(crate) fn patch_unread(
         &mut self,
         id: &str,
@@ -280,14 +270,15 @@ impl Plan {
     ) {
         let (k, s) = (self.keys.clone(), self.shard());
         let doc = k.session(s, id);
+        // The fields set, with the time of the change, after the writes named by their values.
+        let mut fields = Vec::new();
         if let Some(title) = &patch.title {
             self.drop_title_entry_of_unread(id);
             if let Some(title) = title {
                 let titles = self.user_key_of_unread(id, k.titles(s, ""));
                 self.guard(Guard::HAbsentAt(titles.clone(), title.clone()));
                 self.write(WriteOp::HPutAt(titles, title.clone(), id.to_owned()));
-                let field = vec![("title".to_owned(), title.clone())];
-                self.write(WriteOp::HSet(doc.clone(), field));
+                fields.push(("title", title.clone()));
             } else {
                 self.write(WriteOp::HDel(doc.clone(), vec!["title".to_owned()]));
             }
@@ -301,18 +292,25 @@ impl Plan {
             self.write(WriteOp::ZRemAt(self.case_key_of_unread(id), id.to_owned()));
             if let Some(case) = case {
                 self.write(WriteOp::ZAdd(k.case_sessions(s, case), 0.0, id.to_owned()));
-                let field = vec![("case_id".to_owned(), case.clone())];
-                self.write(WriteOp::HSet(doc.clone(), field));
+                fields.push(("case_id", case.clone()));
             } else {
                 self.write(WriteOp::HDel(doc.clone(), vec!["case_id".to_owned()]));
             }
         }
-        let updated = vec![("updated_ms".to_owned(), self.now_ms.to_string())];
-        self.write(WriteOp::HSet(doc.clone(), updated));
-        self.write(WriteOp::HIncrBy(doc.clone(), "version".to_owned(), 1));
+        self.set_unread(id, fields);
         self.bump_user_version_of_unread(id);
         self.write(WriteOp::ReadBack(doc));
         self.event_of_unread(EventType::Updated, id, performer, correlation);
+    }
+
+    /// Sets `fields` of the unread document `id` with the time of the change, and counts the
+    /// change in its version.
+    fn set_unread(&mut self, id: &str, mut fields: Vec<(&str, String)>) {
+        let doc = self.keys.session(self.shard(), id);
+        fields.push(("updated_ms", self.now_ms.to_string()));
+        let fields = fields.into_iter().map(|(f, v)| (f.to_owned(), v)).collect();
+        self.write(WriteOp::HSet(doc.clone(), fields));
+        self.write(WriteOp::HIncrBy(doc, "version".to_owned(), 1));
     }
 
     /// The key of the user of the unread document `id` that starts with `prefix`.
