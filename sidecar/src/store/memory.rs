@@ -345,10 +345,8 @@ impl Db {
                     }
                 }
                 Guard::MergedWithin(at, patch, max) => {
-                    let held = self.name(at).unwrap_or_else(|| "{}".to_owned());
-                    let object = serde_json::from_str::<serde_json::Value>(&held)
-                        .is_ok_and(|held| held.is_object());
-                    if !object || self.merged_json(at, patch).len() as u64 > *max {
+                    let held = self.held_json(at);
+                    if !held.is_object() || merged_json(held, patch).len() as u64 > *max {
                         return Ok(CommitOutcome::Conflict);
                     }
                 }
@@ -559,7 +557,7 @@ impl Db {
                 }
             }
             WriteOp::MergeJson(at, patch) => {
-                let merged = self.merged_json(&at, &patch);
+                let merged = merged_json(self.held_json(&at), &patch);
                 let write = match at {
                     NamedBy::Value(key) => WriteOp::Set(key, merged.clone()),
                     NamedBy::Field(key, field) => WriteOp::HSet(key, vec![(field, merged.clone())]),
@@ -600,12 +598,12 @@ impl Db {
         }
     }
 
-    /// The object held at `at` (`{}` when missing) merged with `patch`, as the engine merges.
-    fn merged_json(&mut self, at: &NamedBy, patch: &str) -> String {
-        let parse = |text: &str| serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
-        let mut object = parse(&self.name(at).unwrap_or_else(|| "{}".to_owned()));
-        json_patch::merge(&mut object, &parse(patch));
-        object.to_string()
+    /// The JSON held at `at`: `{}` when missing, null when it does not parse.
+    fn held_json(&mut self, at: &NamedBy) -> serde_json::Value {
+        self.name(at).map_or_else(
+            || serde_json::Value::Object(serde_json::Map::new()),
+            |text| serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// The key `at` names, when what names it is there.
@@ -621,6 +619,14 @@ impl Db {
         let read = ReadOp::HGet(key.clone(), field.to_owned());
         self.read(&read).into_opt_string().map(|_| key)
     }
+}
+
+/// `held` merged with `patch`, as the engine merges (a held value that is not an object is
+/// replaced, as RFC 7386 says).
+fn merged_json(mut held: serde_json::Value, patch: &str) -> String {
+    let patch = serde_json::from_str(patch).unwrap_or(serde_json::Value::Null);
+    json_patch::merge(&mut held, &patch);
+    held.to_string()
 }
 
 fn wrong_type(key: &str) -> BackendError {
