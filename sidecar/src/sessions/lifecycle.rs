@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::model::input::{
     EndSession, Heartbeat, UpdateSession, check_id, check_object_size, check_reason, check_title,
 };
-use crate::model::{EventType, Record, SessionView};
+use crate::model::{EventType, Record, SessionView, Status};
 use crate::store::{NamedBy, Reads, WriteOp};
 
 use super::plan::Plan;
@@ -242,15 +242,18 @@ impl Sessions {
                     .change_unread(ctx, id, claimed, end)
                     .await?
                     .try_map(|committed| {
-                        let ended = committed.session.unwrap_or_default();
-                        serde_json::from_str(&ended).map_err(|e| {
-                            Error::Corrupt(format!("session {id} as ended does not decode: {e}"))
-                        })
+                        let ended = committed.session_view(id, "ended")?;
+                        self.left_active(self.shard_of_session(id)?, &ended.user_id);
+                        Ok(ended)
                     });
             };
             let mut plan = Plan::for_session(self, shard, &stored);
             let ended = plan.end(&stored, stored.clone(), ending, retention_ms, correlation);
-            self.commit_or_retry(plan, ended.view()).await
+            let step = self.commit_or_retry(plan, ended.view()).await?;
+            if let Step::Done(_) = step {
+                self.left_active(shard, &stored.user_id);
+            }
+            Ok(step)
         })
         .await
     }
@@ -296,7 +299,7 @@ impl Sessions {
             }
             let mut plan = Plan::for_user(self, shard, user, snapshot.version.as_ref());
             self.plan_delete(&mut plan, ctx, &record, snapshot.owns_title);
-            self.commit_or_retry(plan, ()).await
+            self.commit_deleted(plan, shard, &record).await
         })
         .await
     }
@@ -323,7 +326,16 @@ impl Sessions {
             plan.assume_title(title, Some(id));
         }
         self.plan_delete(&mut plan, ctx, &record, true);
-        Ok(Some(self.commit_or_retry(plan, ()).await?))
+        Ok(Some(self.commit_deleted(plan, shard, &record).await?))
+    }
+
+    /// Commits the delete of `record` in `plan`.
+    async fn commit_deleted(&self, plan: Plan, shard: u32, record: &Record) -> Result<Step<()>> {
+        let step = self.commit_or_retry(plan, ()).await?;
+        if let (Step::Done(()), Status::Active) = (&step, record.status) {
+            self.left_active(shard, &record.user_id);
+        }
+        Ok(step)
     }
 
     /// A delete in one script call that the hints do not cover: the store checks the session
@@ -334,7 +346,14 @@ impl Sessions {
         let shard = self.shard_of_session(id)?;
         let mut plan = Plan::for_unread_live_session(self, shard, id, [ctx.caller.user()]);
         plan.remove_unread(id, ctx.caller.user(), ctx.correlation_id.as_deref());
-        Ok(matches!(self.commit_plan(plan).await?, Step::Done(_)))
+        let Step::Done(committed) = self.commit_plan(plan).await? else {
+            return Ok(false);
+        };
+        let deleted = committed.session_view(id, "deleted")?;
+        if deleted.status == Status::Active {
+            self.left_active(shard, &deleted.user_id);
+        }
+        Ok(true)
     }
 
     fn plan_delete(&self, plan: &mut Plan, ctx: &Ctx, record: &Record, owns_title: bool) {

@@ -29,7 +29,7 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::ids::parse_session_id;
-use crate::model::{Record, Status};
+use crate::model::{Record, SessionView, Status};
 use crate::store::{Backend, CommitOutcome, FromReply, Keys, NamedBy, Reads, Replies, Slot};
 
 pub(crate) use inbound::InboundOutcome;
@@ -614,6 +614,14 @@ impl Committed {
         self.read_back.ok_or_else(|| {
             Error::Corrupt(format!("session {id} does not decode after its {change}"))
         })
+    }
+
+    /// The session its event carried: the answer to a `change` of session `id` made without
+    /// reading it, in its API form.
+    pub(crate) fn session_view(&self, id: &str, change: &str) -> Result<SessionView> {
+        let json = self.session.as_deref().unwrap_or_default();
+        serde_json::from_str(json)
+            .map_err(|e| Error::Corrupt(format!("session {id} as {change} does not decode: {e}")))
     }
 }
 

@@ -308,6 +308,14 @@ impl TestApp {
         Self::on_redis(target, None, self.clock.clone(), policy, Auth::TrustPod).await
     }
 
+    /// [`Self::beside`] with its policy tuned: a sidecar of a rollout that changes it.
+    pub async fn beside_with(&self, tune: impl FnOnce(&mut Policy)) -> TestApp {
+        let target = self.target.clone().expect("a Redis app");
+        let mut policy = self.sessions.policy().clone();
+        tune(&mut policy);
+        Self::on_redis(target, None, self.clock.clone(), policy, Auth::TrustPod).await
+    }
+
     /// [`Self::beside`], whose write hints are not told of the changes Redis reports: a hint
     /// another sidecar made stale is used, and refused by its guard.
     pub async fn beside_with_unreported_hints(&self) -> TestApp {

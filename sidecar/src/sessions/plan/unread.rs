@@ -30,7 +30,7 @@ impl Plan {
         owners: impl IntoIterator<Item = Option<&'a str>>,
     ) -> Self {
         let mut plan = Self::unread(sessions, shard, id, owners);
-        plan.assume_field(id, "status", Status::Active.as_str());
+        plan.assume_active_unread(id);
         plan.effects.touched.push(id.to_owned());
         plan
     }
@@ -44,6 +44,7 @@ impl Plan {
         owners: impl IntoIterator<Item = Option<&'a str>>,
     ) -> Self {
         let mut plan = Self::unread(sessions, shard, id, owners);
+        plan.assume_unexpired_unread(id);
         plan.effects.touched.push(id.to_owned());
         plan
     }
@@ -58,12 +59,12 @@ impl Plan {
         owner: Option<&str>,
     ) -> Self {
         let mut plan = Self::unread(sessions, shard, id, [owner]);
-        plan.assume_field(id, "status", Status::Active.as_str());
+        plan.assume_active_unread(id);
         plan.bump_user_version_of_unread(id);
         plan
     }
 
-    /// The guards every plan for an unread session has: unexpired, and each given owner's.
+    /// The guard every plan for an unread session has: each given owner's.
     fn unread<'a>(
         sessions: &Sessions,
         shard: u32,
@@ -72,12 +73,22 @@ impl Plan {
     ) -> Self {
         // The user is known only to the store: its keys are named by the document's field.
         let mut plan = Self::new(sessions, shard, "");
-        let doc = plan.keys.session(shard, id);
-        plan.guard(Guard::HIntAbove(doc, "expires_ms".to_owned(), plan.now_ms));
         for owner in owners.into_iter().flatten() {
             plan.assume_field(id, "user_id", owner);
         }
         plan
+    }
+
+    /// Commits only while the document of session `id` says it has not expired.
+    fn assume_unexpired_unread(&mut self, id: &str) {
+        let doc = self.keys.session(self.shard(), id);
+        self.guard(Guard::HIntAbove(doc, "expires_ms".to_owned(), self.now_ms));
+    }
+
+    /// Commits only while the document of session `id` says it is active and has not expired.
+    pub(crate) fn assume_active_unread(&mut self, id: &str) {
+        self.assume_unexpired_unread(id);
+        self.assume_field(id, "status", Status::Active.as_str());
     }
 
     /// [`Plan::for_unread_session`] of the session `id` of `user`, whose own keys the plan then
@@ -96,7 +107,7 @@ impl Plan {
     /// Appends an event about session `id`, which this plan has not read: the store fills in
     /// the session as the writes before it leave it. So it comes after the writes that change
     /// the session (before the one that deletes it).
-    fn event_of_unread(
+    pub(crate) fn event_of_unread(
         &mut self,
         kind: EventType,
         id: &str,
@@ -158,6 +169,19 @@ impl Plan {
         // ones, under the user's version: an end changes that set, so it moves the version.
         self.bump_user_version_of_unread(id);
         self.event_of_unread(EventType::Ended, id, Some(performer), correlation);
+    }
+
+    /// Ends the active session `id` of this plan's user, unread, as the system: a create at the
+    /// active cap ending the oldest, which guards the session's state itself
+    /// ([`Plan::assume_active_unread`]).
+    pub(crate) fn end_at_cap_unread(
+        &mut self,
+        id: &str,
+        retention_ms: i64,
+        correlation: Option<&str>,
+    ) {
+        self.effects.touched.push(id.to_owned());
+        self.end_unread(id, ("system", None), retention_ms, correlation);
     }
 
     /// A heartbeat of session `id` in a plan for it unread: its expiry moves to `expires_ms`,
