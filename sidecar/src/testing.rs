@@ -32,8 +32,8 @@ pub use crate::store::memory::MemoryBackend;
 pub use crate::store::redis::{ReplicaWait, Topology, connect, connect_with};
 pub use crate::store::redis_url::fixed;
 pub use crate::store::{
-    Append, Backend, BackendError, Commit, CommitOutcome, Guard, KeyAt, NamedBy, Probe, ReadOp,
-    Reply, SessionEvent, StreamEntry, WriteOp,
+    Append, Backend, BackendError, Commit, CommitOutcome, DocKey, Guard, KeyAt, NamedBy, Probe,
+    ReadOp, Reply, SessionEvent, StreamEntry, WriteOp,
 };
 
 /// The engine's RFC 7386 merge of `patch` into `target`, as it writes it.

@@ -60,12 +60,12 @@ impl Sessions {
     }
 
     /// A switch in one script call that the hints do not cover (see
-    /// [`Sessions::switch_from_hints`]), to a session named by id or by title (one the hints do
-    /// not know is looked up in the user's title index first: two calls): the store checks the
-    /// session active, unexpired, the user's, still so titled and not current already, and
+    /// [`Sessions::switch_from_hints`]), to a session named by id or by title: the store checks
+    /// the session active, unexpired, the user's, still so titled and not current already, and
     /// changes the current session before it through the user's pointer
-    /// ([`Plan::switch_to_unread`]). `None` when the hints cover the switch, or when the store
-    /// refused it (it is then decided on a snapshot, which says why).
+    /// ([`Plan::switch_to_unread`]; by a title the hints do not know, the session is named by
+    /// the user's title index: [`Plan::switch_to_titled`]). `None` when the hints cover the
+    /// switch, or when the store refused it (it is then decided on a snapshot, which says why).
     async fn switch_unread(
         &self,
         ctx: &Ctx,
@@ -73,21 +73,23 @@ impl Sessions {
         user: &str,
         target: &SwitchCurrent,
     ) -> Result<Option<Record>> {
-        let known = self.target_known(user, target);
-        let id = match &known {
-            Some(id) => id.clone(),
-            None => {
-                let title = target.title.clone().unwrap_or_default();
-                self.read_one(|r| r.hget(self.keys.titles(shard, user), title))
-                    .await?
-                    .ok_or(Error::NotFound("the user has no session with this title"))?
+        let (performer, correlation) = (ctx.caller.user(), ctx.correlation_id.as_deref());
+        let Some(id) = self.target_known(user, target) else {
+            let title = target.title.as_deref().unwrap_or_default();
+            let plan = Plan::switch_to_titled(self, shard, user, title, performer, correlation);
+            let Step::Done(committed) = self.commit_plan(plan).await? else {
+                return Ok(None);
+            };
+            let record = committed.read_back_of(title, "switch by title")?;
+            if let Some(recent) = &self.recent {
+                recent.set_current(shard, user, Some(record.session_id.clone()));
             }
+            return Ok(Some(record));
         };
         // The hints cover a switch to a session they know by the id or title given, when they
         // know the current session too.
         let claimed = user.to_owned();
-        if known.is_some()
-            && self.hinted_current(shard, user).is_some()
+        if self.hinted_current(shard, user).is_some()
             && self.hinted(ctx, &id, Some(&claimed))?.is_some()
         {
             return Ok(None);
@@ -96,7 +98,7 @@ impl Sessions {
         if let Some(title) = &target.title {
             plan.assume_field(&id, "title", title);
         }
-        plan.switch_to_unread(&id, ctx.caller.user(), ctx.correlation_id.as_deref());
+        plan.switch_to_unread(&id, performer, correlation);
         self.commit_read_back(plan, &id, "switch").await
     }
 

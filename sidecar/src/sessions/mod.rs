@@ -347,8 +347,15 @@ impl Sessions {
             }
         }
         if let Some(listener) = &self.listener {
+            // A document read back changed too (one named by an index is known only now).
+            let read_back_id = read_back
+                .as_ref()
+                .map(|(record, _)| &record.session_id)
+                .filter(|id| !effects.touched.contains(id));
             let touched = effects.touched.iter().chain(&applied.reported);
-            touched.for_each(|id| listener.changed(id));
+            touched
+                .chain(read_back_id)
+                .for_each(|id| listener.changed(id));
         }
         Ok(Step::Done(Committed {
             list_len: applied.list_len,

@@ -2,11 +2,13 @@
 -- KEYS: every key touched, one hash slot.
 -- ARGV[1]: the program, one instruction per guard, append and write, in that order: an opcode
 --   byte, the key's index in KEYS (2 bytes, big-endian), and for HSET, HDEL, XDEL, XADD and
---   XADD_SESSION a count (2 bytes: fields, or field-value pairs); the *_AT instructions (the
---   key is KEYS[index] .. what another key holds) and XADD_SESSION (the payload is a session
---   document) then give that other key's index in KEYS (2 bytes); HDEL_IF_AT (its field too
---   is what another key holds) then a second one. MERGED_WITHIN and MERGE_JSON act on what their
---   key holds: its value, or the hash field that is their first operand (empty: the value).
+--   XADD_SESSION(_AT) a count (2 bytes: fields, or field-value pairs); the *_AT instructions
+--   (the key is KEYS[index] .. what another key holds), SET_NAMED (the value is what another
+--   key holds) and XADD_SESSION (the payload is a session document) then give that other
+--   key's index in KEYS (2 bytes); HDEL_IF_AT (its field too is what another key holds) and
+--   XADD_SESSION_AT (the document is KEYS[that index] .. what a third key holds) then a second
+--   one; what that other key holds is its value, or the hash field that is the first operand
+--   (empty: the value). MERGED_WITHIN and MERGE_JSON act on what their key holds, alike.
 -- ARGV[2..]: the operands of the instructions (values, fields, scores, limits), in order.
 -- Guards are checked first, then events are appended, then state is written. An append that
 -- fails returns before any write, so state changes only if its event is recorded. The one
@@ -35,6 +37,8 @@ local INCR, INCR_WINDOW, HINCRBY, XDEL, READ_BACK = 43, 105, 110, 88, 66 -- + i 
 local ZADD_AT, ZREM_AT, INCR_AT, HSET_AT, HINCRBY_AT = 90, 81, 74, 87, 78 -- Z Q J W N
 local XADD_SESSION, REPORT, HDEL_IF_AT = 86, 80, 84 -- V P T
 local MERGED_WITHIN, MERGE_JSON, HABSENT_AT, HPUT_AT = 77, 109, 85, 79 -- M m U O
+local HEQ_AT, HINT_ABOVE_AT, READ_BACK_AT, SET_NAMED = 75, 103, 107, 83 -- K g k S
+local XADD_SESSION_AT = 118 -- v
 
 -- Writes the API form of a session document as JSON (model/session.rs, Record::view): the
 -- payload of the event of a change made without reading the session. A test holds the two to
@@ -273,6 +277,19 @@ while pc <= len do
     local name = named(KEYS[count()], ARGV[a])
     if not name or call('HGET', k .. name, ARGV[a + 1]) then return 'CONFLICT' end
     a = a + 2
+  elseif op == HEQ_AT or op == HINT_ABOVE_AT then
+    -- The hash k .. what the naming key holds must be there by name, its field as HEQ or
+    -- HINT_ABOVE requires.
+    local name = named(KEYS[count()], ARGV[a])
+    local held = name and call('HGET', k .. name, ARGV[a + 1])
+    if not held then return 'CONFLICT' end
+    if op == HEQ_AT then
+      if held ~= ARGV[a + 2] then return 'CONFLICT' end
+    else
+      local value = tonumber(held)
+      if not value or value <= tonumber(ARGV[a + 2]) then return 'CONFLICT' end
+    end
+    a = a + 3
   elseif op == STREAM_BELOW then
     local length = pcall('XLEN', k)
     if failed_append(length) then return redis.error_reply('APPEND_FAILED ' .. length.err) end
@@ -338,6 +355,14 @@ while pc <= len do
     a = a + n
   elseif op == READ_BACK then
     read_back = call('HGETALL', k)
+  elseif op == READ_BACK_AT then
+    local name = named(KEYS[count()], ARGV[a])
+    if name then read_back = call('HGETALL', k .. name) end
+    a = a + 1
+  elseif op == SET_NAMED then
+    local value = named(KEYS[count()], ARGV[a])
+    if value then call('SET', k, value) end
+    a = a + 1
   elseif op == ZADD_AT or op == ZREM_AT or op == INCR_AT or op == HSET_AT or op == HINCRBY_AT
       or op == HPUT_AT then
     -- The key is k .. what the naming key holds.
@@ -382,12 +407,19 @@ while pc <= len do
     a = a + 2
   elseif op == REPORT then
     reported = call('GET', k) or ''
-  elseif op == XADD_SESSION then
-    local n = count()
-    session = session_view_writer()(call('HGETALL', KEYS[count()]))
-    local entry = { k, '*', unpack(ARGV, a, a + 2 * n - 2) }
-    entry[#entry + 1] = ARGV[a + 2 * n - 1] .. session .. ARGV[a + 2 * n]
-    call('XADD', unpack(entry))
+  elseif op == XADD_SESSION or op == XADD_SESSION_AT then
+    local n, doc = count(), KEYS[count()]
+    if op == XADD_SESSION_AT then -- the document is doc .. what the naming key holds
+      local name = named(KEYS[count()], ARGV[a])
+      doc = name and doc .. name
+      a = a + 1
+    end
+    if doc then
+      session = session_view_writer()(call('HGETALL', doc))
+      local entry = { k, '*', unpack(ARGV, a, a + 2 * n - 2) }
+      entry[#entry + 1] = ARGV[a + 2 * n - 1] .. session .. ARGV[a + 2 * n]
+      call('XADD', unpack(entry))
+    end
     a = a + 2 * n + 1
   else
     return redis.error_reply('BADOP unknown opcode ' .. tostring(op))

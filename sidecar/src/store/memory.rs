@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use crate::clock::{Clock, SystemClock};
 
 use super::{
-    Append, Applied, Backend, BackendError, Bound, Commit, CommitOutcome, Guard, KeyAt, NamedBy,
-    Probe, ReadOp, Reply, Score, StreamEntry, WriteOp, ZRange,
+    Append, Applied, Backend, BackendError, Bound, Commit, CommitOutcome, DocKey, Guard, KeyAt,
+    NamedBy, Probe, ReadOp, Reply, Score, StreamEntry, WriteOp, ZRange,
 };
 use crate::model::Record;
 
@@ -344,6 +344,17 @@ impl Db {
                         return Ok(CommitOutcome::Conflict);
                     }
                 }
+                Guard::HEqAt(at, field, expected) => {
+                    if self.field_at(at, field).as_ref() != Some(expected) {
+                        return Ok(CommitOutcome::Conflict);
+                    }
+                }
+                Guard::HIntAboveAt(at, field, floor) => {
+                    let value = self.field_at(at, field).and_then(|v| v.parse::<i64>().ok());
+                    if value.is_none_or(|v| v <= *floor) {
+                        return Ok(CommitOutcome::Conflict);
+                    }
+                }
                 Guard::MergedWithin(at, patch, max) => {
                     let held = self.held_json(at);
                     if !held.is_object() || merged_json(held, patch).len() as u64 > *max {
@@ -526,6 +537,16 @@ impl Db {
                 let fields = self.read(&ReadOp::HGetAll(k)).into_pairs();
                 applied.read_back = (!fields.is_empty()).then_some(fields);
             }
+            WriteOp::ReadBackAt(at) => {
+                if let Some(key) = self.key_at(&at) {
+                    self.write(WriteOp::ReadBack(key), applied);
+                }
+            }
+            WriteOp::SetNamed(k, name) => {
+                if let Some(value) = self.name(&name) {
+                    self.write(WriteOp::Set(k, value), applied);
+                }
+            }
             WriteOp::ZAddAt(at, score, member) => {
                 if let Some(key) = self.key_at(&at) {
                     self.write(WriteOp::ZAdd(key, score, member), applied);
@@ -577,7 +598,12 @@ impl Db {
                 applied.reported = self.read(&ReadOp::Get(k)).into_opt_string();
             }
             WriteOp::AppendSessionEvent(event) => {
-                let fields = self.read(&ReadOp::HGetAll(event.session)).into_pairs();
+                let session = match event.session {
+                    DocKey::Given(key) => Some(key),
+                    DocKey::At(at) => self.key_at(&at),
+                };
+                let Some(session) = session else { return };
+                let fields = self.read(&ReadOp::HGetAll(session)).into_pairs();
                 let payload = Record::from_fields(fields)
                     .ok()
                     .flatten()
@@ -612,6 +638,13 @@ impl Db {
         Some(format!("{}{name}", at.prefix))
     }
 
+    /// `HGET` of `field` in the hash `at` names (`None` without a name too).
+    fn field_at(&mut self, at: &KeyAt, field: &str) -> Option<String> {
+        let key = self.key_at(at)?;
+        self.read(&ReadOp::HGet(key, field.to_owned()))
+            .into_opt_string()
+    }
+
     /// The key `at` names, when it is a hash that has `field` already (as `commit.lua` checks
     /// it, with `HGET`).
     fn hash_at_with(&mut self, at: &KeyAt, field: &str) -> Option<String> {
@@ -643,6 +676,7 @@ fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
         | WriteOp::SetPx(..)
         | WriteOp::Del(_)
         | WriteOp::ReadBack(_)
+        | WriteOp::ReadBackAt(_)
         | WriteOp::ZAddAt(..)
         | WriteOp::ZRemAt(..)
         | WriteOp::IncrAt(_)
@@ -654,7 +688,7 @@ fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
         | WriteOp::Report(_) => {
             return None;
         }
-        WriteOp::Incr(k) | WriteOp::IncrWindow(k, _) => (k, Kind::Str),
+        WriteOp::Incr(k) | WriteOp::IncrWindow(k, _) | WriteOp::SetNamed(k, _) => (k, Kind::Str),
         WriteOp::HSet(k, _) | WriteOp::HDel(k, _) | WriteOp::HIncrBy(k, _, _) => (k, Kind::Hash),
         WriteOp::ZAdd(k, _, _) | WriteOp::ZRem(k, _) | WriteOp::ZRemBelow(k, _) => (k, Kind::ZSet),
         WriteOp::RPushNumbered(k, _, _) => (k, Kind::List),

@@ -192,6 +192,11 @@ pub enum Guard {
     /// The hash named as for [`WriteOp::ZAddAt`] must lack the field (`HGET` nil); a missing
     /// name fails: a new title free in the index of the user an unread document names.
     HAbsentAt(KeyAt, String),
+    /// `HGET <key> field` must equal the value, the key named as for [`WriteOp::ZAddAt`]; a
+    /// missing name fails: a session named by its user's title index.
+    HEqAt(KeyAt, String, String),
+    /// [`Guard::HIntAbove`] of the key named as for [`WriteOp::ZAddAt`]; a missing name fails.
+    HIntAboveAt(KeyAt, String, i64),
 }
 
 /// An event to append to a stream before any write of the commit.
@@ -230,6 +235,12 @@ pub enum WriteOp {
     /// Reports the hash's fields as the writes before it left them: a document changed
     /// without reading it, for this process to know it after all.
     ReadBack(String),
+    /// [`WriteOp::ReadBack`] of the key named as for [`WriteOp::ZAddAt`] (no report without a
+    /// name).
+    ReadBackAt(KeyAt),
+    /// `SET key` to what [`NamedBy`] points at (nothing without it): the user's current
+    /// pointer set to the session its title index names.
+    SetNamed(String, NamedBy),
     /// `ZADD <key> score member`, the key named by what another key holds (see [`KeyAt`]);
     /// nothing without a name.
     ZAddAt(KeyAt, Score, String),
@@ -291,8 +302,15 @@ pub struct SessionEvent {
     /// payload and then `tail`.
     pub fields: Vec<(String, String)>,
     /// The session document's key.
-    pub session: String,
+    pub session: DocKey,
     pub tail: String,
+}
+
+/// The key of a document: given, or named by what another key holds (no event without a name).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DocKey {
+    Given(String),
+    At(KeyAt),
 }
 
 /// A guarded, atomic change. All keys of one commit share one hash slot (checked by the Redis

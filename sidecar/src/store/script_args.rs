@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use super::keys::hash_tag;
-use super::{BackendError, Bound, Commit, Guard, KeyAt, NamedBy, ReadOp, WriteOp, ZRange};
+use super::{BackendError, Bound, Commit, DocKey, Guard, KeyAt, NamedBy, ReadOp, WriteOp, ZRange};
 
 /// Collects the keys of one call, each once, and hands out their 1-based `KEYS` index.
 #[derive(Default)]
@@ -165,6 +165,11 @@ mod opcode {
     pub(super) const MERGE_JSON: u8 = b'm';
     pub(super) const HABSENT_AT: u8 = b'U';
     pub(super) const HPUT_AT: u8 = b'O';
+    pub(super) const HEQ_AT: u8 = b'K';
+    pub(super) const HINT_ABOVE_AT: u8 = b'g';
+    pub(super) const READ_BACK_AT: u8 = b'k';
+    pub(super) const SET_NAMED: u8 = b'S';
+    pub(super) const XADD_SESSION_AT: u8 = b'v';
 }
 
 /// The arguments of `commit.lua`: its keys, the program, the operands.
@@ -258,6 +263,14 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
                 .extend([field.clone(), floor.to_string()]),
             Guard::StreamBelow(k, max) => call.op(STREAM_BELOW, k)?.push(max.to_string()),
             Guard::HAbsentAt(at, field) => call.at(HABSENT_AT, at)?.push(field.clone()),
+            Guard::HEqAt(at, field, expected) => {
+                call.at(HEQ_AT, at)?
+                    .extend([field.clone(), expected.clone()]);
+            }
+            Guard::HIntAboveAt(at, field, floor) => {
+                call.at(HINT_ABOVE_AT, at)?
+                    .extend([field.clone(), floor.to_string()]);
+            }
             Guard::MergedWithin(at, patch, max) => {
                 call.held(MERGED_WITHIN, at)?
                     .extend([patch.clone(), max.to_string()]);
@@ -313,6 +326,13 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
             WriteOp::ReadBack(k) => {
                 call.op(READ_BACK, k)?;
             }
+            WriteOp::ReadBackAt(at) => {
+                call.at(READ_BACK_AT, at)?;
+            }
+            WriteOp::SetNamed(k, name) => {
+                call.op(SET_NAMED, k)?;
+                call.name(name)?;
+            }
             WriteOp::ZAddAt(at, score, m) => {
                 call.at(ZADD_AT, at)?.extend([score.to_string(), m.clone()]);
             }
@@ -340,9 +360,22 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
                 call.operands.push(value.clone());
             }
             WriteOp::AppendSessionEvent(event) => {
-                call.counted(XADD_SESSION, &event.stream, event.fields.len())?;
-                let session = call.keys.index(&event.session);
-                call.number(session, "keys")?;
+                let opcode = match &event.session {
+                    DocKey::Given(_) => XADD_SESSION,
+                    DocKey::At(_) => XADD_SESSION_AT,
+                };
+                call.counted(opcode, &event.stream, event.fields.len())?;
+                match &event.session {
+                    DocKey::Given(key) => {
+                        let session = call.keys.index(key);
+                        call.number(session, "keys")?;
+                    }
+                    DocKey::At(at) => {
+                        let prefix = call.keys.index(&at.prefix);
+                        call.number(prefix, "keys")?;
+                        call.name(&at.name)?;
+                    }
+                }
                 for (f, v) in &event.fields {
                     call.operands.extend([f.clone(), v.clone()]);
                 }
@@ -358,7 +391,7 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Append;
+    use crate::store::{Append, SessionEvent};
 
     #[test]
     fn a_commit_is_a_program_of_opcodes_key_indexes_and_counts_with_operands_after_it() {
@@ -441,13 +474,13 @@ mod tests {
                     prefix: "{1}:uv:".into(),
                     ..at
                 }),
-                WriteOp::AppendSessionEvent(crate::store::SessionEvent {
+                WriteOp::AppendSessionEvent(SessionEvent {
                     stream: "{1}:outbox".into(),
                     fields: vec![
                         ("event_id".into(), "e1".into()),
                         ("envelope".into(), "{\"payload\":".into()),
                     ],
-                    session: "{1}:s:a".into(),
+                    session: DocKey::Given("{1}:s:a".into()),
                     tail: "}".into(),
                 }),
             ],
@@ -583,6 +616,64 @@ mod tests {
             ]
         );
         assert_eq!(call.operands, ["", "current", "0", "", "version", "1"]);
+    }
+
+    #[test]
+    fn a_switch_by_title_names_the_session_by_the_title_index() {
+        let titled = NamedBy::Field("{1}:t:u".into(), "one".into());
+        let doc = KeyAt {
+            prefix: "{1}:s:".into(),
+            name: titled.clone(),
+        };
+        let commit = Commit {
+            guards: vec![
+                Guard::HEqAt(doc.clone(), "current".into(), "0".into()),
+                Guard::HIntAboveAt(doc.clone(), "expires_ms".into(), 7),
+            ],
+            appends: Vec::new(),
+            writes: vec![
+                WriteOp::SetNamed("{1}:cur:u".into(), titled),
+                WriteOp::ReadBackAt(doc.clone()),
+                WriteOp::AppendSessionEvent(SessionEvent {
+                    stream: "{1}:outbox".into(),
+                    fields: vec![("data".into(), "{\"payload\":".into())],
+                    session: DocKey::At(doc),
+                    tail: "}".into(),
+                }),
+            ],
+        };
+        let call = encode_commit(&commit).unwrap();
+        assert_eq!(
+            call.keys.keys,
+            ["{1}:s:", "{1}:t:u", "{1}:cur:u", "{1}:outbox"]
+        );
+        assert_eq!(
+            call.program,
+            [
+                b'K', 0, 1, 0, 2, //
+                b'g', 0, 1, 0, 2, //
+                b'S', 0, 3, 0, 2, //
+                b'k', 0, 1, 0, 2, //
+                b'v', 0, 4, 0, 1, 0, 1, 0, 2,
+            ]
+        );
+        assert_eq!(
+            call.operands,
+            [
+                "one",
+                "current",
+                "0",
+                "one",
+                "expires_ms",
+                "7",
+                "one",
+                "one",
+                "one",
+                "data",
+                "{\"payload\":",
+                "}",
+            ]
+        );
     }
 
     #[test]

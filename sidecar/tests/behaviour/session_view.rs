@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Map, Value, json};
 use session_sidecar::testing::{
-    Commit, Envelope, Record, SessionEvent, Status, WriteOp, api_form, stored_fields,
+    Commit, DocKey, Envelope, Record, SessionEvent, Status, WriteOp, api_form, stored_fields,
 };
 
 use crate::harness::{Kind, TestApp};
@@ -101,7 +101,7 @@ async fn redis_writes_the_api_form_of_any_session_into_its_event() {
                     WriteOp::AppendSessionEvent(SessionEvent {
                         stream: outbox.clone(),
                         fields,
-                        session: doc.clone(),
+                        session: DocKey::Given(doc.clone()),
                         tail,
                     }),
                 ],

@@ -6,7 +6,7 @@
 use serde_json::json;
 
 use crate::calls::Calls;
-use crate::harness::{Kind, TestApp};
+use crate::harness::{Kind, Res, TestApp};
 
 #[tokio::test]
 async fn a_create_for_a_user_another_sidecar_served_takes_one_call() {
@@ -144,8 +144,7 @@ async fn switches_and_deletes_of_sessions_another_sidecar_wrote_take_one_call_ea
     // the user's pointer names and answers with the session as its event carries it; the
     // delete removes every key and index entry of the session (named by its document's user,
     // title and case) and frees its title. Refused ones are decided on a snapshot: a switch to
-    // the current session changes nothing; the current session cannot be deleted (400). A
-    // switch by a title the sidecar does not know looks the title up first (two calls).
+    // the current session changes nothing; the current session cannot be deleted (400).
     let a = TestApp::new(Kind::Redis).await;
     let b = a.beside().await;
     let one = a.create_id("u1", json!({"title": "one"})).await;
@@ -208,16 +207,61 @@ async fn switches_and_deletes_of_sessions_another_sidecar_wrote_take_one_call_ea
     assert_eq!(res.code(), "current_session_delete", "{}", res.body);
     assert!(n > 1, "decided on a snapshot after the refused call: {n}");
     assert_eq!(a.get(&current).await.status.as_u16(), 200);
+}
 
-    // A title this sidecar does not know is looked up first: two calls; a missing one, one.
-    let c = a.beside().await;
-    c.create_id("warm-up", json!({})).await;
-    let by_title = |title: &str| c.put("/v1/users/u1/current-session", json!({"title": title}));
-    let (n, res) = calls.during(by_title("one")).await;
-    assert_eq!((n, res.status.as_u16()), (2, 200), "by title: {}", res.body);
+#[tokio::test]
+async fn a_switch_by_a_title_the_sidecar_does_not_know_takes_one_call() {
+    // Proves: a switch of the current session by a title that a sidecar's hints do not know
+    // is one call: the store names the session by the user's title index, checks it active,
+    // unexpired and not current already, sets the user's pointer to it, turns off the former
+    // current session and answers with the session as its event carries it. Refused ones are
+    // decided on a snapshot: the current session already (nothing changes), a title nobody
+    // holds (404), an ended session's (409), an expired one's (404). Each probe is from a
+    // sidecar that knows nothing.
+    let a = TestApp::new(Kind::Redis).await;
+    let one = a.create_id("u1", json!({"title": "one"})).await;
+    let two = a.create_id("u1", json!({"title": "two"})).await;
+    let mut calls = Calls::new(&a).await;
+    let (n, res) = switch_by_title(&a, &mut calls, "one").await;
+    assert_eq!((n, res.status.as_u16()), (1, 200), "by title: {}", res.body);
     assert_eq!(res.body["session_id"], one.as_str());
-    let (n, res) = calls.during(by_title("missing")).await;
-    assert_eq!((n, res.code()), (1, "not_found"), "{}", res.body);
+    assert_eq!(res.body, a.get(&format!("/v1/sessions/{one}")).await.body);
+    let updated = a.outbox_of("session.updated.v1").await;
+    assert_eq!(updated.last().map(|e| &e.payload), Some(&res.body));
+    let former = a.get(&format!("/v1/sessions/{two}")).await.body;
+    assert_eq!(former["current"], false, "{former}");
+    assert_eq!(a.get("/v1/users/u1/current-session").await.body, res.body);
+
+    let (n, again) = switch_by_title(&a, &mut calls, "one").await;
+    assert_eq!((again.status.as_u16(), &again.body), (200, &res.body));
+    assert!(n > 1, "decided on a snapshot after the refused call: {n}");
+    let (n, res) = switch_by_title(&a, &mut calls, "missing").await;
+    assert_eq!((n, res.code()), (2, "not_found"), "{}", res.body);
+    let ended = a.end(&two, json!({"performer_id": "u1"})).await;
+    assert_eq!(ended.status.as_u16(), 200, "{}", ended.body);
+    let (_, res) = switch_by_title(&a, &mut calls, "two").await;
+    assert_eq!(res.code(), "session_ended", "{}", res.body);
+    a.create_id("u1", json!({"title": "brief", "ttl_seconds": 1}))
+        .await;
+    a.create_id("u1", json!({})).await; // the current one: "brief" is not
+    a.clock.advance_ms(1_001);
+    let (_, res) = switch_by_title(&a, &mut calls, "brief").await;
+    assert_eq!(
+        res.code(),
+        "not_found",
+        "an expired session's: {}",
+        res.body
+    );
+    assert_eq!(a.outbox_of("session.updated.v1").await.len(), updated.len());
+}
+
+/// Switches `u1`'s current session by `title` from a sidecar that knows nothing; the calls to
+/// Redis it made, and its answer.
+async fn switch_by_title(a: &TestApp, calls: &mut Calls, title: &str) -> (u64, Res) {
+    let sidecar = a.beside().await;
+    sidecar.create_id("warm-up", json!({})).await; // loads the scripts
+    let switch = sidecar.put("/v1/users/u1/current-session", json!({"title": title}));
+    calls.during(switch).await
 }
 
 #[tokio::test]

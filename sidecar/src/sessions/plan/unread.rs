@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::model::input::{MAX_OBJECT_BYTES, UpdateSession};
 use crate::model::{EventType, Status};
 use crate::sessions::Sessions;
-use crate::store::{Guard, KeyAt, NamedBy, SessionEvent, WriteOp};
+use crate::store::{DocKey, Guard, KeyAt, NamedBy, SessionEvent, WriteOp};
 
 use super::Plan;
 
@@ -114,12 +114,24 @@ impl Plan {
         performer: Option<&str>,
         correlation: Option<&str>,
     ) {
+        let session = DocKey::Given(self.keys.session(self.shard(), id));
+        self.event_of_document(kind, session, performer, correlation);
+    }
+
+    /// [`Plan::event_of_unread`] of the session document `session`.
+    fn event_of_document(
+        &mut self,
+        kind: EventType,
+        session: DocKey,
+        performer: Option<&str>,
+        correlation: Option<&str>,
+    ) {
         let envelope = self.envelope(kind, performer, correlation, Value::Null);
         let (fields, tail) = envelope.into_stream_fields_around_payload();
         self.write(WriteOp::AppendSessionEvent(SessionEvent {
             stream: self.keys.outbox(self.shard()),
             fields,
-            session: self.keys.session(self.shard(), id),
+            session,
             tail,
         }));
     }
@@ -232,6 +244,56 @@ impl Plan {
         self.set_current(id);
         self.write(WriteOp::ReadBack(self.keys.session(self.shard(), id)));
         self.event_of_unread(EventType::Updated, id, performer, correlation);
+    }
+
+    /// A plan that makes the session the user's title index gives `title` the user's current
+    /// one, as [`Plan::switch_to_unread`] does, for a process that does not know which session
+    /// that is: every guard and write names the document by that index entry, and the user's
+    /// pointer is set to what the entry holds. The store requires the session active,
+    /// unexpired, the user's, still so titled and not current already; the commit reads it
+    /// back (the switch's answer, which tells its id).
+    pub(crate) fn switch_to_titled(
+        sessions: &Sessions,
+        shard: u32,
+        user: &str,
+        title: &str,
+        performer: Option<&str>,
+        correlation: Option<&str>,
+    ) -> Self {
+        let mut plan = Self::new(sessions, shard, user);
+        let k = plan.keys.clone();
+        let titled = NamedBy::Field(k.titles(shard, user), title.to_owned());
+        let doc = KeyAt {
+            prefix: k.session(shard, ""),
+            name: titled.clone(),
+        };
+        let expires = "expires_ms".to_owned();
+        plan.guard(Guard::HIntAboveAt(doc.clone(), expires, plan.now_ms));
+        let active = Status::Active.as_str();
+        for (field, value) in [
+            ("status", active),
+            ("user_id", user),
+            ("title", title),
+            ("current", "0"),
+        ] {
+            plan.guard(Guard::HEqAt(
+                doc.clone(),
+                field.to_owned(),
+                value.to_owned(),
+            ));
+        }
+        plan.write(WriteOp::Incr(k.user_version(shard, user)));
+        plan.put_unknown_former_current();
+        plan.write(WriteOp::SetNamed(k.current(shard, user), titled));
+        plan.effects.rests_on_current = true;
+        let now = plan.now_ms.to_string();
+        for (field, value) in [("current", "1".to_owned()), ("updated_ms", now)] {
+            plan.write(WriteOp::HSetAt(doc.clone(), field.to_owned(), value));
+        }
+        plan.write(WriteOp::HIncrByAt(doc.clone(), "version".to_owned(), 1));
+        plan.write(WriteOp::ReadBackAt(doc.clone()));
+        plan.event_of_document(EventType::Updated, DocKey::At(doc), performer, correlation);
+        plan
     }
 
     /// Removes the unread session `id` ([`Plan::for_unread_live_session`]) and everything that
