@@ -168,7 +168,7 @@ pub struct Config {
     /// Bytes of write hints: the session documents this process wrote or read last and the
     /// current sessions it set, from which its next write to them commits in one call to
     /// Redis instead of a read and a commit; 0 keeps nothing (writes are one call without hints
-    /// too, but for a switch by title, a create past the active cap and a refused write).
+    /// too, but for a refused write).
     #[arg(long, env = "SESSION_WRITE_HINTS_MAX_BYTES", default_value_t = DEFAULT_WRITE_HINTS_MAX_BYTES)]
     pub write_hints_max_bytes: u64,
     /// Hard maximum age of a cached session, in milliseconds.

@@ -10,7 +10,6 @@ use crate::model::{EventType, Record, Status};
 use crate::store::{Guard, NamedBy, Reads, WriteOp, ZRange};
 
 use super::plan::Plan;
-use super::recent::{ActiveSession, AtCap};
 use super::{Caller, CapPolicy, Ctx, Sessions, Step, decode_record};
 
 /// A validated creation request.
@@ -34,11 +33,7 @@ impl Sessions {
     /// the active cap, 429 past the creation rate, 503 when the store fails.
     pub async fn create(&self, ctx: &Ctx, input: CreateSession) -> Result<Record> {
         let new = self.validate_create(ctx, input)?;
-        let one_call = match self.create_ending_oldest_known(ctx, &new).await? {
-            Some(step) => Some(step),
-            None => self.create_unknowing(ctx, &new).await?,
-        };
-        let refused = match one_call {
+        let refused = match self.create_unknowing(ctx, &new).await? {
             Some(Step::Done(record)) => return Ok(record),
             Some(Step::Retry) => true,
             None => false,
@@ -177,9 +172,12 @@ impl Sessions {
             }
             (None, None) => Vec::new(),
         };
-        if let (Some(recent), Some(cap)) = (&self.recent, self.policy.max_active_per_user) {
-            let at_cap = active.len() >= cap as usize;
-            recent.set_at_cap(shard, user, at_cap.then_some(AtCap::Found));
+        if let (Some(recent), Some(cap), CapPolicy::Reject) = (
+            &self.recent,
+            self.policy.max_active_per_user,
+            self.policy.cap_policy,
+        ) {
+            recent.set_at_cap(shard, user, active.len() >= cap as usize);
         }
 
         if let Some(limit) = self.policy.create_rate_limit
@@ -251,102 +249,16 @@ impl Sessions {
         }
 
         let record = self.start(&mut plan, new, now, corr);
-        let step = self.commit_or_retry(plan, record).await?;
-        // Ending the oldest, this create knows the user's active sessions after it: the next
-        // create ends the oldest of them in its one call.
-        if let (Some(recent), Step::Done(record), true) = (&self.recent, &step, evict_count > 0) {
-            let ended = |id: &String| victims.iter().any(|v| v.session_id == *id);
-            let mut after: Vec<ActiveSession> = active
-                .iter()
-                .filter(|id| !ended(id))
-                .filter_map(|id| stored.get(id))
-                .filter(|doc| doc.is_active(now))
-                .map(ActiveSession::of)
-                .collect();
-            after.push(ActiveSession::of(record));
-            recent.set_at_cap(shard, user, Some(AtCap::Active(after.into())));
-        }
-        Ok(step)
-    }
-
-    /// A create in one script call for a user this process found at the active cap (end-oldest)
-    /// with its active sessions known: the commit ends the oldest of them (the store writes
-    /// their ends and events, as [`Plan::end_unread`]) and checks that they are exactly the
-    /// user's active sessions — each still active and unexpired, and no other one — as well
-    /// as the title and the rate limit. `None` when that is not known; a retry when refused
-    /// (the create is then decided on a snapshot, documents and all).
-    async fn create_ending_oldest_known(
-        &self,
-        ctx: &Ctx,
-        new: &NewSession,
-    ) -> Result<Option<Step<Record>>> {
-        let (k, shard, user) = (&self.keys, new.shard, new.user_id.as_str());
-        let (Some(recent), Some(cap), CapPolicy::EndOldest) = (
-            &self.recent,
-            self.policy.max_active_per_user,
-            self.policy.cap_policy,
-        ) else {
-            return Ok(None);
-        };
-        let Some(AtCap::Active(known)) = recent.at_cap(shard, user) else {
-            return Ok(None);
-        };
-        let now = self.now();
-        let mut active: Vec<&ActiveSession> = known.iter().filter(|s| s.expires_ms > now).collect();
-        if active.len() < cap as usize {
-            // Room again (some expired): a create from the hints checks the cap itself.
-            recent.set_at_cap(shard, user, None);
-            return Ok(None);
-        }
-        active.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
-        let victims = &active[..=active.len() - cap as usize];
-
-        let mut plan = Plan::unversioned(self, shard, user);
-        self.guard_title_and_rate(&mut plan, new);
-        #[allow(clippy::cast_precision_loss)]
-        let now_score = now as f64;
-        let no_other = u64::try_from(active.len() + 1).unwrap_or(u64::MAX);
-        plan.guard(Guard::ZCountBelow(
-            k.user_active(shard, user),
-            now_score,
-            no_other,
-        ));
-        for session in &active {
-            plan.assume_active_unread(&session.id);
-        }
-        let corr = ctx.correlation_id.as_deref();
-        // Flag first, ends next: a victim that was current is ended as not current.
-        plan.put_unknown_former_current();
-        for victim in victims {
-            plan.end_at_cap_unread(&victim.id, self.policy.ended_retention_ms, corr);
-        }
-        let record = self.new_record(new, now);
-        self.put_new(&mut plan, new, &record);
-        // After the ends' events, as a create decided on a snapshot orders them.
-        plan.event_of_unread(
-            EventType::Created,
-            &record.session_id,
-            Some(&new.performer),
-            corr,
-        );
-        let step = self.commit_or_retry(plan, record).await?;
-        if let Step::Done(record) = &step {
-            let after: Vec<ActiveSession> = active[victims.len()..]
-                .iter()
-                .map(|s| (*s).clone())
-                .chain([ActiveSession::of(record)])
-                .collect();
-            recent.set_at_cap(shard, user, Some(AtCap::Active(after.into())));
-        }
-        Ok(Some(step))
+        self.commit_or_retry(plan, record).await
     }
 
     /// A create in one script call for a user whose current session this process does not
     /// know (its first create here, say): the commit checks the limits as
     /// [`Sessions::try_create_from_hints`] does, and turns off the flag of whichever session
-    /// the user's pointer names (also without hints: then every create is one). `None` when
-    /// the hints know the current session (a create from them checks more) or the user was
-    /// found at the cap last time; a retry when the commit is refused: the create is then
+    /// the user's pointer names (also without hints: then every create is one), and at the
+    /// active cap (end-oldest) ends the oldest active session. `None` when the hints know the
+    /// current session (a create from them checks more) or the user was found at a cap that
+    /// refuses creates last time; a retry when the commit is refused: the create is then
     /// decided on a snapshot, which also decides any error.
     async fn create_unknowing(&self, ctx: &Ctx, new: &NewSession) -> Result<Option<Step<Record>>> {
         let (shard, user) = (new.shard, new.user_id.as_str());
@@ -357,6 +269,7 @@ impl Sessions {
         let mut plan = Plan::unversioned(self, shard, user);
         self.guard_limits(&mut plan, new, now);
         plan.put_unknown_former_current();
+        self.end_picked(&mut plan, ctx.correlation_id.as_deref());
         let record = self.start(&mut plan, new, now, ctx.correlation_id.as_deref());
         Ok(Some(self.commit_or_retry(plan, record).await?))
     }
@@ -366,49 +279,61 @@ impl Sessions {
     /// be one call from the hints (whose commit checks the cap).
     pub(crate) fn left_active(&self, shard: u32, user: &str) {
         if let Some(recent) = &self.recent {
-            recent.set_at_cap(shard, user, None);
+            recent.set_at_cap(shard, user, false);
         }
     }
 
-    /// Whether the last create of the user found it at the active cap (the hints keep that).
+    /// Whether the last create of the user found it at the active cap, which refuses creates
+    /// (the hints keep that).
     fn known_at_cap(&self, shard: u32, user: &str) -> bool {
         self.policy.max_active_per_user.is_some()
-            && self
-                .recent
-                .as_ref()
-                .is_some_and(|r| r.at_cap(shard, user).is_some())
+            && self.policy.cap_policy == CapPolicy::Reject
+            && self.recent.as_ref().is_some_and(|r| r.at_cap(shard, user))
     }
 
-    /// The title free, the active cap and the rate limit not reached: what a create checks in
-    /// its commit when it does not decide on a snapshot.
+    /// What a create checks in its commit when it does not decide on a snapshot: the title
+    /// free, the rate limit not reached, and the active cap: not reached, or (end-oldest) the
+    /// store picks the oldest active session to end at it ([`Sessions::end_picked`]).
     fn guard_limits(&self, plan: &mut Plan, new: &NewSession, now: i64) {
-        self.guard_title_and_rate(plan, new);
-        if let Some(cap) = self.policy.max_active_per_user {
-            #[allow(clippy::cast_precision_loss)]
-            let now_score = now as f64;
-            plan.guard(Guard::ZCountBelow(
-                self.keys.user_active(new.shard, &new.user_id),
-                now_score,
-                u64::from(cap),
-            ));
-        }
-    }
-
-    /// The title free and the rate limit not reached.
-    fn guard_title_and_rate(&self, plan: &mut Plan, new: &NewSession) {
+        let (k, shard, user) = (&self.keys, new.shard, new.user_id.as_str());
         if let Some(title) = &new.input.title {
             plan.assume_title(title, None);
         }
+        if let Some(cap) = self.policy.max_active_per_user {
+            #[allow(clippy::cast_precision_loss)]
+            let now_score = now as f64;
+            let active = k.user_active(shard, user);
+            plan.guard(match self.policy.cap_policy {
+                CapPolicy::Reject => Guard::ZCountBelow(active, now_score, u64::from(cap)),
+                CapPolicy::EndOldest => Guard::PickOldestActive(
+                    active,
+                    k.user_sessions(shard, user),
+                    now_score,
+                    u64::from(cap),
+                ),
+            });
+        }
         if let Some(limit) = self.policy.create_rate_limit {
-            let rate = self.keys.rate(new.shard, &new.user_id);
-            plan.guard(Guard::IntBelow(rate, u64::from(limit)));
+            plan.guard(Guard::IntBelow(k.rate(shard, user), u64::from(limit)));
+        }
+    }
+
+    /// At the active cap (end-oldest), ends the session the store picked in
+    /// [`Sessions::guard_limits`]: after the current session loses its flag (it may be the one
+    /// picked), before the new session's event.
+    fn end_picked(&self, plan: &mut Plan, corr: Option<&str>) {
+        if self.policy.max_active_per_user.is_some()
+            && self.policy.cap_policy == CapPolicy::EndOldest
+        {
+            plan.end_picked(self.policy.ended_retention_ms, corr);
         }
     }
 
     /// A create in one script call, when this process knows the user's current session from
     /// the hints: the commit itself checks what the snapshot would have — that session
-    /// unchanged and still current, the title free, the active cap and the rate limit not
-    /// reached. `None` without hints, or for a user the last create found at the cap; a failed
+    /// unchanged and still current, the title free, the rate limit not reached, the active cap
+    /// not reached or (end-oldest) its oldest session ended ([`Sessions::guard_limits`]). `None`
+    /// without hints, or for a user the last create found at a cap that refuses; a failed
     /// check is a conflict (the hints are dropped and the create runs again on a snapshot,
     /// which also decides any error).
     async fn try_create_from_hints(
@@ -427,30 +352,27 @@ impl Sessions {
         plan.assume_unchanged(&stored);
         self.guard_limits(&mut plan, new, now);
         plan.put_former_current(&stored);
+        self.end_picked(&mut plan, ctx.correlation_id.as_deref());
         let record = self.start(&mut plan, new, now, ctx.correlation_id.as_deref());
         Some(self.commit_or_retry(plan, record).await)
     }
 
-    /// Adds the new session to `plan` with its event ([`Sessions::put_new`]).
+    /// Adds the new session to `plan`: its event, its document and indexes, the current
+    /// pointer and the rate counter.
     fn start(&self, plan: &mut Plan, new: &NewSession, now: i64, corr: Option<&str>) -> Record {
+        let (k, shard, user) = (&self.keys, new.shard, new.user_id.as_str());
         let record = self.new_record(new, now);
         plan.event(EventType::Created, &record, Some(&new.performer), corr);
-        self.put_new(plan, new, &record);
-        record
-    }
-
-    /// Adds the new session's document and indexes, the current pointer and the rate counter
-    /// to `plan`.
-    fn put_new(&self, plan: &mut Plan, new: &NewSession, record: &Record) {
-        plan.insert(record);
-        plan.index_new(record);
+        plan.insert(&record);
+        plan.index_new(&record);
         plan.set_current(&record.session_id);
         if self.policy.create_rate_limit.is_some() {
             plan.write(WriteOp::IncrWindow(
-                self.keys.rate(new.shard, &new.user_id),
+                k.rate(shard, user),
                 self.policy.create_rate_window_ms,
             ));
         }
+        record
     }
 
     fn new_record(&self, new: &NewSession, now: i64) -> Record {

@@ -25,8 +25,6 @@ use crate::model::{Record, Status};
 
 /// Bytes counted per user whose current session is kept (its key and the id), and per title.
 const USER_BYTES: u64 = 128;
-/// Bytes counted per active session kept of a user at the cap (its id and times).
-const ACTIVE_SESSION_BYTES: u64 = 96;
 /// Bytes counted per document beyond its fields: the record's own structs and the map's slot.
 const ENTRY_OVERHEAD_BYTES: u64 = 400;
 
@@ -54,19 +52,6 @@ impl Weighter<String, Doc> for DocWeighter {
     }
 }
 
-#[derive(Clone, Copy)]
-struct AtCapWeighter;
-
-impl Weighter<String, AtCap> for AtCapWeighter {
-    fn weight(&self, _user: &String, at_cap: &AtCap) -> u64 {
-        let sessions = match at_cap {
-            AtCap::Found => 0,
-            AtCap::Active(active) => active.len() as u64,
-        };
-        USER_BYTES + sessions * ACTIVE_SESSION_BYTES
-    }
-}
-
 /// The hints; one per engine.
 pub(crate) struct Recent {
     docs: Cache<String, Doc, DocWeighter>,
@@ -75,56 +60,26 @@ pub(crate) struct Recent {
     /// `<user>/<title>` → the id of the user's active session of that title, among the
     /// documents kept (checked against the document when used).
     titles: Cache<String, String>,
-    /// `<shard>/<user>` of users found at the active cap by their last create: their next
-    /// create does not try the hints' cap guard, which would only refuse it. With the user's
-    /// active sessions when known (a create that ended the oldest knows them), the next create
-    /// ends the oldest of them in its one call; without, it reads first.
-    at_cap: Cache<String, AtCap, AtCapWeighter>,
-}
-
-/// What the hints know of a user at the active cap.
-#[derive(Clone)]
-pub(crate) enum AtCap {
-    /// Found there; its active sessions are not known.
-    Found,
-    /// Its active sessions after its last create, which ended the oldest.
-    Active(Arc<[ActiveSession]>),
-}
-
-/// An active session of a user at the cap, as much as a create needs to pick the oldest.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct ActiveSession {
-    pub id: String,
-    pub created_ms: i64,
-    pub expires_ms: i64,
-}
-
-impl ActiveSession {
-    pub(crate) fn of(record: &Record) -> Self {
-        Self {
-            id: record.session_id.clone(),
-            created_ms: record.created_ms,
-            expires_ms: record.expires_ms,
-        }
-    }
+    /// `<shard>/<user>` of users found at an active cap that refuses creates by their last
+    /// create: their next create reads first (a create from the hints would only be refused by
+    /// its cap guard).
+    at_cap: Cache<String, ()>,
 }
 
 impl Recent {
-    /// Hints within about `max_bytes`: three quarters for documents (each counted by its field
+    /// Hints within about `max_bytes`: eight tenths for documents (each counted by its field
     /// bytes as written plus [`ENTRY_OVERHEAD_BYTES`]), a tenth each for current sessions and
-    /// titles (each counted as [`USER_BYTES`]), a twentieth for users at the cap (each counted
-    /// as [`USER_BYTES`] and [`ACTIVE_SESSION_BYTES`] per active session).
+    /// titles (each counted as [`USER_BYTES`]); users at the cap are few, and counted with the
+    /// current sessions.
     pub(crate) fn new(max_bytes: u64) -> Self {
         let users = usize::try_from(max_bytes / 10 / USER_BYTES).unwrap_or(usize::MAX);
-        let at_cap_bytes = max_bytes / 20;
-        let docs_bytes = max_bytes - max_bytes / 5 - at_cap_bytes;
+        let docs_bytes = max_bytes - max_bytes / 5;
         let docs_expected = usize::try_from(docs_bytes / 1_000).unwrap_or(usize::MAX);
-        let at_cap_expected = usize::try_from(at_cap_bytes / USER_BYTES).unwrap_or(usize::MAX);
         Self {
             docs: Cache::with_weighter(docs_expected.max(1), docs_bytes, DocWeighter),
             current: Cache::new(users.max(1)),
             titles: Cache::new(users.max(1)),
-            at_cap: Cache::with_weighter(at_cap_expected.max(1), at_cap_bytes, AtCapWeighter),
+            at_cap: Cache::new(users.max(1)),
         }
     }
 
@@ -173,17 +128,16 @@ impl Recent {
         self.current.get(&user_key(shard, user))
     }
 
-    /// Whether the user's last create found the active cap reached (`Some`).
-    pub(crate) fn at_cap(&self, shard: u32, user: &str) -> Option<AtCap> {
-        self.at_cap.get(&user_key(shard, user))
+    /// Whether the user's last create found the active cap reached.
+    pub(crate) fn at_cap(&self, shard: u32, user: &str) -> bool {
+        self.at_cap.get(&user_key(shard, user)).is_some()
     }
 
-    pub(crate) fn set_at_cap(&self, shard: u32, user: &str, at_cap: Option<AtCap>) {
-        match at_cap {
-            Some(at_cap) => self.at_cap.insert(user_key(shard, user), at_cap),
-            None => {
-                self.at_cap.remove(&user_key(shard, user));
-            }
+    pub(crate) fn set_at_cap(&self, shard: u32, user: &str, at_cap: bool) {
+        if at_cap {
+            self.at_cap.insert(user_key(shard, user), ());
+        } else {
+            self.at_cap.remove(&user_key(shard, user));
         }
     }
 

@@ -8,17 +8,20 @@
 --   key's index in KEYS (2 bytes); HDEL_IF_AT (its field too is what another key holds) and
 --   XADD_SESSION_AT (the document is KEYS[that index] .. what a third key holds) then a second
 --   one; what that other key holds is its value, or the hash field that is the first operand
---   (empty: the value). MERGED_WITHIN and MERGE_JSON act on what their key holds, alike.
+--   (empty: the value); index 0 names the session PICK_OLDEST picked (nothing when none).
+--   PICK_OLDEST gives the index of its second key. MERGED_WITHIN and MERGE_JSON act on what
+--   their key holds, alike.
 -- ARGV[2..]: the operands of the instructions (values, fields, scores, limits), in order.
 -- Guards are checked first, then events are appended, then state is written. An append that
--- fails returns before any write, so state changes only if its event is recorded. The one
--- append after the writes, XADD_SESSION, cannot fail there: the commit's STREAM_BELOW guard on
--- the same stream has proven its type, and a script that has written may go on writing at
--- Redis's memory limit.
+-- fails returns before any write, so state changes only if its event is recorded. An append
+-- among the writes (XADD_SESSION, or XADD after the end of a session the commit picked) cannot
+-- fail there: the commit's STREAM_BELOW guard on the same stream has proven its type, and a
+-- script that has written may go on writing at Redis's memory limit.
 -- Returns OK; or, when a write reports something, {the length of the list the last
 -- RPUSH_NUMBERED left (-1: none), the fields READ_BACK found (empty: none), the session the
--- last XADD_SESSION carried (empty: none), the string REPORT found (empty: none), the object
--- the last MERGE_JSON wrote (empty: none)}; CONFLICT or OUTBOX_FULL when a guard fails.
+-- last XADD_SESSION carried (empty: none), what each REPORT and REPORT_PICKED found (a list),
+-- the object the last MERGE_JSON wrote (empty: none)}; CONFLICT or OUTBOX_FULL when a guard
+-- fails.
 -- Why a byte program: a create is about a hundred arguments, and Redis turns each into a Lua
 -- string; op names, key indexes and counts as separate arguments, each walked through a
 -- function call and `tonumber`, were a fifth of a create's instructions (callgrind of Redis).
@@ -38,7 +41,8 @@ local ZADD_AT, ZREM_AT, INCR_AT, HSET_AT, HINCRBY_AT = 90, 81, 74, 87, 78 -- Z Q
 local XADD_SESSION, REPORT, HDEL_IF_AT = 86, 80, 84 -- V P T
 local MERGED_WITHIN, MERGE_JSON, HABSENT_AT, HPUT_AT = 77, 109, 85, 79 -- M m U O
 local HEQ_AT, HINT_ABOVE_AT, READ_BACK_AT, SET_NAMED = 75, 103, 107, 83 -- K g k S
-local XADD_SESSION_AT = 118 -- v
+local XADD_SESSION_AT, PICK_OLDEST, ZADD_PICKED, ZREM_PICKED = 118, 111, 121, 89 -- v o y Y
+local REPORT_PICKED = 113 -- q
 
 -- Writes the API form of a session document as JSON (model/session.rs, Record::view): the
 -- payload of the event of a change made without reading the session. A test holds the two to
@@ -219,6 +223,13 @@ local function named(key, field)
   return call('HGET', key, field)
 end
 
+local picked -- the session PICK_OLDEST chose to end, if any
+-- What names a key by the naming key's index in KEYS: 0 names the session picked.
+local function name_at(index, field)
+  if index == 0 then return picked end
+  return named(KEYS[index], field)
+end
+
 local pc, a = 1, 2 -- the next byte of the program, the next operand in ARGV
 -- What the last RPUSH_NUMBERED left, READ_BACK found, XADD_SESSION carried, REPORT found,
 -- MERGE_JSON wrote.
@@ -274,13 +285,13 @@ while pc <= len do
     a = a + 3
   elseif op == HABSENT_AT then
     -- The hash k .. what the naming key holds must be there by name and lack the field.
-    local name = named(KEYS[count()], ARGV[a])
+    local name = name_at(count(), ARGV[a])
     if not name or call('HGET', k .. name, ARGV[a + 1]) then return 'CONFLICT' end
     a = a + 2
   elseif op == HEQ_AT or op == HINT_ABOVE_AT then
     -- The hash k .. what the naming key holds must be there by name, its field as HEQ or
     -- HINT_ABOVE requires.
-    local name = named(KEYS[count()], ARGV[a])
+    local name = name_at(count(), ARGV[a])
     local held = name and call('HGET', k .. name, ARGV[a + 1])
     if not held then return 'CONFLICT' end
     if op == HEQ_AT then
@@ -290,6 +301,25 @@ while pc <= len do
       if not value or value <= tonumber(ARGV[a + 2]) then return 'CONFLICT' end
     end
     a = a + 3
+  elseif op == PICK_OLDEST then
+    -- k is the user's active set, the second key its sessions by creation. At the cap, the
+    -- oldest active session (by creation, then id) is picked, to be ended; past it, the create
+    -- is decided on a snapshot (it ends more than one).
+    local sessions = KEYS[count()]
+    local active = call('ZRANGEBYSCORE', k, '(' .. ARGV[a], '+inf')
+    local cap = tonumber(ARGV[a + 1])
+    if #active > cap then return 'CONFLICT' end
+    if #active == cap then
+      local oldest_at
+      for _, id in ipairs(active) do
+        local at = tonumber(call('ZSCORE', sessions, id))
+        if not at then return 'CONFLICT' end
+        if not picked or at < oldest_at or (at == oldest_at and id < picked) then
+          picked, oldest_at = id, at
+        end
+      end
+    end
+    a = a + 2
   elseif op == STREAM_BELOW then
     local length = pcall('XLEN', k)
     if failed_append(length) then return redis.error_reply('APPEND_FAILED ' .. length.err) end
@@ -356,17 +386,17 @@ while pc <= len do
   elseif op == READ_BACK then
     read_back = call('HGETALL', k)
   elseif op == READ_BACK_AT then
-    local name = named(KEYS[count()], ARGV[a])
+    local name = name_at(count(), ARGV[a])
     if name then read_back = call('HGETALL', k .. name) end
     a = a + 1
   elseif op == SET_NAMED then
-    local value = named(KEYS[count()], ARGV[a])
+    local value = name_at(count(), ARGV[a])
     if value then call('SET', k, value) end
     a = a + 1
   elseif op == ZADD_AT or op == ZREM_AT or op == INCR_AT or op == HSET_AT or op == HINCRBY_AT
       or op == HPUT_AT then
     -- The key is k .. what the naming key holds.
-    local name = named(KEYS[count()], ARGV[a])
+    local name = name_at(count(), ARGV[a])
     local key = name and k .. name
     if op == ZADD_AT then
       if key then call('ZADD', key, ARGV[a + 1], ARGV[a + 2]) end
@@ -388,8 +418,8 @@ while pc <= len do
     end
   elseif op == HDEL_IF_AT then
     -- The key named as above, the field by a third key; removed only where it holds the value.
-    local name = named(KEYS[count()], ARGV[a])
-    local field = named(KEYS[count()], ARGV[a + 1])
+    local name = name_at(count(), ARGV[a])
+    local field = name_at(count(), ARGV[a + 1])
     if name and field and call('HGET', k .. name, field) == ARGV[a + 2] then
       call('HDEL', k .. name, field)
     end
@@ -406,11 +436,22 @@ while pc <= len do
     if field == '' then call('SET', k, merged) else call('HSET', k, field, merged) end
     a = a + 2
   elseif op == REPORT then
-    reported = call('GET', k) or ''
+    reported = reported or {}
+    reported[#reported + 1] = call('GET', k) or ''
+  elseif op == REPORT_PICKED then
+    if picked then
+      reported = reported or {}
+      reported[#reported + 1] = picked
+    end
+  elseif op == ZADD_PICKED then
+    if picked then call('ZADD', k, ARGV[a], picked) end
+    a = a + 1
+  elseif op == ZREM_PICKED then
+    if picked then call('ZREM', k, picked) end
   elseif op == XADD_SESSION or op == XADD_SESSION_AT then
     local n, doc = count(), KEYS[count()]
     if op == XADD_SESSION_AT then -- the document is doc .. what the naming key holds
-      local name = named(KEYS[count()], ARGV[a])
+      local name = name_at(count(), ARGV[a])
       doc = name and doc .. name
       a = a + 1
     end
@@ -426,6 +467,6 @@ while pc <= len do
   end
 end
 if list_len or read_back or session or reported or merged then
-  return { list_len or -1, read_back or {}, session or '', reported or '', merged or '' }
+  return { list_len or -1, read_back or {}, session or '', reported or {}, merged or '' }
 end
 return 'OK'

@@ -47,6 +47,8 @@ struct Db {
     deadlines: BTreeSet<(i64, String)>,
     /// The engine's clock at the start of the current critical section.
     now_ms: i64,
+    /// The session the current commit's [`Guard::PickOldestActive`] picked.
+    picked: Option<String>,
 }
 
 #[derive(Debug)]
@@ -266,6 +268,7 @@ impl Db {
         let read = match name {
             NamedBy::Value(k) => ReadOp::Get(k.clone()),
             NamedBy::Field(k, f) => ReadOp::HGet(k.clone(), f.clone()),
+            NamedBy::Picked => return self.picked.clone(),
         };
         self.read(&read).into_opt_string()
     }
@@ -281,6 +284,7 @@ impl Db {
     }
 
     fn commit(&mut self, commit: Commit) -> Result<CommitOutcome, BackendError> {
+        self.picked = None;
         for guard in &commit.guards {
             match guard {
                 Guard::Eq(key, expected) => {
@@ -342,6 +346,30 @@ impl Db {
                     };
                     if held.is_some() {
                         return Ok(CommitOutcome::Conflict);
+                    }
+                }
+                Guard::PickOldestActive(active, sessions, above, cap) => {
+                    let active = match self.live(active) {
+                        Some(Value::ZSet(z)) => z.members_above(*above),
+                        Some(_) => return Err(wrong_type(active)),
+                        None => Vec::new(),
+                    };
+                    if active.len() as u64 > *cap {
+                        return Ok(CommitOutcome::Conflict);
+                    }
+                    if active.len() as u64 == *cap {
+                        let created = match self.live(sessions) {
+                            Some(Value::ZSet(z)) => active
+                                .into_iter()
+                                .map(|id| z.score(&id).map(|at| (Ordered(at), id)))
+                                .collect::<Option<Vec<_>>>(),
+                            Some(_) => return Err(wrong_type(sessions)),
+                            None => None,
+                        };
+                        let Some(created) = created else {
+                            return Ok(CommitOutcome::Conflict);
+                        };
+                        self.picked = created.into_iter().min().map(|(_, id)| id);
                     }
                 }
                 Guard::HEqAt(at, field, expected) => {
@@ -582,6 +610,7 @@ impl Db {
                 let write = match at {
                     NamedBy::Value(key) => WriteOp::Set(key, merged.clone()),
                     NamedBy::Field(key, field) => WriteOp::HSet(key, vec![(field, merged.clone())]),
+                    NamedBy::Picked => return, // holds no JSON (Redis refuses it too)
                 };
                 self.write(write, applied);
                 applied.merged = Some(merged);
@@ -595,8 +624,21 @@ impl Db {
                 }
             }
             WriteOp::Report(k) => {
-                applied.reported = self.read(&ReadOp::Get(k)).into_opt_string();
+                let held = self.read(&ReadOp::Get(k)).into_opt_string();
+                applied.reported.extend(held);
             }
+            WriteOp::ReportPicked => applied.reported.extend(self.picked.clone()),
+            WriteOp::ZAddPicked(k, score) => {
+                if let Some(id) = self.picked.clone() {
+                    self.write(WriteOp::ZAdd(k, score, id), applied);
+                }
+            }
+            WriteOp::ZRemPicked(k) => {
+                if let Some(id) = self.picked.clone() {
+                    self.write(WriteOp::ZRem(k, id), applied);
+                }
+            }
+            WriteOp::Append(append) => self.append(append),
             WriteOp::AppendSessionEvent(event) => {
                 let session = match event.session {
                     DocKey::Given(key) => Some(key),
@@ -685,15 +727,21 @@ fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
         | WriteOp::HPutAt(..)
         | WriteOp::HDelIfAt(..)
         | WriteOp::MergeJson(..)
-        | WriteOp::Report(_) => {
+        | WriteOp::Report(_)
+        | WriteOp::ReportPicked => {
             return None;
         }
         WriteOp::Incr(k) | WriteOp::IncrWindow(k, _) | WriteOp::SetNamed(k, _) => (k, Kind::Str),
         WriteOp::HSet(k, _) | WriteOp::HDel(k, _) | WriteOp::HIncrBy(k, _, _) => (k, Kind::Hash),
-        WriteOp::ZAdd(k, _, _) | WriteOp::ZRem(k, _) | WriteOp::ZRemBelow(k, _) => (k, Kind::ZSet),
+        WriteOp::ZAdd(k, _, _)
+        | WriteOp::ZRem(k, _)
+        | WriteOp::ZRemBelow(k, _)
+        | WriteOp::ZAddPicked(k, _)
+        | WriteOp::ZRemPicked(k) => (k, Kind::ZSet),
         WriteOp::RPushNumbered(k, _, _) => (k, Kind::List),
         WriteOp::XDel(k, _) => (k, Kind::Stream),
         WriteOp::AppendSessionEvent(event) => (&event.stream, Kind::Stream),
+        WriteOp::Append(append) => (&append.stream, Kind::Stream),
     })
 }
 
@@ -750,6 +798,16 @@ impl ZSet {
         if let Some(old) = self.scores.remove(member) {
             self.by_score.remove(&(Ordered(old), member.to_owned()));
         }
+    }
+
+    fn score(&self, member: &str) -> Option<Score> {
+        self.scores.get(member).copied()
+    }
+
+    /// The members scored above `min`.
+    fn members_above(&self, min: Score) -> Vec<String> {
+        let above = self.by_score.iter().rev().take_while(|(s, _)| s.0 > min);
+        above.map(|(_, member)| member.clone()).collect()
     }
 
     /// Members scored above `min` (from the highest down, so it stops at the first below).

@@ -78,14 +78,19 @@ pub enum NamedBy {
     Value(String),
     /// A field of a hash (`HGET key field`).
     Field(String, String),
+    /// In a commit only: the session its [`Guard::PickOldestActive`] picked (nothing named
+    /// when it picked none).
+    Picked,
 }
 
 impl NamedBy {
-    /// The key, and the hash field (empty: the key's value), as the scripts take them.
-    pub(crate) fn key_and_field(&self) -> (&str, &str) {
+    /// The key, and the hash field (empty: the key's value), as the scripts take them; `None`
+    /// for [`NamedBy::Picked`], which no key holds.
+    pub(crate) fn key_and_field(&self) -> Option<(&str, &str)> {
         match self {
-            NamedBy::Value(key) => (key, ""),
-            NamedBy::Field(key, field) => (key, field),
+            NamedBy::Value(key) => Some((key, "")),
+            NamedBy::Field(key, field) => Some((key, field)),
+            NamedBy::Picked => None,
         }
     }
 }
@@ -192,6 +197,12 @@ pub enum Guard {
     /// The hash named as for [`WriteOp::ZAddAt`] must lack the field (`HGET` nil); a missing
     /// name fails: a new title free in the index of the user an unread document names.
     HAbsentAt(KeyAt, String),
+    /// A user at the active cap: fewer than `cap` members of the user's active set (the first
+    /// key) scored above `above` pick nothing; exactly `cap` pick the oldest of them, by its
+    /// score in the user's sessions by creation (the second key), then by id, which
+    /// [`NamedBy::Picked`] then names: a create ending it. More than `cap` fail (a create
+    /// that must end several is decided on a snapshot).
+    PickOldestActive(String, String, Score, u64),
     /// `HGET <key> field` must equal the value, the key named as for [`WriteOp::ZAddAt`]; a
     /// missing name fails: a session named by its user's title index.
     HEqAt(KeyAt, String, String),
@@ -266,6 +277,16 @@ pub enum WriteOp {
     /// held, which the commit changed through it ([`WriteOp::HSetAt`]) without this process
     /// knowing which.
     Report(String),
+    /// Reports the session [`Guard::PickOldestActive`] picked (nothing when none).
+    ReportPicked,
+    /// `ZADD key score <the session picked>` (nothing when none).
+    ZAddPicked(String, Score),
+    /// `ZREM key <the session picked>` (nothing when none).
+    ZRemPicked(String),
+    /// An event appended in its place among the writes: after the event of a session the
+    /// commit ends, which comes from a write. It cannot fail there, as
+    /// [`SessionEvent`] cannot.
+    Append(Append),
     /// Appends an event about a session that carries the session as the writes before it
     /// left it (see [`SessionEvent`]).
     AppendSessionEvent(SessionEvent),
@@ -342,8 +363,8 @@ pub struct Applied {
     pub read_back: Option<Vec<(String, String)>>,
     /// The session the last `AppendSessionEvent` carried, in its API form (JSON).
     pub session: Option<String>,
-    /// What the last `Report` found.
-    pub reported: Option<String>,
+    /// What each `Report` and `ReportPicked` found, in order.
+    pub reported: Vec<String>,
     /// The object the last `MergeJson` wrote.
     pub merged: Option<String>,
 }

@@ -338,13 +338,19 @@ fn commit_outcome(reply: Value) -> Result<CommitOutcome, BackendError> {
             _ => None,
         };
         let fields = pairs(parts.next().unwrap_or(Value::Nil))?;
-        let mut text_or_none = || match parts.next() {
+        let text_or_none = |reply: Option<Value>| match reply {
             Some(reply @ Value::BulkString(_)) => {
                 text(reply).map(|s| Some(s).filter(|s| !s.is_empty()))
             }
             _ => Ok(None),
         };
-        let (session, reported, merged) = (text_or_none()?, text_or_none()?, text_or_none()?);
+        let session = text_or_none(parts.next())?;
+        let reported = match parts.next() {
+            Some(list @ Value::Array(_)) => array(list)?.into_iter().map(text).collect(),
+            _ => Ok(Vec::new()),
+        }?;
+        let reported = reported.into_iter().filter(|id| !id.is_empty()).collect();
+        let merged = text_or_none(parts.next())?;
         return Ok(CommitOutcome::Applied(Applied {
             list_len,
             read_back: (!fields.is_empty()).then_some(fields),
@@ -412,7 +418,7 @@ where
             let value: Value = cmd.query_async(&mut conn).await.map_err(unavailable)?;
             return Ok(vec![decode(op, as_from_script(op, value))?]);
         }
-        let (keys, argv) = script_args::encode_reads(&ops);
+        let (keys, argv) = script_args::encode_reads(&ops)?;
         keys.check_one_slot()?;
         let mut conn = self.conn.clone();
         let value: Value = self

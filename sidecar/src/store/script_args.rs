@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 
 use super::keys::hash_tag;
-use super::{BackendError, Bound, Commit, DocKey, Guard, KeyAt, NamedBy, ReadOp, WriteOp, ZRange};
+use super::{
+    Append, BackendError, Bound, Commit, DocKey, Guard, KeyAt, NamedBy, ReadOp, WriteOp, ZRange,
+};
 
 /// Collects the keys of one call, each once, and hands out their 1-based `KEYS` index.
 #[derive(Default)]
@@ -57,7 +59,10 @@ fn bound(b: Bound) -> String {
 }
 
 /// The arguments of `read.lua`.
-pub(super) fn encode_reads(ops: &[ReadOp]) -> (KeyTable, Vec<String>) {
+///
+/// # Errors
+/// A read named by [`NamedBy::Picked`], which only a commit picks.
+pub(super) fn encode_reads(ops: &[ReadOp]) -> Result<(KeyTable, Vec<String>), BackendError> {
     let mut keys = KeyTable::default();
     let mut argv = Vec::new();
     for op in ops {
@@ -93,19 +98,19 @@ pub(super) fn encode_reads(ops: &[ReadOp]) -> (KeyTable, Vec<String>) {
             ]),
             ReadOp::GetAt(prefix, name) => {
                 argv.extend(["GETAT".to_owned(), keys.word(prefix)]);
-                encode_name(&mut keys, &mut argv, name);
+                encode_name(&mut keys, &mut argv, name)?;
             }
             ReadOp::HGetAllAt(prefix, name) => {
                 argv.extend(["HGETALLAT".to_owned(), keys.word(prefix)]);
-                encode_name(&mut keys, &mut argv, name);
+                encode_name(&mut keys, &mut argv, name)?;
             }
             ReadOp::HGetNamed(key, name) => {
                 argv.extend(["HGETNAMED".to_owned(), keys.word(key)]);
-                encode_name(&mut keys, &mut argv, name);
+                encode_name(&mut keys, &mut argv, name)?;
             }
         }
     }
-    (keys, argv)
+    Ok((keys, argv))
 }
 
 /// A score range as `read.lua` takes it: `min max rev offset count`.
@@ -120,11 +125,21 @@ fn encode_range(argv: &mut Vec<String>, q: &ZRange) {
 }
 
 /// A [`NamedBy`] as `read.lua` takes it: `V key` or `F key field`.
-fn encode_name(keys: &mut KeyTable, argv: &mut Vec<String>, name: &NamedBy) {
+fn encode_name(
+    keys: &mut KeyTable,
+    argv: &mut Vec<String>,
+    name: &NamedBy,
+) -> Result<(), BackendError> {
     match name {
         NamedBy::Value(k) => argv.extend(["V".to_owned(), keys.word(k)]),
         NamedBy::Field(k, f) => argv.extend(["F".to_owned(), keys.word(k), f.clone()]),
+        NamedBy::Picked => {
+            return Err(BackendError::Protocol(
+                "a read cannot name the session a commit picks".to_owned(),
+            ));
+        }
     }
+    Ok(())
 }
 
 /// The opcodes of `commit.lua` (the same letters there).
@@ -170,6 +185,10 @@ mod opcode {
     pub(super) const READ_BACK_AT: u8 = b'k';
     pub(super) const SET_NAMED: u8 = b'S';
     pub(super) const XADD_SESSION_AT: u8 = b'v';
+    pub(super) const PICK_OLDEST: u8 = b'o';
+    pub(super) const ZADD_PICKED: u8 = b'y';
+    pub(super) const ZREM_PICKED: u8 = b'Y';
+    pub(super) const REPORT_PICKED: u8 = b'q';
 }
 
 /// The arguments of `commit.lua`: its keys, the program, the operands.
@@ -209,11 +228,13 @@ impl CommitArgs {
         Ok(&mut self.operands)
     }
 
-    /// What names a key or a field: the naming key's index, and among the operands the naming
-    /// field (empty: the naming key's value).
+    /// What names a key or a field: the naming key's index (0: the session picked), and among
+    /// the operands the naming field (empty: the naming key's value).
     fn name(&mut self, name: &NamedBy) -> Result<(), BackendError> {
-        let (key, field) = name.key_and_field();
-        let key = self.keys.index(key);
+        let (key, field) = match name.key_and_field() {
+            Some((key, field)) => (self.keys.index(key), field),
+            None => (0, ""),
+        };
         self.number(key, "keys")?;
         self.operands.push(field.to_owned());
         Ok(())
@@ -222,9 +243,26 @@ impl CommitArgs {
     /// An instruction on what a key holds: the key's index; first among the operands the
     /// hash field (empty: the key's value).
     fn held(&mut self, opcode: u8, at: &NamedBy) -> Result<&mut Vec<String>, BackendError> {
-        let (key, field) = at.key_and_field();
+        let (key, field) = at.key_and_field().ok_or_else(|| {
+            BackendError::Protocol("a session picked holds no JSON to merge".to_owned())
+        })?;
         self.op(opcode, key)?.push(field.to_owned());
         Ok(&mut self.operands)
+    }
+
+    /// An event: the stream's index, the count of its fields, and the fields' names and values
+    /// among the operands.
+    fn append(&mut self, append: &Append) -> Result<(), BackendError> {
+        let (opcode, trim) = match append.max_len {
+            Some(max) => (opcode::XADD_TRIM, Some(max.to_string())),
+            None => (opcode::XADD, None),
+        };
+        let operands = self.counted(opcode, &append.stream, append.fields.len())?;
+        operands.extend(trim);
+        for (f, v) in &append.fields {
+            operands.extend([f.clone(), v.clone()]);
+        }
+        Ok(())
     }
 
     fn number(&mut self, n: usize, what: &str) -> Result<(), BackendError> {
@@ -263,6 +301,12 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
                 .extend([field.clone(), floor.to_string()]),
             Guard::StreamBelow(k, max) => call.op(STREAM_BELOW, k)?.push(max.to_string()),
             Guard::HAbsentAt(at, field) => call.at(HABSENT_AT, at)?.push(field.clone()),
+            Guard::PickOldestActive(active, sessions, above, cap) => {
+                call.op(PICK_OLDEST, active)?;
+                let sessions = call.keys.index(sessions);
+                call.number(sessions, "keys")?;
+                call.operands.extend([above.to_string(), cap.to_string()]);
+            }
             Guard::HEqAt(at, field, expected) => {
                 call.at(HEQ_AT, at)?
                     .extend([field.clone(), expected.clone()]);
@@ -278,15 +322,7 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
         }
     }
     for append in &commit.appends {
-        let (opcode, trim) = match append.max_len {
-            Some(max) => (XADD_TRIM, Some(max.to_string())),
-            None => (XADD, None),
-        };
-        let operands = call.counted(opcode, &append.stream, append.fields.len())?;
-        operands.extend(trim);
-        for (f, v) in &append.fields {
-            operands.extend([f.clone(), v.clone()]);
-        }
+        call.append(append)?;
     }
     for write in &commit.writes {
         match write {
@@ -353,6 +389,14 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
             WriteOp::Report(k) => {
                 call.op(REPORT, k)?;
             }
+            WriteOp::ReportPicked => {
+                call.program.extend([REPORT_PICKED, 0, 0]);
+            }
+            WriteOp::ZAddPicked(k, score) => call.op(ZADD_PICKED, k)?.push(score.to_string()),
+            WriteOp::ZRemPicked(k) => {
+                call.op(ZREM_PICKED, k)?;
+            }
+            WriteOp::Append(append) => call.append(append)?,
             WriteOp::MergeJson(at, patch) => call.held(MERGE_JSON, at)?.push(patch.clone()),
             WriteOp::HDelIfAt(at, field, value) => {
                 call.at(HDEL_IF_AT, at)?;
@@ -528,7 +572,7 @@ mod tests {
             offset: 0,
             count: 10,
         };
-        let (keys, argv) = encode_reads(&[ReadOp::HGetAllOf("{1}:s:".into(), active)]);
+        let (keys, argv) = encode_reads(&[ReadOp::HGetAllOf("{1}:s:".into(), active)]).unwrap();
         assert_eq!(keys.keys, ["{1}:s:", "{1}:ua:u"]);
         assert_eq!(argv, ["HGETALLOF", "1", "2", "(5", "+inf", "0", "0", "10"]);
     }
@@ -673,6 +717,67 @@ mod tests {
                 "{\"payload\":",
                 "}",
             ]
+        );
+    }
+
+    #[test]
+    fn a_create_at_the_cap_ends_the_session_the_store_picks_and_appends_its_event_after() {
+        let picked = KeyAt {
+            prefix: "{1}:s:".into(),
+            name: NamedBy::Picked,
+        };
+        let created = Append {
+            stream: "{1}:outbox".into(),
+            fields: vec![("event_id".into(), "e1".into())],
+            max_len: None,
+        };
+        let commit = Commit {
+            guards: vec![Guard::PickOldestActive(
+                "{1}:active:u".into(),
+                "{1}:sessions:u".into(),
+                7.0,
+                3,
+            )],
+            appends: Vec::new(),
+            writes: vec![
+                WriteOp::HPutAt(picked, "status".into(), "ended".into()),
+                WriteOp::ZAddPicked("{1}:exp".into(), 9.0),
+                WriteOp::ZRemPicked("{1}:active:u".into()),
+                WriteOp::ReportPicked,
+                WriteOp::Append(created),
+            ],
+        };
+        let call = encode_commit(&commit).unwrap();
+        assert_eq!(
+            call.keys.keys,
+            [
+                "{1}:active:u",
+                "{1}:sessions:u",
+                "{1}:s:",
+                "{1}:exp",
+                "{1}:outbox"
+            ]
+        );
+        assert_eq!(
+            call.program,
+            [
+                b'o', 0, 1, 0, 2, //
+                b'O', 0, 3, 0, 0, // named by index 0: the session picked
+                b'y', 0, 4, //
+                b'Y', 0, 1, //
+                b'q', 0, 0, //
+                b'a', 0, 5, 0, 1,
+            ]
+        );
+        assert_eq!(
+            call.operands,
+            ["7", "3", "", "status", "ended", "9", "event_id", "e1"]
+        );
+        let read = ReadOp::HGetAllAt("{1}:s:".into(), NamedBy::Picked);
+        let refused = encode_reads(&[read]).err().map(|e| e.to_string());
+        assert_eq!(
+            refused.as_deref(),
+            Some("unexpected reply from store: a read cannot name the session a commit picks")
         );
     }
 

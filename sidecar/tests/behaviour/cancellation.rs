@@ -151,59 +151,101 @@ async fn a_rename_between_the_reads_of_a_delete_leaves_no_title_behind(kind: Kin
 }
 
 async fn a_message_between_the_reads_and_the_commit_of_an_eviction_is_in_its_event(kind: Kind) {
-    // Proves: with a cap of one active session (end the oldest), a create reads the user's
-    // state and the session it will end, then waits while another process, which never read
-    // that session, appends a message to it (one call: the store counts it where it is). The
-    // create's commit must not end the session as it read it: it is refused and decided again,
-    // and the `session.ended.v1` event and the session both count the message.
-    let app = TestApp::with(kind, |p| {
-        p.max_active_per_user = Some(1);
-        p.cap_policy = session_sidecar::testing::CapPolicy::EndOldest;
-    })
-    .await;
-    let oldest = app.create_id("u1", json!({})).await;
-    let other = app.through(|store| store).await;
-    create_around(&app, async {
-        let hello = json!({"role": "user", "content": "hello"});
-        let res = other
-            .post(&format!("/v1/sessions/{oldest}/messages"), hello)
-            .await;
-        assert_eq!(res.status, axum::http::StatusCode::CREATED, "{}", res.body);
-    })
-    .await;
-    let ended = app.outbox_of("session.ended.v1").await;
-    assert_eq!(ended.len(), 1);
-    assert_eq!(ended[0].payload["session_id"], oldest.as_str());
-    assert_eq!(ended[0].payload["message_count"], 1, "{}", ended[0].payload);
-    let session = app.get(&format!("/v1/sessions/{oldest}")).await.body;
-    assert_eq!(
-        (
-            session["status"].as_str(),
-            session["message_count"].as_u64()
-        ),
-        (Some("ended"), Some(1))
-    );
-    assert_eq!(session["version"], ended[0].payload["version"]);
+    // Proves: with a cap of one active session (end the oldest), another process, which never
+    // read the oldest session, appends a message to it (one call: the store counts it where it
+    // is) while a create that will end it waits: in one call (the store picks the session when
+    // the commit runs), and decided on a snapshot (the create read the session first: its
+    // commit must not end the session as it read it, so it is refused and decided again).
+    // Either way the `session.ended.v1` event and the session both count the message.
+    for path in [Eviction::OneCall, Eviction::OnSnapshot] {
+        let app = TestApp::with(kind, |p| {
+            p.max_active_per_user = Some(1);
+            p.cap_policy = session_sidecar::testing::CapPolicy::EndOldest;
+        })
+        .await;
+        let body = path.prepare(&app).await;
+        let oldest = app.create_id("u1", json!({})).await;
+        let other = app.through(|store| store).await;
+        create_around(&app, path, body, async {
+            let hello = json!({"role": "user", "content": "hello"});
+            let res = other
+                .post(&format!("/v1/sessions/{oldest}/messages"), hello)
+                .await;
+            assert_eq!(res.status, axum::http::StatusCode::CREATED, "{}", res.body);
+        })
+        .await;
+        let ended = app.outbox_of("session.ended.v1").await;
+        assert_eq!(ended.len(), 1, "{path:?}");
+        assert_eq!(ended[0].payload["session_id"], oldest.as_str());
+        assert_eq!(ended[0].payload["message_count"], 1, "{}", ended[0].payload);
+        let session = app.get(&format!("/v1/sessions/{oldest}")).await.body;
+        assert_eq!(
+            (
+                session["status"].as_str(),
+                session["message_count"].as_u64()
+            ),
+            (Some("ended"), Some(1))
+        );
+        assert_eq!(session["version"], ended[0].payload["version"]);
+    }
 }
 
-/// A create for `u1` on `app` whose two reads are answered and whose commit waits until
-/// `meanwhile` (another process's write) is done; it must succeed.
-async fn create_around(app: &TestApp, meanwhile: impl std::future::Future<Output = ()>) {
-    let store = Arc::new(Stalling::new(app.backend.clone(), 2, Stall::Before));
+/// How a create at the active cap (end-oldest) decides which session to end.
+#[derive(Debug, Clone, Copy)]
+enum Eviction {
+    /// In its one call: the store picks the oldest active session.
+    OneCall,
+    /// On a snapshot read first: the one-call try is refused, here by the title index, which
+    /// still gives the create's title to an expired session.
+    OnSnapshot,
+}
+
+impl Eviction {
+    /// Readies `app`'s user `u1` for a create on this path, before its active sessions are
+    /// made; the create's body.
+    async fn prepare(self, app: &TestApp) -> serde_json::Value {
+        match self {
+            Eviction::OneCall => json!({"user_id": "u1"}),
+            Eviction::OnSnapshot => {
+                app.create_id("u1", json!({"title": "reused", "ttl_seconds": 1}))
+                    .await;
+                app.clock.advance_ms(1_001);
+                json!({"user_id": "u1", "title": "reused"})
+            }
+        }
+    }
+
+    /// The store calls the create makes before its commit: none, or the refused try and the
+    /// snapshot.
+    fn calls_before_commit(self) -> usize {
+        match self {
+            Eviction::OneCall => 0,
+            Eviction::OnSnapshot => 2,
+        }
+    }
+}
+
+/// A create for `u1` on `app` with `body`, whose calls before its commit are answered and whose
+/// commit waits until `meanwhile` (another process's write) is done; it must succeed.
+async fn create_around(
+    app: &TestApp,
+    path: Eviction,
+    body: serde_json::Value,
+    meanwhile: impl std::future::Future<Output = ()>,
+) {
+    let answered = path.calls_before_commit();
+    let store = Arc::new(Stalling::new(app.backend.clone(), answered, Stall::Before));
     let stalling = app.through(|_| store.clone()).await;
     let meanwhile = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         meanwhile.await;
         store.recover();
     };
-    let (created, ()) = tokio::join!(
-        stalling.post("/v1/sessions", json!({"user_id": "u1"})),
-        meanwhile
-    );
+    let (created, ()) = tokio::join!(stalling.post("/v1/sessions", body), meanwhile);
     assert_eq!(
         created.status,
         axum::http::StatusCode::CREATED,
-        "{}",
+        "{path:?}: {}",
         created.body
     );
 }
@@ -211,35 +253,42 @@ async fn create_around(app: &TestApp, meanwhile: impl std::future::Future<Output
 async fn an_end_between_the_reads_and_the_commit_of_an_eviction_saves_the_session_it_would_end(
     kind: Kind,
 ) {
-    // Proves: with a cap of three active sessions (end the oldest), a create reads the user's
-    // three active sessions and decides to end the oldest, then waits while another process,
-    // which never read them, ends the middle one (one call; neither the create's victim nor
-    // the current session, whose documents the create's commit checks). That end moves the
-    // user's version, so the create's commit is refused and decided again: there is room
-    // now, and the oldest session stays active.
-    let app = TestApp::with(kind, |p| {
-        p.max_active_per_user = Some(3);
-        p.cap_policy = session_sidecar::testing::CapPolicy::EndOldest;
-    })
-    .await;
-    let oldest = app.create_id("u1", json!({})).await;
-    let middle = app.create_id("u1", json!({})).await;
-    app.create_id("u1", json!({})).await;
-    let other = app.through(|store| store).await;
-    create_around(&app, async {
-        let res = other.end(&middle, json!({"performer_id": "u1"})).await;
-        assert_eq!(res.status, axum::http::StatusCode::OK, "{}", res.body);
-    })
-    .await;
-    let ended: Vec<_> = app
-        .outbox_of("session.ended.v1")
-        .await
-        .into_iter()
-        .map(|e| e.payload["session_id"].clone())
-        .collect();
-    assert_eq!(ended, [json!(middle)], "only the session ended by hand");
-    let session = app.get(&format!("/v1/sessions/{oldest}")).await.body;
-    assert_eq!(session["status"], "active", "{session}");
+    // Proves: with a cap of three active sessions (end the oldest), another process, which
+    // never read them, ends the middle one (one call; neither the create's victim nor the
+    // current session) while a create that would end the oldest waits: in one call (the store
+    // finds room when the commit runs), and decided on a snapshot (the end moves the user's
+    // version, so the create's commit is refused and decided again). Either way there is
+    // room, and the oldest session stays active.
+    for path in [Eviction::OneCall, Eviction::OnSnapshot] {
+        let app = TestApp::with(kind, |p| {
+            p.max_active_per_user = Some(3);
+            p.cap_policy = session_sidecar::testing::CapPolicy::EndOldest;
+        })
+        .await;
+        let body = path.prepare(&app).await;
+        let oldest = app.create_id("u1", json!({})).await;
+        let middle = app.create_id("u1", json!({})).await;
+        app.create_id("u1", json!({})).await;
+        let other = app.through(|store| store).await;
+        create_around(&app, path, body, async {
+            let res = other.end(&middle, json!({"performer_id": "u1"})).await;
+            assert_eq!(res.status, axum::http::StatusCode::OK, "{}", res.body);
+        })
+        .await;
+        let ended: Vec<_> = app
+            .outbox_of("session.ended.v1")
+            .await
+            .into_iter()
+            .map(|e| e.payload["session_id"].clone())
+            .collect();
+        assert_eq!(
+            ended,
+            [json!(middle)],
+            "{path:?}: only the session ended by hand"
+        );
+        let session = app.get(&format!("/v1/sessions/{oldest}")).await.body;
+        assert_eq!(session["status"], "active", "{path:?}: {session}");
+    }
 }
 
 /// Store calls any single operation below makes, at most (a create reads, checks the rate

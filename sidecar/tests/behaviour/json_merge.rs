@@ -90,17 +90,20 @@ async fn redis_merges_any_patch_as_the_engine_does() {
             let size = expected.len() as u64;
             let at_field = NamedBy::Field(doc.clone(), "data".into());
             handle.block_on(async {
-                for (at, max, applies) in [
-                    (NamedBy::Value(memory.clone()), size, true),
-                    (at_field.clone(), size, true),
-                    (NamedBy::Value(memory.clone()), size - 1, false),
+                // Where the object is held, and the write that puts it there.
+                let in_memory = (
+                    NamedBy::Value(memory.clone()),
+                    WriteOp::Set(memory.clone(), target.clone()),
+                );
+                let in_field = (
+                    at_field.clone(),
+                    WriteOp::HSet(doc.clone(), vec![("data".into(), target.clone())]),
+                );
+                for ((at, put), max, applies) in [
+                    (in_memory.clone(), size, true),
+                    (in_field, size, true),
+                    (in_memory, size - 1, false),
                 ] {
-                    let put = match &at {
-                        NamedBy::Value(key) => WriteOp::Set(key.clone(), target.clone()),
-                        NamedBy::Field(key, field) => {
-                            WriteOp::HSet(key.clone(), vec![(field.clone(), target.clone())])
-                        }
-                    };
                     let setup = Commit {
                         writes: vec![put],
                         ..Commit::default()

@@ -3,7 +3,9 @@
 //! and names the keys of its user, title and case by what the document holds. A refused write
 //! is decided on a snapshot, which says why.
 
-use serde_json::json;
+use serde_json::{Value, json};
+
+use session_sidecar::testing::CapPolicy;
 
 use crate::calls::Calls;
 use crate::harness::{Kind, Res, TestApp};
@@ -466,4 +468,180 @@ async fn mentions(app: &TestApp, id: &str) -> Vec<String> {
         }
     }
     found
+}
+
+#[tokio::test]
+async fn creates_past_the_active_cap_end_the_oldest_in_one_call() {
+    // Proves: with a cap of 3 active sessions (end-oldest), every create past the cap is one
+    // call, from a sidecar that knows the user's sessions or from one that knows nothing: the
+    // store picks the oldest active session (by creation), ends it as an end does, and appends
+    // its `session.ended.v1` event before the create's. The current session, when it is the
+    // oldest, is ended as no longer current.
+    let a = TestApp::with(Kind::Redis, |p| {
+        p.max_active_per_user = Some(3);
+        p.cap_policy = CapPolicy::EndOldest;
+    })
+    .await;
+    a.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
+    let mut calls = Calls::new(&a).await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        a.clock.advance_ms(1); // the oldest is the first created
+        ids.push(create_one_call(&a, &mut calls).await);
+    }
+    assert_eq!(
+        statuses(&a, &ids).await,
+        ["ended", "ended", "ended", "active", "active", "active"],
+        "each create past the cap ended the oldest active session"
+    );
+    let events: Vec<(String, String)> = a
+        .outbox()
+        .await
+        .into_iter()
+        .map(|e| {
+            (
+                e.event_type,
+                e.payload["session_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let at = |kind: &str, id: &str| events.iter().position(|(k, i)| k == kind && i == id);
+    for (victim, next) in ids[..3].iter().zip(&ids[3..]) {
+        assert!(
+            at("session.ended.v1", victim) < at("session.created.v1", next),
+            "the end of {victim} comes before the create that ended it: {events:?}"
+        );
+    }
+
+    // The oldest active session current again; a sidecar that knows nothing creates.
+    let switched = a
+        .put(
+            "/v1/users/u1/current-session",
+            json!({"session_id": ids[3]}),
+        )
+        .await;
+    assert_eq!(switched.status.as_u16(), 200, "{}", switched.body);
+    let b = a.beside().await;
+    a.clock.advance_ms(1);
+    ids.push(create_one_call(&b, &mut calls).await);
+    assert_eq!(
+        statuses(&a, &ids[3..]).await,
+        ["ended", "active", "active", "active"],
+        "the current session was the oldest"
+    );
+    let former = a.get(&format!("/v1/sessions/{}", ids[3])).await.body;
+    assert_eq!(
+        (&former["current"], &former["performer_id"]),
+        (&json!(false), &json!("system")),
+        "{former}"
+    );
+    let ended = a.outbox_of("session.ended.v1").await;
+    let event = ended
+        .iter()
+        .find(|e| e.payload["session_id"] == ids[3].as_str());
+    assert_eq!(
+        event.map(|e| &e.payload),
+        Some(&former),
+        "its event says so too"
+    );
+    let current = a.get("/v1/users/u1/current-session").await;
+    assert_eq!(current.body["session_id"], ids[6].as_str());
+}
+
+#[tokio::test]
+async fn a_create_that_must_end_several_sessions_is_decided_on_a_snapshot_and_ends_them_alike() {
+    // Proves: a sidecar of a rollout that raises the cap adds an active session past the cap of
+    // the others; their next create must end two sessions, which the store does not pick: it
+    // is refused and decided on a snapshot (three calls), which ends the two oldest. A session
+    // ended there is stored and reported as one the store picked is: the same fields, the same
+    // answer but for ids, times and versions.
+    let a = TestApp::with(Kind::Redis, |p| {
+        p.max_active_per_user = Some(2);
+        p.cap_policy = CapPolicy::EndOldest;
+    })
+    .await;
+    a.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
+    a.get("/v1/users/warm-up/sessions").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        a.clock.advance_ms(1);
+        ids.push(a.create_id("u1", json!({})).await); // the third ends the first, picked
+    }
+    let c = a.beside_with(|p| p.max_active_per_user = Some(3)).await;
+    a.clock.advance_ms(1);
+    ids.push(c.create_id("u1", json!({})).await);
+    // From a sidecar that knows nothing: the store alone refuses the one-call create.
+    let d = a.beside().await;
+    let mut calls = Calls::new(&a).await;
+    a.clock.advance_ms(1);
+    let create = d.post("/v1/sessions", json!({"user_id": "u1"}));
+    let (n, res) = calls.during(create).await;
+    assert_eq!((n, res.status.as_u16()), (3, 201), "{}", res.body);
+    ids.push(res.body["session_id"].as_str().unwrap().to_owned());
+    assert_eq!(
+        statuses(&a, &ids).await,
+        ["ended", "ended", "ended", "active", "active"],
+        "the first picked; the next two ended on the snapshot"
+    );
+    let (picked, on_snapshot) = (&ids[0], &ids[1]);
+    assert_eq!(
+        stored_fields(&a, picked).await,
+        stored_fields(&a, on_snapshot).await,
+        "the same fields stored"
+    );
+    let view = |session: Value| {
+        let mut view = session.as_object().cloned().unwrap_or_default();
+        for varies in [
+            "session_id",
+            "created_at",
+            "updated_at",
+            "expires_at",
+            "ended_at",
+            "version",
+        ] {
+            view.remove(varies);
+        }
+        view
+    };
+    let picked_view = a.get(&format!("/v1/sessions/{picked}")).await.body;
+    let snapshot_view = a.get(&format!("/v1/sessions/{on_snapshot}")).await.body;
+    assert_eq!(view(picked_view), view(snapshot_view), "the same answer");
+}
+
+/// Creates a session of `u1` on `app`, checking it took one call to Redis; its id.
+async fn create_one_call(app: &TestApp, calls: &mut Calls) -> String {
+    let (n, res) = calls
+        .during(app.post("/v1/sessions", json!({"user_id": "u1"})))
+        .await;
+    assert_eq!((n, res.status.as_u16()), (1, 201), "{}", res.body);
+    res.body["session_id"].as_str().unwrap().to_owned()
+}
+
+/// The status of each session.
+async fn statuses(app: &TestApp, ids: &[String]) -> Vec<String> {
+    let mut statuses = Vec::new();
+    for id in ids {
+        let session = app.get(&format!("/v1/sessions/{id}")).await.body;
+        statuses.push(session["status"].as_str().unwrap_or_default().to_owned());
+    }
+    statuses
+}
+
+/// The names of the fields of the session's document in Redis.
+async fn stored_fields(app: &TestApp, id: &str) -> Vec<String> {
+    let shard = session_sidecar::testing::parse_session_id(id, app.sessions.policy().shard_count)
+        .expect("a session id of this deployment");
+    let key = app.sessions.keys().session(shard, id);
+    let client = ::redis::Client::open(app.admin_url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let mut fields: Vec<String> = ::redis::cmd("HKEYS")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    fields.sort_unstable();
+    fields
 }

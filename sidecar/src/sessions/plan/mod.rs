@@ -23,6 +23,9 @@ pub(crate) struct Plan {
     /// Every document written or removed is guarded by its version as read (see
     /// [`Plan::for_user`]).
     guards_documents: bool,
+    /// Events are appended in their place among the writes, after the event of an end the
+    /// store picks ([`Plan::end_picked`]), rather than before every write.
+    events_follow_writes: bool,
 }
 
 /// What a plan changes, for this process's own bookkeeping once the commit is decided.
@@ -111,6 +114,7 @@ impl Plan {
                 rests_on_current: false,
             },
             guards_documents: false,
+            events_follow_writes: false,
         }
     }
 
@@ -178,11 +182,16 @@ impl Plan {
     ) {
         let payload = serde_json::to_value(record.view()).unwrap_or_default();
         let envelope = self.envelope(kind, performer, correlation, payload);
-        self.commit.appends.push(Append {
+        let append = Append {
             stream: self.keys.outbox(self.shard()),
             fields: envelope.to_stream_fields(),
             max_len: None,
-        });
+        };
+        if self.events_follow_writes {
+            self.write(WriteOp::Append(append));
+        } else {
+            self.commit.appends.push(append);
+        }
     }
 
     fn envelope(

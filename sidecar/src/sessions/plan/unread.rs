@@ -86,7 +86,7 @@ impl Plan {
     }
 
     /// Commits only while the document of session `id` says it is active and has not expired.
-    pub(crate) fn assume_active_unread(&mut self, id: &str) {
+    fn assume_active_unread(&mut self, id: &str) {
         self.assume_unexpired_unread(id);
         self.assume_field(id, "status", Status::Active.as_str());
     }
@@ -107,7 +107,7 @@ impl Plan {
     /// Appends an event about session `id`, which this plan has not read: the store fills in
     /// the session as the writes before it leave it. So it comes after the writes that change
     /// the session (before the one that deletes it).
-    pub(crate) fn event_of_unread(
+    fn event_of_unread(
         &mut self,
         kind: EventType,
         id: &str,
@@ -166,14 +166,8 @@ impl Plan {
         retention_ms: i64,
         correlation: Option<&str>,
     ) {
-        let now = self.now_ms;
-        let expires = now + retention_ms;
-        let mut fields = vec![
-            ("status", Status::Ended.as_str().to_owned()),
-            ("ended_ms", now.to_string()),
-            ("performer_id", performer.to_owned()),
-        ];
-        fields.extend(reason.map(|reason| ("end_reason", reason.to_owned())));
+        let expires = self.now_ms + retention_ms;
+        let fields = end_fields(self.now_ms, (performer, reason));
         self.change_unread(id, fields, expires);
         let active = self.user_key_of_unread(id, self.keys.user_active(self.shard(), ""));
         self.write(WriteOp::ZRemAt(active, id.to_owned()));
@@ -183,17 +177,35 @@ impl Plan {
         self.event_of_unread(EventType::Ended, id, Some(performer), correlation);
     }
 
-    /// Ends the active session `id` of this plan's user, unread, as the system: a create at the
-    /// active cap ending the oldest, which guards the session's state itself
-    /// ([`Plan::assume_active_unread`]).
-    pub(crate) fn end_at_cap_unread(
-        &mut self,
-        id: &str,
-        retention_ms: i64,
-        correlation: Option<&str>,
-    ) {
-        self.effects.touched.push(id.to_owned());
-        self.end_unread(id, ("system", None), retention_ms, correlation);
+    /// Ends the session the store picks as the oldest active one of this plan's user at the
+    /// active cap ([`Guard::PickOldestActive`]), as [`Plan::end_unread`] ends a session: a
+    /// create ending the oldest, which the store decides; nothing when it picks none. The
+    /// commit reports which (this process then forgets it). The plan's later events follow
+    /// this end's event, which comes from a write, so that they keep their order.
+    pub(crate) fn end_picked(&mut self, retention_ms: i64, correlation: Option<&str>) {
+        let (k, s) = (self.keys.clone(), self.shard());
+        let doc = KeyAt {
+            prefix: k.session(s, ""),
+            name: NamedBy::Picked,
+        };
+        let expires = self.now_ms + retention_ms;
+        let mut fields = end_fields(self.now_ms, ("system", None));
+        fields.extend([
+            ("expires_ms", expires.to_string()),
+            ("updated_ms", self.now_ms.to_string()),
+        ]);
+        for (field, value) in fields {
+            self.write(WriteOp::HPutAt(doc.clone(), field.to_owned(), value));
+        }
+        self.write(WriteOp::HIncrByAt(doc.clone(), "version".to_owned(), 1));
+        #[allow(clippy::cast_precision_loss)]
+        self.write(WriteOp::ZAddPicked(k.expiry(s), expires as f64));
+        let active = k.user_active(s, &self.effects.user_id);
+        self.write(WriteOp::ZRemPicked(active));
+        let (system, ended) = (Some("system"), EventType::Ended);
+        self.event_of_document(ended, DocKey::At(doc), system, correlation);
+        self.write(WriteOp::ReportPicked);
+        self.events_follow_writes = true;
     }
 
     /// A heartbeat of session `id` in a plan for it unread: its expiry moves to `expires_ms`,
@@ -429,4 +441,19 @@ impl Plan {
             name: NamedBy::Field(self.keys.session(self.shard(), id), "case_id".to_owned()),
         }
     }
+}
+
+/// The fields an end sets besides its times: the status, the end time, the performer, the reason
+/// given.
+fn end_fields(
+    now_ms: i64,
+    (performer, reason): (&str, Option<&str>),
+) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        ("status", Status::Ended.as_str().to_owned()),
+        ("ended_ms", now_ms.to_string()),
+        ("performer_id", performer.to_owned()),
+    ];
+    fields.extend(reason.map(|reason| ("end_reason", reason.to_owned())));
+    fields
 }
