@@ -154,6 +154,7 @@ async fn set_aside(sessions: &Sessions, lease: &Lease, verdict: &Verdict<'_>) ->
             WriteOp::Set(keys.consumer_offset(), verdict.entry.id.clone()),
             WriteOp::Del(keys.consumer_attempts()),
         ],
+        ..Commit::default()
     };
     sessions.backend().commit(commit).await?;
     Ok(())

@@ -7,7 +7,7 @@ use crate::model::{EventType, Record, Status};
 use crate::store::Reads;
 
 use super::plan::Plan;
-use super::{Changing, Ctx, Sessions, Step};
+use super::{Changing, Ctx, Refused, Sessions, Step, decode_record};
 
 impl Sessions {
     /// The user's current session.
@@ -99,7 +99,27 @@ impl Sessions {
             plan.assume_field(&id, "title", title);
         }
         plan.switch_to_unread(&id, performer, correlation);
-        self.commit_read_back(plan, &id, "switch").await
+        match self.commit_read_back(plan, &id, "switch").await? {
+            Ok(switched) => Ok(Some(switched)),
+            Err(Refused(held)) => {
+                // Gone, another user's or ended: as a snapshot says; else it decides.
+                self.switch_target(user, decode_record(held)?)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The session to switch to, from the document found: live and the user's (404), active
+    /// (409 `session_ended`).
+    fn switch_target(&self, user: &str, found: Option<Record>) -> Result<Record> {
+        let now = self.now();
+        let target = found
+            .filter(|d| d.user_id == user && d.is_live(now))
+            .ok_or(Error::NotFound("the user has no such session"))?;
+        if target.status != Status::Active {
+            return Err(Error::SessionEnded);
+        }
+        Ok(target)
     }
 
     async fn try_switch(
@@ -133,14 +153,7 @@ impl Sessions {
         let Some(mut docs) = self.read_docs(shard, user, version.as_ref(), &ids).await? else {
             return Ok(Step::Retry);
         };
-        let now = self.now();
-        let stored = docs
-            .remove(&id)
-            .filter(|d| d.user_id == user && d.is_live(now))
-            .ok_or(Error::NotFound("the user has no such session"))?;
-        if stored.status != Status::Active {
-            return Err(Error::SessionEnded);
-        }
+        let stored = self.switch_target(user, docs.remove(&id))?;
         if current.as_deref() == Some(id.as_str()) {
             return Ok(Step::Done(stored));
         }

@@ -10,7 +10,7 @@ use crate::model::{EventType, Record, SessionView, Status};
 use crate::store::{NamedBy, Reads, WriteOp};
 
 use super::plan::Plan;
-use super::{Changing, Committed, Ctx, Sessions, Step, decode_record};
+use super::{Changing, Committed, Ctx, Refused, Sessions, Step, decode_record};
 
 impl Sessions {
     /// Applies a merge patch to the mutable fields.
@@ -58,7 +58,13 @@ impl Sessions {
         let performer = patch.performer_id.as_deref().or(token);
         let correlation = ctx.correlation_id.as_deref();
         plan.patch_unread(id, patch, performer, correlation);
-        self.commit_read_back(plan, id, "patch").await
+        match self.commit_read_back(plan, id, "patch").await? {
+            Ok(patched) => Ok(Some(patched)),
+            Err(refused) => {
+                self.explain_refusal(ctx, patch.user_id.as_ref(), refused)?;
+                Ok(None)
+            }
+        }
     }
 
     async fn try_update(&self, ctx: &Ctx, id: &str, patch: &UpdateSession) -> Result<Step<Record>> {
@@ -272,7 +278,7 @@ impl Sessions {
         let owners = [ctx.caller.user(), claimed.map(String::as_str)];
         let mut plan = Plan::for_unread_session(self, shard, id, owners);
         change(&mut plan);
-        self.commit_unread(plan, ctx, id, claimed).await
+        self.commit_unread(plan, ctx, claimed).await
     }
 
     /// Deletes a session with its messages and memory. The current session cannot be deleted.
@@ -346,8 +352,13 @@ impl Sessions {
         let shard = self.shard_of_session(id)?;
         let mut plan = Plan::for_unread_live_session(self, shard, id, [ctx.caller.user()]);
         plan.remove_unread(id, ctx.caller.user(), ctx.correlation_id.as_deref());
-        let Step::Done(committed) = self.commit_plan(plan).await? else {
-            return Ok(false);
+        let committed = match self.commit_explained(plan).await? {
+            Ok(committed) => committed,
+            Err(Refused(held)) => {
+                // Gone or another user's: 404 or 403, as a snapshot says; else it decides.
+                self.owned_by(ctx, None, decode_record(held)?)?;
+                return Ok(false);
+            }
         };
         let deleted = committed.session_view(id, "deleted")?;
         if deleted.status == Status::Active {

@@ -10,7 +10,7 @@ use crate::store::{NamedBy, Reads, WriteOp};
 
 use super::merge;
 use super::plan::Plan;
-use super::{Ctx, Sessions, Step};
+use super::{Ctx, Sessions};
 
 /// A session's memory.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -134,8 +134,12 @@ impl Sessions {
             }
             MemoryWrite::Merge => plan.merge_unread(NamedBy::Value(key), body),
         }
-        let Step::Done(committed) = self.commit_plan(plan).await? else {
-            return Ok(None);
+        let committed = match self.commit_explained(plan).await? {
+            Ok(committed) => committed,
+            Err(refused) => {
+                self.explain_refusal(ctx, None, refused)?;
+                return Ok(None);
+            }
         };
         let memory = match how {
             MemoryWrite::Replace => body.clone(),

@@ -79,7 +79,7 @@ impl Sessions {
             }
             let step = match hinted {
                 Some(_) => self.commit_plan(plan).await?,
-                None => self.commit_unread(plan, ctx, id, None).await?,
+                None => self.commit_unread(plan, ctx, None).await?,
             };
             step.try_map(|committed| {
                 Ok(Message {

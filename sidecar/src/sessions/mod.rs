@@ -314,17 +314,29 @@ impl Sessions {
     /// sequence number, the document read back). The hints learn a document read back like
     /// one the commit wrote.
     pub(crate) async fn commit_plan(&self, plan: plan::Plan) -> Result<Step<Committed>> {
+        Ok(match self.commit_explained(plan).await? {
+            Ok(committed) => Step::Done(committed),
+            Err(Refused(_)) => Step::Retry,
+        })
+    }
+
+    /// [`Sessions::commit_plan`], refused with the session the plan was about as the refusal
+    /// found it (a plan for an unread session asks for it).
+    pub(crate) async fn commit_explained(
+        &self,
+        plan: plan::Plan,
+    ) -> Result<std::result::Result<Committed, Refused>> {
         let (commit, effects) = plan.into_parts();
         let outcome = self.backend.commit(commit).await?;
         if let Some(recent) = &self.recent {
             effects.touched.iter().for_each(|id| recent.forget(id));
-            if outcome == CommitOutcome::Conflict && effects.rests_on_current {
+            if matches!(outcome, CommitOutcome::Conflict(_)) && effects.rests_on_current {
                 recent.set_current(effects.shard, &effects.user_id, None);
             }
         }
         let applied = match outcome {
             CommitOutcome::Applied(applied) => applied,
-            CommitOutcome::Conflict => return Ok(Step::Retry),
+            CommitOutcome::Conflict(held) => return Ok(Err(Refused(held))),
             CommitOutcome::OutboxFull => return Err(Error::OutboxFull),
         };
         // A document that does not decode is not learned (a read will say why).
@@ -357,7 +369,7 @@ impl Sessions {
                 .chain(read_back_id)
                 .for_each(|id| listener.changed(id));
         }
-        Ok(Step::Done(Committed {
+        Ok(Ok(Committed {
             list_len: applied.list_len,
             read_back: read_back.map(|(record, _)| record),
             session: applied.session,
@@ -366,34 +378,49 @@ impl Sessions {
     }
 
     /// Commits a plan for session `id` unread that reads the session back: the session as the
-    /// `change` left it, or `None` when the store refused it.
+    /// `change` left it, or the session as the refusal found it.
     pub(crate) async fn commit_read_back(
         &self,
         plan: plan::Plan,
         id: &str,
         change: &str,
-    ) -> Result<Option<Record>> {
-        match self.commit_plan(plan).await? {
-            Step::Done(committed) => committed.read_back_of(id, change).map(Some),
-            Step::Retry => Ok(None),
+    ) -> Result<std::result::Result<Record, Refused>> {
+        match self.commit_explained(plan).await? {
+            Ok(committed) => committed.read_back_of(id, change).map(Ok),
+            Err(refused) => Ok(Err(refused)),
         }
     }
 
     /// Commits a plan for session `id` unread ([`plan::Plan::for_unread_session`]). A refused
-    /// one reads the session, which says what is wrong with it (404, 409 `session_ended`,
-    /// 403), or else lets the change run again, knowing the session now.
+    /// one says what is wrong with the session ([`Sessions::explain_refusal`]), or else lets
+    /// the change run again.
     pub(crate) async fn commit_unread(
         &self,
         plan: plan::Plan,
         ctx: &Ctx,
-        id: &str,
         claimed_user: Option<&String>,
     ) -> Result<Step<Committed>> {
-        let step = self.commit_plan(plan).await?;
-        if let Step::Retry = step {
-            self.read_for_change(ctx, id, claimed_user).await?;
+        match self.commit_explained(plan).await? {
+            Ok(committed) => Ok(Step::Done(committed)),
+            Err(refused) => {
+                self.explain_refusal(ctx, claimed_user, refused)?;
+                Ok(Step::Retry)
+            }
         }
-        Ok(step)
+    }
+
+    /// What is wrong with the unread session whose change was refused, from the session as
+    /// the refusal found it, as [`Sessions::read_for_change`] says it from a read: 404, 409
+    /// `session_ended`, 403. `Ok` when nothing is: something else refused the change, which is
+    /// then decided on a snapshot.
+    pub(crate) fn explain_refusal(
+        &self,
+        ctx: &Ctx,
+        claimed_user: Option<&String>,
+        Refused(held): Refused,
+    ) -> Result<()> {
+        let found = self.owned_by(ctx, claimed_user, decode_record(held)?)?;
+        self.still_active(Some(found)).map(drop)
     }
 
     /// An active session about to change, with the caller's right to change it checked: as
@@ -601,6 +628,10 @@ impl Sessions {
         Ok((version, record, replies))
     }
 }
+
+/// What a refused commit found of the session it was about ([`crate::store::Commit::explain`]):
+/// its fields, none when it is gone.
+pub(crate) struct Refused(pub Vec<(String, String)>);
 
 /// What an applied commit reports (see [`Sessions::commit_plan`]).
 pub(crate) struct Committed {

@@ -20,7 +20,8 @@
 -- Returns OK; or, when a write reports something, {the length of the list the last
 -- RPUSH_NUMBERED left (-1: none), the fields READ_BACK found (empty: none), the session the
 -- last XADD_SESSION carried (empty: none), what each REPORT and REPORT_PICKED found (a list),
--- the object the last MERGE_JSON wrote (empty: none)}; CONFLICT or OUTBOX_FULL when a guard
+-- the object the last MERGE_JSON wrote (empty: none)}; CONFLICT (or {CONFLICT, the fields of
+-- the hash EXPLAIN named, the first instruction when there is one}) or OUTBOX_FULL when a guard
 -- fails.
 -- Why a byte program: a create is about a hundred arguments, and Redis turns each into a Lua
 -- string; op names, key indexes and counts as separate arguments, each walked through a
@@ -42,7 +43,7 @@ local XADD_SESSION, REPORT, HDEL_IF_AT = 86, 80, 84 -- V P T
 local MERGED_WITHIN, MERGE_JSON, HABSENT_AT, HPUT_AT = 77, 109, 85, 79 -- M m U O
 local HEQ_AT, HINT_ABOVE_AT, READ_BACK_AT, SET_NAMED = 75, 103, 107, 83 -- K g k S
 local XADD_SESSION_AT, PICK_OLDEST, ZADD_PICKED, ZREM_PICKED = 118, 111, 121, 89 -- v o y Y
-local REPORT_PICKED = 113 -- q
+local REPORT_PICKED, EXPLAIN = 113, 33 -- q !
 
 -- Writes the API form of a session document as JSON (model/session.rs, Record::view): the
 -- payload of the event of a change made without reading the session. A test holds the two to
@@ -213,6 +214,13 @@ local function json_merger()
   return merge
 end
 
+local explain -- the hash a refusal reports (EXPLAIN)
+-- A failed guard: CONFLICT, with the fields of that hash when the commit names one.
+local function conflict()
+  if explain then return { 'CONFLICT', call('HGETALL', explain) } end
+  return 'CONFLICT'
+end
+
 local function failed_append(reply)
   return type(reply) == 'table' and reply.err
 end
@@ -251,54 +259,56 @@ while pc <= len do
   local k = KEYS[k1 * 256 + k2]
   pc = pc + 3
 
-  if op == EQ then
-    if call('GET', k) ~= ARGV[a] then return 'CONFLICT' end
+  if op == EXPLAIN then
+    explain = k
+  elseif op == EQ then
+    if call('GET', k) ~= ARGV[a] then return conflict() end
     a = a + 1
   elseif op == EQ_NONE then
-    if call('GET', k) then return 'CONFLICT' end
+    if call('GET', k) then return conflict() end
   elseif op == HEQ then
-    if call('HGET', k, ARGV[a]) ~= ARGV[a + 1] then return 'CONFLICT' end
+    if call('HGET', k, ARGV[a]) ~= ARGV[a + 1] then return conflict() end
     a = a + 2
   elseif op == HEQ_NONE then
-    if call('HGET', k, ARGV[a]) then return 'CONFLICT' end
+    if call('HGET', k, ARGV[a]) then return conflict() end
     a = a + 1
   elseif op == INT_BELOW then
-    if (tonumber(call('GET', k)) or 0) >= tonumber(ARGV[a]) then return 'CONFLICT' end
+    if (tonumber(call('GET', k)) or 0) >= tonumber(ARGV[a]) then return conflict() end
     a = a + 1
   elseif op == ZCOUNT_BELOW then
     if call('ZCOUNT', k, '(' .. ARGV[a], '+inf') >= tonumber(ARGV[a + 1]) then
-      return 'CONFLICT'
+      return conflict()
     end
     a = a + 2
   elseif op == HINT_ABOVE then
     local value = tonumber(call('HGET', k, ARGV[a]))
-    if not value or value <= tonumber(ARGV[a + 1]) then return 'CONFLICT' end
+    if not value or value <= tonumber(ARGV[a + 1]) then return conflict() end
     a = a + 2
   elseif op == MERGED_WITHIN then
     -- Also refused where something else than an object is held: decided on a read (corrupt).
     local held = named(k, ARGV[a]) or '{}'
-    if byte(held, 1) ~= 123 then return 'CONFLICT' end
+    if byte(held, 1) ~= 123 then return conflict() end
     merge_json = merge_json or json_merger()
     local result = merge_json(held, ARGV[a + 1])
-    if #result > tonumber(ARGV[a + 2]) then return 'CONFLICT' end
+    if #result > tonumber(ARGV[a + 2]) then return conflict() end
     merges[k .. '\0' .. ARGV[a]] = { ARGV[a + 1], result }
     a = a + 3
   elseif op == HABSENT_AT then
     -- The hash k .. what the naming key holds must be there by name and lack the field.
     local name = name_at(count(), ARGV[a])
-    if not name or call('HGET', k .. name, ARGV[a + 1]) then return 'CONFLICT' end
+    if not name or call('HGET', k .. name, ARGV[a + 1]) then return conflict() end
     a = a + 2
   elseif op == HEQ_AT or op == HINT_ABOVE_AT then
     -- The hash k .. what the naming key holds must be there by name, its field as HEQ or
     -- HINT_ABOVE requires.
     local name = name_at(count(), ARGV[a])
     local held = name and call('HGET', k .. name, ARGV[a + 1])
-    if not held then return 'CONFLICT' end
+    if not held then return conflict() end
     if op == HEQ_AT then
-      if held ~= ARGV[a + 2] then return 'CONFLICT' end
+      if held ~= ARGV[a + 2] then return conflict() end
     else
       local value = tonumber(held)
-      if not value or value <= tonumber(ARGV[a + 2]) then return 'CONFLICT' end
+      if not value or value <= tonumber(ARGV[a + 2]) then return conflict() end
     end
     a = a + 3
   elseif op == PICK_OLDEST then
@@ -308,12 +318,12 @@ while pc <= len do
     local sessions = KEYS[count()]
     local active = call('ZRANGEBYSCORE', k, '(' .. ARGV[a], '+inf')
     local cap = tonumber(ARGV[a + 1])
-    if #active > cap then return 'CONFLICT' end
+    if #active > cap then return conflict() end
     if #active == cap then
       local oldest_at
       for _, id in ipairs(active) do
         local at = tonumber(call('ZSCORE', sessions, id))
-        if not at then return 'CONFLICT' end
+        if not at then return conflict() end
         if not picked or at < oldest_at or (at == oldest_at and id < picked) then
           picked, oldest_at = id, at
         end

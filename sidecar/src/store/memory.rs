@@ -294,7 +294,7 @@ impl Db {
                         None => None,
                     };
                     if &actual != expected {
-                        return Ok(CommitOutcome::Conflict);
+                        return Ok(self.conflict(&commit));
                     }
                 }
                 Guard::HEq(key, field, expected) => {
@@ -304,7 +304,7 @@ impl Db {
                         None => None,
                     };
                     if &actual != expected {
-                        return Ok(CommitOutcome::Conflict);
+                        return Ok(self.conflict(&commit));
                     }
                 }
                 Guard::IntBelow(key, limit) => {
@@ -314,7 +314,7 @@ impl Db {
                         None => 0,
                     };
                     if count >= *limit {
-                        return Ok(CommitOutcome::Conflict);
+                        return Ok(self.conflict(&commit));
                     }
                 }
                 Guard::ZCountBelow(key, above, limit) => {
@@ -324,7 +324,7 @@ impl Db {
                         None => 0,
                     };
                     if count as u64 >= *limit {
-                        return Ok(CommitOutcome::Conflict);
+                        return Ok(self.conflict(&commit));
                     }
                 }
                 Guard::HIntAbove(key, field, floor) => {
@@ -334,7 +334,7 @@ impl Db {
                         None => None,
                     };
                     if value.is_none_or(|v| v <= *floor) {
-                        return Ok(CommitOutcome::Conflict);
+                        return Ok(self.conflict(&commit));
                     }
                 }
                 Guard::HAbsentAt(at, field) => {
@@ -345,7 +345,7 @@ impl Db {
                         None => Some(String::new()), // no name: fails as Redis fails it
                     };
                     if held.is_some() {
-                        return Ok(CommitOutcome::Conflict);
+                        return Ok(self.conflict(&commit));
                     }
                 }
                 Guard::PickOldestActive(active, sessions, above, cap) => {
@@ -355,7 +355,7 @@ impl Db {
                         None => Vec::new(),
                     };
                     if active.len() as u64 > *cap {
-                        return Ok(CommitOutcome::Conflict);
+                        return Ok(self.conflict(&commit));
                     }
                     if active.len() as u64 == *cap {
                         let created = match self.live(sessions) {
@@ -367,26 +367,26 @@ impl Db {
                             None => None,
                         };
                         let Some(created) = created else {
-                            return Ok(CommitOutcome::Conflict);
+                            return Ok(self.conflict(&commit));
                         };
                         self.picked = created.into_iter().min().map(|(_, id)| id);
                     }
                 }
                 Guard::HEqAt(at, field, expected) => {
                     if self.field_at(at, field).as_ref() != Some(expected) {
-                        return Ok(CommitOutcome::Conflict);
+                        return Ok(self.conflict(&commit));
                     }
                 }
                 Guard::HIntAboveAt(at, field, floor) => {
                     let value = self.field_at(at, field).and_then(|v| v.parse::<i64>().ok());
                     if value.is_none_or(|v| v <= *floor) {
-                        return Ok(CommitOutcome::Conflict);
+                        return Ok(self.conflict(&commit));
                     }
                 }
                 Guard::MergedWithin(at, patch, max) => {
                     let held = self.held_json(at);
                     if !held.is_object() || merged_json(held, patch).len() as u64 > *max {
-                        return Ok(CommitOutcome::Conflict);
+                        return Ok(self.conflict(&commit));
                     }
                 }
                 Guard::StreamBelow(key, max) => {
@@ -428,6 +428,15 @@ impl Db {
             self.write(write, &mut applied);
         }
         Ok(CommitOutcome::Applied(applied))
+    }
+
+    /// A refused commit, with the fields of the hash it names to explain the refusal.
+    fn conflict(&mut self, commit: &Commit) -> CommitOutcome {
+        let held = match &commit.explain {
+            Some(key) => self.read(&ReadOp::HGetAll(key.clone())).into_pairs(),
+            None => Vec::new(),
+        };
+        CommitOutcome::Conflict(held)
     }
 
     fn append(&mut self, append: Append) {
@@ -956,14 +965,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failing_guard_writes_nothing() {
+    async fn a_failing_guard_writes_nothing_and_reports_the_hash_named_to_explain_it() {
         let db = MemoryBackend::new();
+        let doc = || WriteOp::HSet("doc".into(), vec![("status".into(), "ended".into())]);
+        let setup = Commit {
+            writes: vec![doc()],
+            ..Commit::default()
+        };
+        db.commit(setup).await.unwrap();
         let commit = Commit {
             guards: vec![Guard::Eq("v".into(), Some("1".into()))],
             appends: vec![],
             writes: vec![WriteOp::Set("x".into(), "1".into())],
+            explain: Some("doc".into()),
         };
-        assert_eq!(db.commit(commit).await.unwrap(), CommitOutcome::Conflict);
+        let held = vec![("status".to_owned(), "ended".to_owned())];
+        assert_eq!(
+            db.commit(commit).await.unwrap(),
+            CommitOutcome::Conflict(held)
+        );
         let got = db.read(vec![ReadOp::Get("x".into())]).await.unwrap();
         assert_eq!(got, vec![Reply::Nil]);
     }

@@ -169,12 +169,13 @@ pub struct StreamEntry {
 
 /// A precondition of a commit. A failed guard means the snapshot is stale or a limit is hit.
 ///
-/// `Eq` guards a decision taken on a snapshot (a version read with it). The four after it let
-/// a write skip the snapshot when it knows what it needs (a session's document as this process
-/// last wrote it, the user's current session) or needs only a few of its fields (a message
-/// appended to an active session): the store checks, in the same atomic step, what the
-/// snapshot would have shown. All five fail as `Conflict`, and the engine then decides again
-/// on a snapshot, so the answer to a request never rests on an unchecked guess.
+/// `Eq` guards a decision taken on a snapshot (a version read with it). The others let a write
+/// skip the snapshot when it knows what it needs (a session's document as this process last
+/// wrote it, the user's current session) or needs only a few of its fields (a message appended
+/// to an active session): the store checks, in the same atomic step, what the snapshot would
+/// have shown. All but `StreamBelow` fail as `Conflict`, and the engine then decides again on
+/// a snapshot (or on the document the refusal reports: [`Commit::explain`]), so the answer to a
+/// request never rests on an unchecked guess.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Guard {
     /// `GET key` must equal the value (`None`: the key must not exist). Fails as `Conflict`.
@@ -341,6 +342,10 @@ pub struct Commit {
     pub guards: Vec<Guard>,
     pub appends: Vec<Append>,
     pub writes: Vec<WriteOp>,
+    /// A hash whose fields a refused commit reports ([`CommitOutcome::Conflict`]): the session
+    /// a change of one session is about, so that the engine can say what is wrong with it
+    /// without reading it again.
+    pub explain: Option<String>,
 }
 
 /// What became of a commit.
@@ -349,7 +354,9 @@ pub enum CommitOutcome {
     /// Done, with what its writes report.
     Applied(Applied),
     /// A guard other than `StreamBelow` failed: somebody changed the state; re-read and retry.
-    Conflict,
+    /// With the fields of the hash [`Commit::explain`] names, as the refusal found them (none
+    /// without one, or when it is gone).
+    Conflict(Vec<(String, String)>),
     /// A `StreamBelow` guard failed: the outbox is full (the relay is not draining it).
     OutboxFull,
 }

@@ -331,6 +331,12 @@ fn addresses(url: &str) -> String {
 /// What `commit.lua` answered: `OK`, or what its writes report, when applied; else the guard
 /// that failed.
 fn commit_outcome(reply: Value) -> Result<CommitOutcome, BackendError> {
+    if let Value::Array(parts) = &reply
+        && let [Value::BulkString(head), held] = parts.as_slice()
+        && head == b"CONFLICT"
+    {
+        return Ok(CommitOutcome::Conflict(pairs(held.clone())?));
+    }
     if let Value::Array(parts) = reply {
         let mut parts = parts.into_iter();
         let list_len = match parts.next() {
@@ -361,7 +367,7 @@ fn commit_outcome(reply: Value) -> Result<CommitOutcome, BackendError> {
     }
     match text(reply)?.as_str() {
         "OK" => Ok(CommitOutcome::Applied(Applied::default())),
-        "CONFLICT" => Ok(CommitOutcome::Conflict),
+        "CONFLICT" => Ok(CommitOutcome::Conflict(Vec::new())),
         "OUTBOX_FULL" => Ok(CommitOutcome::OutboxFull),
         other => Err(BackendError::Protocol(format!(
             "commit script returned {other}"

@@ -189,6 +189,7 @@ mod opcode {
     pub(super) const ZADD_PICKED: u8 = b'y';
     pub(super) const ZREM_PICKED: u8 = b'Y';
     pub(super) const REPORT_PICKED: u8 = b'q';
+    pub(super) const EXPLAIN: u8 = b'!';
 }
 
 /// The arguments of `commit.lua`: its keys, the program, the operands.
@@ -282,6 +283,9 @@ impl CommitArgs {
 pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError> {
     use opcode::*;
     let mut call = CommitArgs::default();
+    if let Some(explain) = &commit.explain {
+        call.op(EXPLAIN, explain)?;
+    }
     for guard in &commit.guards {
         match guard {
             Guard::Eq(k, Some(expected)) => call.op(EQ, k)?.push(expected.clone()),
@@ -454,6 +458,7 @@ mod tests {
                 WriteOp::HDel("{1}:s:a".into(), vec![]),
                 WriteOp::ZAdd("{1}:exp".into(), 5.0, "a".into()),
             ],
+            explain: None,
         };
         let call = encode_commit(&commit).unwrap();
         assert_eq!(
@@ -477,7 +482,7 @@ mod tests {
     }
 
     #[test]
-    fn a_message_counted_without_reading_its_session_is_four_instructions() {
+    fn a_message_counted_without_reading_its_session_is_four_instructions_after_its_explain() {
         let commit = Commit {
             guards: vec![Guard::HIntAbove("{1}:s:a".into(), "expires_ms".into(), 7)],
             writes: vec![
@@ -485,6 +490,7 @@ mod tests {
                 WriteOp::RPushNumbered("{1}:m:a".into(), "{\"seq\":".into(), "}".into()),
                 WriteOp::ReadBack("{1}:s:a".into()),
             ],
+            explain: Some("{1}:s:a".into()),
             ..Commit::default()
         };
         let call = encode_commit(&commit).unwrap();
@@ -492,6 +498,7 @@ mod tests {
         assert_eq!(
             call.program,
             [
+                b'!', 0, 1, // a refusal reports the session
                 b'G', 0, 1, //
                 b'n', 0, 1, //
                 b'R', 0, 2, //
@@ -685,6 +692,7 @@ mod tests {
                     tail: "}".into(),
                 }),
             ],
+            explain: None,
         };
         let call = encode_commit(&commit).unwrap();
         assert_eq!(
@@ -746,6 +754,7 @@ mod tests {
                 WriteOp::ReportPicked,
                 WriteOp::Append(created),
             ],
+            explain: None,
         };
         let call = encode_commit(&commit).unwrap();
         assert_eq!(

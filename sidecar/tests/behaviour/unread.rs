@@ -1,7 +1,8 @@
 //! One call to Redis per write also for a session this sidecar neither wrote nor read (another
 //! sidecar, another replica did): the store checks the session's own fields in the same step
-//! and names the keys of its user, title and case by what the document holds. A refused write
-//! is decided on a snapshot, which says why.
+//! and names the keys of its user, title and case by what the document holds. A write refused
+//! because of the session itself is answered from the session as the refusal found it; any
+//! other refused write is decided on a snapshot, which says why.
 
 use serde_json::{Value, json};
 
@@ -78,8 +79,8 @@ async fn heartbeats_and_ends_of_sessions_another_sidecar_wrote_take_one_call_eac
     // call each: the store checks the session and writes the change, its user's index and
     // (for the end) the event carrying the session as the change left it, which is the
     // session as both sidecars then read it. The user's index follows: with a cap of one
-    // active session, the end frees the user's room. A refused end (already ended) reads to
-    // say why: 409, two calls.
+    // active session, the end frees the user's room. A refused end (already ended) is
+    // answered from the session as the refusal found it: 409, in the same call.
     let a = TestApp::with(Kind::Redis, |p| p.max_active_per_user = Some(1)).await;
     let b = a.beside().await;
     let (one, two) = (
@@ -132,7 +133,7 @@ async fn heartbeats_and_ends_of_sessions_another_sidecar_wrote_take_one_call_eac
     let (n, res) = calls.during(b.end(&one, end)).await;
     assert_eq!(
         (n, res.status.as_u16()),
-        (2, 409),
+        (1, 409),
         "a refused end: {}",
         res.body
     );
@@ -644,4 +645,73 @@ async fn stored_fields(app: &TestApp, id: &str) -> Vec<String> {
         .unwrap();
     fields.sort_unstable();
     fields
+}
+
+#[tokio::test]
+async fn refused_writes_of_sessions_another_sidecar_wrote_are_answered_in_one_call() {
+    // Proves: a write of a session this sidecar does not know that the store refuses because
+    // of the session itself (gone, ended, another user's) is answered from the session as the
+    // refusal found it (the commit reports it), with the error a snapshot would give: one
+    // call, not the refused call and a read.
+    let a = TestApp::new(Kind::Redis).await;
+    let b = a.beside().await;
+    let ended = a.create_id("u1", json!({})).await;
+    let end = a.end(&ended, json!({"performer_id": "u1"})).await;
+    assert_eq!(end.status.as_u16(), 200, "{}", end.body);
+    // Another user on u1's shard (a session of another shard is not u1's without a call).
+    let shards = a.sessions.policy().shard_count;
+    let shard_of = |user: &str| session_sidecar::testing::shard_of(user, shards);
+    let neighbour = (2..)
+        .map(|n| format!("u{n}"))
+        .find(|user| shard_of(user) == shard_of("u1"))
+        .unwrap();
+    let other = a.create_id(&neighbour, json!({})).await;
+    let missing = format!("/v1/sessions/{}", "sess_0_aaaaaaaaaaaaaaaaaaaaaaaaaa");
+    b.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
+    let mut calls = Calls::new(&a).await;
+    let one_call = |(n, res): (u64, Res), code: &str, what: &str| {
+        assert_eq!((n, res.code()), (1, code), "{what}: {}", res.body);
+    };
+    let (ended, other) = (
+        format!("/v1/sessions/{ended}"),
+        format!("/v1/sessions/{other}"),
+    );
+    let hello = json!({"role": "user", "content": "hello"});
+    let message = calls
+        .during(b.post(&format!("{ended}/messages"), hello))
+        .await;
+    one_call(message, "session_ended", "a message");
+    let heartbeat = calls
+        .during(b.put(&format!("{missing}/heartbeat"), json!({})))
+        .await;
+    one_call(heartbeat, "not_found", "a heartbeat");
+    let not_theirs = json!({"performer_id": neighbour, "user_id": "u1"});
+    let end = calls
+        .during(b.post(&format!("{other}/end"), not_theirs))
+        .await;
+    one_call(end, "session_user_mismatch", "an end");
+    let patch = calls
+        .during(b.patch(&ended, json!({"metadata": {"k": 1}})))
+        .await;
+    one_call(patch, "session_ended", "a patch");
+    let memory = calls
+        .during(b.put(&format!("{ended}/memory"), json!({"k": 1})))
+        .await;
+    one_call(memory, "session_ended", "a memory write");
+    one_call(
+        calls.during(b.delete(&missing)).await,
+        "not_found",
+        "a delete",
+    );
+    let current = "/v1/users/u1/current-session";
+    let ended_id = ended.trim_start_matches("/v1/sessions/");
+    let switch = calls
+        .during(b.put(current, json!({"session_id": ended_id})))
+        .await;
+    one_call(switch, "session_ended", "a switch");
+    let other_id = other.trim_start_matches("/v1/sessions/");
+    let switch = calls
+        .during(b.put(current, json!({"session_id": other_id})))
+        .await;
+    one_call(switch, "not_found", "a switch to another user's session");
 }

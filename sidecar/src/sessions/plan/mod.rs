@@ -98,8 +98,7 @@ impl Plan {
                 keys.outbox(shard),
                 sessions.policy.outbox_max_len,
             )],
-            appends: Vec::new(),
-            writes: Vec::new(),
+            ..Commit::default()
         };
         Self {
             keys,

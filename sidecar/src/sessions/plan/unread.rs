@@ -73,6 +73,7 @@ impl Plan {
     ) -> Self {
         // The user is known only to the store: its keys are named by the document's field.
         let mut plan = Self::new(sessions, shard, "");
+        plan.commit.explain = Some(plan.keys.session(shard, id));
         for owner in owners.into_iter().flatten() {
             plan.assume_field(id, "user_id", owner);
         }
