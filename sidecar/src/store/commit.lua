@@ -214,31 +214,23 @@ local function json_merger()
   return merge
 end
 
-local explain -- the hash a refusal reports (EXPLAIN)
--- A failed guard: CONFLICT, with the fields of that hash when the commit names one.
-local function conflict()
-  if explain then return { 'CONFLICT', call('HGETALL', explain) } end
-  return 'CONFLICT'
-end
-
 local function failed_append(reply)
   return type(reply) == 'table' and reply.err
 end
 
 -- What another key holds: a field of a hash, or (field empty) a string's value; false for none.
+local picked -- the session PICK_OLDEST chose to end, if any
+-- What a key holds: its value, or the hash field (not empty); no key (KEYS[0], the index that
+-- names it) names the session picked.
 local function named(key, field)
+  if not key then return picked end
   if field == '' then return call('GET', key) end
   return call('HGET', key, field)
 end
 
-local picked -- the session PICK_OLDEST chose to end, if any
--- What names a key by the naming key's index in KEYS: 0 names the session picked.
-local function name_at(index, field)
-  if index == 0 then return picked end
-  return named(KEYS[index], field)
-end
-
 local pc, a = 1, 2 -- the next byte of the program, the next operand in ARGV
+-- A guard failed (the loop stops); EXPLAIN names the hash whose fields the refusal reports.
+local refused, explain
 -- What the last RPUSH_NUMBERED left, READ_BACK found, XADD_SESSION carried, REPORT found,
 -- MERGE_JSON wrote.
 local list_len, read_back, session, reported, merged
@@ -262,72 +254,77 @@ while pc <= len do
   if op == EXPLAIN then
     explain = k
   elseif op == EQ then
-    if call('GET', k) ~= ARGV[a] then return conflict() end
+    if call('GET', k) ~= ARGV[a] then refused = true; break end
     a = a + 1
   elseif op == EQ_NONE then
-    if call('GET', k) then return conflict() end
+    if call('GET', k) then refused = true; break end
   elseif op == HEQ then
-    if call('HGET', k, ARGV[a]) ~= ARGV[a + 1] then return conflict() end
+    if call('HGET', k, ARGV[a]) ~= ARGV[a + 1] then refused = true; break end
     a = a + 2
   elseif op == HEQ_NONE then
-    if call('HGET', k, ARGV[a]) then return conflict() end
+    if call('HGET', k, ARGV[a]) then refused = true; break end
     a = a + 1
   elseif op == INT_BELOW then
-    if (tonumber(call('GET', k)) or 0) >= tonumber(ARGV[a]) then return conflict() end
+    if (tonumber(call('GET', k)) or 0) >= tonumber(ARGV[a]) then refused = true; break end
     a = a + 1
   elseif op == ZCOUNT_BELOW then
     if call('ZCOUNT', k, '(' .. ARGV[a], '+inf') >= tonumber(ARGV[a + 1]) then
-      return conflict()
+      refused = true; break
     end
     a = a + 2
   elseif op == HINT_ABOVE then
     local value = tonumber(call('HGET', k, ARGV[a]))
-    if not value or value <= tonumber(ARGV[a + 1]) then return conflict() end
+    if not value or value <= tonumber(ARGV[a + 1]) then refused = true; break end
     a = a + 2
   elseif op == MERGED_WITHIN then
     -- Also refused where something else than an object is held: decided on a read (corrupt).
     local held = named(k, ARGV[a]) or '{}'
-    if byte(held, 1) ~= 123 then return conflict() end
+    if byte(held, 1) ~= 123 then refused = true; break end
     merge_json = merge_json or json_merger()
     local result = merge_json(held, ARGV[a + 1])
-    if #result > tonumber(ARGV[a + 2]) then return conflict() end
+    if #result > tonumber(ARGV[a + 2]) then refused = true; break end
     merges[k .. '\0' .. ARGV[a]] = { ARGV[a + 1], result }
     a = a + 3
   elseif op == HABSENT_AT then
     -- The hash k .. what the naming key holds must be there by name and lack the field.
-    local name = name_at(count(), ARGV[a])
-    if not name or call('HGET', k .. name, ARGV[a + 1]) then return conflict() end
+    local name = named(KEYS[count()], ARGV[a])
+    if not name or call('HGET', k .. name, ARGV[a + 1]) then refused = true; break end
     a = a + 2
   elseif op == HEQ_AT or op == HINT_ABOVE_AT then
     -- The hash k .. what the naming key holds must be there by name, its field as HEQ or
     -- HINT_ABOVE requires.
-    local name = name_at(count(), ARGV[a])
+    local name = named(KEYS[count()], ARGV[a])
     local held = name and call('HGET', k .. name, ARGV[a + 1])
-    if not held then return conflict() end
+    if not held then refused = true; break end
     if op == HEQ_AT then
-      if held ~= ARGV[a + 2] then return conflict() end
+      if held ~= ARGV[a + 2] then refused = true; break end
     else
       local value = tonumber(held)
-      if not value or value <= tonumber(ARGV[a + 2]) then return conflict() end
+      if not value or value <= tonumber(ARGV[a + 2]) then refused = true; break end
     end
     a = a + 3
   elseif op == PICK_OLDEST then
     -- k is the user's active set, the second key its sessions by creation. At the cap, the
     -- oldest active session (by creation, then id) is picked, to be ended; past it, the create
-    -- is decided on a snapshot (it ends more than one).
+    -- is decided on a snapshot (it ends more than one). Ids are lowercase base32 after one
+    -- prefix, which Lua's `<` (strcoll) orders as bytes in any locale, as the engine does.
     local sessions = KEYS[count()]
     local active = call('ZRANGEBYSCORE', k, '(' .. ARGV[a], '+inf')
     local cap = tonumber(ARGV[a + 1])
-    if #active > cap then return conflict() end
+    if #active > cap then refused = true; break end
     if #active == cap then
       local oldest_at
       for _, id in ipairs(active) do
         local at = tonumber(call('ZSCORE', sessions, id))
-        if not at then return conflict() end
+        if not at then
+          refused = true
+          break
+        end
         if not picked or at < oldest_at or (at == oldest_at and id < picked) then
           picked, oldest_at = id, at
         end
       end
+      if refused then break end
     end
     a = a + 2
   elseif op == STREAM_BELOW then
@@ -396,17 +393,17 @@ while pc <= len do
   elseif op == READ_BACK then
     read_back = call('HGETALL', k)
   elseif op == READ_BACK_AT then
-    local name = name_at(count(), ARGV[a])
+    local name = named(KEYS[count()], ARGV[a])
     if name then read_back = call('HGETALL', k .. name) end
     a = a + 1
   elseif op == SET_NAMED then
-    local value = name_at(count(), ARGV[a])
+    local value = named(KEYS[count()], ARGV[a])
     if value then call('SET', k, value) end
     a = a + 1
   elseif op == ZADD_AT or op == ZREM_AT or op == INCR_AT or op == HSET_AT or op == HINCRBY_AT
       or op == HPUT_AT then
     -- The key is k .. what the naming key holds.
-    local name = name_at(count(), ARGV[a])
+    local name = named(KEYS[count()], ARGV[a])
     local key = name and k .. name
     if op == ZADD_AT then
       if key then call('ZADD', key, ARGV[a + 1], ARGV[a + 2]) end
@@ -428,8 +425,8 @@ while pc <= len do
     end
   elseif op == HDEL_IF_AT then
     -- The key named as above, the field by a third key; removed only where it holds the value.
-    local name = name_at(count(), ARGV[a])
-    local field = name_at(count(), ARGV[a + 1])
+    local name = named(KEYS[count()], ARGV[a])
+    local field = named(KEYS[count()], ARGV[a + 1])
     if name and field and call('HGET', k .. name, field) == ARGV[a + 2] then
       call('HDEL', k .. name, field)
     end
@@ -461,7 +458,7 @@ while pc <= len do
   elseif op == XADD_SESSION or op == XADD_SESSION_AT then
     local n, doc = count(), KEYS[count()]
     if op == XADD_SESSION_AT then -- the document is doc .. what the naming key holds
-      local name = name_at(count(), ARGV[a])
+      local name = named(KEYS[count()], ARGV[a])
       doc = name and doc .. name
       a = a + 1
     end
@@ -475,6 +472,10 @@ while pc <= len do
   else
     return redis.error_reply('BADOP unknown opcode ' .. tostring(op))
   end
+end
+if refused then
+  if explain then return { 'CONFLICT', call('HGETALL', explain) } end
+  return 'CONFLICT'
 end
 if list_len or read_back or session or reported or merged then
   return { list_len or -1, read_back or {}, session or '', reported or {}, merged or '' }
