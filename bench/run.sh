@@ -46,10 +46,13 @@ if [ "${1:-}" = writes ]; then
     pids+=($!)
     url="redis://127.0.0.1:$redis_port"
     writer=$(free_port); sidecar "$writer" --outbox-max-len 100000000 --write-hints-max-bytes "$hints"
+    capped=$(free_port); sidecar "$capped" --outbox-max-len 100000000 --write-hints-max-bytes "$hints" \
+      --max-active-per-user 3 --active-cap-policy end-oldest
     for _ in $(seq 1 "$others"); do sidecar "$(free_port)"; done
     sleep 1
     echo "== write hints: $hints bytes; other sidecars tracking: $others"
-    "$bin/session-bench" writes --redis-url "$url" --writer "127.0.0.1:$writer" --seconds "$SECONDS_PER_RUN"
+    "$bin/session-bench" writes --redis-url "$url" --writer "127.0.0.1:$writer" \
+      --capped-writer "127.0.0.1:$capped" --seconds "$SECONDS_PER_RUN"
   done
   exit
 fi

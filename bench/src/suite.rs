@@ -224,6 +224,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (payload, rss_before, rss_after, entries, cache_bytes) = memory(&args).await?;
     let writes = crate::writes::measure(
         args.writer,
+        None,
         &args.redis_url,
         args.write_users,
         args.connections,

@@ -9,7 +9,9 @@
 //! answered), so the rate is the sustained maximum and the latency is that of a saturated server.
 //! Message appends run twice: to each user's current session (written by this sidecar, so known
 //! to its hints: an application writing to its own session), then round-robin over every
-//! session created (mostly unknown: another pod's sessions).
+//! session created (mostly unknown: another pod's sessions). With a second sidecar whose users
+//! may hold 3 active sessions (end-oldest), creates over fewer users run past that cap: each
+//! but the first three of a user's ends its oldest active session in the same call.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,13 +39,21 @@ pub struct Args {
     /// The users the creates are spread over.
     #[arg(long, default_value_t = 10_000)]
     users: usize,
+    /// A sidecar whose users may hold 3 active sessions, ending the oldest (`bench/run.sh`
+    /// starts it so): creates past the cap are measured through it.
+    #[arg(long)]
+    capped_writer: Option<SocketAddr>,
 }
+
+/// The users creates past the cap are spread over: in a phase each makes far more than 3.
+const CAPPED_USERS: usize = 1_000;
 
 /// The write section alone.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let seconds = Duration::from_secs(args.seconds);
     let rows = measure(
         args.writer,
+        args.capped_writer,
         &args.redis_url,
         args.users,
         args.connections,
@@ -171,6 +181,9 @@ enum Write {
     Message,
     /// A session created before is ended.
     End,
+    /// A new session of one of `users` users, through a sidecar whose users may hold 3 active
+    /// sessions: past that, the user's oldest active session is ended.
+    CreatePastCap { users: usize },
 }
 
 impl Write {
@@ -180,6 +193,16 @@ impl Write {
             Write::MessageToCurrent => "message append, current session",
             Write::Message => "message append",
             Write::End => "end",
+            Write::CreatePastCap { .. } => "create past the active cap (end-oldest)",
+        }
+    }
+
+    /// What the users a phase creates for are named after: those past the cap are others (a
+    /// title of theirs is then never one another phase gave them).
+    fn users_named(self) -> &'static str {
+        match self {
+            Write::CreatePastCap { .. } => "capped",
+            _ => "writer",
         }
     }
 
@@ -191,10 +214,10 @@ impl Write {
         ids: &[String],
     ) -> Option<(&'static str, String, serde_json::Value, u16)> {
         Some(match self {
-            Write::Create { users } => (
+            Write::Create { users } | Write::CreatePastCap { users } => (
                 "POST",
                 "/v1/sessions".to_owned(),
-                json!({"user_id": format!("writer-{}", i % users), "title": format!("write {i}"),
+                json!({"user_id": format!("{}-{}", self.users_named(), i % users), "title": format!("write {i}"),
                        "metadata": {"client": "bench"}, "data": {"step": 1}}),
                 201,
             ),
@@ -342,9 +365,11 @@ fn row(name: &'static str, m: &Measured, before: Counters, after: Counters) -> R
     }
 }
 
-/// Runs every phase against the sidecar at `addr` and Redis at `url`.
+/// Runs every phase against the sidecar at `addr` (creates past the cap against `capped`) and
+/// Redis at `url`.
 pub async fn measure(
     addr: SocketAddr,
+    capped: Option<SocketAddr>,
     url: &str,
     users: usize,
     connections: usize,
@@ -357,12 +382,16 @@ pub async fn measure(
     let mut rows = Vec::new();
     let (mut all, mut current) = (Arc::new(Vec::new()), Arc::new(Vec::new()));
     let phases = [
-        Write::Create { users },
-        Write::MessageToCurrent,
-        Write::Message,
-        Write::End,
+        (addr, Write::Create { users }),
+        (addr, Write::MessageToCurrent),
+        (addr, Write::Message),
+        (addr, Write::End),
     ];
-    for write in phases {
+    let past_cap = capped.map(|capped| {
+        let users = CAPPED_USERS;
+        (capped, Write::CreatePastCap { users })
+    });
+    for (addr, write) in phases.into_iter().chain(past_cap) {
         println!(
             "measuring writes: {} for {} s",
             write.name(),

@@ -9,7 +9,7 @@
 --   XADD_SESSION_AT (the document is KEYS[that index] .. what a third key holds) then a second
 --   one; what that other key holds is its value, or the hash field that is the first operand
 --   (empty: the value); index 0 names the session PICK_OLDEST picked (nothing when none).
---   PICK_OLDEST gives the index of its second key. MERGED_WITHIN and MERGE_JSON act on what
+--   HPUT_AT then gives a count of field-value pairs, PICK_OLDEST the index of its second key. MERGED_WITHIN and MERGE_JSON act on what
 --   their key holds, alike.
 -- ARGV[2..]: the operands of the instructions (values, fields, scores, limits), in order.
 -- Guards are checked first, then events are appended, then state is written. An append that
@@ -400,8 +400,13 @@ while pc <= len do
     local value = named(KEYS[count()], ARGV[a])
     if value then call('SET', k, value) end
     a = a + 1
-  elseif op == ZADD_AT or op == ZREM_AT or op == INCR_AT or op == HSET_AT or op == HINCRBY_AT
-      or op == HPUT_AT then
+  elseif op == HPUT_AT then
+    -- HSET of its fields on k .. what the naming key holds, whatever the hash holds.
+    local name = named(KEYS[count()], ARGV[a])
+    local n = count()
+    if name then call('HSET', k .. name, unpack(ARGV, a + 1, a + 2 * n)) end
+    a = a + 1 + 2 * n
+  elseif op == ZADD_AT or op == ZREM_AT or op == INCR_AT or op == HSET_AT or op == HINCRBY_AT then
     -- The key is k .. what the naming key holds.
     local name = named(KEYS[count()], ARGV[a])
     local key = name and k .. name
@@ -414,9 +419,6 @@ while pc <= len do
     elseif op == INCR_AT then
       if key then call('INCR', key) end
       a = a + 1
-    elseif op == HPUT_AT then
-      if key then call('HSET', key, ARGV[a + 1], ARGV[a + 2]) end
-      a = a + 3
     else -- on a hash that has the field already
       if key and call('HGET', key, ARGV[a + 1]) then
         call(op == HSET_AT and 'HSET' or 'HINCRBY', key, ARGV[a + 1], ARGV[a + 2])

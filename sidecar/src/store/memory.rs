@@ -604,9 +604,9 @@ impl Db {
                     self.write(WriteOp::HSet(key, vec![(field, value)]), applied);
                 }
             }
-            WriteOp::HPutAt(at, field, value) => {
+            WriteOp::HPutAt(at, fields) => {
                 if let Some(key) = self.key_at(&at) {
-                    self.write(WriteOp::HSet(key, vec![(field, value)]), applied);
+                    self.write(WriteOp::HSet(key, fields), applied);
                 }
             }
             WriteOp::HIncrByAt(at, field, by) => {

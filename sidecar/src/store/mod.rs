@@ -266,9 +266,9 @@ pub enum WriteOp {
     /// `HINCRBY <key> field by`, the key named and the field required as for
     /// [`WriteOp::HSetAt`].
     HIncrByAt(KeyAt, String, i64),
-    /// `HSET <key> field value`, the key named as for [`WriteOp::ZAddAt`], whatever the hash
+    /// `HSET <key> field value …`, the key named as for [`WriteOp::ZAddAt`], whatever the hash
     /// holds (nothing without a name).
-    HPutAt(KeyAt, String, String),
+    HPutAt(KeyAt, Vec<(String, String)>),
     /// `HDEL <key> <field>` where that field holds the value: an index entry of a session
     /// removed without reading it, left alone when it is another session's. The key is named
     /// as for [`WriteOp::ZAddAt`], the field by what a third key holds; nothing without

@@ -383,8 +383,12 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
             WriteOp::HSetAt(at, field, value) => {
                 call.at(HSET_AT, at)?.extend([field.clone(), value.clone()]);
             }
-            WriteOp::HPutAt(at, field, value) => {
-                call.at(HPUT_AT, at)?.extend([field.clone(), value.clone()]);
+            WriteOp::HPutAt(at, fields) if !fields.is_empty() => {
+                call.at(HPUT_AT, at)?;
+                call.number(fields.len(), "fields in one command")?;
+                for (f, v) in fields {
+                    call.operands.extend([f.clone(), v.clone()]);
+                }
             }
             WriteOp::HIncrByAt(at, field, by) => {
                 call.at(HINCRBY_AT, at)?
@@ -430,7 +434,7 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
                 call.operands.push(event.tail.clone());
             }
             // Empty field lists change nothing; Redis would reject them, so they are not sent.
-            WriteOp::HSet(..) | WriteOp::HDel(..) | WriteOp::XDel(..) => {}
+            WriteOp::HSet(..) | WriteOp::HDel(..) | WriteOp::XDel(..) | WriteOp::HPutAt(..) => {}
         }
     }
     Ok(call)
@@ -633,12 +637,12 @@ mod tests {
         };
         let commit = Commit {
             guards: vec![Guard::HAbsentAt(titles.clone(), "new".into())],
-            writes: vec![WriteOp::HPutAt(titles, "new".into(), "a".into())],
+            writes: vec![WriteOp::HPutAt(titles, vec![("new".into(), "a".into())])],
             ..Commit::default()
         };
         let call = encode_commit(&commit).unwrap();
         assert_eq!(call.keys.keys, ["{1}:t:", "{1}:s:a"]);
-        assert_eq!(call.program, [b'U', 0, 1, 0, 2, b'O', 0, 1, 0, 2]);
+        assert_eq!(call.program, [b'U', 0, 1, 0, 2, b'O', 0, 1, 0, 2, 0, 1]);
         assert_eq!(call.operands, ["user_id", "new", "user_id", "new", "a"]);
     }
 
@@ -748,7 +752,7 @@ mod tests {
             )],
             appends: Vec::new(),
             writes: vec![
-                WriteOp::HPutAt(picked, "status".into(), "ended".into()),
+                WriteOp::HPutAt(picked, vec![("status".into(), "ended".into())]),
                 WriteOp::ZAddPicked("{1}:exp".into(), 9.0),
                 WriteOp::ZRemPicked("{1}:active:u".into()),
                 WriteOp::ReportPicked,
@@ -771,7 +775,7 @@ mod tests {
             call.program,
             [
                 b'o', 0, 1, 0, 2, //
-                b'O', 0, 3, 0, 0, // named by index 0: the session picked
+                b'O', 0, 3, 0, 0, 0, 1, // named by index 0: the session picked; one field
                 b'y', 0, 4, //
                 b'Y', 0, 1, //
                 b'q', 0, 0, //

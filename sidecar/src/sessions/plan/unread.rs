@@ -195,9 +195,8 @@ impl Plan {
             ("expires_ms", expires.to_string()),
             ("updated_ms", self.now_ms.to_string()),
         ]);
-        for (field, value) in fields {
-            self.write(WriteOp::HPutAt(doc.clone(), field.to_owned(), value));
-        }
+        let fields = fields.into_iter().map(|(f, v)| (f.to_owned(), v)).collect();
+        self.write(WriteOp::HPutAt(doc.clone(), fields));
         self.write(WriteOp::HIncrByAt(doc.clone(), "version".to_owned(), 1));
         #[allow(clippy::cast_precision_loss)]
         self.write(WriteOp::ZAddPicked(k.expiry(s), expires as f64));
@@ -376,7 +375,10 @@ impl Plan {
             if let Some(title) = title {
                 let titles = self.user_key_of_unread(id, k.titles(s, ""));
                 self.guard(Guard::HAbsentAt(titles.clone(), title.clone()));
-                self.write(WriteOp::HPutAt(titles, title.clone(), id.to_owned()));
+                self.write(WriteOp::HPutAt(
+                    titles,
+                    vec![(title.clone(), id.to_owned())],
+                ));
                 fields.push(("title", title.clone()));
             } else {
                 self.write(WriteOp::HDel(doc.clone(), vec!["title".to_owned()]));
