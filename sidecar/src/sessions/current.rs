@@ -80,7 +80,7 @@ impl Sessions {
             let Step::Done(committed) = self.commit_plan(plan).await? else {
                 return Ok(None);
             };
-            let record = committed.read_back_of(title, "switch by title")?;
+            let record = committed.read_back_of(&format!("titled {title:?}"), "switch")?;
             if let Some(recent) = &self.recent {
                 recent.set_current(shard, user, Some(record.session_id.clone()));
             }
