@@ -65,7 +65,8 @@ impl Sessions {
     /// changes the current session before it through the user's pointer
     /// ([`Plan::switch_to_unread`]; by a title the hints do not know, the session is named by
     /// the user's title index: [`Plan::switch_to_titled`]). `None` when the hints cover the
-    /// switch, or when the store refused it (it is then decided on a snapshot, which says why).
+    /// switch, or when the store refused it for another reason than the session being gone,
+    /// another user's or ended (which the refusal answers): it is then decided on a snapshot.
     async fn switch_unread(
         &self,
         ctx: &Ctx,
@@ -102,8 +103,15 @@ impl Sessions {
         match self.commit_read_back(plan, &id, "switch").await? {
             Ok(switched) => Ok(Some(switched)),
             Err(Refused(held)) => {
-                // Gone, another user's or ended: as a snapshot says; else it decides.
-                self.switch_target(user, decode_record(held)?)?;
+                // Gone, another user's or ended: as a snapshot says; else it decides. A title the
+                // hints gave may have moved to another session meanwhile: the snapshot looks it
+                // up again.
+                let found = decode_record(held)?;
+                let retitled = target.title.is_some()
+                    && found.as_ref().map(|d| &d.title) != Some(&target.title);
+                if !retitled {
+                    self.switch_target(user, found)?;
+                }
                 Ok(None)
             }
         }

@@ -346,8 +346,9 @@ impl Sessions {
 
     /// A delete in one script call that the hints do not cover: the store checks the session
     /// live (an ended one too), the caller's and not the user's current session
-    /// ([`Plan::remove_unread`]). `false` when it refused: the delete is then decided on a
-    /// snapshot, which says why.
+    /// ([`Plan::remove_unread`]). A refusal because the session is gone or another user's
+    /// answers 404 or 403; `false` for any other: the delete is then decided on a snapshot,
+    /// which says why.
     async fn delete_unread(&self, ctx: &Ctx, id: &str) -> Result<bool> {
         let shard = self.shard_of_session(id)?;
         let mut plan = Plan::for_unread_live_session(self, shard, id, [ctx.caller.user()]);

@@ -18,8 +18,8 @@ impl Sessions {
     /// the same step). When this process knows the session, the plan writes the counters as
     /// they follow from that version, guarded by it. Otherwise the store checks the session
     /// itself and adds the counters where they are stored (appends racing there all land),
-    /// then answers with the document, which the hints learn; only a refused append reads the
-    /// session, to say why.
+    /// then answers with the document, which the hints learn; a refused append is answered
+    /// from the session as the refusal found it.
     ///
     /// # Errors
     /// 400 invalid message, 403, 404, 409 ended session, 503.

@@ -20,8 +20,8 @@
 -- Returns OK; or, when a write reports something, {the length of the list the last
 -- RPUSH_NUMBERED left (-1: none), the fields READ_BACK found (empty: none), the session the
 -- last XADD_SESSION carried (empty: none), what each REPORT and REPORT_PICKED found (a list),
--- the object the last MERGE_JSON wrote (empty: none)}; CONFLICT (or {CONFLICT, the fields of
--- the hash EXPLAIN named, the first instruction when there is one}) or OUTBOX_FULL when a guard
+-- the object the last MERGE_JSON wrote (empty: none)}; CONFLICT, or {CONFLICT, the fields of
+-- the hash EXPLAIN named} when the program starts with EXPLAIN, or OUTBOX_FULL when a guard
 -- fails.
 -- Why a byte program: a create is about a hundred arguments, and Redis turns each into a Lua
 -- string; op names, key indexes and counts as separate arguments, each walked through a
@@ -218,10 +218,9 @@ local function failed_append(reply)
   return type(reply) == 'table' and reply.err
 end
 
--- What another key holds: a field of a hash, or (field empty) a string's value; false for none.
 local picked -- the session PICK_OLDEST chose to end, if any
--- What a key holds: its value, or the hash field (not empty); no key (KEYS[0], the index that
--- names it) names the session picked.
+-- What another key holds: a field of a hash, or (field empty) a string's value; false for
+-- none. No key (KEYS[0], the index that names it) names the session picked.
 local function named(key, field)
   if not key then return picked end
   if field == '' then return call('GET', key) end
@@ -231,8 +230,8 @@ end
 local pc, a = 1, 2 -- the next byte of the program, the next operand in ARGV
 -- A guard failed (the loop stops); EXPLAIN names the hash whose fields the refusal reports.
 local refused, explain
--- What the last RPUSH_NUMBERED left, READ_BACK found, XADD_SESSION carried, REPORT found,
--- MERGE_JSON wrote.
+-- What the last RPUSH_NUMBERED left, READ_BACK found, XADD_SESSION carried, MERGE_JSON
+-- wrote; what each REPORT and REPORT_PICKED found.
 local list_len, read_back, session, reported, merged
 local merge_json -- json_merger(), once made
 -- The merges MERGED_WITHIN made, {patch, result} by key and field: the MERGE_JSON after it of

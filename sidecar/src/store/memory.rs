@@ -357,7 +357,7 @@ impl Db {
                     if active.len() as u64 > *cap {
                         return Ok(self.conflict(&commit));
                     }
-                    if active.len() as u64 == *cap {
+                    if active.len() as u64 == *cap && !active.is_empty() {
                         let created = match self.live(sessions) {
                             Some(Value::ZSet(z)) => active
                                 .into_iter()
@@ -728,6 +728,7 @@ fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
         | WriteOp::Del(_)
         | WriteOp::ReadBack(_)
         | WriteOp::ReadBackAt(_)
+        | WriteOp::SetNamed(..)
         | WriteOp::ZAddAt(..)
         | WriteOp::ZRemAt(..)
         | WriteOp::IncrAt(_)
@@ -740,7 +741,7 @@ fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
         | WriteOp::ReportPicked => {
             return None;
         }
-        WriteOp::Incr(k) | WriteOp::IncrWindow(k, _) | WriteOp::SetNamed(k, _) => (k, Kind::Str),
+        WriteOp::Incr(k) | WriteOp::IncrWindow(k, _) => (k, Kind::Str),
         WriteOp::HSet(k, _) | WriteOp::HDel(k, _) | WriteOp::HIncrBy(k, _, _) => (k, Kind::Hash),
         WriteOp::ZAdd(k, _, _)
         | WriteOp::ZRem(k, _)

@@ -178,6 +178,31 @@ async fn a_switch_by_title_takes_one_call_to_redis_and_a_stale_title_is_decided_
 }
 
 #[tokio::test]
+async fn a_switch_by_a_title_the_hints_gave_a_session_since_renamed_finds_its_new_holder() {
+    // Proves: `a` read a session of `b`'s by its title, and knows it by that title while `b`
+    // renames it, gives the title to a new session and ends the first (`a`'s hints were not
+    // told). `a`'s switch by that title is refused (the session is no longer so titled), and
+    // the refusal, which finds the first session ended, is not taken as the answer: the title
+    // is looked up again, and the switch goes to its new holder.
+    let (_origin, a, b) = a_stale_pair().await;
+    let first = b.create_id("u1", json!({"title": "foo"})).await;
+    a.get(&format!("/v1/sessions/{first}")).await;
+    let renamed = b
+        .patch(&format!("/v1/sessions/{first}"), json!({"title": "bar"}))
+        .await;
+    assert_eq!(renamed.status.as_u16(), 200, "{}", renamed.body);
+    let holder = b.create_id("u1", json!({"title": "foo"})).await;
+    let ended = b.end(&first, json!({"performer_id": "u1"})).await;
+    assert_eq!(ended.status.as_u16(), 200, "{}", ended.body);
+    b.create_id("u1", json!({})).await; // the current session now
+    let res = a
+        .put("/v1/users/u1/current-session", json!({"title": "foo"}))
+        .await;
+    assert_eq!(res.status.as_u16(), 200, "{}", res.body);
+    assert_eq!(res.body["session_id"], holder.as_str());
+}
+
+#[tokio::test]
 async fn a_user_found_at_a_refusing_active_cap_reads_first_instead_of_trying_the_hints() {
     // Proves: with a cap of 3 active sessions that refuses creates past it, a create past the
     // cap is refused by the hints' cap guard and decided on a snapshot (409); once a create

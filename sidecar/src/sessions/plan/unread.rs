@@ -1,8 +1,10 @@
 //! Plans for a change of a session this process has not read (nor written): the store checks the
 //! session's own fields in the same atomic step (active or live, unexpired, its owner's), and
-//! names the keys of its user, title and case by what the document holds ([`KeyAt`]). Such a
-//! change is one call to the store whatever this process knows (a switch by a title it does not
-//! know looks the title up first); a refused one is decided on a snapshot, which says why.
+//! names the keys of its user, title and case by what the document holds ([`KeyAt`]), or the
+//! session itself by the user's title index or as the one the store picks at the active cap.
+//! Such a change is one call to the store whatever this process knows; a refused one reports
+//! the session as the refusal found it, which says what is wrong with it, or else it is
+//! decided on a snapshot.
 
 use serde_json::{Map, Value};
 
@@ -16,8 +18,9 @@ use super::Plan;
 impl Plan {
     /// A plan for a change that needs only a few fields of session `id`, which this process
     /// has not read: the store checks in the same step that the session is active and
-    /// unexpired (and each given owner's). A failed check is a conflict; the caller then
-    /// reads the session to say what is wrong with it. The user is known only to the store,
+    /// unexpired (and each given owner's). A failed check is a conflict, which reports the
+    /// session ([`crate::store::Commit::explain`]) to say what is wrong with it. The user is
+    /// known only to the store,
     /// which names the user's keys by the document's `user_id`. The user's version moves for a
     /// change that a decision on a snapshot of the user's sessions rests on (an end, a switch,
     /// a patch, a delete, a memory write), not for a heartbeat or a message: those change only
