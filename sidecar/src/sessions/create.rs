@@ -131,10 +131,11 @@ impl Sessions {
         });
         let created_in_window = reads.counter(k.rate(shard, user));
         let window_left_ms = reads.pttl(k.rate(shard, user));
-        // A user the hints saw at the cap, or whose one-call create was refused: the documents
-        // of the active sessions come with the snapshot (a create at the cap ends the oldest of
-        // them), instead of in a second read.
-        let with_documents = refused.load(Ordering::Relaxed) || self.known_at_cap(shard, user);
+        // After a refused one-call create under end-oldest (most likely past the cap): the
+        // documents of the active sessions come with the snapshot (a create at the cap ends the
+        // oldest of them), instead of in a second read. A cap that refuses ends none.
+        let with_documents =
+            self.policy.cap_policy == CapPolicy::EndOldest && refused.load(Ordering::Relaxed);
         #[allow(clippy::cast_precision_loss)]
         let (ua, now_score) = (k.user_active(shard, user), now as f64);
         let (active, active_docs) = match self.policy.max_active_per_user {

@@ -20,12 +20,11 @@ impl Plan {
     /// has not read: the store checks in the same step that the session is active and
     /// unexpired (and each given owner's). A failed check is a conflict, which reports the
     /// session ([`crate::store::Commit::explain`]) to say what is wrong with it. The user is
-    /// known only to the store,
-    /// which names the user's keys by the document's `user_id`. The user's version moves for a
-    /// change that a decision on a snapshot of the user's sessions rests on (an end, a switch,
-    /// a patch, a delete, a memory write), not for a heartbeat or a message: those change only
-    /// the document's own fields, which a plan decided on several sessions guards by the
-    /// document's version.
+    /// known only to the store, which names the user's keys by the document's `user_id`. The
+    /// user's version moves for a change that a decision on a snapshot of the user's sessions
+    /// rests on (an end, a switch, a patch, a delete, a memory write), not for a heartbeat or a
+    /// message: those change only the document's own fields, which a plan decided on several
+    /// sessions guards by the document's version.
     pub(crate) fn for_unread_session<'a>(
         sessions: &Sessions,
         shard: u32,
@@ -33,7 +32,7 @@ impl Plan {
         owners: impl IntoIterator<Item = Option<&'a str>>,
     ) -> Self {
         let mut plan = Self::unread(sessions, shard, id, owners);
-        plan.assume_active_unread(id);
+        plan.assume_field(id, "status", Status::Active.as_str());
         plan.effects.touched.push(id.to_owned());
         plan
     }
@@ -47,7 +46,6 @@ impl Plan {
         owners: impl IntoIterator<Item = Option<&'a str>>,
     ) -> Self {
         let mut plan = Self::unread(sessions, shard, id, owners);
-        plan.assume_unexpired_unread(id);
         plan.effects.touched.push(id.to_owned());
         plan
     }
@@ -62,12 +60,13 @@ impl Plan {
         owner: Option<&str>,
     ) -> Self {
         let mut plan = Self::unread(sessions, shard, id, [owner]);
-        plan.assume_active_unread(id);
+        plan.assume_field(id, "status", Status::Active.as_str());
         plan.bump_user_version_of_unread(id);
         plan
     }
 
-    /// The guard every plan for an unread session has: each given owner's.
+    /// The guards every plan for an unread session has: unexpired, and each given owner's; a
+    /// refusal reports the session.
     fn unread<'a>(
         sessions: &Sessions,
         shard: u32,
@@ -76,23 +75,17 @@ impl Plan {
     ) -> Self {
         // The user is known only to the store: its keys are named by the document's field.
         let mut plan = Self::new(sessions, shard, "");
-        plan.commit.explain = Some(plan.keys.session(shard, id));
+        let doc = plan.keys.session(shard, id);
+        plan.guard(Guard::HIntAbove(
+            doc.clone(),
+            "expires_ms".to_owned(),
+            plan.now_ms,
+        ));
+        plan.commit.explain = Some(doc);
         for owner in owners.into_iter().flatten() {
             plan.assume_field(id, "user_id", owner);
         }
         plan
-    }
-
-    /// Commits only while the document of session `id` says it has not expired.
-    fn assume_unexpired_unread(&mut self, id: &str) {
-        let doc = self.keys.session(self.shard(), id);
-        self.guard(Guard::HIntAbove(doc, "expires_ms".to_owned(), self.now_ms));
-    }
-
-    /// Commits only while the document of session `id` says it is active and has not expired.
-    fn assume_active_unread(&mut self, id: &str) {
-        self.assume_unexpired_unread(id);
-        self.assume_field(id, "status", Status::Active.as_str());
     }
 
     /// [`Plan::for_unread_session`] of the session `id` of `user`, whose own keys the plan then
