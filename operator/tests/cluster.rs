@@ -9,8 +9,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis_cluster::{Cluster, SHARDS, access, assert_cluster_ok, heal, ready, roll, shape};
-use session_operator::testing::cluster::{Phase, converge_once};
+use common::redis_cluster::{
+    Cluster, PASSWORD, SHARDS, access, assert_cluster_ok, heal, ready, roll, shape,
+};
+use session_operator::testing::cluster::{Phase, converge_once, key_slot};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_balances_data_slots_and_a_second_pass_changes_nothing() {
@@ -266,4 +268,76 @@ async fn a_rolling_update_restarts_replicas_first_and_fails_masters_over_before_
     }
     assert_cluster_ok(&cluster, 0..6);
     cluster.assert_present(&keys);
+}
+
+/// What a move cut short by a lost race of config epochs leaves (Redis 7.0): the target holds
+/// the slot's keys but believes the source still owns it, while the source has handed it to the
+/// target. No node claims the slot, and `ADDSLOTS` on either is refused ("already busy").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_no_node_claims_goes_back_to_the_node_holding_its_keys() {
+    let cluster = Cluster::start(16, 6);
+    let shape = shape(3, 1);
+    heal(&cluster, &shape, "bootstrap").await;
+    let keys = cluster.write(400);
+    let owners = cluster.owners(0);
+    let slot = key_slot(&keys[0]);
+    let from = cluster.ordinal_of(&owners[&slot]);
+    let from_id = cluster.id(from);
+    let masters: Vec<String> = cluster
+        .view(0)
+        .into_iter()
+        .filter(|n| n.master && n.slot_count() > 0)
+        .map(|n| n.id)
+        .collect();
+    let to_id = masters.iter().find(|id| **id != from_id).unwrap().clone();
+    let to = cluster.ordinal_of(&to_id);
+    let setslot = |ordinal: usize, args: &[&str]| {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(slot);
+        for a in args {
+            cmd.arg(*a);
+        }
+        let _: () = cmd.query(&mut cluster.conn(ordinal)).unwrap();
+    };
+    setslot(to, &["IMPORTING", &from_id]);
+    setslot(from, &["MIGRATING", &to_id]);
+    let in_slot: Vec<Vec<u8>> = redis::cmd("CLUSTER")
+        .arg("GETKEYSINSLOT")
+        .arg(slot)
+        .arg(1000)
+        .query(&mut cluster.conn(from))
+        .unwrap();
+    assert!(!in_slot.is_empty());
+    let target = &cluster.nodes[to];
+    let _: () = redis::cmd("MIGRATE")
+        .arg(&target.ip)
+        .arg(target.port)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("AUTH2")
+        .arg("admin")
+        .arg(PASSWORD)
+        .arg("KEYS")
+        .arg(&in_slot)
+        .query(&mut cluster.conn(from))
+        .unwrap();
+    setslot(from, &["NODE", &to_id]);
+    setslot(to, &["STABLE"]);
+    let busy = redis::cmd("CLUSTER")
+        .arg("ADDSLOTS")
+        .arg(slot)
+        .query::<()>(&mut cluster.conn(to))
+        .unwrap_err();
+    assert!(busy.to_string().contains("busy"), "{busy}");
+    assert!(
+        (0..6).all(|i| !cluster.view(i).iter().any(|n| n.myself && n.owns(slot))),
+        "no node claims slot {slot}"
+    );
+
+    let report = heal(&cluster, &shape, "a slot no node claims").await;
+    assert_cluster_ok(&cluster, 0..6);
+    cluster.assert_balanced(3, "after the repair");
+    cluster.assert_present(&keys);
+    println!("{}", report.plan.message);
 }

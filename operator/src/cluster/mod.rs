@@ -10,10 +10,12 @@
 //! by the same rule that started it.
 //!
 //! - [`topology`]: `CLUSTER NODES`, parsed.
+//! - [`claims`]: who claims which slot, and when the config epochs allow moving one.
 //! - [`placement`]: data slots and their balanced placement.
 //! - [`plan`]: the next step.
 //! - [`node`]: connections and commands.
 
+pub(crate) mod claims;
 pub(crate) mod node;
 pub(crate) mod placement;
 pub(crate) mod plan;
@@ -140,6 +142,7 @@ pub async fn converge_once(
         }
     }
     nodes.sort_by_key(|n| n.seen.member.ordinal);
+    count_unowned_keys(&mut nodes, &mut unreachable).await;
     unreachable.sort();
     let seen: Vec<node::Seen> = nodes.iter().map(|n| n.seen.clone()).collect();
     let plan = plan::plan(&seen, &unreachable, shape);
@@ -206,6 +209,34 @@ pub async fn converge(
     }
 }
 
+/// Where the keys of slots that no node claims are, so the plan gives each such slot to the
+/// node still holding its keys rather than to an empty one (which would hide them). A slot is
+/// left unclaimed by a move cut short, or by Redis itself: a master that loses a race of config
+/// epochs gives up a slot it has just imported. Counted on masters only, and only when a formed
+/// cluster has such slots; a master that cannot be asked is reported unreachable, so the plan
+/// waits instead of guessing.
+async fn count_unowned_keys(nodes: &mut Vec<Node>, unreachable: &mut Vec<(i32, String)>) {
+    let seen: Vec<node::Seen> = nodes.iter().map(|n| n.seen.clone()).collect();
+    let unowned: Vec<u16> = (0..topology::SLOTS)
+        .zip(claims::slot_owners(&seen))
+        .filter_map(|(slot, owner)| owner.is_none().then_some(slot))
+        .collect();
+    if unowned.is_empty() || unowned.len() == usize::from(topology::SLOTS) {
+        return;
+    }
+    let mut failed = Vec::new();
+    for node in nodes.iter_mut().filter(|n| n.seen.me().master) {
+        if let Err(e) = node.count_keys(&unowned).await {
+            failed.push((
+                node.seen.member.ordinal,
+                format!("{} failed: {}", e.command, e.source),
+            ));
+        }
+    }
+    nodes.retain(|n| !failed.iter().any(|(o, _)| *o == n.seen.member.ordinal));
+    unreachable.extend(failed);
+}
+
 fn position(nodes: &[Node], id: &str) -> Option<usize> {
     nodes.iter().position(|n| n.seen.id() == id)
 }
@@ -253,15 +284,7 @@ async fn execute(nodes: &mut [Node], action: &Action, access: &Access) -> Result
             let port = port.to_string();
             node_mut(nodes, on)?.cluster(&["MEET", ip, &port]).await?;
         }
-        Action::AddSlots { on, slots } => {
-            let args: Vec<String> = slots
-                .iter()
-                .flat_map(|(a, b)| [a.to_string(), b.to_string()])
-                .collect();
-            let mut all = vec!["ADDSLOTSRANGE"];
-            all.extend(args.iter().map(String::as_str));
-            node_mut(nodes, on)?.cluster(&all).await?;
-        }
+        Action::AddSlots { on, slots } => node_mut(nodes, on)?.claim_slots(slots).await?,
         Action::Migrate { slot, from, to } => return migrate(nodes, *slot, from, to, access).await,
         Action::Failover { on } => {
             let node = node_mut(nodes, on)?;

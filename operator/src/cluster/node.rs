@@ -1,12 +1,13 @@
 //! Talking to one Redis node: what it reports (`CLUSTER NODES`, `CLUSTER INFO`, replication),
 //! and the cluster commands the operator sends it.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, RedisError};
 
-use super::topology::{NodeLine, parse_nodes};
+use super::topology::{NodeLine, parse_nodes, ranges};
 use super::{Access, Member};
 
 /// Connecting to a node; a pod that does not answer within this is reported unreachable.
@@ -35,6 +36,11 @@ pub(crate) struct Seen {
     /// talks to it from a new address, but not when it learns the address from gossip, so
     /// after a restart it can point at a master's old IP while the cluster view is current.
     pub replicating_from: Option<String>,
+    /// `cluster_current_epoch`: the highest epoch this node has heard of.
+    pub current_epoch: u64,
+    /// Keys this node holds in slots that no node claims, by slot (counted only when a formed
+    /// cluster has such slots: see [`Node::count_keys`]).
+    pub unowned_keys: BTreeMap<u16, u64>,
 }
 
 impl Seen {
@@ -99,6 +105,8 @@ impl Node {
                 state_ok: false,
                 link_up: false,
                 replicating_from: None,
+                current_epoch: 0,
+                unowned_keys: BTreeMap::new(),
             },
             conn,
         };
@@ -129,6 +137,12 @@ impl Node {
                 .lines()
                 .find_map(|l| l.trim().strip_prefix("master_host:"))
                 .map(str::to_owned),
+            current_epoch: info
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("cluster_current_epoch:"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_default(),
+            unowned_keys: BTreeMap::new(),
         };
         Ok(())
     }
@@ -169,6 +183,63 @@ impl Node {
             cmd.arg(*a);
         }
         self.run::<redis::Value>(&cmd).await.map(|_| ())
+    }
+
+    /// Counts this node's keys in each of `slots` into `seen.unowned_keys` (`DBSIZE` first: an
+    /// empty node needs no count per slot).
+    pub(crate) async fn count_keys(&mut self, slots: &[u16]) -> Result<(), NodeError> {
+        let size: u64 = self.run(&redis::cmd("DBSIZE")).await?;
+        let mut counts = BTreeMap::new();
+        if size > 0 {
+            let mut pipe = redis::pipe();
+            for &slot in slots {
+                pipe.cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot);
+            }
+            let replies: Vec<u64> = pipe
+                .query_async(&mut self.conn)
+                .await
+                .map_err(|e| self.error("CLUSTER COUNTKEYSINSLOT", e))?;
+            counts = slots
+                .iter()
+                .copied()
+                .zip(replies)
+                .filter(|&(_, keys)| keys > 0)
+                .collect();
+        }
+        self.seen.unowned_keys = counts;
+        Ok(())
+    }
+
+    /// Makes this node the owner of `slots` in one `MULTI`: it first forgets the owner it
+    /// believes some of them have (`DELSLOTSRANGE`, as `redis-cli --cluster fix` does), then
+    /// claims them all and takes a new config epoch (`BUMPEPOCH`), so that its claim outranks
+    /// whatever owner other nodes still remember; otherwise they would answer with an `UPDATE`
+    /// that takes the slots back and deletes their keys here.
+    pub(crate) async fn claim_slots(&mut self, slots: &[(u16, u16)]) -> Result<(), NodeError> {
+        let me = self.seen.id().to_owned();
+        let believed_elsewhere: Vec<u16> = slots
+            .iter()
+            .flat_map(|&(a, b)| a..=b)
+            .filter(|&slot| self.seen.nodes.iter().any(|n| n.id != me && n.owns(slot)))
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (a, b) in ranges(&believed_elsewhere) {
+            pipe.cmd("CLUSTER")
+                .arg("DELSLOTSRANGE")
+                .arg(a)
+                .arg(b)
+                .ignore();
+        }
+        let add = pipe.cmd("CLUSTER").arg("ADDSLOTSRANGE");
+        for &(a, b) in slots {
+            add.arg(a).arg(b);
+        }
+        add.ignore();
+        pipe.cmd("CLUSTER").arg("BUMPEPOCH").ignore();
+        pipe.query_async::<()>(&mut self.conn)
+            .await
+            .map_err(|e| self.error("CLUSTER ADDSLOTSRANGE", e))
     }
 
     /// Keys of `slot`, at most `count`.

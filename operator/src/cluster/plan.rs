@@ -12,8 +12,10 @@
 //! 4. **Join** fresh nodes (a new cluster, or scale-out).
 //! 5. **Roles**: the wanted masters are chosen (masters holding data first); a replica chosen to
 //!    be a master is promoted with `CLUSTER FAILOVER`.
-//! 6. **Slots**: unowned slots are assigned, then slots move one at a time to their target
-//!    owner (data slots balanced, see `placement`).
+//! 6. **Slots**: unowned slots are assigned (to the master still holding their keys, if any),
+//!    then slots move one at a time to their target owner (data slots balanced, see
+//!    `placement`). Slots are repaired or moved only once the config epochs are settled (see
+//!    `claims`).
 //! 7. **Replicas**: every other kept node replicates a wanted master, `replicas` each.
 //! 8. **Remove** nodes beyond the wanted size (scale-in): drained first, then reset, then
 //!    forgotten by every kept node.
@@ -22,9 +24,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::claims::{disagreement, slot_owners, unsettled_epochs};
 use super::node::Seen;
 use super::placement;
-use super::topology::{NodeLine, SLOTS, ranges};
+use super::topology::{SLOTS, ranges};
 
 /// The cluster the SessionService asks for.
 #[derive(Clone, Debug)]
@@ -234,6 +237,9 @@ pub(crate) fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) 
     if let Some((&slot, (from, to))) = open.iter().next() {
         let known = |id: &str| seen.iter().any(|s| s.id() == id);
         if known(from) && known(to) {
+            if let Some(message) = unsettled_epochs(seen) {
+                return done(Phase::Progressing, message, Vec::new());
+            }
             let message = format!(
                 "finishing the move of slot {slot} from {} to {} ({} open)",
                 node_name(seen, from),
@@ -421,41 +427,48 @@ pub(crate) fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) 
         .map(|o| o.as_deref().and_then(|id| index.get(id).copied()))
         .collect();
     let target = placement::target(&current, masters.len(), &shape.data_slots);
-    let mut unowned: BTreeMap<usize, Vec<u16>> = BTreeMap::new();
+    // A slot nobody claims goes to the master still holding its keys, else to its target.
+    let holder = |slot: u16| {
+        seen.iter()
+            .filter(|s| s.me().master)
+            .filter_map(|s| Some((*s.unowned_keys.get(&slot)?, s)))
+            .max_by_key(|(keys, s)| (*keys, std::cmp::Reverse(s.member.ordinal)))
+            .map(|(_, s)| s.id())
+    };
+    let mut unowned: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
+    let mut held = 0;
     for (slot, owner) in owners.iter().enumerate() {
         if owner.is_none() {
             let slot = u16::try_from(slot).unwrap_or_default();
-            unowned
-                .entry(target[usize::from(slot)])
-                .or_default()
-                .push(slot);
+            let on = holder(slot).inspect(|_| held += 1);
+            let on = on.unwrap_or_else(|| masters[target[usize::from(slot)]].id());
+            unowned.entry(on).or_default().push(slot);
         }
     }
     if !unowned.is_empty() {
         let count: usize = unowned.values().map(Vec::len).sum();
         let actions = unowned
             .into_iter()
-            .map(|(m, slots)| Action::AddSlots {
-                on: masters[m].id().to_owned(),
+            .map(|(on, slots)| Action::AddSlots {
+                on: on.to_owned(),
                 slots: ranges(&slots),
             })
             .collect();
-        let (phase, message) = if count == usize::from(SLOTS) {
-            (
-                Phase::Bootstrapping,
-                format!(
-                    "assigning the {SLOTS} slots to {} masters ({} data slots balanced)",
-                    masters.len(),
-                    shape.data_slots.len()
-                ),
-            )
-        } else {
-            (
-                Phase::Repairing,
-                format!("assigning {count} slots that no master owned"),
-            )
-        };
-        return done(phase, message, actions);
+        if count == usize::from(SLOTS) {
+            let message = format!(
+                "assigning the {SLOTS} slots to {} masters ({} data slots balanced)",
+                masters.len(),
+                shape.data_slots.len()
+            );
+            return done(Phase::Bootstrapping, message, actions);
+        }
+        if let Some(message) = unsettled_epochs(seen) {
+            return done(Phase::Progressing, message, Vec::new());
+        }
+        let message = format!(
+            "assigning {count} slot(s) that no master claimed ({held} to the master still holding their keys, the rest to their target master)"
+        );
+        return done(Phase::Repairing, message, actions);
     }
     let is_data: BTreeSet<u16> = shape.data_slots.iter().copied().collect();
     let mut moves: Vec<(u16, String, String)> = Vec::new();
@@ -472,6 +485,9 @@ pub(crate) fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) 
         }
     }
     if !moves.is_empty() {
+        if let Some(message) = unsettled_epochs(seen) {
+            return done(Phase::Progressing, message, Vec::new());
+        }
         let data = moves.iter().filter(|(s, _, _)| is_data.contains(s)).count();
         let message = format!(
             "moving {} slot(s) ({data} holding session data) to balance {} masters",
@@ -636,48 +652,6 @@ pub(crate) fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) 
             .join("/")
     );
     done(Phase::Ready, message, Vec::new())
-}
-
-/// The owner of every slot: the master claiming it on its own line (the highest config epoch
-/// wins a conflicting claim), else `None`.
-pub(crate) fn slot_owners(seen: &[Seen]) -> Vec<Option<String>> {
-    let mut owner: Vec<Option<(u64, String)>> = vec![None; usize::from(SLOTS)];
-    let mut claim = |line: &NodeLine| {
-        for &(a, b) in &line.slots {
-            for slot in a..=b {
-                let entry = &mut owner[usize::from(slot)];
-                if entry
-                    .as_ref()
-                    .is_none_or(|(epoch, _)| line.config_epoch > *epoch)
-                {
-                    *entry = Some((line.config_epoch, line.id.clone()));
-                }
-            }
-        }
-    };
-    for s in seen {
-        claim(s.me());
-    }
-    owner.into_iter().map(|o| o.map(|(_, id)| id)).collect()
-}
-
-/// The first kept node whose view of a slot's owner differs from the owner's own claim.
-fn disagreement<'a>(kept: &[&'a Seen], owners: &[Option<String>]) -> Option<(&'a Seen, usize)> {
-    for a in kept {
-        for (slot, owner) in owners.iter().enumerate() {
-            let Some(owner) = owner else { continue };
-            let slot16 = u16::try_from(slot).unwrap_or_default();
-            let agrees = if owner == a.id() {
-                true
-            } else {
-                a.peer(owner).is_some_and(|v| v.owns(slot16))
-            };
-            if !agrees {
-                return Some((a, slot));
-            }
-        }
-    }
-    None
 }
 
 /// Pods the StatefulSet must keep: the wanted size, or more while a pod beyond it is still part
