@@ -12,9 +12,10 @@
 //! master has one of its own and every node has heard of the highest (fresh nodes all start at
 //! epoch 0, so a scale-out waits a few seconds of gossip for this).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::node::Seen;
+use super::plan::Action;
 use super::topology::{NodeLine, SLOTS};
 
 /// The owner of every slot: the master claiming it on its own line (the highest config epoch
@@ -62,6 +63,30 @@ pub(crate) fn disagreement<'a>(
     None
 }
 
+/// The moves one pass may make: none whose source is the target of another, or whose target
+/// is the source of another. Within a pass only the targets take new epochs (each above every
+/// epoch settled before the pass), and two of them may collide and be bumped again by Redis; a
+/// node that only gives slots away keeps its epoch, so its release can never be outranked. The
+/// moves left out are planned again by the next pass, once the epochs have settled.
+pub(crate) fn one_role_each(moves: Vec<Action>) -> Vec<Action> {
+    let mut sources = BTreeSet::new();
+    let mut targets = BTreeSet::new();
+    moves
+        .into_iter()
+        .filter(|m| {
+            let Action::Migrate { from, to, .. } = m else {
+                return true;
+            };
+            if targets.contains(from) || sources.contains(to) {
+                return false;
+            }
+            sources.insert(from.clone());
+            targets.insert(to.clone());
+            true
+        })
+        .collect()
+}
+
 /// Why slots may not move yet, in words, or `None` once the config epochs are settled.
 pub(crate) fn unsettled_epochs(seen: &[Seen]) -> Option<String> {
     let mut by_epoch: BTreeMap<u64, &Seen> = BTreeMap::new();
@@ -88,7 +113,7 @@ pub(crate) fn unsettled_epochs(seen: &[Seen]) -> Option<String> {
 mod tests {
     use super::super::Member;
     use super::super::placement::data_slots;
-    use super::super::plan::{Action, Phase, Shape, plan};
+    use super::super::plan::{Phase, Shape, plan};
     use super::super::topology::parse_nodes;
     use super::*;
 
@@ -163,6 +188,25 @@ mod tests {
             go.actions
                 .iter()
                 .all(|a| matches!(a, Action::Migrate { to, .. } if to == &format!("{:0>40}", 3)))
+        );
+    }
+
+    #[test]
+    fn a_pass_moves_no_slot_out_of_a_node_that_receives_one() {
+        let m = |slot, from: &str, to: &str| Action::Migrate {
+            slot,
+            from: from.to_owned(),
+            to: to.to_owned(),
+        };
+        let moves = vec![
+            m(1, "a", "b"),
+            m(2, "b", "c"),
+            m(3, "c", "d"),
+            m(4, "a", "d"),
+        ];
+        assert_eq!(
+            one_role_each(moves),
+            vec![m(1, "a", "b"), m(3, "c", "d"), m(4, "a", "d")]
         );
     }
 

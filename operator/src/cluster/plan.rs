@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::claims::{disagreement, slot_owners, unsettled_epochs};
+use super::claims::{disagreement, one_role_each, slot_owners, unsettled_epochs};
 use super::node::Seen;
 use super::placement;
 use super::topology::{SLOTS, ranges};
@@ -255,7 +255,7 @@ pub(crate) fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) 
                     to: to.clone(),
                 })
                 .collect();
-            return done(Phase::Resharding, message, actions);
+            return done(Phase::Resharding, message, one_role_each(actions));
         }
     }
 
@@ -498,7 +498,7 @@ pub(crate) fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) 
             .into_iter()
             .map(|(slot, from, to)| Action::Migrate { slot, from, to })
             .collect();
-        return done(Phase::Resharding, message, actions);
+        return done(Phase::Resharding, message, one_role_each(actions));
     }
 
     // 7. Replicas.
