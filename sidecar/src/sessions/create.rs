@@ -9,8 +9,8 @@ use crate::model::input::{CreateSession, check_id, check_object_size, check_titl
 use crate::model::{EventType, Record, Status};
 use crate::store::{Guard, NamedBy, Reads, WriteOp, ZRange};
 
-use super::plan::Plan;
-use super::{Caller, CapPolicy, Ctx, Sessions, Step, decode_record};
+use super::plan::{Limit, Plan};
+use super::{Caller, CapPolicy, Ctx, Sessions, Step, decode_record, retry_after_s};
 
 /// A validated creation request.
 struct NewSession {
@@ -173,21 +173,12 @@ impl Sessions {
             }
             (None, None) => Vec::new(),
         };
-        if let (Some(recent), Some(cap), CapPolicy::Reject) = (
-            &self.recent,
-            self.policy.max_active_per_user,
-            self.policy.cap_policy,
-        ) {
-            recent.set_at_cap(shard, user, active.len() >= cap as usize);
-        }
-
         if let Some(limit) = self.policy.create_rate_limit
             && created_in_window >= i64::from(limit)
         {
-            let retry_after_s = u64::try_from(window_left_ms.max(1))
-                .unwrap_or(1)
-                .div_ceil(1000);
-            return Err(Error::RateLimited { retry_after_s });
+            return Err(Error::RateLimited {
+                retry_after_s: retry_after_s(window_left_ms),
+            });
         }
         let evict_count = match self.policy.max_active_per_user {
             Some(cap) if active.len() >= cap as usize => match self.policy.cap_policy {
@@ -258,12 +249,11 @@ impl Sessions {
     /// [`Sessions::try_create_from_hints`] does, and turns off the flag of whichever session
     /// the user's pointer names (also without hints: then every create is one), and at the
     /// active cap (end-oldest) ends the oldest active session. `None` when the hints know the
-    /// current session (a create from them checks more) or the user was found at a cap that
-    /// refuses creates last time; a retry when the commit is refused: the create is then
-    /// decided on a snapshot, which also decides any error.
+    /// current session (a create from them checks more); an error when a limit refuses it; a
+    /// retry when the commit is refused otherwise: the create is then decided on a snapshot.
     async fn create_unknowing(&self, ctx: &Ctx, new: &NewSession) -> Result<Option<Step<Record>>> {
         let (shard, user) = (new.shard, new.user_id.as_str());
-        if self.known_at_cap(shard, user) || self.hinted_current(shard, user).is_some() {
+        if self.hinted_current(shard, user).is_some() {
             return Ok(None);
         }
         let now = self.now();
@@ -275,47 +265,38 @@ impl Sessions {
         Ok(Some(self.commit_or_retry(plan, record).await?))
     }
 
-    /// One of the user's active sessions stopped being active here (ended or deleted): as far
-    /// as this process knows, the user is below the active cap again, and its next create may
-    /// be one call from the hints (whose commit checks the cap).
-    pub(crate) fn left_active(&self, shard: u32, user: &str) {
-        if let Some(recent) = &self.recent {
-            recent.set_at_cap(shard, user, false);
-        }
-    }
-
-    /// Whether the last create of the user found it at the active cap, which refuses creates
-    /// (the hints keep that).
-    fn known_at_cap(&self, shard: u32, user: &str) -> bool {
-        self.policy.max_active_per_user.is_some()
-            && self.policy.cap_policy == CapPolicy::Reject
-            && self.recent.as_ref().is_some_and(|r| r.at_cap(shard, user))
-    }
-
-    /// What a create checks in its commit when it does not decide on a snapshot: the title
-    /// free, the rate limit not reached, and the active cap: not reached, or (end-oldest) the
-    /// store picks the oldest active session to end at it ([`Sessions::end_picked`]).
+    /// What a create checks in its commit when it does not decide on a snapshot, in the order
+    /// the snapshot does, each refusal answering the create ([`Limit`]): the rate limit not
+    /// reached; the active cap not reached, or (end-oldest) the store picks the oldest active
+    /// session to end at it ([`Sessions::end_picked`]); the title free.
     fn guard_limits(&self, plan: &mut Plan, new: &NewSession, now: i64) {
         let (k, shard, user) = (&self.keys, new.shard, new.user_id.as_str());
-        if let Some(title) = &new.input.title {
-            plan.assume_title(title, None);
+        if let Some(limit) = self.policy.create_rate_limit {
+            plan.guard_limit(
+                Guard::IntBelow(k.rate(shard, user), u64::from(limit)),
+                Limit::Rate,
+            );
         }
         if let Some(cap) = self.policy.max_active_per_user {
             #[allow(clippy::cast_precision_loss)]
             let now_score = now as f64;
             let active = k.user_active(shard, user);
-            plan.guard(match self.policy.cap_policy {
-                CapPolicy::Reject => Guard::ZCountBelow(active, now_score, u64::from(cap)),
-                CapPolicy::EndOldest => Guard::PickOldestActive(
+            match self.policy.cap_policy {
+                CapPolicy::Reject => plan.guard_limit(
+                    Guard::ZCountBelow(active, now_score, u64::from(cap)),
+                    Limit::ActiveCap,
+                ),
+                // More active sessions than the cap: a create ending several, on a snapshot.
+                CapPolicy::EndOldest => plan.guard(Guard::PickOldestActive(
                     active,
                     k.user_sessions(shard, user),
                     now_score,
                     u64::from(cap),
-                ),
-            });
+                )),
+            }
         }
-        if let Some(limit) = self.policy.create_rate_limit {
-            plan.guard(Guard::IntBelow(k.rate(shard, user), u64::from(limit)));
+        if let Some(title) = &new.input.title {
+            plan.guard_title_free(title);
         }
     }
 
@@ -334,18 +315,14 @@ impl Sessions {
     /// the hints: the commit itself checks what the snapshot would have — that session
     /// unchanged and still current, the title free, the rate limit not reached, the active cap
     /// not reached or (end-oldest) its oldest session ended ([`Sessions::guard_limits`]). `None`
-    /// without hints, or for a user the last create found at a cap that refuses; a failed
-    /// check is a conflict (the hints are dropped and the create runs again on a snapshot,
-    /// which also decides any error).
+    /// without hints; an error when a limit refuses it; any other failed check is a conflict
+    /// (the hints are dropped and the create runs again on a snapshot).
     async fn try_create_from_hints(
         &self,
         ctx: &Ctx,
         new: &NewSession,
     ) -> Option<Result<Step<Record>>> {
         let (shard, user) = (new.shard, new.user_id.as_str());
-        if self.known_at_cap(shard, user) {
-            return None;
-        }
         let stored = self.hinted_current(shard, user)?;
         let now = self.now();
         let mut plan = Plan::unversioned(self, shard, user);

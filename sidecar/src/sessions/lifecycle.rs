@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::model::input::{
     EndSession, Heartbeat, UpdateSession, check_id, check_object_size, check_reason, check_title,
 };
-use crate::model::{EventType, Record, SessionView, Status};
+use crate::model::{EventType, Record, SessionView};
 use crate::store::{NamedBy, Reads, WriteOp};
 
 use super::plan::Plan;
@@ -247,19 +247,11 @@ impl Sessions {
                 return self
                     .change_unread(ctx, id, claimed, end)
                     .await?
-                    .try_map(|committed| {
-                        let ended = committed.session_view(id, "ended")?;
-                        self.left_active(self.shard_of_session(id)?, &ended.user_id);
-                        Ok(ended)
-                    });
+                    .try_map(|committed| committed.session_view(id, "ended"));
             };
             let mut plan = Plan::for_session(self, shard, &stored);
             let ended = plan.end(&stored, stored.clone(), ending, retention_ms, correlation);
-            let step = self.commit_or_retry(plan, ended.view()).await?;
-            if let Step::Done(_) = step {
-                self.left_active(shard, &stored.user_id);
-            }
-            Ok(step)
+            self.commit_or_retry(plan, ended.view()).await
         })
         .await
     }
@@ -305,7 +297,7 @@ impl Sessions {
             }
             let mut plan = Plan::for_user(self, shard, user, snapshot.version.as_ref());
             self.plan_delete(&mut plan, ctx, &record, snapshot.owns_title);
-            self.commit_deleted(plan, shard, &record).await
+            self.commit_or_retry(plan, ()).await
         })
         .await
     }
@@ -332,16 +324,7 @@ impl Sessions {
             plan.assume_title(title, Some(id));
         }
         self.plan_delete(&mut plan, ctx, &record, true);
-        Ok(Some(self.commit_deleted(plan, shard, &record).await?))
-    }
-
-    /// Commits the delete of `record` in `plan`.
-    async fn commit_deleted(&self, plan: Plan, shard: u32, record: &Record) -> Result<Step<()>> {
-        let step = self.commit_or_retry(plan, ()).await?;
-        if let (Step::Done(()), Status::Active) = (&step, record.status) {
-            self.left_active(shard, &record.user_id);
-        }
-        Ok(step)
+        Ok(Some(self.commit_or_retry(plan, ()).await?))
     }
 
     /// A delete in one script call that the hints do not cover: the store checks the session
@@ -353,17 +336,10 @@ impl Sessions {
         let shard = self.shard_of_session(id)?;
         let mut plan = Plan::for_unread_live_session(self, shard, id, [ctx.caller.user()]);
         plan.remove_unread(id, ctx.caller.user(), ctx.correlation_id.as_deref());
-        let committed = match self.commit_explained(plan).await? {
-            Ok(committed) => committed,
-            Err(Refused(held)) => {
-                // Gone or another user's: 404 or 403, as a snapshot says; else it decides.
-                self.owned_by(ctx, None, decode_record(held)?)?;
-                return Ok(false);
-            }
-        };
-        let deleted = committed.session_view(id, "deleted")?;
-        if deleted.status == Status::Active {
-            self.left_active(shard, &deleted.user_id);
+        if let Err(Refused(held)) = self.commit_explained(plan).await? {
+            // Gone or another user's: 404 or 403, as a snapshot says; else it decides.
+            self.owned_by(ctx, None, decode_record(held)?)?;
+            return Ok(false);
         }
         Ok(true)
     }

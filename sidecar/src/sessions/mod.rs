@@ -30,7 +30,9 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::ids::parse_session_id;
 use crate::model::{Record, SessionView, Status};
-use crate::store::{Backend, CommitOutcome, FromReply, Keys, NamedBy, Reads, Replies, Slot};
+use crate::store::{
+    Backend, CommitOutcome, FromReply, Keys, NamedBy, Reads, Refusal, Replies, Slot,
+};
 
 pub(crate) use inbound::InboundOutcome;
 pub(crate) use lifecycle::merge;
@@ -320,6 +322,19 @@ impl Sessions {
         })
     }
 
+    /// The error a refusal by a guard that checks `limit` answers, if the limit is reached.
+    fn limit_reached(&self, limit: plan::Limit, refusal: &Refusal) -> Result<Option<Error>> {
+        Ok(match limit {
+            plan::Limit::Rate => Some(Error::RateLimited {
+                retry_after_s: retry_after_s(refusal.window_left_ms.unwrap_or_default()),
+            }),
+            plan::Limit::ActiveCap => Some(Error::ActiveLimit),
+            plan::Limit::Title => decode_record(refusal.explained.clone())?
+                .filter(|holder| holder.is_live(self.now()))
+                .map(|_| Error::TitleTaken),
+        })
+    }
+
     /// [`Sessions::commit_plan`], refused with the session the plan was about as the refusal
     /// found it (a plan for an unread session asks for it).
     pub(crate) async fn commit_explained(
@@ -328,6 +343,13 @@ impl Sessions {
     ) -> Result<std::result::Result<Committed, Refused>> {
         let (commit, effects) = plan.into_parts();
         let outcome = self.backend.commit(commit).await?;
+        // A limit reached is the answer; the guards before it held, and so do the hints.
+        if let CommitOutcome::Conflict(refusal) = &outcome
+            && let Some(limit) = effects.limit(refusal.failed_guard)
+            && let Some(reached) = self.limit_reached(limit, refusal)?
+        {
+            return Err(reached);
+        }
         if let Some(recent) = &self.recent {
             effects.touched.iter().for_each(|id| recent.forget(id));
             if matches!(outcome, CommitOutcome::Conflict(_)) && effects.rests_on_current {
@@ -336,7 +358,7 @@ impl Sessions {
         }
         let applied = match outcome {
             CommitOutcome::Applied(applied) => applied,
-            CommitOutcome::Conflict(held) => return Ok(Err(Refused(held))),
+            CommitOutcome::Conflict(refusal) => return Ok(Err(Refused(refusal.explained))),
             CommitOutcome::OutboxFull => return Err(Error::OutboxFull),
         };
         // A document that does not decode is not learned (a read will say why).
@@ -627,6 +649,13 @@ impl Sessions {
         let record = decode_record(replies.take(doc))?;
         Ok((version, record, replies))
     }
+}
+
+/// The `Retry-After` of a rate window with `window_left_ms` to run: whole seconds, at least 1.
+pub(crate) fn retry_after_s(window_left_ms: i64) -> u64 {
+    u64::try_from(window_left_ms.max(1))
+        .unwrap_or(1)
+        .div_ceil(1000)
 }
 
 /// What a refused commit found of the session it was about ([`crate::store::Commit::explain`]):

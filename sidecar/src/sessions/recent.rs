@@ -60,17 +60,12 @@ pub(crate) struct Recent {
     /// `<user>/<title>` → the id of the user's active session of that title, among the
     /// documents kept (checked against the document when used).
     titles: Cache<String, String>,
-    /// `<shard>/<user>` of users found at an active cap that refuses creates by their last
-    /// create: their next create reads first (a create from the hints would only be refused by
-    /// its cap guard).
-    at_cap: Cache<String, ()>,
 }
 
 impl Recent {
     /// Hints within about `max_bytes`: eight tenths for documents (each counted by its field
     /// bytes as written plus [`ENTRY_OVERHEAD_BYTES`]), a tenth each for current sessions and
-    /// titles (each counted as [`USER_BYTES`]); users at the cap are few, and counted with the
-    /// current sessions.
+    /// titles (each counted as [`USER_BYTES`]).
     pub(crate) fn new(max_bytes: u64) -> Self {
         let users = usize::try_from(max_bytes / 10 / USER_BYTES).unwrap_or(usize::MAX);
         let docs_bytes = max_bytes - max_bytes / 5;
@@ -79,7 +74,6 @@ impl Recent {
             docs: Cache::with_weighter(docs_expected.max(1), docs_bytes, DocWeighter),
             current: Cache::new(users.max(1)),
             titles: Cache::new(users.max(1)),
-            at_cap: Cache::new(users.max(1)),
         }
     }
 
@@ -126,19 +120,6 @@ impl Recent {
     /// The user's current session as this process last set it.
     pub(crate) fn current(&self, shard: u32, user: &str) -> Option<String> {
         self.current.get(&user_key(shard, user))
-    }
-
-    /// Whether the user's last create found the active cap reached.
-    pub(crate) fn at_cap(&self, shard: u32, user: &str) -> bool {
-        self.at_cap.get(&user_key(shard, user)).is_some()
-    }
-
-    pub(crate) fn set_at_cap(&self, shard: u32, user: &str, at_cap: bool) {
-        if at_cap {
-            self.at_cap.insert(user_key(shard, user), ());
-        } else {
-            self.at_cap.remove(&user_key(shard, user));
-        }
     }
 
     pub(crate) fn set_current(&self, shard: u32, user: &str, id: Option<String>) {

@@ -20,8 +20,9 @@
 -- Returns OK; or, when a write reports something, {the length of the list the last
 -- RPUSH_NUMBERED left (-1: none), the fields READ_BACK found (empty: none), the session the
 -- last XADD_SESSION carried (empty: none), what each REPORT and REPORT_PICKED found (a list),
--- the object the last MERGE_JSON wrote (empty: none)}; CONFLICT, or {CONFLICT, the fields of
--- the hash EXPLAIN named} when the program starts with EXPLAIN, or OUTBOX_FULL when a guard
+-- the object the last MERGE_JSON wrote (empty: none)}; {CONFLICT, the fields of the hash
+-- EXPLAIN or EXPLAIN_AT named (empty: none), the position of the guard that failed among the
+-- guards (from 0), an INT_BELOW's PTTL (absent for other guards)}, or OUTBOX_FULL, when a guard
 -- fails.
 -- Why a byte program: a create is about a hundred arguments, and Redis turns each into a Lua
 -- string; op names, key indexes and counts as separate arguments, each walked through a
@@ -43,7 +44,7 @@ local XADD_SESSION, REPORT, HDEL_IF_AT = 86, 80, 84 -- V P T
 local MERGED_WITHIN, MERGE_JSON, HABSENT_AT, HPUT_AT = 77, 109, 85, 79 -- M m U O
 local HEQ_AT, HINT_ABOVE_AT, READ_BACK_AT, SET_NAMED = 75, 103, 107, 83 -- K g k S
 local XADD_SESSION_AT, PICK_OLDEST, ZADD_PICKED, ZREM_PICKED = 118, 111, 121, 89 -- v o y Y
-local REPORT_PICKED, EXPLAIN = 113, 33 -- q !
+local REPORT_PICKED, EXPLAIN, EXPLAIN_AT = 113, 33, 63 -- q ! ?
 
 -- Writes the API form of a session document as JSON (model/session.rs, Record::view): the
 -- payload of the event of a change made without reading the session. A test holds the two to
@@ -229,7 +230,10 @@ end
 
 local pc, a = 1, 2 -- the next byte of the program, the next operand in ARGV
 -- A guard failed (the loop stops); EXPLAIN names the hash whose fields the refusal reports.
-local refused, explain
+-- Guards come first in the program (after EXPLAIN): the refusal names the one that failed by its
+-- position among them, and a failed INT_BELOW reports its counter's PTTL (a rate window).
+local refused, explain, window_left
+local ops, first_guard = 0, 1
 -- What the last RPUSH_NUMBERED left, READ_BACK found, XADD_SESSION carried, MERGE_JSON
 -- wrote; what each REPORT and REPORT_PICKED found.
 local list_len, read_back, session, reported, merged
@@ -250,8 +254,13 @@ while pc <= len do
   local k = KEYS[k1 * 256 + k2]
   pc = pc + 3
 
+  ops = ops + 1
   if op == EXPLAIN then
-    explain = k
+    explain, first_guard = k, 2
+  elseif op == EXPLAIN_AT then
+    local name = named(KEYS[count()], ARGV[a])
+    explain, first_guard = name and k .. name, 2
+    a = a + 1
   elseif op == EQ then
     if call('GET', k) ~= ARGV[a] then refused = true; break end
     a = a + 1
@@ -264,7 +273,10 @@ while pc <= len do
     if call('HGET', k, ARGV[a]) then refused = true; break end
     a = a + 1
   elseif op == INT_BELOW then
-    if (tonumber(call('GET', k)) or 0) >= tonumber(ARGV[a]) then refused = true; break end
+    if (tonumber(call('GET', k)) or 0) >= tonumber(ARGV[a]) then
+      refused, window_left = true, call('PTTL', k)
+      break
+    end
     a = a + 1
   elseif op == ZCOUNT_BELOW then
     if call('ZCOUNT', k, '(' .. ARGV[a], '+inf') >= tonumber(ARGV[a + 1]) then
@@ -475,8 +487,7 @@ while pc <= len do
   end
 end
 if refused then
-  if explain then return { 'CONFLICT', call('HGETALL', explain) } end
-  return 'CONFLICT'
+  return { 'CONFLICT', explain and call('HGETALL', explain) or {}, ops - first_guard, window_left }
 end
 if list_len or read_back or session or reported or merged then
   return { list_len or -1, read_back or {}, session or '', reported or {}, merged or '' }

@@ -22,7 +22,7 @@ use crate::clock::{Clock, SystemClock};
 
 use super::{
     Append, Applied, Backend, BackendError, Bound, Commit, CommitOutcome, DocKey, Guard, KeyAt,
-    NamedBy, Probe, ReadOp, Reply, Score, StreamEntry, WriteOp, ZRange,
+    NamedBy, Probe, ReadOp, Refusal, Reply, Score, StreamEntry, WriteOp, ZRange,
 };
 use crate::model::Record;
 
@@ -285,7 +285,7 @@ impl Db {
 
     fn commit(&mut self, commit: Commit) -> Result<CommitOutcome, BackendError> {
         self.picked = None;
-        for guard in &commit.guards {
+        for (index, guard) in commit.guards.iter().enumerate() {
             match guard {
                 Guard::Eq(key, expected) => {
                     let actual = match self.live(key) {
@@ -294,7 +294,7 @@ impl Db {
                         None => None,
                     };
                     if &actual != expected {
-                        return Ok(self.conflict(&commit));
+                        return Ok(self.conflict(&commit, index));
                     }
                 }
                 Guard::HEq(key, field, expected) => {
@@ -304,7 +304,7 @@ impl Db {
                         None => None,
                     };
                     if &actual != expected {
-                        return Ok(self.conflict(&commit));
+                        return Ok(self.conflict(&commit, index));
                     }
                 }
                 Guard::IntBelow(key, limit) => {
@@ -314,7 +314,7 @@ impl Db {
                         None => 0,
                     };
                     if count >= *limit {
-                        return Ok(self.conflict(&commit));
+                        return Ok(self.conflict(&commit, index));
                     }
                 }
                 Guard::ZCountBelow(key, above, limit) => {
@@ -324,7 +324,7 @@ impl Db {
                         None => 0,
                     };
                     if count as u64 >= *limit {
-                        return Ok(self.conflict(&commit));
+                        return Ok(self.conflict(&commit, index));
                     }
                 }
                 Guard::HIntAbove(key, field, floor) => {
@@ -334,7 +334,7 @@ impl Db {
                         None => None,
                     };
                     if value.is_none_or(|v| v <= *floor) {
-                        return Ok(self.conflict(&commit));
+                        return Ok(self.conflict(&commit, index));
                     }
                 }
                 Guard::HAbsentAt(at, field) => {
@@ -345,7 +345,7 @@ impl Db {
                         None => Some(String::new()), // no name: fails as Redis fails it
                     };
                     if held.is_some() {
-                        return Ok(self.conflict(&commit));
+                        return Ok(self.conflict(&commit, index));
                     }
                 }
                 Guard::PickOldestActive(active, sessions, above, cap) => {
@@ -355,7 +355,7 @@ impl Db {
                         None => Vec::new(),
                     };
                     if active.len() as u64 > *cap {
-                        return Ok(self.conflict(&commit));
+                        return Ok(self.conflict(&commit, index));
                     }
                     if active.len() as u64 == *cap && !active.is_empty() {
                         let created = match self.live(sessions) {
@@ -367,26 +367,26 @@ impl Db {
                             None => None,
                         };
                         let Some(created) = created else {
-                            return Ok(self.conflict(&commit));
+                            return Ok(self.conflict(&commit, index));
                         };
                         self.picked = created.into_iter().min().map(|(_, id)| id);
                     }
                 }
                 Guard::HEqAt(at, field, expected) => {
                     if self.field_at(at, field).as_ref() != Some(expected) {
-                        return Ok(self.conflict(&commit));
+                        return Ok(self.conflict(&commit, index));
                     }
                 }
                 Guard::HIntAboveAt(at, field, floor) => {
                     let value = self.field_at(at, field).and_then(|v| v.parse::<i64>().ok());
                     if value.is_none_or(|v| v <= *floor) {
-                        return Ok(self.conflict(&commit));
+                        return Ok(self.conflict(&commit, index));
                     }
                 }
                 Guard::MergedWithin(at, patch, max) => {
                     let held = self.held_json(at);
                     if !held.is_object() || merged_json(held, patch).len() as u64 > *max {
-                        return Ok(self.conflict(&commit));
+                        return Ok(self.conflict(&commit, index));
                     }
                 }
                 Guard::StreamBelow(key, max) => {
@@ -430,13 +430,27 @@ impl Db {
         Ok(CommitOutcome::Applied(applied))
     }
 
-    /// A refused commit, with the fields of the hash it names to explain the refusal.
-    fn conflict(&mut self, commit: &Commit) -> CommitOutcome {
-        let held = match &commit.explain {
-            Some(key) => self.read(&ReadOp::HGetAll(key.clone())).into_pairs(),
-            None => Vec::new(),
+    /// A commit refused by its guard `index`, explained as [`Refusal`] says.
+    fn conflict(&mut self, commit: &Commit, index: usize) -> CommitOutcome {
+        let explained = match &commit.explain {
+            Some(DocKey::Given(key)) => Some(key.clone()),
+            Some(DocKey::At(at)) => self.key_at(at),
+            None => None,
         };
-        CommitOutcome::Conflict(held)
+        let window_left_ms = match &commit.guards[index] {
+            Guard::IntBelow(key, _) => match self.pttl(key) {
+                Reply::Int(ms) => Some(ms),
+                _ => None,
+            },
+            _ => None,
+        };
+        CommitOutcome::Conflict(Refusal {
+            explained: explained
+                .map(|key| self.read(&ReadOp::HGetAll(key)).into_pairs())
+                .unwrap_or_default(),
+            failed_guard: index,
+            window_left_ms,
+        })
     }
 
     fn append(&mut self, append: Append) {
@@ -966,24 +980,57 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failing_guard_writes_nothing_and_reports_the_hash_named_to_explain_it() {
+    async fn a_failing_guard_writes_nothing_and_reports_which_and_the_hash_named_to_explain_it() {
         let db = MemoryBackend::new();
-        let doc = || WriteOp::HSet("doc".into(), vec![("status".into(), "ended".into())]);
         let setup = Commit {
-            writes: vec![doc()],
+            writes: vec![
+                WriteOp::HSet("s:doc".into(), vec![("status".into(), "ended".into())]),
+                WriteOp::HSet("titles".into(), vec![("t".into(), "doc".into())]),
+                WriteOp::IncrWindow("rate".into(), 60_000),
+            ],
             ..Commit::default()
         };
         db.commit(setup).await.unwrap();
-        let commit = Commit {
-            guards: vec![Guard::Eq("v".into(), Some("1".into()))],
+        let held = vec![("status".to_owned(), "ended".to_owned())];
+        let refused = |guards, explain| Commit {
+            guards,
             appends: vec![],
             writes: vec![WriteOp::Set("x".into(), "1".into())],
-            explain: Some("doc".into()),
+            explain,
         };
-        let held = vec![("status".to_owned(), "ended".to_owned())];
+        let commit = refused(
+            vec![
+                Guard::Eq("v".into(), None),
+                Guard::Eq("v".into(), Some("1".into())),
+            ],
+            Some(DocKey::Given("s:doc".into())),
+        );
+        let expected = Refusal {
+            explained: held.clone(),
+            failed_guard: 1,
+            window_left_ms: None,
+        };
         assert_eq!(
             db.commit(commit).await.unwrap(),
-            CommitOutcome::Conflict(held)
+            CommitOutcome::Conflict(expected)
+        );
+        // A rate counter's refusal says how long its window has left; the hash explained is
+        // named by a title index.
+        let commit = refused(
+            vec![Guard::IntBelow("rate".into(), 1)],
+            Some(DocKey::At(KeyAt {
+                prefix: "s:".into(),
+                name: NamedBy::Field("titles".into(), "t".into()),
+            })),
+        );
+        let CommitOutcome::Conflict(refusal) = db.commit(commit).await.unwrap() else {
+            panic!("the rate guard refuses");
+        };
+        assert_eq!((refusal.explained, refusal.failed_guard), (held, 0));
+        assert!(
+            refusal
+                .window_left_ms
+                .is_some_and(|ms| (59_000..=60_000).contains(&ms))
         );
         let got = db.read(vec![ReadOp::Get("x".into())]).await.unwrap();
         assert_eq!(got, vec![Reply::Nil]);

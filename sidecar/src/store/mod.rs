@@ -173,9 +173,11 @@ pub struct StreamEntry {
 /// skip the snapshot when it knows what it needs (a session's document as this process last
 /// wrote it, the user's current session) or needs only a few of its fields (a message appended
 /// to an active session): the store checks, in the same atomic step, what the snapshot would
-/// have shown. All but `StreamBelow` fail as `Conflict`, and the engine then decides again on
-/// a snapshot (or on the document the refusal reports: [`Commit::explain`]), so the answer to a
-/// request never rests on an unchecked guess.
+/// have shown. All but `StreamBelow` fail as `Conflict`, saying which one failed
+/// ([`Refusal`]): a guard that is itself the limit (the rate, the active cap) answers the
+/// request; otherwise the engine decides on the document the refusal reports
+/// ([`Commit::explain`]) or again on a snapshot, so the answer to a request never rests on an
+/// unchecked guess.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Guard {
     /// `GET key` must equal the value (`None`: the key must not exist). Fails as `Conflict`.
@@ -342,10 +344,23 @@ pub struct Commit {
     pub guards: Vec<Guard>,
     pub appends: Vec<Append>,
     pub writes: Vec<WriteOp>,
-    /// A hash whose fields a refused commit reports ([`CommitOutcome::Conflict`]): the session
-    /// a change of one session is about, so that the engine can say what is wrong with it
-    /// without reading it again.
-    pub explain: Option<String>,
+    /// A hash whose fields a refused commit reports ([`Refusal::explained`]): the session a
+    /// change of one session is about, or the session holding the title a create wants, so
+    /// that the engine can say what is wrong without reading it.
+    pub explain: Option<DocKey>,
+}
+
+/// Why a commit was refused, found in the same call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refusal {
+    /// The fields of the hash [`Commit::explain`] names, as the refusal found them (none
+    /// without one, or when it is gone).
+    pub explained: Vec<(String, String)>,
+    /// The position in [`Commit::guards`] of the guard that failed.
+    pub failed_guard: usize,
+    /// When that guard is an [`Guard::IntBelow`]: its counter's `PTTL` (the time left of a
+    /// rate window).
+    pub window_left_ms: Option<i64>,
 }
 
 /// What became of a commit.
@@ -353,10 +368,9 @@ pub struct Commit {
 pub enum CommitOutcome {
     /// Done, with what its writes report.
     Applied(Applied),
-    /// A guard other than `StreamBelow` failed: somebody changed the state; re-read and retry.
-    /// With the fields of the hash [`Commit::explain`] names, as the refusal found them (none
-    /// without one, or when it is gone).
-    Conflict(Vec<(String, String)>),
+    /// A guard other than `StreamBelow` failed: a limit is reached, or somebody changed the
+    /// state (re-read and retry). The refusal says which guard, and what it explains.
+    Conflict(Refusal),
     /// A `StreamBelow` guard failed: the outbox is full (the relay is not draining it).
     OutboxFull,
 }

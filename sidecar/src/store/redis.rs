@@ -14,8 +14,8 @@ use redis::{Script, Value};
 
 use super::acl::{self, Role};
 use super::{
-    Applied, Backend, BackendError, Commit, CommitOutcome, Keys, Probe, ReadOp, Reply, StreamEntry,
-    script_args,
+    Applied, Backend, BackendError, Commit, CommitOutcome, Keys, Probe, ReadOp, Refusal, Reply,
+    StreamEntry, script_args,
 };
 
 /// How long one Redis call may take before the request fails instead of hanging. A session
@@ -332,10 +332,24 @@ fn addresses(url: &str) -> String {
 /// that failed.
 fn commit_outcome(reply: Value) -> Result<CommitOutcome, BackendError> {
     if let Value::Array(parts) = &reply
-        && let [Value::BulkString(head), held] = parts.as_slice()
+        && let [
+            Value::BulkString(head),
+            held,
+            Value::Int(failed),
+            window @ ..,
+        ] = parts.as_slice()
         && head == b"CONFLICT"
     {
-        return Ok(CommitOutcome::Conflict(pairs(held.clone())?));
+        return Ok(CommitOutcome::Conflict(Refusal {
+            explained: pairs(held.clone())?,
+            failed_guard: usize::try_from(*failed).map_err(|_| {
+                BackendError::Protocol(format!("commit.lua refused with guard {failed}"))
+            })?,
+            window_left_ms: match window {
+                [Value::Int(ms)] => Some(*ms),
+                _ => None,
+            },
+        }));
     }
     if let Value::Array(parts) = reply {
         let mut parts = parts.into_iter();
@@ -367,7 +381,6 @@ fn commit_outcome(reply: Value) -> Result<CommitOutcome, BackendError> {
     }
     match text(reply)?.as_str() {
         "OK" => Ok(CommitOutcome::Applied(Applied::default())),
-        "CONFLICT" => Ok(CommitOutcome::Conflict(Vec::new())),
         "OUTBOX_FULL" => Ok(CommitOutcome::OutboxFull),
         other => Err(BackendError::Protocol(format!(
             "commit script returned {other}"

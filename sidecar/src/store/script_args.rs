@@ -190,6 +190,7 @@ mod opcode {
     pub(super) const ZREM_PICKED: u8 = b'Y';
     pub(super) const REPORT_PICKED: u8 = b'q';
     pub(super) const EXPLAIN: u8 = b'!';
+    pub(super) const EXPLAIN_AT: u8 = b'?';
 }
 
 /// The arguments of `commit.lua`: its keys, the program, the operands.
@@ -283,8 +284,14 @@ impl CommitArgs {
 pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError> {
     use opcode::*;
     let mut call = CommitArgs::default();
-    if let Some(explain) = &commit.explain {
-        call.op(EXPLAIN, explain)?;
+    match &commit.explain {
+        Some(DocKey::Given(key)) => {
+            call.op(EXPLAIN, key)?;
+        }
+        Some(DocKey::At(at)) => {
+            call.at(EXPLAIN_AT, at)?;
+        }
+        None => {}
     }
     for guard in &commit.guards {
         match guard {
@@ -486,6 +493,22 @@ mod tests {
     }
 
     #[test]
+    fn a_create_explains_a_refusal_by_the_session_its_title_names() {
+        let commit = Commit {
+            guards: vec![Guard::HEq("{1}:t:u".into(), "plan".into(), None)],
+            explain: Some(DocKey::At(KeyAt {
+                prefix: "{1}:s:".into(),
+                name: NamedBy::Field("{1}:t:u".into(), "plan".into()),
+            })),
+            ..Commit::default()
+        };
+        let call = encode_commit(&commit).unwrap();
+        assert_eq!(call.keys.keys, ["{1}:s:", "{1}:t:u"]);
+        assert_eq!(call.program, [b'?', 0, 1, 0, 2, b'h', 0, 2]);
+        assert_eq!(call.operands, ["plan", "plan"]);
+    }
+
+    #[test]
     fn a_message_counted_without_reading_its_session_is_four_instructions_after_its_explain() {
         let commit = Commit {
             guards: vec![Guard::HIntAbove("{1}:s:a".into(), "expires_ms".into(), 7)],
@@ -494,7 +517,7 @@ mod tests {
                 WriteOp::RPushNumbered("{1}:m:a".into(), "{\"seq\":".into(), "}".into()),
                 WriteOp::ReadBack("{1}:s:a".into()),
             ],
-            explain: Some("{1}:s:a".into()),
+            explain: Some(DocKey::Given("{1}:s:a".into())),
             ..Commit::default()
         };
         let call = encode_commit(&commit).unwrap();

@@ -203,12 +203,11 @@ async fn a_switch_by_a_title_the_hints_gave_a_session_since_renamed_finds_its_ne
 }
 
 #[tokio::test]
-async fn a_user_found_at_a_refusing_active_cap_reads_first_instead_of_trying_the_hints() {
+async fn a_create_past_a_refusing_active_cap_is_answered_in_one_call() {
     // Proves: with a cap of 3 active sessions that refuses creates past it, a create past the
-    // cap is refused by the hints' cap guard and decided on a snapshot (409); once a create
-    // found the user at the cap, the next one reads first instead of trying the hints (one
-    // call for the 409). An end here brings the user below the cap: the next create is one
-    // call from the hints again.
+    // cap is refused by the commit's cap guard, which is the limit itself: 409 in the same
+    // call, each time. An end brings the user below the cap: the next create is one call from
+    // the hints, which the refusals kept.
     let app = TestApp::with(Kind::Redis, |p| {
         p.max_active_per_user = Some(3);
         p.cap_policy = CapPolicy::Reject;
@@ -227,8 +226,8 @@ async fn a_user_found_at_a_refusing_active_cap_reads_first_instead_of_trying_the
         ids.push(create_counted(&app, &mut calls, (expected, 201), what).await);
     }
     for (expected, what) in [
-        (2, "refused by the cap guard, decided on a snapshot"),
-        (1, "known at the cap: read first"),
+        (1, "refused by the cap guard"),
+        (1, "refused by the cap guard again"),
     ] {
         create_counted(&app, &mut calls, (expected, 409), what).await;
     }

@@ -16,7 +16,8 @@ async fn a_create_for_a_user_another_sidecar_served_takes_one_call() {
     // Proves: a sidecar that knows nothing of a user (the user's current session came from
     // another sidecar) creates in one call: the commit turns off the flag of whichever session
     // the user's pointer names, and reports which, so that this sidecar drops the copy it had
-    // cached. A title held by another live session is refused, decided on a snapshot.
+    // cached. A title held by another live session is refused in the same call: the refusal
+    // reports the session holding it.
     let a = TestApp::new(Kind::Redis).await;
     let b = a.beside().await;
     let before = a.create_id("u1", json!({"title": "taken"})).await;
@@ -43,10 +44,44 @@ async fn a_create_for_a_user_another_sidecar_served_takes_one_call() {
     c.get("/v1/users/warm-up/sessions").await; // and the read script
     let taken = json!({"user_id": "u1", "title": "taken"});
     let (n, res) = calls.during(c.post("/v1/sessions", taken)).await;
+    assert_eq!((n, res.code()), (1, "title_conflict"), "{}", res.body);
+}
+
+#[tokio::test]
+async fn a_create_past_the_creation_rate_is_answered_in_one_call() {
+    // Proves: the commit's rate guard is the limit itself: its refusal answers 429 with the
+    // time the window has left (as Retry-After), in the same call, from the hints or without;
+    // the user's current session is still known from the hints afterwards (the next create of
+    // another user is unaffected).
+    let app = TestApp::with(Kind::Redis, |p| p.create_rate_limit = Some(2)).await;
+    app.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
+    let mut calls = Calls::new(&app).await;
+    for _ in 0..2 {
+        let (n, res) = calls
+            .during(app.post("/v1/sessions", json!({"user_id": "u1"})))
+            .await;
+        assert_eq!((n, res.status.as_u16()), (1, 201), "{}", res.body);
+    }
+    for _ in 0..2 {
+        let (n, res) = calls
+            .during(app.post("/v1/sessions", json!({"user_id": "u1"})))
+            .await;
+        assert_eq!((n, res.code()), (1, "rate_limited"), "{}", res.body);
+        let retry: u64 = res.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((59..=60).contains(&retry), "{retry}");
+    }
+    let b = app.beside().await;
+    let (n, res) = calls
+        .during(b.post("/v1/sessions", json!({"user_id": "u1"})))
+        .await;
     assert_eq!(
         (n, res.code()),
-        (2, "title_conflict"),
-        "the refused one-call try, then the snapshot that says why: {}",
+        (1, "rate_limited"),
+        "knowing nothing: {}",
         res.body
     );
 }

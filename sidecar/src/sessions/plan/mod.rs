@@ -8,7 +8,7 @@ use crate::clock::rfc3339;
 use crate::ids::new_event_id;
 use crate::model::event::SOURCE;
 use crate::model::{Envelope, EventType, Record, Status};
-use crate::store::{Append, Commit, Guard, Keys, WriteOp};
+use crate::store::{Append, Commit, DocKey, Guard, KeyAt, Keys, NamedBy, WriteOp};
 
 use super::next_version;
 
@@ -42,6 +42,32 @@ pub(crate) struct Effects {
     /// The plan rests on the user's current session (it checks or sets it): a conflict makes
     /// that hint doubtful too.
     pub rests_on_current: bool,
+    /// Guards that are a limit of the request, by their position among the commit's guards.
+    pub limits: Vec<(usize, Limit)>,
+}
+
+/// A guard whose failure is the answer to the request, not a sign that the state moved: the
+/// limit it checks is reached. Such guards come after those a decision rests on (the current
+/// session, a document's version), so that a refusal by a limit proves those held, and in the
+/// order a snapshot checks the limits, so that the first one reached answers the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// The user's creation rate (429, with the time the window has left).
+    Rate,
+    /// The user's active sessions, under a cap that refuses creates (409).
+    ActiveCap,
+    /// A title taken (409) when the session the refusal explains holds it and is live; one
+    /// held by an expired session not yet swept is decided on a snapshot.
+    Title,
+}
+
+impl Effects {
+    /// The limit the refused guard `index` checks, if it is one.
+    pub(crate) fn limit(&self, index: usize) -> Option<Limit> {
+        self.limits
+            .iter()
+            .find_map(|&(at, limit)| (at == index).then_some(limit))
+    }
 }
 
 impl Plan {
@@ -111,6 +137,7 @@ impl Plan {
                 written: Vec::new(),
                 current: None,
                 rests_on_current: false,
+                limits: Vec::new(),
             },
             guards_documents: false,
             events_follow_writes: false,
@@ -139,6 +166,23 @@ impl Plan {
     pub(crate) fn assume_unchanged(&mut self, stored: &Record) {
         let version = stored.version.to_string();
         self.assume_field(&stored.session_id, "version", &version);
+    }
+
+    /// A guard that is a [`Limit`] of the request.
+    pub(crate) fn guard_limit(&mut self, guard: Guard, limit: Limit) {
+        self.effects.limits.push((self.commit.guards.len(), limit));
+        self.guard(guard);
+    }
+
+    /// A new session's `title` must be free: its refusal reports the session holding it
+    /// ([`Limit::Title`]).
+    pub(crate) fn guard_title_free(&mut self, title: &str) {
+        let titles = self.keys.titles(self.shard(), &self.effects.user_id);
+        self.commit.explain = Some(DocKey::At(KeyAt {
+            prefix: self.keys.session(self.shard(), ""),
+            name: NamedBy::Field(titles.clone(), title.to_owned()),
+        }));
+        self.guard_limit(Guard::HEq(titles, title.to_owned(), None), Limit::Title);
     }
 
     /// Commits only while the user's title index gives `title` to `owner` (`None`: to nobody,

@@ -81,7 +81,7 @@ impl Plan {
             "expires_ms".to_owned(),
             plan.now_ms,
         ));
-        plan.commit.explain = Some(doc);
+        plan.commit.explain = Some(DocKey::Given(doc));
         for owner in owners.into_iter().flatten() {
             plan.assume_field(id, "user_id", owner);
         }
