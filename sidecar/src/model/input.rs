@@ -146,11 +146,14 @@ pub(crate) fn check_reason(reason: &str) -> Result<()> {
 pub(crate) fn check_object_size(field: &str, value: &Map<String, Value>) -> Result<()> {
     let size = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
     if size > MAX_OBJECT_BYTES {
-        return Err(Error::Validation(format!(
-            "{field} is larger than {MAX_OBJECT_BYTES} bytes"
-        )));
+        return Err(too_large(field));
     }
     Ok(())
+}
+
+/// The error for an object past [`MAX_OBJECT_BYTES`].
+pub(crate) fn too_large(field: &str) -> Error {
+    Error::Validation(format!("{field} is larger than {MAX_OBJECT_BYTES} bytes"))
 }
 
 /// Present-and-null versus absent, for merge-patch fields.

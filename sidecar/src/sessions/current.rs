@@ -65,8 +65,9 @@ impl Sessions {
     /// changes the current session before it through the user's pointer
     /// ([`Plan::switch_to_unread`]; by a title the hints do not know, the session is named by
     /// the user's title index: [`Plan::switch_to_titled`]). `None` when the hints cover the
-    /// switch, or when the store refused it for another reason than the session being gone,
-    /// another user's or ended (which the refusal answers): it is then decided on a snapshot.
+    /// switch, or when the store refused it for another reason than the session being missing,
+    /// gone, another user's, ended or current already (which the refusal answers): it is then
+    /// decided on a snapshot.
     async fn switch_unread(
         &self,
         ctx: &Ctx,
@@ -78,8 +79,18 @@ impl Sessions {
         let Some(id) = self.target_known(user, target) else {
             let title = target.title.as_deref().unwrap_or_default();
             let plan = Plan::switch_to_titled(self, shard, user, title, performer, correlation);
-            let Step::Done(committed) = self.commit_plan(plan).await? else {
-                return Ok(None);
+            let committed = match self.commit_explained(plan).await? {
+                Ok(committed) => committed,
+                // No session has the title (404), or the one that has it is gone, ended or
+                // current already, as a snapshot says; else it decides.
+                Err(Refused(held)) => {
+                    let found = decode_record(held)?
+                        .ok_or(Error::NotFound("the user has no session with this title"))?;
+                    if found.title.as_deref() != Some(title) {
+                        return Ok(None);
+                    }
+                    return self.switch_target_refused(user, Some(found));
+                }
             };
             let record = committed.read_back_of(&format!("titled {title:?}"), "switch")?;
             if let Some(recent) = &self.recent {
@@ -88,9 +99,12 @@ impl Sessions {
             return Ok(Some(record));
         };
         // The hints cover a switch to a session they know by the id or title given, when they
-        // know the current session too.
+        // know the current session too, as another one (to the current one, the refusal says so
+        // in one call).
         let claimed = user.to_owned();
-        if self.hinted_current(shard, user).is_some()
+        if self
+            .hinted_current(shard, user)
+            .is_some_and(|current| current.session_id != id)
             && self.hinted(ctx, &id, Some(&claimed))?.is_some()
         {
             return Ok(None);
@@ -109,12 +123,21 @@ impl Sessions {
                 let found = decode_record(held)?;
                 let retitled = target.title.is_some()
                     && found.as_ref().map(|d| &d.title) != Some(&target.title);
-                if !retitled {
-                    self.switch_target(user, found)?;
+                if retitled {
+                    return Ok(None);
                 }
-                Ok(None)
+                self.switch_target_refused(user, found)
             }
         }
+    }
+
+    /// A one-call switch refused with the target as `found`: gone, another user's or ended
+    /// ([`Sessions::switch_target`]); current already: the switch is done and changes nothing,
+    /// as on a snapshot (a session's `current` flag is set exactly while the user's pointer
+    /// names it). `None` for any other refusal: it is decided on a snapshot.
+    fn switch_target_refused(&self, user: &str, found: Option<Record>) -> Result<Option<Record>> {
+        let target = self.switch_target(user, found)?;
+        Ok(target.current.then_some(target))
     }
 
     /// The session to switch to, from the document found: live and the user's (404), active

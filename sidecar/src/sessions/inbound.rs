@@ -81,6 +81,9 @@ impl Sessions {
     }
 
     /// Deletes every session of the user (the current one too) with its messages and memory.
+    /// The current session is read by the user's pointer as well, so that it goes even past
+    /// [`MAX_SESSIONS_PER_EVENT`]: a session's `current` flag is set exactly while the pointer
+    /// names it, and one-call writes answer from the flag.
     async fn user_deleted(&self, event: &Envelope, user: &str) -> Result<(bool, usize)> {
         let shard = shard_of(user, self.policy.shard_count);
         let k = &self.keys;
@@ -93,12 +96,14 @@ impl Sessions {
             let version = reads.get(k.user_version(shard, user));
             let seen = reads.is_member(k.inbox(shard), event.event_id.clone());
             let ids = reads.all_members(k.user_sessions(shard, user), MAX_SESSIONS_PER_EVENT);
+            let current = reads.get(k.current(shard, user));
             let mut r = self.read(reads).await?;
             let version = r.take(version);
             if r.take(seen) {
                 return Ok(Step::Done((true, 0)));
             }
-            let ids = r.take(ids).0;
+            let mut ids = r.take(ids).0;
+            ids.extend(r.take(current).filter(|c| !ids.contains(c)));
             let Some(docs) = self.read_docs(shard, user, version.as_ref(), &ids).await? else {
                 return Ok(Step::Retry);
             };

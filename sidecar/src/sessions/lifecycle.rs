@@ -37,8 +37,9 @@ impl Sessions {
 
     /// A patch in one script call that the hints do not cover ([`Plan::patch_unread`]). `None`
     /// when the hints cover it, when the caller's token and the patch name two users, or when
-    /// the store refused it (a title taken, an object merged past the size limit too): it is
-    /// then decided on a snapshot, which says why.
+    /// the store refused it for another reason than the session (gone, another user's, ended)
+    /// or a limit (a title another live session holds, an object merged past the size limit),
+    /// which the refusal answers: it is then decided on a snapshot.
     async fn update_unread(
         &self,
         ctx: &Ctx,
@@ -80,7 +81,7 @@ impl Sessions {
             if let Some(Some(title)) = &patch.title
                 && session.record.title.as_ref() != Some(title)
             {
-                plan.assume_title(title, None);
+                plan.guard_title_free(title);
             }
             (session, plan)
         } else if patch.title.is_none() {
@@ -304,9 +305,9 @@ impl Sessions {
 
     /// A delete in one script call, when this process wrote the session and the user's
     /// current session (another one) last: the commit checks that both are unchanged and that
-    /// the title's entry is the session's. `None` when the hints do not cover it; a retry when
-    /// they show the session current (refused) or the commit found them stale (they are
-    /// dropped): the delete is then decided on a snapshot.
+    /// the title's entry is the session's. `None` when the hints do not cover it or show the
+    /// session current (the one-call delete then answers); a retry when the commit found them
+    /// stale (they are dropped): the delete is then decided on a snapshot.
     async fn delete_from_hints(&self, ctx: &Ctx, id: &str) -> Result<Option<Step<()>>> {
         let Some(Changing { shard, record, .. }) = self.hinted(ctx, id, None)? else {
             return Ok(None);
@@ -316,7 +317,7 @@ impl Sessions {
             return Ok(None);
         };
         if current.session_id == id {
-            return Ok(Some(Step::Retry));
+            return Ok(None); // most likely refused: the one-call delete says so in one call
         }
         let mut plan = Plan::for_session(self, shard, &record);
         plan.assume_current(&current.session_id);
@@ -329,16 +330,20 @@ impl Sessions {
 
     /// A delete in one script call that the hints do not cover: the store checks the session
     /// live (an ended one too), the caller's and not the user's current session
-    /// ([`Plan::remove_unread`]). A refusal because the session is gone or another user's
-    /// answers 404 or 403; `false` for any other: the delete is then decided on a snapshot,
-    /// which says why.
+    /// ([`Plan::remove_unread`]). A refusal because the session is gone, another user's or the
+    /// user's current session answers 404, 403 or 400; `false` for any other: the delete is
+    /// then decided on a snapshot, which says why.
     async fn delete_unread(&self, ctx: &Ctx, id: &str) -> Result<bool> {
         let shard = self.shard_of_session(id)?;
         let mut plan = Plan::for_unread_live_session(self, shard, id, [ctx.caller.user()]);
         plan.remove_unread(id, ctx.caller.user(), ctx.correlation_id.as_deref());
         if let Err(Refused(held)) = self.commit_explained(plan).await? {
-            // Gone or another user's: 404 or 403, as a snapshot says; else it decides.
-            self.owned_by(ctx, None, decode_record(held)?)?;
+            // Gone or another user's: 404 or 403; the user's current session: 400, as a
+            // snapshot says (the `current` flag is set exactly while the user's pointer names
+            // the session); else it decides.
+            if self.owned_by(ctx, None, decode_record(held)?)?.current {
+                return Err(Error::CurrentSessionDelete);
+            }
             return Ok(false);
         }
         Ok(true)

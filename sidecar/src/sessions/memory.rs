@@ -116,8 +116,9 @@ impl Sessions {
     }
 
     /// A memory write in one script call, the session unread ([`Plan::for_unread_memory`]): a
-    /// merge is made in the store, which refuses a result past the size limit. `None` when the
-    /// store refused: the write is then decided on a snapshot, which says why.
+    /// merge is made in the store, which refuses a result past the size limit (400, in the same
+    /// call). `None` when the store refused it for another reason than the session or the
+    /// limit: the write is then decided on a snapshot, which says why.
     async fn write_memory_unread(
         &self,
         ctx: &Ctx,
@@ -132,7 +133,7 @@ impl Sessions {
             MemoryWrite::Replace => {
                 plan.write(WriteOp::Set(key, Value::Object(body.clone()).to_string()));
             }
-            MemoryWrite::Merge => plan.merge_unread(NamedBy::Value(key), body),
+            MemoryWrite::Merge => plan.merge_unread("memory", NamedBy::Value(key), body),
         }
         let committed = match self.commit_explained(plan).await? {
             Ok(committed) => committed,

@@ -29,6 +29,7 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::ids::parse_session_id;
+use crate::model::input::too_large;
 use crate::model::{Record, SessionView, Status};
 use crate::store::{
     Backend, CommitOutcome, FromReply, Keys, NamedBy, Reads, Refusal, Replies, Slot,
@@ -323,15 +324,18 @@ impl Sessions {
     }
 
     /// The error a refusal by a guard that checks `limit` answers, if the limit is reached.
-    fn limit_reached(&self, limit: plan::Limit, refusal: &Refusal) -> Result<Option<Error>> {
+    fn limit_reached(limit: &plan::Limit, refusal: &Refusal) -> Result<Option<Error>> {
         Ok(match limit {
             plan::Limit::Rate => Some(Error::RateLimited {
-                retry_after_s: retry_after_s(refusal.window_left_ms.unwrap_or_default()),
+                retry_after_s: retry_after_s(refusal.measured.unwrap_or_default()),
             }),
             plan::Limit::ActiveCap => Some(Error::ActiveLimit),
-            plan::Limit::Title => decode_record(refusal.explained.clone())?
-                .filter(|holder| holder.is_live(self.now()))
-                .map(|_| Error::TitleTaken),
+            plan::Limit::Title(title) => {
+                let session = decode_record(refusal.explained.clone())?;
+                let has_it = session.is_some_and(|s| s.title.as_ref() == Some(title));
+                (!has_it).then_some(Error::TitleTaken)
+            }
+            plan::Limit::ObjectSize(field) => refusal.measured.map(|_| too_large(field)),
         })
     }
 
@@ -346,7 +350,7 @@ impl Sessions {
         // A limit reached is the answer; the guards before it held, and so do the hints.
         if let CommitOutcome::Conflict(refusal) = &outcome
             && let Some(limit) = effects.limit(refusal.failed_guard)
-            && let Some(reached) = self.limit_reached(limit, refusal)?
+            && let Some(reached) = Self::limit_reached(limit, refusal)?
         {
             return Err(reached);
         }

@@ -22,8 +22,8 @@
 -- last XADD_SESSION carried (empty: none), what each REPORT and REPORT_PICKED found (a list),
 -- the object the last MERGE_JSON wrote (empty: none)}; {CONFLICT, the fields of the hash
 -- EXPLAIN or EXPLAIN_AT named (empty: none), the position of the guard that failed among the
--- guards (from 0), an INT_BELOW's PTTL (absent for other guards)}, or OUTBOX_FULL, when a guard
--- fails.
+-- guards (from 0), what it measured (an INT_BELOW its counter's PTTL, a MERGED_WITHIN the merged
+-- size; absent otherwise)}, or OUTBOX_FULL, when a guard fails.
 -- Why a byte program: a create is about a hundred arguments, and Redis turns each into a Lua
 -- string; op names, key indexes and counts as separate arguments, each walked through a
 -- function call and `tonumber`, were a fifth of a create's instructions (callgrind of Redis).
@@ -41,7 +41,8 @@ local ZADD, ZREM, ZREM_BELOW, RPUSH_NUMBERED = 122, 114, 98, 82 -- z r b R
 local INCR, INCR_WINDOW, HINCRBY, XDEL, READ_BACK = 43, 105, 110, 88, 66 -- + i n X B
 local ZADD_AT, ZREM_AT, INCR_AT, HSET_AT, HINCRBY_AT = 90, 81, 74, 87, 78 -- Z Q J W N
 local XADD_SESSION, REPORT, HDEL_IF_AT = 86, 80, 84 -- V P T
-local MERGED_WITHIN, MERGE_JSON, HABSENT_AT, HPUT_AT = 77, 109, 85, 79 -- M m U O
+local MERGED_WITHIN, MERGE_JSON, HPUT_AT = 77, 109, 79 -- M m O
+local TITLE_FREE, TITLE_FREE_AT = 70, 102 -- F f
 local HEQ_AT, HINT_ABOVE_AT, READ_BACK_AT, SET_NAMED = 75, 103, 107, 83 -- K g k S
 local XADD_SESSION_AT, PICK_OLDEST, ZADD_PICKED, ZREM_PICKED = 118, 111, 121, 89 -- v o y Y
 local REPORT_PICKED, EXPLAIN, EXPLAIN_AT = 113, 33, 63 -- q ! ?
@@ -231,8 +232,9 @@ end
 local pc, a = 1, 2 -- the next byte of the program, the next operand in ARGV
 -- A guard failed (the loop stops); EXPLAIN names the hash whose fields the refusal reports.
 -- Guards come first in the program (after EXPLAIN): the refusal names the one that failed by its
--- position among them, and a failed INT_BELOW reports its counter's PTTL (a rate window).
-local refused, explain, window_left
+-- position among them, and what it measured: a failed INT_BELOW its counter's PTTL (a rate
+-- window), a failed MERGED_WITHIN the size of the merged object.
+local refused, explain, measured
 local ops, first_guard = 0, 1
 -- What the last RPUSH_NUMBERED left, READ_BACK found, XADD_SESSION carried, MERGE_JSON
 -- wrote; what each REPORT and REPORT_PICKED found.
@@ -274,7 +276,7 @@ while pc <= len do
     a = a + 1
   elseif op == INT_BELOW then
     if (tonumber(call('GET', k)) or 0) >= tonumber(ARGV[a]) then
-      refused, window_left = true, call('PTTL', k)
+      refused, measured = true, call('PTTL', k)
       break
     end
     a = a + 1
@@ -293,13 +295,33 @@ while pc <= len do
     if byte(held, 1) ~= 123 then refused = true; break end
     merge_json = merge_json or json_merger()
     local result = merge_json(held, ARGV[a + 1])
-    if #result > tonumber(ARGV[a + 2]) then refused = true; break end
+    if #result > tonumber(ARGV[a + 2]) then
+      refused, measured = true, #result
+      break
+    end
     merges[k .. '\0' .. ARGV[a]] = { ARGV[a + 1], result }
     a = a + 3
-  elseif op == HABSENT_AT then
-    -- The hash k .. what the naming key holds must be there by name and lack the field.
-    local name = named(KEYS[count()], ARGV[a])
-    if not name or call('HGET', k .. name, ARGV[a + 1]) then refused = true; break end
+  elseif op == TITLE_FREE or op == TITLE_FREE_AT then
+    -- The title is free in the user's title index (k, or k .. what the naming key holds, which
+    -- must be there), or held by a session (named under the next key) that is gone, expired or
+    -- past its expiry: a snapshot's `is_live`.
+    local index = k
+    if op == TITLE_FREE_AT then
+      local name = named(KEYS[count()], ARGV[a])
+      index = name and k .. name
+      a = a + 1
+    end
+    local sessions = KEYS[count()]
+    if not index then refused = true; break end
+    local holder = call('HGET', index, ARGV[a])
+    if holder then
+      local doc = sessions .. holder
+      local status = call('HGET', doc, 'status')
+      local expires = tonumber(call('HGET', doc, 'expires_ms')) or 0
+      if status and status ~= 'expired' and expires > tonumber(ARGV[a + 1]) then
+        refused = true; break
+      end
+    end
     a = a + 2
   elseif op == HEQ_AT or op == HINT_ABOVE_AT then
     -- The hash k .. what the naming key holds must be there by name, its field as HEQ or
@@ -487,7 +509,7 @@ while pc <= len do
   end
 end
 if refused then
-  return { 'CONFLICT', explain and call('HGETALL', explain) or {}, ops - first_guard, window_left }
+  return { 'CONFLICT', explain and call('HGETALL', explain) or {}, ops - first_guard, measured }
 end
 if list_len or read_back or session or reported or merged then
   return { list_len or -1, read_back or {}, session or '', reported or {}, merged or '' }

@@ -337,14 +337,8 @@ impl Db {
                         return Ok(self.conflict(&commit, index));
                     }
                 }
-                Guard::HAbsentAt(at, field) => {
-                    let held = match self.key_at(at) {
-                        Some(key) => self
-                            .read(&ReadOp::HGet(key, field.clone()))
-                            .into_opt_string(),
-                        None => Some(String::new()), // no name: fails as Redis fails it
-                    };
-                    if held.is_some() {
+                Guard::TitleFree(index_key, title, sessions, now) => {
+                    if self.title_held(index_key, title, sessions, *now) {
                         return Ok(self.conflict(&commit, index));
                     }
                 }
@@ -437,11 +431,16 @@ impl Db {
             Some(DocKey::At(at)) => self.key_at(at),
             None => None,
         };
-        let window_left_ms = match &commit.guards[index] {
+        let measured = match &commit.guards[index] {
             Guard::IntBelow(key, _) => match self.pttl(key) {
                 Reply::Int(ms) => Some(ms),
                 _ => None,
             },
+            Guard::MergedWithin(at, patch, _) => {
+                let held = self.held_json(at);
+                held.is_object()
+                    .then(|| i64::try_from(merged_json(held, patch).len()).unwrap_or(i64::MAX))
+            }
             _ => None,
         };
         CommitOutcome::Conflict(Refusal {
@@ -449,7 +448,7 @@ impl Db {
                 .map(|key| self.read(&ReadOp::HGetAll(key)).into_pairs())
                 .unwrap_or_default(),
             failed_guard: index,
-            window_left_ms,
+            measured,
         })
     }
 
@@ -690,6 +689,32 @@ impl Db {
     }
 
     /// The JSON held at `at`: `{}` when missing, null when it does not parse.
+    /// Whether a live session holds `title` in the index `index_key` names, as `commit.lua`'s
+    /// TITLE_FREE decides (an index without a name counts as held: the guard fails).
+    fn title_held(&mut self, index_key: &DocKey, title: &str, sessions: &str, now: i64) -> bool {
+        let index_key = match index_key {
+            DocKey::Given(key) => Some(key.clone()),
+            DocKey::At(at) => self.key_at(at),
+        };
+        let Some(index_key) = index_key else {
+            return true;
+        };
+        let Some(holder) = self
+            .read(&ReadOp::HGet(index_key, title.to_owned()))
+            .into_opt_string()
+        else {
+            return false;
+        };
+        let doc = format!("{sessions}{holder}");
+        let mut field = |name: &str| {
+            self.read(&ReadOp::HGet(doc.clone(), name.to_owned()))
+                .into_opt_string()
+        };
+        let status = field("status");
+        let expires = field("expires_ms").and_then(|v| v.parse::<i64>().ok());
+        status.is_some_and(|s| s != "expired") && expires.unwrap_or(0) > now
+    }
+
     fn held_json(&mut self, at: &NamedBy) -> serde_json::Value {
         self.name(at).map_or_else(
             || serde_json::Value::Object(serde_json::Map::new()),
@@ -1008,7 +1033,7 @@ mod tests {
         let expected = Refusal {
             explained: held.clone(),
             failed_guard: 1,
-            window_left_ms: None,
+            measured: None,
         };
         assert_eq!(
             db.commit(commit).await.unwrap(),
@@ -1029,7 +1054,7 @@ mod tests {
         assert_eq!((refusal.explained, refusal.failed_guard), (held, 0));
         assert!(
             refusal
-                .window_left_ms
+                .measured
                 .is_some_and(|ms| (59_000..=60_000).contains(&ms))
         );
         let got = db.read(vec![ReadOp::Get("x".into())]).await.unwrap();

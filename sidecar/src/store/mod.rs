@@ -197,9 +197,11 @@ pub enum Guard {
     /// or missing (`{}`), and merged with the patch as [`WriteOp::MergeJson`] would, at most
     /// `max` bytes.
     MergedWithin(NamedBy, String, u64),
-    /// The hash named as for [`WriteOp::ZAddAt`] must lack the field (`HGET` nil); a missing
-    /// name fails: a new title free in the index of the user an unread document names.
-    HAbsentAt(KeyAt, String),
+    /// A title free in a user's title index (given, or named as for [`WriteOp::ZAddAt`]: the
+    /// index of the user an unread document names; a missing name fails): no entry holds it,
+    /// or the session the entry names (under the prefix, the third operand) is gone, expired or
+    /// past its expiry at `now`, as a snapshot's `is_live` decides.
+    TitleFree(DocKey, String, String, i64),
     /// A user at the active cap: fewer than `cap` members of the user's active set (the first
     /// key) scored above `above` pick nothing; exactly `cap` pick the oldest of them, by its
     /// score in the user's sessions by creation (the second key), then by id, which
@@ -330,7 +332,8 @@ pub struct SessionEvent {
     pub tail: String,
 }
 
-/// The key of a document: given, or named by what another key holds (no event without a name).
+/// A key (a document's, a title index's): given, or named by what another key holds (no event
+/// without a name).
 #[derive(Debug, Clone, PartialEq)]
 pub enum DocKey {
     Given(String),
@@ -358,9 +361,10 @@ pub struct Refusal {
     pub explained: Vec<(String, String)>,
     /// The position in [`Commit::guards`] of the guard that failed.
     pub failed_guard: usize,
-    /// When that guard is an [`Guard::IntBelow`]: its counter's `PTTL` (the time left of a
-    /// rate window).
-    pub window_left_ms: Option<i64>,
+    /// What that guard measured: an [`Guard::IntBelow`] its counter's `PTTL` (the time left of
+    /// a rate window); a [`Guard::MergedWithin`] the size of the merged object (none when the
+    /// held value is not an object).
+    pub measured: Option<i64>,
 }
 
 /// What became of a commit.

@@ -336,7 +336,7 @@ fn commit_outcome(reply: Value) -> Result<CommitOutcome, BackendError> {
             Value::BulkString(head),
             held,
             Value::Int(failed),
-            window @ ..,
+            measured @ ..,
         ] = parts.as_slice()
         && head == b"CONFLICT"
     {
@@ -345,8 +345,8 @@ fn commit_outcome(reply: Value) -> Result<CommitOutcome, BackendError> {
             failed_guard: usize::try_from(*failed).map_err(|_| {
                 BackendError::Protocol(format!("commit.lua refused with guard {failed}"))
             })?,
-            window_left_ms: match window {
-                [Value::Int(ms)] => Some(*ms),
+            measured: match measured {
+                [Value::Int(measured)] => Some(*measured),
                 _ => None,
             },
         }));

@@ -178,7 +178,8 @@ mod opcode {
     pub(super) const HDEL_IF_AT: u8 = b'T';
     pub(super) const MERGED_WITHIN: u8 = b'M';
     pub(super) const MERGE_JSON: u8 = b'm';
-    pub(super) const HABSENT_AT: u8 = b'U';
+    pub(super) const TITLE_FREE: u8 = b'F';
+    pub(super) const TITLE_FREE_AT: u8 = b'f';
     pub(super) const HPUT_AT: u8 = b'O';
     pub(super) const HEQ_AT: u8 = b'K';
     pub(super) const HINT_ABOVE_AT: u8 = b'g';
@@ -311,7 +312,15 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
                 .op(HINT_ABOVE, k)?
                 .extend([field.clone(), floor.to_string()]),
             Guard::StreamBelow(k, max) => call.op(STREAM_BELOW, k)?.push(max.to_string()),
-            Guard::HAbsentAt(at, field) => call.at(HABSENT_AT, at)?.push(field.clone()),
+            Guard::TitleFree(index, title, sessions, now) => {
+                match index {
+                    DocKey::Given(key) => call.op(TITLE_FREE, key)?,
+                    DocKey::At(at) => call.at(TITLE_FREE_AT, at)?,
+                };
+                let sessions = call.keys.index(sessions);
+                call.number(sessions, "keys")?;
+                call.operands.extend([title.clone(), now.to_string()]);
+            }
             Guard::PickOldestActive(active, sessions, above, cap) => {
                 call.op(PICK_OLDEST, active)?;
                 let sessions = call.keys.index(sessions);
@@ -659,14 +668,25 @@ mod tests {
             name: NamedBy::Field("{1}:s:a".into(), "user_id".into()),
         };
         let commit = Commit {
-            guards: vec![Guard::HAbsentAt(titles.clone(), "new".into())],
+            guards: vec![Guard::TitleFree(
+                DocKey::At(titles.clone()),
+                "new".into(),
+                "{1}:s:".into(),
+                7,
+            )],
             writes: vec![WriteOp::HPutAt(titles, vec![("new".into(), "a".into())])],
             ..Commit::default()
         };
         let call = encode_commit(&commit).unwrap();
-        assert_eq!(call.keys.keys, ["{1}:t:", "{1}:s:a"]);
-        assert_eq!(call.program, [b'U', 0, 1, 0, 2, b'O', 0, 1, 0, 2, 0, 1]);
-        assert_eq!(call.operands, ["user_id", "new", "user_id", "new", "a"]);
+        assert_eq!(call.keys.keys, ["{1}:t:", "{1}:s:a", "{1}:s:"]);
+        assert_eq!(
+            call.program,
+            [b'f', 0, 1, 0, 2, 0, 3, b'O', 0, 1, 0, 2, 0, 1]
+        );
+        assert_eq!(
+            call.operands,
+            ["user_id", "new", "7", "user_id", "new", "a"]
+        );
     }
 
     #[test]

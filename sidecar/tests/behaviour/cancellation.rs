@@ -123,18 +123,22 @@ async fn a_rename_between_the_reads_of_a_delete_leaves_no_title_behind(kind: Kin
     // the new title's index entry (it used to look the index up by the title it read first and
     // left the new one pointing at the deleted session).
     let app = TestApp::new(kind).await;
-    let id = app.create_id("u1", json!({"title": "first"})).await;
-    let path = format!("/v1/sessions/{id}");
-    // The session is current, so the delete's one-call try is refused (call 1) and it reads:
-    // its first read is answered, its second waits until the session is renamed and another
-    // one is current (then it may be deleted).
-    let store = Arc::new(Stalling::new(app.backend.clone(), 2, Stall::Before));
+    // The deleting sidecar writes the session, another one (current) and the session again
+    // (calls 1 to 3), so its delete starts from its hints; another sidecar makes a third
+    // session current, so that commit is refused (call 4) and the delete reads: its first read
+    // is answered, its second waits until the session is renamed.
+    let store = Arc::new(Stalling::new(app.backend.clone(), 5, Stall::Before));
     let stalling = app.through(|_| store.clone()).await;
+    let id = stalling.create_id("u1", json!({"title": "first"})).await;
+    stalling.create_id("u1", json!({})).await;
+    let path = format!("/v1/sessions/{id}");
+    let patched = stalling.patch(&path, json!({"metadata": {"k": 1}})).await;
+    assert_eq!(patched.status, axum::http::StatusCode::OK);
+    app.create_id("u1", json!({})).await;
     let rename_meanwhile = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let renamed = app.patch(&path, json!({"title": "second"})).await;
         assert_eq!(renamed.status, axum::http::StatusCode::OK);
-        app.create_id("u1", json!({})).await;
         store.recover();
     };
     let (deleted, ()) = tokio::join!(stalling.delete(&path), rename_meanwhile);
@@ -163,10 +167,10 @@ async fn a_message_between_the_reads_and_the_commit_of_an_eviction_is_in_its_eve
             p.cap_policy = session_sidecar::testing::CapPolicy::EndOldest;
         })
         .await;
-        let body = path.prepare(&app).await;
+        let (creator, first) = path.creator(&app).await;
         let oldest = app.create_id("u1", json!({})).await;
         let other = app.through(|store| store).await;
-        create_around(&app, path, body, async {
+        create_around(creator, path, async {
             let hello = json!({"role": "user", "content": "hello"});
             let res = other
                 .post(&format!("/v1/sessions/{oldest}/messages"), hello)
@@ -174,10 +178,18 @@ async fn a_message_between_the_reads_and_the_commit_of_an_eviction_is_in_its_eve
             assert_eq!(res.status, axum::http::StatusCode::CREATED, "{}", res.body);
         })
         .await;
-        let ended = app.outbox_of("session.ended.v1").await;
-        assert_eq!(ended.len(), 1, "{path:?}");
-        assert_eq!(ended[0].payload["session_id"], oldest.as_str());
-        assert_eq!(ended[0].payload["message_count"], 1, "{}", ended[0].payload);
+        let mut ended = app.outbox_of("session.ended.v1").await;
+        let ids: Vec<_> = ended
+            .iter()
+            .map(|e| e.payload["session_id"].clone())
+            .collect();
+        let expected: Vec<_> = first.iter().chain([&oldest]).map(|id| json!(id)).collect();
+        assert_eq!(
+            ids, expected,
+            "{path:?}: the creator's first session, then the oldest"
+        );
+        let ended = ended.pop().unwrap();
+        assert_eq!(ended.payload["message_count"], 1, "{}", ended.payload);
         let session = app.get(&format!("/v1/sessions/{oldest}")).await.body;
         assert_eq!(
             (
@@ -186,7 +198,7 @@ async fn a_message_between_the_reads_and_the_commit_of_an_eviction_is_in_its_eve
             ),
             (Some("ended"), Some(1))
         );
-        assert_eq!(session["version"], ended[0].payload["version"]);
+        assert_eq!(session["version"], ended.payload["version"]);
     }
 }
 
@@ -195,53 +207,58 @@ async fn a_message_between_the_reads_and_the_commit_of_an_eviction_is_in_its_eve
 enum Eviction {
     /// In its one call: the store picks the oldest active session.
     OneCall,
-    /// On a snapshot read first: the one-call try is refused, here by the title index, which
-    /// still gives the create's title to an expired session.
+    /// On a snapshot read first: the creating sidecar made the user's first session itself, so
+    /// it starts from its hints, which the sessions made elsewhere since (ending that first
+    /// one at the cap) left stale: the one-call try is refused and the create decided on a
+    /// snapshot.
     OnSnapshot,
 }
 
-impl Eviction {
-    /// Readies `app`'s user `u1` for a create on this path, before its active sessions are
-    /// made; the create's body.
-    async fn prepare(self, app: &TestApp) -> serde_json::Value {
-        match self {
-            Eviction::OneCall => json!({"user_id": "u1"}),
-            Eviction::OnSnapshot => {
-                app.create_id("u1", json!({"title": "reused", "ttl_seconds": 1}))
-                    .await;
-                app.clock.advance_ms(1_001);
-                json!({"user_id": "u1", "title": "reused"})
-            }
-        }
-    }
+/// The sidecar whose create waits before its commit, and the store that holds it back.
+struct Creator {
+    store: Arc<Stalling>,
+    app: TestApp,
+}
 
-    /// The store calls the create makes before its commit: none, or the refused try and the
-    /// snapshot.
-    fn calls_before_commit(self) -> usize {
-        match self {
+impl Eviction {
+    /// The creating sidecar on `app`'s store, before the user's other sessions are made; on
+    /// the snapshot path with the session it made first (ended by the cap later), whose id
+    /// comes back.
+    async fn creator(self, app: &TestApp) -> (Creator, Option<String>) {
+        // Calls answered before the create's commit waits: on the snapshot path the first
+        // create, the refused try and the snapshot.
+        let answered = match self {
             Eviction::OneCall => 0,
-            Eviction::OnSnapshot => 2,
-        }
+            Eviction::OnSnapshot => 3,
+        };
+        let store = Arc::new(Stalling::new(app.backend.clone(), answered, Stall::Before));
+        let creator = Creator {
+            app: app.through(|_| store.clone()).await,
+            store,
+        };
+        let first = match self {
+            Eviction::OneCall => None,
+            Eviction::OnSnapshot => Some(creator.app.create_id("u1", json!({})).await),
+        };
+        app.clock.advance_ms(1); // the oldest session by creation time, not by a tie of ids
+        (creator, first)
     }
 }
 
-/// A create for `u1` on `app` with `body`, whose calls before its commit are answered and whose
-/// commit waits until `meanwhile` (another process's write) is done; it must succeed.
+/// A create for `u1` by `creator`, whose commit waits until `meanwhile` (another process's
+/// write) is done; it must succeed.
 async fn create_around(
-    app: &TestApp,
+    creator: Creator,
     path: Eviction,
-    body: serde_json::Value,
     meanwhile: impl std::future::Future<Output = ()>,
 ) {
-    let answered = path.calls_before_commit();
-    let store = Arc::new(Stalling::new(app.backend.clone(), answered, Stall::Before));
-    let stalling = app.through(|_| store.clone()).await;
     let meanwhile = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         meanwhile.await;
-        store.recover();
+        creator.store.recover();
     };
-    let (created, ()) = tokio::join!(stalling.post("/v1/sessions", body), meanwhile);
+    let body = json!({"user_id": "u1"});
+    let (created, ()) = tokio::join!(creator.app.post("/v1/sessions", body), meanwhile);
     assert_eq!(
         created.status,
         axum::http::StatusCode::CREATED,
@@ -265,12 +282,12 @@ async fn an_end_between_the_reads_and_the_commit_of_an_eviction_saves_the_sessio
             p.cap_policy = session_sidecar::testing::CapPolicy::EndOldest;
         })
         .await;
-        let body = path.prepare(&app).await;
+        let (creator, first) = path.creator(&app).await;
         let oldest = app.create_id("u1", json!({})).await;
         let middle = app.create_id("u1", json!({})).await;
         app.create_id("u1", json!({})).await;
         let other = app.through(|store| store).await;
-        create_around(&app, path, body, async {
+        create_around(creator, path, async {
             let res = other.end(&middle, json!({"performer_id": "u1"})).await;
             assert_eq!(res.status, axum::http::StatusCode::OK, "{}", res.body);
         })
@@ -281,10 +298,10 @@ async fn an_end_between_the_reads_and_the_commit_of_an_eviction_saves_the_sessio
             .into_iter()
             .map(|e| e.payload["session_id"].clone())
             .collect();
+        let expected: Vec<_> = first.iter().chain([&middle]).map(|id| json!(id)).collect();
         assert_eq!(
-            ended,
-            [json!(middle)],
-            "{path:?}: only the session ended by hand"
+            ended, expected,
+            "{path:?}: the creator's first session (at the cap), then the one ended by hand"
         );
         let session = app.get(&format!("/v1/sessions/{oldest}")).await.body;
         assert_eq!(session["status"], "active", "{path:?}: {session}");

@@ -338,12 +338,23 @@ impl TestApp {
         &self,
         wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>,
     ) -> TestApp {
+        self.through_with(wrap, |_| {}).await
+    }
+
+    /// [`Self::through`] with its policy tuned: a sidecar of a rollout that changes it.
+    pub async fn through_with(
+        &self,
+        wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>,
+        tune: impl FnOnce(&mut Policy),
+    ) -> TestApp {
+        let mut policy = self.sessions.policy().clone();
+        tune(&mut policy);
         Self::assemble(
             wrap(self.backend.clone()),
             None,
             None,
             self.clock.clone(),
-            self.sessions.policy().clone(),
+            policy,
             Auth::TrustPod,
             Metrics::new("test"),
         )

@@ -8,7 +8,7 @@ use crate::clock::rfc3339;
 use crate::ids::new_event_id;
 use crate::model::event::SOURCE;
 use crate::model::{Envelope, EventType, Record, Status};
-use crate::store::{Append, Commit, DocKey, Guard, KeyAt, Keys, NamedBy, WriteOp};
+use crate::store::{Append, Commit, DocKey, Guard, Keys, WriteOp};
 
 use super::next_version;
 
@@ -50,23 +50,26 @@ pub(crate) struct Effects {
 /// limit it checks is reached. Such guards come after those a decision rests on (the current
 /// session, a document's version), so that a refusal by a limit proves those held, and in the
 /// order a snapshot checks the limits, so that the first one reached answers the same.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Limit {
     /// The user's creation rate (429, with the time the window has left).
     Rate,
     /// The user's active sessions, under a cap that refuses creates (409).
     ActiveCap,
-    /// A title taken (409) when the session the refusal explains holds it and is live; one
-    /// held by an expired session not yet swept is decided on a snapshot.
-    Title,
+    /// The title, held by another live session (409). A patch refused because the session
+    /// already has it is decided on a snapshot (where it changes nothing).
+    Title(String),
+    /// The object of this name merged past the size limit (400). One refused because the
+    /// value held is not an object is decided on a snapshot (which says it is corrupt).
+    ObjectSize(&'static str),
 }
 
 impl Effects {
     /// The limit the refused guard `index` checks, if it is one.
-    pub(crate) fn limit(&self, index: usize) -> Option<Limit> {
+    pub(crate) fn limit(&self, index: usize) -> Option<&Limit> {
         self.limits
             .iter()
-            .find_map(|&(at, limit)| (at == index).then_some(limit))
+            .find_map(|(at, limit)| (*at == index).then_some(limit))
     }
 }
 
@@ -174,15 +177,17 @@ impl Plan {
         self.guard(guard);
     }
 
-    /// A new session's `title` must be free: its refusal reports the session holding it
-    /// ([`Limit::Title`]).
+    /// A `title` new to the session must be free in the user's title index ([`Limit::Title`]).
     pub(crate) fn guard_title_free(&mut self, title: &str) {
         let titles = self.keys.titles(self.shard(), &self.effects.user_id);
-        self.commit.explain = Some(DocKey::At(KeyAt {
-            prefix: self.keys.session(self.shard(), ""),
-            name: NamedBy::Field(titles.clone(), title.to_owned()),
-        }));
-        self.guard_limit(Guard::HEq(titles, title.to_owned(), None), Limit::Title);
+        self.guard_title_free_in(DocKey::Given(titles), title);
+    }
+
+    /// [`Plan::guard_title_free`] in the title index `titles` names.
+    fn guard_title_free_in(&mut self, titles: DocKey, title: &str) {
+        let sessions = self.keys.session(self.shard(), "");
+        let guard = Guard::TitleFree(titles, title.to_owned(), sessions, self.now_ms);
+        self.guard_limit(guard, Limit::Title(title.to_owned()));
     }
 
     /// Commits only while the user's title index gives `title` to `owner` (`None`: to nobody,

@@ -13,7 +13,7 @@ use crate::model::{EventType, Status};
 use crate::sessions::Sessions;
 use crate::store::{DocKey, Guard, KeyAt, NamedBy, SessionEvent, WriteOp};
 
-use super::Plan;
+use super::{Limit, Plan};
 
 impl Plan {
     /// A plan for a change that needs only a few fields of session `id`, which this process
@@ -275,6 +275,7 @@ impl Plan {
             prefix: k.session(shard, ""),
             name: titled.clone(),
         };
+        plan.commit.explain = Some(DocKey::At(doc.clone()));
         let expires = "expires_ms".to_owned();
         plan.guard(Guard::HIntAboveAt(doc.clone(), expires, plan.now_ms));
         let active = Status::Active.as_str();
@@ -339,10 +340,16 @@ impl Plan {
     /// Merges `patch` into the JSON object the store holds at `at` (a session's `metadata` or
     /// `data`, its memory) without reading it; refused when the result would be larger than
     /// an object may be. The commit reports the merged object.
-    pub(crate) fn merge_unread(&mut self, at: NamedBy, patch: &Map<String, Value>) {
+    pub(crate) fn merge_unread(
+        &mut self,
+        field: &'static str,
+        at: NamedBy,
+        patch: &Map<String, Value>,
+    ) {
         let patch = Value::Object(patch.clone()).to_string();
         let max = u64::try_from(MAX_OBJECT_BYTES).unwrap_or(u64::MAX);
-        self.guard(Guard::MergedWithin(at.clone(), patch.clone(), max));
+        let guard = Guard::MergedWithin(at.clone(), patch.clone(), max);
+        self.guard_limit(guard, Limit::ObjectSize(field));
         self.write(WriteOp::MergeJson(at, patch));
     }
 
@@ -370,7 +377,7 @@ impl Plan {
             self.drop_title_entry_of_unread(id);
             if let Some(title) = title {
                 let titles = self.user_key_of_unread(id, k.titles(s, ""));
-                self.guard(Guard::HAbsentAt(titles.clone(), title.clone()));
+                self.guard_title_free_in(DocKey::At(titles.clone()), title);
                 self.write(WriteOp::HPutAt(
                     titles,
                     vec![(title.clone(), id.to_owned())],
@@ -382,7 +389,7 @@ impl Plan {
         }
         for (field, object) in [("metadata", &patch.metadata), ("data", &patch.data)] {
             if let Some(object) = object {
-                self.merge_unread(NamedBy::Field(doc.clone(), field.to_owned()), object);
+                self.merge_unread(field, NamedBy::Field(doc.clone(), field.to_owned()), object);
             }
         }
         if let Some(case) = &patch.case_id {
