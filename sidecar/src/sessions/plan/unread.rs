@@ -3,8 +3,8 @@
 //! names the keys of its user, title and case by what the document holds ([`KeyAt`]), or the
 //! session itself by the user's title index or as the one the store picks at the active cap.
 //! Such a change is one call to the store whatever this process knows; a refused one reports
-//! the session as the refusal found it, which says what is wrong with it, or else it is
-//! decided on a snapshot.
+//! the session as the refusal found it, which says what is wrong with it, or the limit it
+//! reached ([`Limit`]), or else it is decided on a snapshot.
 
 use serde_json::{Map, Value};
 
@@ -234,8 +234,8 @@ impl Plan {
     /// Makes the unread session `id` its user's current one ([`Plan::for_unread_session_of`])
     /// and the current session before it, whichever it is, no longer so (as
     /// [`Plan::put_unknown_former_current`]). The store reads the session back (the switch's
-    /// answer) and its event carries it. A session that is current already is refused (then
-    /// decided on a snapshot, where it changes nothing).
+    /// answer) and its event carries it. A session that is current already is refused (the
+    /// refusal's document shows it: nothing changes).
     pub(crate) fn switch_to_unread(
         &mut self,
         id: &str,
@@ -357,8 +357,8 @@ impl Plan {
     /// between the case indexes (the former one named by the document), its title and the
     /// title index of its user (named by the document) changed, its time and version moved.
     /// The session's title entry goes where it is still its own; a new one is set where no
-    /// entry holds that title (the session itself neither: a title it has already is decided
-    /// on a snapshot, where it changes nothing). The user's version moves too (an inbound
+    /// live session holds that title (the session itself neither: a title it has already is
+    /// decided on a snapshot, where it changes nothing). The user's version moves too (an inbound
     /// event about a case decides on a snapshot of the case's sessions under it, a create on
     /// one of the title index). The store reads the session back (the patch's answer) and its
     /// event carries it.
