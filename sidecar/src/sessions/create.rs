@@ -296,7 +296,7 @@ impl Sessions {
             }
         }
         if let Some(title) = &new.input.title {
-            plan.guard_title_free(title);
+            plan.guard_title_free(title, None);
         }
     }
 

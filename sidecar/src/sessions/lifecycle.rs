@@ -81,7 +81,7 @@ impl Sessions {
             if let Some(Some(title)) = &patch.title
                 && session.record.title.as_ref() != Some(title)
             {
-                plan.guard_title_free(title);
+                plan.guard_title_free(title, Some(id));
             }
             (session, plan)
         } else if patch.title.is_none() {

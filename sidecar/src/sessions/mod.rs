@@ -324,19 +324,15 @@ impl Sessions {
     }
 
     /// The error a refusal by a guard that checks `limit` answers, if the limit is reached.
-    fn limit_reached(limit: &plan::Limit, refusal: &Refusal) -> Result<Option<Error>> {
-        Ok(match limit {
+    fn limit_reached(limit: plan::Limit, refusal: &Refusal) -> Option<Error> {
+        match limit {
             plan::Limit::Rate => Some(Error::RateLimited {
                 retry_after_s: retry_after_s(refusal.measured.unwrap_or_default()),
             }),
             plan::Limit::ActiveCap => Some(Error::ActiveLimit),
-            plan::Limit::Title(title) => {
-                let session = decode_record(refusal.explained.clone())?;
-                let has_it = session.is_some_and(|s| s.title.as_ref() == Some(title));
-                (!has_it).then_some(Error::TitleTaken)
-            }
+            plan::Limit::Title => Some(Error::TitleTaken),
             plan::Limit::ObjectSize(field) => refusal.measured.map(|_| too_large(field)),
-        })
+        }
     }
 
     /// [`Sessions::commit_plan`], refused with the session the plan was about as the refusal
@@ -350,7 +346,7 @@ impl Sessions {
         // A limit reached is the answer; the guards before it held, and so do the hints.
         if let CommitOutcome::Conflict(refusal) = &outcome
             && let Some(limit) = effects.limit(refusal.failed_guard)
-            && let Some(reached) = Self::limit_reached(limit, refusal)?
+            && let Some(reached) = Self::limit_reached(limit, refusal)
         {
             return Err(reached);
         }

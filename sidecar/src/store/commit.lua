@@ -303,8 +303,9 @@ while pc <= len do
     a = a + 3
   elseif op == TITLE_FREE or op == TITLE_FREE_AT then
     -- The title is free in the user's title index (k, or k .. what the naming key holds, which
-    -- must be there), or held by a session (named under the next key) that is gone, expired or
-    -- past its expiry: a snapshot's `is_live`.
+    -- must be there), or held by the session excepted (the operand after the time; empty:
+    -- none), or by a session (named under the next key) that is gone, expired or past its
+    -- expiry: a snapshot's `is_live`.
     local index = k
     if op == TITLE_FREE_AT then
       local name = named(KEYS[count()], ARGV[a])
@@ -314,7 +315,7 @@ while pc <= len do
     local sessions = KEYS[count()]
     if not index then refused = true; break end
     local holder = call('HGET', index, ARGV[a])
-    if holder then
+    if holder and holder ~= ARGV[a + 2] then
       local doc = sessions .. holder
       local status = call('HGET', doc, 'status')
       local expires = tonumber(call('HGET', doc, 'expires_ms')) or 0
@@ -322,7 +323,7 @@ while pc <= len do
         refused = true; break
       end
     end
-    a = a + 2
+    a = a + 3
   elseif op == HEQ_AT or op == HINT_ABOVE_AT then
     -- The hash k .. what the naming key holds must be there by name, its field as HEQ or
     -- HINT_ABOVE requires.

@@ -337,8 +337,14 @@ impl Db {
                         return Ok(self.conflict(&commit, index));
                     }
                 }
-                Guard::TitleFree(index_key, title, sessions, now) => {
-                    if self.title_held(index_key, title, sessions, *now) {
+                Guard::TitleFree {
+                    index: index_key,
+                    title,
+                    sessions,
+                    now_ms,
+                    except,
+                } => {
+                    if self.title_held(index_key, title, sessions, *now_ms, except.as_deref()) {
                         return Ok(self.conflict(&commit, index));
                     }
                 }
@@ -689,9 +695,17 @@ impl Db {
     }
 
     /// The JSON held at `at`: `{}` when missing, null when it does not parse.
-    /// Whether a live session holds `title` in the index `index_key` names, as `commit.lua`'s
-    /// TITLE_FREE decides (an index without a name counts as held: the guard fails).
-    fn title_held(&mut self, index_key: &DocKey, title: &str, sessions: &str, now: i64) -> bool {
+    /// Whether a live session other than `except` holds `title` in the index `index_key` names,
+    /// as `commit.lua`'s TITLE_FREE decides (an index without a name counts as held: the guard
+    /// fails).
+    fn title_held(
+        &mut self,
+        index_key: &DocKey,
+        title: &str,
+        sessions: &str,
+        now: i64,
+        except: Option<&str>,
+    ) -> bool {
         let index_key = match index_key {
             DocKey::Given(key) => Some(key.clone()),
             DocKey::At(at) => self.key_at(at),
@@ -702,6 +716,7 @@ impl Db {
         let Some(holder) = self
             .read(&ReadOp::HGet(index_key, title.to_owned()))
             .into_opt_string()
+            .filter(|holder| Some(holder.as_str()) != except)
         else {
             return false;
         };

@@ -199,9 +199,17 @@ pub enum Guard {
     MergedWithin(NamedBy, String, u64),
     /// A title free in a user's title index (given, or named as for [`WriteOp::ZAddAt`]: the
     /// index of the user an unread document names; a missing name fails): no entry holds it,
-    /// or the session the entry names (under the prefix, the third operand) is gone, expired or
-    /// past its expiry at `now`, as a snapshot's `is_live` decides.
-    TitleFree(DocKey, String, String, i64),
+    /// the entry names the session excepted, or the session it names is gone, expired or past
+    /// its expiry at `now_ms`, as a snapshot's `is_live` decides.
+    TitleFree {
+        index: DocKey,
+        title: String,
+        /// The prefix of session documents: the holder's is this and its id.
+        sessions: String,
+        now_ms: i64,
+        /// The session that may hold the title: the one a patch renames.
+        except: Option<String>,
+    },
     /// A user at the active cap: fewer than `cap` members of the user's active set (the first
     /// key) scored above `above` pick nothing; exactly `cap` pick the oldest of them, by its
     /// score in the user's sessions by creation (the second key), then by id, which

@@ -312,14 +312,22 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
                 .op(HINT_ABOVE, k)?
                 .extend([field.clone(), floor.to_string()]),
             Guard::StreamBelow(k, max) => call.op(STREAM_BELOW, k)?.push(max.to_string()),
-            Guard::TitleFree(index, title, sessions, now) => {
+            Guard::TitleFree {
+                index,
+                title,
+                sessions,
+                now_ms,
+                except,
+            } => {
                 match index {
                     DocKey::Given(key) => call.op(TITLE_FREE, key)?,
                     DocKey::At(at) => call.at(TITLE_FREE_AT, at)?,
                 };
                 let sessions = call.keys.index(sessions);
                 call.number(sessions, "keys")?;
-                call.operands.extend([title.clone(), now.to_string()]);
+                let except = except.clone().unwrap_or_default();
+                call.operands
+                    .extend([title.clone(), now_ms.to_string(), except]);
             }
             Guard::PickOldestActive(active, sessions, above, cap) => {
                 call.op(PICK_OLDEST, active)?;
@@ -668,12 +676,13 @@ mod tests {
             name: NamedBy::Field("{1}:s:a".into(), "user_id".into()),
         };
         let commit = Commit {
-            guards: vec![Guard::TitleFree(
-                DocKey::At(titles.clone()),
-                "new".into(),
-                "{1}:s:".into(),
-                7,
-            )],
+            guards: vec![Guard::TitleFree {
+                index: DocKey::At(titles.clone()),
+                title: "new".into(),
+                sessions: "{1}:s:".into(),
+                now_ms: 7,
+                except: Some("a".into()),
+            }],
             writes: vec![WriteOp::HPutAt(titles, vec![("new".into(), "a".into())])],
             ..Commit::default()
         };
@@ -685,7 +694,7 @@ mod tests {
         );
         assert_eq!(
             call.operands,
-            ["user_id", "new", "7", "user_id", "new", "a"]
+            ["user_id", "new", "7", "a", "user_id", "new", "a"]
         );
     }
 

@@ -50,15 +50,14 @@ pub(crate) struct Effects {
 /// limit it checks is reached. Such guards come after those a decision rests on (the current
 /// session, a document's version), so that a refusal by a limit proves those held, and in the
 /// order a snapshot checks the limits, so that the first one reached answers the same.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Limit {
     /// The user's creation rate (429, with the time the window has left).
     Rate,
     /// The user's active sessions, under a cap that refuses creates (409).
     ActiveCap,
-    /// The title, held by another live session (409). A patch refused because the session
-    /// already has it is decided on a snapshot (where it changes nothing).
-    Title(String),
+    /// A title another live session holds (409).
+    Title,
     /// The object of this name merged past the size limit (400). One refused because the
     /// value held is not an object is decided on a snapshot (which says it is corrupt).
     ObjectSize(&'static str),
@@ -66,10 +65,10 @@ pub(crate) enum Limit {
 
 impl Effects {
     /// The limit the refused guard `index` checks, if it is one.
-    pub(crate) fn limit(&self, index: usize) -> Option<&Limit> {
+    pub(crate) fn limit(&self, index: usize) -> Option<Limit> {
         self.limits
             .iter()
-            .find_map(|(at, limit)| (*at == index).then_some(limit))
+            .find_map(|&(at, limit)| (at == index).then_some(limit))
     }
 }
 
@@ -177,17 +176,24 @@ impl Plan {
         self.guard(guard);
     }
 
-    /// A `title` new to the session must be free in the user's title index ([`Limit::Title`]).
-    pub(crate) fn guard_title_free(&mut self, title: &str) {
+    /// A `title` for a session (`except`, when it exists already) must be free in the user's
+    /// title index ([`Limit::Title`]).
+    pub(crate) fn guard_title_free(&mut self, title: &str, except: Option<&str>) {
         let titles = self.keys.titles(self.shard(), &self.effects.user_id);
-        self.guard_title_free_in(DocKey::Given(titles), title);
+        self.guard_title_free_in(DocKey::Given(titles), title, except);
     }
 
-    /// [`Plan::guard_title_free`] in the title index `titles` names.
-    fn guard_title_free_in(&mut self, titles: DocKey, title: &str) {
-        let sessions = self.keys.session(self.shard(), "");
-        let guard = Guard::TitleFree(titles, title.to_owned(), sessions, self.now_ms);
-        self.guard_limit(guard, Limit::Title(title.to_owned()));
+    /// [`Plan::guard_title_free`] in the title index `titles` names, where session `except`
+    /// may hold it.
+    fn guard_title_free_in(&mut self, index: DocKey, title: &str, except: Option<&str>) {
+        let guard = Guard::TitleFree {
+            index,
+            title: title.to_owned(),
+            sessions: self.keys.session(self.shard(), ""),
+            now_ms: self.now_ms,
+            except: except.map(str::to_owned),
+        };
+        self.guard_limit(guard, Limit::Title);
     }
 
     /// Commits only while the user's title index gives `title` to `owner` (`None`: to nobody,

@@ -356,9 +356,8 @@ impl Plan {
     /// A patch of the unread session `id`: its objects merged in the store, its case moved
     /// between the case indexes (the former one named by the document), its title and the
     /// title index of its user (named by the document) changed, its time and version moved.
-    /// The session's title entry goes where it is still its own; a new one is set where no
-    /// live session holds that title (the session itself neither: a title it has already is
-    /// decided on a snapshot, where it changes nothing). The user's version moves too (an inbound
+    /// The session's title entry goes where it is still its own; the new one is set where no
+    /// other live session holds that title (a title it has already is set again). The user's version moves too (an inbound
     /// event about a case decides on a snapshot of the case's sessions under it, a create on
     /// one of the title index). The store reads the session back (the patch's answer) and its
     /// event carries it.
@@ -377,7 +376,7 @@ impl Plan {
             self.drop_title_entry_of_unread(id);
             if let Some(title) = title {
                 let titles = self.user_key_of_unread(id, k.titles(s, ""));
-                self.guard_title_free_in(DocKey::At(titles.clone()), title);
+                self.guard_title_free_in(DocKey::At(titles.clone()), title, Some(id));
                 self.write(WriteOp::HPutAt(
                     titles,
                     vec![(title.clone(), id.to_owned())],
