@@ -9,8 +9,10 @@
 --   XADD_SESSION_AT (the document is KEYS[that index] .. what a third key holds) then a second
 --   one; what that other key holds is its value, or the hash field that is the first operand
 --   (empty: the value); index 0 names the session PICK_OLDEST picked (nothing when none).
---   HPUT_AT then gives a count of field-value pairs, PICK_OLDEST the index of its second key. MERGED_WITHIN and MERGE_JSON act on what
---   their key holds, alike.
+--   HPUT_AT then gives a count of field-value pairs, PICK_OLDEST the index of its second key,
+--   TITLE_FREE(_AT) the index of the prefix of session documents (after the naming key's).
+--   EXPLAIN(_AT) comes first, then the guards. MERGED_WITHIN and MERGE_JSON act on what their
+--   key holds, alike.
 -- ARGV[2..]: the operands of the instructions (values, fields, scores, limits), in order.
 -- Guards are checked first, then events are appended, then state is written. An append that
 -- fails returns before any write, so state changes only if its event is recorded. An append
