@@ -270,9 +270,10 @@ async fn a_rolling_update_restarts_replicas_first_and_fails_masters_over_before_
     cluster.assert_present(&keys);
 }
 
-/// What a move cut short by a lost race of config epochs leaves (Redis 7.0): the target holds
-/// the slot's keys but believes the source still owns it, while the source has handed it to the
-/// target. No node claims the slot, and `ADDSLOTS` on either is refused ("already busy").
+/// What a move cut short can leave, staged by hand (a lost race of config epochs leaves the same
+/// split in Redis 7.0, there without the keys): the target holds the slot's keys but believes
+/// the source still owns it, while the source has handed it to the target. No node claims the
+/// slot, and `ADDSLOTS` on either is refused ("already busy").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_no_node_claims_goes_back_to_the_node_holding_its_keys() {
     let cluster = Cluster::start(16, 6);

@@ -7,10 +7,13 @@
 //! epoch by bumping one of them whenever they next talk. If that happens to the source of a move
 //! in the milliseconds between the target's claim and the source's release, the source's gossip
 //! outranks the target's claim: Redis 7.0 then gives the slot back to the source in the target's
-//! view (deleting the keys just imported) while the source has already handed it to the target,
-//! and no node claims the slot any more. So slots move only once the epochs are settled: every
-//! master has one of its own and every node has heard of the highest (fresh nodes all start at
-//! epoch 0, so a scale-out waits a few seconds of gossip for this).
+//! view (and deletes the keys just imported, or makes the target a replica of the source when it
+//! had no other slot) while the source has already handed it to the target, and no node claims
+//! the slot any more. So slots move only once the epochs are settled among the cluster's
+//! members: every master has one of its own and every member has heard of the highest (fresh
+//! nodes all start at epoch 0, so a scale-out waits a few seconds of gossip for this). The
+//! repair of a slot no node claims recovers what keys are left; this wait is what prevents the
+//! loss.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -87,10 +90,13 @@ pub(crate) fn one_role_each(moves: Vec<Action>) -> Vec<Action> {
         .collect()
 }
 
-/// Why slots may not move yet, in words, or `None` once the config epochs are settled.
+/// Why slots may not move yet, in words, or `None` once the config epochs are settled. Only
+/// the cluster's members count: a fresh node (not joined yet) or one that left keeps epoch 0 and
+/// hears nothing.
 pub(crate) fn unsettled_epochs(seen: &[Seen]) -> Option<String> {
+    let members: Vec<&Seen> = seen.iter().filter(|s| s.established()).collect();
     let mut by_epoch: BTreeMap<u64, &Seen> = BTreeMap::new();
-    for s in seen.iter().filter(|s| s.me().master) {
+    for &s in members.iter().filter(|s| s.me().master) {
         if let Some(other) = by_epoch.insert(s.me().config_epoch, s) {
             return Some(format!(
                 "waiting for Redis to give pod {} or pod {} a config epoch of its own (both have {}; cluster gossip resolves this by itself) before moving slots",
@@ -101,7 +107,7 @@ pub(crate) fn unsettled_epochs(seen: &[Seen]) -> Option<String> {
         }
     }
     let highest = by_epoch.keys().next_back().copied().unwrap_or_default();
-    seen.iter().find(|s| s.current_epoch < highest).map(|s| {
+    members.iter().find(|s| s.current_epoch < highest).map(|s| {
         format!(
             "waiting for pod {} to hear of config epoch {highest} (cluster gossip) before moving slots",
             s.member.ordinal
@@ -189,6 +195,33 @@ mod tests {
                 .iter()
                 .all(|a| matches!(a, Action::Migrate { to, .. } if to == &format!("{:0>40}", 3)))
         );
+    }
+
+    #[test]
+    fn only_the_clusters_members_count_for_settled_epochs() {
+        // A fresh pod, not joined yet, keeps epoch 0 and hears nothing: it holds nothing up.
+        let mut seen = masters(&[3, 1, 2], &THREE, 3);
+        let mut fresh = masters(&[0], &[""], 0).remove(0);
+        fresh.member.ordinal = 3;
+        assert!(!fresh.established());
+        seen.push(fresh.clone());
+        assert_eq!(unsettled_epochs(&seen), None);
+        // A second fresh pod at epoch 0 neither.
+        fresh.member.ordinal = 4;
+        seen.push(fresh);
+        assert_eq!(unsettled_epochs(&seen), None);
+    }
+
+    #[test]
+    fn a_slot_nobody_claims_waits_for_a_pod_that_does_not_answer() {
+        let slots = ["0-99 101-5460", "5461-10922", "10923-16383"];
+        let seen = masters(&[1, 2, 3], &slots, 3);
+        // Pod 3 is beyond the wanted size (a scale-in): it may hold the slot's keys.
+        let gone = [(3, "pod not running".to_owned())];
+        let wait = plan(&seen, &gone, &shape(3));
+        assert_eq!(wait.phase, Phase::Degraded, "{}", wait.message);
+        assert!(wait.actions.is_empty());
+        assert!(wait.message.contains("Redis pod 3"), "{}", wait.message);
     }
 
     #[test]

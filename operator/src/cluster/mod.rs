@@ -210,12 +210,16 @@ pub async fn converge(
 }
 
 /// Where the keys of slots that no node claims are, so the plan gives each such slot to the
-/// node still holding its keys rather than to an empty one (which would hide them). A slot is
+/// master still holding its keys rather than to an empty one (which would hide them). A slot is
 /// left unclaimed by a move cut short, or by Redis itself: a master that loses a race of config
-/// epochs gives up a slot it has just imported. Counted on masters only, and only when a formed
-/// cluster has such slots; a master that cannot be asked is reported unreachable, so the plan
-/// waits instead of guessing.
+/// epochs gives up a slot it has just imported (see `claims`). Counted on the cluster's masters
+/// only, and only when a formed cluster has such slots and every pod answers (the plan waits
+/// otherwise: a pod that does not answer may hold them); a master that cannot be asked is
+/// reported unreachable, so the plan waits instead of guessing.
 async fn count_unowned_keys(nodes: &mut Vec<Node>, unreachable: &mut Vec<(i32, String)>) {
+    if !unreachable.is_empty() {
+        return;
+    }
     let seen: Vec<node::Seen> = nodes.iter().map(|n| n.seen.clone()).collect();
     let unowned: Vec<u16> = (0..topology::SLOTS)
         .zip(claims::slot_owners(&seen))
@@ -225,7 +229,10 @@ async fn count_unowned_keys(nodes: &mut Vec<Node>, unreachable: &mut Vec<(i32, S
         return;
     }
     let mut failed = Vec::new();
-    for node in nodes.iter_mut().filter(|n| n.seen.me().master) {
+    let masters = nodes
+        .iter_mut()
+        .filter(|n| n.seen.established() && n.seen.me().master);
+    for node in masters {
         if let Err(e) = node.count_keys(&unowned).await {
             failed.push((
                 node.seen.member.ordinal,

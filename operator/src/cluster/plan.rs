@@ -430,7 +430,7 @@ pub(crate) fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) 
     // A slot nobody claims goes to the master still holding its keys, else to its target.
     let holder = |slot: u16| {
         seen.iter()
-            .filter(|s| s.me().master)
+            .filter(|s| s.established() && s.me().master)
             .filter_map(|s| Some((*s.unowned_keys.get(&slot)?, s)))
             .max_by_key(|(keys, s)| (*keys, std::cmp::Reverse(s.member.ordinal)))
             .map(|(_, s)| s.id())
@@ -461,6 +461,12 @@ pub(crate) fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) 
                 shape.data_slots.len()
             );
             return done(Phase::Bootstrapping, message, actions);
+        }
+        if let Some((ordinal, why)) = unreachable.first() {
+            let message = format!(
+                "{count} slot(s) no master claims; waiting for Redis pod {ordinal}, which may hold their keys ({why})"
+            );
+            return done(Phase::Degraded, message, Vec::new());
         }
         if let Some(message) = unsettled_epochs(seen) {
             return done(Phase::Progressing, message, Vec::new());

@@ -72,9 +72,8 @@ impl Sessions {
         let claimed = patch.user_id.as_ref();
         // A patch that leaves the title alone is decided on the session alone (from the write
         // hints when this process wrote it last). One that sets a new title also on the user's
-        // title index: from the hints, the commit checks that no entry holds it (an entry of
-        // a session gone stale meanwhile is a conflict, then read); else under the user's
-        // version, with the holder read.
+        // title index: from the hints, the commit checks that no other live session holds it
+        // (a refusal is 409 at once); else under the user's version, with the holder read.
         let hinted = self.hinted(ctx, id, claimed)?;
         let (session, mut plan) = if let Some(session) = hinted {
             let mut plan = Plan::for_session(self, session.shard, &session.record);

@@ -694,7 +694,6 @@ impl Db {
         }
     }
 
-    /// The JSON held at `at`: `{}` when missing, null when it does not parse.
     /// Whether a live session other than `except` holds `title` in the index `index_key` names,
     /// as `commit.lua`'s TITLE_FREE decides (an index without a name counts as held: the guard
     /// fails).
@@ -730,6 +729,7 @@ impl Db {
         status.is_some_and(|s| s != "expired") && expires.unwrap_or(0) > now
     }
 
+    /// The JSON held at `at`: `{}` when missing, null when it does not parse.
     fn held_json(&mut self, at: &NamedBy) -> serde_json::Value {
         self.name(at).map_or_else(
             || serde_json::Value::Object(serde_json::Map::new()),

@@ -174,8 +174,8 @@ pub struct StreamEntry {
 /// wrote it, the user's current session) or needs only a few of its fields (a message appended
 /// to an active session): the store checks, in the same atomic step, what the snapshot would
 /// have shown. All but `StreamBelow` fail as `Conflict`, saying which one failed
-/// ([`Refusal`]): a guard that is itself the limit (the rate, the active cap) answers the
-/// request; otherwise the engine decides on the document the refusal reports
+/// ([`Refusal`]): a guard that is itself a limit of the request (the rate, the active cap, a
+/// title, an object's size) answers it; otherwise the engine decides on the document the refusal reports
 /// ([`Commit::explain`]) or again on a snapshot, so the answer to a request never rests on an
 /// unchecked guess.
 #[derive(Debug, Clone, PartialEq)]
@@ -356,7 +356,7 @@ pub struct Commit {
     pub appends: Vec<Append>,
     pub writes: Vec<WriteOp>,
     /// A hash whose fields a refused commit reports ([`Refusal::explained`]): the session a
-    /// change of one session is about, or the session holding the title a create wants, so
+    /// change of one session is about (for a switch by title, the session the title names), so
     /// that the engine can say what is wrong without reading it.
     pub explain: Option<DocKey>,
 }

@@ -510,7 +510,7 @@ mod tests {
     }
 
     #[test]
-    fn a_create_explains_a_refusal_by_the_session_its_title_names() {
+    fn a_switch_by_title_explains_a_refusal_by_the_session_its_title_names() {
         let commit = Commit {
             guards: vec![Guard::HEq("{1}:t:u".into(), "plan".into(), None)],
             explain: Some(DocKey::At(KeyAt {
