@@ -131,9 +131,10 @@ impl Sessions {
         });
         let created_in_window = reads.counter(k.rate(shard, user));
         let window_left_ms = reads.pttl(k.rate(shard, user));
-        // After a refused one-call create under end-oldest (most likely past the cap): the
-        // documents of the active sessions come with the snapshot (a create at the cap ends the
-        // oldest of them), instead of in a second read. A cap that refuses ends none.
+        // After a refused one-call create under end-oldest (another process changed the user
+        // meanwhile): the documents of the active sessions come with the snapshot (a create at
+        // the cap ends the oldest of them), instead of in a second read. A cap that refuses
+        // ends none.
         let with_documents =
             self.policy.cap_policy == CapPolicy::EndOldest && refused.load(Ordering::Relaxed);
         #[allow(clippy::cast_precision_loss)]
@@ -286,7 +287,7 @@ impl Sessions {
                     Guard::ZCountBelow(active, now_score, u64::from(cap)),
                     Limit::ActiveCap,
                 ),
-                // More active sessions than the cap: a create ending several, on a snapshot.
+                // At the cap or past it, the store picks the sessions to end.
                 CapPolicy::EndOldest => plan.guard(Guard::PickOldestActive(
                     active,
                     k.user_sessions(shard, user),

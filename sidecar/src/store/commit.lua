@@ -47,7 +47,7 @@ local MERGED_WITHIN, MERGE_JSON, HPUT_AT = 77, 109, 79 -- M m O
 local TITLE_FREE, TITLE_FREE_AT = 70, 102 -- F f
 local HEQ_AT, HINT_ABOVE_AT, READ_BACK_AT, SET_NAMED = 75, 103, 107, 83 -- K g k S
 local XADD_SESSION_AT, PICK_OLDEST, ZADD_PICKED, ZREM_PICKED = 118, 111, 121, 89 -- v o y Y
-local REPORT_PICKED, EXPLAIN, EXPLAIN_AT = 113, 33, 63 -- q ! ?
+local REPORT_PICKED, EXPLAIN, EXPLAIN_AT, EACH_PICKED = 113, 33, 63, 42 -- q ! ? *
 
 -- Writes the API form of a session document as JSON (model/session.rs, Record::view): the
 -- payload of the event of a change made without reading the session. A test holds the two to
@@ -222,7 +222,11 @@ local function failed_append(reply)
   return type(reply) == 'table' and reply.err
 end
 
-local picked -- the session PICK_OLDEST chose to end, if any
+local picked -- the session PICK_OLDEST chose to end, if any (in an EACH_PICKED block: in turn)
+local pickeds -- every session PICK_OLDEST chose, oldest first
+-- An EACH_PICKED block: its length in instructions, those left of this round, where it starts
+-- (the program and the operands) and which session picked it runs for.
+local block_ops, block_left, block_pc, block_a, picked_i
 -- What another key holds: a field of a hash, or (field empty) a string's value; false for
 -- none. No key (KEYS[0], the index that names it) names the session picked.
 local function named(key, field)
@@ -340,29 +344,32 @@ while pc <= len do
     end
     a = a + 3
   elseif op == PICK_OLDEST then
-    -- k is the user's active set, the second key its sessions by creation. At the cap, the
-    -- oldest active session (by creation, then id) is picked, to be ended; past it, the create
-    -- is decided on a snapshot (it ends more than one). Ids are lowercase base32 after one
-    -- prefix, which Lua's `<` (strcoll) orders as bytes in any locale, as the engine does.
+    -- k is the user's active set, the second key its sessions by creation. At the cap or past
+    -- it (a rollout lowered it), the oldest active sessions (by creation, then id) are picked,
+    -- as many as keep the user within the cap once the create is done. Ids are lowercase
+    -- base32 after one prefix, which Lua's `<` (strcoll) orders as bytes in any locale, as the
+    -- engine does.
     local sessions = KEYS[count()]
     local active = call('ZRANGEBYSCORE', k, '(' .. ARGV[a], '+inf')
     local cap = tonumber(ARGV[a + 1])
-    if #active > cap then refused = true; break end
-    if #active == cap then
-      local oldest_at
-      for _, id in ipairs(active) do
+    if #active >= cap and #active > 0 then
+      local by_age = {}
+      for i, id in ipairs(active) do
         local at = tonumber(call('ZSCORE', sessions, id))
-        if not at then
-          refused = true
-          break
-        end
-        if not picked or at < oldest_at or (at == oldest_at and id < picked) then
-          picked, oldest_at = id, at
-        end
+        if not at then refused = true; break end
+        by_age[i] = { at, id }
       end
       if refused then break end
+      table.sort(by_age, function(x, y) return x[1] < y[1] or (x[1] == y[1] and x[2] < y[2]) end)
+      pickeds = {}
+      for i = 1, math.min(#active - cap + 1, #active) do pickeds[i] = by_age[i][2] end
+      picked = pickeds[1]
     end
     a = a + 2
+  elseif op == EACH_PICKED then
+    -- The next instructions run for each session picked in turn (see the end of the loop).
+    block_ops = count()
+    block_left, block_pc, block_a, picked_i = block_ops + 1, pc, a, 1
   elseif op == STREAM_BELOW then
     local length = pcall('XLEN', k)
     if failed_append(length) then return redis.error_reply('APPEND_FAILED ' .. length.err) end
@@ -503,12 +510,39 @@ while pc <= len do
     if doc then
       session = session_view_writer()(call('HGETALL', doc))
       local entry = { k, '*', unpack(ARGV, a, a + 2 * n - 2) }
-      entry[#entry + 1] = ARGV[a + 2 * n - 1] .. session .. ARGV[a + 2 * n]
+      local head = ARGV[a + 2 * n - 1]
+      if block_left and picked_i > 1 then
+        -- The end of a session picked after the first: an event id of its own, in the entry's
+        -- event_id field (the first) and in the envelope (store/mod.rs, picked_event_id: the
+        -- name-based UUID, version 5, of the session id in the namespace of the id given).
+        local given = entry[4]
+        local namespace = given:gsub('-', ''):gsub('..', function(h)
+          return string.char(tonumber(h, 16))
+        end)
+        local h = redis.sha1hex(namespace .. picked)
+        local variant = string.format('%x', bit.bor(bit.band(tonumber(h:sub(17, 17), 16), 3), 8))
+        local id = h:sub(1, 8) .. '-' .. h:sub(9, 12) .. '-5' .. h:sub(14, 16) .. '-' .. variant
+          .. h:sub(18, 20) .. '-' .. h:sub(21, 32)
+        local at, to = string.find(head, given, 1, true)
+        entry[4], head = id, head:sub(1, at - 1) .. id .. head:sub(to + 1)
+      end
+      entry[#entry + 1] = head .. session .. ARGV[a + 2 * n]
       call('XADD', unpack(entry))
     end
     a = a + 2 * n + 1
   else
     return redis.error_reply('BADOP unknown opcode ' .. tostring(op))
+  end
+  if block_left then -- inside an EACH_PICKED block: at its end, again for the next session
+    block_left = block_left - 1
+    if block_left == 0 then
+      picked_i = picked_i + 1
+      if pickeds and pickeds[picked_i] then
+        picked, pc, a, block_left = pickeds[picked_i], block_pc, block_a, block_ops
+      else
+        block_left = nil
+      end
+    end
   end
 end
 if refused then

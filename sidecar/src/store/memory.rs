@@ -22,7 +22,8 @@ use crate::clock::{Clock, SystemClock};
 
 use super::{
     Append, Applied, Backend, BackendError, Bound, Commit, CommitOutcome, DocKey, Guard, KeyAt,
-    NamedBy, Probe, ReadOp, Refusal, Reply, Score, StreamEntry, WriteOp, ZRange,
+    NamedBy, Probe, ReadOp, Refusal, Reply, Score, SessionEvent, StreamEntry, WriteOp, ZRange,
+    picked_event_id,
 };
 use crate::model::Record;
 
@@ -47,7 +48,10 @@ struct Db {
     deadlines: BTreeSet<(i64, String)>,
     /// The engine's clock at the start of the current critical section.
     now_ms: i64,
-    /// The session the current commit's [`Guard::PickOldestActive`] picked.
+    /// The sessions the current commit's [`Guard::PickOldestActive`] picked, oldest first.
+    pickeds: Vec<String>,
+    /// The one of them [`NamedBy::Picked`] names now (the first, or the one a
+    /// [`WriteOp::EachPicked`] block runs for).
     picked: Option<String>,
 }
 
@@ -285,6 +289,7 @@ impl Db {
 
     fn commit(&mut self, commit: Commit) -> Result<CommitOutcome, BackendError> {
         self.picked = None;
+        self.pickeds.clear();
         for (index, guard) in commit.guards.iter().enumerate() {
             match guard {
                 Guard::Eq(key, expected) => {
@@ -354,10 +359,8 @@ impl Db {
                         Some(_) => return Err(wrong_type(active)),
                         None => Vec::new(),
                     };
-                    if active.len() as u64 > *cap {
-                        return Ok(self.conflict(&commit, index));
-                    }
-                    if active.len() as u64 == *cap && !active.is_empty() {
+                    let count = active.len() as u64;
+                    if count >= *cap && count > 0 {
                         let created = match self.live(sessions) {
                             Some(Value::ZSet(z)) => active
                                 .into_iter()
@@ -366,10 +369,13 @@ impl Db {
                             Some(_) => return Err(wrong_type(sessions)),
                             None => None,
                         };
-                        let Some(created) = created else {
+                        let Some(mut created) = created else {
                             return Ok(self.conflict(&commit, index));
                         };
-                        self.picked = created.into_iter().min().map(|(_, id)| id);
+                        created.sort();
+                        let ending = usize::try_from(count + 1 - *cap).unwrap_or(usize::MAX);
+                        self.pickeds = created.into_iter().take(ending).map(|(_, id)| id).collect();
+                        self.picked = self.pickeds.first().cloned();
                     }
                 }
                 Guard::HEqAt(at, field, expected) => {
@@ -424,8 +430,27 @@ impl Db {
             self.append(append);
         }
         let mut applied = Applied::default();
-        for write in commit.writes {
-            self.write(write, &mut applied);
+        let mut writes = commit.writes.into_iter();
+        while let Some(write) = writes.next() {
+            let WriteOp::EachPicked(count) = write else {
+                self.write(write, &mut applied);
+                continue;
+            };
+            let block: Vec<WriteOp> = writes.by_ref().take(count).collect();
+            let pickeds = std::mem::take(&mut self.pickeds);
+            let rounds = pickeds.len().max(1);
+            for round in 0..rounds {
+                self.picked = pickeds.get(round).cloned();
+                for write in block.clone() {
+                    let write = match (write, &self.picked) {
+                        (WriteOp::AppendSessionEvent(event), Some(id)) if round > 0 => {
+                            WriteOp::AppendSessionEvent(with_picked_event_id(event, id))
+                        }
+                        (write, _) => write,
+                    };
+                    self.write(write, &mut applied);
+                }
+            }
         }
         Ok(CommitOutcome::Applied(applied))
     }
@@ -656,6 +681,7 @@ impl Db {
                 applied.reported.extend(held);
             }
             WriteOp::ReportPicked => applied.reported.extend(self.picked.clone()),
+            WriteOp::EachPicked(_) => {} // the commit runs its block
             WriteOp::ZAddPicked(k, score) => {
                 if let Some(id) = self.picked.clone() {
                     self.write(WriteOp::ZAdd(k, score, id), applied);
@@ -792,7 +818,8 @@ fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
         | WriteOp::HDelIfAt(..)
         | WriteOp::MergeJson(..)
         | WriteOp::Report(_)
-        | WriteOp::ReportPicked => {
+        | WriteOp::ReportPicked
+        | WriteOp::EachPicked(_) => {
             return None;
         }
         WriteOp::Incr(k) | WriteOp::IncrWindow(k, _) => (k, Kind::Str),
@@ -807,6 +834,20 @@ fn write_kind(op: &WriteOp) -> Option<(&str, Kind)> {
         WriteOp::AppendSessionEvent(event) => (&event.stream, Kind::Stream),
         WriteOp::Append(append) => (&append.stream, Kind::Stream),
     })
+}
+
+/// The event of the end of a session picked after the first, with an id of its own
+/// ([`picked_event_id`]) in its `event_id` field (the first) and in its envelope.
+fn with_picked_event_id(mut event: SessionEvent, session_id: &str) -> SessionEvent {
+    let Some(given) = event.fields.first().map(|(_, id)| id.clone()) else {
+        return event;
+    };
+    let id = picked_event_id(&given, session_id);
+    event.fields[0].1.clone_from(&id);
+    if let Some((_, head)) = event.fields.last_mut() {
+        *head = head.replacen(&given, &id, 1);
+    }
+    event
 }
 
 /// Redis's `LRANGE` index rules: negative indexes count from the end, `stop` is inclusive.
@@ -988,6 +1029,71 @@ impl Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn past_the_cap_the_oldest_sessions_are_picked_and_each_ended_with_an_event_of_its_own() {
+        let db = MemoryBackend::new();
+        let setup = Commit {
+            writes: vec![
+                WriteOp::ZAdd("active".into(), 9e15, "c".into()),
+                WriteOp::ZAdd("active".into(), 9e15, "a".into()),
+                WriteOp::ZAdd("active".into(), 9e15, "b".into()),
+                WriteOp::ZAdd("created".into(), 3.0, "c".into()),
+                WriteOp::ZAdd("created".into(), 1.0, "b".into()),
+                WriteOp::ZAdd("created".into(), 1.0, "a".into()),
+            ],
+            ..Commit::default()
+        };
+        db.commit(setup).await.unwrap();
+        let given = "3f2b8a52-6a4c-4e3d-9a1b-0c2d4e6f8a9b";
+        let head = format!("{{\"event_id\":\"{given}\",\"payload\":");
+        let end = SessionEvent {
+            stream: "outbox".into(),
+            fields: vec![
+                ("event_id".into(), given.into()),
+                ("envelope".into(), head.clone()),
+            ],
+            session: DocKey::At(KeyAt {
+                prefix: "s:".into(),
+                name: NamedBy::Picked,
+            }),
+            tail: "}".into(),
+        };
+        let commit = Commit {
+            // Three active at a cap of two: the two oldest (by creation, then id) go.
+            guards: vec![Guard::PickOldestActive(
+                "active".into(),
+                "created".into(),
+                0.0,
+                2,
+            )],
+            writes: vec![
+                WriteOp::EachPicked(3),
+                WriteOp::HSet("marks".into(), vec![("x".into(), "1".into())]),
+                WriteOp::AppendSessionEvent(end),
+                WriteOp::ReportPicked,
+            ],
+            ..Commit::default()
+        };
+        let CommitOutcome::Applied(applied) = db.commit(commit).await.unwrap() else {
+            panic!("applied");
+        };
+        assert_eq!(applied.reported, ["a", "b"]);
+        let read = db
+            .read(vec![ReadOp::XRange("outbox".into(), None, 10)])
+            .await
+            .unwrap();
+        let entries = read.into_iter().next().unwrap().into_entries();
+        let ids: Vec<&str> = entries.iter().map(|e| e.fields[0].1.as_str()).collect();
+        let derived = picked_event_id(given, "b");
+        assert_eq!(ids, [given, derived.as_str()]);
+        assert!(
+            entries[1].fields[1]
+                .1
+                .starts_with(&head.replace(given, &derived))
+        );
+        assert_ne!(derived, given);
+    }
 
     #[test]
     fn lrange_follows_redis_index_rules() {

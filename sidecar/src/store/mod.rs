@@ -211,10 +211,10 @@ pub enum Guard {
         except: Option<String>,
     },
     /// A user at the active cap: fewer than `cap` members of the user's active set (the first
-    /// key) scored above `above` pick nothing; exactly `cap` pick the oldest of them, by its
-    /// score in the user's sessions by creation (the second key), then by id, which
-    /// [`NamedBy::Picked`] then names: a create ending it. More than `cap` fail (a create
-    /// that must end several is decided on a snapshot).
+    /// key) scored above `above` pick nothing; `cap` or more pick the oldest of them, as many as
+    /// a create must end to stay within the cap (one at the cap, more past it: a rollout
+    /// lowered the cap), by their score in the user's sessions by creation (the second key),
+    /// then by id, which [`NamedBy::Picked`] then names in turn ([`WriteOp::EachPicked`]).
     PickOldestActive(String, String, Score, u64),
     /// `HGET <key> field` must equal the value, the key named as for [`WriteOp::ZAddAt`]; a
     /// missing name fails: a session named by its user's title index.
@@ -292,6 +292,11 @@ pub enum WriteOp {
     Report(String),
     /// Reports the session [`Guard::PickOldestActive`] picked (nothing when none).
     ReportPicked,
+    /// The next this many writes run once for each session [`Guard::PickOldestActive`]
+    /// picked, oldest first, [`NamedBy::Picked`] naming it (once, naming nothing, when none).
+    /// The event of a session after the first gets an id of its own, derived from the one the
+    /// writes give and the session's id ([`picked_event_id`]).
+    EachPicked(usize),
     /// `ZADD key score <the session picked>` (nothing when none).
     ZAddPicked(String, Score),
     /// `ZREM key <the session picked>` (nothing when none).
@@ -525,4 +530,15 @@ impl Reply {
             _ => Vec::new(),
         }
     }
+}
+
+/// The event id of the end of a session picked after the first, where a commit's writes give one
+/// id for them all: the name-based UUID (version 5) of the session id in the namespace of that
+/// id. `commit.lua` derives the same (`redis.sha1hex`).
+#[must_use]
+pub(crate) fn picked_event_id(given: &str, session_id: &str) -> String {
+    uuid::Uuid::parse_str(given).map_or_else(
+        |_| given.to_owned(),
+        |namespace| uuid::Uuid::new_v5(&namespace, session_id.as_bytes()).to_string(),
+    )
 }

@@ -192,6 +192,7 @@ mod opcode {
     pub(super) const REPORT_PICKED: u8 = b'q';
     pub(super) const EXPLAIN: u8 = b'!';
     pub(super) const EXPLAIN_AT: u8 = b'?';
+    pub(super) const EACH_PICKED: u8 = b'*';
 }
 
 /// The arguments of `commit.lua`: its keys, the program, the operands.
@@ -424,6 +425,10 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
             WriteOp::ReportPicked => {
                 call.program.extend([REPORT_PICKED, 0, 0]);
             }
+            WriteOp::EachPicked(writes) => {
+                call.program.extend([EACH_PICKED, 0, 0]);
+                call.number(*writes, "writes in a block")?;
+            }
             WriteOp::ZAddPicked(k, score) => call.op(ZADD_PICKED, k)?.push(score.to_string()),
             WriteOp::ZRemPicked(k) => {
                 call.op(ZREM_PICKED, k)?;
@@ -507,6 +512,21 @@ mod tests {
             call.operands,
             ["100", "title", "event_id", "e1", "f", "v", "5", "a"]
         );
+    }
+
+    #[test]
+    fn a_block_for_each_session_picked_gives_its_length_in_instructions() {
+        let commit = Commit {
+            writes: vec![
+                WriteOp::EachPicked(2),
+                WriteOp::ZRemPicked("{1}:a:u".into()),
+                WriteOp::ReportPicked,
+            ],
+            ..Commit::default()
+        };
+        let call = encode_commit(&commit).unwrap();
+        assert_eq!(call.keys.keys, ["{1}:a:u"]);
+        assert_eq!(call.program, [b'*', 0, 0, 0, 2, b'Y', 0, 1, b'q', 0, 0]);
     }
 
     #[test]

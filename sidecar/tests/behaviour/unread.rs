@@ -606,19 +606,21 @@ async fn creates_past_the_active_cap_end_the_oldest_in_one_call() {
 }
 
 #[tokio::test]
-async fn a_create_that_must_end_several_sessions_is_decided_on_a_snapshot_and_ends_them_alike() {
+async fn a_create_that_must_end_several_sessions_ends_them_in_one_call_alike() {
     // Proves: a sidecar of a rollout that raises the cap adds an active session past the cap of
-    // the others; their next create must end two sessions, which the store does not pick: it
-    // is refused and decided on a snapshot (three calls), which ends the two oldest. A session
-    // ended there is stored and reported as one the store picked is: the same fields, the same
-    // answer but for ids, times and versions.
+    // the others; their next create must end two sessions: the store picks both, the oldest
+    // first, and ends each as it ends one at the cap, in the same call (it was refused and
+    // decided on a snapshot: three calls). Sessions ended either way are stored and reported
+    // alike: the same fields, the same answer but for ids, times and versions. Each end's event
+    // has an id of its own (the second's derived from the first's and its session's id, as the
+    // embedded store derives it), in its stream entry and its envelope alike, and the create's
+    // event comes after them.
     let a = TestApp::with(Kind::Redis, |p| {
         p.max_active_per_user = Some(2);
         p.cap_policy = CapPolicy::EndOldest;
     })
     .await;
     a.create_id("warm-up", json!({})).await; // loads the scripts (NOSCRIPT, then EVAL)
-    a.get("/v1/users/warm-up/sessions").await;
     let mut ids = Vec::new();
     for _ in 0..3 {
         a.clock.advance_ms(1);
@@ -627,25 +629,27 @@ async fn a_create_that_must_end_several_sessions_is_decided_on_a_snapshot_and_en
     let c = a.beside_with(|p| p.max_active_per_user = Some(3)).await;
     a.clock.advance_ms(1);
     ids.push(c.create_id("u1", json!({})).await);
-    // From a sidecar that knows nothing: the store alone refuses the one-call create.
+    // From a sidecar that knows nothing.
     let d = a.beside().await;
     let mut calls = Calls::new(&a).await;
     a.clock.advance_ms(1);
     let create = d.post("/v1/sessions", json!({"user_id": "u1"}));
     let (n, res) = calls.during(create).await;
-    assert_eq!((n, res.status.as_u16()), (3, 201), "{}", res.body);
+    assert_eq!((n, res.status.as_u16()), (1, 201), "{}", res.body);
     ids.push(res.body["session_id"].as_str().unwrap().to_owned());
     assert_eq!(
         statuses(&a, &ids).await,
         ["ended", "ended", "ended", "active", "active"],
-        "the first picked; the next two ended on the snapshot"
+        "the first picked at the cap; the next two past it, in one call"
     );
-    let (picked, on_snapshot) = (&ids[0], &ids[1]);
-    assert_eq!(
-        stored_fields(&a, picked).await,
-        stored_fields(&a, on_snapshot).await,
-        "the same fields stored"
-    );
+    let fields = stored_fields(&a, &ids[0]).await;
+    for id in &ids[1..3] {
+        assert_eq!(
+            stored_fields(&a, id).await,
+            fields,
+            "the same fields stored"
+        );
+    }
     let view = |session: Value| {
         let mut view = session.as_object().cloned().unwrap_or_default();
         for varies in [
@@ -660,9 +664,61 @@ async fn a_create_that_must_end_several_sessions_is_decided_on_a_snapshot_and_en
         }
         view
     };
-    let picked_view = a.get(&format!("/v1/sessions/{picked}")).await.body;
-    let snapshot_view = a.get(&format!("/v1/sessions/{on_snapshot}")).await.body;
-    assert_eq!(view(picked_view), view(snapshot_view), "the same answer");
+    let first = view(a.get(&format!("/v1/sessions/{}", ids[0])).await.body);
+    for id in &ids[1..3] {
+        let session = a.get(&format!("/v1/sessions/{id}")).await.body;
+        assert_eq!(view(session), first, "the same answer");
+    }
+
+    // The stream entries of the outbox: each end's event id, in its field and its envelope.
+    let shard =
+        session_sidecar::testing::parse_session_id(&ids[0], a.sessions.policy().shard_count)
+            .expect("a session id of this deployment");
+    let client = ::redis::Client::open(a.admin_url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let entries: Vec<(String, Vec<(String, String)>)> = ::redis::cmd("XRANGE")
+        .arg(a.sessions.keys().outbox(shard))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let events: Vec<(String, Value)> = entries
+        .into_iter()
+        .map(|(_, fields)| {
+            let field = |name: &str| fields.iter().find(|(f, _)| f == name).unwrap().1.clone();
+            let envelope: Value = serde_json::from_str(&field("envelope")).unwrap();
+            assert_eq!(envelope["event_id"], field("event_id").as_str());
+            (field("event_id"), envelope)
+        })
+        .filter(|(_, e)| e["payload"]["user_id"] == "u1")
+        .collect();
+    let order: Vec<(&str, &str)> = events
+        .iter()
+        .map(|(_, e)| {
+            let kind = e["event_type"].as_str().unwrap_or_default();
+            (
+                kind,
+                e["payload"]["session_id"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let ended = "session.ended.v1";
+    assert_eq!(
+        &order[order.len() - 3..],
+        [
+            (ended, ids[1].as_str()),
+            (ended, ids[2].as_str()),
+            ("session.created.v1", ids[4].as_str())
+        ],
+        "the two ends, oldest first, then the create"
+    );
+    let (second, third) = (&events[events.len() - 3].0, &events[events.len() - 2].0);
+    let namespace = uuid::Uuid::parse_str(second).unwrap();
+    let derived = uuid::Uuid::new_v5(&namespace, ids[2].as_bytes()).to_string();
+    assert_eq!(third, &derived, "derived as the embedded store derives it");
+    let unique: std::collections::BTreeSet<&String> = events.iter().map(|(id, _)| id).collect();
+    assert_eq!(unique.len(), events.len(), "every event id its own");
 }
 
 /// Creates a session of `u1` on `app`, checking it took one call to Redis; its id.

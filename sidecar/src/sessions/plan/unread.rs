@@ -174,17 +174,19 @@ impl Plan {
         self.event_of_unread(EventType::Ended, id, Some(performer), correlation);
     }
 
-    /// Ends the session the store picks as the oldest active one of this plan's user at the
-    /// active cap ([`Guard::PickOldestActive`]), as [`Plan::end_unread`] ends a session: a
-    /// create ending the oldest, which the store decides; nothing when it picks none. The
-    /// commit reports which (this process then forgets it). The plan's later events follow
-    /// this end's event, which comes from a write, so that they keep their order.
+    /// Ends the sessions the store picks as the oldest active ones of this plan's user at the
+    /// active cap ([`Guard::PickOldestActive`]: one at the cap, more past it), each as
+    /// [`Plan::end_unread`] ends a session: a create ending the oldest, which the store decides;
+    /// nothing when it picks none. The commit reports which (this process then forgets them).
+    /// The plan's later events follow these ends' events, which come from writes, so that they
+    /// keep their order.
     pub(crate) fn end_picked(&mut self, retention_ms: i64, correlation: Option<&str>) {
         let (k, s) = (self.keys.clone(), self.shard());
         let doc = KeyAt {
             prefix: k.session(s, ""),
             name: NamedBy::Picked,
         };
+        let block = self.commit.writes.len();
         let expires = self.now_ms + retention_ms;
         let mut fields = end_fields(self.now_ms, ("system", None));
         fields.extend([
@@ -201,6 +203,11 @@ impl Plan {
         let (system, ended) = (Some("system"), EventType::Ended);
         self.event_of_document(ended, DocKey::At(doc), system, correlation);
         self.write(WriteOp::ReportPicked);
+        // All of it for each session picked (more than one past the cap).
+        let writes = self.commit.writes.len() - block;
+        self.commit
+            .writes
+            .insert(block, WriteOp::EachPicked(writes));
         self.events_follow_writes = true;
     }
 
