@@ -301,9 +301,9 @@ impl Sessions {
         }
     }
 
-    /// At the active cap (end-oldest), ends the session the store picked in
-    /// [`Sessions::guard_limits`]: after the current session loses its flag (it may be the one
-    /// picked), before the new session's event.
+    /// At the active cap (end-oldest), ends the sessions the store picked in
+    /// [`Sessions::guard_limits`] (one at the cap, more past it): after the current session
+    /// loses its flag (it may be one of them), before the new session's event.
     fn end_picked(&self, plan: &mut Plan, corr: Option<&str>) {
         if self.policy.max_active_per_user.is_some()
             && self.policy.cap_policy == CapPolicy::EndOldest
