@@ -457,11 +457,7 @@ impl Db {
 
     /// A commit refused by its guard `index`, explained as [`Refusal`] says.
     fn conflict(&mut self, commit: &Commit, index: usize) -> CommitOutcome {
-        let explained = match &commit.explain {
-            Some(DocKey::Given(key)) => Some(key.clone()),
-            Some(DocKey::At(at)) => self.key_at(at),
-            None => None,
-        };
+        let explained = commit.explain.as_ref().and_then(|key| self.doc_key(key));
         let measured = match &commit.guards[index] {
             Guard::IntBelow(key, _) => match self.pttl(key) {
                 Reply::Int(ms) => Some(ms),
@@ -694,11 +690,9 @@ impl Db {
             }
             WriteOp::Append(append) => self.append(append),
             WriteOp::AppendSessionEvent(event) => {
-                let session = match event.session {
-                    DocKey::Given(key) => Some(key),
-                    DocKey::At(at) => self.key_at(&at),
+                let Some(session) = self.doc_key(&event.session) else {
+                    return;
                 };
-                let Some(session) = session else { return };
                 let fields = self.read(&ReadOp::HGetAll(session)).into_pairs();
                 let payload = Record::from_fields(fields)
                     .ok()
@@ -731,11 +725,7 @@ impl Db {
         now: i64,
         except: Option<&str>,
     ) -> bool {
-        let index_key = match index_key {
-            DocKey::Given(key) => Some(key.clone()),
-            DocKey::At(at) => self.key_at(at),
-        };
-        let Some(index_key) = index_key else {
+        let Some(index_key) = self.doc_key(index_key) else {
             return true;
         };
         let Some(holder) = self
@@ -761,6 +751,14 @@ impl Db {
             || serde_json::Value::Object(serde_json::Map::new()),
             |text| serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
         )
+    }
+
+    /// The key given, or the one `at` names (`None` without a name).
+    fn doc_key(&mut self, key: &DocKey) -> Option<String> {
+        match key {
+            DocKey::Given(key) => Some(key.clone()),
+            DocKey::At(at) => self.key_at(at),
+        }
     }
 
     /// The key `at` names, when what names it is there.

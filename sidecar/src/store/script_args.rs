@@ -206,9 +206,35 @@ pub(super) struct CommitArgs {
 impl CommitArgs {
     /// An instruction on `key`, its operands to follow.
     fn op(&mut self, opcode: u8, key: &str) -> Result<&mut Vec<String>, BackendError> {
-        let index = self.keys.index(key);
         self.program.push(opcode);
-        self.number(index, "keys")?;
+        self.key(key)?;
+        Ok(&mut self.operands)
+    }
+
+    /// A key's index in KEYS, in the program.
+    fn key(&mut self, key: &str) -> Result<(), BackendError> {
+        let index = self.keys.index(key);
+        self.number(index, "keys")
+    }
+
+    /// A key given (its index) or named (the prefix's index, then as [`CommitArgs::name`]).
+    fn doc(&mut self, key: &DocKey) -> Result<(), BackendError> {
+        match key {
+            DocKey::Given(key) => self.key(key),
+            DocKey::At(at) => {
+                self.key(&at.prefix)?;
+                self.name(&at.name)
+            }
+        }
+    }
+
+    /// An instruction on a key given (`opcodes.0`) or named (`opcodes.1`).
+    fn on(&mut self, opcodes: (u8, u8), key: &DocKey) -> Result<&mut Vec<String>, BackendError> {
+        self.program.push(match key {
+            DocKey::Given(_) => opcodes.0,
+            DocKey::At(_) => opcodes.1,
+        });
+        self.doc(key)?;
         Ok(&mut self.operands)
     }
 
@@ -286,14 +312,8 @@ impl CommitArgs {
 pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError> {
     use opcode::*;
     let mut call = CommitArgs::default();
-    match &commit.explain {
-        Some(DocKey::Given(key)) => {
-            call.op(EXPLAIN, key)?;
-        }
-        Some(DocKey::At(at)) => {
-            call.at(EXPLAIN_AT, at)?;
-        }
-        None => {}
+    if let Some(explain) = &commit.explain {
+        call.on((EXPLAIN, EXPLAIN_AT), explain)?;
     }
     for guard in &commit.guards {
         match guard {
@@ -320,20 +340,15 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
                 now_ms,
                 except,
             } => {
-                match index {
-                    DocKey::Given(key) => call.op(TITLE_FREE, key)?,
-                    DocKey::At(at) => call.at(TITLE_FREE_AT, at)?,
-                };
-                let sessions = call.keys.index(sessions);
-                call.number(sessions, "keys")?;
+                call.on((TITLE_FREE, TITLE_FREE_AT), index)?;
+                call.key(sessions)?;
                 let except = except.clone().unwrap_or_default();
                 call.operands
                     .extend([title.clone(), now_ms.to_string(), except]);
             }
             Guard::PickOldestActive(active, sessions, above, cap) => {
                 call.op(PICK_OLDEST, active)?;
-                let sessions = call.keys.index(sessions);
-                call.number(sessions, "keys")?;
+                call.key(sessions)?;
                 call.operands.extend([above.to_string(), cap.to_string()]);
             }
             Guard::HEqAt(at, field, expected) => {
@@ -446,17 +461,7 @@ pub(super) fn encode_commit(commit: &Commit) -> Result<CommitArgs, BackendError>
                     DocKey::At(_) => XADD_SESSION_AT,
                 };
                 call.counted(opcode, &event.stream, event.fields.len())?;
-                match &event.session {
-                    DocKey::Given(key) => {
-                        let session = call.keys.index(key);
-                        call.number(session, "keys")?;
-                    }
-                    DocKey::At(at) => {
-                        let prefix = call.keys.index(&at.prefix);
-                        call.number(prefix, "keys")?;
-                        call.name(&at.name)?;
-                    }
-                }
+                call.doc(&event.session)?;
                 for (f, v) in &event.fields {
                     call.operands.extend([f.clone(), v.clone()]);
                 }
