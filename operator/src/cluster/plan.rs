@@ -153,6 +153,12 @@ pub(crate) fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) 
         actions,
         hold_pods,
     };
+    // Slot moves, each pass's: only once the config epochs are settled, and no node both giving
+    // and taking (see `claims`).
+    let reshard = |message: String, moves: Vec<Action>| match unsettled_epochs(seen) {
+        Some(wait) => done(Phase::Progressing, wait, Vec::new()),
+        None => done(Phase::Resharding, message, one_role_each(moves)),
+    };
 
     // 1. Repair addresses and partitions.
     let mut meets = Vec::new();
@@ -237,9 +243,6 @@ pub(crate) fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) 
     if let Some((&slot, (from, to))) = open.iter().next() {
         let known = |id: &str| seen.iter().any(|s| s.id() == id);
         if known(from) && known(to) {
-            if let Some(message) = unsettled_epochs(seen) {
-                return done(Phase::Progressing, message, Vec::new());
-            }
             let message = format!(
                 "finishing the move of slot {slot} from {} to {} ({} open)",
                 node_name(seen, from),
@@ -255,7 +258,7 @@ pub(crate) fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) 
                     to: to.clone(),
                 })
                 .collect();
-            return done(Phase::Resharding, message, one_role_each(actions));
+            return reshard(message, actions);
         }
     }
 
@@ -491,9 +494,6 @@ pub(crate) fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) 
         }
     }
     if !moves.is_empty() {
-        if let Some(message) = unsettled_epochs(seen) {
-            return done(Phase::Progressing, message, Vec::new());
-        }
         let data = moves.iter().filter(|(s, _, _)| is_data.contains(s)).count();
         let message = format!(
             "moving {} slot(s) ({data} holding session data) to balance {} masters",
@@ -504,7 +504,7 @@ pub(crate) fn plan(seen: &[Seen], unreachable: &[(i32, String)], shape: &Shape) 
             .into_iter()
             .map(|(slot, from, to)| Action::Migrate { slot, from, to })
             .collect();
-        return done(Phase::Resharding, message, one_role_each(actions));
+        return reshard(message, actions);
     }
 
     // 7. Replicas.
